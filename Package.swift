@@ -1,0 +1,35 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "edge-agent",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "agentctl", targets: ["agentctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        .target(name: "Tensor", dependencies: ["CBLAS"]),
+        .target(name: "ModelFile", dependencies: ["Tensor"]),
+        .target(name: "Inference", dependencies: ["Tensor", "ModelFile"]),
+        .target(name: "Training", dependencies: ["Inference"]),
+        .executableTarget(
+            name: "agentctl",
+            dependencies: [
+                "CBLAS", "Tensor", "ModelFile", "Inference", "Training",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "TensorTests", dependencies: ["Tensor"]),
+        .testTarget(name: "ModelFileTests", dependencies: ["ModelFile"]),
+        .testTarget(name: "InferenceTests", dependencies: ["Inference"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training"]),
+    ]
+)

@@ -1,0 +1,5 @@
+#ifndef EDGE_CBLAS_SHIM_H
+#define EDGE_CBLAS_SHIM_H
+// OpenBLAS's cblas.h also declares openblas_set_num_threads and openblas_get_config.
+#include <cblas.h>
+#endif

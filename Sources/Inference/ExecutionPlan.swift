@@ -1,0 +1,163 @@
+import ModelFile
+import Tensor
+
+/// Memory an execution plan needs for a batch size, in bytes.
+public struct MemoryEstimate: Sendable, Equatable, Codable {
+    public var weights: Int
+    public var workspace: Int
+    public var activations: Int
+    public var total: Int { weights + workspace + activations }
+}
+
+/// A network compiled for a batch capacity: shapes resolved, activation fused into the layer
+/// before it, and every buffer allocated once. `run` allocates nothing.
+///
+/// A plan is not thread-safe: one thread runs it at a time (the scheduler gives each worker its own).
+public final class ExecutionPlan: @unchecked Sendable {
+    enum Step {
+        case dense(weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, inputs: Int, outputs: Int, activation: Kernels.Activation)
+        case conv2d(weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, geometry: Kernels.ConvGeometry, activation: Kernels.Activation)
+        case maxpool2d(Kernels.ConvGeometry)
+        case avgpool2d(Kernels.ConvGeometry)
+        case globalAveragePool(channels: Int, planeSize: Int)
+        case activation(Kernels.Activation, count: Int)
+        case softmax(columns: Int)
+
+        /// Whether the step writes into the other buffer (true) or works in place.
+        var swaps: Bool {
+            switch self {
+            case .activation, .softmax: false
+            default: true
+            }
+        }
+    }
+
+    public let network: Network
+    public let batchCapacity: Int
+    let steps: [Step]
+    private let bufferA: UnsafeMutablePointer<Float>
+    private let bufferB: UnsafeMutablePointer<Float>
+    private let workspace: UnsafeMutablePointer<Float>
+    private let activationFloats: Int
+    private let workspaceFloats: Int
+
+    public init(network: Network, batchCapacity: Int) {
+        precondition(batchCapacity >= 1, "batch capacity must be at least 1")
+        self.network = network
+        self.batchCapacity = batchCapacity
+        self.steps = Self.compile(network)
+        let sizes = Self.bufferSizes(network)
+        self.activationFloats = sizes.activation * batchCapacity
+        self.workspaceFloats = sizes.workspace
+        bufferA = .allocate(capacity: max(activationFloats, 1))
+        bufferB = .allocate(capacity: max(activationFloats, 1))
+        workspace = .allocate(capacity: max(workspaceFloats, 1))
+        bufferA.initialize(repeating: 0, count: max(activationFloats, 1))
+        bufferB.initialize(repeating: 0, count: max(activationFloats, 1))
+        workspace.initialize(repeating: 0, count: max(workspaceFloats, 1))
+    }
+
+    deinit {
+        bufferA.deallocate()
+        bufferB.deallocate()
+        workspace.deallocate()
+    }
+
+    public var memory: MemoryEstimate { Self.memoryEstimate(network: network, batch: batchCapacity) }
+
+    /// What a plan for `batch` samples would hold, without building it.
+    public static func memoryEstimate(network: Network, batch: Int) -> MemoryEstimate {
+        let sizes = bufferSizes(network)
+        return MemoryEstimate(weights: network.weightBytes, workspace: sizes.workspace * 4,
+                              activations: 2 * sizes.activation * batch * 4)
+    }
+
+    static func bufferSizes(_ network: Network) -> (activation: Int, workspace: Int) {
+        var activation = network.inputCount
+        var workspace = 0
+        for layer in network.layers {
+            activation = max(activation, layer.outputCount)
+            if case .conv2d = layer.kind, let g = layer.geometry, !g.isPointwise {
+                workspace = max(workspace, g.patch * g.outH * g.outW)
+            }
+        }
+        return (activation, workspace)
+    }
+
+    static func compile(_ network: Network) -> [Step] {
+        var steps: [Step] = []
+        let layers = network.layers
+        var i = 0
+        while i < layers.count {
+            let layer = layers[i]
+            // An activation right after dense/conv2d runs in that layer's epilogue.
+            var fused = Kernels.Activation.none
+            if i + 1 < layers.count, let a = layers[i + 1].kind.activation {
+                switch layer.kind {
+                case .dense, .conv2d: fused = a
+                default: break
+                }
+            }
+            switch layer.kind {
+            case .dense:
+                steps.append(.dense(weight: layer.weight!.pointer, bias: layer.bias.map { UnsafePointer($0.pointer) },
+                                    inputs: layer.inputCount, outputs: layer.outputCount, activation: fused))
+            case .conv2d:
+                steps.append(.conv2d(weight: layer.weight!.pointer, bias: layer.bias.map { UnsafePointer($0.pointer) },
+                                     geometry: layer.geometry!, activation: fused))
+            case .maxpool2d: steps.append(.maxpool2d(layer.geometry!))
+            case .avgpool2d: steps.append(.avgpool2d(layer.geometry!))
+            case .globalavgpool:
+                steps.append(.globalAveragePool(channels: layer.inputShape[0], planeSize: layer.inputShape[1] * layer.inputShape[2]))
+            case .flatten: break
+            case .relu, .relu6, .leakyrelu:
+                steps.append(.activation(layer.kind.activation!, count: layer.outputCount))
+            case .softmax: steps.append(.softmax(columns: layer.outputCount))
+            }
+            i += fused == .none ? 1 : 2
+        }
+        return steps
+    }
+
+    /// Runs `batch` samples of raw input (before preprocessing) and returns the scores, valid until
+    /// the next call: `[batch, classes]`.
+    @discardableResult
+    public func run(_ input: UnsafePointer<Float>, batch: Int) -> UnsafeBufferPointer<Float> {
+        precondition(batch >= 1 && batch <= batchCapacity, "batch \(batch) outside 1...\(batchCapacity)")
+        network.preprocessing.apply(input, bufferA, batch: batch, sampleCount: network.inputCount)
+        var current = bufferA, other = bufferB
+        for step in steps {
+            switch step {
+            case .dense(let w, let b, let inputs, let outputs, let act):
+                Kernels.dense(current, batch: batch, inputs: inputs, outputs: outputs, weight: w, bias: b, activation: act, other)
+            case .conv2d(let w, let b, let g, let act):
+                Kernels.conv2d(current, batch: batch, g, weight: w, bias: b, activation: act, workspace: workspace, other)
+            case .maxpool2d(let g): Kernels.maxpool2d(current, batch: batch, g, other)
+            case .avgpool2d(let g): Kernels.avgpool2d(current, batch: batch, g, other)
+            case .globalAveragePool(let c, let p): Kernels.globalAveragePool(current, planes: batch * c, planeSize: p, other)
+            case .activation(let a, let count): Kernels.activate(current, count: batch * count, a)
+            case .softmax(let columns): Kernels.softmax(current, rows: batch, columns: columns)
+            }
+            if step.swaps { swap(&current, &other) }
+        }
+        return UnsafeBufferPointer(start: current, count: batch * network.outputCount)
+    }
+
+    /// Convenience for tests and tools: runs any number of rows through the plan in chunks.
+    public func predict(_ rows: [Float]) -> [Float] {
+        let n = network.inputCount
+        precondition(rows.count % n == 0, "input is not a whole number of samples")
+        let samples = rows.count / n
+        var out: [Float] = []
+        out.reserveCapacity(samples * network.outputCount)
+        rows.withUnsafeBufferPointer { buf in
+            var start = 0
+            while start < samples {
+                let b = min(batchCapacity, samples - start)
+                out.append(contentsOf: run(buf.baseAddress! + start * n, batch: b))
+                start += b
+            }
+        }
+        return out
+    }
+}

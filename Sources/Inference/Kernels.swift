@@ -1,0 +1,237 @@
+import ModelFile
+import Tensor
+
+/// FP32 layer kernels on flat row-major buffers. Batches are `[batch, …sample shape]` (NCHW).
+/// None of them allocates.
+public enum Kernels {
+    /// An activation applied in the epilogue of dense/conv2d or on its own.
+    public enum Activation: Sendable, Equatable {
+        case none, relu, relu6, leaky(Float)
+
+        @inline(__always) public func apply(_ v: Float) -> Float {
+            switch self {
+            case .none: v
+            case .relu: max(v, 0)
+            case .relu6: min(max(v, 0), 6)
+            case .leaky(let a): v > 0 ? v : v * a
+            }
+        }
+    }
+
+    /// y[b, o] = Σᵢ x[b, i]·W[o, i] + bias[o], then the activation.
+    public static func dense(
+        _ x: UnsafePointer<Float>, batch: Int, inputs: Int, outputs: Int,
+        weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, activation: Activation,
+        _ y: UnsafeMutablePointer<Float>
+    ) {
+        if batch == 1 {
+            BLAS.gemv(m: outputs, n: inputs, a: weight, lda: inputs, x: x, y: y)
+        } else {
+            BLAS.gemm(transB: true, m: batch, n: outputs, k: inputs, a: x, lda: inputs, b: weight, ldb: inputs,
+                      c: y, ldc: outputs)
+        }
+        epilogueRows(y, rows: batch, columns: outputs, bias: bias, activation: activation)
+    }
+
+    /// Adds a per-column bias and applies the activation to a `rows × columns` block.
+    @inline(__always)
+    public static func epilogueRows(_ y: UnsafeMutablePointer<Float>, rows: Int, columns: Int,
+                                    bias: UnsafePointer<Float>?, activation: Activation) {
+        if bias == nil && activation == .none { return }
+        for r in 0..<rows {
+            let row = y + r * columns
+            if let bias {
+                switch activation {
+                case .none: for c in 0..<columns { row[c] += bias[c] }
+                case .relu: for c in 0..<columns { row[c] = max(row[c] + bias[c], 0) }
+                default: for c in 0..<columns { row[c] = activation.apply(row[c] + bias[c]) }
+                }
+            } else {
+                activate(row, count: columns, activation)
+            }
+        }
+    }
+
+    public static func activate(_ y: UnsafeMutablePointer<Float>, count: Int, _ activation: Activation) {
+        switch activation {
+        case .none: return
+        case .relu: for i in 0..<count { y[i] = max(y[i], 0) }
+        case .relu6: for i in 0..<count { y[i] = min(max(y[i], 0), 6) }
+        case .leaky(let a): for i in 0..<count { let v = y[i]; y[i] = v > 0 ? v : v * a }
+        }
+    }
+
+    /// Geometry of a conv2d or pooling window over one `[C, H, W]` sample.
+    public struct ConvGeometry: Sendable, Equatable {
+        public var channels, height, width: Int
+        public var outChannels: Int
+        public var kernelH, kernelW, strideH, strideW, padH, padW: Int
+        public var outH: Int { Op.convOutput(height, kernel: kernelH, stride: strideH, padding: padH) }
+        public var outW: Int { Op.convOutput(width, kernel: kernelW, stride: strideW, padding: padW) }
+        /// Rows of the im2col matrix: C·kh·kw.
+        public var patch: Int { channels * kernelH * kernelW }
+        public var isPointwise: Bool { kernelH == 1 && kernelW == 1 && strideH == 1 && strideW == 1 && padH == 0 && padW == 0 }
+
+        public init(channels: Int, height: Int, width: Int, outChannels: Int, kernel: Window, stride: Window, padding: Window) {
+            self.channels = channels
+            self.height = height
+            self.width = width
+            self.outChannels = outChannels
+            self.kernelH = kernel.height
+            self.kernelW = kernel.width
+            self.strideH = stride.height
+            self.strideW = stride.width
+            self.padH = padding.height
+            self.padW = padding.width
+        }
+    }
+
+    /// Unfolds one sample into `col[C·kh·kw, outH·outW]`, zero where the window hangs over the padding.
+    public static func im2col(_ x: UnsafePointer<Float>, _ g: ConvGeometry, _ col: UnsafeMutablePointer<Float>) {
+        let oh = g.outH, ow = g.outW, plane = oh * ow
+        var row = 0
+        for c in 0..<g.channels {
+            let xc = x + c * g.height * g.width
+            for ky in 0..<g.kernelH {
+                for kx in 0..<g.kernelW {
+                    let dst = col + row * plane
+                    for oy in 0..<oh {
+                        let iy = oy * g.strideH - g.padH + ky
+                        let d = dst + oy * ow
+                        if iy < 0 || iy >= g.height {
+                            d.update(repeating: 0, count: ow)
+                            continue
+                        }
+                        let src = xc + iy * g.width
+                        for ox in 0..<ow {
+                            let ix = ox * g.strideW - g.padW + kx
+                            d[ox] = (ix >= 0 && ix < g.width) ? src[ix] : 0
+                        }
+                    }
+                    row += 1
+                }
+            }
+        }
+    }
+
+    /// The adjoint of `im2col`: accumulates `col` back into the sample gradient `dx` (which it zeroes first).
+    public static func col2im(_ col: UnsafePointer<Float>, _ g: ConvGeometry, _ dx: UnsafeMutablePointer<Float>) {
+        let oh = g.outH, ow = g.outW, plane = oh * ow
+        dx.update(repeating: 0, count: g.channels * g.height * g.width)
+        var row = 0
+        for c in 0..<g.channels {
+            let xc = dx + c * g.height * g.width
+            for ky in 0..<g.kernelH {
+                for kx in 0..<g.kernelW {
+                    let src = col + row * plane
+                    for oy in 0..<oh {
+                        let iy = oy * g.strideH - g.padH + ky
+                        if iy < 0 || iy >= g.height { continue }
+                        let d = xc + iy * g.width
+                        for ox in 0..<ow {
+                            let ix = ox * g.strideW - g.padW + kx
+                            if ix >= 0 && ix < g.width { d[ix] += src[oy * ow + ox] }
+                        }
+                    }
+                    row += 1
+                }
+            }
+        }
+    }
+
+    /// conv2d by im2col + GEMM, one sample at a time so the workspace stays one sample's patch matrix.
+    /// `workspace` holds at least `patch · outH · outW` floats (unused for pointwise convolutions).
+    public static func conv2d(
+        _ x: UnsafePointer<Float>, batch: Int, _ g: ConvGeometry,
+        weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, activation: Activation,
+        workspace: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>
+    ) {
+        let plane = g.outH * g.outW
+        let inCount = g.channels * g.height * g.width
+        let outCount = g.outChannels * plane
+        for s in 0..<batch {
+            let xs = x + s * inCount, ys = y + s * outCount
+            let cols: UnsafePointer<Float>
+            if g.isPointwise {
+                cols = xs
+            } else {
+                im2col(xs, g, workspace)
+                cols = UnsafePointer(workspace)
+            }
+            BLAS.gemm(m: g.outChannels, n: plane, k: g.patch, a: weight, lda: g.patch, b: cols, ldb: plane,
+                      c: ys, ldc: plane)
+            for o in 0..<g.outChannels {
+                let row = ys + o * plane
+                if let bias {
+                    let b = bias[o]
+                    for i in 0..<plane { row[i] = activation.apply(row[i] + b) }
+                } else {
+                    activate(row, count: plane, activation)
+                }
+            }
+        }
+    }
+
+    public static func maxpool2d(_ x: UnsafePointer<Float>, batch: Int, _ g: ConvGeometry, _ y: UnsafeMutablePointer<Float>) {
+        pool(x, batch: batch, g, y, average: false)
+    }
+
+    public static func avgpool2d(_ x: UnsafePointer<Float>, batch: Int, _ g: ConvGeometry, _ y: UnsafeMutablePointer<Float>) {
+        pool(x, batch: batch, g, y, average: true)
+    }
+
+    private static func pool(_ x: UnsafePointer<Float>, batch: Int, _ g: ConvGeometry, _ y: UnsafeMutablePointer<Float>, average: Bool) {
+        let oh = g.outH, ow = g.outW
+        let inv = 1 / Float(g.kernelH * g.kernelW)
+        var out = y
+        for plane in 0..<(batch * g.channels) {
+            let xp = x + plane * g.height * g.width
+            for oy in 0..<oh {
+                for ox in 0..<ow {
+                    let base = xp + (oy * g.strideH) * g.width + ox * g.strideW
+                    var acc: Float = average ? 0 : -.infinity
+                    for ky in 0..<g.kernelH {
+                        let r = base + ky * g.width
+                        for kx in 0..<g.kernelW {
+                            acc = average ? acc + r[kx] : max(acc, r[kx])
+                        }
+                    }
+                    out.pointee = average ? acc * inv : acc
+                    out += 1
+                }
+            }
+        }
+    }
+
+    /// Mean over each `[H, W]` plane: `[batch, C, H, W]` → `[batch, C]`.
+    public static func globalAveragePool(_ x: UnsafePointer<Float>, planes: Int, planeSize: Int, _ y: UnsafeMutablePointer<Float>) {
+        let inv = 1 / Float(planeSize)
+        for p in 0..<planes {
+            var acc: Float = 0
+            let xp = x + p * planeSize
+            for i in 0..<planeSize { acc += xp[i] }
+            y[p] = acc * inv
+        }
+    }
+
+    /// Numerically stable softmax of each row, in place.
+    public static func softmax(_ y: UnsafeMutablePointer<Float>, rows: Int, columns: Int) {
+        for r in 0..<rows {
+            let row = y + r * columns
+            var m = -Float.infinity
+            for c in 0..<columns { m = max(m, row[c]) }
+            var sum: Float = 0
+            for c in 0..<columns {
+                let e = expf(row[c] - m)
+                row[c] = e
+                sum += e
+            }
+            let inv = 1 / sum
+            for c in 0..<columns { row[c] *= inv }
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,294 @@
+import Foundation
+import Tensor
+
+/// Checks the `edge.manifest` against the tensors of the file and resolves every layer's shapes.
+struct ManifestValidator {
+    let header: SafeTensorsHeader
+    let storage: Storage
+    let file: String
+
+    struct Result {
+        var manifest: Manifest
+        var layers: [Layer]
+        var weights: [String: Tensor]
+    }
+
+    private func fail(_ location: String?, _ message: String) -> ModelFileError {
+        ModelFileError(file: file, location: location, message)
+    }
+
+    func validate() throws -> Result {
+        guard let format = header.metadata[Manifest.formatKey] else {
+            throw fail("__metadata__", "no '\(Manifest.formatKey)' key: this safetensors file is not an edge-agent model")
+        }
+        guard format == Manifest.formatVersion else {
+            throw fail("__metadata__", "edge.format '\(format)' is not supported (this agent reads format \(Manifest.formatVersion))")
+        }
+        guard let manifestText = header.metadata[Manifest.manifestKey] else {
+            throw fail("__metadata__", "no '\(Manifest.manifestKey)' key")
+        }
+        let manifest: Manifest
+        do {
+            manifest = try JSONDecoder().decode(Manifest.self, from: Data(manifestText.utf8))
+        } catch let error as DecodingError {
+            throw fail("edge.manifest", Self.describe(error))
+        } catch {
+            throw fail("edge.manifest", "is not valid JSON")
+        }
+
+        var weights: [String: Tensor] = [:]
+        func floatTensor(_ name: String, at location: String, role: String) throws -> Tensor {
+            if let t = weights[name] { return t }
+            guard let entry = header.entry(name) else {
+                throw fail(location, "\(role) tensor '\(name)' is not in the file")
+            }
+            guard entry.dtype.isFloatWeight else {
+                throw fail(location, "\(role) tensor '\(name)' is \(entry.dtype.rawValue); expected F32, F16 or BF16")
+            }
+            let t = widen(entry)
+            if let bad = (0..<t.count).first(where: { !t[$0].isFinite }) {
+                throw fail("tensor '\(name)'", "element \(bad) is \(t[bad]), not a finite number")
+            }
+            weights[name] = t
+            return t
+        }
+        func expectShape(_ t: Tensor, _ name: String, _ shape: [Int], at location: String, role: String) throws {
+            guard t.shape == shape else {
+                throw fail(location, "\(role) tensor '\(name)' has shape \(formatShape(t.shape)), expected \(formatShape(shape))")
+            }
+        }
+
+        // Input
+        let input = manifest.input
+        guard manifest.name.isEmpty == false else { throw fail("edge.manifest", "'name' is empty") }
+        guard input.shape.count == 1 || input.shape.count == 3 else {
+            throw fail("input", "shape \(formatShape(input.shape)) must be [features] or [channels, height, width]")
+        }
+        guard input.shape.allSatisfy({ $0 > 0 }) else {
+            throw fail("input", "shape \(formatShape(input.shape)) has a dimension that is not positive")
+        }
+        if let s = input.scale, !s.isFinite || s == 0 { throw fail("input", "scale \(s) must be finite and non-zero") }
+        if let o = input.offset, !o.isFinite { throw fail("input", "offset \(o) must be finite") }
+        if (input.mean == nil) != (input.std == nil) { throw fail("input", "'mean' and 'std' must be given together") }
+        if input.mean != nil && (input.scale != nil || input.offset != nil) {
+            throw fail("input", "give either 'scale'/'offset' or 'mean'/'std', not both")
+        }
+        if let m = input.mean, let s = input.std {
+            let mt = try floatTensor(m, at: "input", role: "mean")
+            try expectShape(mt, m, input.shape, at: "input", role: "mean")
+            let st = try floatTensor(s, at: "input", role: "std")
+            try expectShape(st, s, input.shape, at: "input", role: "std")
+            if let z = (0..<st.count).first(where: { st[$0] == 0 }) {
+                throw fail("tensor '\(s)'", "std element \(z) is zero")
+            }
+        }
+
+        // Layers, chaining shapes
+        guard !manifest.layers.isEmpty else { throw fail("edge.manifest", "'layers' is empty") }
+        var shape = input.shape
+        var layers: [Layer] = []
+        for (i, spec) in manifest.layers.enumerated() {
+            let at = "layer \(i) (\(spec.op))"
+            guard Op.knownNames.contains(spec.op) else {
+                throw fail("layer \(i)", "unknown op '\(spec.op)' (known: \(Op.knownNames.joined(separator: ", ")))")
+            }
+            try checkFields(spec, at: at)
+            let op: Op
+            let out: [Int]
+            switch spec.op {
+            case "dense":
+                guard shape.count == 1 else {
+                    throw fail(at, "needs a flat input but gets \(formatShape(shape)); add a flatten layer before it")
+                }
+                let wName = try required(spec.weight, "weight", at)
+                let w = try floatTensor(wName, at: at, role: "weight")
+                guard w.rank == 2 else { throw fail(at, "weight tensor '\(wName)' has shape \(formatShape(w.shape)), expected [out, in]") }
+                guard w.shape[1] == shape[0] else {
+                    throw fail(at, "weight tensor '\(wName)' has shape \(formatShape(w.shape)) but the input has \(shape[0]) features")
+                }
+                guard w.shape[0] > 0 else { throw fail(at, "weight tensor '\(wName)' has no outputs") }
+                if let b = spec.bias {
+                    try expectShape(try floatTensor(b, at: at, role: "bias"), b, [w.shape[0]], at: at, role: "bias")
+                }
+                op = .dense(weight: wName, bias: spec.bias)
+                out = [w.shape[0]]
+            case "conv2d":
+                try needImage(shape, at)
+                let wName = try required(spec.weight, "weight", at)
+                let w = try floatTensor(wName, at: at, role: "weight")
+                guard w.rank == 4 else { throw fail(at, "weight tensor '\(wName)' has shape \(formatShape(w.shape)), expected [out, in, kh, kw]") }
+                guard w.shape[1] == shape[0] else {
+                    throw fail(at, "weight tensor '\(wName)' has \(w.shape[1]) input channels but the input has \(shape[0])")
+                }
+                guard w.shape[0] > 0, w.shape[2] > 0, w.shape[3] > 0 else { throw fail(at, "weight tensor '\(wName)' has an empty dimension") }
+                let stride = try window(spec.stride, default: Window(1, 1), "stride", at, minimum: 1)
+                let padding = try window(spec.padding, default: Window(0, 0), "padding", at, minimum: 0)
+                let oh = Op.convOutput(shape[1], kernel: w.shape[2], stride: stride.height, padding: padding.height)
+                let ow = Op.convOutput(shape[2], kernel: w.shape[3], stride: stride.width, padding: padding.width)
+                guard shape[1] + 2 * padding.height >= w.shape[2], shape[2] + 2 * padding.width >= w.shape[3], oh > 0, ow > 0 else {
+                    throw fail(at, "kernel \(w.shape[2])x\(w.shape[3]) does not fit the padded input \(formatShape(shape))")
+                }
+                if let b = spec.bias {
+                    try expectShape(try floatTensor(b, at: at, role: "bias"), b, [w.shape[0]], at: at, role: "bias")
+                }
+                op = .conv2d(weight: wName, bias: spec.bias, stride: stride, padding: padding)
+                out = [w.shape[0], oh, ow]
+            case "maxpool2d", "avgpool2d":
+                try needImage(shape, at)
+                guard let k = spec.kernel else { throw fail(at, "needs 'kernel'") }
+                let kernel = try window(k, default: Window(1, 1), "kernel", at, minimum: 1)
+                let stride = try window(spec.stride, default: kernel, "stride", at, minimum: 1)
+                guard kernel.height <= shape[1], kernel.width <= shape[2] else {
+                    throw fail(at, "kernel \(kernel.height)x\(kernel.width) is larger than the input \(formatShape(shape))")
+                }
+                op = spec.op == "maxpool2d" ? .maxpool2d(kernel: kernel, stride: stride) : .avgpool2d(kernel: kernel, stride: stride)
+                out = [shape[0], Op.convOutput(shape[1], kernel: kernel.height, stride: stride.height, padding: 0),
+                       Op.convOutput(shape[2], kernel: kernel.width, stride: stride.width, padding: 0)]
+            case "globalavgpool":
+                try needImage(shape, at)
+                op = .globalavgpool
+                out = [shape[0]]
+            case "flatten":
+                op = .flatten
+                out = [shape.reduce(1, *)]
+            case "relu": op = .relu; out = shape
+            case "relu6": op = .relu6; out = shape
+            case "leakyrelu":
+                let alpha = spec.alpha ?? 0.01
+                guard alpha.isFinite else { throw fail(at, "alpha \(alpha) is not finite") }
+                op = .leakyrelu(alpha: alpha)
+                out = shape
+            case "batchnorm":
+                guard let previous = layers.last, ["dense", "conv2d"].contains(previous.op.name) else {
+                    throw fail(at, "must follow a dense or conv2d layer, into which it is folded at load")
+                }
+                let channels = shape[0]
+                var names: [String] = []
+                for (role, value) in [("weight", spec.weight), ("bias", spec.bias), ("mean", spec.mean), ("var", spec.var)] {
+                    let name = try required(value, role, at)
+                    try expectShape(try floatTensor(name, at: at, role: role), name, [channels], at: at, role: role)
+                    names.append(name)
+                }
+                let eps = spec.eps ?? 1e-5
+                guard eps.isFinite, eps >= 0 else { throw fail(at, "eps \(eps) must be finite and non-negative") }
+                let variance = weights[names[3]]!
+                if let bad = (0..<variance.count).first(where: { variance[$0] + eps <= 0 }) {
+                    throw fail("tensor '\(names[3])'", "variance element \(bad) plus eps is not positive")
+                }
+                op = .batchnorm(weight: names[0], bias: names[1], mean: names[2], variance: names[3], eps: eps)
+                out = shape
+            case "softmax":
+                guard i == manifest.layers.count - 1 else { throw fail(at, "softmax may only be the last layer") }
+                op = .softmax
+                out = shape
+            default:
+                preconditionFailure("op list and switch disagree")
+            }
+            layers.append(Layer(index: i, op: op, inputShape: shape, outputShape: out))
+            shape = out
+        }
+        guard shape.count == 1 else {
+            throw fail("layer \(layers.count - 1) (\(layers.last!.op.name))",
+                       "the model's output \(formatShape(shape)) is not flat; end with flatten or dense")
+        }
+        if let labels = manifest.labels, labels.count != shape[0] {
+            throw fail("edge.manifest", "'labels' has \(labels.count) names but the model outputs \(shape[0]) scores")
+        }
+        for name in manifest.trainable ?? [] where weights[name] == nil {
+            throw fail("edge.manifest", "trainable tensor '\(name)' is not a tensor any layer uses")
+        }
+        return Result(manifest: manifest, layers: layers, weights: weights)
+    }
+
+    private func required(_ value: String?, _ role: String, _ at: String) throws -> String {
+        guard let value else { throw fail(at, "needs '\(role)'") }
+        return value
+    }
+
+    private func needImage(_ shape: [Int], _ at: String) throws {
+        guard shape.count == 3 else {
+            throw fail(at, "needs a [channels, height, width] input but gets \(formatShape(shape))")
+        }
+    }
+
+    private func window(_ pair: [Int]?, default value: Window, _ role: String, _ at: String, minimum: Int) throws -> Window {
+        guard let pair else { return value }
+        guard pair.count == 2, pair.allSatisfy({ $0 >= minimum }) else {
+            throw fail(at, "'\(role)' \(pair) must be one integer or two, each at least \(minimum)")
+        }
+        return Window(pair[0], pair[1])
+    }
+
+    /// Fields that an op does not read are refused, so a typo never goes unnoticed.
+    private func checkFields(_ spec: LayerSpec, at: String) throws {
+        let allowed: Set<String> = switch spec.op {
+        case "dense": ["weight", "bias"]
+        case "conv2d": ["weight", "bias", "stride", "padding"]
+        case "maxpool2d", "avgpool2d": ["kernel", "stride"]
+        case "leakyrelu": ["alpha"]
+        case "batchnorm": ["weight", "bias", "mean", "var", "eps"]
+        default: []
+        }
+        let present: [(String, Bool)] = [
+            ("weight", spec.weight != nil), ("bias", spec.bias != nil), ("mean", spec.mean != nil),
+            ("var", spec.var != nil), ("eps", spec.eps != nil), ("stride", spec.stride != nil),
+            ("padding", spec.padding != nil), ("kernel", spec.kernel != nil), ("alpha", spec.alpha != nil),
+        ]
+        for (field, isSet) in present where isSet && !allowed.contains(field) {
+            throw fail(at, "field '\(field)' does not apply to \(spec.op)")
+        }
+    }
+
+    /// F32 tensors aligned to 4 bytes are views of the file; others are widened or copied once.
+    private func widen(_ entry: TensorEntry) -> Tensor {
+        let offset = header.dataStart + entry.begin
+        let count = entry.shape.reduce(1, *)
+        let src = storage.base + offset
+        if entry.dtype == .f32 && offset % 4 == 0 {
+            return Tensor(shape: entry.shape, storage: storage, byteOffset: offset)
+        }
+        let t = Tensor(zeros: entry.shape)
+        let dst = t.pointer
+        for i in 0..<count {
+            switch entry.dtype {
+            case .f32:
+                dst[i] = Float(bitPattern: UInt32(littleEndian: src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
+            case .f16:
+                let bits = UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
+                dst[i] = Float(Float16(bitPattern: bits))
+            case .bf16:
+                let bits = UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
+                dst[i] = Float(bitPattern: UInt32(bits) << 16)
+            default:
+                preconditionFailure("widen called on \(entry.dtype)")
+            }
+        }
+        return t
+    }
+
+    static func describe(_ error: DecodingError) -> String {
+        func path(_ keys: [CodingKey]) -> String {
+            let parts = keys.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()
+            return parts.isEmpty ? "the document" : String(parts.drop(while: { $0 == "." }))
+        }
+        switch error {
+        case .keyNotFound(let key, let ctx): return "\(path(ctx.codingPath + [key])) is missing"
+        case .typeMismatch(let type, let ctx): return "\(path(ctx.codingPath)) is not \(Self.typeName(type))"
+        case .valueNotFound(let type, let ctx): return "\(path(ctx.codingPath)) is null, expected \(Self.typeName(type))"
+        case .dataCorrupted(let ctx):
+            if ctx.codingPath.isEmpty { return "is not valid JSON" }
+            return "\(path(ctx.codingPath.dropLast())): \(ctx.debugDescription)"
+        @unknown default: return "cannot be decoded"
+        }
+    }
+
+    private static func typeName(_ type: Any.Type) -> String {
+        switch type {
+        case is String.Type: "a string"
+        case is Int.Type: "an integer"
+        case is Float.Type, is Double.Type: "a number"
+        case is [Int].Type: "an array of integers"
+        default: "of the expected type"
+        }
+    }
+}

@@ -1,0 +1,85 @@
+import ArgumentParser
+import CBLAS
+import Foundation
+import Inference
+import ModelFile
+import Tensor
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Latency and throughput of a model file per batch size, after warm-up.",
+        discussion: """
+            For each batch size the plan is built once, warmed up, then called repeatedly for about
+            --seconds; the median latency per call and samples per second are reported. Inputs are
+            seeded random values. Single-threaded unless --threads says otherwise.
+
+            Example:
+              agentctl model bench mlp.safetensors --batch 1,8,64 --json
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The model file.", valueName: "FILE"))
+    var file: String
+
+    @Option(help: ArgumentHelp("Comma-separated batch sizes.", valueName: "SIZES"))
+    var batch: String = "1,8,64"
+
+    @Option(help: "Threads for the BLAS kernels.")
+    var threads: Int = 1
+
+    @Option(help: "Time to measure per batch size, in seconds.")
+    var seconds: Double = 1
+
+    @Flag(help: "One JSON object per batch size: batch, latency_us, samples_per_s.")
+    var json = false
+
+    struct Result: Codable {
+        var batch: Int
+        var latency_us: Double
+        var samples_per_s: Double
+        var calls: Int
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let sizes = try batch.split(separator: ",").map { part -> Int in
+                guard let n = Int(part.trimmingCharacters(in: .whitespaces)), n >= 1, n <= 65536 else {
+                    throw ValidationError("--batch: '\(part)' is not a batch size between 1 and 65536")
+                }
+                return n
+            }
+            guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+            let network = Network(model: try ModelFile.load(path: file))
+            openblas_set_num_threads(Int32(threads))
+            var rng = SeededGenerator(seed: 7)
+            var results: [Result] = []
+            for b in sizes {
+                let plan = ExecutionPlan(network: network, batchCapacity: b)
+                let input = (0..<(b * network.inputCount)).map { _ in rng.nextUnitFloat() * 16 }
+                let r = input.withUnsafeBufferPointer { buf -> Result in
+                    let p = buf.baseAddress!
+                    for _ in 0..<20 { plan.run(p, batch: b) }
+                    var samples: [UInt64] = []
+                    samples.reserveCapacity(100_000)
+                    let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+                    while samples.count < 20 || (monotonicNanoseconds() < deadline && samples.count < 1_000_000) {
+                        let t0 = monotonicNanoseconds()
+                        plan.run(p, batch: b)
+                        samples.append(monotonicNanoseconds() - t0)
+                    }
+                    samples.sort()
+                    let median = Double(samples[samples.count / 2]) / 1000
+                    return Result(batch: b, latency_us: median, samples_per_s: Double(b) / median * 1e6, calls: samples.count)
+                }
+                results.append(r)
+                if json { printJSON(r, pretty: false) }
+            }
+            if !json {
+                print("\(network.name) v\(network.version), fp32, \(threads) thread\(threads == 1 ? "" : "s")")
+                print(table(["batch", "latency (us)", "samples/s"],
+                            results.map { ["\($0.batch)", String(format: "%.2f", $0.latency_us), String(format: "%.0f", $0.samples_per_s)] },
+                            rightAligned: [0, 1, 2]))
+            }
+        }
+    }
+}
