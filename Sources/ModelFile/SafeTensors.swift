@@ -146,7 +146,7 @@ public struct SafeTensorsHeader: Sendable {
         if type(of: number) != NSNumber.self, "\(type(of: number))".contains("Bool") { return nil }
         #endif
         let d = number.doubleValue
-        guard d.rounded() == d, abs(d) < 9.0e15 else { return nil }
-        return Int(d)
+        guard d.rounded() == d, abs(d) < 9.2e18 else { return nil }
+        return Int(number.int64Value)
     }
 }

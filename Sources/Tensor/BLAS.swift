@@ -7,6 +7,11 @@ public enum BLAS {
         openblas_set_num_threads(1)
     }
 
+    /// Denormal floats flush to zero on the calling thread; training calls it before its loop.
+    public static func flushDenormalsToZero() {
+        edge_flush_denormals_to_zero()
+    }
+
     /// C[m×n] = alpha · op(A) · op(B) + beta · C, all row-major.
     /// `op(A)` is m×k (A is k×m when `transA`), `op(B)` is k×n (B is n×k when `transB`).
     @inline(__always)

@@ -1,0 +1,73 @@
+# edge-agent — build, test, run. `make help` lists the targets.
+SHELL := /bin/bash
+PREFIX ?= /usr/local
+DESTDIR ?=
+SWIFT ?= swift
+CONFIG ?= release
+BIN := .build/$(CONFIG)
+VENV := .venv
+PY := $(VENV)/bin/python
+DEBIAN_PACKAGES := libopenblas-dev libsqlite3-dev libmosquitto-dev mosquitto pkg-config
+DEMO_MODEL := .agentd/digits-mlp.safetensors
+
+.PHONY: help deps build test unit-test interop-test run bench venv install clean
+
+help:
+	@echo "make run      build, install missing Debian packages, train and evaluate the demo model"
+	@echo "make test     install missing Debian packages, build, run every test"
+	@echo "make bench    compare against ONNX Runtime (tools/bench/compare_onnxruntime.py)"
+	@echo "make install  install agentctl (PREFIX=$(PREFIX) DESTDIR=$(DESTDIR))"
+
+# Installs only what is missing, as root or through sudo.
+deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build -c $(CONFIG)
+
+test: deps
+	$(SWIFT) build -c $(CONFIG)
+	$(SWIFT) test -c $(CONFIG)
+	$(MAKE) --no-print-directory interop-test
+
+# Python venv for the exporter, the interop tests and the ONNX Runtime comparison.
+# If pip cannot reach its registry the venv is left incomplete and interop-test says so.
+$(VENV)/.stamp: tools/requirements.txt
+	@python3 -m venv $(VENV) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get install -y -qq python3-venv >/dev/null && python3 -m venv $(VENV); }
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r tools/requirements.txt
+	@touch $@
+
+venv: $(VENV)/.stamp
+
+interop-test: build
+	@if $(MAKE) --no-print-directory venv; then \
+	  AGENTCTL=$(BIN)/agentctl $(PY) -m pytest -q tools/export tools/tests; \
+	else \
+	  echo "SKIPPED interop tests (sklearn predict_proba, NumPy conv/pool reference): pip could not install tools/requirements.txt"; \
+	fi
+
+$(DEMO_MODEL): | build
+	@mkdir -p .agentd
+	$(BIN)/agentctl model train --data tools/data/digits.csv --arch mlp:64-256-256-10 --epochs 30 --seed 1 --name digits-mlp --out $(DEMO_MODEL)
+
+run: build $(DEMO_MODEL)
+	$(BIN)/agentctl model inspect $(DEMO_MODEL)
+	$(BIN)/agentctl model eval $(DEMO_MODEL) --data tools/data/digits.csv --test-split
+
+bench: build venv
+	$(PY) tools/bench/compare_onnxruntime.py --agentctl $(BIN)/agentctl
+
+install: build
+	install -D -m 0755 $(BIN)/agentctl $(DESTDIR)$(PREFIX)/bin/agentctl
+
+clean:
+	rm -rf .build .agentd
