@@ -58,9 +58,8 @@ public struct DataSet: Sendable {
 
     public static func parse(_ text: String, file: String, featureCount expected: Int? = nil, classNames known: [String]? = nil,
                              requireLabels: Bool = true) throws -> DataSet {
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { line -> Substring in
-            line.hasSuffix("\r") ? line.dropLast() : line
-        }
+        // "\r\n" is one Character in Swift, and a newline like "\n".
+        var lines = text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline)
         while let last = lines.last, last.allSatisfy(\.isWhitespace) { lines.removeLast() }
         guard let headerLine = lines.first, !headerLine.allSatisfy(\.isWhitespace) else {
             throw DataSetError(file: file, "is empty; expected a header row and at least one sample")
