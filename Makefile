@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := libopenblas-dev libsqlite3-dev libmosquitto-dev mosquitto pkg-config
 DEMO_MODEL := .agentd/digits-mlp.safetensors
 
-.PHONY: help deps build test unit-test interop-test run bench venv install clean
+.PHONY: help deps build test interop-test interop-test-run run bench venv install clean
 
 help:
 	@echo "make run      build, install missing Debian packages, train and evaluate the demo model"
@@ -35,7 +35,7 @@ build: deps
 test: deps
 	$(SWIFT) build -c $(CONFIG)
 	$(SWIFT) test -c $(CONFIG)
-	$(MAKE) --no-print-directory interop-test
+	@$(MAKE) --no-print-directory interop-test-run
 
 # Python venv for the exporter, the interop tests and the ONNX Runtime comparison.
 # If pip cannot reach its registry the venv is left incomplete and interop-test says so.
@@ -49,8 +49,11 @@ $(VENV)/.stamp: tools/requirements.txt
 venv: $(VENV)/.stamp
 
 interop-test: build
+	@$(MAKE) --no-print-directory interop-test-run
+
+interop-test-run:
 	@if $(MAKE) --no-print-directory venv; then \
-	  AGENTCTL=$(BIN)/agentctl $(PY) -m pytest -q tools/export tools/tests; \
+	  AGENTCTL=$(BIN)/agentctl $(PY) -m pytest -q -p no:cacheprovider -W ignore::UserWarning tools/export; \
 	else \
 	  echo "SKIPPED interop tests (sklearn predict_proba, NumPy conv/pool reference): pip could not install tools/requirements.txt"; \
 	fi

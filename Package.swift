@@ -31,5 +31,7 @@ let package = Package(
         .testTarget(name: "ModelFileTests", dependencies: ["ModelFile"]),
         .testTarget(name: "InferenceTests", dependencies: ["Inference"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
+        // Runs the built agentctl binary; depends on nothing so it tests only what users see.
+        .testTarget(name: "AgentctlTests"),
     ]
 )

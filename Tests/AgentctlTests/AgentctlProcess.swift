@@ -1,0 +1,53 @@
+import Foundation
+
+/// Runs the built `agentctl` as a user would: a separate process, arguments, exit status, output.
+struct Agentctl {
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+        var stderrLines: [Substring] { stderr.split(separator: "\n") }
+    }
+
+    static let path: String = {
+        if let explicit = ProcessInfo.processInfo.environment["AGENTCTL"] { return explicit }
+        // swift test runs the test bundle from the build directory that also holds agentctl.
+        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        return dir.appendingPathComponent("agentctl").path
+    }()
+
+    static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("../..").standardized.path
+    static let digits = repoRoot + "/tools/data/digits.csv"
+
+    /// Output goes to files, not pipes, so a chatty child can never block on a full pipe.
+    static func run(_ arguments: [String]) throws -> Result {
+        let dir = temporaryDirectory("run")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let outPath = dir + "/stdout", errPath = dir + "/stderr"
+        FileManager.default.createFile(atPath: outPath, contents: nil)
+        FileManager.default.createFile(atPath: errPath, contents: nil)
+        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
+        let err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        process.waitUntilExit()
+        try out.close()
+        try err.close()
+        return Result(status: process.terminationStatus,
+                      stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
+                      stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
+    }
+}
+
+/// A fresh temporary directory.
+func temporaryDirectory(_ name: String) -> String {
+    let dir = FileManager.default.temporaryDirectory
+        .appendingPathComponent("agentctl-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+    try! FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    return dir.path
+}

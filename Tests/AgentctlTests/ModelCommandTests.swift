@@ -1,0 +1,198 @@
+import Foundation
+import Testing
+
+/// Whole-process tests of `agentctl model`: the real binary, real files, exit codes and output.
+@Suite(.serialized) struct ModelCommandTests {
+    /// Trained once and shared: an MLP on digits with the documented split and seed.
+    static let trained: (dir: String, mlp: String) = {
+        let dir = temporaryDirectory("trained")
+        let mlp = dir + "/mlp.safetensors"
+        let r = try! Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", "mlp:64-256-256-10",
+                                   "--epochs", "30", "--seed", "1", "--out", mlp, "--json"])
+        precondition(r.status == 0, "training failed: \(r.stderr)")
+        return (dir, mlp)
+    }()
+
+    func json(_ line: Substring) throws -> [String: Any] {
+        try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+    }
+
+    @Test func mlpReachesTheAccuracyTheReadmePromises() throws {
+        let r = try Agentctl.run(["model", "eval", Self.trained.mlp, "--data", Agentctl.digits, "--test-split", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let out = try json(Substring(r.stdout))
+        let accuracy = try #require(out["accuracy"] as? Double)
+        #expect(accuracy >= 0.97, "MLP test accuracy \(accuracy)")
+        #expect((out["rows"] as? Int) == 359)
+        let confusion = try #require(out["confusion"] as? [[Int]])
+        #expect(confusion.count == 10 && confusion.allSatisfy { $0.count == 10 })
+    }
+
+    @Test func cnnReachesTheAccuracyTheReadmePromises() throws {
+        let dir = temporaryDirectory("cnn")
+        let cnn = dir + "/cnn.safetensors"
+        let r = try Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", "cnn:1x8x8-c32-c64-m2-f128-10",
+                                  "--epochs", "20", "--seed", "1", "--out", cnn, "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let lines = r.stdout.split(separator: "\n")
+        #expect(lines.count == 21, "one JSON line per epoch and a summary")
+        let summary = try json(lines.last!)
+        let accuracy = try #require(summary["testAccuracy"] as? Double)
+        #expect(accuracy >= 0.98, "CNN test accuracy \(accuracy)")
+    }
+
+    @Test func trainPrintsOneProgressLinePerEpoch() throws {
+        let dir = temporaryDirectory("progress")
+        let r = try Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", "mlp:64-16-10", "--epochs", "3",
+                                  "--out", dir + "/m.safetensors"])
+        #expect(r.status == 0)
+        let epochs = r.stderrLines.filter { $0.hasPrefix("epoch") }
+        #expect(epochs.count == 3)
+        #expect(epochs.allSatisfy { $0.contains("loss") && $0.contains("train") && $0.contains("test") && $0.hasSuffix(" s") })
+        #expect(r.stdout.contains("wrote \(dir)/m.safetensors"))
+    }
+
+    @Test func fineTuningKeepsFrozenTensorsAndBumpsTheVersion() throws {
+        let dir = temporaryDirectory("tune")
+        let tuned = dir + "/tuned.safetensors"
+        let r = try Agentctl.run(["model", "train", "--data", Agentctl.digits, "--from", Self.trained.mlp, "--trainable",
+                                  "fc3.weight,fc3.bias", "--epochs", "1", "--out", tuned])
+        #expect(r.status == 0, "\(r.stderr)")
+        let inspect = try Agentctl.run(["model", "inspect", tuned, "--json"])
+        let out = try json(Substring(inspect.stdout))
+        #expect((out["version"] as? Int) == 2)
+        #expect((out["trainable"] as? [String]) == ["fc3.bias", "fc3.weight"])
+        let bad = try Agentctl.run(["model", "train", "--data", Agentctl.digits, "--from", Self.trained.mlp, "--trainable",
+                                    "fc9.weight", "--out", dir + "/x.safetensors"])
+        #expect(bad.status != 0)
+        #expect(bad.stderrLines.count == 1 && bad.stderr.contains("'fc9.weight' is not a tensor of the model"))
+    }
+
+    @Test func inspectShowsLayersParametersAndFlops() throws {
+        let r = try Agentctl.run(["model", "inspect", Self.trained.mlp, "--json"])
+        #expect(r.status == 0)
+        let out = try json(Substring(r.stdout))
+        #expect((out["parameters"] as? Int) == 85002)
+        #expect((out["flopsPerSample"] as? Int) == 2 * (64 * 256 + 256 * 256 + 256 * 10) + (256 + 256 + 10) + 256 + 256 + 30)
+        let layers = try #require(out["layers"] as? [[String: Any]])
+        #expect(layers.map { $0["op"] as? String } == ["dense", "relu", "dense", "relu", "dense", "softmax"])
+        let text = try Agentctl.run(["model", "inspect", Self.trained.mlp])
+        #expect(text.stdout.contains("85002 parameters"))
+    }
+
+    @Test func predictGivesClassAndScoresPerRow() throws {
+        let r = try Agentctl.run(["model", "predict", Self.trained.mlp, "--data", Agentctl.digits, "--json"])
+        #expect(r.status == 0)
+        let rows = r.stdout.split(separator: "\n")
+        #expect(rows.count == 1797)
+        let first = try json(rows[0])
+        let scores = try #require(first["scores"] as? [Double])
+        #expect(scores.count == 10)
+        #expect(abs(scores.reduce(0, +) - 1) < 1e-4)
+        #expect((first["class"] as? Int) == scores.indices.max { scores[$0] < scores[$1] })
+    }
+
+    @Test func benchReportsEachBatchSize() throws {
+        let r = try Agentctl.run(["model", "bench", Self.trained.mlp, "--batch", "1,8", "--seconds", "0.1", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let rows = try r.stdout.split(separator: "\n").map(json)
+        #expect(rows.map { $0["batch"] as? Int } == [1, 8])
+        for row in rows {
+            let latency = try #require(row["latency_us"] as? Double)
+            let throughput = try #require(row["samples_per_s"] as? Double)
+            #expect(latency > 0 && throughput > 0)
+        }
+    }
+
+    @Test func helpTeachesTheArchGrammar() throws {
+        let r = try Agentctl.run(["model", "train", "--help"])
+        #expect(r.status == 0)
+        #expect(r.stdout.contains("cN[kK][sS][pP]"))
+        #expect(r.stdout.contains("Every 5th row"))
+    }
+}
+
+/// Bad input: each command exits non-zero with one line that says what and where.
+@Suite struct BadInputTests {
+    static let commands: [[String]] = [
+        ["model", "eval", "FILE", "--data", "CSV"],
+        ["model", "inspect", "FILE"],
+        ["model", "predict", "FILE", "--data", "CSV"],
+        ["model", "bench", "FILE", "--batch", "1", "--seconds", "0.01"],
+        ["model", "train", "--data", "CSV", "--from", "FILE", "--epochs", "1", "--out", "OUT"],
+    ]
+
+    func expectOneLineError(_ command: [String], file: String, csv: String = Agentctl.digits, contains fragment: String,
+                            sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let dir = temporaryDirectory("bad")
+        let args = command.map { $0 == "FILE" ? file : $0 == "CSV" ? csv : $0 == "OUT" ? dir + "/out.safetensors" : $0 }
+        let r = try Agentctl.run(args)
+        #expect(r.status == 1, "\(args): status \(r.status)", sourceLocation: sourceLocation)
+        #expect(r.stderrLines.count == 1, "\(args): \(r.stderr)", sourceLocation: sourceLocation)
+        #expect(r.stderr.hasPrefix("agentctl: "), "\(r.stderr)", sourceLocation: sourceLocation)
+        #expect(r.stderr.contains(fragment), "\(args): \(r.stderr)", sourceLocation: sourceLocation)
+        #expect(!FileManager.default.fileExists(atPath: dir + "/out.safetensors"), sourceLocation: sourceLocation)
+    }
+
+    static func goodModel() throws -> String {
+        let dir = temporaryDirectory("good")
+        let path = dir + "/m.safetensors"
+        let r = try Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", "mlp:64-8-10", "--epochs", "1", "--out", path])
+        precondition(r.status == 0, r.stderr)
+        return path
+    }
+
+    @Test(arguments: commands)
+    func missingFile(_ command: [String]) throws {
+        try expectOneLineError(command, file: "/nonexistent/model.safetensors", contains: "/nonexistent/model.safetensors: no such file")
+    }
+
+    @Test(arguments: commands)
+    func notAModelFile(_ command: [String]) throws {
+        try expectOneLineError(command, file: Agentctl.digits, contains: "\(Agentctl.digits): header length")
+    }
+
+    @Test(arguments: commands)
+    func truncatedModel(_ command: [String]) throws {
+        let good = try Self.goodModel()
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: good))
+        let cut = good + ".cut"
+        try bytes.prefix(bytes.count - 100).write(to: URL(fileURLWithPath: cut))
+        try expectOneLineError(command, file: cut, contains: "truncated")
+    }
+
+    @Test(arguments: commands)
+    func tamperedModel(_ command: [String]) throws {
+        let good = try Self.goodModel()
+        var text = try Data(contentsOf: URL(fileURLWithPath: good))
+        // Change fc1.weight's declared shape [8,64] to [8,63]: the byte range no longer matches.
+        let needle = Data("\"shape\":[8,64]".utf8)
+        let range = try #require(text.range(of: needle))
+        text.replaceSubrange(range, with: Data("\"shape\":[8,63]".utf8))
+        let tampered = good + ".tampered"
+        try text.write(to: URL(fileURLWithPath: tampered))
+        try expectOneLineError(command, file: tampered, contains: "tensor 'fc1.weight': data_offsets")
+    }
+
+    @Test(arguments: commands.filter { $0.contains("CSV") })
+    func csvWithWrongFeatureCount(_ command: [String]) throws {
+        let dir = temporaryDirectory("csv")
+        let csv = dir + "/short.csv"
+        try "a,b,c,label\n1,2,3,0\n".write(toFile: csv, atomically: true, encoding: .utf8)
+        try expectOneLineError(command, file: try Self.goodModel(), csv: csv, contains: "\(csv):1: has 3 feature columns but the model takes 64")
+    }
+
+    @Test(arguments: ["mlp:64-x-10", "cnn:1x8x8-q3-10", "mlp:32-10", "lstm:4"])
+    func archThatCannotBeParsed(_ arch: String) throws {
+        let dir = temporaryDirectory("arch")
+        let r = try Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", arch, "--out", dir + "/m.safetensors"])
+        #expect(r.status == 1)
+        #expect(r.stderrLines.count == 1)
+        #expect(r.stderr.hasPrefix("agentctl: arch '\(arch)': "), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/m.safetensors"))
+    }
+
+    @Test func directoryInsteadOfFile() throws {
+        try expectOneLineError(["model", "inspect", "FILE"], file: "/tmp", contains: "/tmp: is a directory")
+    }
+}
