@@ -16,7 +16,9 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
-        .target(name: "Tensor", dependencies: ["CBLAS"]),
+        // C micro-kernels for instructions Swift cannot select per function (AVX-512, AVX2, VNNI, NEON dot).
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        .target(name: "Tensor", dependencies: ["CBLAS", "CKernels"]),
         .target(name: "ModelFile", dependencies: ["Tensor"]),
         .target(name: "Inference", dependencies: ["Tensor", "ModelFile"]),
         .target(name: "Training", dependencies: ["Inference"]),

@@ -15,8 +15,8 @@ public struct MemoryEstimate: Sendable, Equatable, Codable {
 /// A plan is not thread-safe: one thread runs it at a time (the scheduler gives each worker its own).
 public final class ExecutionPlan: @unchecked Sendable {
     enum Step {
-        case dense(weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, inputs: Int, outputs: Int, activation: Kernels.Activation)
-        case conv2d(weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, geometry: Kernels.ConvGeometry, activation: Kernels.Activation)
+        case dense(PackedWeights, activation: FusedActivation)
+        case conv2d(PackedWeights, geometry: Kernels.ConvGeometry, activation: FusedActivation)
         case maxpool2d(Kernels.ConvGeometry)
         case avgpool2d(Kernels.ConvGeometry)
         case globalAveragePool(channels: Int, planeSize: Int)
@@ -49,12 +49,9 @@ public final class ExecutionPlan: @unchecked Sendable {
         let sizes = Self.bufferSizes(network)
         self.activationFloats = sizes.activation * batchCapacity
         self.workspaceFloats = sizes.workspace
-        bufferA = .allocate(capacity: max(activationFloats, 1))
-        bufferB = .allocate(capacity: max(activationFloats, 1))
-        workspace = .allocate(capacity: max(workspaceFloats, 1))
-        bufferA.initialize(repeating: 0, count: max(activationFloats, 1))
-        bufferB.initialize(repeating: 0, count: max(activationFloats, 1))
-        workspace.initialize(repeating: 0, count: max(workspaceFloats, 1))
+        bufferA = allocateAlignedFloats(activationFloats)
+        bufferB = allocateAlignedFloats(activationFloats)
+        workspace = allocateAlignedFloats(workspaceFloats)
     }
 
     deinit {
@@ -68,7 +65,11 @@ public final class ExecutionPlan: @unchecked Sendable {
     /// What a plan for `batch` samples would hold, without building it.
     public static func memoryEstimate(network: Network, batch: Int) -> MemoryEstimate {
         let sizes = bufferSizes(network)
-        return MemoryEstimate(weights: network.weightBytes, workspace: sizes.workspace * 4,
+        let packed = network.layers.reduce(0) { total, layer in
+            guard let w = layer.weight else { return total }
+            return total + edgePackedFloats(outputs: w.shape[0], inputs: w.count / w.shape[0]) * 4
+        }
+        return MemoryEstimate(weights: packed, workspace: sizes.workspace * 4,
                               activations: 2 * sizes.activation * batch * 4)
     }
 
@@ -77,8 +78,9 @@ public final class ExecutionPlan: @unchecked Sendable {
         var workspace = 0
         for layer in network.layers {
             activation = max(activation, layer.outputCount)
-            if case .conv2d = layer.kind, let g = layer.geometry, !g.isPointwise {
-                workspace = max(workspace, g.patch * g.outH * g.outW)
+            if case .conv2d = layer.kind, let g = layer.geometry {
+                // im2row rows plus the [pixels, out] product before the transpose to NCHW
+                workspace = max(workspace, (g.patch + g.outChannels) * g.outH * g.outW)
             }
         }
         return (activation, workspace)
@@ -100,11 +102,10 @@ public final class ExecutionPlan: @unchecked Sendable {
             }
             switch layer.kind {
             case .dense:
-                steps.append(.dense(weight: layer.weight!.pointer, bias: layer.bias.map { UnsafePointer($0.pointer) },
-                                    inputs: layer.inputCount, outputs: layer.outputCount, activation: fused))
+                steps.append(.dense(PackedWeights(weight: layer.weight!, bias: layer.bias), activation: fused.fused))
             case .conv2d:
-                steps.append(.conv2d(weight: layer.weight!.pointer, bias: layer.bias.map { UnsafePointer($0.pointer) },
-                                     geometry: layer.geometry!, activation: fused))
+                steps.append(.conv2d(PackedWeights(weight: layer.weight!, bias: layer.bias), geometry: layer.geometry!,
+                                     activation: fused.fused))
             case .maxpool2d: steps.append(.maxpool2d(layer.geometry!))
             case .avgpool2d: steps.append(.avgpool2d(layer.geometry!))
             case .globalavgpool:
@@ -128,10 +129,10 @@ public final class ExecutionPlan: @unchecked Sendable {
         var current = bufferA, other = bufferB
         for step in steps {
             switch step {
-            case .dense(let w, let b, let inputs, let outputs, let act):
-                Kernels.dense(current, batch: batch, inputs: inputs, outputs: outputs, weight: w, bias: b, activation: act, other)
-            case .conv2d(let w, let b, let g, let act):
-                Kernels.conv2d(current, batch: batch, g, weight: w, bias: b, activation: act, workspace: workspace, other)
+            case .dense(let w, let act):
+                w.multiply(rows: batch, current, ldx: w.inputs, other, ldy: w.outputs, activation: act)
+            case .conv2d(let w, let g, let act):
+                Kernels.conv2dPacked(current, batch: batch, g, weights: w, activation: act, workspace: workspace, other)
             case .maxpool2d(let g): Kernels.maxpool2d(current, batch: batch, g, other)
             case .avgpool2d(let g): Kernels.avgpool2d(current, batch: batch, g, other)
             case .globalAveragePool(let c, let p): Kernels.globalAveragePool(current, planes: batch * c, planeSize: p, other)

@@ -8,6 +8,15 @@ public enum Kernels {
     public enum Activation: Sendable, Equatable {
         case none, relu, relu6, leaky(Float)
 
+        public var fused: FusedActivation {
+            switch self {
+            case .none: .none
+            case .relu: .relu
+            case .relu6: .relu6
+            case .leaky(let a): .leaky(a)
+            }
+        }
+
         @inline(__always) public func apply(_ v: Float) -> Float {
             switch self {
             case .none: v
@@ -110,6 +119,53 @@ public enum Kernels {
                     }
                     row += 1
                 }
+            }
+        }
+    }
+
+    /// Unfolds one sample into `rows[outH·outW, C·kh·kw]`: one row per output pixel, so that a
+    /// convolution is `rows · Wᵀ` with W `[out, C·kh·kw]` as packed for the dense kernels.
+    public static func im2row(_ x: UnsafePointer<Float>, _ g: ConvGeometry, _ rows: UnsafeMutablePointer<Float>) {
+        let oh = g.outH, ow = g.outW, patch = g.patch
+        for oy in 0..<oh {
+            for ox in 0..<ow {
+                var d = rows + (oy * ow + ox) * patch
+                for c in 0..<g.channels {
+                    let xc = x + c * g.height * g.width
+                    for ky in 0..<g.kernelH {
+                        let iy = oy * g.strideH - g.padH + ky
+                        if iy < 0 || iy >= g.height {
+                            d.update(repeating: 0, count: g.kernelW)
+                        } else {
+                            let src = xc + iy * g.width
+                            let x0 = ox * g.strideW - g.padW
+                            for kx in 0..<g.kernelW {
+                                let ix = x0 + kx
+                                d[kx] = (ix >= 0 && ix < g.width) ? src[ix] : 0
+                            }
+                        }
+                        d += g.kernelW
+                    }
+                }
+            }
+        }
+    }
+
+    /// conv2d through the packed kernels: im2row, `rows · Wᵀ` with bias and activation fused,
+    /// then a transpose from `[pixels, out]` into NCHW. `workspace` holds `pixels · (patch + out)` floats.
+    public static func conv2dPacked(
+        _ x: UnsafePointer<Float>, batch: Int, _ g: ConvGeometry, weights: PackedWeights, activation: FusedActivation,
+        workspace: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>
+    ) {
+        let plane = g.outH * g.outW, inCount = g.channels * g.height * g.width, outCount = g.outChannels * plane
+        let rows = workspace, product = workspace + plane * g.patch
+        for s in 0..<batch {
+            im2row(x + s * inCount, g, rows)
+            weights.multiply(rows: plane, rows, ldx: g.patch, product, ldy: g.outChannels, activation: activation)
+            let ys = y + s * outCount
+            for o in 0..<g.outChannels {
+                let dst = ys + o * plane
+                for p in 0..<plane { dst[p] = product[p * g.outChannels + o] }
             }
         }
     }

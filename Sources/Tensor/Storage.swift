@@ -21,3 +21,10 @@ public final class Storage: @unchecked Sendable {
         UnsafeMutableRawBufferPointer(start: base, count: byteCount)
     }
 }
+
+/// Zeroed floats on a 64-byte boundary (a cache line, and one AVX-512 vector); free with `deallocate()`.
+public func allocateAlignedFloats(_ count: Int) -> UnsafeMutablePointer<Float> {
+    let n = max(count, 16)
+    let raw = UnsafeMutableRawPointer.allocate(byteCount: n * MemoryLayout<Float>.stride, alignment: Storage.alignment)
+    return raw.initializeMemory(as: Float.self, repeating: 0, count: n)
+}

@@ -39,18 +39,12 @@ public final class TrainingGraph: @unchecked Sendable {
         }
         maxActivation = maxAct
         acts = ([network.inputCount] + layers.map(\.outputCount)).map { n in
-            let p = UnsafeMutablePointer<Float>.allocate(capacity: n * batchCapacity)
-            p.initialize(repeating: 0, count: n * batchCapacity)
-            return p
+            allocateAlignedFloats(n * batchCapacity)
         }
-        gradA = .allocate(capacity: maxAct * batchCapacity)
-        gradB = .allocate(capacity: maxAct * batchCapacity)
-        gradA.initialize(repeating: 0, count: maxAct * batchCapacity)
-        gradB.initialize(repeating: 0, count: maxAct * batchCapacity)
-        col = .allocate(capacity: workspace)
-        dcol = .allocate(capacity: workspace)
-        col.initialize(repeating: 0, count: workspace)
-        dcol.initialize(repeating: 0, count: workspace)
+        gradA = allocateAlignedFloats(maxAct * batchCapacity)
+        gradB = allocateAlignedFloats(maxAct * batchCapacity)
+        col = allocateAlignedFloats(workspace)
+        dcol = allocateAlignedFloats(workspace)
         let names = trainable ?? network.trainable.map(Set.init)
         trainableLayers = layers.map { l in
             guard l.weight != nil else { return false }

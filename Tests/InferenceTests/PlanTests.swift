@@ -35,8 +35,9 @@ import Testing
         let net = smallCNN(&rng)
         let m1 = ExecutionPlan.memoryEstimate(network: net, batch: 1)
         let m8 = ExecutionPlan(network: net, batchCapacity: 8).memory
-        #expect(m1.weights == (36 + 4 + 80 + 5) * 4)
-        #expect(m1.workspace == 9 * 16 * 4)             // one sample's im2col matrix
+        // Weights as packed for the kernels (16-output panels plus the padded bias).
+        #expect(m1.weights == (edgePackedFloats(outputs: 4, inputs: 9) + edgePackedFloats(outputs: 5, inputs: 16)) * 4)
+        #expect(m1.workspace == (9 + 4) * 16 * 4)       // one sample's im2row matrix and its [pixels, out] product
         #expect(m1.activations == 2 * 64 * 4)           // two buffers of the largest activation
         #expect(m8.activations == 8 * m1.activations)
         #expect(m8.total == m8.weights + m8.workspace + m8.activations)

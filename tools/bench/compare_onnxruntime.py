@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Compare `agentctl model bench` with ONNX Runtime on the same weights, in one run.
+
+For each model (by default the digits MLP 64-256-256-10 and the 8x8 CNN, trained here with
+agentctl) the script exports the model file to ONNX with the `onnx` package, checks that ONNX
+Runtime and the agent give the same scores on digits, then measures both single-threaded:
+
+  * ONNX Runtime: CPU provider, intra_op_num_threads=1, all graph optimisations, called through
+    IO binding with preallocated inputs and outputs (the cheapest Python call path);
+  * the agent: `agentctl model bench FILE --batch ... --threads 1 --json` (in-process plan calls).
+
+Both report the median latency per call after warm-up and samples per second. It also times one
+training epoch of the MLP (batch 32) from `agentctl model train --json`.
+
+Usage: compare_onnxruntime.py [--agentctl PATH] [--batch 1,8,64] [--seconds 1] [--json]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from safetensors import safe_open
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+DIGITS = os.path.join(ROOT, "tools", "data", "digits.csv")
+
+
+def read_model(path):
+    with safe_open(path, framework="numpy") as f:
+        manifest = json.loads(f.metadata()["edge.manifest"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return manifest, tensors
+
+
+def to_onnx(manifest, tensors):
+    """An ONNX graph computing exactly what the model file means, preprocessing included."""
+    shape = manifest["input"]["shape"]
+    nodes, inits = [], []
+    count = [0]
+
+    def name(prefix):
+        count[0] += 1
+        return f"{prefix}{count[0]}"
+
+    def const(value, prefix="c"):
+        n = name(prefix)
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), n))
+        return n
+
+    cur = "x"
+    inp = manifest["input"]
+    if "mean" in inp:
+        mean = tensors[inp["mean"]].reshape([1] + shape)
+        std = tensors[inp["std"]].reshape([1] + shape)
+        out = name("sub")
+        nodes.append(helper.make_node("Sub", [cur, const(mean)], [out]))
+        cur = out
+        out = name("div")
+        nodes.append(helper.make_node("Div", [cur, const(std)], [out]))
+        cur = out
+    else:
+        scale, offset = inp.get("scale", 1.0), inp.get("offset", 0.0)
+        if scale != 1.0:
+            out = name("mul")
+            nodes.append(helper.make_node("Mul", [cur, const(scale)], [out]))
+            cur = out
+        if offset != 0.0:
+            out = name("add")
+            nodes.append(helper.make_node("Add", [cur, const(offset)], [out]))
+            cur = out
+    for layer in manifest["layers"]:
+        op = layer["op"]
+        out = name(op)
+        if op == "dense":
+            ins = [cur, const(tensors[layer["weight"]])]
+            if "bias" in layer:
+                ins.append(const(tensors[layer["bias"]]))
+            nodes.append(helper.make_node("Gemm", ins, [out], transB=1))
+        elif op == "conv2d":
+            ins = [cur, const(tensors[layer["weight"]])]
+            if "bias" in layer:
+                ins.append(const(tensors[layer["bias"]]))
+            s = layer.get("stride", [1, 1])
+            p = layer.get("padding", [0, 0])
+            nodes.append(helper.make_node("Conv", ins, [out], strides=s, pads=[p[0], p[1], p[0], p[1]]))
+        elif op in ("maxpool2d", "avgpool2d"):
+            k = layer["kernel"]
+            s = layer.get("stride", k)
+            nodes.append(helper.make_node("MaxPool" if op == "maxpool2d" else "AveragePool", [cur], [out],
+                                          kernel_shape=k, strides=s))
+        elif op == "globalavgpool":
+            mid = name("gap")
+            nodes.append(helper.make_node("GlobalAveragePool", [cur], [mid]))
+            nodes.append(helper.make_node("Flatten", [mid], [out], axis=1))
+        elif op == "flatten":
+            nodes.append(helper.make_node("Flatten", [cur], [out], axis=1))
+        elif op == "relu":
+            nodes.append(helper.make_node("Relu", [cur], [out]))
+        elif op == "relu6":
+            nodes.append(helper.make_node("Clip", [cur, const(0.0), const(6.0)], [out]))
+        elif op == "leakyrelu":
+            nodes.append(helper.make_node("LeakyRelu", [cur], [out], alpha=layer.get("alpha", 0.01)))
+        elif op == "batchnorm":
+            ins = [cur] + [const(tensors[layer[k]]) for k in ("weight", "bias", "mean", "var")]
+            nodes.append(helper.make_node("BatchNormalization", ins, [out], epsilon=layer.get("eps", 1e-5)))
+        elif op == "softmax":
+            nodes.append(helper.make_node("Softmax", [cur], [out], axis=1))
+        else:
+            raise ValueError(f"op {op} has no ONNX mapping here")
+        cur = out
+    classes = len(manifest["labels"])
+    graph = helper.make_graph(
+        nodes, manifest["name"],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"] + shape)],
+        [helper.make_tensor_value_info(cur, TensorProto.FLOAT, ["N", classes])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def ort_session(model):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def bench_ort(sess, shape, classes, batch, seconds):
+    rng = np.random.default_rng(7)
+    x = (rng.random([batch] + shape, dtype=np.float32) * 16).astype(np.float32)
+    y = np.empty((batch, classes), dtype=np.float32)
+    binding = sess.io_binding()
+    binding.bind_cpu_input("x", x)
+    binding.bind_output(sess.get_outputs()[0].name, "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
+    for _ in range(20):
+        sess.run_with_iobinding(binding)
+    times = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < 20 or time.perf_counter() < deadline:
+        t0 = time.perf_counter_ns()
+        sess.run_with_iobinding(binding)
+        times.append(time.perf_counter_ns() - t0)
+    median_us = statistics.median(times) / 1000
+    return {"batch": batch, "latency_us": median_us, "samples_per_s": batch / median_us * 1e6}
+
+
+def bench_agent(agentctl, model_path, batches, seconds):
+    out = subprocess.run([agentctl, "model", "bench", model_path, "--batch", ",".join(map(str, batches)),
+                          "--threads", "1", "--seconds", str(seconds), "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def agent_scores(agentctl, model_path):
+    out = subprocess.run([agentctl, "model", "predict", model_path, "--data", DIGITS, "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    return np.array([json.loads(line)["scores"] for line in out.splitlines()], dtype=np.float32)
+
+
+def train(agentctl, arch, epochs, out):
+    res = subprocess.run([agentctl, "model", "train", "--data", DIGITS, "--arch", arch, "--epochs", str(epochs),
+                          "--seed", "1", "--out", out, "--json"], check=True, capture_output=True, text=True).stdout
+    lines = [json.loads(line) for line in res.splitlines()]
+    return lines[:-1], lines[-1]
+
+
+def compare(agentctl, label, model_path, batches, seconds):
+    manifest, tensors = read_model(model_path)
+    model = to_onnx(manifest, tensors)
+    sess = ort_session(model)
+    digits = np.loadtxt(DIGITS, delimiter=",", skiprows=1, dtype=np.float32)[:, :-1]
+    shape = manifest["input"]["shape"]
+    ort_scores = sess.run(None, {"x": digits.reshape([-1] + shape)})[0]
+    max_diff = float(np.abs(ort_scores - agent_scores(agentctl, model_path)).max())
+    agent = {r["batch"]: r for r in bench_agent(agentctl, model_path, batches, seconds)}
+    rows = []
+    for b in batches:
+        o = bench_ort(sess, shape, len(manifest["labels"]), b, seconds)
+        a = agent[b]
+        rows.append({
+            "model": label, "batch": b,
+            "ort_latency_us": o["latency_us"], "agent_latency_us": a["latency_us"],
+            "latency_ratio": a["latency_us"] / o["latency_us"],
+            "ort_samples_per_s": o["samples_per_s"], "agent_samples_per_s": a["samples_per_s"],
+            "throughput_ratio": a["samples_per_s"] / o["samples_per_s"],
+        })
+    return rows, max_diff
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--agentctl", default=os.path.join(ROOT, ".build", "release", "agentctl"))
+    ap.add_argument("--batch", default="1,8,64")
+    ap.add_argument("--seconds", type=float, default=1.0, help="measuring time per batch size and engine")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batch.split(",")]
+    work = tempfile.mkdtemp(prefix="edge-bench-")
+
+    mlp = os.path.join(work, "mlp.safetensors")
+    epochs, summary = train(args.agentctl, "mlp:64-256-256-10", 10, mlp)
+    cnn = os.path.join(work, "cnn.safetensors")
+    train(args.agentctl, "cnn:1x8x8-c32-c64-m2-f128-10", 3, cnn)
+
+    results, diffs = [], {}
+    for label, path in (("mlp 64-256-256-10", mlp), ("cnn 1x8x8-c32-c64-m2-f128-10", cnn)):
+        rows, diffs[label] = compare(args.agentctl, label, path, batches, args.seconds)
+        results += rows
+    epoch_s = statistics.median(e["seconds"] for e in epochs)
+    report = {
+        "onnxruntime": ort.__version__, "threads": 1, "results": results, "max_abs_score_diff": diffs,
+        "mlp_train_epoch_s_median": epoch_s, "mlp_train_rows": summary["trainRows"], "mlp_train_batch": 32,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"ONNX Runtime {ort.__version__} vs agentctl, 1 thread, median per call after warm-up")
+    print(f"{'model':30} {'batch':>5} {'ORT us':>9} {'agent us':>9} {'lat ratio':>9} {'ORT samp/s':>11} {'agent samp/s':>12} {'thr ratio':>9}")
+    for r in results:
+        print(f"{r['model']:30} {r['batch']:5d} {r['ort_latency_us']:9.2f} {r['agent_latency_us']:9.2f} "
+              f"{r['latency_ratio']:9.2f} {r['ort_samples_per_s']:11.0f} {r['agent_samples_per_s']:12.0f} "
+              f"{r['throughput_ratio']:9.2f}")
+    for label, d in diffs.items():
+        print(f"max |score difference| on digits, {label}: {d:.2e}")
+    print(f"MLP training: median epoch {epoch_s * 1000:.1f} ms over {summary['trainRows']} rows, batch 32 (target <= 100 ms)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
