@@ -20,7 +20,7 @@ let package = Package(
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "Tensor", dependencies: ["CBLAS", "CKernels"]),
         .target(name: "ModelFile", dependencies: ["Tensor"]),
-        .target(name: "Inference", dependencies: ["Tensor", "ModelFile"]),
+        .target(name: "Inference", dependencies: ["CKernels", "Tensor", "ModelFile"]),
         .target(name: "Training", dependencies: ["Inference"]),
         .executableTarget(
             name: "agentctl",

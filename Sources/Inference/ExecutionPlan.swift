@@ -79,8 +79,7 @@ public final class ExecutionPlan: @unchecked Sendable {
         for layer in network.layers {
             activation = max(activation, layer.outputCount)
             if case .conv2d = layer.kind, let g = layer.geometry {
-                // im2row rows plus the [pixels, out] product before the transpose to NCHW
-                workspace = max(workspace, (g.patch + g.outChannels) * g.outH * g.outW)
+                workspace = max(workspace, Kernels.conv2dWorkspace(g))
             }
         }
         return (activation, workspace)
@@ -104,7 +103,7 @@ public final class ExecutionPlan: @unchecked Sendable {
             case .dense:
                 steps.append(.dense(PackedWeights(weight: layer.weight!, bias: layer.bias), activation: fused.fused))
             case .conv2d:
-                steps.append(.conv2d(PackedWeights(weight: layer.weight!, bias: layer.bias), geometry: layer.geometry!,
+                steps.append(.conv2d(PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias), geometry: layer.geometry!,
                                      activation: fused.fused))
             case .maxpool2d: steps.append(.maxpool2d(layer.geometry!))
             case .avgpool2d: steps.append(.avgpool2d(layer.geometry!))

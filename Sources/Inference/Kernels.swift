@@ -1,3 +1,4 @@
+import CKernels
 import ModelFile
 import Tensor
 
@@ -123,50 +124,40 @@ public enum Kernels {
         }
     }
 
-    /// Unfolds one sample into `rows[outH·outW, C·kh·kw]`: one row per output pixel, so that a
-    /// convolution is `rows · Wᵀ` with W `[out, C·kh·kw]` as packed for the dense kernels.
-    public static func im2row(_ x: UnsafePointer<Float>, _ g: ConvGeometry, _ rows: UnsafeMutablePointer<Float>) {
-        let oh = g.outH, ow = g.outW, patch = g.patch
-        for oy in 0..<oh {
-            for ox in 0..<ow {
-                var d = rows + (oy * ow + ox) * patch
-                for c in 0..<g.channels {
-                    let xc = x + c * g.height * g.width
-                    for ky in 0..<g.kernelH {
-                        let iy = oy * g.strideH - g.padH + ky
-                        if iy < 0 || iy >= g.height {
-                            d.update(repeating: 0, count: g.kernelW)
-                        } else {
-                            let src = xc + iy * g.width
-                            let x0 = ox * g.strideW - g.padW
-                            for kx in 0..<g.kernelW {
-                                let ix = x0 + kx
-                                d[kx] = (ix >= 0 && ix < g.width) ? src[ix] : 0
-                            }
-                        }
-                        d += g.kernelW
-                    }
+    /// A conv2d weight `[out, C, kh, kw]` reordered to `[out, kh, kw, C]`, the tap order of `im2row`.
+    public static func tapMajor(_ w: Tensor) -> Tensor {
+        let o = w.shape[0], c = w.shape[1], kh = w.shape[2], kw = w.shape[3]
+        let t = Tensor(zeros: [o, kh, kw, c])
+        for oc in 0..<o {
+            for ic in 0..<c {
+                for ky in 0..<kh {
+                    for kx in 0..<kw { t[((oc * kh + ky) * kw + kx) * c + ic] = w[((oc * c + ic) * kh + ky) * kw + kx] }
                 }
             }
         }
+        return t
     }
 
-    /// conv2d through the packed kernels: im2row, `rows · Wᵀ` with bias and activation fused,
-    /// then a transpose from `[pixels, out]` into NCHW. `workspace` holds `pixels · (patch + out)` floats.
+    /// Floats of workspace `conv2dPacked` needs for one sample.
+    public static func conv2dWorkspace(_ g: ConvGeometry) -> Int {
+        let pixels = g.outH * g.outW
+        return pixels * (g.patch + g.outChannels) + g.channels * g.height * g.width
+    }
+
+    /// conv2d through the packed kernels: im2row (channels-last taps), `rows · Wᵀ` with bias and
+    /// activation fused, then a transpose from `[pixels, out]` into NCHW. `weights` must be packed
+    /// from `tapMajor(weight)`; `workspace` holds `conv2dWorkspace(g)` floats.
     public static func conv2dPacked(
         _ x: UnsafePointer<Float>, batch: Int, _ g: ConvGeometry, weights: PackedWeights, activation: FusedActivation,
         workspace: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>
     ) {
         let plane = g.outH * g.outW, inCount = g.channels * g.height * g.width, outCount = g.outChannels * plane
-        let rows = workspace, product = workspace + plane * g.patch
+        let rows = workspace, product = workspace + plane * g.patch, hwc = product + plane * g.outChannels
         for s in 0..<batch {
-            im2row(x + s * inCount, g, rows)
+            edge_im2row(x + s * inCount, Int32(g.channels), Int32(g.height), Int32(g.width), Int32(g.kernelH), Int32(g.kernelW),
+                        Int32(g.strideH), Int32(g.strideW), Int32(g.padH), Int32(g.padW), hwc, rows)
             weights.multiply(rows: plane, rows, ldx: g.patch, product, ldy: g.outChannels, activation: activation)
-            let ys = y + s * outCount
-            for o in 0..<g.outChannels {
-                let dst = ys + o * plane
-                for p in 0..<plane { dst[p] = product[p * g.outChannels + o] }
-            }
+            edge_transpose(product, Int32(plane), Int32(g.outChannels), y + s * outCount)
         }
     }
 

@@ -51,6 +51,7 @@ struct Bench: ParsableCommand {
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
             let network = Network(model: try ModelFile.load(path: file))
             openblas_set_num_threads(Int32(threads))
+            BLAS.flushDenormalsToZero()
             var rng = SeededGenerator(seed: 7)
             var results: [Result] = []
             for b in sizes {

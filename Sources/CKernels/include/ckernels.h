@@ -45,6 +45,14 @@ void edge_sgemm_packed(edge_isa isa, int rows, int outputs, int inputs,
                        const float *x, int ldx, const float *packed,
                        float *y, int ldy, edge_activation act, float alpha);
 
+/// dst[c][r] = src[r][c] for a rows × cols matrix.
+void edge_transpose(const float *src, int rows, int cols, float *dst);
+
+/// Unfolds one CHW sample into rows[oh·ow][kh·kw·C], taps ordered (ky, kx, c), so a convolution
+/// is rows · Wᵀ with W permuted to [out][kh][kw][C]. `hwc` is scratch of C·H·W floats.
+void edge_im2row(const float *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
+                 float *hwc, float *rows);
+
 #ifdef __cplusplus
 }
 #endif
