@@ -8,9 +8,11 @@ BIN := .build/$(CONFIG)
 VENV := .venv
 PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := libopenblas-dev libsqlite3-dev libmosquitto-dev mosquitto pkg-config
+# Only for `make test`: aarch64 headers so the NEON kernels are compiled on every run.
+TEST_PACKAGES := libc6-dev-arm64-cross linux-libc-dev-arm64-cross
 DEMO_MODEL := .agentd/digits-mlp.safetensors
 
-.PHONY: help deps build test interop-test interop-test-run run bench venv install clean
+.PHONY: help deps install-packages check-aarch64 build test interop-test interop-test-run run bench venv install clean
 
 help:
 	@echo "make run      build, install missing Debian packages, train and evaluate the demo model"
@@ -20,7 +22,10 @@ help:
 
 # Installs only what is missing, as root or through sudo.
 deps:
-	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEBIAN_PACKAGES)"
+
+install-packages:
+	@missing=""; for p in $(PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -33,7 +38,9 @@ build: deps
 	$(SWIFT) build -c $(CONFIG)
 
 test: deps
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(TEST_PACKAGES)"
 	$(SWIFT) build -c $(CONFIG)
+	@$(MAKE) --no-print-directory check-aarch64
 	$(SWIFT) test -c $(CONFIG)
 	@$(MAKE) --no-print-directory interop-test-run
 
@@ -65,6 +72,13 @@ $(DEMO_MODEL): | build
 run: build $(DEMO_MODEL)
 	$(BIN)/agentctl model inspect $(DEMO_MODEL)
 	$(BIN)/agentctl model eval $(DEMO_MODEL) --data tools/data/digits.csv --test-split
+
+# Compiles the C kernels for aarch64 (NEON dot-product path) with the toolchain's clang.
+check-aarch64:
+	@for f in Sources/CKernels/*.c; do \
+	  clang --target=aarch64-linux-gnu -isystem /usr/aarch64-linux-gnu/include -O2 -Wall -Werror -c \
+	    -I Sources/CKernels/include $$f -o /dev/null || exit 1; \
+	done; echo "CKernels compile for aarch64 (neon-dot path included)"
 
 bench: build venv
 	$(PY) tools/bench/compare_onnxruntime.py --agentctl $(BIN)/agentctl

@@ -1,4 +1,8 @@
 #include "ckernels.h"
+#if defined(__aarch64__) && defined(__linux__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
 
 int edge_isa_supported(edge_isa isa) {
     switch (isa) {
@@ -12,6 +16,12 @@ int edge_isa_supported(edge_isa isa) {
     case EDGE_ISA_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl");
+    case EDGE_ISA_AVX512VNNI:
+        return edge_isa_supported(EDGE_ISA_AVX512) && __builtin_cpu_supports("avx512vnni");
+#endif
+#if defined(__aarch64__) && defined(__linux__)
+    case EDGE_ISA_NEONDOT:
+        return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
 #endif
     default:
         return 0;
@@ -24,6 +34,8 @@ edge_isa edge_isa_best(void) {
         edge_isa found = EDGE_ISA_PORTABLE;
         if (edge_isa_supported(EDGE_ISA_AVX2)) found = EDGE_ISA_AVX2;
         if (edge_isa_supported(EDGE_ISA_AVX512)) found = EDGE_ISA_AVX512;
+        if (edge_isa_supported(EDGE_ISA_AVX512VNNI)) found = EDGE_ISA_AVX512VNNI;
+        if (edge_isa_supported(EDGE_ISA_NEONDOT)) found = EDGE_ISA_NEONDOT;
         best = found;  // idempotent: racing threads store the same value
     }
     return best;
@@ -35,6 +47,8 @@ const char *edge_isa_name(edge_isa isa) {
     case EDGE_ISA_PORTABLE: return "portable";
     case EDGE_ISA_AVX2: return "avx2";
     case EDGE_ISA_AVX512: return "avx512";
+    case EDGE_ISA_AVX512VNNI: return "avx512-vnni";
+    case EDGE_ISA_NEONDOT: return "neon-dot";
     }
     return "unknown";
 }

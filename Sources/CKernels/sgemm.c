@@ -279,6 +279,7 @@ void edge_sgemm_packed(edge_isa isa, int rows, int outputs, int inputs, const fl
     if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
     switch (isa) {
 #if defined(__x86_64__)
+    case EDGE_ISA_AVX512VNNI:
     case EDGE_ISA_AVX512: sgemm_avx512(rows, outputs, inputs, x, ldx, packed, y, ldy, act, alpha); return;
     case EDGE_ISA_AVX2: sgemm_avx2(rows, outputs, inputs, x, ldx, packed, y, ldy, act, alpha); return;
 #endif

@@ -3,6 +3,8 @@ import CKernels
 /// The instruction set a kernel runs with; `.auto` picks the best this CPU supports.
 public enum KernelISA: String, CaseIterable, Sendable {
     case auto, portable, avx2, avx512
+    case avx512vnni = "avx512-vnni"
+    case neondot = "neon-dot"
 
     var c: edge_isa {
         switch self {
@@ -10,6 +12,8 @@ public enum KernelISA: String, CaseIterable, Sendable {
         case .portable: EDGE_ISA_PORTABLE
         case .avx2: EDGE_ISA_AVX2
         case .avx512: EDGE_ISA_AVX512
+        case .avx512vnni: EDGE_ISA_AVX512VNNI
+        case .neondot: EDGE_ISA_NEONDOT
         }
     }
 
@@ -18,6 +22,8 @@ public enum KernelISA: String, CaseIterable, Sendable {
     /// What `.auto` resolves to here.
     public static var best: KernelISA {
         switch edge_isa_best() {
+        case EDGE_ISA_AVX512VNNI: .avx512vnni
+        case EDGE_ISA_NEONDOT: .neondot
         case EDGE_ISA_AVX512: .avx512
         case EDGE_ISA_AVX2: .avx2
         default: .portable

@@ -18,6 +18,8 @@ typedef enum {
     EDGE_ISA_PORTABLE = 1,
     EDGE_ISA_AVX2 = 2,
     EDGE_ISA_AVX512 = 3,
+    EDGE_ISA_AVX512VNNI = 4,  // AVX-512 plus vpdpbusd (INT8 dot products)
+    EDGE_ISA_NEONDOT = 5,     // aarch64 with sdot
 } edge_isa;
 
 /// Epilogue activation fused into a GEMM's output.
@@ -44,6 +46,47 @@ void edge_sgemm_pack(const float *weight, const float *bias, int outputs, int in
 void edge_sgemm_packed(edge_isa isa, int rows, int outputs, int inputs,
                        const float *x, int ldx, const float *packed,
                        float *y, int ldy, edge_activation act, float alpha);
+
+/// ---- INT8 ----------------------------------------------------------------------------------
+///
+/// Weights: INT8 in [-127, 127], [out][in], packed into 16-output panels of k-quads
+/// ([panel][in/4][16][4]), `in` padded to a multiple of 4 with zeros, followed by the per-output
+/// column sums (int32, padded to 16) that fold the input zero point. Activations: UINT8 rows of
+/// at least round_up(in, 4) readable bytes (the padding multiplies zero weights).
+/// Accumulation is INT32 and never saturates: u8·s8 products summed in INT32 (vpdpbusd, or
+/// int16 × int16 → int32 madd on AVX2), never through int16 sums.
+
+size_t edge_q8_packed_bytes(int outputs, int inputs);
+void edge_q8_pack(const int8_t *weight, int outputs, int inputs, void *packed);
+/// Σ_k W[o][k] for each output, as stored in the packed block.
+const int32_t *edge_q8_column_sums(const void *packed, int outputs, int inputs);
+
+/// What happens to each INT32 accumulator `acc[m][o]`:
+///   v = (float)(acc + bias[o]) * scale[o];  if leaky and v < 0: v *= alpha
+///   u8 output:  y = clamp(round_half_even(v) + zero_point, qmin, qmax)
+///   f32 output: y = v
+/// `bias` and `scale` hold at least round_up(outputs, 16) entries.
+typedef struct {
+    const int32_t *bias;
+    const float *scale;
+    int32_t zero_point;
+    int32_t qmin;
+    int32_t qmax;
+    int32_t leaky;
+    float alpha;
+} edge_q8_epilogue;
+
+/// Y = epilogue(X · Wᵀ) for `rows` rows; exactly one of y_u8 / y_f32 is non-null.
+void edge_q8_gemm(edge_isa isa, int rows, int outputs, int inputs, const uint8_t *x, int ldx, const void *packed,
+                  const edge_q8_epilogue *epilogue, uint8_t *y_u8, float *y_f32, int ldy);
+
+/// ---- INT4 (weight-only, group-wise) ---------------------------------------------------------
+///
+/// Weights as unsigned nibbles q + 8 (q in [-8, 7]), two per byte (low nibble first), row-major
+/// [out][in/2] with `in` even; one FP32 scale per (output, group of `group` inputs).
+/// y[m][o] = Σ_g scale[o][g] · Σ_{k in g} x[m][k] · q[o][k] + bias[o]; FP32 activations.
+void edge_q4_gemm(int rows, int outputs, int inputs, int group, const float *x, int ldx, const uint8_t *nibbles,
+                  const float *scales, const float *bias, float *y, int ldy, edge_activation act, float alpha);
 
 /// dst[c][r] = src[r][c] for a rows × cols matrix.
 void edge_transpose(const float *src, int rows, int cols, float *dst);

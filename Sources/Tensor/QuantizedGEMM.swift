@@ -1,0 +1,151 @@
+import CKernels
+
+/// INT8 weights `[outputs, inputs]` (values in −127…127) packed once for the INT8 kernels, with
+/// their column sums (used to fold the input zero point into the bias).
+public final class PackedInt8Weights: @unchecked Sendable {
+    public let outputs: Int
+    public let inputs: Int
+    /// Input rows must have at least this many readable bytes (inputs rounded up to 4).
+    public let paddedInputs: Int
+    private let storage: UnsafeMutableRawPointer
+    public let byteCount: Int
+
+    public init(weight: UnsafePointer<Int8>, outputs: Int, inputs: Int) {
+        self.outputs = outputs
+        self.inputs = inputs
+        paddedInputs = (inputs + 3) & ~3
+        byteCount = edge_q8_packed_bytes(Int32(outputs), Int32(inputs))
+        storage = .allocate(byteCount: byteCount, alignment: 64)
+        edge_q8_pack(weight, Int32(outputs), Int32(inputs), storage)
+    }
+
+    deinit { storage.deallocate() }
+
+    /// Σₖ W[o, k] per output.
+    public func columnSum(_ o: Int) -> Int32 {
+        edge_q8_column_sums(storage, Int32(outputs), Int32(inputs))[o]
+    }
+
+    /// `rows` rows of UINT8 input → INT32 accumulators → `epilogue`, into UINT8 or FP32 rows.
+    @inline(__always)
+    public func multiply(rows: Int, _ x: UnsafePointer<UInt8>, ldx: Int, epilogue: QuantizedEpilogue,
+                         output: QuantizedOutput, ldy: Int, isa: KernelISA = .auto) {
+        epilogue.withC { ep in
+            switch output {
+            case .uint8(let y):
+                edge_q8_gemm(isa.c, Int32(rows), Int32(outputs), Int32(inputs), x, Int32(ldx), storage, ep, y, nil, Int32(ldy))
+            case .float(let y):
+                edge_q8_gemm(isa.c, Int32(rows), Int32(outputs), Int32(inputs), x, Int32(ldx), storage, ep, nil, y, Int32(ldy))
+            }
+        }
+    }
+}
+
+public enum QuantizedOutput {
+    case uint8(UnsafeMutablePointer<UInt8>)
+    case float(UnsafeMutablePointer<Float>)
+}
+
+/// Per-output INT32 bias and FP32 scale, plus the output zero point and clamp (see `edge_q8_epilogue`).
+public final class QuantizedEpilogue: @unchecked Sendable {
+    public let bias: UnsafeMutablePointer<Int32>
+    public let scale: UnsafeMutablePointer<Float>
+    public let count: Int
+    public var zeroPoint: Int32 = 0
+    public var qmin: Int32 = 0
+    public var qmax: Int32 = 255
+    public var leakyAlpha: Float? = nil
+
+    /// `outputs` entries, padded to a multiple of 16 with zeros.
+    public init(outputs: Int) {
+        count = (outputs + 15) & ~15
+        bias = .allocate(capacity: count)
+        bias.initialize(repeating: 0, count: count)
+        scale = .allocate(capacity: count)
+        scale.initialize(repeating: 0, count: count)
+    }
+
+    deinit {
+        bias.deallocate()
+        scale.deallocate()
+    }
+
+    @inline(__always)
+    func withC<R>(_ body: (UnsafePointer<edge_q8_epilogue>) -> R) -> R {
+        var ep = edge_q8_epilogue(bias: bias, scale: scale, zero_point: zeroPoint, qmin: qmin, qmax: qmax,
+                                  leaky: leakyAlpha == nil ? 0 : 1, alpha: leakyAlpha ?? 0)
+        return withUnsafePointer(to: &ep) { body($0) }
+    }
+
+    /// The scalar definition every kernel path must match bit for bit.
+    public func referenceRequantize(_ acc: Int32, output o: Int) -> UInt8 {
+        var v = Float(acc &+ bias[o]) * scale[o]
+        if let a = leakyAlpha, v < 0 { v *= a }
+        v = min(max(v, -1_073_741_824), 1_073_741_824)
+        let q = Int32(v.rounded(.toNearestOrEven)) &+ zeroPoint
+        return UInt8(min(max(q, qmin), qmax))
+    }
+
+    public func referenceDequantize(_ acc: Int32, output o: Int) -> Float {
+        let v = Float(acc &+ bias[o]) * scale[o]
+        if let a = leakyAlpha, v < 0 { return v * a }
+        return v
+    }
+}
+
+/// INT4 weight-only dense: FP32 activations, group-wise INT4 weights widened in the kernel.
+public final class PackedInt4Weights: @unchecked Sendable {
+    public let outputs: Int
+    public let inputs: Int
+    public let group: Int
+    public let nibbles: [UInt8]
+    public let scales: [Float]
+    public let bias: [Float]?
+
+    /// `q` holds values in −8…7, `[outputs, inputs]`; `scales` `[outputs, groups]`.
+    public init(q: [Int8], scales: [Float], bias: [Float]?, outputs: Int, inputs: Int, group: Int) {
+        precondition(inputs % 2 == 0 && group <= 256 && group % 2 == 0)
+        self.outputs = outputs
+        self.inputs = inputs
+        self.group = group
+        var packed = [UInt8](repeating: 0, count: outputs * inputs / 2)
+        for o in 0..<outputs {
+            for k in stride(from: 0, to: inputs, by: 2) {
+                let lo = UInt8(Int(q[o * inputs + k]) + 8), hi = UInt8(Int(q[o * inputs + k + 1]) + 8)
+                packed[(o * inputs + k) / 2] = lo | (hi << 4)
+            }
+        }
+        nibbles = packed
+        self.scales = scales
+        self.bias = bias
+    }
+
+    public init(nibbles: [UInt8], scales: [Float], bias: [Float]?, outputs: Int, inputs: Int, group: Int) {
+        self.outputs = outputs
+        self.inputs = inputs
+        self.group = group
+        self.nibbles = nibbles
+        self.scales = scales
+        self.bias = bias
+    }
+
+    public var byteCount: Int { nibbles.count + scales.count * 4 + (bias?.count ?? 0) * 4 }
+
+    public func multiply(rows: Int, _ x: UnsafePointer<Float>, ldx: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int,
+                         activation: FusedActivation) {
+        let (act, alpha) = activation.c
+        nibbles.withUnsafeBufferPointer { n in
+            scales.withUnsafeBufferPointer { s in
+                if let bias {
+                    bias.withUnsafeBufferPointer { b in
+                        edge_q4_gemm(Int32(rows), Int32(outputs), Int32(inputs), Int32(group), x, Int32(ldx), n.baseAddress!,
+                                     s.baseAddress!, b.baseAddress!, y, Int32(ldy), act, alpha)
+                    }
+                } else {
+                    edge_q4_gemm(Int32(rows), Int32(outputs), Int32(inputs), Int32(group), x, Int32(ldx), n.baseAddress!,
+                                 s.baseAddress!, nil, y, Int32(ldy), act, alpha)
+                }
+            }
+        }
+    }
+}
