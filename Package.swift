@@ -22,10 +22,11 @@ let package = Package(
         .target(name: "ModelFile", dependencies: ["Tensor"]),
         .target(name: "Inference", dependencies: ["CKernels", "Tensor", "ModelFile"]),
         .target(name: "Training", dependencies: ["Inference"]),
+        .target(name: "Quantization", dependencies: ["CKernels", "Tensor", "ModelFile", "Inference", "Training"]),
         .executableTarget(
             name: "agentctl",
             dependencies: [
-                "CBLAS", "Tensor", "ModelFile", "Inference", "Training",
+                "CBLAS", "Tensor", "ModelFile", "Inference", "Training", "Quantization",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -33,6 +34,7 @@ let package = Package(
         .testTarget(name: "ModelFileTests", dependencies: ["ModelFile"]),
         .testTarget(name: "InferenceTests", dependencies: ["Inference"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
+        .testTarget(name: "QuantizationTests", dependencies: ["Quantization"]),
         // Runs the built agentctl binary; depends on nothing so it tests only what users see.
         .testTarget(name: "AgentctlTests"),
     ]

@@ -7,13 +7,19 @@ public struct MemoryEstimate: Sendable, Equatable, Codable {
     public var workspace: Int
     public var activations: Int
     public var total: Int { weights + workspace + activations }
+
+    public init(weights: Int, workspace: Int, activations: Int) {
+        self.weights = weights
+        self.workspace = workspace
+        self.activations = activations
+    }
 }
 
 /// A network compiled for a batch capacity: shapes resolved, activation fused into the layer
 /// before it, and every buffer allocated once. `run` allocates nothing.
 ///
 /// A plan is not thread-safe: one thread runs it at a time (the scheduler gives each worker its own).
-public final class ExecutionPlan: @unchecked Sendable {
+public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
     enum Step {
         case dense(PackedWeights, activation: FusedActivation)
         case conv2d(PackedWeights, geometry: Kernels.ConvGeometry, activation: FusedActivation)
@@ -61,6 +67,9 @@ public final class ExecutionPlan: @unchecked Sendable {
     }
 
     public var memory: MemoryEstimate { Self.memoryEstimate(network: network, batch: batchCapacity) }
+    public var inputCount: Int { network.inputCount }
+    public var outputCount: Int { network.outputCount }
+    public var precision: String { "fp32" }
 
     /// What a plan for `batch` samples would hold, without building it.
     public static func memoryEstimate(network: Network, batch: Int) -> MemoryEstimate {
@@ -141,23 +150,5 @@ public final class ExecutionPlan: @unchecked Sendable {
             if step.swaps { swap(&current, &other) }
         }
         return UnsafeBufferPointer(start: current, count: batch * network.outputCount)
-    }
-
-    /// Convenience for tests and tools: runs any number of rows through the plan in chunks.
-    public func predict(_ rows: [Float]) -> [Float] {
-        let n = network.inputCount
-        precondition(rows.count % n == 0, "input is not a whole number of samples")
-        let samples = rows.count / n
-        var out: [Float] = []
-        out.reserveCapacity(samples * network.outputCount)
-        rows.withUnsafeBufferPointer { buf in
-            var start = 0
-            while start < samples {
-                let b = min(batchCapacity, samples - start)
-                out.append(contentsOf: run(buf.baseAddress! + start * n, batch: b))
-                start += b
-            }
-        }
-        return out
     }
 }

@@ -76,6 +76,12 @@ public final class TrainingGraph: @unchecked Sendable {
         return UnsafeBufferPointer(start: acts[forwardCount], count: batch * n)
     }
 
+    /// Tensor `t` of the last forward pass: 0 is the preprocessed input, l + 1 is layer l's output.
+    public func activation(_ t: Int, batch: Int) -> UnsafeBufferPointer<Float> {
+        let n = t == 0 ? network.inputCount : network.layers[t - 1].outputCount
+        return UnsafeBufferPointer(start: acts[t], count: batch * n)
+    }
+
     public var outputCount: Int { forwardCount == 0 ? network.inputCount : network.layers[forwardCount - 1].outputCount }
 
     /// Forward pass over raw input rows, keeping every layer's output.

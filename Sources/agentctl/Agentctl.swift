@@ -23,7 +23,7 @@ struct ModelCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "model",
         abstract: "Train, evaluate, inspect, run and benchmark model files offline (no daemon needed).",
-        subcommands: [Train.self, Eval.self, Inspect.self, Predict.self, Bench.self]
+        subcommands: [Train.self, Eval.self, Inspect.self, Predict.self, Bench.self, Quantize.self]
     )
 }
 

@@ -30,7 +30,10 @@ struct Bench: ParsableCommand {
     @Option(help: "Time to measure per batch size, in seconds.")
     var seconds: Double = 1
 
-    @Flag(help: "One JSON object per batch size: batch, latency_us, samples_per_s.")
+    @Option(help: "Run as fp32 or int8 (default: the file's own precision, without adaptive re-runs).")
+    var precision: PrecisionChoice?
+
+    @Flag(help: "One JSON object per batch size: batch, latency_us, samples_per_s, precision.")
     var json = false
 
     struct Result: Codable {
@@ -38,6 +41,7 @@ struct Bench: ParsableCommand {
         var latency_us: Double
         var samples_per_s: Double
         var calls: Int
+        var precision: String
     }
 
     func run() throws {
@@ -49,15 +53,16 @@ struct Bench: ParsableCommand {
                 return n
             }
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
-            let network = Network(model: try ModelFile.load(path: file))
+            let loaded = try LoadedModel(path: file)
+            let network = loaded.network
             openblas_set_num_threads(Int32(threads))
             BLAS.flushDenormalsToZero()
             var rng = SeededGenerator(seed: 7)
             var results: [Result] = []
             for b in sizes {
-                let plan = ExecutionPlan(network: network, batchCapacity: b)
+                let plan = try loaded.plan(batch: b, precision: precision, adaptive: false)
                 let input = (0..<(b * network.inputCount)).map { _ in rng.nextUnitFloat() * 16 }
-                let r = input.withUnsafeBufferPointer { buf -> Result in
+                let r = try input.withUnsafeBufferPointer { buf -> Result in
                     let p = buf.baseAddress!
                     for _ in 0..<20 { plan.run(p, batch: b) }
                     var samples: [UInt64] = []
@@ -70,13 +75,14 @@ struct Bench: ParsableCommand {
                     }
                     samples.sort()
                     let median = Double(samples[samples.count / 2]) / 1000
-                    return Result(batch: b, latency_us: median, samples_per_s: Double(b) / median * 1e6, calls: samples.count)
+                    return Result(batch: b, latency_us: median, samples_per_s: Double(b) / median * 1e6, calls: samples.count,
+                                  precision: plan.precision)
                 }
                 results.append(r)
                 if json { printJSON(r, pretty: false) }
             }
             if !json {
-                print("\(network.name) v\(network.version), fp32, \(threads) thread\(threads == 1 ? "" : "s")")
+                print("\(network.name) v\(network.version), \(results.first?.precision ?? "fp32"), kernels \(KernelISA.best.rawValue), \(threads) thread\(threads == 1 ? "" : "s")")
                 print(table(["batch", "latency (us)", "samples/s"],
                             results.map { ["\($0.batch)", String(format: "%.2f", $0.latency_us), String(format: "%.0f", $0.samples_per_s)] },
                             rightAligned: [0, 1, 2]))

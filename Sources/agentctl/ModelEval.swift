@@ -25,12 +25,16 @@ struct Eval: ParsableCommand {
     @Flag(help: "Only the held-out test split of the file (every 5th row), as 'train' reports it.")
     var testSplit = false
 
+    @Option(help: "Run as fp32 or int8 (default: the file's own precision, with its adaptive setting).")
+    var precision: PrecisionChoice?
+
     @Flag(help: "Print the result as JSON.")
     var json = false
 
     struct Output: Codable {
         var model: String
         var version: Int
+        var precision: String
         var rows: Int
         var accuracy: Float
         var labels: [String]
@@ -40,15 +44,16 @@ struct Eval: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let model = try ModelFile.load(path: file)
-            let network = Network(model: model)
+            let loaded = try LoadedModel(path: file)
+            let network = loaded.network
             var rows = try DataSet.load(path: data, featureCount: network.inputCount, classNames: network.labels)
             if testSplit { rows = rows.split().test }
-            let e = Evaluation(network: network, data: rows)
-            let out = Output(model: network.name, version: network.version, rows: e.samples, accuracy: e.accuracy,
+            let plan = try loaded.plan(batch: 64, precision: precision)
+            let e = Evaluation(scores: plan.predict(rows.features), classes: network.outputCount, labels: rows.labels ?? [])
+            let out = Output(model: network.name, version: network.version, precision: plan.precision, rows: e.samples, accuracy: e.accuracy,
                              labels: network.labels, perClassAccuracy: e.perClass, confusion: e.confusion)
             if json { printJSON(out); return }
-            print("\(network.name) v\(network.version) on \(data): \(e.samples) rows, accuracy \(percent(e.accuracy))\n")
+            print("\(network.name) v\(network.version) (\(plan.precision)) on \(data): \(e.samples) rows, accuracy \(percent(e.accuracy))\n")
             let perClass = network.labels.enumerated().map { c, label in
                 [label, e.perClass[c].map(percent) ?? "-", String(e.confusion[c].reduce(0, +))]
             }
@@ -79,6 +84,9 @@ struct Predict: ParsableCommand {
     @Option(help: ArgumentHelp("Rows to classify (CSV).", valueName: "CSV"))
     var data: String
 
+    @Option(help: "Run as fp32 or int8 (default: the file's own precision).")
+    var precision: PrecisionChoice?
+
     @Flag(help: "One JSON object per row.")
     var json = false
 
@@ -91,9 +99,10 @@ struct Predict: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let network = Network(model: try ModelFile.load(path: file))
+            let loaded = try LoadedModel(path: file)
+            let network = loaded.network
             let rows = try DataSet.load(path: data, featureCount: network.inputCount, classNames: network.labels, requireLabels: false)
-            let plan = ExecutionPlan(network: network, batchCapacity: 64)
+            let plan = try loaded.plan(batch: 64, precision: precision)
             let scores = plan.predict(rows.features)
             let k = network.outputCount
             var out = ""

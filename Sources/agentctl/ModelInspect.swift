@@ -47,18 +47,29 @@ struct Inspect: ParsableCommand {
         var weightBytes: Int
         var flopsPerSample: Int
         var trainable: [String]?
+        var quantization: String?
+        var adaptiveThreshold: Float?
         var memoryBatch1: MemoryEstimate
         var memoryBatch64: MemoryEstimate
     }
 
     func run() throws {
         try reportingErrors {
-            let model = try ModelFile.load(path: file)
-            let network = Network(model: model)
+            let loaded = try LoadedModel(path: file)
+            let model = loaded.file
+            let network = loaded.network
             let layers = network.layers.enumerated().map { i, l in
-                LayerInfo(index: i, op: l.name, input: l.inputShape, output: l.outputShape, parameters: l.parameterCount,
-                          bytes: l.parameterCount * 4, flops: l.flops,
-                          tensors: [l.weightName, l.biasName].compactMap { $0 }, precision: "fp32")
+                let p = loaded.quantized?.spec.precision(ofLayer: i)
+                let entry = loaded.quantized?.spec.layers.first { $0.layer == i }
+                let bytes: Int = switch p {
+                case .int8: l.parameterCount - (l.bias?.count ?? 0) + 4 * (l.bias?.count ?? 0) + 4 * (l.weight?.shape[0] ?? 0)
+                case .int4: (l.weight?.count ?? 0) / 2 + 4 * (loaded.quantized?.int4[i]?.scales.count ?? 0) + 4 * (l.bias?.count ?? 0)
+                default: l.parameterCount * 4
+                }
+                return LayerInfo(index: i, op: l.name, input: l.inputShape, output: l.outputShape, parameters: l.parameterCount,
+                                 bytes: bytes, flops: l.flops,
+                                 tensors: [l.weightName, l.biasName, entry?.weight, entry?.weightScale].compactMap { $0 },
+                                 precision: l.weight == nil ? (loaded.quantized == nil ? "fp32" : "-") : (p ?? .fp32).rawValue)
             }
             let pre = network.preprocessing
             let preText = pre.scales != nil ? "(x - mean) / std" : "x * \(pre.scale) + \(pre.shift)"
@@ -66,18 +77,21 @@ struct Inspect: ParsableCommand {
                              input: network.inputShape, preprocessing: preText, labels: network.labels, layers: layers,
                              parameters: network.parameterCount, weightBytes: network.weightBytes,
                              flopsPerSample: layers.reduce(0) { $0 + $1.flops }, trainable: network.trainable,
-                             memoryBatch1: ExecutionPlan.memoryEstimate(network: network, batch: 1),
-                             memoryBatch64: ExecutionPlan.memoryEstimate(network: network, batch: 64))
+                             quantization: loaded.quantized.map { "\($0.precisionName), \($0.spec.method.rawValue) calibration on \($0.spec.calibrationRows) rows" },
+                             adaptiveThreshold: loaded.quantized?.spec.adaptive?.threshold,
+                             memoryBatch1: try loaded.plan(batch: 1, precision: nil).memory,
+                             memoryBatch64: try loaded.plan(batch: 64, precision: nil).memory)
             if json { printJSON(out); return }
             print("\(file): \(out.name) v\(out.version), \(out.fileBytes) bytes")
             print("input \(formatShape(out.input)), preprocessing \(preText), \(out.labels.count) classes: \(out.labels.prefix(16).joined(separator: " "))")
             if let t = out.trainable { print("trainable: \(t.joined(separator: ", "))") }
+            if let q = out.quantization { print("quantized: \(q)" + (out.adaptiveThreshold.map { ", adaptive threshold \($0)" } ?? "")) }
             print("")
             let rows = layers.map { l in
                 ["\(l.index)", l.op, formatShape(l.input), formatShape(l.output), "\(l.parameters)", "\(l.bytes)", "\(l.flops)", l.precision]
             }
             print(table(["#", "op", "input", "output", "params", "bytes", "flops", "precision"], rows, rightAligned: [0, 4, 5, 6]))
-            print("\ntotal: \(out.parameters) parameters, \(out.weightBytes) weight bytes, \(out.flopsPerSample) FLOPs per sample")
+            print("\ntotal: \(out.parameters) parameters, \(out.weightBytes) FP32 weight bytes, \(out.flopsPerSample) FLOPs per sample")
             print("plan memory: batch 1 \(out.memoryBatch1.total) bytes, batch 64 \(out.memoryBatch64.total) bytes (weights + workspace + activations)")
         }
     }

@@ -96,6 +96,12 @@ void edge_transpose(const float *src, int rows, int cols, float *dst);
 void edge_im2row(const float *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
                  float *hwc, float *rows);
 
+/// UINT8 versions for the INT8 convolution; padded taps get `pad` (the input zero point, i.e.
+/// real 0) and each row is `ldrow` bytes (>= kh·kw·C rounded up to 4).
+void edge_transpose_u8(const uint8_t *src, int rows, int cols, uint8_t *dst);
+void edge_im2row_u8(const uint8_t *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
+                    uint8_t pad, uint8_t *hwc, uint8_t *rows, int ldrow);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,111 @@
+import Foundation
+import ModelFile
+
+public enum LayerPrecision: String, Codable, Sendable, CaseIterable {
+    case fp32, int8, int4
+}
+
+/// The manifest's `quantization` section: per-layer precision, where the quantized weights are,
+/// and the calibrated parameters of every activation tensor, so loading needs no recalibration.
+public struct QuantizationSpec: Codable, Equatable, Sendable {
+    public struct LayerEntry: Codable, Equatable, Sendable {
+        /// Index into the manifest's layers (a dense or conv2d layer).
+        public var layer: Int
+        public var precision: LayerPrecision
+        /// INT8: I8 `[out, in]` (conv2d: `[out, kh, kw, in]`, taps channels-last); INT4: U8 nibbles `[out, in/2]`.
+        public var weight: String?
+        /// F32 `[out]` (INT8) or `[out, groups]` (INT4).
+        public var weightScale: String?
+        public var group: Int?
+        /// Why a layer stays FP32, when it was not chosen ("leakyrelu after dense is not fused", …).
+        public var note: String?
+
+        enum CodingKeys: String, CodingKey {
+            case layer, precision, weight, group, note
+            case weightScale = "weight_scale"
+        }
+
+        public init(layer: Int, precision: LayerPrecision, weight: String? = nil, weightScale: String? = nil,
+                    group: Int? = nil, note: String? = nil) {
+            self.layer = layer
+            self.precision = precision
+            self.weight = weight
+            self.weightScale = weightScale
+            self.group = group
+            self.note = note
+        }
+    }
+
+    public var method: CalibrationMethod
+    public var calibrationRows: Int
+    /// Activation parameters by tensor index: "0" is the preprocessed input, "l+1" layer l's output.
+    public var activations: [String: QuantParams]
+    public var layers: [LayerEntry]
+    public var adaptive: AdaptivePrecision?
+
+    enum CodingKeys: String, CodingKey {
+        case method, layers, activations, adaptive
+        case calibrationRows = "calibration_rows"
+    }
+
+    public init(method: CalibrationMethod, calibrationRows: Int, activations: [String: QuantParams], layers: [LayerEntry],
+                adaptive: AdaptivePrecision? = nil) {
+        self.method = method
+        self.calibrationRows = calibrationRows
+        self.activations = activations
+        self.layers = layers
+        self.adaptive = adaptive
+    }
+
+    public func activation(_ tensor: Int) -> QuantParams? { activations[String(tensor)] }
+
+    public func precision(ofLayer l: Int) -> LayerPrecision {
+        layers.first { $0.layer == l }?.precision ?? .fp32
+    }
+
+    public var json: JSONValue {
+        let data = try! JSONEncoder().encode(self)
+        return try! JSONDecoder().decode(JSONValue.self, from: data)
+    }
+
+    public init(json: JSONValue, file: String) throws {
+        do {
+            let data = try JSONEncoder().encode(json)
+            self = try JSONDecoder().decode(QuantizationSpec.self, from: data)
+        } catch let error as DecodingError {
+            throw ModelFileError(file: file, location: "edge.manifest", "quantization section: \(Self.describe(error))")
+        }
+    }
+
+    static func describe(_ error: DecodingError) -> String {
+        switch error {
+        case .keyNotFound(let key, let ctx): return (ctx.codingPath + [key]).map(\.stringValue).joined(separator: ".") + " is missing"
+        case .typeMismatch(_, let ctx), .valueNotFound(_, let ctx), .dataCorrupted(let ctx):
+            return ctx.codingPath.map(\.stringValue).joined(separator: ".") + ": " + ctx.debugDescription
+        @unknown default: return "cannot be decoded"
+        }
+    }
+}
+
+/// Re-running low-confidence samples in FP32.
+public struct AdaptivePrecision: Codable, Equatable, Sendable {
+    public enum Mode: String, Codable, Sendable { case off, fixed, auto }
+    public var mode: Mode
+    /// Samples whose top-1 minus top-2 score is below this are answered by the FP32 plan.
+    public var threshold: Float
+    /// On the calibration rows when the threshold was chosen.
+    public var escalationRate: Double?
+    public var agreement: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case mode, threshold, agreement
+        case escalationRate = "escalation_rate"
+    }
+
+    public init(mode: Mode, threshold: Float, escalationRate: Double? = nil, agreement: Double? = nil) {
+        self.mode = mode
+        self.threshold = threshold
+        self.escalationRate = escalationRate
+        self.agreement = agreement
+    }
+}

@@ -1,0 +1,94 @@
+import Inference
+import ModelFile
+import Tensor
+import Training
+
+/// Rows to calibrate on, delivered in batches so memory stays bounded whatever their source
+/// (a CSV file offline; the replay memory in the agent).
+public protocol CalibrationSource {
+    var featureCount: Int { get }
+    var rowCount: Int { get }
+    /// Calls `body` with consecutive batches of at most `batch` rows.
+    func forEachBatch(_ batch: Int, _ body: (UnsafePointer<Float>, Int) -> Void)
+}
+
+extension DataSet: CalibrationSource {
+    public var rowCount: Int { count }
+    public func forEachBatch(_ batch: Int, _ body: (UnsafePointer<Float>, Int) -> Void) {
+        features.withUnsafeBufferPointer { buf in
+            var start = 0
+            while start < count {
+                let b = min(batch, count - start)
+                body(buf.baseAddress! + start * featureCount, b)
+                start += b
+            }
+        }
+    }
+}
+
+public enum Quantizer {
+    public static let minimumCalibrationRows = 32
+
+    /// Histograms of every tensor (0 = preprocessed input, l + 1 = layer l's output), in two
+    /// streamed passes over the rows: ranges, then bins.
+    public static func histograms(_ network: Network, _ source: CalibrationSource, bins: Int = ActivationHistogram.defaultBins) -> [ActivationHistogram] {
+        let batch = 64
+        let graph = TrainingGraph(network: network, batchCapacity: batch, dropFinalSoftmax: false)
+        var h = Array(repeating: ActivationHistogram(bins: bins), count: network.layers.count + 1)
+        for pass in 0..<2 {
+            source.forEachBatch(batch) { rows, b in
+                graph.forward(rows, batch: b)
+                for t in h.indices {
+                    let a = graph.activation(t, batch: b)
+                    if pass == 0 { h[t].observeRange(a.baseAddress!, count: a.count) } else { h[t].observeValues(a.baseAddress!, count: a.count) }
+                }
+            }
+        }
+        return h
+    }
+
+    public static func activationParams(_ histograms: [ActivationHistogram], method: CalibrationMethod,
+                                        percentile: Double = 99.99) -> [String: QuantParams] {
+        var out: [String: QuantParams] = [:]
+        for (t, h) in histograms.enumerated() {
+            let r = method.range(of: h, percentile: percentile)
+            out[String(t)] = QuantParams(lo: r.lo, hi: r.hi)
+        }
+        return out
+    }
+
+    /// A quantized model with the given precision per weighted layer (others FP32).
+    public static func build(_ network: Network, activations: [String: QuantParams], precisions: [Int: LayerPrecision],
+                             method: CalibrationMethod, calibrationRows: Int, int4Group: Int = 32,
+                             adaptive: AdaptivePrecision? = nil) -> QuantizedModel {
+        var entries: [QuantizationSpec.LayerEntry] = []
+        var int8: [Int: Int8ChannelWeights] = [:], int4: [Int: Int4GroupWeights] = [:]
+        for (l, layer) in network.layers.enumerated() {
+            guard let w = layer.weight else { continue }
+            let base = layer.weightName ?? "layer\(l).weight"
+            var p = precisions[l] ?? .fp32
+            var note: String? = nil
+            if p == .int4, case .conv2d = layer.kind { p = .int8; note = "INT4 is for dense layers; conv2d runs INT8" }
+            if p == .int4, (w.count / w.shape[0]) % 2 != 0 { p = .int8; note = "odd input count; INT4 needs pairs" }
+            switch p {
+            case .int8:
+                let source = layer.kind == .dense ? w : Kernels.tapMajor(w)
+                int8[l] = Int8ChannelWeights(source)
+                entries.append(.init(layer: l, precision: .int8, weight: base + ".q8", weightScale: base + ".q8scale", note: note))
+            case .int4:
+                int4[l] = Int4GroupWeights(w, group: int4Group)
+                entries.append(.init(layer: l, precision: .int4, weight: base + ".q4", weightScale: base + ".q4scale", group: int4Group))
+            case .fp32:
+                entries.append(.init(layer: l, precision: .fp32, note: note))
+            }
+        }
+        let spec = QuantizationSpec(method: method, calibrationRows: calibrationRows, activations: activations, layers: entries,
+                                    adaptive: adaptive)
+        return QuantizedModel(network: network, spec: spec, int8: int8, int4: int4)
+    }
+
+    /// The weighted layers (dense, conv2d) of a network.
+    public static func weightedLayers(_ network: Network) -> [Int] {
+        network.layers.indices.filter { network.layers[$0].weight != nil }
+    }
+}

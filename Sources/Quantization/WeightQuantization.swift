@@ -1,0 +1,124 @@
+import Tensor
+
+/// INT8 weights, symmetric per output channel: W[o, k] ≈ scale[o] · q[o, k], q in [−127, 127].
+public struct Int8ChannelWeights: Sendable {
+    public var q: [Int8]
+    public var scales: [Float]
+    public var outputs: Int
+    public var inputs: Int
+
+    public init(q: [Int8], scales: [Float], outputs: Int, inputs: Int) {
+        self.q = q
+        self.scales = scales
+        self.outputs = outputs
+        self.inputs = inputs
+    }
+
+    /// Quantizes a `[outputs, …]` weight (flattened per output).
+    public init(_ w: Tensor) {
+        outputs = w.shape[0]
+        inputs = w.count / outputs
+        var q = [Int8](repeating: 0, count: w.count)
+        var scales = [Float](repeating: 1, count: outputs)
+        for o in 0..<outputs {
+            var m: Float = 0
+            for k in 0..<inputs { m = max(m, abs(w[o * inputs + k])) }
+            let s = m > 0 ? m / 127 : 1
+            scales[o] = s
+            let inv = 1 / s
+            for k in 0..<inputs {
+                q[o * inputs + k] = Int8(min(max((w[o * inputs + k] * inv).rounded(.toNearestOrEven), -127), 127))
+            }
+        }
+        self.q = q
+        self.scales = scales
+    }
+
+    public func packed() -> PackedInt8Weights {
+        q.withUnsafeBufferPointer { PackedInt8Weights(weight: $0.baseAddress!, outputs: outputs, inputs: inputs) }
+    }
+
+    public func dequantized() -> [Float] {
+        (0..<q.count).map { Float(q[$0]) * scales[$0 / inputs] }
+    }
+}
+
+/// INT4 weights, symmetric per group of `group` inputs: W ≈ scale[o, g] · q, q in [−8, 7]
+/// (scale = max|W| / 7 over the group, so −8 is never produced; it stays available to files).
+public struct Int4GroupWeights: Sendable {
+    public var q: [Int8]
+    public var scales: [Float]
+    public var outputs: Int
+    public var inputs: Int
+    public var group: Int
+    public var groups: Int { (inputs + group - 1) / group }
+
+    public init(_ w: Tensor, group: Int) {
+        outputs = w.shape[0]
+        inputs = w.count / outputs
+        self.group = group
+        let groups = (inputs + group - 1) / group
+        var q = [Int8](repeating: 0, count: w.count)
+        var scales = [Float](repeating: 1, count: outputs * groups)
+        for o in 0..<outputs {
+            for g in 0..<groups {
+                let k0 = g * group, k1 = min(k0 + group, inputs)
+                var m: Float = 0
+                for k in k0..<k1 { m = max(m, abs(w[o * inputs + k])) }
+                let s = m > 0 ? m / 7 : 1
+                scales[o * groups + g] = s
+                for k in k0..<k1 {
+                    q[o * inputs + k] = Int8(min(max((w[o * inputs + k] / s).rounded(.toNearestOrEven), -8), 7))
+                }
+            }
+        }
+        self.q = q
+        self.scales = scales
+    }
+
+    public init(q: [Int8], scales: [Float], outputs: Int, inputs: Int, group: Int) {
+        self.q = q
+        self.scales = scales
+        self.outputs = outputs
+        self.inputs = inputs
+        self.group = group
+    }
+
+    /// Nibbles q + 8, two per byte, low nibble first.
+    public var nibbles: [UInt8] {
+        var out = [UInt8](repeating: 0, count: outputs * inputs / 2)
+        for i in stride(from: 0, to: q.count, by: 2) {
+            out[i / 2] = UInt8(Int(q[i]) + 8) | (UInt8(Int(q[i + 1]) + 8) << 4)
+        }
+        return out
+    }
+
+    public init(nibbles: [UInt8], scales: [Float], outputs: Int, inputs: Int, group: Int) {
+        var q = [Int8](repeating: 0, count: outputs * inputs)
+        for i in 0..<q.count {
+            let byte = nibbles[i / 2]
+            q[i] = Int8(Int(i % 2 == 0 ? byte & 15 : byte >> 4) - 8)
+        }
+        self.init(q: q, scales: scales, outputs: outputs, inputs: inputs, group: group)
+    }
+
+    public func packed(bias: Tensor?) -> PackedInt4Weights {
+        PackedInt4Weights(q: q, scales: scales, bias: bias?.values, outputs: outputs, inputs: inputs, group: group)
+    }
+}
+
+/// Signal-to-quantization-noise ratio in dB of `approx` against `exact`.
+public func sqnr(_ exact: [Float], _ approx: [Float]) -> Double {
+    var signal = 0.0, noise = 0.0
+    for (a, b) in zip(exact, approx) {
+        signal += Double(a) * Double(a)
+        noise += Double(a - b) * Double(a - b)
+    }
+    guard noise > 0 else { return .infinity }
+    guard signal > 0 else { return -.infinity }
+    return 10 * log10(signal / noise)
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
