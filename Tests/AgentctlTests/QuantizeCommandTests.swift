@@ -1,0 +1,99 @@
+import Foundation
+import Testing
+
+/// `agentctl model quantize` and the commands that run quantized files, as a user drives them.
+@Suite(.serialized) struct QuantizeCommandTests {
+    static let mlp: String = {
+        let dir = temporaryDirectory("qmlp")
+        let path = dir + "/mlp.safetensors"
+        let r = try! Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", "mlp:64-256-256-10", "--epochs", "30",
+                                   "--seed", "1", "--out", path])
+        precondition(r.status == 0, r.stderr)
+        return path
+    }()
+
+    func json(_ text: String) throws -> [String: Any] {
+        try #require(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+    }
+
+    @Test(arguments: [("int8", "kl", 0.3, 0.99), ("int8", "minmax", 0.3, 0.99), ("int8", "percentile", 0.3, 0.99),
+                      ("int8", "mse", 0.3, 0.99), ("int4", "kl", 1.5, 0.95)])
+    func quantizedDigitsStayWithinBudget(precision: String, method: String, points: Double, agreement: Double) throws {
+        let out = temporaryDirectory("q") + "/q.safetensors"
+        let r = try Agentctl.run(["model", "quantize", Self.mlp, out, "--calib", Agentctl.digits, "--method", method,
+                                  "--precision", precision, "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let report = try json(r.stdout)
+        let fp32 = try #require(report["fp32Accuracy"] as? Double), q = try #require(report["quantizedAccuracy"] as? Double)
+        #expect((fp32 - q) * 100 <= points, "\(precision)/\(method): \(fp32) -> \(q)")
+        #expect(try #require(report["agreement"] as? Double) >= agreement)
+        let layers = try #require(report["layers"] as? [[String: Any]])
+        #expect(layers.count == 3 && layers.allSatisfy { $0["precision"] as? String == precision })
+        // The file runs quantized without recalibration, and can be forced back to FP32.
+        let eval = try json(try Agentctl.run(["model", "eval", out, "--data", Agentctl.digits, "--test-split", "--json"]).stdout)
+        #expect(eval["precision"] as? String == precision)
+        #expect(abs((eval["accuracy"] as? Double ?? 0) - q) < 1e-6)
+        let forced = try json(try Agentctl.run(["model", "eval", out, "--data", Agentctl.digits, "--test-split", "--precision", "fp32", "--json"]).stdout)
+        #expect(abs((forced["accuracy"] as? Double ?? 0) - fp32) < 1e-6)
+        let inspect = try json(try Agentctl.run(["model", "inspect", out, "--json"]).stdout)
+        let precisions = (inspect["layers"] as? [[String: Any]])?.compactMap { $0["precision"] as? String }.filter { $0 != "-" }
+        #expect(precisions == [precision, precision, precision])
+    }
+
+    @Test func autoAndAdaptiveAreRecordedInTheFile() throws {
+        let out = temporaryDirectory("auto") + "/q.safetensors"
+        let r = try Agentctl.run(["model", "quantize", Self.mlp, out, "--calib", Agentctl.digits, "--precision", "auto",
+                                  "--budget", "0.3", "--adaptive", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let report = try json(r.stdout)
+        let adaptive = try #require(report["adaptive"] as? [String: Any])
+        #expect((adaptive["escalation_rate"] as? Double ?? 1) <= 0.10)
+        #expect((report["adaptiveAgreement"] as? Double ?? 0) >= 0.99)
+        let inspect = try Agentctl.run(["model", "inspect", out])
+        #expect(inspect.stdout.contains("adaptive threshold"))
+        let bench = try Agentctl.run(["model", "bench", out, "--batch", "1,64", "--seconds", "0.05", "--json"])
+        #expect(bench.status == 0)
+        #expect(bench.stdout.contains("\"precision\""))
+    }
+
+    @Test func int8OnAnFP32FileIsRefused() throws {
+        let r = try Agentctl.run(["model", "eval", Self.mlp, "--data", Agentctl.digits, "--precision", "int8"])
+        #expect(r.status == 1 && r.stderrLines.count == 1)
+        #expect(r.stderr.contains("has no quantization section"))
+    }
+
+    func expectRefused(_ csv: String, _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let dir = temporaryDirectory("qbad")
+        let out = dir + "/q.safetensors"
+        let r = try Agentctl.run(["model", "quantize", Self.mlp, out, "--calib", csv])
+        #expect(r.status == 1, sourceLocation: sourceLocation)
+        #expect(r.stderrLines.count == 1, "\(r.stderr)", sourceLocation: sourceLocation)
+        #expect(r.stderr.contains(fragment), "\(r.stderr)", sourceLocation: sourceLocation)
+        #expect(!FileManager.default.fileExists(atPath: out), "a failed quantize wrote its output", sourceLocation: sourceLocation)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty, "left a temporary file", sourceLocation: sourceLocation)
+    }
+
+    @Test func calibrationWithTheWrongFeatureCount() throws {
+        let csv = temporaryDirectory("csv") + "/c.csv"
+        try ("a,b,label\n" + String(repeating: "1,2,0\n", count: 50)).write(toFile: csv, atomically: true, encoding: .utf8)
+        try expectRefused(csv, "has 2 feature columns but the model takes 64")
+    }
+
+    @Test func tooFewCalibrationRows() throws {
+        let csv = temporaryDirectory("csv") + "/c.csv"
+        let header = (0..<64).map { "p\($0)" }.joined(separator: ",") + ",label\n"
+        let row = (0..<64).map { _ in "1" }.joined(separator: ",") + ",3\n"
+        try (header + String(repeating: row, count: 30)).write(toFile: csv, atomically: true, encoding: .utf8)
+        try expectRefused(csv, "at least 32 are needed")
+    }
+
+    @Test(arguments: ["nan", "inf", "-inf"])
+    func nonFiniteCalibrationValues(_ bad: String) throws {
+        let csv = temporaryDirectory("csv") + "/c.csv"
+        let header = (0..<64).map { "p\($0)" }.joined(separator: ",") + ",label\n"
+        let row = (0..<64).map { _ in "1" }.joined(separator: ",") + ",3\n"
+        let badRow = ([bad] + (1..<64).map { _ in "1" }).joined(separator: ",") + ",3\n"
+        try (header + String(repeating: row, count: 40) + badRow).write(toFile: csv, atomically: true, encoding: .utf8)
+        try expectRefused(csv, ":42: column 1 ('p0'): \(bad) is not finite")
+    }
+}

@@ -1,0 +1,172 @@
+import Foundation
+import Inference
+import ModelFile
+import Quantization
+import Tensor
+import Testing
+import Training
+
+let digitsPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .appendingPathComponent("../../tools/data/digits.csv").standardized.path
+
+func randomTensor(_ shape: [Int], _ rng: inout SeededGenerator, limit: Float = 1) -> Tensor {
+    Tensor(shape: shape, values: (0..<shape.reduce(1, *)).map { _ in rng.nextFloat(limit: limit) })
+}
+
+/// Random rows as a data set (for calibration).
+func rows(_ count: Int, features: Int, seed: UInt64, limit: Float = 1) -> DataSet {
+    var rng = SeededGenerator(seed: seed)
+    return DataSet(features: (0..<(count * features)).map { _ in rng.nextFloat(limit: limit) }, featureCount: features,
+                   labels: nil, classNames: [])
+}
+
+func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minmax, precision: LayerPrecision = .int8,
+              adaptive: AdaptivePrecision? = nil) -> QuantizedModel {
+    let params = Quantizer.activationParams(Quantizer.histograms(net, data), method: method)
+    let p = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(net).map { ($0, precision) })
+    return Quantizer.build(net, activations: params, precisions: p, method: method, calibrationRows: data.count, adaptive: adaptive)
+}
+
+@Suite struct QuantizedPlanTests {
+    /// One dense layer: the plan's output equals the integer definition computed here by hand.
+    @Test func denseLayerEqualsTheIntegerDefinition() {
+        var rng = SeededGenerator(seed: 1)
+        let w = randomTensor([5, 7], &rng), b = randomTensor([5], &rng)
+        let net = Network(name: "d", inputShape: [7], labels: (0..<5).map(String.init), layers: [
+            NetworkLayer(kind: .dense, inputShape: [7], outputShape: [5], weight: w, bias: b, weightName: "w", biasName: "b"),
+        ])
+        let data = rows(40, features: 7, seed: 2)
+        let model = quantize(net, data)
+        let y = QuantizedPlan(model: model, batchCapacity: 8).predict(data.features)
+        let inParams = model.spec.activation(0)!, q = model.int8[0]!
+        for r in 0..<40 {
+            let x = (0..<7).map { inParams.quantize(data.features[r * 7 + $0]) }
+            for o in 0..<5 {
+                let accScale = inParams.scale * q.scales[o]
+                var colSum: Int64 = 0, acc: Int32 = 0
+                for k in 0..<7 {
+                    colSum += Int64(q.q[o * 7 + k])
+                    acc += Int32(x[k]) * Int32(q.q[o * 7 + k])
+                }
+                let bias = Int32(Int64((Double(b[o]) / Double(accScale)).rounded()) - Int64(inParams.zeroPoint) * colSum)
+                let expected = Float(acc + bias) * accScale
+                #expect(y[r * 5 + o] == expected, "row \(r) output \(o)")
+            }
+        }
+    }
+
+    /// A CNN exercising every quantized op stays close to FP32.
+    @Test(arguments: [CalibrationMethod.minmax, .kl, .percentile, .mse])
+    func cnnWithEveryOpTracksFP32(_ method: CalibrationMethod) {
+        var rng = SeededGenerator(seed: 3)
+        let net = Network(name: "cnn", inputShape: [2, 9, 9], labels: (0..<4).map(String.init), layers: [
+            NetworkLayer(kind: .conv2d(stride: Window(2, 2), padding: Window(1, 1)), inputShape: [2, 9, 9], outputShape: [6, 5, 5],
+                         weight: randomTensor([6, 2, 3, 3], &rng), bias: randomTensor([6], &rng), weightName: "c1", biasName: "c1b"),
+            NetworkLayer(kind: .relu6, inputShape: [6, 5, 5], outputShape: [6, 5, 5]),
+            NetworkLayer(kind: .conv2d(stride: Window(1, 1), padding: Window(1, 1)), inputShape: [6, 5, 5], outputShape: [8, 5, 5],
+                         weight: randomTensor([8, 6, 3, 3], &rng), bias: randomTensor([8], &rng), weightName: "c2", biasName: "c2b"),
+            NetworkLayer(kind: .relu, inputShape: [8, 5, 5], outputShape: [8, 5, 5]),
+            NetworkLayer(kind: .maxpool2d(kernel: Window(2, 2), stride: Window(1, 1)), inputShape: [8, 5, 5], outputShape: [8, 4, 4]),
+            NetworkLayer(kind: .avgpool2d(kernel: Window(2, 2), stride: Window(2, 2)), inputShape: [8, 4, 4], outputShape: [8, 2, 2]),
+            NetworkLayer(kind: .flatten, inputShape: [8, 2, 2], outputShape: [32]),
+            NetworkLayer(kind: .dense, inputShape: [32], outputShape: [16], weight: randomTensor([16, 32], &rng), bias: randomTensor([16], &rng),
+                         weightName: "f1", biasName: "f1b"),
+            NetworkLayer(kind: .leakyrelu(alpha: 0.1), inputShape: [16], outputShape: [16]),
+            NetworkLayer(kind: .dense, inputShape: [16], outputShape: [4], weight: randomTensor([4, 16], &rng), bias: randomTensor([4], &rng),
+                         weightName: "f2", biasName: "f2b"),
+            NetworkLayer(kind: .softmax, inputShape: [4], outputShape: [4]),
+        ])
+        let calib = rows(200, features: 162, seed: 4), test = rows(100, features: 162, seed: 5)
+        let model = quantize(net, calib, method: method)
+        let q = QuantizedPlan(model: model, batchCapacity: 16).predict(test.features)
+        let f = ExecutionPlan(network: net, batchCapacity: 16).predict(test.features)
+        let c = Sensitivity.compare(q, reference: f, classes: 4, labels: nil)
+        #expect(c.sqnr > 20, "\(method): SQNR \(c.sqnr) dB")
+        #expect(c.agreement >= 0.9, "\(method): agreement \(c.agreement)")
+    }
+
+    @Test func mixedPrecisionRunsFP32LayersBetweenIntegerOnes() {
+        var rng = SeededGenerator(seed: 8)
+        let net = try! Architecture.build("mlp:12-16-16-3", seed: 8)
+        let data = rows(100, features: 12, seed: 9)
+        let params = Quantizer.activationParams(Quantizer.histograms(net, data), method: .minmax)
+        let model = Quantizer.build(net, activations: params, precisions: [0: .int8, 2: .fp32, 4: .int8], method: .minmax,
+                                    calibrationRows: 100)
+        #expect(model.precisionName == "mixed")
+        let q = QuantizedPlan(model: model, batchCapacity: 8).predict(data.features)
+        let f = ExecutionPlan(network: net, batchCapacity: 8).predict(data.features)
+        #expect(Sensitivity.compare(q, reference: f, classes: 3, labels: nil).sqnr > 25)
+        _ = rng.next()
+    }
+
+    @Test func quantizedFileRoundTripsBitForBit() throws {
+        let net = try Architecture.build("cnn:1x6x6-c4-m2-f8-3", seed: 2)
+        let data = rows(64, features: 36, seed: 3)
+        let model = quantize(net, data, method: .kl, adaptive: AdaptivePrecision(mode: .fixed, threshold: 0.05))
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("q-\(getpid()).safetensors").path
+        try model.write(to: path)
+        let file = try ModelFile.load(path: path)
+        let again = try #require(try QuantizedModel.load(file, network: Network(model: file)))
+        #expect(again.spec == model.spec)
+        let a = QuantizedPlan(model: model, batchCapacity: 4).predict(data.features)
+        let b = QuantizedPlan(model: again, batchCapacity: 4).predict(data.features)
+        #expect(a == b)
+    }
+
+    @Test func adaptivePlanEscalatesLowMarginRowsToFP32() throws {
+        let net = try Architecture.build("mlp:8-8-2", seed: 5)
+        let data = rows(64, features: 8, seed: 6)
+        let always = quantize(net, data, adaptive: AdaptivePrecision(mode: .fixed, threshold: 10))
+        let plan = QuantizedPlan(model: always, batchCapacity: 8)
+        let out = plan.predict(data.features)
+        #expect(plan.escalations == 64 && plan.samples == 64)
+        #expect(out == ExecutionPlan(network: net, batchCapacity: 8).predict(data.features))
+        let never = QuantizedPlan(model: always, batchCapacity: 8, adaptive: .off)
+        _ = never.predict(data.features)
+        #expect(never.escalations == 0)
+    }
+
+    @Test func badQuantizationSectionsAreRefusedWithOneLine() throws {
+        let net = try Architecture.build("mlp:4-4-2", seed: 1)
+        let model = quantize(net, rows(40, features: 4, seed: 1))
+        func check(_ mutate: (inout QuantizationSpec) -> Void, _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+            var spec = model.spec
+            mutate(&spec)
+            var manifest = net.manifest()
+            manifest.quantization = spec.json
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("bad-\(getpid())-\(fragment.hashValue).safetensors").path
+            try ModelWriter.write(manifest: manifest, tensors: net.tensorBlobs() + model.tensorBlobs(), to: path)
+            let file = try ModelFile.load(path: path)
+            do {
+                _ = try QuantizedModel.load(file, network: Network(model: file))
+                Issue.record("accepted; expected \(fragment)", sourceLocation: sourceLocation)
+            } catch let e as ModelFileError {
+                #expect(e.description.contains(fragment), "\(e)", sourceLocation: sourceLocation)
+                #expect(e.description.hasPrefix(path), sourceLocation: sourceLocation)
+            }
+        }
+        try check({ $0.layers[0].weight = "nope" }, "weight tensor 'nope' is not in the file")
+        try check({ $0.layers[0].weightScale = "fc1.weight" }, "has shape [4, 4], expected [4]")
+        try check({ $0.layers[0].layer = 1 }, "is not a dense or conv2d layer")
+        try check({ $0.activations["0"] = QuantParams(scale: -1, zeroPoint: 0) }, "out of range")
+        try check({ $0.layers[0].weight = "fc1.weight" }, "is F32, expected I8")
+    }
+}
+
+@Suite struct DigitsQuantizationTests {
+    @Test func int8AndInt4StayCloseToFP32OnDigits() throws {
+        let (train, test) = try DataSet.load(path: digitsPath).split()
+        let net = try Architecture.build("mlp:64-128-10", seed: 1, labels: train.classNames, preprocessing: Preprocessing(scale: 1.0 / 16, shift: 0))
+        let trainer = Trainer(network: net, optimizer: .adam(learningRate: 0.003), batchSize: 32, seed: 1)
+        trainer.fit(train, test: nil, epochs: 15) { _ in }
+        let f = ExecutionPlan(network: net, batchCapacity: 64).predict(test.features)
+        let fp32 = Sensitivity.compare(f, reference: f, classes: 10, labels: test.labels).accuracy!
+        for (precision, points, agreement) in [(LayerPrecision.int8, Float(0.3), Float(0.99)), (.int4, 1.5, 0.95)] {
+            let model = quantize(net, train, method: .kl, precision: precision)
+            let q = QuantizedPlan(model: model, batchCapacity: 64).predict(test.features)
+            let c = Sensitivity.compare(q, reference: f, classes: 10, labels: test.labels)
+            #expect((fp32 - c.accuracy!) * 100 <= points, "\(precision): fp32 \(fp32), quantized \(c.accuracy!)")
+            #expect(c.agreement >= agreement, "\(precision): agreement \(c.agreement)")
+        }
+    }
+}
