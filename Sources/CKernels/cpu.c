@@ -4,7 +4,16 @@
 #include <sys/auxv.h>
 #endif
 
+static int isa_supported_uncached(edge_isa isa);
+
 int edge_isa_supported(edge_isa isa) {
+    static int cache[8] = {0};  // 0 unknown, 1 no, 2 yes
+    if ((unsigned)isa >= 8) return 0;
+    if (cache[isa] == 0) cache[isa] = isa_supported_uncached(isa) ? 2 : 1;
+    return cache[isa] == 2;
+}
+
+static int isa_supported_uncached(edge_isa isa) {
     switch (isa) {
     case EDGE_ISA_AUTO:
     case EDGE_ISA_PORTABLE:
@@ -17,7 +26,7 @@ int edge_isa_supported(edge_isa isa) {
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl");
     case EDGE_ISA_AVX512VNNI:
-        return edge_isa_supported(EDGE_ISA_AVX512) && __builtin_cpu_supports("avx512vnni");
+        return isa_supported_uncached(EDGE_ISA_AVX512) && __builtin_cpu_supports("avx512vnni");
 #endif
 #if defined(__aarch64__) && defined(__linux__)
     case EDGE_ISA_NEONDOT:

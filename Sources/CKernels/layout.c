@@ -22,14 +22,20 @@ void edge_im2row(const float *x, int channels, int height, int width, int kh, in
     int oh = (height + 2 * ph - kh) / sh + 1, ow = (width + 2 * pw - kw) / sw + 1;
     size_t tap = (size_t)channels * sizeof(float);
     float *d = rows;
+    (void)tap;
     for (int oy = 0; oy < oh; oy++) {
         for (int ox = 0; ox < ow; ox++) {
             for (int ky = 0; ky < kh; ky++) {
                 int iy = oy * sh - ph + ky;
                 for (int kx = 0; kx < kw; kx++) {
                     int ix = ox * sw - pw + kx;
-                    if (iy < 0 || iy >= height || ix < 0 || ix >= width) memset(d, 0, tap);
-                    else memcpy(d, hwc + ((size_t)iy * width + ix) * channels, tap);
+                    if (iy < 0 || iy >= height || ix < 0 || ix >= width) {
+                        for (int c = 0; c < channels; c++) d[c] = 0.0f;
+                    } else {
+                        const float *s = hwc + ((size_t)iy * width + ix) * channels;
+                        if (channels >= 16) memcpy(d, s, tap);
+                        else for (int c = 0; c < channels; c++) d[c] = s[c];
+                    }
                     d += channels;
                 }
             }
@@ -61,13 +67,87 @@ void edge_im2row_u8(const uint8_t *x, int channels, int height, int width, int k
                 int iy = oy * sh - ph + ky;
                 for (int kx = 0; kx < kw; kx++) {
                     int ix = ox * sw - pw + kx;
-                    if (iy < 0 || iy >= height || ix < 0 || ix >= width) memset(d, pad, (size_t)channels);
-                    else memcpy(d, hwc + ((size_t)iy * width + ix) * channels, (size_t)channels);
+                    if (iy < 0 || iy >= height || ix < 0 || ix >= width) {
+                        for (int c = 0; c < channels; c++) d[c] = pad;
+                    } else {
+                        const uint8_t *s = hwc + ((size_t)iy * width + ix) * channels;
+                        if (channels >= 32) memcpy(d, s, (size_t)channels);
+                        else for (int c = 0; c < channels; c++) d[c] = s[c];
+                    }
                     d += channels;
                 }
             }
             // The row's padding up to ldrow meets zero weights; keep it defined.
-            memset(d, pad, (size_t)(ldrow - patch));
+            for (int c = patch; c < ldrow; c++) *d++ = pad;
         }
+    }
+}
+
+// ---- pooling ----------------------------------------------------------------------------------
+// Max pooling is exact on UINT8 (monotonic); average pooling rounds half up. Each plane is
+// independent, so `planes` = batch · channels.
+
+void edge_pool_f32(const float *x, int planes, int height, int width, int kh, int kw, int sh, int sw, int average, float *y) {
+    int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1;
+    if (kh == 2 && kw == 2 && sh == 2 && sw == 2 && !average) {  // the common case, unrolled
+        for (int p = 0; p < planes; p++) {
+            const float *xp = x + (size_t)p * height * width;
+            for (int oy = 0; oy < oh; oy++) {
+                const float *r0 = xp + (size_t)2 * oy * width, *r1 = r0 + width;
+                for (int ox = 0; ox < ow; ox++) {
+                    float a = r0[2 * ox] > r0[2 * ox + 1] ? r0[2 * ox] : r0[2 * ox + 1];
+                    float b = r1[2 * ox] > r1[2 * ox + 1] ? r1[2 * ox] : r1[2 * ox + 1];
+                    *y++ = a > b ? a : b;
+                }
+            }
+        }
+        return;
+    }
+    float inv = 1.0f / (float)(kh * kw);
+    for (int p = 0; p < planes; p++) {
+        const float *xp = x + (size_t)p * height * width;
+        for (int oy = 0; oy < oh; oy++)
+            for (int ox = 0; ox < ow; ox++) {
+                const float *base = xp + (size_t)oy * sh * width + (size_t)ox * sw;
+                float acc = average ? 0.0f : base[0];
+                for (int ky = 0; ky < kh; ky++)
+                    for (int kx = 0; kx < kw; kx++) {
+                        float v = base[ky * width + kx];
+                        if (average) acc += v; else acc = v > acc ? v : acc;
+                    }
+                *y++ = average ? acc * inv : acc;
+            }
+    }
+}
+
+void edge_pool_u8(const uint8_t *x, int planes, int height, int width, int kh, int kw, int sh, int sw, int average, uint8_t *y) {
+    int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1, n = kh * kw;
+    if (kh == 2 && kw == 2 && sh == 2 && sw == 2 && !average) {
+        for (int p = 0; p < planes; p++) {
+            const uint8_t *xp = x + (size_t)p * height * width;
+            for (int oy = 0; oy < oh; oy++) {
+                const uint8_t *r0 = xp + (size_t)2 * oy * width, *r1 = r0 + width;
+                for (int ox = 0; ox < ow; ox++) {
+                    uint8_t a = r0[2 * ox] > r0[2 * ox + 1] ? r0[2 * ox] : r0[2 * ox + 1];
+                    uint8_t b = r1[2 * ox] > r1[2 * ox + 1] ? r1[2 * ox] : r1[2 * ox + 1];
+                    *y++ = a > b ? a : b;
+                }
+            }
+        }
+        return;
+    }
+    for (int p = 0; p < planes; p++) {
+        const uint8_t *xp = x + (size_t)p * height * width;
+        for (int oy = 0; oy < oh; oy++)
+            for (int ox = 0; ox < ow; ox++) {
+                const uint8_t *base = xp + (size_t)oy * sh * width + (size_t)ox * sw;
+                int acc = 0;
+                for (int ky = 0; ky < kh; ky++)
+                    for (int kx = 0; kx < kw; kx++) {
+                        int v = base[ky * width + kx];
+                        if (average) acc += v; else acc = v > acc ? v : acc;
+                    }
+                *y++ = (uint8_t)(average ? (acc + n / 2) / n : acc);
+            }
     }
 }

@@ -351,3 +351,41 @@ void edge_q4_gemm(int rows, int outputs, int inputs, int group, const float *x, 
         }
     }
 }
+
+// ---- quantize / dequantize --------------------------------------------------------------------
+// q = clamp(round_half_even(x · inv_scale) + zero_point, 0, 255), as QuantParams.quantize.
+
+static void quantize_portable(const float *x, size_t n, float inv, int32_t zp, uint8_t *y) {
+    for (size_t i = 0; i < n; i++) {
+        float v = fminf(fmaxf(x[i] * inv, -1073741824.0f), 1073741824.0f);
+        int32_t q = (int32_t)nearbyintf(v) + zp;
+        y[i] = (uint8_t)(q < 0 ? 0 : (q > 255 ? 255 : q));
+    }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void quantize_avx512(const float *x, size_t n, float inv, int32_t zp, uint8_t *y) {
+    __m512 vi = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-1073741824.0f), hi = _mm512_set1_ps(1073741824.0f);
+    __m512i z = _mm512_set1_epi32(zp), q0 = _mm512_setzero_si512(), q255 = _mm512_set1_epi32(255);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vi), lo), hi);
+        __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(v), z);
+        q = _mm512_min_epi32(_mm512_max_epi32(q, q0), q255);
+        _mm_storeu_si128((__m128i *)(y + i), _mm512_cvtepi32_epi8(q));
+    }
+    quantize_portable(x + i, n - i, inv, zp, y + i);
+}
+#endif
+
+void edge_quantize_u8(const float *x, size_t n, float inv_scale, int32_t zero_point, uint8_t *y) {
+#if defined(__x86_64__)
+    if (edge_isa_supported(EDGE_ISA_AVX512)) { quantize_avx512(x, n, inv_scale, zero_point, y); return; }
+#endif
+    quantize_portable(x, n, inv_scale, zero_point, y);
+}
+
+void edge_dequantize_u8(const uint8_t *x, size_t n, float scale, int32_t zero_point, float *y) {
+    for (size_t i = 0; i < n; i++) y[i] = scale * (float)((int32_t)x[i] - zero_point);
+}

@@ -228,26 +228,8 @@ public enum Kernels {
     }
 
     private static func pool(_ x: UnsafePointer<Float>, batch: Int, _ g: ConvGeometry, _ y: UnsafeMutablePointer<Float>, average: Bool) {
-        let oh = g.outH, ow = g.outW
-        let inv = 1 / Float(g.kernelH * g.kernelW)
-        var out = y
-        for plane in 0..<(batch * g.channels) {
-            let xp = x + plane * g.height * g.width
-            for oy in 0..<oh {
-                for ox in 0..<ow {
-                    let base = xp + (oy * g.strideH) * g.width + ox * g.strideW
-                    var acc: Float = average ? 0 : -.infinity
-                    for ky in 0..<g.kernelH {
-                        let r = base + ky * g.width
-                        for kx in 0..<g.kernelW {
-                            acc = average ? acc + r[kx] : max(acc, r[kx])
-                        }
-                    }
-                    out.pointee = average ? acc * inv : acc
-                    out += 1
-                }
-            }
-        }
+        edge_pool_f32(x, Int32(batch * g.channels), Int32(g.height), Int32(g.width), Int32(g.kernelH), Int32(g.kernelW),
+                      Int32(g.strideH), Int32(g.strideW), average ? 1 : 0, y)
     }
 
     /// Mean over each `[H, W]` plane: `[batch, C, H, W]` → `[batch, C]`.

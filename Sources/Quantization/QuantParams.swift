@@ -1,3 +1,5 @@
+import CKernels
+
 /// UINT8 affine quantization of one activation tensor: real = scale · (q − zeroPoint).
 public struct QuantParams: Codable, Equatable, Sendable {
     public var scale: Float
@@ -26,7 +28,8 @@ public struct QuantParams: Codable, Equatable, Sendable {
 
     @inline(__always)
     public func quantize(_ x: Float) -> UInt8 {
-        let q = (x * inverseScale).rounded(.toNearestOrEven) + Float(zeroPoint)
+        let v = min(max(x * inverseScale, -1_073_741_824), 1_073_741_824)
+        let q = Int32(v.rounded(.toNearestOrEven)) &+ zeroPoint
         return UInt8(min(max(q, 0), 255))
     }
 
@@ -37,16 +40,11 @@ public struct QuantParams: Codable, Equatable, Sendable {
     public var range: ClosedRange<Float> { dequantize(0)...dequantize(255) }
 }
 
-/// Quantizes `count` floats to UINT8 with `params` (no allocation).
+/// Quantizes `count` floats to UINT8 with `params` (vectorised in CKernels; no allocation).
 public func quantize(_ x: UnsafePointer<Float>, count: Int, _ params: QuantParams, _ y: UnsafeMutablePointer<UInt8>) {
-    let inv = params.inverseScale, z = Float(params.zeroPoint)
-    for i in 0..<count {
-        let q = (x[i] * inv).rounded(.toNearestOrEven) + z
-        y[i] = UInt8(min(max(q, 0), 255))
-    }
+    edge_quantize_u8(x, count, params.inverseScale, params.zeroPoint, y)
 }
 
 public func dequantize(_ x: UnsafePointer<UInt8>, count: Int, _ params: QuantParams, _ y: UnsafeMutablePointer<Float>) {
-    let s = params.scale, z = params.zeroPoint
-    for i in 0..<count { y[i] = s * Float(Int32(x[i]) - z) }
+    edge_dequantize_u8(x, count, params.scale, params.zeroPoint, y)
 }

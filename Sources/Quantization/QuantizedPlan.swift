@@ -353,25 +353,8 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
     }
 
     private func poolU8(_ x: UnsafePointer<UInt8>, batch: Int, _ g: Kernels.ConvGeometry, _ y: UnsafeMutablePointer<UInt8>, average: Bool) {
-        let oh = g.outH, ow = g.outW, n = g.kernelH * g.kernelW
-        var o = 0
-        for plane in 0..<(batch * g.channels) {
-            let xp = x + plane * g.height * g.width
-            for oy in 0..<oh {
-                for ox in 0..<ow {
-                    let base = xp + oy * g.strideH * g.width + ox * g.strideW
-                    var acc = 0
-                    for ky in 0..<g.kernelH {
-                        for kx in 0..<g.kernelW {
-                            let v = Int(base[ky * g.width + kx])
-                            acc = average ? acc &+ v : max(acc, v)
-                        }
-                    }
-                    y[o] = UInt8(average ? (acc + n / 2) / n : acc)
-                    o += 1
-                }
-            }
-        }
+        edge_pool_u8(x, Int32(batch * g.channels), Int32(g.height), Int32(g.width), Int32(g.kernelH), Int32(g.kernelW),
+                     Int32(g.strideH), Int32(g.strideW), average ? 1 : 0, y)
     }
 
     /// Re-runs, in FP32, the samples whose top-1 margin is below `threshold`.

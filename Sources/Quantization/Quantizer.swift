@@ -47,12 +47,22 @@ public enum Quantizer {
         return h
     }
 
-    public static func activationParams(_ histograms: [ActivationHistogram], method: CalibrationMethod,
+    /// Parameters per tensor. Pooling, flatten and a ReLU that is not fused keep their input's
+    /// parameters, so UINT8 flows through them with no dequantize/quantize pair.
+    public static func activationParams(_ histograms: [ActivationHistogram], network: Network, method: CalibrationMethod,
                                         percentile: Double = 99.99) -> [String: QuantParams] {
         var out: [String: QuantParams] = [:]
         for (t, h) in histograms.enumerated() {
             let r = method.range(of: h, percentile: percentile)
             out[String(t)] = QuantParams(lo: r.lo, hi: r.hi)
+        }
+        for (l, layer) in network.layers.enumerated() {
+            switch layer.kind {
+            case .maxpool2d, .avgpool2d, .globalavgpool, .flatten:
+                out[String(l + 1)] = out[String(l)]
+            default:
+                break
+            }
         }
         return out
     }

@@ -94,7 +94,7 @@ struct Quantize: ParsableCommand {
                 throw DataSetError(file: calib, "has \(calibration.count) calibration rows after holding out every 5th; at least \(Quantizer.minimumCalibrationRows) are needed")
             }
             let histograms = Quantizer.histograms(network, calibration)
-            let activations = Quantizer.activationParams(histograms, method: method, percentile: percentile)
+            let activations = Quantizer.activationParams(histograms, network: network, method: method, percentile: percentile)
             let preferred: (Int) -> LayerPrecision = { l in
                 if self.precision == .int4, case .dense = network.layers[l].kind { return .int4 }
                 return .int8

@@ -22,7 +22,7 @@ func rows(_ count: Int, features: Int, seed: UInt64, limit: Float = 1) -> DataSe
 
 func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minmax, precision: LayerPrecision = .int8,
               adaptive: AdaptivePrecision? = nil) -> QuantizedModel {
-    let params = Quantizer.activationParams(Quantizer.histograms(net, data), method: method)
+    let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: method)
     let p = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(net).map { ($0, precision) })
     return Quantizer.build(net, activations: params, precisions: p, method: method, calibrationRows: data.count, adaptive: adaptive)
 }
@@ -89,7 +89,7 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         var rng = SeededGenerator(seed: 8)
         let net = try! Architecture.build("mlp:12-16-16-3", seed: 8)
         let data = rows(100, features: 12, seed: 9)
-        let params = Quantizer.activationParams(Quantizer.histograms(net, data), method: .minmax)
+        let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .minmax)
         let model = Quantizer.build(net, activations: params, precisions: [0: .int8, 2: .fp32, 4: .int8], method: .minmax,
                                     calibrationRows: 100)
         #expect(model.precisionName == "mixed")

@@ -12,6 +12,11 @@ Runtime and the agent give the same scores on digits, then measures both single-
 Both report the median latency per call after warm-up and samples per second. It also times one
 training epoch of the MLP (batch 32) from `agentctl model train --json`.
 
+Quantized: the same FP32 weights quantized by ONNX Runtime's `quantize_static` (QDQ, per-channel
+INT8 weights, UINT8 activations, entropy calibration) and by `agentctl model quantize --method kl`
+(and `--precision int4`), both calibrated on the same rows (digits' training split), compared on
+the held-out split for accuracy and agreement with FP32, and benchmarked as above.
+
 Usage: compare_onnxruntime.py [--agentctl PATH] [--batch 1,8,64] [--seconds 1] [--json]
 """
 import argparse
@@ -176,27 +181,90 @@ def train(agentctl, arch, epochs, out):
     return lines[:-1], lines[-1]
 
 
-def compare(agentctl, label, model_path, batches, seconds):
+def load_digits():
+    data = np.loadtxt(DIGITS, delimiter=",", skiprows=1, dtype=np.float32)
+    return data[:, :-1], data[:, -1].astype(int)
+
+
+def split(n):
+    test = np.arange(n) % 5 == 4   # the split agentctl uses
+    return ~test, test
+
+
+def ort_quantize(model, shape, calib_rows, work, name):
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            # One batch: ORT's histogram collector needs equally shaped batches.
+            self.batches = iter([{"x": calib_rows.reshape([-1] + shape)}])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    src = os.path.join(work, f"{name}.onnx")
+    dst = os.path.join(work, f"{name}.int8.onnx")
+    onnx.save(model, src)
+    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.Entropy)
+    return onnx.load(dst)
+
+
+def agent_quantize(agentctl, src, dst, precision):
+    out = subprocess.run([agentctl, "model", "quantize", src, dst, "--calib", DIGITS, "--method", "kl",
+                          "--precision", precision, "--json"], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def compare(agentctl, label, model_path, batches, seconds, work):
     manifest, tensors = read_model(model_path)
     model = to_onnx(manifest, tensors)
     sess = ort_session(model)
-    digits = np.loadtxt(DIGITS, delimiter=",", skiprows=1, dtype=np.float32)[:, :-1]
+    x, y = load_digits()
+    train_rows, test_rows = split(len(x))
     shape = manifest["input"]["shape"]
-    ort_scores = sess.run(None, {"x": digits.reshape([-1] + shape)})[0]
+    classes = len(manifest["labels"])
+    ort_scores = sess.run(None, {"x": x.reshape([-1] + shape)})[0]
     max_diff = float(np.abs(ort_scores - agent_scores(agentctl, model_path)).max())
+
+    # Quantized: ORT static QDQ vs agentctl quantize, same calibration rows (the training split).
+    stem = os.path.splitext(os.path.basename(model_path))[0]
+    qsess = ort_session(ort_quantize(model, shape, x[train_rows], work, stem))
+    q_scores = qsess.run(None, {"x": x[test_rows].reshape([-1] + shape)})[0]
+    fp32_test = ort_scores[test_rows]
+    int8_path = os.path.join(work, f"{stem}-int8.safetensors")
+    int4_path = os.path.join(work, f"{stem}-int4.safetensors")
+    int8_report = agent_quantize(agentctl, model_path, int8_path, "int8")
+    int4_report = agent_quantize(agentctl, model_path, int4_path, "int4")
+    accuracy = {
+        "fp32": float((fp32_test.argmax(1) == y[test_rows]).mean()),
+        "ort_int8": float((q_scores.argmax(1) == y[test_rows]).mean()),
+        "ort_int8_agreement": float((q_scores.argmax(1) == fp32_test.argmax(1)).mean()),
+        "agent_int8": int8_report["quantizedAccuracy"], "agent_int8_agreement": int8_report["agreement"],
+        "agent_int4": int4_report["quantizedAccuracy"], "agent_int4_agreement": int4_report["agreement"],
+    }
+
     agent = {r["batch"]: r for r in bench_agent(agentctl, model_path, batches, seconds)}
+    agent_q = {r["batch"]: r for r in bench_agent(agentctl, int8_path, batches, seconds)}
     rows = []
     for b in batches:
-        o = bench_ort(sess, shape, len(manifest["labels"]), b, seconds)
-        a = agent[b]
+        o = bench_ort(sess, shape, classes, b, seconds)
+        oq = bench_ort(qsess, shape, classes, b, seconds)
+        a, aq = agent[b], agent_q[b]
         rows.append({
             "model": label, "batch": b,
             "ort_latency_us": o["latency_us"], "agent_latency_us": a["latency_us"],
             "latency_ratio": a["latency_us"] / o["latency_us"],
             "ort_samples_per_s": o["samples_per_s"], "agent_samples_per_s": a["samples_per_s"],
             "throughput_ratio": a["samples_per_s"] / o["samples_per_s"],
+            "ort_int8_latency_us": oq["latency_us"], "agent_int8_latency_us": aq["latency_us"],
+            "int8_latency_ratio": aq["latency_us"] / oq["latency_us"],
+            "ort_int8_samples_per_s": oq["samples_per_s"], "agent_int8_samples_per_s": aq["samples_per_s"],
+            "int8_throughput_ratio": aq["samples_per_s"] / oq["samples_per_s"],
+            "agent_int8_over_fp32": aq["samples_per_s"] / a["samples_per_s"],
         })
-    return rows, max_diff
+    return rows, max_diff, accuracy
 
 
 def main():
@@ -210,17 +278,18 @@ def main():
     work = tempfile.mkdtemp(prefix="edge-bench-")
 
     mlp = os.path.join(work, "mlp.safetensors")
-    epochs, summary = train(args.agentctl, "mlp:64-256-256-10", 10, mlp)
+    epochs, summary = train(args.agentctl, "mlp:64-256-256-10", 30, mlp)
     cnn = os.path.join(work, "cnn.safetensors")
-    train(args.agentctl, "cnn:1x8x8-c32-c64-m2-f128-10", 3, cnn)
+    train(args.agentctl, "cnn:1x8x8-c32-c64-m2-f128-10", 20, cnn)
 
-    results, diffs = [], {}
+    results, diffs, accuracy = [], {}, {}
     for label, path in (("mlp 64-256-256-10", mlp), ("cnn 1x8x8-c32-c64-m2-f128-10", cnn)):
-        rows, diffs[label] = compare(args.agentctl, label, path, batches, args.seconds)
+        rows, diffs[label], accuracy[label] = compare(args.agentctl, label, path, batches, args.seconds, work)
         results += rows
     epoch_s = statistics.median(e["seconds"] for e in epochs)
     report = {
         "onnxruntime": ort.__version__, "threads": 1, "results": results, "max_abs_score_diff": diffs,
+        "held_out_accuracy": accuracy,
         "mlp_train_epoch_s_median": epoch_s, "mlp_train_rows": summary["trainRows"], "mlp_train_batch": 32,
     }
     if args.json:
@@ -232,6 +301,18 @@ def main():
         print(f"{r['model']:30} {r['batch']:5d} {r['ort_latency_us']:9.2f} {r['agent_latency_us']:9.2f} "
               f"{r['latency_ratio']:9.2f} {r['ort_samples_per_s']:11.0f} {r['agent_samples_per_s']:12.0f} "
               f"{r['throughput_ratio']:9.2f}")
+    print()
+    print("INT8: ONNX Runtime quantize_static (QDQ, per-channel, entropy) vs agentctl model quantize --method kl")
+    print(f"{'model':30} {'batch':>5} {'ORT us':>9} {'agent us':>9} {'lat ratio':>9} {'ORT samp/s':>11} {'agent samp/s':>12} {'thr ratio':>9} {'int8/fp32':>9}")
+    for r in results:
+        print(f"{r['model']:30} {r['batch']:5d} {r['ort_int8_latency_us']:9.2f} {r['agent_int8_latency_us']:9.2f} "
+              f"{r['int8_latency_ratio']:9.2f} {r['ort_int8_samples_per_s']:11.0f} {r['agent_int8_samples_per_s']:12.0f} "
+              f"{r['int8_throughput_ratio']:9.2f} {r['agent_int8_over_fp32']:9.2f}")
+    print()
+    for label, a in accuracy.items():
+        print(f"{label}: held-out accuracy fp32 {a['fp32']:.2%}; ORT int8 {a['ort_int8']:.2%} (agreement {a['ort_int8_agreement']:.2%}); "
+              f"agent int8 {a['agent_int8']:.2%} (agreement {a['agent_int8_agreement']:.2%}); "
+              f"agent int4 {a['agent_int4']:.2%} (agreement {a['agent_int4_agreement']:.2%})")
     for label, d in diffs.items():
         print(f"max |score difference| on digits, {label}: {d:.2e}")
     print(f"MLP training: median epoch {epoch_s * 1000:.1f} ms over {summary['trainRows']} rows, batch 32 (target <= 100 ms)")

@@ -102,6 +102,14 @@ void edge_transpose_u8(const uint8_t *src, int rows, int cols, uint8_t *dst);
 void edge_im2row_u8(const uint8_t *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
                     uint8_t pad, uint8_t *hwc, uint8_t *rows, int ldrow);
 
+/// q = clamp(round_half_even(x · inv_scale) + zero_point, 0, 255); and back: y = scale · (q − zero_point).
+void edge_quantize_u8(const float *x, size_t n, float inv_scale, int32_t zero_point, uint8_t *y);
+void edge_dequantize_u8(const uint8_t *x, size_t n, float scale, int32_t zero_point, float *y);
+
+/// Max (average = 0) or average pooling of `planes` planes, no padding, floor output size.
+void edge_pool_f32(const float *x, int planes, int height, int width, int kh, int kw, int sh, int sw, int average, float *y);
+void edge_pool_u8(const uint8_t *x, int planes, int height, int width, int kh, int kw, int sh, int sw, int average, uint8_t *y);
+
 #ifdef __cplusplus
 }
 #endif
