@@ -12,12 +12,13 @@ DEBIAN_PACKAGES := libopenblas-dev libsqlite3-dev libmosquitto-dev mosquitto pkg
 TEST_PACKAGES := libc6-dev-arm64-cross linux-libc-dev-arm64-cross
 DEMO_MODEL := .agentd/digits-mlp.safetensors
 
-.PHONY: help deps install-packages check-aarch64 build test interop-test interop-test-run run bench venv install clean
+.PHONY: help microbench deps install-packages check-aarch64 build test interop-test interop-test-run run bench venv install clean
 
 help:
 	@echo "make run      build, install missing Debian packages, train and evaluate the demo model"
 	@echo "make test     install missing Debian packages, build, run every test"
-	@echo "make bench    compare against ONNX Runtime (tools/bench/compare_onnxruntime.py)"
+	@echo "make bench    compare against ONNX Runtime, FP32 and INT8 (tools/bench/compare_onnxruntime.py)"
+	@echo "make microbench  kernel and plan micro-benchmarks (tools/benchmarks, ordo-one/benchmark)"
 	@echo "make install  install agentctl (PREFIX=$(PREFIX) DESTDIR=$(DESTDIR))"
 
 # Installs only what is missing, as root or through sudo.
@@ -82,6 +83,10 @@ check-aarch64:
 
 bench: build venv
 	$(PY) tools/bench/compare_onnxruntime.py --agentctl $(BIN)/agentctl
+
+# Micro-benchmarks (ordo-one/benchmark sub-package): GEMM kernels per ISA and whole plans.
+microbench: deps
+	cd tools/benchmarks && $(SWIFT) package --disable-sandbox benchmark
 
 install: build
 	install -D -m 0755 $(BIN)/agentctl $(DESTDIR)$(PREFIX)/bin/agentctl

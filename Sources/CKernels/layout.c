@@ -20,9 +20,7 @@ void edge_im2row(const float *x, int channels, int height, int width, int kh, in
     // Channels last first, so that each (ky, kx) tap of a patch is one contiguous copy of C floats.
     edge_transpose(x, channels, height * width, hwc);
     int oh = (height + 2 * ph - kh) / sh + 1, ow = (width + 2 * pw - kw) / sw + 1;
-    size_t tap = (size_t)channels * sizeof(float);
     float *d = rows;
-    (void)tap;
     for (int oy = 0; oy < oh; oy++) {
         for (int ox = 0; ox < ow; ox++) {
             for (int ky = 0; ky < kh; ky++) {
@@ -33,8 +31,7 @@ void edge_im2row(const float *x, int channels, int height, int width, int kh, in
                         for (int c = 0; c < channels; c++) d[c] = 0.0f;
                     } else {
                         const float *s = hwc + ((size_t)iy * width + ix) * channels;
-                        if (channels >= 16) memcpy(d, s, tap);
-                        else for (int c = 0; c < channels; c++) d[c] = s[c];
+                        for (int c = 0; c < channels; c++) d[c] = s[c];  // inlined: a call per tap costs more
                     }
                     d += channels;
                 }
@@ -71,8 +68,7 @@ void edge_im2row_u8(const uint8_t *x, int channels, int height, int width, int k
                         for (int c = 0; c < channels; c++) d[c] = pad;
                     } else {
                         const uint8_t *s = hwc + ((size_t)iy * width + ix) * channels;
-                        if (channels >= 32) memcpy(d, s, (size_t)channels);
-                        else for (int c = 0; c < channels; c++) d[c] = s[c];
+                        for (int c = 0; c < channels; c++) d[c] = s[c];
                     }
                     d += channels;
                 }

@@ -1,0 +1,63 @@
+import Benchmark
+import Inference
+import Quantization
+import Tensor
+import Training
+
+/// 256×256×256 GEMMs per kernel path, and whole plans, with allocation counts (which must be 0
+/// per iteration for the plans' `run`).
+let benchmarks: @Sendable () -> Void = {
+    let n = 256
+    var rng = SeededGenerator(seed: 1)
+    let x8 = (0..<(n * n)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+    let w8 = (0..<(n * n)).map { _ in Int8(Int(rng.next() % 255) - 127) }
+    let packed8 = w8.withUnsafeBufferPointer { PackedInt8Weights(weight: $0.baseAddress!, outputs: n, inputs: n) }
+    let epilogue = QuantizedEpilogue(outputs: n)
+    for o in 0..<n { epilogue.scale[o] = 0.001 }
+    let y8 = UnsafeMutablePointer<UInt8>.allocate(capacity: n * n)
+
+    let config = Benchmark.Configuration(metrics: [.wallClock, .throughput, .mallocCountTotal, .cpuTotal],
+                                         maxDuration: .seconds(2), maxIterations: 100_000)
+
+    for isa in KernelISA.allCases where isa != .auto && isa.isSupported {
+        // 16.8 M multiply-accumulates per iteration: MACs per cycle = 16_777_216 / (seconds × clock).
+        Benchmark("int8 gemm 256x256x256 \(isa.rawValue)", configuration: config) { benchmark in
+            x8.withUnsafeBufferPointer { x in
+                for _ in benchmark.scaledIterations {
+                    packed8.multiply(rows: n, x.baseAddress!, ldx: n, epilogue: epilogue, output: .uint8(y8), ldy: n, isa: isa)
+                }
+            }
+        }
+    }
+
+    let xf = (0..<(n * n)).map { _ in rng.nextFloat(limit: 1) }
+    let wf = (0..<(n * n)).map { _ in rng.nextFloat(limit: 1) }
+    let packedF = wf.withUnsafeBufferPointer { PackedWeights(weight: $0.baseAddress!, bias: nil, outputs: n, inputs: n) }
+    let yf = UnsafeMutablePointer<Float>.allocate(capacity: n * n)
+    for isa in [KernelISA.portable, .avx2, .avx512] where isa.isSupported {
+        Benchmark("fp32 gemm 256x256x256 \(isa.rawValue)", configuration: config) { benchmark in
+            xf.withUnsafeBufferPointer { x in
+                for _ in benchmark.scaledIterations {
+                    packedF.multiply(rows: n, x.baseAddress!, ldx: n, yf, ldy: n, isa: isa)
+                }
+            }
+        }
+    }
+
+    // Whole plans on the digits MLP shape (random weights): run() must not allocate.
+    let net = try! Architecture.build("mlp:64-256-256-10", seed: 1, preprocessing: Preprocessing(scale: 1.0 / 16, shift: 0))
+    let rows = DataSet(features: (0..<(256 * 64)).map { _ in Float(rng.next() % 17) }, featureCount: 64, labels: nil, classNames: [])
+    let params = Quantizer.activationParams(Quantizer.histograms(net, rows), network: net, method: .kl)
+    let int8 = Quantizer.build(net, activations: params, precisions: [0: .int8, 2: .int8, 4: .int8], method: .kl, calibrationRows: 256)
+    for batch in [1, 64] {
+        let fp32Plan = ExecutionPlan(network: net, batchCapacity: batch)
+        let int8Plan = QuantizedPlan(model: int8, batchCapacity: batch)
+        for (name, plan) in [("fp32", fp32Plan as InferencePlan), ("int8", int8Plan as InferencePlan)] {
+            Benchmark("mlp 64-256-256-10 \(name) batch \(batch)", configuration: config) { benchmark in
+                rows.features.withUnsafeBufferPointer { x in
+                    for _ in benchmark.scaledIterations { blackHole(plan.run(x.baseAddress!, batch: batch)) }
+                }
+            }
+        }
+    }
+}
