@@ -6,11 +6,21 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "agentctl", targets: ["agentctl"]),
+        .executable(name: "agentd", targets: ["agentd"]),
         // The numeric engine as a library, for tools/benchmarks.
         .library(name: "EdgeEngine", targets: ["Tensor", "ModelFile", "Inference", "Training", "Quantization"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         .systemLibrary(
@@ -25,10 +35,39 @@ let package = Package(
         .target(name: "Inference", dependencies: ["CKernels", "Tensor", "ModelFile"]),
         .target(name: "Training", dependencies: ["Inference"]),
         .target(name: "Quantization", dependencies: ["CKernels", "Tensor", "ModelFile", "Inference", "Training"]),
+        .target(name: "Serving", dependencies: ["Inference", "Quantization"]),
+        .target(name: "Store", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
+        // Codable API types and the Unix-socket client: Foundation only, so any tool can link it.
+        .target(name: "AgentAPI"),
+        .target(name: "AgentConfig", dependencies: [.product(name: "TOMLKit", package: "TOMLKit")]),
+        .target(
+            name: "AgentCore",
+            dependencies: [
+                "Tensor", "ModelFile", "Inference", "Quantization", "Training", "Serving", "Store", "AgentAPI", "AgentConfig",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        .executableTarget(
+            name: "agentd",
+            dependencies: [
+                "AgentCore", "AgentConfig",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
         .executableTarget(
             name: "agentctl",
             dependencies: [
-                "CBLAS", "Tensor", "ModelFile", "Inference", "Training", "Quantization",
+                "CBLAS", "Tensor", "ModelFile", "Inference", "Training", "Quantization", "AgentAPI", "AgentConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -37,6 +76,9 @@ let package = Package(
         .testTarget(name: "InferenceTests", dependencies: ["Inference"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization"]),
+        .testTarget(name: "ServingTests", dependencies: ["Serving", "Training"]),
+        .testTarget(name: "StoreTests", dependencies: ["Store"]),
+        .testTarget(name: "AgentConfigTests", dependencies: ["AgentConfig"]),
         // Runs the built agentctl binary; depends on nothing so it tests only what users see.
         .testTarget(name: "AgentctlTests"),
     ]

@@ -13,7 +13,8 @@ struct Agentctl: ParsableCommand {
             Errors are one line on stderr and a non-zero exit status.
             """,
         version: agentVersion,
-        subcommands: [ModelCommand.self]
+        subcommands: [Status.self, Infer.self, Feedback.self, Models.self, Events.self, MetricsCommand.self, ConfigCommand.self,
+                      ModelCommand.self, BenchLoad.self, Version.self]
     )
 }
 
@@ -22,8 +23,8 @@ let agentVersion = "0.1.0"
 struct ModelCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "model",
-        abstract: "Train, evaluate, inspect, run and benchmark model files offline (no daemon needed).",
-        subcommands: [Train.self, Eval.self, Inspect.self, Predict.self, Bench.self, Quantize.self]
+        abstract: "Train, evaluate, inspect, quantize, run and benchmark model files offline; roll agentd back.",
+        subcommands: [Train.self, Eval.self, Inspect.self, Predict.self, Bench.self, Quantize.self, Rollback.self]
     )
 }
 

@@ -1,0 +1,240 @@
+import Foundation
+
+// The local API's request and response bodies (HTTP/1.1 + JSON over agentd's Unix socket).
+// Field names are the wire names; see README, "Local API".
+
+public struct ModelRef: Codable, Equatable, Sendable {
+    public var name: String
+    /// Registry version (1, 2, …), the number `rollback` takes.
+    public var version: Int
+    public var precision: String
+    public init(name: String, version: Int, precision: String) {
+        self.name = name
+        self.version = version
+        self.precision = precision
+    }
+}
+
+public struct InferRequest: Codable, Sendable {
+    public var inputs: [[Float]]
+    /// "latency" (served first) or "throughput". Default latency.
+    public var priority: String?
+    /// Answer within this many milliseconds or get 504; default from the config.
+    public var deadlineMs: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case inputs, priority
+        case deadlineMs = "deadline_ms"
+    }
+
+    public init(inputs: [[Float]], priority: String? = nil, deadlineMs: Double? = nil) {
+        self.inputs = inputs
+        self.priority = priority
+        self.deadlineMs = deadlineMs
+    }
+}
+
+public struct InferResult: Codable, Sendable {
+    public var id: String
+    public var `class`: Int
+    public var label: String
+    public var scores: [Float]
+    public var precision: String
+    public init(id: String, class: Int, label: String, scores: [Float], precision: String) {
+        self.id = id
+        self.class = `class`
+        self.label = label
+        self.scores = scores
+        self.precision = precision
+    }
+}
+
+public struct InferResponse: Codable, Sendable {
+    public var model: ModelRef
+    public var results: [InferResult]
+    public init(model: ModelRef, results: [InferResult]) {
+        self.model = model
+        self.results = results
+    }
+}
+
+public struct FeedbackRequest: Codable, Sendable {
+    /// An inference id from a recent `/v1/infer` answer, or
+    public var id: String?
+    /// the input itself.
+    public var input: [Float]?
+    public var label: String
+    public init(id: String? = nil, input: [Float]? = nil, label: String) {
+        self.id = id
+        self.input = input
+        self.label = label
+    }
+}
+
+public struct FeedbackResponse: Codable, Sendable {
+    public var stored: Bool
+    public var sampleId: Int64
+    public var samples: Int
+
+    enum CodingKeys: String, CodingKey {
+        case stored, samples
+        case sampleId = "sample_id"
+    }
+    public init(stored: Bool, sampleId: Int64, samples: Int) {
+        self.stored = stored
+        self.sampleId = sampleId
+        self.samples = samples
+    }
+}
+
+public struct ServingStatus: Codable, Sendable {
+    public var workers: Int
+    public var maxBatchSize: Int
+    public var requests: Int
+    public var samples: Int
+    public var rejectedQueueFull: Int
+    public var deadlineExpired: Int
+    public var queueDepth: Int
+    public var batches: Int
+    public var meanBatchSize: Double
+    public var throughputPerS: Double
+    public var latencyP50Ms: Double
+    public var latencyP99Ms: Double
+    public var escalations: Int
+
+    enum CodingKeys: String, CodingKey {
+        case workers, requests, samples, batches, escalations
+        case maxBatchSize = "max_batch_size"
+        case rejectedQueueFull = "rejected_queue_full"
+        case deadlineExpired = "deadline_expired"
+        case queueDepth = "queue_depth"
+        case meanBatchSize = "mean_batch_size"
+        case throughputPerS = "throughput_per_s"
+        case latencyP50Ms = "latency_p50_ms"
+        case latencyP99Ms = "latency_p99_ms"
+    }
+
+    public init(workers: Int, maxBatchSize: Int, requests: Int, samples: Int, rejectedQueueFull: Int, deadlineExpired: Int,
+                queueDepth: Int, batches: Int, meanBatchSize: Double, throughputPerS: Double, latencyP50Ms: Double,
+                latencyP99Ms: Double, escalations: Int) {
+        self.workers = workers
+        self.maxBatchSize = maxBatchSize
+        self.requests = requests
+        self.samples = samples
+        self.rejectedQueueFull = rejectedQueueFull
+        self.deadlineExpired = deadlineExpired
+        self.queueDepth = queueDepth
+        self.batches = batches
+        self.meanBatchSize = meanBatchSize
+        self.throughputPerS = throughputPerS
+        self.latencyP50Ms = latencyP50Ms
+        self.latencyP99Ms = latencyP99Ms
+        self.escalations = escalations
+    }
+}
+
+/// A component that later work plugs in (drift, replay, learner, MQTT) and its state.
+public struct ComponentStatus: Codable, Sendable {
+    public var state: String
+    public var detail: String?
+    public init(state: String, detail: String? = nil) {
+        self.state = state
+        self.detail = detail
+    }
+}
+
+public struct StatusResponse: Codable, Sendable {
+    public var state: String
+    public var version: String
+    public var pid: Int32
+    public var uptimeS: Double
+    public var socket: String
+    public var model: ModelRef?
+    public var serving: ServingStatus
+    public var feedbackSamples: Int
+    public var drift: ComponentStatus
+    public var learner: ComponentStatus
+    public var mqtt: ComponentStatus
+    public var lastEvents: [Event]
+
+    enum CodingKeys: String, CodingKey {
+        case state, version, pid, socket, model, serving, drift, learner, mqtt
+        case uptimeS = "uptime_s"
+        case feedbackSamples = "feedback_samples"
+        case lastEvents = "last_events"
+    }
+
+    public init(state: String, version: String, pid: Int32, uptimeS: Double, socket: String, model: ModelRef?, serving: ServingStatus,
+                feedbackSamples: Int, drift: ComponentStatus, learner: ComponentStatus, mqtt: ComponentStatus, lastEvents: [Event]) {
+        self.state = state
+        self.version = version
+        self.pid = pid
+        self.uptimeS = uptimeS
+        self.socket = socket
+        self.model = model
+        self.serving = serving
+        self.feedbackSamples = feedbackSamples
+        self.drift = drift
+        self.learner = learner
+        self.mqtt = mqtt
+        self.lastEvents = lastEvents
+    }
+}
+
+public struct ModelVersion: Codable, Sendable {
+    public var version: Int
+    public var name: String
+    public var sha256: String
+    public var source: String
+    public var precision: String
+    public var created: String
+    public var active: Bool
+    public init(version: Int, name: String, sha256: String, source: String, precision: String, created: String, active: Bool) {
+        self.version = version
+        self.name = name
+        self.sha256 = sha256
+        self.source = source
+        self.precision = precision
+        self.created = created
+        self.active = active
+    }
+}
+
+public struct ModelsResponse: Codable, Sendable {
+    public var models: [ModelVersion]
+    public init(models: [ModelVersion]) { self.models = models }
+}
+
+public struct RollbackRequest: Codable, Sendable {
+    /// The registry version to activate; nil means the one active before the current.
+    public var version: Int?
+    public init(version: Int? = nil) { self.version = version }
+}
+
+public struct Event: Codable, Sendable {
+    public var id: Int64
+    public var ts: String
+    public var kind: String
+    public var message: String
+    public init(id: Int64, ts: String, kind: String, message: String) {
+        self.id = id
+        self.ts = ts
+        self.kind = kind
+        self.message = message
+    }
+}
+
+public struct EventsResponse: Codable, Sendable {
+    public var events: [Event]
+    public init(events: [Event]) { self.events = events }
+}
+
+/// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
+public struct ErrorResponse: Codable, Sendable {
+    public struct Body: Codable, Sendable {
+        public var code: String
+        public var message: String
+    }
+    public var error: Body
+    public init(code: String, message: String) { error = Body(code: code, message: message) }
+}

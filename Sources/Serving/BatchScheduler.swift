@@ -1,0 +1,425 @@
+import Foundation
+import Inference
+
+public enum Priority: String, Sendable {
+    /// Served before any throughput request.
+    case latency
+    case throughput
+}
+
+public enum ServingError: Error, Equatable, Sendable {
+    /// The queue is full; try again after this many seconds.
+    case queueFull(retryAfter: Int)
+    /// The request's deadline passed before it was computed; it never was.
+    case deadlineExceeded
+    case noModel
+    case shuttingDown
+    case wrongShape(expected: Int, got: Int)
+}
+
+/// What a request gets back: its rows' scores and the model that computed them.
+public struct InferenceOutput: Sendable {
+    public let scores: [Float]
+    public let model: ServingModel
+    public let precision: String
+}
+
+public struct SchedulerSettings: Equatable, Sendable {
+    public var workers: Int
+    public var maxBatchSize: Int
+    public var maxQueueDelay: Double
+    public var queueCapacity: Int
+    public var memoryBudgetBytes: Int
+    public var adaptive: Bool
+    public var latencyTarget: Double
+
+    public init(workers: Int, maxBatchSize: Int, maxQueueDelay: Double, queueCapacity: Int, memoryBudgetBytes: Int,
+                adaptive: Bool, latencyTarget: Double) {
+        self.workers = workers
+        self.maxBatchSize = maxBatchSize
+        self.maxQueueDelay = maxQueueDelay
+        self.queueCapacity = queueCapacity
+        self.memoryBudgetBytes = memoryBudgetBytes
+        self.adaptive = adaptive
+        self.latencyTarget = latencyTarget
+    }
+}
+
+/// Counters and recent latencies, for status and metrics.
+public struct SchedulerStats: Sendable {
+    public var requests = 0
+    public var samples = 0
+    public var rejectedQueueFull = 0
+    public var deadlineExpired = 0
+    public var batches = 0
+    public var batchedRows = 0
+    public var escalations = 0
+    public var queueDepth = 0
+    public var latencyP50 = 0.0
+    public var latencyP99 = 0.0
+    public var throughput = 0.0
+    public var maxBatchSize = 0
+    public var workers = 0
+}
+
+/// Dynamic batching over worker threads. Requests queue in two priority classes; a worker takes
+/// the oldest, then adds more until the batch reaches the size limit or the first request has
+/// waited `maxQueueDelay`. Expired requests are answered 504 without being computed; a full queue
+/// is answered at once. The batch limit is the smallest of the configured size, what the memory
+/// budget allows for the model's plan, and — in adaptive mode — the largest size whose measured
+/// p99 compute time stays within half the latency target.
+public final class BatchScheduler: @unchecked Sendable {
+    final class Request {
+        let rows: [Float]
+        let count: Int
+        let enqueued: UInt64
+        let deadline: UInt64
+        let completion: @Sendable (Result<InferenceOutput, ServingError>) -> Void
+        init(rows: [Float], count: Int, enqueued: UInt64, deadline: UInt64,
+             completion: @escaping @Sendable (Result<InferenceOutput, ServingError>) -> Void) {
+            self.rows = rows
+            self.count = count
+            self.enqueued = enqueued
+            self.deadline = deadline
+            self.completion = completion
+        }
+    }
+
+    public let slot: ModelSlot
+    /// Called after each batch with its row count and each request's queue wait in milliseconds.
+    public var onBatch: (@Sendable (_ rows: Int, _ queueWaitsMs: [Double]) -> Void)?
+    private let condition = NSCondition()
+    private var latencyQueue: [Request] = []
+    private var throughputQueue: [Request] = []
+    private var latencyHead = 0, throughputHead = 0
+    private var settings: SchedulerSettings
+    private var accepting = true
+    private var stopping = false
+    private var inFlight = 0
+    private var threads: [Thread] = []
+    private var stats = SchedulerStats()
+    private var latencies = RingBuffer(capacity: 4096)
+    private var completions = RingBuffer(capacity: 4096)  // completion times (s) weighted by rows, for throughput
+    private var computeByBatch: [Int: RingBuffer] = [:]
+    private var lastProgress = BatchScheduler.now()
+    private var batchLimitCache: (model: ObjectIdentifier, limit: Int)?
+
+    public init(slot: ModelSlot, settings: SchedulerSettings) {
+        self.slot = slot
+        self.settings = settings
+    }
+
+    static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+    public func start() {
+        let n = settings.workers > 0 ? settings.workers : ProcessInfo.processInfo.activeProcessorCount
+        for i in 0..<n {
+            let t = Thread { [self] in self.workerLoop() }
+            t.name = "inference-\(i)"
+            t.qualityOfService = .userInitiated
+            threads.append(t)
+            t.start()
+        }
+        condition.lock()
+        stats.workers = n
+        condition.unlock()
+    }
+
+    /// SIGHUP: the reloadable settings.
+    public func update(maxBatchSize: Int, maxQueueDelay: Double, adaptive: Bool, latencyTarget: Double) {
+        condition.lock()
+        settings.maxBatchSize = maxBatchSize
+        settings.maxQueueDelay = maxQueueDelay
+        settings.adaptive = adaptive
+        settings.latencyTarget = latencyTarget
+        batchLimitCache = nil
+        condition.unlock()
+    }
+
+    /// Queues `count` rows (flat) or refuses at once.
+    public func submit(rows: [Float], count: Int, priority: Priority, deadline: Double,
+                       completion: @escaping @Sendable (Result<InferenceOutput, ServingError>) -> Void) {
+        let now = Self.now()
+        condition.lock()
+        guard accepting else {
+            condition.unlock()
+            completion(.failure(.shuttingDown))
+            return
+        }
+        let depth = (latencyQueue.count - latencyHead) + (throughputQueue.count - throughputHead)
+        guard depth < settings.queueCapacity else {
+            stats.rejectedQueueFull += 1
+            condition.unlock()
+            completion(.failure(.queueFull(retryAfter: 1)))
+            return
+        }
+        let r = Request(rows: rows, count: count, enqueued: now, deadline: now + UInt64(max(deadline, 0) * 1e9), completion: completion)
+        if priority == .latency { latencyQueue.append(r) } else { throughputQueue.append(r) }
+        stats.requests += 1
+        condition.signal()
+        condition.unlock()
+    }
+
+    public func infer(rows: [Float], count: Int, priority: Priority, deadline: Double) async -> Result<InferenceOutput, ServingError> {
+        await withCheckedContinuation { continuation in
+            submit(rows: rows, count: count, priority: priority, deadline: deadline) { continuation.resume(returning: $0) }
+        }
+    }
+
+    /// Stops accepting; waits until every accepted request is answered or `timeout` passes.
+    /// Returns whether everything was answered.
+    public func drain(timeout: Double) -> Bool {
+        condition.lock()
+        accepting = false
+        let limit = Date(timeIntervalSinceNow: timeout)
+        while queuedCount > 0 || inFlight > 0 {
+            if !condition.wait(until: limit) { break }
+        }
+        let done = queuedCount == 0 && inFlight == 0
+        condition.unlock()
+        return done
+    }
+
+    /// Ends the workers (after `drain`); anything still queued is answered `shuttingDown`.
+    public func stop() {
+        condition.lock()
+        accepting = false
+        stopping = true
+        var left: [Request] = []
+        while let r = popLocked() { left.append(r) }
+        condition.broadcast()
+        condition.unlock()
+        for r in left { r.completion(.failure(.shuttingDown)) }
+    }
+
+    private var queuedCount: Int { (latencyQueue.count - latencyHead) + (throughputQueue.count - throughputHead) }
+
+    public var snapshot: SchedulerStats {
+        condition.lock()
+        defer { condition.unlock() }
+        var s = stats
+        s.queueDepth = queuedCount
+        s.latencyP50 = latencies.percentile(0.5)
+        s.latencyP99 = latencies.percentile(0.99)
+        let now = Double(Self.now()) / 1e9
+        s.throughput = completions.sum(since: now - 10) / 10
+        s.maxBatchSize = batchLimitCache?.limit ?? settings.maxBatchSize
+        return s
+    }
+
+    /// Whether workers are keeping up: idle, or a batch finished within `seconds`.
+    public func isMakingProgress(within seconds: Double) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        if queuedCount == 0 && inFlight == 0 { return true }
+        return Double(Self.now() - lastProgress) / 1e9 < seconds
+    }
+
+    private func popLocked() -> Request? {
+        if latencyHead < latencyQueue.count {
+            let r = latencyQueue[latencyHead]
+            latencyHead += 1
+            if latencyHead > 1024 && latencyHead * 2 > latencyQueue.count {
+                latencyQueue.removeFirst(latencyHead)
+                latencyHead = 0
+            }
+            return r
+        }
+        if throughputHead < throughputQueue.count {
+            let r = throughputQueue[throughputHead]
+            throughputHead += 1
+            if throughputHead > 1024 && throughputHead * 2 > throughputQueue.count {
+                throughputQueue.removeFirst(throughputHead)
+                throughputHead = 0
+            }
+            return r
+        }
+        return nil
+    }
+
+    private func peekLocked() -> Request? {
+        if latencyHead < latencyQueue.count { return latencyQueue[latencyHead] }
+        if throughputHead < throughputQueue.count { return throughputQueue[throughputHead] }
+        return nil
+    }
+
+    private func batchLimitLocked(_ model: ServingModel) -> Int {
+        if let c = batchLimitCache, c.model == ObjectIdentifier(model) { return c.limit }
+        var limit = model.batchLimit(budgetBytes: settings.memoryBudgetBytes, limit: settings.maxBatchSize)
+        if settings.adaptive {
+            let target = settings.latencyTarget / 2
+            var best = 1, size = 1
+            while size <= limit {
+                if let r = computeByBatch[size], r.count >= 16, r.percentile(0.99) > target { break }
+                best = size
+                size *= 2
+            }
+            limit = best
+            // Re-decided after enough new measurements.
+            if computeByBatch.values.reduce(0, { $0 + $1.count }) % 256 != 0 {
+                batchLimitCache = (ObjectIdentifier(model), limit)
+            }
+            return limit
+        }
+        batchLimitCache = (ObjectIdentifier(model), limit)
+        return limit
+    }
+
+    private func workerLoop() {
+        var plans: (model: ObjectIdentifier, capacity: Int, plan: InferencePlan)?
+        var input: [Float] = []
+        while true {
+            condition.lock()
+            while peekLocked() == nil && !stopping { condition.wait() }
+            guard let first = popLocked() else {
+                condition.unlock()
+                return
+            }
+            guard let model = slot.current else {
+                condition.unlock()
+                first.completion(.failure(.noModel))
+                continue
+            }
+            let limit = batchLimitLocked(model)
+            var batch = [first]
+            var rows = first.count
+            let waitUntil = first.enqueued + UInt64(settings.maxQueueDelay * 1e9)
+            while rows < limit {
+                if let next = peekLocked() {
+                    if rows + next.count > limit { break }
+                    batch.append(popLocked()!)
+                    rows += next.count
+                    continue
+                }
+                let now = Self.now()
+                if now >= waitUntil || stopping { break }
+                _ = condition.wait(until: Date(timeIntervalSinceNow: Double(waitUntil - now) / 1e9))
+            }
+            inFlight += batch.count
+            condition.unlock()
+
+            // Expired requests are answered, never computed.
+            let now = Self.now()
+            var live: [Request] = []
+            var expired = 0
+            for r in batch {
+                if now > r.deadline { r.completion(.failure(.deadlineExceeded)); expired += 1 } else { live.append(r) }
+            }
+            let waits = live.map { Double(now - $0.enqueued) / 1e6 }
+            var computeSeconds = 0.0
+            var escalated = 0
+            var liveRows = 0
+            if !live.isEmpty {
+                liveRows = live.reduce(0) { $0 + $1.count }
+                let n = model.inputCount, k = model.outputCount
+                let capacity = max(limit, live.map(\.count).max() ?? 1)
+                if plans == nil || plans!.model != ObjectIdentifier(model) || plans!.capacity < min(capacity, limit) {
+                    plans = (ObjectIdentifier(model), min(capacity, limit), model.makePlan(batch: min(capacity, limit)))
+                    input = [Float](repeating: 0, count: plans!.capacity * n)
+                }
+                let plan = plans!.plan
+                var outputs = [[Float]](repeating: [], count: live.count)
+                let t0 = Self.now()
+                let before = (plan as? EscalationCounting)?.escalationCount ?? 0
+                // Whole requests are packed into chunks of at most `capacity` rows; a request larger
+                // than that runs alone in pieces.
+                var i = 0
+                while i < live.count {
+                    var j = i, chunkRows = 0
+                    while j < live.count && chunkRows + live[j].count <= plan.batchCapacity { chunkRows += live[j].count; j += 1 }
+                    if j == i {
+                        let r = live[i]
+                        var out: [Float] = []
+                        out.reserveCapacity(r.count * k)
+                        r.rows.withUnsafeBufferPointer { buf in
+                            var s = 0
+                            while s < r.count {
+                                let b = min(plan.batchCapacity, r.count - s)
+                                out.append(contentsOf: plan.run(buf.baseAddress! + s * n, batch: b))
+                                s += b
+                            }
+                        }
+                        outputs[i] = out
+                        i += 1
+                        continue
+                    }
+                    input.withUnsafeMutableBufferPointer { dst in
+                        var o = 0
+                        for q in i..<j {
+                            live[q].rows.withUnsafeBufferPointer { src in
+                                (dst.baseAddress! + o * n).update(from: src.baseAddress!, count: live[q].count * n)
+                            }
+                            o += live[q].count
+                        }
+                    }
+                    let scores = input.withUnsafeBufferPointer { plan.run($0.baseAddress!, batch: chunkRows) }
+                    var o = 0
+                    for q in i..<j {
+                        outputs[q] = Array(scores[(o * k)..<((o + live[q].count) * k)])
+                        o += live[q].count
+                    }
+                    i = j
+                }
+                computeSeconds = Double(Self.now() - t0) / 1e9
+                escalated = ((plan as? EscalationCounting)?.escalationCount ?? 0) - before
+                let precision = plan.precision
+                for (q, r) in live.enumerated() {
+                    r.completion(.success(InferenceOutput(scores: outputs[q], model: model, precision: precision)))
+                }
+            }
+            let end = Self.now()
+            condition.lock()
+            inFlight -= batch.count
+            stats.deadlineExpired += expired
+            stats.escalations += escalated
+            if !live.isEmpty {
+                stats.batches += 1
+                stats.batchedRows += liveRows
+                stats.samples += liveRows
+                for r in live { latencies.append(Double(end - r.enqueued) / 1e6) }
+                completions.append(Double(liveRows), at: Double(end) / 1e9)
+                let bucket = 1 << Int(log2(Double(max(liveRows, 1))))
+                computeByBatch[bucket, default: RingBuffer(capacity: 64)].append(computeSeconds * 1000)
+            }
+            lastProgress = end
+            condition.broadcast()
+            condition.unlock()
+            if !live.isEmpty { onBatch?(liveRows, waits) }
+        }
+    }
+}
+
+/// Plans that re-run samples in FP32 report how many.
+public protocol EscalationCounting { var escalationCount: Int { get } }
+
+/// Fixed-size ring of recent values (and optional timestamps) for percentiles and rates.
+struct RingBuffer {
+    private var values: [Double]
+    private var times: [Double]
+    private var next = 0
+    private(set) var count = 0
+
+    init(capacity: Int) {
+        values = Array(repeating: 0, count: capacity)
+        times = Array(repeating: 0, count: capacity)
+    }
+
+    mutating func append(_ v: Double, at time: Double = 0) {
+        values[next] = v
+        times[next] = time
+        next = (next + 1) % values.count
+        count = min(count + 1, values.count)
+    }
+
+    func percentile(_ p: Double) -> Double {
+        guard count > 0 else { return 0 }
+        let sorted = values[0..<count].sorted()
+        return sorted[min(count - 1, Int(Double(count - 1) * p + 0.5))]
+    }
+
+    func sum(since: Double) -> Double {
+        var s = 0.0
+        for i in 0..<count where times[i] >= since { s += values[i] }
+        return s
+    }
+}

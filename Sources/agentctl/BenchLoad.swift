@@ -1,0 +1,113 @@
+import AgentAPI
+import ArgumentParser
+import Foundation
+
+struct BenchLoad: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-load",
+        abstract: "Closed-loop load on agentd: N clients each sending one-row requests back to back.",
+        discussion: """
+            Each client waits for its answer before sending the next, for --seconds. Reports answered
+            requests per second, latency p50/p99, and how fast queue-full (503) refusals came back.
+            Rows are seeded random values of the served model's input size.
+            Example: agentctl bench-load --clients 64 --seconds 5 --json
+            """)
+    @OptionGroup var socket: SocketOption
+    @Option(help: "Concurrent clients.") var clients: Int = 64
+    @Option(help: "Duration in seconds.") var seconds: Double = 5
+    @Option(help: "Rows per request.") var rows: Int = 1
+    @Flag(help: "Print the result as JSON.") var json = false
+
+    struct Result: Codable {
+        var clients: Int
+        var seconds: Double
+        var answered: Int
+        var ok: Int
+        var rejected: Int
+        var expired: Int
+        var errors: Int
+        var requestsPerS: Double
+        var samplesPerS: Double
+        var p50Ms: Double
+        var p99Ms: Double
+        var rejectP99Ms: Double?
+    }
+
+    func run() throws {
+        try talkingToDaemon {
+            let client = socket.client
+            let status = try client.status()
+            guard let model = status.model else { throw ValidationError("agentd has no model loaded") }
+            // The input size: ask for one inference with an empty row and read the error? Use models' metadata instead:
+            let n = try inputSize(client)
+            final class Tally: @unchecked Sendable {
+                let lock = NSLock()
+                var latencies: [Double] = [], rejectLatencies: [Double] = []
+                var ok = 0, rejected = 0, expired = 0, errors = 0
+            }
+            let tally = Tally()
+            let end = Date(timeIntervalSinceNow: seconds)
+            let group = DispatchGroup()
+            for c in 0..<clients {
+                group.enter()
+                let t = Thread {
+                    var state = UInt64(c + 1) &* 0x9E37_79B9_7F4A_7C15
+                    let body = try! JSONEncoder().encode(InferRequest(inputs: (0..<rows).map { _ in
+                        (0..<n).map { _ in
+                            state = state &* 6364136223846793005 &+ 1442695040888963407
+                            return Float(state >> 40) / Float(1 << 24) * 16
+                        }
+                    }))
+                    var mine: [Double] = [], mineRejects: [Double] = []
+                    var o = 0, r = 0, x = 0, e = 0
+                    while Date() < end {
+                        let t0 = DispatchTime.now().uptimeNanoseconds
+                        let status = (try? client.send("POST", "/v1/infer", body: body).status) ?? 0
+                        let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+                        switch status {
+                        case 200: o += 1; mine.append(ms)
+                        case 503: r += 1; mineRejects.append(ms)
+                        case 504: x += 1
+                        default: e += 1
+                        }
+                    }
+                    tally.lock.lock()
+                    tally.latencies += mine
+                    tally.rejectLatencies += mineRejects
+                    tally.ok += o; tally.rejected += r; tally.expired += x; tally.errors += e
+                    tally.lock.unlock()
+                    group.leave()
+                }
+                t.start()
+            }
+            group.wait()
+            let (latencies, rejectLatencies, ok, rejected, expired, errors) =
+                (tally.latencies, tally.rejectLatencies, tally.ok, tally.rejected, tally.expired, tally.errors)
+            func pct(_ v: [Double], _ p: Double) -> Double {
+                guard !v.isEmpty else { return 0 }
+                let s = v.sorted()
+                return s[min(s.count - 1, Int(Double(s.count - 1) * p + 0.5))]
+            }
+            let result = Result(clients: clients, seconds: seconds, answered: ok + rejected + expired + errors, ok: ok, rejected: rejected,
+                                expired: expired, errors: errors, requestsPerS: Double(ok) / seconds,
+                                samplesPerS: Double(ok * rows) / seconds, p50Ms: pct(latencies, 0.5), p99Ms: pct(latencies, 0.99),
+                                rejectP99Ms: rejectLatencies.isEmpty ? nil : pct(rejectLatencies, 0.99))
+            if json { printJSON(result); return }
+            print("\(model.name) v\(model.version) (\(model.precision)), \(clients) clients, \(seconds) s")
+            print(String(format: "%.0f requests/s (%.0f samples/s), p50 %.2f ms, p99 %.2f ms", result.requestsPerS, result.samplesPerS, result.p50Ms, result.p99Ms))
+            print("ok \(ok), queue full \(rejected)" + (result.rejectP99Ms.map { String(format: " (answered in %.3f ms at p99)", $0) } ?? "") +
+                  ", deadline \(expired), other errors \(errors)")
+        }
+    }
+
+    /// The model's input size, learnt from the error agentd gives a one-value row.
+    func inputSize(_ client: AgentClient) throws -> Int {
+        let r = try client.send("POST", "/v1/infer", body: try JSONEncoder().encode(InferRequest(inputs: [[0]])))
+        if r.status == 200 { return 1 }
+        let text = String(decoding: r.body, as: UTF8.self)
+        guard let range = text.range(of: "the model takes "), let n = Int(text[range.upperBound...].prefix { $0.isNumber }) else {
+            throw ValidationError("could not learn the model's input size from agentd: \(text)")
+        }
+        return n
+    }
+}

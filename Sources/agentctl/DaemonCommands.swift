@@ -1,0 +1,239 @@
+import AgentAPI
+import AgentConfig
+import ArgumentParser
+import Foundation
+
+/// `--socket` for every command that talks to agentd.
+struct SocketOption: ParsableArguments {
+    @Option(help: ArgumentHelp("agentd's socket (default $AGENTD_SOCKET or /run/agentd/agentd.sock).", valueName: "PATH"))
+    var socket: String?
+
+    var client: AgentClient {
+        AgentClient(socketPath: socket ?? ProcessInfo.processInfo.environment["AGENTD_SOCKET"] ?? AgentClient.defaultSocket)
+    }
+}
+
+/// Runs a daemon call: an unreachable daemon is one line and exit 3; an error answer one line and exit 1.
+func talkingToDaemon(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as AgentClientError {
+        printError("agentctl: \(e)")
+        if case .unreachable = e { throw ExitCode(3) }
+        throw ExitCode(1)
+    } catch let e as ExitCode {
+        throw e
+    } catch {
+        printError("agentctl: \(error)")
+        throw ExitCode(1)
+    }
+}
+
+func age(_ seconds: Double) -> String {
+    let s = Int(seconds)
+    if s < 60 { return "\(s)s" }
+    if s < 3600 { return "\(s / 60)min \(s % 60)s" }
+    if s < 86400 { return "\(s / 3600)h \(s % 3600 / 60)min" }
+    return "\(s / 86400)d \(s % 86400 / 3600)h"
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "agentd's state: model, serving figures, queue, rejections, recent events.",
+        discussion: "Exit status 3 when agentd cannot be reached. --json gives every field.")
+    @OptionGroup var socket: SocketOption
+    @Flag(help: "Print the full status as JSON.") var json = false
+
+    func run() throws {
+        try talkingToDaemon {
+            let s = try socket.client.status()
+            if json { printJSON(s); return }
+            let dot = s.state == "serving" ? "●" : "○"
+            print("\(dot) agentd \(s.version) — \(s.state)")
+            print("      pid: \(s.pid), up \(age(s.uptimeS)), socket \(s.socket)")
+            if let m = s.model { print("    model: \(m.name) version \(m.version) (\(m.precision))") } else { print("    model: none loaded") }
+            let v = s.serving
+            print("  serving: \(v.workers) workers, batches up to \(v.maxBatchSize), \(String(format: "%.1f", v.throughputPerS)) samples/s over 10 s")
+            print("  latency: p50 \(String(format: "%.2f", v.latencyP50Ms)) ms, p99 \(String(format: "%.2f", v.latencyP99Ms)) ms; mean batch \(String(format: "%.1f", v.meanBatchSize))")
+            print(" requests: \(v.requests) (\(v.samples) samples), queue depth \(v.queueDepth), rejected \(v.rejectedQueueFull) (queue full), expired \(v.deadlineExpired) (deadline), fp32 re-runs \(v.escalations)")
+            print(" feedback: \(s.feedbackSamples) labelled samples; drift \(s.drift.state); learner \(s.learner.state); mqtt \(s.mqtt.state)")
+            if !s.lastEvents.isEmpty {
+                print("\nrecent events:")
+                for e in s.lastEvents { print("  \(e.ts)  \(e.kind): \(e.message)") }
+            }
+        }
+    }
+}
+
+struct Infer: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Send rows to agentd and print class and scores.",
+        discussion: """
+            Rows come from --input (a JSON file {"inputs": [[...]]} or a bare array of rows, or a CSV
+            file with a header; a 'label' column is ignored), or from stdin when --input is absent or '-'.
+            Example: agentctl infer --input tools/data/digits.csv --json
+            """)
+    @OptionGroup var socket: SocketOption
+    @Option(help: ArgumentHelp("JSON or CSV file of rows; '-' or absent reads stdin.", valueName: "FILE")) var input: String?
+    @Option(help: "latency or throughput.") var priority: String = "latency"
+    @Option(help: "Deadline in milliseconds.") var deadlineMs: Double?
+    @Flag(help: "Print agentd's answer as JSON.") var json = false
+
+    func run() throws {
+        try talkingToDaemon {
+            let data: Data
+            if let input, input != "-" {
+                guard let d = FileManager.default.contents(atPath: input) else { throw ValidationError("\(input): no such file") }
+                data = d
+            } else {
+                data = FileHandle.standardInput.readDataToEndOfFile()
+            }
+            let rows = try parseRows(data, name: input ?? "stdin")
+            let answer = try socket.client.infer(InferRequest(inputs: rows, priority: priority, deadlineMs: deadlineMs))
+            if json { printJSON(answer); return }
+            for r in answer.results {
+                print("\(r.id)  \(r.label)  \(String(format: "%.4f", r.scores[r.class]))  (\(r.precision))")
+            }
+        }
+    }
+
+    func parseRows(_ data: Data, name: String) throws -> [[Float]] {
+        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        if text.hasPrefix("{") || text.hasPrefix("[") {
+            if let r = try? JSONDecoder().decode(InferRequest.self, from: Data(text.utf8)) { return r.inputs }
+            if let rows = try? JSONDecoder().decode([[Float]].self, from: Data(text.utf8)) { return rows }
+            throw ValidationError("\(name): not JSON rows ({\"inputs\": [[...]]} or [[...]])")
+        }
+        var lines = text.split(whereSeparator: \.isNewline)
+        guard let header = lines.first else { throw ValidationError("\(name): empty") }
+        let labelColumn = header.split(separator: ",").last.map { $0.trimmingCharacters(in: .whitespaces) == "label" } ?? false
+        lines.removeFirst()
+        return try lines.enumerated().map { i, line in
+            var fields = line.split(separator: ",", omittingEmptySubsequences: false)
+            if labelColumn { fields.removeLast() }
+            return try fields.enumerated().map { c, f in
+                guard let v = Float(f.trimmingCharacters(in: .whitespaces)) else {
+                    throw ValidationError("\(name):\(i + 2): column \(c + 1): '\(f)' is not a number")
+                }
+                return v
+            }
+        }
+    }
+}
+
+struct Feedback: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Tell agentd the true label of an inference (by id) or of an input.",
+        discussion: "Examples: agentctl feedback --id 1-42 --label 3;  agentctl feedback --input '[0,1,...]' --label 7")
+    @OptionGroup var socket: SocketOption
+    @Option(help: "An inference id from 'agentctl infer'.") var id: String?
+    @Option(help: "The input row as a JSON array.") var input: String?
+    @Option(help: "The true label.") var label: String
+    @Flag(help: "Print the answer as JSON.") var json = false
+
+    func validate() throws {
+        if (id == nil) == (input == nil) { throw ValidationError("give --id or --input") }
+    }
+
+    func run() throws {
+        try talkingToDaemon {
+            let row = try input.map { text -> [Float] in
+                guard let r = try? JSONDecoder().decode([Float].self, from: Data(text.utf8)) else {
+                    throw ValidationError("--input: not a JSON array of numbers")
+                }
+                return r
+            }
+            let r = try socket.client.feedback(FeedbackRequest(id: id, input: row, label: label))
+            if json { printJSON(r) } else { print("stored sample \(r.sampleId) (\(r.samples) labelled samples)") }
+        }
+    }
+}
+
+struct Models: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Registered model versions; the active one is marked.")
+    @OptionGroup var socket: SocketOption
+    @Flag(help: "Print as JSON.") var json = false
+
+    func run() throws {
+        try talkingToDaemon {
+            let r = try socket.client.models()
+            if json { printJSON(r); return }
+            print(table(["", "version", "name", "precision", "created", "sha256", "source"],
+                        r.models.map { [$0.active ? "*" : "", "\($0.version)", $0.name, $0.precision, $0.created, String($0.sha256.prefix(12)), $0.source] },
+                        rightAligned: [1]))
+        }
+    }
+}
+
+struct Rollback: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make agentd serve an earlier registered version (default: the one before the active).")
+    @OptionGroup var socket: SocketOption
+    @Argument(help: "Registry version (see 'agentctl models').") var version: Int?
+    @Flag(help: "Print as JSON.") var json = false
+
+    func run() throws {
+        try talkingToDaemon {
+            let r = try socket.client.rollback(to: version)
+            if json { printJSON(r); return }
+            if let a = r.models.first(where: \.active) { print("now serving \(a.name) version \(a.version) (\(a.precision))") }
+        }
+    }
+}
+
+struct Events: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "agentd's event log, oldest first.")
+    @OptionGroup var socket: SocketOption
+    @Option(help: "How many of the newest events.") var limit: Int = 50
+    @Flag(help: "Print as JSON.") var json = false
+
+    func run() throws {
+        try talkingToDaemon {
+            let r = try socket.client.events(limit: limit)
+            if json { printJSON(r); return }
+            for e in r.events { print("\(e.ts)  \(e.kind): \(e.message)") }
+        }
+    }
+}
+
+struct MetricsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "metrics", abstract: "agentd's Prometheus metrics (text format).")
+    @OptionGroup var socket: SocketOption
+    func run() throws {
+        try talkingToDaemon { print(try socket.client.metrics(), terminator: "") }
+    }
+}
+
+struct ConfigCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "config", abstract: "Work with agentd's configuration.",
+                                                    subcommands: [ConfigCheck.self])
+}
+
+struct ConfigCheck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Check a configuration file: unknown keys, wrong types, out-of-range values, one line each.")
+    @Argument(help: "The file (default /etc/agentd/agentd.toml).") var path: String = "/etc/agentd/agentd.toml"
+    @Flag(help: "Print the problems as JSON.") var json = false
+
+    struct Problem: Codable { var key: String?; var message: String }
+
+    func run() throws {
+        do {
+            _ = try AgentConfig.load(path: path)
+            if json { printJSON([Problem]()) } else { print("\(path): ok") }
+        } catch let e as ConfigErrors {
+            if json { printJSON(e.problems.map { Problem(key: $0.key, message: $0.message) }) } else { for p in e.problems { printError(p.description) } }
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "agentctl's version, and agentd's when it is reachable.")
+    @OptionGroup var socket: SocketOption
+    func run() throws {
+        print("agentctl \(agentVersion)")
+        if let s = try? socket.client.status() { print("agentd \(s.version) (pid \(s.pid))") }
+    }
+}
