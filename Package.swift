@@ -79,7 +79,7 @@ let package = Package(
         .testTarget(name: "ServingTests", dependencies: ["Serving", "Training"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
         .testTarget(name: "AgentConfigTests", dependencies: ["AgentConfig"]),
-        // Runs the built agentctl binary; depends on nothing so it tests only what users see.
-        .testTarget(name: "AgentctlTests"),
+        // Runs the built agentctl and agentd binaries; raw HTTP through AgentAPI's socket client only.
+        .testTarget(name: "AgentctlTests", dependencies: ["AgentAPI"]),
     ]
 )

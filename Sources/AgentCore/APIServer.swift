@@ -25,11 +25,14 @@ enum APIServer {
         return r
     }
 
+    /// The body, or nil when it is over `limit` bytes (declared or actual).
     static func body(_ request: inout Request, limit: Int) async throws -> Data? {
+        if let declared = request.headers[.contentLength].flatMap(Int.init), declared > limit { return nil }
         do {
             let buffer = try await request.collectBody(upTo: limit)
             return Data(buffer.readableBytesView)
-        } catch let e as HTTPError where e.status == .contentTooLarge {
+        } catch {
+            // collectBody fails only when the body outgrows the limit.
             return nil
         }
     }

@@ -47,6 +47,15 @@ public final class ModelManager: @unchecked Sendable {
     /// First start: register the configured initial model (quantizing an FP32 one when the config
     /// asks for INT8). Later starts: serve the active registry version. Removes unreferenced files.
     func start(config: AgentConfig) throws {
+        // A changed initial file (new content at model.initial) is registered as a new version.
+        if !config.model.initial.isEmpty, let active = try database.activeModel(),
+           let source = try? ModelFile.readWholeFile(path: config.model.initial) {
+            let sourceHash = Self.sha256Hex(Array(UnsafeRawBufferPointer(source.bytes)))
+            if try !database.models().contains(where: { $0.source.hasSuffix("#\(sourceHash)") }) {
+                logger.notice("model.initial changed; registering it", metadata: ["active": "\(active.version)"])
+                try registerInitial(config: config)
+            }
+        }
         if let active = try database.activeModel() {
             let model = try load(path: store.path(for: active.sha256), version: active.version, adaptive: config.model.adaptive)
             slot.swap(model)
@@ -61,6 +70,7 @@ public final class ModelManager: @unchecked Sendable {
     private func registerInitial(config: AgentConfig) throws {
         let path = config.model.initial
         let file = try ModelFile.load(path: path)
+        let sourceHash = Self.sha256Hex(Array(UnsafeRawBufferPointer(file.storage.bytes)))
         let network = Network(model: file)
         var quantized = try QuantizedModel.load(file, network: network)
         var bytes: [UInt8]
@@ -95,7 +105,7 @@ public final class ModelManager: @unchecked Sendable {
         let sha = Self.sha256Hex(bytes)
         let stored = try store.store(bytes, sha256: sha)
         let serving = try load(path: stored, version: 0, adaptive: config.model.adaptive)
-        let row = try database.register(name: network.name, sha256: sha, source: "initial:\(path)", precision: serving.precision)
+        let row = try database.register(name: network.name, sha256: sha, source: "initial:\(path)#\(sourceHash)", precision: serving.precision)
         slot.swap(ServingModel(version: row.version, network: serving.network, quantized: serving.quantized, useAdaptive: config.model.adaptive))
         try database.appendEvent(kind: "model_deployed", message: "\(network.name) registered as version \(row.version) (\(serving.precision)) from \(path)")
         logger.info("registered initial model", metadata: ["model.name": "\(network.name)", "model.version": "\(row.version)",

@@ -89,7 +89,14 @@ struct Infer: ParsableCommand {
                 data = FileHandle.standardInput.readDataToEndOfFile()
             }
             let rows = try parseRows(data, name: input ?? "stdin")
-            let answer = try socket.client.infer(InferRequest(inputs: rows, priority: priority, deadlineMs: deadlineMs))
+            // Large inputs go in requests of 256 rows (the daemon caps rows per request).
+            var answer: InferResponse? = nil
+            for start in stride(from: 0, to: max(rows.count, 1), by: 256) {
+                let part = Array(rows[start..<min(start + 256, rows.count)])
+                let r = try socket.client.infer(InferRequest(inputs: part, priority: priority, deadlineMs: deadlineMs))
+                if answer == nil { answer = r } else { answer!.results += r.results }
+            }
+            guard let answer else { return }
             if json { printJSON(answer); return }
             for r in answer.results {
                 print("\(r.id)  \(r.label)  \(String(format: "%.4f", r.scores[r.class]))  (\(r.precision))")

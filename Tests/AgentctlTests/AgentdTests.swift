@@ -1,0 +1,270 @@
+import AgentAPI
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Whole-process tests of agentd: a real daemon, driven through agentctl and raw HTTP on its socket.
+@Suite(.serialized) struct AgentdTests {
+    static let digitRow: [Float] = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0,
+                                    0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]
+
+    func json(_ text: String) throws -> [String: Any] {
+        try #require(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], "\(text)")
+    }
+
+    @Test func servesInferenceFeedbackStatusAndMetrics() throws {
+        let agent = try AgentdProcess(environment: ["WATCHDOG_USEC": "400000"])
+        let ready = try #require(agent.waitForNotification("READY=1"), "no READY=1; log:\n\(agent.log)")
+        #expect(ready.contains("STATUS=serving digits-mlp v1 (int8)"))
+        #expect(agent.waitForNotification("WATCHDOG=1", timeout: 5) != nil, "no watchdog ping")
+
+        let status = try json(try agent.agentctl(["status", "--json"]).stdout)
+        #expect(status["state"] as? String == "serving")
+        let model = try #require(status["model"] as? [String: Any])
+        #expect(model["name"] as? String == "digits-mlp" && model["precision"] as? String == "int8")
+
+        let text = try agent.agentctl(["status"])
+        #expect(text.stdout.contains("● agentd") && text.stdout.contains("digits-mlp version 1 (int8)"))
+
+        // agentctl infer from the digits CSV (the label column is ignored).
+        let infer = try agent.agentctl(["infer", "--input", Agentctl.digits, "--json"])
+        #expect(infer.status == 0, "\(infer.stderr)")
+        let answer = try json(infer.stdout)
+        let results = try #require(answer["results"] as? [[String: Any]])
+        #expect(results.count == 1797)
+        // The daemon answers exactly what the stored (quantized) model file gives offline.
+        let stored = try FileManager.default.contentsOfDirectory(atPath: agent.dir + "/state/models").filter { $0.hasSuffix(".safetensors") }
+        #expect(stored.count == 1)
+        let offline = try Agentctl.run(["model", "predict", agent.dir + "/state/models/" + stored[0], "--data", Agentctl.digits, "--json"])
+        let offlineLabels = offline.stdout.split(separator: "\n").compactMap { try? json(String($0))["label"] as? String }
+        #expect(results.map { $0["label"] as? String } == offlineLabels)
+
+        // Raw HTTP: JSON and octet-stream give the same answer.
+        let viaJSON = try agent.client.infer(InferRequest(inputs: [Self.digitRow]))
+        var raw = Data()
+        for v in Self.digitRow { withUnsafeBytes(of: v.bitPattern.littleEndian) { raw.append(contentsOf: $0) } }
+        let octet = try agent.client.send("POST", "/v1/infer", body: raw, contentType: "application/octet-stream")
+        #expect(octet.status == 200)
+        let viaOctet = try JSONDecoder().decode(InferResponse.self, from: octet.body)
+        #expect(viaOctet.results[0].scores == viaJSON.results[0].scores)
+        #expect(viaJSON.results[0].label == "0")
+
+        // Feedback by inference id, then by input.
+        let fb = try agent.agentctl(["feedback", "--id", viaJSON.results[0].id, "--label", "0", "--json"])
+        #expect(fb.status == 0, "\(fb.stderr)")
+        #expect(try agent.client.feedback(FeedbackRequest(input: Self.digitRow, label: "0")).samples == 2)
+        let unknown = try agent.client.send("POST", "/v1/feedback", body: Data(#"{"id": "9-999999", "label": "0"}"#.utf8))
+        #expect(unknown.status == 404)
+
+        let metrics = try agent.agentctl(["metrics"]).stdout
+        #expect(metrics.contains("agentd_infer_requests_total{outcome=\"ok\"}"))
+        #expect(metrics.contains("agentd_batch_size_bucket"))
+        #expect(metrics.contains("agentd_queue_wait_ms_bucket"))
+        #expect(try agent.client.send("GET", "/healthz").status == 200)
+        #expect(try agent.client.send("GET", "/readyz").status == 200)
+
+        // Socket permissions.
+        var st = stat()
+        stat(agent.socket, &st)
+        #expect(st.st_mode & 0o777 == 0o660)
+
+        agent.signal(SIGTERM)
+        #expect(agent.waitForExit() == 0)
+        #expect(agent.waitForNotification("STOPPING=1", timeout: 2) != nil)
+    }
+
+    @Test func badInputGetsTheDocumentedStatusAndTheDaemonKeepsServing() throws {
+        let agent = try AgentdProcess(config: "[api]\nmax_body_bytes = 4096")
+        try #require(agent.waitForNotification("READY=1") != nil, "\(agent.log)")
+        func post(_ body: String, type: String = "application/json") throws -> (Int, String) {
+            let r = try agent.client.send("POST", "/v1/infer", body: Data(body.utf8), contentType: type)
+            let e = try? JSONDecoder().decode(ErrorResponse.self, from: r.body)
+            return (r.status, e?.error.code ?? "")
+        }
+        #expect(try post("{not json") == (400, "malformed"))
+        #expect(try post(#"{"inputs": []}"#) == (400, "empty"))
+        #expect(try post(#"{"inputs": [[1, 2, 3]]}"#) == (422, "wrong_shape"))
+        let row = "[" + Self.digitRow.map { String(Int($0)) }.joined(separator: ",") + "]"
+        #expect(try post(#"{"inputs": [\#(row)], "priority": "urgent"}"#) == (400, "malformed"))
+        let big = try post(#"{"inputs": ["# + Array(repeating: row, count: 40).joined(separator: ",") + "]}")
+        #expect(big == (413, "too_large"), "\(big)")
+        var nan = Data()
+        for i in 0..<64 { withUnsafeBytes(of: (i == 5 ? Float.nan : 1).bitPattern.littleEndian) { nan.append(contentsOf: $0) } }
+        let r = try agent.client.send("POST", "/v1/infer", body: nan, contentType: "application/octet-stream")
+        #expect(r.status == 422)
+        #expect(String(decoding: r.body, as: UTF8.self).contains("not_finite"))
+        #expect(try agent.client.send("POST", "/v1/infer", body: Data([1, 2, 3]), contentType: "application/octet-stream").status == 422)
+        let missing = try agent.client.send("GET", "/v1/nothing-here")
+        #expect(missing.status == 404)
+        #expect((try? JSONDecoder().decode(ErrorResponse.self, from: missing.body))?.error.code == "not_found")
+        // Deadline already passed when a worker looks at it: 504, never computed.
+        let late = try agent.client.send("POST", "/v1/infer", body: try JSONEncoder().encode(InferRequest(inputs: [Self.digitRow], deadlineMs: 0.001)))
+        #expect(late.status == 504)
+        // Still serving.
+        #expect(try agent.client.infer(InferRequest(inputs: [Self.digitRow])).results.count == 1)
+        let status = try agent.client.status()
+        #expect(status.serving.deadlineExpired == 1)
+        agent.signal(SIGTERM)
+        #expect(agent.waitForExit() == 0)
+    }
+
+    @Test func fullQueueIsAnswered503WithRetryAfter() throws {
+        let agent = try AgentdProcess(config: """
+            precision = "fp32"
+            [serving]
+            workers = 1
+            max_batch_size = 1
+            queue_capacity = 1
+            """)
+        try #require(agent.waitForNotification("READY=1") != nil, "\(agent.log)")
+        // Octet-stream bodies: cheap to decode, so requests reach the queue faster than one worker drains it.
+        var octets = Data()
+        for _ in 0..<1024 { for v in Self.digitRow { withUnsafeBytes(of: v.bitPattern.littleEndian) { octets.append(contentsOf: $0) } } }
+        let body = octets
+        final class Tally: @unchecked Sendable {
+            let lock = NSLock()
+            var statuses: [Int] = []
+            var retryAfter: [String] = []
+        }
+        let tally = Tally()
+        let client = agent.client
+        let group = DispatchGroup()
+        for _ in 0..<48 {
+            group.enter()
+            Thread {
+                let r = try? client.send("POST", "/v1/infer", body: body, contentType: "application/octet-stream")
+                tally.lock.lock()
+                tally.statuses.append(r?.status ?? 0)
+                if r?.status == 503 { tally.retryAfter.append(r?.headers["retry-after"] ?? "") }
+                tally.lock.unlock()
+                group.leave()
+            }.start()
+        }
+        group.wait()
+        #expect(tally.statuses.contains(200))
+        #expect(tally.statuses.contains(503), "\(tally.statuses)")
+        #expect(Set(tally.statuses).isSubset(of: [200, 503]))
+        #expect(tally.retryAfter.allSatisfy { $0 == "1" })
+        #expect(try agent.client.status().serving.rejectedQueueFull > 0)
+        agent.signal(SIGTERM)
+        #expect(agent.waitForExit() == 0)
+    }
+
+    @Test func sigtermAnswersEveryAcceptedRequest() throws {
+        let agent = try AgentdProcess(config: "precision = \"fp32\"\n[serving]\nworkers = 1\nmax_batch_size = 4")
+        try #require(agent.waitForNotification("READY=1") != nil, "\(agent.log)")
+        let body = try JSONEncoder().encode(InferRequest(inputs: Array(repeating: Self.digitRow, count: 512)))
+        final class Tally: @unchecked Sendable {
+            let lock = NSLock()
+            var statuses: [Int] = []
+        }
+        let tally = Tally()
+        let client = agent.client
+        let group = DispatchGroup()
+        for _ in 0..<16 {
+            group.enter()
+            Thread {
+                let r = try? client.send("POST", "/v1/infer", body: body)
+                tally.lock.lock()
+                tally.statuses.append(r?.status ?? -1)
+                tally.lock.unlock()
+                group.leave()
+            }.start()
+        }
+        usleep(30_000)
+        agent.signal(SIGTERM)
+        group.wait()
+        #expect(agent.waitForExit() == 0, "\(agent.log)")
+        // Accepted requests are answered 200; a request that arrived after the listener closed was
+        // never accepted (connection refused, -1) or was told agentd is stopping (503).
+        #expect(tally.statuses.contains(200))
+        #expect(tally.statuses.allSatisfy { [200, 503, -1].contains($0) }, "\(tally.statuses)")
+        #expect(agent.log.contains("drained=true"))
+    }
+
+    @Test func rollbackReloadAndRestartKeepTheRegistry() throws {
+        let dir = temporaryDirectory("registry")
+        // Version 1 from one initial file…
+        var agent = try AgentdProcess(dir: dir)
+        try #require(agent.waitForNotification("READY=1") != nil, "\(agent.log)")
+        #expect(try agent.agentctl(["model", "rollback"]).stderr.contains("nothing to roll back to"))
+        agent.signal(SIGTERM)
+        #expect(agent.waitForExit() == 0)
+        // …version 2 when that file changes and agentd restarts.
+        let second = dir + "/second.safetensors"
+        let r = try Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", "mlp:64-32-10", "--epochs", "3", "--name", "digits-small",
+                                  "--out", second])
+        #expect(r.status == 0)
+        agent = try AgentdProcess(model: second, dir: dir)
+        try #require(agent.waitForNotification("READY=1") != nil, "\(agent.log)")
+        var models = try agent.client.models().models
+        #expect(models.map(\.version) == [1, 2] && models.last?.active == true)
+        // Roll back to 1: served at once.
+        let rb = try agent.agentctl(["model", "rollback", "1"])
+        #expect(rb.status == 0, "\(rb.stderr)")
+        #expect(rb.stdout.contains("now serving digits-mlp version 1"))
+        #expect(try agent.client.infer(InferRequest(inputs: [Self.digitRow])).model.version == 1)
+        #expect(try agent.agentctl(["model", "rollback", "7"]).stderr.contains("version 7 is not registered"))
+        // SIGHUP: a good change applies, a broken file changes nothing.
+        let good = (try String(contentsOfFile: agent.configPath, encoding: .utf8)) + "\n[serving]\nmax_batch_size = 16\n"
+        try good.write(toFile: agent.configPath, atomically: true, encoding: .utf8)
+        agent.signal(SIGHUP)
+        #expect(agent.waitForNotification("RELOADING=1", timeout: 10) != nil)
+        usleep(300_000)
+        #expect(try agent.client.status().serving.maxBatchSize <= 16)
+        try (good + "\n[serving]\nmax_batch_size = \"many\"\n").write(toFile: agent.configPath, atomically: true, encoding: .utf8)
+        agent.signal(SIGHUP)
+        usleep(500_000)
+        let events = try agent.client.events().events.map(\.kind)
+        #expect(events.contains("reload") && events.contains("reload_failed") && events.contains("rollback"))
+        #expect(try agent.client.status().state == "serving")
+        try good.write(toFile: agent.configPath, atomically: true, encoding: .utf8)
+        agent.signal(SIGTERM)
+        #expect(agent.waitForExit() == 0)
+        // Restart: registry and active version survive; the unreferenced-file sweep keeps both files.
+        agent = try AgentdProcess(model: second, dir: dir)
+        try #require(agent.waitForNotification("READY=1") != nil, "\(agent.log)")
+        models = try agent.client.models().models
+        #expect(models.map(\.version) == [1, 2])
+        #expect(models.first(where: \.active)?.version == 1)
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir + "/state/models").filter { $0.hasSuffix(".safetensors") }
+        #expect(files.count == 2)
+        agent.signal(SIGTERM)
+        #expect(agent.waitForExit() == 0)
+    }
+
+    @Test func brokenConfigAndCorruptInitialModelFailWithOneLine() throws {
+        let dir = temporaryDirectory("broken")
+        try "[serving]\nmax_batchsize = 4\n".write(toFile: dir + "/bad.toml", atomically: true, encoding: .utf8)
+        let check = try Agentctl.run(["config", "check", dir + "/bad.toml"])
+        #expect(check.status == 1)
+        #expect(check.stderr.contains("serving.max_batchsize: unknown key (did you mean 'max_batch_size'?)"))
+        #expect(try Agentctl.run(["config", "check", Agentctl.repoRoot + "/etc/agentd.toml"]).status == 0)
+
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: AgentdProcess.binary)
+        p.arguments = ["--config", dir + "/bad.toml"]
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 78)
+        #expect(String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("max_batchsize"))
+
+        let corrupt = dir + "/corrupt.safetensors"
+        try Data([1, 2, 3, 4, 5, 6, 7, 8, 9]).write(to: URL(fileURLWithPath: corrupt))
+        let agent = try AgentdProcess(model: corrupt, dir: dir)
+        #expect(agent.waitForExit() == 1)
+        #expect(agent.log.contains("corrupt.safetensors: header length"), "\(agent.log)")
+    }
+
+    @Test func unreachableDaemonExitsThree() throws {
+        let r = try Agentctl.run(["status", "--socket", "/nonexistent/agentd.sock"])
+        #expect(r.status == 3)
+        #expect(r.stderrLines.count == 1)
+        #expect(r.stderr.contains("cannot reach agentd at /nonexistent/agentd.sock") && r.stderr.contains("systemctl status agentd"))
+    }
+}
