@@ -12,14 +12,14 @@ DEBIAN_PACKAGES := libopenblas-dev libsqlite3-dev libmosquitto-dev mosquitto pkg
 TEST_PACKAGES := libc6-dev-arm64-cross linux-libc-dev-arm64-cross
 DEMO_MODEL := .agentd/digits-mlp.safetensors
 
-.PHONY: help microbench deps install-packages check-aarch64 build test interop-test interop-test-run run bench venv install clean
+.PHONY: help microbench check-unit deps install-packages check-aarch64 build test interop-test interop-test-run run bench venv install clean
 
 help:
-	@echo "make run      build, install missing Debian packages, train and evaluate the demo model"
+	@echo "make run      build, install missing Debian packages, start agentd in the foreground with the demo model"
 	@echo "make test     install missing Debian packages, build, run every test"
 	@echo "make bench    compare against ONNX Runtime, FP32 and INT8 (tools/bench/compare_onnxruntime.py)"
 	@echo "make microbench  kernel and plan micro-benchmarks (tools/benchmarks, ordo-one/benchmark)"
-	@echo "make install  install agentctl (PREFIX=$(PREFIX) DESTDIR=$(DESTDIR))"
+	@echo "make install  install agentd, agentctl, the unit, the config and the demo model (PREFIX=$(PREFIX) DESTDIR=$(DESTDIR))"
 
 # Installs only what is missing, as root or through sudo.
 deps:
@@ -42,6 +42,7 @@ test: deps
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(TEST_PACKAGES)"
 	$(SWIFT) build -c $(CONFIG)
 	@$(MAKE) --no-print-directory check-aarch64
+	@$(MAKE) --no-print-directory check-unit
 	$(SWIFT) test -c $(CONFIG)
 	@$(MAKE) --no-print-directory interop-test-run
 
@@ -70,9 +71,18 @@ $(DEMO_MODEL): | build
 	@mkdir -p .agentd
 	$(BIN)/agentctl model train --data tools/data/digits.csv --arch mlp:64-256-256-10 --epochs 30 --seed 1 --name digits-mlp --out $(DEMO_MODEL)
 
-run: build $(DEMO_MODEL)
-	$(BIN)/agentctl model inspect $(DEMO_MODEL)
-	$(BIN)/agentctl model eval $(DEMO_MODEL) --data tools/data/digits.csv --test-split
+# Development config: state and socket under ./.agentd/, the demo model quantized to INT8 at first start.
+.agentd/agentd.toml:
+	@mkdir -p .agentd
+	@printf '[agent]\nstate_dir = "%s/.agentd/state"\nsocket = "%s/.agentd/agentd.sock"\nsocket_group = ""\n\n[model]\ninitial = "%s/$(DEMO_MODEL)"\ncalibration = "%s/tools/data/digits.csv"\nadaptive = true\n' \
+	  "$(CURDIR)" "$(CURDIR)" "$(CURDIR)" "$(CURDIR)" > $@
+
+run: build $(DEMO_MODEL) .agentd/agentd.toml
+	@echo "agentd starting in the foreground (Ctrl-C drains and stops it). In another terminal:"
+	@echo "  $(BIN)/agentctl status --socket $(CURDIR)/.agentd/agentd.sock"
+	@echo "  $(BIN)/agentctl infer --socket $(CURDIR)/.agentd/agentd.sock --input tools/data/digits.csv"
+	@echo "  $(BIN)/agentctl bench-load --socket $(CURDIR)/.agentd/agentd.sock --clients 64 --seconds 5"
+	$(BIN)/agentd --config .agentd/agentd.toml
 
 # Compiles the C kernels for aarch64 (NEON dot-product path) with the toolchain's clang.
 check-aarch64:
@@ -88,8 +98,23 @@ bench: build venv
 microbench: deps
 	cd tools/benchmarks && $(SWIFT) package --disable-sandbox benchmark
 
-install: build
+install: build $(DEMO_MODEL)
+	install -D -m 0755 $(BIN)/agentd $(DESTDIR)$(PREFIX)/bin/agentd
 	install -D -m 0755 $(BIN)/agentctl $(DESTDIR)$(PREFIX)/bin/agentctl
+	install -D -m 0644 systemd/agentd.service $(DESTDIR)/lib/systemd/system/agentd.service
+	install -D -m 0644 etc/agentd.toml $(DESTDIR)/etc/agentd/agentd.toml
+	install -D -m 0644 $(DEMO_MODEL) $(DESTDIR)$(PREFIX)/share/agentd/digits-mlp.safetensors
+	install -D -m 0644 tools/data/digits.csv $(DESTDIR)$(PREFIX)/share/agentd/digits.csv
+	@if [ "$(PREFIX)" != "/usr" ]; then sed -i 's|/usr/bin/agentd|$(PREFIX)/bin/agentd|; s|/usr/share/agentd|$(PREFIX)/share/agentd|g' \
+	  $(DESTDIR)/lib/systemd/system/agentd.service $(DESTDIR)/etc/agentd/agentd.toml; fi
+
+# The unit's hardening score (<= 2.0 is the bar), where systemd-analyze exists.
+check-unit:
+	@if command -v systemd-analyze >/dev/null; then \
+	  score=$$(systemd-analyze security --offline=true systemd/agentd.service 2>/dev/null | sed -n 's/.*Overall exposure level for agentd.service: \([0-9.]*\).*/\1/p'); \
+	  echo "systemd-analyze security: agentd.service exposure $$score"; \
+	  awk -v s="$$score" 'BEGIN { exit !(s != "" && s <= 2.0) }' || { echo "exposure $$score is above 2.0"; exit 1; }; \
+	else echo "SKIPPED unit hardening check: systemd-analyze is not installed"; fi
 
 clean:
 	rm -rf .build .agentd
