@@ -31,7 +31,9 @@ final class AgentdProcess: @unchecked Sendable {
         return path
     }()
 
-    init(config extra: String = "", model: String = AgentdProcess.model, dir: String? = nil, environment: [String: String] = [:]) throws {
+    /// `launcher` runs before agentd and exec's it (e.g. to set process restrictions).
+    init(config extra: String = "", model: String = AgentdProcess.model, dir: String? = nil, environment: [String: String] = [:],
+         launcher: [String] = []) throws {
         self.dir = dir ?? temporaryDirectory("agentd")
         socket = self.dir + "/agentd.sock"
         configPath = self.dir + "/agentd.toml"
@@ -55,8 +57,13 @@ final class AgentdProcess: @unchecked Sendable {
         _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(notifyFD, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
         var tv = timeval(tv_sec: 0, tv_usec: 100_000)
         setsockopt(notifyFD, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = ["--config", configPath]
+        if let first = launcher.first {
+            process.executableURL = URL(fileURLWithPath: first)
+            process.arguments = Array(launcher.dropFirst()) + [Self.binary, "--config", configPath]
+        } else {
+            process.executableURL = URL(fileURLWithPath: Self.binary)
+            process.arguments = ["--config", configPath]
+        }
         var env = ProcessInfo.processInfo.environment
         env["NOTIFY_SOCKET"] = notifyPath
         for (k, v) in environment { env[k] = v }

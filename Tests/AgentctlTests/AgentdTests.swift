@@ -261,6 +261,30 @@ import Glibc
         #expect(agent.log.contains("corrupt.safetensors: header length"), "\(agent.log)")
     }
 
+    /// The unit sets MemoryDenyWriteExecute=yes; systemd implements it with seccomp, the kernel (6.3+)
+    /// also offers it directly as PR_SET_MDWE. agentd must run under it: no writable+executable
+    /// mappings in the Swift runtime, NIO or the kernels.
+    @Test func runsUnderMemoryDenyWriteExecute() throws {
+        let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first { FileManager.default.isExecutableFile(atPath: $0) }
+            ?? "/usr/bin/env"
+        let script = "import ctypes,os,sys\nlibc=ctypes.CDLL(None,use_errno=True)\n" +
+            "if libc.prctl(65,1,0,0,0)!=0: sys.exit(99)\nos.execv(sys.argv[1],sys.argv[1:])"
+        let launcher = python == "/usr/bin/env" ? ["/usr/bin/env", "python3", "-c", script] : [python, "-c", script]
+        let agent = try AgentdProcess(launcher: launcher)
+        guard agent.waitForNotification("READY=1", timeout: 60) != nil else {
+            let code = agent.waitForExit(timeout: 5)
+            if code == 99 {
+                print("SKIPPED MemoryDenyWriteExecute check: this kernel has no PR_SET_MDWE")
+                return
+            }
+            Issue.record("agentd did not start under PR_SET_MDWE (exit \(code.map(String.init) ?? "-")): \(agent.log)")
+            return
+        }
+        #expect(try agent.client.infer(InferRequest(inputs: [Self.digitRow])).results.count == 1)
+        agent.signal(SIGTERM)
+        #expect(agent.waitForExit() == 0)
+    }
+
     @Test func unreachableDaemonExitsThree() throws {
         let r = try Agentctl.run(["status", "--socket", "/nonexistent/agentd.sock"])
         #expect(r.status == 3)
