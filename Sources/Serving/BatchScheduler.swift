@@ -216,25 +216,19 @@ public final class BatchScheduler: @unchecked Sendable {
     }
 
     private func popLocked() -> Request? {
-        if latencyHead < latencyQueue.count {
-            let r = latencyQueue[latencyHead]
-            latencyHead += 1
-            if latencyHead > 1024 && latencyHead * 2 > latencyQueue.count {
-                latencyQueue.removeFirst(latencyHead)
-                latencyHead = 0
-            }
-            return r
+        Self.pop(&latencyQueue, &latencyHead) ?? Self.pop(&throughputQueue, &throughputHead)
+    }
+
+    /// Takes the head of `queue`; compacts the array once more than half of it is consumed.
+    private static func pop(_ queue: inout [Request], _ head: inout Int) -> Request? {
+        guard head < queue.count else { return nil }
+        let r = queue[head]
+        head += 1
+        if head > 1024 && head * 2 > queue.count {
+            queue.removeFirst(head)
+            head = 0
         }
-        if throughputHead < throughputQueue.count {
-            let r = throughputQueue[throughputHead]
-            throughputHead += 1
-            if throughputHead > 1024 && throughputHead * 2 > throughputQueue.count {
-                throughputQueue.removeFirst(throughputHead)
-                throughputHead = 0
-            }
-            return r
-        }
-        return nil
+        return r
     }
 
     private func peekLocked() -> Request? {

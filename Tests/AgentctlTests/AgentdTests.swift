@@ -124,11 +124,6 @@ import Glibc
         var octets = Data()
         for _ in 0..<1024 { for v in Self.digitRow { withUnsafeBytes(of: v.bitPattern.littleEndian) { octets.append(contentsOf: $0) } } }
         let body = octets
-        final class Tally: @unchecked Sendable {
-            let lock = NSLock()
-            var statuses: [Int] = []
-            var retryAfter: [String] = []
-        }
         let tally = Tally()
         let client = agent.client
         let group = DispatchGroup()
@@ -157,10 +152,6 @@ import Glibc
         let agent = try AgentdProcess(config: "precision = \"fp32\"\n[serving]\nworkers = 1\nmax_batch_size = 4")
         try #require(agent.waitForNotification("READY=1") != nil, "\(agent.log)")
         let body = try JSONEncoder().encode(InferRequest(inputs: Array(repeating: Self.digitRow, count: 512)))
-        final class Tally: @unchecked Sendable {
-            let lock = NSLock()
-            var statuses: [Int] = []
-        }
         let tally = Tally()
         let client = agent.client
         let group = DispatchGroup()
@@ -291,4 +282,11 @@ import Glibc
         #expect(r.stderrLines.count == 1)
         #expect(r.stderr.contains("cannot reach agentd at /nonexistent/agentd.sock") && r.stderr.contains("systemctl status agentd"))
     }
+}
+
+/// HTTP statuses collected from client threads.
+final class Tally: @unchecked Sendable {
+    let lock = NSLock()
+    var statuses: [Int] = []
+    var retryAfter: [String] = []
 }
