@@ -103,7 +103,7 @@ enum APIServer {
         var rows: [Float] = []
         var count = 0
         var priority = Priority.latency
-        var deadline = agent.settings.deadline
+        var deadline = agent.config.serving.deadlineMs / 1000
         if request.headers[.contentType]?.hasPrefix("application/octet-stream") == true {
             guard data.count % (4 * n) == 0 else {
                 agent.metrics.requestsInvalid.increment()

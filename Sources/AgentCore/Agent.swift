@@ -16,28 +16,17 @@ import Glibc
 
 public let agentVersion = "0.1.0"
 
-/// Settings that SIGHUP may change while serving.
-final class LiveSettings: @unchecked Sendable {
-    private let lock = NSLock()
-    private var _deadline: Double
-    init(deadline: Double) { _deadline = deadline }
-    var deadline: Double {
-        get { lock.lock(); defer { lock.unlock() }; return _deadline }
-        set { lock.lock(); _deadline = newValue; lock.unlock() }
-    }
-}
-
 /// Everything agentd runs, wired by `buildAgent(config:)`; `run()` runs its service group.
 public final class Agent: @unchecked Sendable {
     public let configPath: String?
-    public private(set) var config: AgentConfig
+    /// Read by request handlers while SIGHUP may replace it: always through `config`, under `stateLock`.
+    private var currentConfig: AgentConfig
     public let logger: Logger
     public let database: AgentDatabase
     public let models: ModelManager
     public let scheduler: BatchScheduler
     public let recent = RecentInferences()
     public let metrics: AgentMetrics
-    let settings: LiveSettings
     let notifier: SystemdNotifier
     let started = Date()
     private let stateLock = NSLock()
@@ -45,7 +34,7 @@ public final class Agent: @unchecked Sendable {
 
     init(config: AgentConfig, configPath: String?, logger: Logger, database: AgentDatabase, models: ModelManager,
          scheduler: BatchScheduler, metrics: AgentMetrics, notifier: SystemdNotifier) {
-        self.config = config
+        self.currentConfig = config
         self.configPath = configPath
         self.logger = logger
         self.database = database
@@ -53,7 +42,12 @@ public final class Agent: @unchecked Sendable {
         self.scheduler = scheduler
         self.metrics = metrics
         self.notifier = notifier
-        settings = LiveSettings(deadline: config.serving.deadlineMs / 1000)
+    }
+
+    public var config: AgentConfig {
+        stateLock.lock()
+        defer { stateLock.unlock() }
+        return currentConfig
     }
 
     var isReady: Bool {
@@ -113,18 +107,17 @@ public final class Agent: @unchecked Sendable {
             let new = try AgentConfig.load(path: configPath)
             scheduler.update(maxBatchSize: new.serving.maxBatchSize, maxQueueDelay: new.serving.maxQueueDelayMs / 1000,
                              adaptive: new.serving.adaptiveBatching, latencyTarget: new.serving.latencyTargetMs / 1000)
-            settings.deadline = new.serving.deadlineMs / 1000
             try models.reload(adaptive: new.model.adaptive)
             stateLock.lock()
-            config.serving = new.serving
-            config.model.adaptive = new.model.adaptive
-            config.agent.logLevel = new.agent.logLevel
+            currentConfig.serving = new.serving
+            currentConfig.model.adaptive = new.model.adaptive
+            currentConfig.agent.logLevel = new.agent.logLevel
             stateLock.unlock()
-            try? database.appendEvent(kind: "reload", message: "configuration and model reloaded from \(configPath)")
+            _ = try? database.appendEvent(kind: "reload", message: "configuration and model reloaded from \(configPath)")
             logger.notice("reloaded", metadata: ["config": "\(configPath)"])
         } catch {
             // A bad file changes nothing; the agent keeps serving with what it had.
-            try? database.appendEvent(kind: "reload_failed", message: "\(error)")
+            _ = try? database.appendEvent(kind: "reload_failed", message: "\(error)")
             logger.error("reload failed; keeping the running configuration", metadata: ["error": "\(error)"])
         }
         notifier.notify("READY=1\nSTATUS=\(statusLine())")
@@ -176,11 +169,7 @@ struct SchedulerService: Service {
     let agent: Agent
     func run() async throws {
         agent.scheduler.start()
-        await withGracefulShutdownHandler {
-            while !Task.isShuttingDownGracefully && !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(200))
-            }
-        } onGracefulShutdown: {}
+        try? await gracefulShutdown()
         let drained = agent.scheduler.drain(timeout: agent.config.api.drainTimeoutS)
         agent.scheduler.stop()
         agent.logger.info("inference workers stopped", metadata: ["drained": "\(drained)"])
@@ -208,17 +197,11 @@ struct SupervisorService: Service {
                     try? await Task.sleep(for: .milliseconds(Int64(interval * 1000)))
                 }
             }
-            await gracefulShutdownOrCancel()
+            try? await gracefulShutdown()
             agent.markStopping()
             agent.notifier.notify("STOPPING=1\nSTATUS=draining")
             tasks.cancelAll()
         }
-    }
-
-    func gracefulShutdownOrCancel() async {
-        await withGracefulShutdownHandler {
-            while !Task.isShuttingDownGracefully && !Task.isCancelled { try? await Task.sleep(for: .milliseconds(100)) }
-        } onGracefulShutdown: {}
     }
 }
 
@@ -244,7 +227,7 @@ public func buildAgent(config: AgentConfig, configPath: String? = nil, logger: L
         metrics.batchSize.record(Double(rows))
         for w in waits { metrics.queueWait.record(w) }
     }
-    try? database.appendEvent(kind: "started", message: "agentd \(agentVersion) started (pid \(getpid()))")
+    _ = try? database.appendEvent(kind: "started", message: "agentd \(agentVersion) started (pid \(getpid()))")
     return Agent(config: config, configPath: configPath, logger: logger, database: database, models: models, scheduler: scheduler,
                  metrics: metrics, notifier: SystemdNotifier())
 }
