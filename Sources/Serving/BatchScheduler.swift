@@ -102,7 +102,8 @@ public final class BatchScheduler: @unchecked Sendable {
     private var completions = RingBuffer(capacity: 4096)  // completion times (s) weighted by rows, for throughput
     private var computeByBatch: [Int: RingBuffer] = [:]
     private var lastProgress = BatchScheduler.now()
-    private var batchLimitCache: (model: ObjectIdentifier, limit: Int)?
+    /// Adaptive mode's batch limit, re-decided every 64 batches from `computeByBatch`.
+    private var adaptiveLimit: Int?
 
     public init(slot: ModelSlot, settings: SchedulerSettings) {
         self.slot = slot
@@ -132,7 +133,7 @@ public final class BatchScheduler: @unchecked Sendable {
         settings.maxQueueDelay = maxQueueDelay
         settings.adaptive = adaptive
         settings.latencyTarget = latencyTarget
-        batchLimitCache = nil
+        adaptiveLimit = nil
         condition.unlock()
     }
 
@@ -196,14 +197,15 @@ public final class BatchScheduler: @unchecked Sendable {
 
     public var snapshot: SchedulerStats {
         condition.lock()
-        defer { condition.unlock() }
         var s = stats
         s.queueDepth = queuedCount
+        s.maxBatchSize = min(settings.maxBatchSize, adaptiveLimit ?? .max)
+        // Copies (copy-on-write), so the sorting below does not hold up the workers.
+        let latencies = self.latencies, completions = self.completions
+        condition.unlock()
         s.latencyP50 = latencies.percentile(0.5)
         s.latencyP99 = latencies.percentile(0.99)
-        let now = Double(Self.now()) / 1e9
-        s.throughput = completions.sum(since: now - 10) / 10
-        s.maxBatchSize = batchLimitCache?.limit ?? settings.maxBatchSize
+        s.throughput = completions.sum(since: Double(Self.now()) / 1e9 - 10) / 10
         return s
     }
 
@@ -237,44 +239,43 @@ public final class BatchScheduler: @unchecked Sendable {
         return nil
     }
 
-    private func batchLimitLocked(_ model: ServingModel) -> Int {
-        if let c = batchLimitCache, c.model == ObjectIdentifier(model) { return c.limit }
-        var limit = model.batchLimit(budgetBytes: settings.memoryBudgetBytes, limit: settings.maxBatchSize)
-        if settings.adaptive {
-            let target = settings.latencyTarget / 2
-            var best = 1, size = 1
-            while size <= limit {
-                if let r = computeByBatch[size], r.count >= 16, r.percentile(0.99) > target { break }
-                best = size
-                size *= 2
-            }
-            limit = best
-            // Re-decided after enough new measurements.
-            if computeByBatch.values.reduce(0, { $0 + $1.count }) % 256 != 0 {
-                batchLimitCache = (ObjectIdentifier(model), limit)
-            }
-            return limit
+    /// The largest power-of-two batch whose measured p99 compute time stays within half the
+    /// latency target (the other half is left for queueing).
+    private func decideAdaptiveLimitLocked() {
+        let target = settings.latencyTarget / 2
+        var best = 1, size = 1
+        while size <= settings.maxBatchSize {
+            if let r = computeByBatch[size], r.count >= 16, r.percentile(0.99) > target * 1000 { break }
+            best = size
+            size *= 2
         }
-        batchLimitCache = (ObjectIdentifier(model), limit)
-        return limit
+        adaptiveLimit = best
     }
 
     private func workerLoop() {
         var plans: (model: ObjectIdentifier, capacity: Int, plan: InferencePlan)?
+        var memoryLimit: (model: ObjectIdentifier, limit: Int)?
         var input: [Float] = []
         while true {
+            // The model and its memory-budget limit are settled before taking the shared lock:
+            // sizing builds plans, which must not stall the other workers or the API.
+            let model = slot.current
+            if let model, memoryLimit?.model != ObjectIdentifier(model) {
+                memoryLimit = (ObjectIdentifier(model), model.batchLimit(budgetBytes: settings.memoryBudgetBytes, limit: 1 << 16))
+            }
             condition.lock()
             while peekLocked() == nil && !stopping { condition.wait() }
             guard let first = popLocked() else {
                 condition.unlock()
                 return
             }
-            guard let model = slot.current else {
+            guard let model else {
                 condition.unlock()
                 first.completion(.failure(.noModel))
                 continue
             }
-            let limit = batchLimitLocked(model)
+            if settings.adaptive && adaptiveLimit == nil { decideAdaptiveLimitLocked() }
+            let limit = min(settings.maxBatchSize, memoryLimit!.limit, settings.adaptive ? adaptiveLimit! : .max)
             var batch = [first]
             var rows = first.count
             let waitUntil = first.enqueued + UInt64(settings.maxQueueDelay * 1e9)
@@ -374,6 +375,7 @@ public final class BatchScheduler: @unchecked Sendable {
                 completions.append(Double(liveRows), at: Double(end) / 1e9)
                 let bucket = 1 << Int(log2(Double(max(liveRows, 1))))
                 computeByBatch[bucket, default: RingBuffer(capacity: 64)].append(computeSeconds * 1000)
+                if settings.adaptive && stats.batches % 64 == 0 { decideAdaptiveLimitLocked() }
             }
             lastProgress = end
             condition.broadcast()
