@@ -254,28 +254,23 @@ public final class BatchScheduler: @unchecked Sendable {
 
     private func workerLoop() {
         var plans: (model: ObjectIdentifier, capacity: Int, plan: InferencePlan)?
-        var memoryLimit: (model: ObjectIdentifier, limit: Int)?
         var input: [Float] = []
         while true {
-            // The model and its memory-budget limit are settled before taking the shared lock:
-            // sizing builds plans, which must not stall the other workers or the API.
-            let model = slot.current
-            if let model, memoryLimit?.model != ObjectIdentifier(model) {
-                memoryLimit = (ObjectIdentifier(model), model.batchLimit(budgetBytes: settings.memoryBudgetBytes, limit: 1 << 16))
-            }
             condition.lock()
             while peekLocked() == nil && !stopping { condition.wait() }
             guard let first = popLocked() else {
                 condition.unlock()
                 return
             }
-            guard let model else {
+            // The model is taken after the wait, so a batch never starts on a model swapped out meanwhile.
+            guard let model = slot.current else {
                 condition.unlock()
                 first.completion(.failure(.noModel))
                 continue
             }
             if settings.adaptive && adaptiveLimit == nil { decideAdaptiveLimitLocked() }
-            let limit = min(settings.maxBatchSize, memoryLimit!.limit, settings.adaptive ? adaptiveLimit! : .max)
+            let limit = min(model.batchLimit(budgetBytes: settings.memoryBudgetBytes, limit: settings.maxBatchSize),
+                            settings.adaptive ? adaptiveLimit! : .max)
             var batch = [first]
             var rows = first.count
             let waitUntil = first.enqueued + UInt64(settings.maxQueueDelay * 1e9)

@@ -11,6 +11,9 @@ public final class ServingModel: @unchecked Sendable {
     public let network: Network
     public let quantized: QuantizedModel?
     public let useAdaptive: Bool
+    /// A plan's memory is fixed + perSample · batch; measured once here, when the model is loaded,
+    /// so that sizing a batch on the serving path is arithmetic.
+    private var planMemory: (fixed: Int, perSample: Int) = (0, 1)
 
     public init(version: Int, network: Network, quantized: QuantizedModel?, useAdaptive: Bool = true) {
         self.version = version
@@ -18,6 +21,8 @@ public final class ServingModel: @unchecked Sendable {
         self.network = network
         self.quantized = quantized
         self.useAdaptive = useAdaptive
+        let one = makePlan(batch: 1).memory.total, two = makePlan(batch: 2).memory.total
+        planMemory = (one - max(two - one, 1), max(two - one, 1))
     }
 
     public var inputCount: Int { network.inputCount }
@@ -38,10 +43,7 @@ public final class ServingModel: @unchecked Sendable {
 
     /// The largest batch whose plan fits `budgetBytes` (at least 1), up to `limit`.
     public func batchLimit(budgetBytes: Int, limit: Int) -> Int {
-        let one = makePlan(batch: 1).memory.total
-        let two = makePlan(batch: 2).memory.total
-        let perSample = max(two - one, 1)
-        let fixed = one - perSample
+        let (fixed, perSample) = planMemory
         guard budgetBytes > fixed + perSample else { return 1 }
         return max(1, min(limit, (budgetBytes - fixed) / perSample))
     }
