@@ -79,6 +79,7 @@ let package = Package(
         .testTarget(name: "ServingTests", dependencies: ["Serving", "Training"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
         .testTarget(name: "AgentConfigTests", dependencies: ["AgentConfig"]),
+        .testTarget(name: "AgentAPITests", dependencies: ["AgentAPI"]),
         // Runs the built agentctl and agentd binaries; raw HTTP through AgentAPI's socket client only.
         .testTarget(name: "AgentctlTests", dependencies: ["AgentAPI"]),
     ]

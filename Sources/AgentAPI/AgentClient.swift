@@ -23,9 +23,10 @@ public enum AgentClientError: Error, CustomStringConvertible, Sendable {
     }
 }
 
-/// A small HTTP/1.1 client over agentd's Unix socket: one connection per call, `Connection: close`.
-/// Foundation's URLSession has no Unix-socket transport on Linux, and a request is a few hundred
-/// bytes, so a blocking socket is the simplest correct client.
+/// A small HTTP/1.1 client over agentd's Unix socket. Foundation's URLSession has no Unix-socket
+/// transport on Linux, and a request is a few hundred bytes, so blocking sockets are the simplest
+/// correct client. `send` opens a connection per call (`Connection: close`); a program that sends
+/// many requests keeps one `Connection` per thread instead (`agentctl bench-load` does).
 public struct AgentClient: Sendable {
     public let socketPath: String
     public var timeoutSeconds: Double
@@ -43,90 +44,195 @@ public struct AgentClient: Sendable {
         public var body: Data
     }
 
-    public func send(_ method: String, _ path: String, body: Data? = nil, contentType: String = "application/json") throws -> Response {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw AgentClientError.unreachable(socket: socketPath, reason: String(cString: strerror(errno))) }
-        defer { close(fd) }
-        var tv = timeval(tv_sec: Int(timeoutSeconds), tv_usec: Int((timeoutSeconds - Double(Int(timeoutSeconds))) * 1e6))
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let pathBytes = Array(socketPath.utf8)
-        guard pathBytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw AgentClientError.unreachable(socket: socketPath, reason: "socket path too long")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            raw.copyBytes(from: pathBytes)
-            raw[pathBytes.count] = 0
-        }
-        let connected = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard connected == 0 else { throw AgentClientError.unreachable(socket: socketPath, reason: String(cString: strerror(errno))) }
+    public func send(_ method: String, _ path: String, body: Data? = nil, contentType: String = "application/json",
+                     headers: [String: String] = [:]) throws -> Response {
+        let connection = try connect(keepAlive: false)
+        return try connection.send(method, path, body: body, contentType: contentType, headers: headers)
+    }
 
-        var head = "\(method) \(path) HTTP/1.1\r\nHost: agentd\r\nConnection: close\r\nUser-Agent: agentctl\r\n"
-        if let body {
-            head += "Content-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n"
-        } else if method == "POST" {
-            head += "Content-Length: 0\r\n"
+    /// A connection that stays open between requests (HTTP/1.1 keep-alive). Not for sharing
+    /// between threads; it reconnects once when agentd has closed it (idle timeout).
+    public func connect(keepAlive: Bool = true) throws -> Connection {
+        try Connection(socketPath: socketPath, timeoutSeconds: timeoutSeconds, keepAlive: keepAlive)
+    }
+
+    public final class Connection {
+        public let socketPath: String
+        let timeoutSeconds: Double
+        let keepAlive: Bool
+        private var fd: Int32 = -1
+        /// Bytes received past the last response (there are none unless agentd misbehaves).
+        private var pending: [UInt8] = []
+        private var buffer = [UInt8](repeating: 0, count: 65536)
+
+        init(socketPath: String, timeoutSeconds: Double, keepAlive: Bool) throws {
+            self.socketPath = socketPath
+            self.timeoutSeconds = timeoutSeconds
+            self.keepAlive = keepAlive
+            try open()
         }
-        head += "\r\n"
-        var request = Data(head.utf8)
-        if let body { request.append(body) }
-        try request.withUnsafeBytes { raw in
-            var sent = 0
-            while sent < raw.count {
-                let n = Glibc.send(fd, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
+
+        deinit { if fd >= 0 { close(fd) } }
+
+        private func open() throws {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { throw AgentClientError.unreachable(socket: socketPath, reason: String(cString: strerror(errno))) }
+            var tv = timeval(tv_sec: Int(timeoutSeconds), tv_usec: Int((timeoutSeconds - Double(Int(timeoutSeconds))) * 1e6))
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            let pathBytes = Array(socketPath.utf8)
+            guard pathBytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+                close(fd)
+                throw AgentClientError.unreachable(socket: socketPath, reason: "socket path too long")
+            }
+            withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+                raw.copyBytes(from: pathBytes)
+                raw[pathBytes.count] = 0
+            }
+            let connected = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            guard connected == 0 else {
+                let reason = String(cString: strerror(errno))
+                close(fd)
+                throw AgentClientError.unreachable(socket: socketPath, reason: reason)
+            }
+            self.fd = fd
+            pending.removeAll()
+        }
+
+        private func reopen() throws {
+            if fd >= 0 { close(fd) }
+            fd = -1
+            try open()
+        }
+
+        public func send(_ method: String, _ path: String, body: Data? = nil, contentType: String = "application/json",
+                         headers: [String: String] = [:]) throws -> Response {
+            if fd < 0 { try open() }
+            var head = "\(method) \(path) HTTP/1.1\r\nHost: agentd\r\nConnection: \(keepAlive ? "keep-alive" : "close")\r\nUser-Agent: agentctl\r\n"
+            if let body {
+                head += "Content-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n"
+            } else if method == "POST" {
+                head += "Content-Length: 0\r\n"
+            }
+            for (name, value) in headers { head += "\(name): \(value)\r\n" }
+            head += "\r\n"
+            var request = Data(head.utf8)
+            if let body { request.append(body) }
+            do {
+                return try exchange(request)
+            } catch Closed.beforeAnswer where keepAlive {
+                // agentd closed the idle connection between our requests: one fresh attempt.
+                try reopen()
+                return try exchange(request)
+            }
+        }
+
+        private enum Closed: Error { case beforeAnswer }
+
+        private func exchange(_ request: Data) throws -> Response {
+            try request.withUnsafeBytes { raw in
+                var sent = 0
+                while sent < raw.count {
+                    let n = Glibc.send(fd, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
+                    if n < 0 {
+                        if errno == EINTR { continue }
+                        if errno == EPIPE || errno == ECONNRESET { throw Closed.beforeAnswer }
+                        throw AgentClientError.protocolError("send failed: \(String(cString: strerror(errno)))")
+                    }
+                    sent += n
+                }
+            }
+            let parser = ResponseParser()
+            var input = pending
+            pending.removeAll()
+            while true {
+                if let (response, used) = try parser.parse(input) {
+                    pending = Array(input[used...])
+                    if !keepAlive || response.headers["connection"]?.lowercased() == "close" {
+                        close(fd)
+                        fd = -1
+                    }
+                    return response
+                }
+                let n = recv(fd, &buffer, buffer.count, 0)
                 if n < 0 {
                     if errno == EINTR { continue }
-                    throw AgentClientError.protocolError("send failed: \(String(cString: strerror(errno)))")
+                    if errno == ECONNRESET && input.isEmpty { throw Closed.beforeAnswer }
+                    throw AgentClientError.protocolError(errno == EAGAIN ? "timed out after \(timeoutSeconds) s" : String(cString: strerror(errno)))
                 }
-                sent += n
+                if n == 0 {
+                    if input.isEmpty { throw Closed.beforeAnswer }
+                    throw AgentClientError.protocolError("agentd closed the connection in the middle of an answer")
+                }
+                input.append(contentsOf: buffer[0..<n])
             }
         }
-        var received = Data()
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = recv(fd, &buffer, buffer.count, 0)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw AgentClientError.protocolError(errno == EAGAIN ? "timed out after \(timeoutSeconds) s" : String(cString: strerror(errno)))
+    }
+
+    /// Finds one whole response (framed by Content-Length or chunked encoding) at the start of a
+    /// byte stream; nil while more bytes are needed.
+    struct ResponseParser {
+        func parse(_ data: [UInt8]) throws -> (Response, Int)? {
+            guard let split = Self.find([13, 10, 13, 10], in: data, from: 0) else { return nil }
+            let head = String(decoding: data[..<split], as: UTF8.self).components(separatedBy: "\r\n")
+            let statusParts = head.first?.split(separator: " ") ?? []
+            guard statusParts.count >= 2, let status = Int(statusParts[1]) else { throw AgentClientError.protocolError("bad status line") }
+            var headers: [String: String] = [:]
+            for line in head.dropFirst() {
+                guard let colon = line.firstIndex(of: ":") else { continue }
+                headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
             }
-            if n == 0 { break }
-            received.append(buffer, count: n)
+            let start = split + 4
+            if headers["transfer-encoding"]?.lowercased() == "chunked" {
+                guard let (body, end) = try Self.dechunk(data, from: start) else { return nil }
+                return (Response(status: status, headers: headers, body: body), end)
+            }
+            guard let lengthText = headers["content-length"] else {
+                // Neither framing: the body runs to the end of the stream, which HTTP/1.1 allows
+                // only when the server closes; the caller sees it as a truncated answer.
+                throw AgentClientError.protocolError("answer has neither Content-Length nor chunked encoding")
+            }
+            guard let length = Int(lengthText), length >= 0 else { throw AgentClientError.protocolError("bad Content-Length \(lengthText)") }
+            guard data.count - start >= length else { return nil }
+            return (Response(status: status, headers: headers, body: Data(data[start..<(start + length)])), start + length)
         }
-        return try Self.parse(received)
-    }
 
-    static func parse(_ data: Data) throws -> Response {
-        guard let split = data.range(of: Data("\r\n\r\n".utf8)) else { throw AgentClientError.protocolError("no header terminator") }
-        let head = String(decoding: data[..<split.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
-        let statusParts = head.first?.split(separator: " ") ?? []
-        guard statusParts.count >= 2, let status = Int(statusParts[1]) else { throw AgentClientError.protocolError("bad status line") }
-        var headers: [String: String] = [:]
-        for line in head.dropFirst() {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        static func find(_ needle: [UInt8], in data: [UInt8], from: Int) -> Int? {
+            guard data.count >= needle.count else { return nil }
+            var i = from
+            while i + needle.count <= data.count {
+                var j = 0
+                while j < needle.count && data[i + j] == needle[j] { j += 1 }
+                if j == needle.count { return i }
+                i += 1
+            }
+            return nil
         }
-        var body = Data(data[split.upperBound...])
-        if headers["transfer-encoding"]?.lowercased() == "chunked" { body = try dechunk(body) }
-        return Response(status: status, headers: headers, body: body)
-    }
 
-    static func dechunk(_ data: Data) throws -> Data {
-        var out = Data(), i = data.startIndex
-        while i < data.endIndex {
-            guard let lineEnd = data[i...].range(of: Data("\r\n".utf8)) else { throw AgentClientError.protocolError("bad chunk") }
-            let sizeText = String(decoding: data[i..<lineEnd.lowerBound], as: UTF8.self).split(separator: ";").first ?? ""
-            guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16) else { throw AgentClientError.protocolError("bad chunk size") }
-            if size == 0 { break }
-            let start = lineEnd.upperBound
-            guard data.distance(from: start, to: data.endIndex) >= size else { throw AgentClientError.protocolError("short chunk") }
-            out.append(data[start..<data.index(start, offsetBy: size)])
-            i = data.index(start, offsetBy: size + 2)
+        /// The body of a chunked answer and where it ends, or nil while incomplete.
+        static func dechunk(_ data: [UInt8], from: Int) throws -> (Data, Int)? {
+            var out = Data(), i = from
+            while true {
+                guard let lineEnd = find([13, 10], in: data, from: i) else { return nil }
+                let sizeText = String(decoding: data[i..<lineEnd], as: UTF8.self).split(separator: ";").first ?? ""
+                guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16), size >= 0 else {
+                    throw AgentClientError.protocolError("bad chunk size")
+                }
+                let start = lineEnd + 2
+                if size == 0 {
+                    // Trailers (none expected) end with an empty line.
+                    guard let end = find([13, 10, 13, 10], in: data, from: lineEnd) else { return nil }
+                    return (out, end + 4)
+                }
+                guard data.count >= start + size + 2 else { return nil }
+                out.append(contentsOf: data[start..<(start + size)])
+                i = start + size + 2
+            }
         }
-        return out
     }
 
     /// A call whose 2xx answer decodes as `T`; an error answer throws `.http`.

@@ -7,20 +7,27 @@ struct BenchLoad: ParsableCommand {
         commandName: "bench-load",
         abstract: "Closed-loop load on agentd: N clients each sending one-row requests back to back.",
         discussion: """
-            Each client waits for its answer before sending the next, for --seconds. Reports answered
-            requests per second, latency p50/p99, and how fast queue-full (503) refusals came back.
-            Rows are seeded random values of the served model's input size.
+            Each client keeps one connection open (HTTP keep-alive) and waits for its answer before
+            sending the next, for --seconds. Reports answered requests per second, latency p50/p99,
+            and how fast queue-full (503) refusals came back. Rows are seeded random values of the
+            served model's input size, sent as JSON or as little-endian F32 (--binary).
+            --new-connections opens a connection per request instead (what a one-shot client costs).
             Example: agentctl bench-load --clients 64 --seconds 5 --json
             """)
     @OptionGroup var socket: SocketOption
     @Option(help: "Concurrent clients.") var clients: Int = 64
     @Option(help: "Duration in seconds.") var seconds: Double = 5
     @Option(help: "Rows per request.") var rows: Int = 1
+    @Flag(help: "Send rows as application/octet-stream (little-endian F32) instead of JSON.") var binary = false
+    @Flag(help: "Open a new connection for every request instead of keeping one per client.") var newConnections = false
     @Flag(help: "Print the result as JSON.") var json = false
 
     struct Result: Codable {
         var clients: Int
         var seconds: Double
+        var rows: Int
+        var format: String
+        var connections: String
         var answered: Int
         var ok: Int
         var rejected: Int
@@ -52,17 +59,37 @@ struct BenchLoad: ParsableCommand {
                 group.enter()
                 let t = Thread {
                     var state = UInt64(c + 1) &* 0x9E37_79B9_7F4A_7C15
-                    let body = try! JSONEncoder().encode(InferRequest(inputs: (0..<rows).map { _ in
+                    let values: [[Float]] = (0..<rows).map { _ in
                         (0..<n).map { _ in
                             state = state &* 6364136223846793005 &+ 1442695040888963407
                             return Float(state >> 40) / Float(1 << 24) * 16
                         }
-                    }))
+                    }
+                    let body: Data, type: String
+                    if binary {
+                        body = values.joined().reduce(into: Data()) { d, v in withUnsafeBytes(of: v.bitPattern.littleEndian) { d.append(contentsOf: $0) } }
+                        type = "application/octet-stream"
+                    } else {
+                        body = try! JSONEncoder().encode(InferRequest(inputs: values))
+                        type = "application/json"
+                    }
+                    var connection: AgentClient.Connection? = newConnections ? nil : try? client.connect()
                     var mine: [Double] = [], mineRejects: [Double] = []
                     var o = 0, r = 0, x = 0, e = 0
                     while Date() < end {
                         let t0 = DispatchTime.now().uptimeNanoseconds
-                        let status = (try? client.send("POST", "/v1/infer", body: body).status) ?? 0
+                        let status: Int
+                        if newConnections {
+                            status = (try? client.send("POST", "/v1/infer", body: body, contentType: type).status) ?? 0
+                        } else {
+                            if connection == nil { connection = try? client.connect() }
+                            do {
+                                status = try connection?.send("POST", "/v1/infer", body: body, contentType: type).status ?? 0
+                            } catch {
+                                connection = nil
+                                status = 0
+                            }
+                        }
                         let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
                         switch status {
                         case 200: o += 1; mine.append(ms)
@@ -88,12 +115,13 @@ struct BenchLoad: ParsableCommand {
                 let s = v.sorted()
                 return s[min(s.count - 1, Int(Double(s.count - 1) * p + 0.5))]
             }
-            let result = Result(clients: clients, seconds: seconds, answered: ok + rejected + expired + errors, ok: ok, rejected: rejected,
+            let result = Result(clients: clients, seconds: seconds, rows: rows, format: binary ? "f32" : "json",
+                                connections: newConnections ? "per-request" : "keep-alive", answered: ok + rejected + expired + errors, ok: ok, rejected: rejected,
                                 expired: expired, errors: errors, requestsPerS: Double(ok) / seconds,
                                 samplesPerS: Double(ok * rows) / seconds, p50Ms: pct(latencies, 0.5), p99Ms: pct(latencies, 0.99),
                                 rejectP99Ms: rejectLatencies.isEmpty ? nil : pct(rejectLatencies, 0.99))
             if json { printJSON(result); return }
-            print("\(model.name) v\(model.version) (\(model.precision)), \(clients) clients, \(seconds) s")
+            print("\(model.name) v\(model.version) (\(model.precision)), \(clients) clients, \(seconds) s, \(rows) row(s) per request as \(result.format), \(result.connections) connections")
             print(String(format: "%.0f requests/s (%.0f samples/s), p50 %.2f ms, p99 %.2f ms", result.requestsPerS, result.samplesPerS, result.p50Ms, result.p99Ms))
             print("ok \(ok), queue full \(rejected)" + (result.rejectP99Ms.map { String(format: " (answered in %.3f ms at p99)", $0) } ?? "") +
                   ", deadline \(expired), other errors \(errors)")

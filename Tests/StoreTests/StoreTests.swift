@@ -42,7 +42,7 @@ func temporaryState() -> String {
         let p = try store.store([1, 2, 3], sha256: "abc")
         #expect(FileManager.default.contents(atPath: p) == Data([1, 2, 3]))
         _ = try store.store([9, 9], sha256: "dead")
-        FileManager.default.createFile(atPath: dir + "/models/.incoming-1-2", contents: Data([0]))
+        _ = FileManager.default.createFile(atPath: dir + "/models/.incoming-1-2", contents: Data([0]))
         let removed = try store.removeUnreferenced(keeping: ["abc"])
         #expect(Set(removed) == ["dead.safetensors", ".incoming-1-2"])
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/models") == ["abc.safetensors"])

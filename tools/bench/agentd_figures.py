@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""agentd's service figures, each from a fresh agentd with its own state directory.
+
+  start      spawn to READY=1 (sd_notify, read from our own NOTIFY_SOCKET), registry already set up
+  idle       resident memory (VmRSS) and CPU (utime+stime over --idle-seconds) with the model loaded
+  load       `agentctl bench-load` at --clients concurrent clients, with dynamic batching
+             (max_batch_size 64) and with max_batch_size 1, same concurrency
+  reject     queue_capacity 1 under the same load: how fast queue-full (503) answers come back
+
+usage: tools/bench/agentd_figures.py --bin .build/release --model M.safetensors --calibration C.csv
+"""
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def write_config(d, args, **serving):
+    lines = ["[agent]", f'state_dir = "{d}/state"', f'socket = "{d}/agentd.sock"', 'socket_group = ""', 'log_level = "warning"',
+             "", "[model]", f'initial = "{os.path.abspath(args.model)}"', f'calibration = "{os.path.abspath(args.calibration)}"',
+             "", "[serving]"] + [f"{k} = {v}" for k, v in serving.items()]
+    with open(f"{d}/agentd.toml", "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+class Agentd:
+    def __init__(self, args, d):
+        self.notify_path = f"{d}/notify.sock"
+        if os.path.exists(self.notify_path):
+            os.unlink(self.notify_path)
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        env = dict(os.environ, NOTIFY_SOCKET=self.notify_path)
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen([f"{args.bin}/agentd", "--config", f"{d}/agentd.toml"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=open(f"{d}/agentd.log", "ab"))
+        self.notify.settimeout(60)
+        while True:
+            msg = self.notify.recv(4096).decode()
+            if "READY=1" in msg:
+                self.ready_ms = (time.monotonic() - self.t0) * 1000
+                break
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        self.notify.close()
+
+    def rss_mb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+
+    def cpu_s(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_load(args, d, extra=()):
+    out = subprocess.run([f"{args.bin}/agentctl", "bench-load", "--socket", f"{d}/agentd.sock", "--clients", str(args.clients),
+                          "--seconds", str(args.seconds), "--json", *extra], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bin", default=".build/release")
+    p.add_argument("--model", required=True)
+    p.add_argument("--calibration", required=True)
+    p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--idle-seconds", type=float, default=10)
+    p.add_argument("--binary", action="store_true", help="bench-load sends F32 rows instead of JSON")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    extra = ["--binary"] if args.binary else []
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="agentd-figures-") as d:
+        write_config(d, args)
+        first = Agentd(args, d)  # registers and quantizes the initial model
+        figures["first_start_ms"] = first.ready_ms
+        first.stop()
+        starts = []
+        for _ in range(3):
+            a = Agentd(args, d)
+            starts.append(a.ready_ms)
+            if len(starts) < 3:
+                a.stop()
+        time.sleep(1)
+        figures["start_ms"] = sorted(starts)
+        figures["idle_rss_mb"] = a.rss_mb()
+        c0, t0 = a.cpu_s(), time.monotonic()
+        time.sleep(args.idle_seconds)
+        figures["idle_cpu_percent"] = 100 * (a.cpu_s() - c0) / (time.monotonic() - t0)
+        a.stop()
+
+        for name, serving in [("batching", {"max_batch_size": 64}), ("batch_size_1", {"max_batch_size": 1}),
+                              ("queue_full", {"max_batch_size": 64, "queue_capacity": 1})]:
+            write_config(d, args, **serving)
+            a = Agentd(args, d)
+            figures[name] = bench_load(args, d, extra)
+            figures[name]["rss_after_mb"] = a.rss_mb()
+            a.stop()
+
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(f"start to READY=1: {', '.join(f'{s:.0f}' for s in figures['start_ms'])} ms (first start with calibration {figures['first_start_ms']:.0f} ms)")
+    print(f"idle: VmRSS {figures['idle_rss_mb']:.1f} MB, CPU {figures['idle_cpu_percent']:.2f}% over {args.idle_seconds:.0f} s")
+    for name in ("batching", "batch_size_1", "queue_full"):
+        r = figures[name]
+        line = f"{name:13} {r['requestsPerS']:8.0f} req/s  p50 {r['p50Ms']:6.2f} ms  p99 {r['p99Ms']:6.2f} ms  ok {r['ok']}  503 {r['rejected']}"
+        if r.get("rejectP99Ms") is not None:
+            line += f" (answered in {r['rejectP99Ms']:.3f} ms at p99)"
+        print(line + f"  RSS after {r['rss_after_mb']:.0f} MB")
+    print(f"batching gain at {args.clients} clients: {figures['batching']['requestsPerS'] / figures['batch_size_1']['requestsPerS']:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
