@@ -80,6 +80,7 @@ let package = Package(
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
         .testTarget(name: "AgentConfigTests", dependencies: ["AgentConfig"]),
         .testTarget(name: "AgentAPITests", dependencies: ["AgentAPI"]),
+        .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "AgentAPI"]),
         // Runs the built agentctl and agentd binaries; raw HTTP through AgentAPI's socket client only.
         .testTarget(name: "AgentctlTests", dependencies: ["AgentAPI"]),
     ]

@@ -175,8 +175,10 @@ public struct AgentClient: Sendable {
 
     /// Finds one whole response (framed by Content-Length or chunked encoding) at the start of a
     /// byte stream; nil while more bytes are needed.
-    struct ResponseParser {
-        func parse(_ data: [UInt8]) throws -> (Response, Int)? {
+    public struct ResponseParser {
+        public init() {}
+
+        public func parse(_ data: [UInt8]) throws -> (Response, Int)? {
             guard let split = Self.find([13, 10, 13, 10], in: data, from: 0) else { return nil }
             let head = String(decoding: data[..<split], as: UTF8.self).components(separatedBy: "\r\n")
             let statusParts = head.first?.split(separator: " ") ?? []

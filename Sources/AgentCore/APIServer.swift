@@ -114,19 +114,26 @@ enum APIServer {
             if let p = request.headers[HTTPField.Name("X-Priority")!] { priority = Priority(rawValue: p) ?? .latency }
             if let d = request.headers[HTTPField.Name("X-Deadline-Ms")!].flatMap(Double.init), d > 0 { deadline = d / 1000 }
         } else {
-            let decoded: InferRequest
-            do {
-                decoded = try JSONDecoder().decode(InferRequest.self, from: data)
-            } catch {
-                agent.metrics.requestsInvalid.increment()
-                return Self.error(.badRequest, "malformed", "expected JSON {\"inputs\": [[...], ...]}: \(describe(error))")
+            let decoded: InferCodec.Decoded
+            if let fast = InferCodec.decode(data, rowLength: n) {
+                decoded = fast
+            } else {
+                // Not the plain form: Foundation's decoder accepts the rest and words the errors.
+                let slow: InferRequest
+                do {
+                    slow = try JSONDecoder().decode(InferRequest.self, from: data)
+                } catch {
+                    agent.metrics.requestsInvalid.increment()
+                    return Self.error(.badRequest, "malformed", "expected JSON {\"inputs\": [[...], ...]}: \(describe(error))")
+                }
+                for (i, row) in slow.inputs.enumerated() where row.count != n {
+                    agent.metrics.requestsInvalid.increment()
+                    return error(.unprocessableContent, "wrong_shape", "inputs[\(i)] has \(row.count) values; the model takes \(n)")
+                }
+                decoded = InferCodec.Decoded(rows: slow.inputs.flatMap { $0 }, count: slow.inputs.count,
+                                             priority: slow.priority, deadlineMs: slow.deadlineMs)
             }
-            for (i, row) in decoded.inputs.enumerated() where row.count != n {
-                agent.metrics.requestsInvalid.increment()
-                return error(.unprocessableContent, "wrong_shape", "inputs[\(i)] has \(row.count) values; the model takes \(n)")
-            }
-            count = decoded.inputs.count
-            rows = decoded.inputs.flatMap { $0 }
+            (rows, count) = (decoded.rows, decoded.count)
             if let p = decoded.priority {
                 guard let parsed = Priority(rawValue: p) else {
                     return error(.badRequest, "malformed", "priority '\(p)' is not latency or throughput")
@@ -177,7 +184,8 @@ enum APIServer {
                 let c = scores.indices.max { scores[$0] < scores[$1] } ?? 0
                 results.append(InferResult(id: ids[r], class: c, label: used.labels[c], scores: scores, precision: out.precision))
             }
-            return json(InferResponse(model: ModelRef(name: used.name, version: used.version, precision: used.precision), results: results))
+            let answer = InferCodec.encode(InferResponse(model: ModelRef(name: used.name, version: used.version, precision: used.precision), results: results))
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: answer)))
         }
     }
 

@@ -64,7 +64,8 @@ public struct SchedulerStats: Sendable {
 
 /// Dynamic batching over worker threads. Requests queue in two priority classes; a worker takes
 /// the oldest, then adds more until the batch reaches the size limit or the first request has
-/// waited `maxQueueDelay`. Expired requests are answered 504 without being computed; a full queue
+/// waited `maxQueueDelay` — a wait that only happens while the workers are the bottleneck (see
+/// `decideWaitCapLocked`). Expired requests are answered 504 without being computed; a full queue
 /// is answered at once. The batch limit is the smallest of the configured size, what the memory
 /// budget allows for the model's plan, and — in adaptive mode — the largest size whose measured
 /// p99 compute time stays within half the latency target.
@@ -104,6 +105,12 @@ public final class BatchScheduler: @unchecked Sendable {
     private var lastProgress = BatchScheduler.now()
     /// Adaptive mode's batch limit, re-decided every 64 batches from `computeByBatch`.
     private var adaptiveLimit: Int?
+    /// How long a worker waits for more rows (seconds), re-decided every 0.25 s; nil until the first
+    /// decision, when the configured `maxQueueDelay` applies.
+    private var waitCap: Double?
+    private var lastDecision: UInt64 = 0
+    /// Worker compute time so far, and at the last decision, for utilisation.
+    private var busyNanos: UInt64 = 0, busyAtDecision: UInt64 = 0
 
     public init(slot: ModelSlot, settings: SchedulerSettings) {
         self.slot = slot
@@ -134,6 +141,8 @@ public final class BatchScheduler: @unchecked Sendable {
         settings.adaptive = adaptive
         settings.latencyTarget = latencyTarget
         adaptiveLimit = nil
+        waitCap = nil
+        lastDecision = 0
         condition.unlock()
     }
 
@@ -252,6 +261,27 @@ public final class BatchScheduler: @unchecked Sendable {
         adaptiveLimit = best
     }
 
+    /// Waiting for a fuller batch trades latency for compute: it pays only while the workers are
+    /// the bottleneck. When they are busy less than half the time, requests never queue behind
+    /// compute, so a wait only adds latency — workers then take what is queued and go (batches
+    /// still form from whatever arrived while they computed). When they are busy, the wait is
+    /// `maxQueueDelay` but no longer than a full batch takes to compute (learned while serving):
+    /// waiting longer delays every row in the batch by more than batching can save.
+    private func decideWaitCapLocked(limit: Int) {
+        let now = Self.now()
+        let elapsed = Double(now - lastDecision)
+        defer { lastDecision = now; busyAtDecision = busyNanos }
+        guard lastDecision > 0, stats.workers > 0 else { return }
+        let utilisation = Double(busyNanos - busyAtDecision) / (elapsed * Double(stats.workers))
+        guard utilisation >= 0.5 else {
+            waitCap = 0
+            return
+        }
+        // The largest measured batch size up to the limit, scaled linearly to the limit.
+        let measured = computeByBatch.filter { $0.key <= limit && $0.value.count >= 4 }.max { $0.key < $1.key }
+        waitCap = min(settings.maxQueueDelay, measured.map { $0.value.percentile(0.5) / 1000 * Double(limit) / Double($0.key) } ?? settings.maxQueueDelay)
+    }
+
     private func workerLoop() {
         var plans: (model: ObjectIdentifier, capacity: Int, plan: InferencePlan)?
         var input: [Float] = []
@@ -271,9 +301,10 @@ public final class BatchScheduler: @unchecked Sendable {
             if settings.adaptive && adaptiveLimit == nil { decideAdaptiveLimitLocked() }
             let limit = min(model.batchLimit(budgetBytes: settings.memoryBudgetBytes, limit: settings.maxBatchSize),
                             settings.adaptive ? adaptiveLimit! : .max)
+            if Self.now() - lastDecision > 250_000_000 { decideWaitCapLocked(limit: limit) }
             var batch = [first]
             var rows = first.count
-            let waitUntil = first.enqueued + UInt64(settings.maxQueueDelay * 1e9)
+            let waitUntil = first.enqueued + UInt64(min(settings.maxQueueDelay, waitCap ?? settings.maxQueueDelay) * 1e9)
             while rows < limit {
                 if let next = peekLocked() {
                     if rows + next.count > limit { break }
@@ -285,16 +316,14 @@ public final class BatchScheduler: @unchecked Sendable {
                 if now >= waitUntil || stopping { break }
                 _ = condition.wait(until: Date(timeIntervalSinceNow: Double(waitUntil - now) / 1e9))
             }
+            // Expired requests are answered, never computed (counted before they are answered).
+            let now = Self.now()
+            let live = batch.filter { now <= $0.deadline }
+            let expired = batch.filter { now > $0.deadline }
+            stats.deadlineExpired += expired.count
             inFlight += batch.count
             condition.unlock()
-
-            // Expired requests are answered, never computed.
-            let now = Self.now()
-            var live: [Request] = []
-            var expired = 0
-            for r in batch {
-                if now > r.deadline { r.completion(.failure(.deadlineExceeded)); expired += 1 } else { live.append(r) }
-            }
+            for r in expired { r.completion(.failure(.deadlineExceeded)) }
             let waits = live.map { Double(now - $0.enqueued) / 1e6 }
             var computeSeconds = 0.0
             var escalated = 0
@@ -360,7 +389,6 @@ public final class BatchScheduler: @unchecked Sendable {
             let end = Self.now()
             condition.lock()
             inFlight -= batch.count
-            stats.deadlineExpired += expired
             stats.escalations += escalated
             if !live.isEmpty {
                 stats.batches += 1
@@ -370,6 +398,7 @@ public final class BatchScheduler: @unchecked Sendable {
                 completions.append(Double(liveRows), at: Double(end) / 1e9)
                 let bucket = 1 << Int(log2(Double(max(liveRows, 1))))
                 computeByBatch[bucket, default: RingBuffer(capacity: 64)].append(computeSeconds * 1000)
+                busyNanos += UInt64(computeSeconds * 1e9)
                 if settings.adaptive && stats.batches % 64 == 0 { decideAdaptiveLimitLocked() }
             }
             lastProgress = end

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import AgentAPI
+import AgentAPI
 
 @Suite struct ResponseParserTests {
     let parser = AgentClient.ResponseParser()

@@ -68,7 +68,7 @@ final class AgentdProcess: @unchecked Sendable {
         env["NOTIFY_SOCKET"] = notifyPath
         for (k, v) in environment { env[k] = v }
         process.environment = env
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         process.standardOutput = log
         process.standardError = log

@@ -114,3 +114,21 @@ extension Result {
         return nil
     }
 }
+
+@Suite struct BatchWaitTests {
+    /// One client at a time: there is never a second request to wait for. Once the scheduler has
+    /// measured how long a batch takes, it stops sitting out the whole `max_queue_delay` (here
+    /// 50 ms) on every request.
+    @Test func aLoneClientIsNotHeldForTheWholeQueueDelay() async throws {
+        let scheduler = BatchScheduler(slot: ModelSlot(servingModel()), settings: settings(maxBatch: 8, delay: 0.05))
+        scheduler.start()
+        defer { scheduler.stop() }
+        for _ in 0..<8 { _ = try await scheduler.infer(rows: [1, 2, 3, 4], count: 1, priority: .latency, deadline: 5).get() }
+        try await Task.sleep(nanoseconds: 300_000_000)  // the cap is re-decided at least every 0.25 s
+        let start = DispatchTime.now().uptimeNanoseconds
+        for _ in 0..<10 { _ = try await scheduler.infer(rows: [1, 2, 3, 4], count: 1, priority: .latency, deadline: 5).get() }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        // Waiting out the delay would take 10 × 50 ms = 0.5 s.
+        #expect(seconds < 0.25, "10 sequential requests took \(seconds) s")
+    }
+}

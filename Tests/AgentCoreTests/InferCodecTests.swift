@@ -1,0 +1,59 @@
+import AgentAPI
+import Foundation
+import Testing
+import AgentCore
+
+@Suite struct InferCodecTests {
+    /// Whatever the fast reader accepts, Foundation's decoder reads the same.
+    func agreesWithJSONDecoder(_ body: String, n: Int, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let fast = try #require(InferCodec.decode(Data(body.utf8), rowLength: n), "fast path refused \(body)", sourceLocation: sourceLocation)
+        let slow = try JSONDecoder().decode(InferRequest.self, from: Data(body.utf8))
+        #expect(fast.count == slow.inputs.count, sourceLocation: sourceLocation)
+        #expect(fast.rows.map(\.bitPattern) == slow.inputs.flatMap { $0 }.map(\.bitPattern), "\(body)", sourceLocation: sourceLocation)
+        #expect(fast.priority == slow.priority, sourceLocation: sourceLocation)
+        #expect(fast.deadlineMs == slow.deadlineMs, sourceLocation: sourceLocation)
+    }
+
+    @Test func plainBodiesDecodeAsJSONDecoderDoes() throws {
+        try agreesWithJSONDecoder(#"{"inputs": [[1, 2.5, -3e2], [0, -0, 1E-7]]}"#, n: 3)
+        try agreesWithJSONDecoder(" \n{ \"deadline_ms\" : 12.5 ,\"inputs\":[ [ 0.1 ,0.2]\t], \"priority\": \"throughput\" } \r\n", n: 2)
+        try agreesWithJSONDecoder(#"{"inputs": [], "priority": null, "deadline_ms": null}"#, n: 4)
+        // Decimal → Float directly: values where rounding through Double would differ.
+        try agreesWithJSONDecoder(#"{"inputs": [[1.00000005960464477539062500001, 0.3, 3.4028235e38, 1e-45, 16777217]]}"#, n: 5)
+        var state: UInt64 = 7
+        for _ in 0..<200 {
+            let row = (0..<8).map { _ -> String in
+                state = state &* 6364136223846793005 &+ 1442695040888963407
+                let v = Double(Int64(bitPattern: state)) / Double(Int64.max) * pow(10, Double(Int(state >> 59)) - 16)
+                return [String(v), String(Float(v)), String(format: "%.9e", v)][Int(state >> 20) % 3]
+            }
+            try agreesWithJSONDecoder(#"{"inputs": [[\#(row.joined(separator: ","))]]}"#, n: 8)
+        }
+    }
+
+    @Test func anythingElseIsLeftToJSONDecoder() {
+        for body in [#"{"inputs": [[1, 2]]}"#,  // wrong row length: the fallback words the error
+                     #"{"inputs": [[1, 2, 3]], "extra": 1}"#, #"{"inputs": [[1, 2, 3]], "inputs": [[1, 2, 3]]}"#,
+                     #"{"inp\u0075ts": [[1, 2, 3]]}"#, #"{"inputs": [[1, 2, 3]], "priority": "a\"b"}"#,
+                     #"{"inputs": [[01, 2, 3]]}"#, #"{"inputs": [[1., 2, 3]]}"#, #"{"inputs": [[+1, 2, 3]]}"#,
+                     #"{"inputs": [[NaN, 2, 3]]}"#, #"{"inputs": [[0x10, 2, 3]]}"#, #"{"inputs": [[1, 2, 3],]}"#,
+                     #"{"inputs": [[1, 2, 3]]"#, #"{"inputs": [[1, 2, 3]]} x"#, "{}", "[]", "", "null",
+                     #"{"inputs": [["1", 2, 3]]}"#, #"{"deadline_ms": 5}"#] {
+            #expect(InferCodec.decode(Data(body.utf8), rowLength: 3) == nil, "\(body)")
+        }
+    }
+
+    @Test func answersAreByteForByteWhatJSONEncoderWrites() throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        let scores: [Float] = [0, -0.0, 1, 0.5, 1e-5, 1.17549435e-38, 1e-45, 3.4028235e38, 123456.79, 0.1, .infinity, -.infinity, .nan, 16777216, 1e7]
+        let response = InferResponse(
+            model: ModelRef(name: "digits/mlp \"v\" \\ é\n\u{1}", version: 12, precision: "int8"),
+            results: [InferResult(id: "3-17", class: 4, label: "fünf\t/", scores: scores, precision: "int8"),
+                      InferResult(id: "3-18", class: 0, label: "0", scores: [0.25, 0.75], precision: "fp32")])
+        let expected = try encoder.encode(response)
+        let got = Data(InferCodec.encode(response))
+        #expect(got == expected, "\(String(decoding: got, as: UTF8.self))\n\(String(decoding: expected, as: UTF8.self))")
+    }
+}
