@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := libopenblas-dev libsqlite3-dev libmosquitto-dev mosquitto pkg-config
 # Only for `make test`: aarch64 headers so the NEON kernels are compiled on every run.
-TEST_PACKAGES := libc6-dev-arm64-cross linux-libc-dev-arm64-cross
+TEST_PACKAGES := libc6-dev-arm64-cross linux-libc-dev-arm64-cross python3-seccomp
 DEMO_MODEL := .agentd/digits-mlp.safetensors
 
 .PHONY: help microbench check-unit deps install-packages check-aarch64 build test interop-test interop-test-run run bench venv install clean
