@@ -5,6 +5,11 @@ DESTDIR ?=
 SWIFT ?= swift
 CONFIG ?= release
 BIN := .build/$(CONFIG)
+# What `make run` and `make install` ship: agentd and agentctl with the Swift runtime linked in
+# statically, so a device needs no Swift installation, and agentd's resident memory is lower
+# (README, "agentd figures"). The tests use the dynamically linked build in $(BIN) (Swift Testing
+# has no static form).
+DIST := .build-static/$(CONFIG)
 VENV := .venv
 PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := libopenblas-dev libsqlite3-dev libmosquitto-dev mosquitto pkg-config
@@ -12,13 +17,14 @@ DEBIAN_PACKAGES := libopenblas-dev libsqlite3-dev libmosquitto-dev mosquitto pkg
 TEST_PACKAGES := libc6-dev-arm64-cross linux-libc-dev-arm64-cross python3-seccomp
 DEMO_MODEL := .agentd/digits-mlp.safetensors
 
-.PHONY: help microbench check-unit deps install-packages check-aarch64 build test interop-test interop-test-run run bench venv install clean
+.PHONY: help microbench check-unit deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
 
 help:
 	@echo "make run      build, install missing Debian packages, start agentd in the foreground with the demo model"
 	@echo "make test     install missing Debian packages, build, run every test"
 	@echo "make bench    compare against ONNX Runtime, FP32 and INT8 (tools/bench/compare_onnxruntime.py)"
 	@echo "make microbench  kernel and plan micro-benchmarks (tools/benchmarks, ordo-one/benchmark)"
+	@echo "make bench-agentd  agentd start time, memory, idle CPU, load with and without batching (tools/bench/agentd_figures.py)"
 	@echo "make install  install agentd, agentctl, the unit, the config and the demo model (PREFIX=$(PREFIX) DESTDIR=$(DESTDIR))"
 
 # Installs only what is missing, as root or through sudo.
@@ -37,6 +43,10 @@ install-packages:
 
 build: deps
 	$(SWIFT) build -c $(CONFIG)
+
+dist: deps
+	$(SWIFT) build -c $(CONFIG) --static-swift-stdlib --scratch-path .build-static --product agentd
+	$(SWIFT) build -c $(CONFIG) --static-swift-stdlib --scratch-path .build-static --product agentctl
 
 test: deps
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(TEST_PACKAGES)"
@@ -67,9 +77,9 @@ interop-test-run:
 	  echo "SKIPPED interop tests (sklearn predict_proba, NumPy conv/pool reference): pip could not install tools/requirements.txt"; \
 	fi
 
-$(DEMO_MODEL): | build
+$(DEMO_MODEL): | dist
 	@mkdir -p .agentd
-	$(BIN)/agentctl model train --data tools/data/digits.csv --arch mlp:64-256-256-10 --epochs 30 --seed 1 --name digits-mlp --out $(DEMO_MODEL)
+	$(DIST)/agentctl model train --data tools/data/digits.csv --arch mlp:64-256-256-10 --epochs 30 --seed 1 --name digits-mlp --out $(DEMO_MODEL)
 
 # Development config: state and socket under ./.agentd/, the demo model quantized to INT8 at first start.
 .agentd/agentd.toml:
@@ -77,12 +87,12 @@ $(DEMO_MODEL): | build
 	@printf '[agent]\nstate_dir = "%s/.agentd/state"\nsocket = "%s/.agentd/agentd.sock"\nsocket_group = ""\n\n[model]\ninitial = "%s/$(DEMO_MODEL)"\ncalibration = "%s/tools/data/digits.csv"\nadaptive = true\n' \
 	  "$(CURDIR)" "$(CURDIR)" "$(CURDIR)" "$(CURDIR)" > $@
 
-run: build $(DEMO_MODEL) .agentd/agentd.toml
+run: dist $(DEMO_MODEL) .agentd/agentd.toml
 	@echo "agentd starting in the foreground (Ctrl-C drains and stops it). In another terminal:"
-	@echo "  $(BIN)/agentctl status --socket $(CURDIR)/.agentd/agentd.sock"
-	@echo "  $(BIN)/agentctl infer --socket $(CURDIR)/.agentd/agentd.sock --input tools/data/digits.csv"
-	@echo "  $(BIN)/agentctl bench-load --socket $(CURDIR)/.agentd/agentd.sock --clients 64 --seconds 5"
-	$(BIN)/agentd --config .agentd/agentd.toml
+	@echo "  $(DIST)/agentctl status --socket $(CURDIR)/.agentd/agentd.sock"
+	@echo "  $(DIST)/agentctl infer --socket $(CURDIR)/.agentd/agentd.sock --input tools/data/digits.csv"
+	@echo "  $(DIST)/agentctl bench-load --socket $(CURDIR)/.agentd/agentd.sock --clients 64 --seconds 5"
+	$(DIST)/agentd --config .agentd/agentd.toml
 
 # Compiles the C kernels for aarch64 (NEON dot-product path) with the toolchain's clang.
 check-aarch64:
@@ -94,13 +104,16 @@ check-aarch64:
 bench: build venv
 	$(PY) tools/bench/compare_onnxruntime.py --agentctl $(BIN)/agentctl
 
+bench-agentd: dist $(DEMO_MODEL)
+	python3 tools/bench/agentd_figures.py --bin $(DIST) --model $(DEMO_MODEL) --calibration tools/data/digits.csv
+
 # Micro-benchmarks (ordo-one/benchmark sub-package): GEMM kernels per ISA and whole plans.
 microbench: deps
 	cd tools/benchmarks && $(SWIFT) package --disable-sandbox benchmark
 
-install: build $(DEMO_MODEL)
-	install -D -m 0755 $(BIN)/agentd $(DESTDIR)$(PREFIX)/bin/agentd
-	install -D -m 0755 $(BIN)/agentctl $(DESTDIR)$(PREFIX)/bin/agentctl
+install: dist $(DEMO_MODEL)
+	install -D -m 0755 $(DIST)/agentd $(DESTDIR)$(PREFIX)/bin/agentd
+	install -D -m 0755 $(DIST)/agentctl $(DESTDIR)$(PREFIX)/bin/agentctl
 	install -D -m 0644 systemd/agentd.service $(DESTDIR)/lib/systemd/system/agentd.service
 	install -D -m 0644 etc/agentd.toml $(DESTDIR)/etc/agentd/agentd.toml
 	install -D -m 0644 $(DEMO_MODEL) $(DESTDIR)$(PREFIX)/share/agentd/digits-mlp.safetensors
@@ -117,4 +130,4 @@ check-unit:
 	else echo "SKIPPED unit hardening check: systemd-analyze is not installed"; fi
 
 clean:
-	rm -rf .build .agentd
+	rm -rf .build .build-static .agentd

@@ -16,6 +16,8 @@ public struct AgentConfig: Equatable, Sendable {
         public var socketGroup = "agentd"
         /// trace, debug, info, notice, warning, error, critical. Reloadable.
         public var logLevel = "info"
+        /// Once ready, hand the pages only start-up used back to the kernel (see `MemoryTrim`).
+        public var releaseStartupPages = true
     }
 
     public struct Model: Equatable, Sendable {
@@ -89,11 +91,12 @@ extension AgentConfig {
         }
         let reader = Reader(file: file)
         var c = AgentConfig()
-        reader.section(table, "agent", ["state_dir", "socket", "socket_group", "log_level"]) { t in
+        reader.section(table, "agent", ["state_dir", "socket", "socket_group", "log_level", "release_startup_pages"]) { t in
             reader.string(t, "agent", "state_dir", &c.agent.stateDir, nonEmpty: true)
             reader.string(t, "agent", "socket", &c.agent.socket, nonEmpty: true)
             reader.string(t, "agent", "socket_group", &c.agent.socketGroup)
             reader.string(t, "agent", "log_level", &c.agent.logLevel, oneOf: ["trace", "debug", "info", "notice", "warning", "error", "critical"])
+            reader.bool(t, "agent", "release_startup_pages", &c.agent.releaseStartupPages)
         }
         reader.section(table, "model", ["initial", "precision", "calibration", "method", "adaptive"]) { t in
             reader.string(t, "model", "initial", &c.model.initial)

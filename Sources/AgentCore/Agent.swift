@@ -158,6 +158,12 @@ public final class Agent: @unchecked Sendable {
                 if !group.isEmpty, let g = getgrnam(group) { chown(socket, UInt32.max, g.pointee.gr_gid) }
                 notifier.notify("READY=1\nSTATUS=\(agent.statusLine())")
                 agent.logger.info("agentd ready", metadata: ["socket": "\(socket)"])
+                if agent.config.agent.releaseStartupPages {
+                    let trim = MemoryTrim.release()
+                    agent.logger.info("start-up pages released", metadata: [
+                        "resident_before_kb": "\(trim.rssBeforeKB)", "resident_after_kb": "\(trim.rssAfterKB)",
+                        "mappings": "\(trim.mappings)", "refused": "\(trim.refused)"])
+                }
             },
             logger: logger)
     }

@@ -293,6 +293,33 @@ import Glibc
         #expect(!agent.log.contains("not permitted"), "\(agent.log)")
     }
 
+    /// Once ready, agentd hands back the pages only start-up used (agent.release_startup_pages).
+    @Test func releasesStartupPagesOnceReady() throws {
+        let agent = try AgentdProcess()
+        #expect(agent.waitForNotification("READY=1") != nil)
+        var line: Substring?
+        for _ in 0..<100 {
+            line = agent.log.split(separator: "\n").first { $0.contains("start-up pages released") }
+            if line != nil { break }
+            usleep(20_000)
+        }
+        let fields = try #require(line, "\(agent.log)").split(separator: " ").compactMap { f -> (String, Int)? in
+            let kv = f.split(separator: "=")
+            return kv.count == 2 ? (String(kv[0]), Int(kv[1]) ?? -1) : nil
+        }
+        let values = Dictionary(fields, uniquingKeysWith: { a, _ in a })
+        let mappings = try #require(values["mappings"]), refused = try #require(values["refused"])
+        #expect(mappings > 0)
+        if refused == mappings {
+            print("SKIPPED start-up page release: this kernel has no MADV_PAGEOUT (Linux < 5.4)")
+        } else {
+            let before = try #require(values["resident_before_kb"]), after = try #require(values["resident_after_kb"])
+            #expect(after < before, "\(line!)")
+        }
+        // Serving still works: the released code comes back on first use.
+        #expect(try agent.client.infer(InferRequest(inputs: [Self.digitRow])).results.count == 1)
+    }
+
     @Test func unreachableDaemonExitsThree() throws {
         let r = try Agentctl.run(["status", "--socket", "/nonexistent/agentd.sock"])
         #expect(r.status == 3)
