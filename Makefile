@@ -105,7 +105,10 @@ bench: build venv
 	$(PY) tools/bench/compare_onnxruntime.py --agentctl $(BIN)/agentctl
 
 bench-agentd: dist $(DEMO_MODEL)
-	python3 tools/bench/agentd_figures.py --bin $(DIST) --model $(DEMO_MODEL) --calibration tools/data/digits.csv
+	@test -f .agentd/digits-cnn.safetensors || $(DIST)/agentctl model train --data tools/data/digits.csv \
+	  --arch cnn:1x8x8-c32-c64-m2-f128-10 --epochs 3 --seed 1 --name digits-cnn --out .agentd/digits-cnn.safetensors
+	python3 tools/bench/agentd_figures.py --bin $(DIST) --model $(DEMO_MODEL) --compute-model .agentd/digits-cnn.safetensors \
+	  --calibration tools/data/digits.csv
 
 # Micro-benchmarks (ordo-one/benchmark sub-package): GEMM kernels per ISA and whole plans.
 microbench: deps

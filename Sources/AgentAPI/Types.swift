@@ -150,6 +150,8 @@ public struct StatusResponse: Codable, Sendable {
     public var uptimeS: Double
     public var socket: String
     public var model: ModelRef?
+    /// Values per input row the served model takes (what `/v1/infer` rows must have).
+    public var inputSize: Int?
     public var serving: ServingStatus
     public var feedbackSamples: Int
     public var drift: ComponentStatus
@@ -160,12 +162,15 @@ public struct StatusResponse: Codable, Sendable {
     enum CodingKeys: String, CodingKey {
         case state, version, pid, socket, model, serving, drift, learner, mqtt
         case uptimeS = "uptime_s"
+        case inputSize = "input_size"
         case feedbackSamples = "feedback_samples"
         case lastEvents = "last_events"
     }
 
-    public init(state: String, version: String, pid: Int32, uptimeS: Double, socket: String, model: ModelRef?, serving: ServingStatus,
-                feedbackSamples: Int, drift: ComponentStatus, learner: ComponentStatus, mqtt: ComponentStatus, lastEvents: [Event]) {
+    public init(state: String, version: String, pid: Int32, uptimeS: Double, socket: String, model: ModelRef?, inputSize: Int? = nil,
+                serving: ServingStatus, feedbackSamples: Int, drift: ComponentStatus, learner: ComponentStatus, mqtt: ComponentStatus,
+                lastEvents: [Event]) {
+        self.inputSize = inputSize
         self.state = state
         self.version = version
         self.pid = pid

@@ -11,12 +11,16 @@ import Serving
 enum APIServer {
     typealias Context = BasicRequestContext
 
-    static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Response {
+    /// The API's JSON: sorted keys, non-finite numbers as "inf", "-inf", "nan".
+    static func encode<T: Encodable>(_ value: T) -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
-        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        return (try? encoder.encode(value)) ?? Data("{}".utf8)
+    }
+
+    static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: encode(value))))
     }
 
     static func error(_ status: HTTPResponse.Status, _ code: String, _ message: String, retryAfter: Int? = nil) -> Response {
@@ -36,6 +40,10 @@ enum APIServer {
             return nil
         }
     }
+
+    static let queueFullMessage = "the request queue is full (serving.queue_capacity)"
+    /// The 503 body the event loop sends when it refuses a request (OverloadShedder).
+    static let queueFullBody = ByteBuffer(bytes: encode(ErrorResponse(code: "queue_full", message: queueFullMessage)))
 
     static func router(_ agent: Agent) -> Router<Context> {
         let router = Router(context: Context.self)
@@ -161,7 +169,7 @@ enum APIServer {
         switch await agent.scheduler.infer(rows: rows, count: count, priority: priority, deadline: deadline) {
         case .failure(.queueFull(let retry)):
             agent.metrics.requestsRejected.increment()
-            return error(.serviceUnavailable, "queue_full", "the request queue is full (serving.queue_capacity)", retryAfter: retry)
+            return error(.serviceUnavailable, "queue_full", queueFullMessage, retryAfter: retry)
         case .failure(.deadlineExceeded):
             agent.metrics.requestsExpired.increment()
             return error(.gatewayTimeout, "deadline", "the deadline of \(Int(deadline * 1000)) ms passed before the request was computed")

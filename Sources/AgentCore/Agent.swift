@@ -91,7 +91,8 @@ public final class Agent: @unchecked Sendable {
         return StatusResponse(
             state: isReady ? "serving" : (model == nil ? "no-model" : "stopping"), version: agentVersion, pid: getpid(),
             uptimeS: Date().timeIntervalSince(started), socket: config.agent.socket,
-            model: model.map { ModelRef(name: $0.name, version: $0.version, precision: $0.precision) }, serving: serving,
+            model: model.map { ModelRef(name: $0.name, version: $0.version, precision: $0.precision) }, inputSize: model?.inputCount,
+            serving: serving,
             feedbackSamples: (try? database.feedbackCount()) ?? 0,
             drift: ComponentStatus(state: "not-configured", detail: "drift monitoring arrives with the drift issue"),
             learner: ComponentStatus(state: "idle", detail: "\((try? database.feedbackCount()) ?? 0) labelled samples stored"),
@@ -142,6 +143,13 @@ public final class Agent: @unchecked Sendable {
         try await group.run()
     }
 
+    /// Whether a new inference request is refused at once because the queue is full (counted).
+    func refuseIfQueueFull() -> Bool {
+        guard scheduler.refuseIfFull() else { return false }
+        metrics.requestsRejected.increment()
+        return true
+    }
+
     func makeApplication() throws -> some ApplicationProtocol {
         let socket = config.agent.socket
         try FileManager.default.createDirectory(atPath: (socket as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
@@ -151,7 +159,9 @@ public final class Agent: @unchecked Sendable {
         let agent = self
         return Application(
             router: APIServer.router(self),
-            server: .http1(configuration: .init(idleTimeout: .milliseconds(Int64(config.api.idleTimeoutS * 1000)))),
+            server: .http1(configuration: .init(
+                additionalChannelHandlers: [OverloadShedder(refuse: { agent.refuseIfQueueFull() }, body: APIServer.queueFullBody)],
+                idleTimeout: .milliseconds(Int64(config.api.idleTimeoutS * 1000)))),
             configuration: .init(address: .unixDomainSocket(path: socket), serverName: "agentd"),
             onServerRunning: { _ in
                 chmod(socket, 0o660)

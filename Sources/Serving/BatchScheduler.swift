@@ -170,6 +170,16 @@ public final class BatchScheduler: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// True, and counted as a queue-full refusal, when the queue is full right now: lets the
+    /// server refuse a request before reading its body (the request itself is never queued).
+    public func refuseIfFull() -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        guard accepting, queuedCount >= settings.queueCapacity else { return false }
+        stats.rejectedQueueFull += 1
+        return true
+    }
+
     public func infer(rows: [Float], count: Int, priority: Priority, deadline: Double) async -> Result<InferenceOutput, ServingError> {
         await withCheckedContinuation { continuation in
             submit(rows: rows, count: count, priority: priority, deadline: deadline) { continuation.resume(returning: $0) }

@@ -37,6 +37,7 @@ struct BenchLoad: ParsableCommand {
         var samplesPerS: Double
         var p50Ms: Double
         var p99Ms: Double
+        var rejectP50Ms: Double?
         var rejectP99Ms: Double?
     }
 
@@ -45,8 +46,7 @@ struct BenchLoad: ParsableCommand {
             let client = socket.client
             let status = try client.status()
             guard let model = status.model else { throw ValidationError("agentd has no model loaded") }
-            // The input size: ask for one inference with an empty row and read the error? Use models' metadata instead:
-            let n = try inputSize(client)
+            let n = try status.inputSize ?? inputSize(client)
             final class Tally: @unchecked Sendable {
                 let lock = NSLock()
                 var latencies: [Double] = [], rejectLatencies: [Double] = []
@@ -119,16 +119,18 @@ struct BenchLoad: ParsableCommand {
                                 connections: newConnections ? "per-request" : "keep-alive", answered: ok + rejected + expired + errors, ok: ok, rejected: rejected,
                                 expired: expired, errors: errors, requestsPerS: Double(ok) / seconds,
                                 samplesPerS: Double(ok * rows) / seconds, p50Ms: pct(latencies, 0.5), p99Ms: pct(latencies, 0.99),
+                                rejectP50Ms: rejectLatencies.isEmpty ? nil : pct(rejectLatencies, 0.5),
                                 rejectP99Ms: rejectLatencies.isEmpty ? nil : pct(rejectLatencies, 0.99))
             if json { printJSON(result); return }
             print("\(model.name) v\(model.version) (\(model.precision)), \(clients) clients, \(seconds) s, \(rows) row(s) per request as \(result.format), \(result.connections) connections")
             print(String(format: "%.0f requests/s (%.0f samples/s), p50 %.2f ms, p99 %.2f ms", result.requestsPerS, result.samplesPerS, result.p50Ms, result.p99Ms))
-            print("ok \(ok), queue full \(rejected)" + (result.rejectP99Ms.map { String(format: " (answered in %.3f ms at p99)", $0) } ?? "") +
+            print("ok \(ok), queue full \(rejected)" + (result.rejectP99Ms.map { String(format: " (answered in %.3f ms at p50, %.3f ms at p99)", result.rejectP50Ms ?? 0, $0) } ?? "") +
                   ", deadline \(expired), other errors \(errors)")
         }
     }
 
-    /// The model's input size, learnt from the error agentd gives a one-value row.
+    /// The model's input size from an agentd too old to report it in its status: learnt from the
+    /// error it gives a one-value row.
     func inputSize(_ client: AgentClient) throws -> Int {
         let r = try client.send("POST", "/v1/infer", body: try JSONEncoder().encode(InferRequest(inputs: [[0]])))
         if r.status == 200 { return 1 }

@@ -6,6 +6,10 @@
   load       `agentctl bench-load` at --clients concurrent clients, with dynamic batching
              (max_batch_size 64) and with max_batch_size 1, same concurrency
   reject     queue_capacity 1 under the same load: how fast queue-full (503) answers come back
+             (closed loop: every answer, refusal or not, waits its turn on the shared cores)
+  shed       with --compute-model (a model whose compute, not HTTP, is the bottleneck): one
+             worker, queue_capacity 4, 8 clients sending 64-row F32 requests keep the queue full
+             while one probe client measures how fast its requests are refused
 
 usage: tools/bench/agentd_figures.py --bin .build/release --model M.safetensors --calibration C.csv
 """
@@ -20,9 +24,9 @@ import tempfile
 import time
 
 
-def write_config(d, args, **serving):
+def write_config(d, args, model=None, **serving):
     lines = ["[agent]", f'state_dir = "{d}/state"', f'socket = "{d}/agentd.sock"', 'socket_group = ""', 'log_level = "warning"',
-             "", "[model]", f'initial = "{os.path.abspath(args.model)}"', f'calibration = "{os.path.abspath(args.calibration)}"',
+             "", "[model]", f'initial = "{os.path.abspath(model or args.model)}"', f'calibration = "{os.path.abspath(args.calibration)}"',
              "", "[serving]"] + [f"{k} = {v}" for k, v in serving.items()]
     with open(f"{d}/agentd.toml", "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -63,8 +67,8 @@ class Agentd:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_load(args, d, extra=()):
-    out = subprocess.run([f"{args.bin}/agentctl", "bench-load", "--socket", f"{d}/agentd.sock", "--clients", str(args.clients),
+def bench_load(args, d, extra=(), clients=None):
+    out = subprocess.run([f"{args.bin}/agentctl", "bench-load", "--socket", f"{d}/agentd.sock", "--clients", str(clients or args.clients),
                           "--seconds", str(args.seconds), "--json", *extra], capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 
@@ -78,6 +82,7 @@ def main():
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--idle-seconds", type=float, default=10)
     p.add_argument("--binary", action="store_true", help="bench-load sends F32 rows instead of JSON")
+    p.add_argument("--compute-model", help="a slower model for the load-shedding probe (e.g. the digits CNN)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     extra = ["--binary"] if args.binary else []
@@ -109,16 +114,32 @@ def main():
             figures[name]["rss_after_mb"] = a.rss_mb()
             a.stop()
 
+        if args.compute_model:
+            write_config(d, args, model=args.compute_model, workers=1, queue_capacity=4)
+            import shutil
+            shutil.rmtree(f"{d}/state")
+            a = Agentd(args, d)
+            filler = subprocess.Popen([f"{args.bin}/agentctl", "bench-load", "--socket", f"{d}/agentd.sock", "--clients", "8",
+                                       "--rows", "64", "--binary", "--seconds", str(args.seconds + 2), "--json"],
+                                      stdout=subprocess.PIPE, text=True)
+            time.sleep(1)
+            figures["shed"] = bench_load(args, d, clients=1)
+            figures["shed_filler"] = json.loads(filler.communicate()[0])
+            figures["shed"]["rss_after_mb"] = a.rss_mb()
+            a.stop()
+
     if args.json:
         print(json.dumps(figures, indent=2))
         return
     print(f"start to READY=1: {', '.join(f'{s:.0f}' for s in figures['start_ms'])} ms (first start with calibration {figures['first_start_ms']:.0f} ms)")
     print(f"idle: VmRSS {figures['idle_rss_mb']:.1f} MB, CPU {figures['idle_cpu_percent']:.2f}% over {args.idle_seconds:.0f} s")
-    for name in ("batching", "batch_size_1", "queue_full"):
+    for name in ("batching", "batch_size_1", "queue_full", "shed"):
+        if name not in figures:
+            continue
         r = figures[name]
         line = f"{name:13} {r['requestsPerS']:8.0f} req/s  p50 {r['p50Ms']:6.2f} ms  p99 {r['p99Ms']:6.2f} ms  ok {r['ok']}  503 {r['rejected']}"
         if r.get("rejectP99Ms") is not None:
-            line += f" (answered in {r['rejectP99Ms']:.3f} ms at p99)"
+            line += f" (answered in {r['rejectP50Ms']:.3f} ms at p50, {r['rejectP99Ms']:.3f} ms at p99)"
         print(line + f"  RSS after {r['rss_after_mb']:.0f} MB")
     print(f"batching gain at {args.clients} clients: {figures['batching']['requestsPerS'] / figures['batch_size_1']['requestsPerS']:.2f}x")
 
