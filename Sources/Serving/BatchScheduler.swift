@@ -100,7 +100,7 @@ public final class BatchScheduler: @unchecked Sendable {
     private var threads: [Thread] = []
     private var stats = SchedulerStats()
     private var latencies = RingBuffer(capacity: 4096)
-    private var completions = RingBuffer(capacity: 4096)  // completion times (s) weighted by rows, for throughput
+    private var completions = RateWindow(seconds: 10)  // rows answered per second, for throughput
     private var computeByBatch: [Int: RingBuffer] = [:]
     private var lastProgress = BatchScheduler.now()
     /// Adaptive mode's batch limit, re-decided every 64 batches from `computeByBatch`.
@@ -220,11 +220,11 @@ public final class BatchScheduler: @unchecked Sendable {
         s.queueDepth = queuedCount
         s.maxBatchSize = min(settings.maxBatchSize, adaptiveLimit ?? .max)
         // Copies (copy-on-write), so the sorting below does not hold up the workers.
-        let latencies = self.latencies, completions = self.completions
+        let latencies = self.latencies
+        s.throughput = completions.rate(now: Self.now())
         condition.unlock()
         s.latencyP50 = latencies.percentile(0.5)
         s.latencyP99 = latencies.percentile(0.99)
-        s.throughput = completions.sum(since: Double(Self.now()) / 1e9 - 10) / 10
         return s
     }
 
@@ -405,7 +405,7 @@ public final class BatchScheduler: @unchecked Sendable {
                 stats.batchedRows += liveRows
                 stats.samples += liveRows
                 for r in live { latencies.append(Double(end - r.enqueued) / 1e6) }
-                completions.append(Double(liveRows), at: Double(end) / 1e9)
+                completions.add(liveRows, now: end)
                 let bucket = 1 << Int(log2(Double(max(liveRows, 1))))
                 computeByBatch[bucket, default: RingBuffer(capacity: 64)].append(computeSeconds * 1000)
                 busyNanos += UInt64(computeSeconds * 1e9)
@@ -422,21 +422,50 @@ public final class BatchScheduler: @unchecked Sendable {
 /// Plans that re-run samples in FP32 report how many.
 public protocol EscalationCounting { var escalationCount: Int { get } }
 
-/// Fixed-size ring of recent values (and optional timestamps) for percentiles and rates.
+/// Rows answered in each of the last few whole seconds: a rate that stays exact at any request
+/// rate (a ring of recent batches covers less than the window once batches are many and small).
+struct RateWindow {
+    private var counts: [Int]
+    private var stamps: [UInt64]
+
+    init(seconds: Int) {
+        counts = Array(repeating: 0, count: seconds)
+        stamps = Array(repeating: .max, count: seconds)
+    }
+
+    mutating func add(_ rows: Int, now: UInt64) {
+        let second = now / 1_000_000_000
+        let i = Int(second % UInt64(counts.count))
+        if stamps[i] != second {
+            stamps[i] = second
+            counts[i] = 0
+        }
+        counts[i] += rows
+    }
+
+    /// Rows per second over the window's whole seconds before `now`'s.
+    func rate(now: UInt64) -> Double {
+        let second = now / 1_000_000_000
+        var total = 0
+        for i in counts.indices where stamps[i] != .max && stamps[i] < second && stamps[i] + UInt64(counts.count) >= second {
+            total += counts[i]
+        }
+        return Double(total) / Double(counts.count)
+    }
+}
+
+/// Fixed-size ring of recent values for percentiles.
 struct RingBuffer {
     private var values: [Double]
-    private var times: [Double]
     private var next = 0
     private(set) var count = 0
 
     init(capacity: Int) {
         values = Array(repeating: 0, count: capacity)
-        times = Array(repeating: 0, count: capacity)
     }
 
-    mutating func append(_ v: Double, at time: Double = 0) {
+    mutating func append(_ v: Double) {
         values[next] = v
-        times[next] = time
         next = (next + 1) % values.count
         count = min(count + 1, values.count)
     }
@@ -445,11 +474,5 @@ struct RingBuffer {
         guard count > 0 else { return 0 }
         let sorted = values[0..<count].sorted()
         return sorted[min(count - 1, Int(Double(count - 1) * p + 0.5))]
-    }
-
-    func sum(since: Double) -> Double {
-        var s = 0.0
-        for i in 0..<count where times[i] >= since { s += values[i] }
-        return s
     }
 }

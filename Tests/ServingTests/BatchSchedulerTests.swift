@@ -132,3 +132,19 @@ extension Result {
         #expect(seconds < 0.25, "10 sequential requests took \(seconds) s")
     }
 }
+
+@Suite struct SchedulerFiguresTests {
+    /// Throughput counts every answered row of the last ten whole seconds, however many batches
+    /// that took (an earlier ring of 4,096 batches undercounted small batches at high rates).
+    @Test func throughputCountsEveryRowOfTheWindow() async throws {
+        let scheduler = BatchScheduler(slot: ModelSlot(servingModel()), settings: settings(maxBatch: 1, delay: 0))
+        scheduler.start()
+        defer { scheduler.stop() }
+        for _ in 0..<5000 { _ = try await scheduler.infer(rows: [1, 2, 3, 4], count: 1, priority: .latency, deadline: 5).get() }
+        // The window holds whole seconds: wait for the current one to end.
+        try await Task.sleep(nanoseconds: 1_100_000_000)
+        let s = scheduler.snapshot
+        #expect(s.batches == 5000)
+        #expect(s.throughput * 10 == 5000, "throughput \(s.throughput)/s over 10 s")
+    }
+}
