@@ -38,7 +38,7 @@ let package = Package(
         .target(name: "Training", dependencies: ["Inference"]),
         .target(name: "Quantization", dependencies: ["CKernels", "Tensor", "ModelFile", "Inference", "Training"]),
         .target(name: "Serving", dependencies: ["Inference", "Quantization"]),
-        .target(name: "Store", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
+        .target(name: "Store", dependencies: ["ModelFile", .product(name: "GRDB", package: "GRDB.swift")]),
         // Codable API types and the Unix-socket client: Foundation only, so any tool can link it.
         .target(name: "AgentAPI"),
         .target(name: "AgentConfig", dependencies: [.product(name: "TOMLKit", package: "TOMLKit")]),

@@ -6,6 +6,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import Serving
+import Tensor
 
 /// The local API: HTTP/1.1 + JSON over the Unix socket (README, "Local API").
 enum APIServer {
@@ -189,7 +190,7 @@ enum APIServer {
             results.reserveCapacity(count)
             for r in 0..<count {
                 let scores = Array(out.scores[(r * k)..<((r + 1) * k)])
-                let c = scores.indices.max { scores[$0] < scores[$1] } ?? 0
+                let c = scores.argmax()
                 results.append(InferResult(id: ids[r], class: c, label: used.labels[c], scores: scores, precision: out.precision))
             }
             let answer = InferCodec.encode(InferResponse(model: ModelRef(name: used.name, version: used.version, precision: used.precision), results: results))

@@ -46,6 +46,13 @@ public enum InferCodec {
             return true
         }
 
+        mutating func takeNull() -> Bool {
+            skipSpace()
+            guard i + 4 <= end, p[i] == 0x6E, p[i + 1] == 0x75, p[i + 2] == 0x6C, p[i + 3] == 0x6C else { return false }
+            i += 4
+            return true
+        }
+
         /// A string without escapes or control characters (nil otherwise: the fallback decides).
         mutating func plainString() -> String? {
             guard take(0x22) else { return nil }
@@ -136,17 +143,17 @@ public enum InferCodec {
                 case "priority":
                     guard !seenPriority else { return nil }
                     seenPriority = true
-                    skipSpace()
-                    if i + 4 <= end, p[i] == 0x6E, p[i + 1] == 0x75, p[i + 2] == 0x6C, p[i + 3] == 0x6C { i += 4; continue }
-                    guard let s = plainString() else { return nil }
-                    result.priority = s
+                    if !takeNull() {
+                        guard let s = plainString() else { return nil }
+                        result.priority = s
+                    }
                 case "deadline_ms":
                     guard !seenDeadline else { return nil }
                     seenDeadline = true
-                    skipSpace()
-                    if i + 4 <= end, p[i] == 0x6E, p[i + 1] == 0x75, p[i + 2] == 0x6C, p[i + 3] == 0x6C { i += 4; continue }
-                    guard let d = double() else { return nil }
-                    result.deadlineMs = d
+                    if !takeNull() {
+                        guard let d = double() else { return nil }
+                        result.deadlineMs = d
+                    }
                 default:
                     return nil
                 }

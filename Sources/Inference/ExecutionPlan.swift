@@ -100,14 +100,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         var i = 0
         while i < layers.count {
             let layer = layers[i]
-            // An activation right after dense/conv2d runs in that layer's epilogue.
-            var fused = Kernels.Activation.none
-            if i + 1 < layers.count, let a = layers[i + 1].kind.activation {
-                switch layer.kind {
-                case .dense, .conv2d: fused = a
-                default: break
-                }
-            }
+            let fused = network.fusedActivation(at: i)
             switch layer.kind {
             case .dense:
                 steps.append(.dense(PackedWeights(weight: layer.weight!, bias: layer.bias), activation: fused.fused))

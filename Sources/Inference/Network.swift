@@ -275,3 +275,15 @@ extension NetworkLayer.Kind {
         }
     }
 }
+
+extension Network {
+    /// The activation that layer `index` (dense or conv2d) runs in its epilogue: the one right
+    /// after it, which the plans then skip. `.none` for other layers or no activation.
+    public func fusedActivation(at index: Int) -> Kernels.Activation {
+        guard index + 1 < layers.count, let a = layers[index + 1].kind.activation else { return .none }
+        switch layers[index].kind {
+        case .dense, .conv2d: return a
+        default: return .none
+        }
+    }
+}

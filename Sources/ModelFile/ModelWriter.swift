@@ -54,11 +54,13 @@ public enum ModelWriter {
         try writeAtomically(encode(manifest: manifest, tensors: tensors), to: path)
     }
 
-    public static func writeAtomically(_ bytes: [UInt8], to path: String) throws {
+    /// Durable replacement: the bytes go to `temporary` (default: a fresh hidden name beside
+    /// `path`), are synced, renamed over `path`, and the directory is synced.
+    public static func writeAtomically(_ bytes: [UInt8], to path: String, temporary: String? = nil) throws {
         let url = URL(fileURLWithPath: path)
         let directory = url.deletingLastPathComponent().path
-        let temp = directory + "/." + url.lastPathComponent + ".tmp-\(getpid())"
-        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let temp = temporary ?? directory + "/." + url.lastPathComponent + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
             throw ModelFileError(file: path, "cannot create: " + String(cString: strerror(errno)).lowercased())
         }

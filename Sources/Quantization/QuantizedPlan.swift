@@ -146,13 +146,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         var l = 0
         while l < layers.count {
             let layer = layers[l]
-            var fused: Kernels.Activation = .none
-            if l + 1 < layers.count, let a = layers[l + 1].kind.activation {
-                switch layer.kind {
-                case .dense, .conv2d: fused = a
-                default: break
-                }
-            }
+            let fused = net.fusedActivation(at: l)
             let outputTensor = fused == .none ? l + 1 : l + 2
             switch layer.kind {
             case .dense, .conv2d:

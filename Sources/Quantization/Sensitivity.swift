@@ -1,4 +1,5 @@
 import Inference
+import Tensor
 import Training
 
 /// Scores of a plan on rows, and how they compare with a reference.
@@ -11,14 +12,13 @@ public struct PlanComparison: Codable, Sendable {
 public enum Sensitivity {
     public static func scores(_ plan: InferencePlan, _ rows: DataSet) -> [Float] { plan.predict(rows.features) }
 
-    public static func argmax(_ s: ArraySlice<Float>) -> Int { s.indices.max { s[$0] < s[$1] }! - s.startIndex }
 
     public static func compare(_ scores: [Float], reference: [Float], classes: Int, labels: [Int]?) -> PlanComparison {
         let n = scores.count / classes
         var agree = 0, correct = 0
         for i in 0..<n {
-            let a = argmax(scores[(i * classes)..<((i + 1) * classes)])
-            let b = argmax(reference[(i * classes)..<((i + 1) * classes)])
+            let a = scores[(i * classes)..<((i + 1) * classes)].argmax()
+            let b = reference[(i * classes)..<((i + 1) * classes)].argmax()
             if a == b { agree += 1 }
             if let labels, labels[i] == a { correct += 1 }
         }
@@ -79,7 +79,7 @@ public enum Sensitivity {
         for i in 0..<n {
             let q = quantized[(i * classes)..<((i + 1) * classes)]
             let margin = q.withContiguousStorageIfAvailable { QuantizedPlan.margin($0.baseAddress!, classes) } ?? 0
-            rows.append((margin, argmax(q) == argmax(reference[(i * classes)..<((i + 1) * classes)])))
+            rows.append((margin, q.argmax() == reference[(i * classes)..<((i + 1) * classes)].argmax()))
         }
         rows.sort { $0.margin < $1.margin }
         var disagreeAbove = rows.filter { !$0.agrees }.count

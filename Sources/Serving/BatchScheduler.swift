@@ -60,6 +60,8 @@ public struct SchedulerStats: Sendable {
     public var throughput = 0.0
     public var maxBatchSize = 0
     public var workers = 0
+    /// How long a batch may wait for more rows right now, in seconds (see `decideWaitCapLocked`).
+    public var batchWait = 0.0
 }
 
 /// Dynamic batching over worker threads. Requests queue in two priority classes; a worker takes
@@ -109,7 +111,9 @@ public final class BatchScheduler: @unchecked Sendable {
     /// decision, when the configured `maxQueueDelay` applies.
     private var waitCap: Double?
     private var lastDecision: UInt64 = 0
-    /// Worker compute time so far, and at the last decision, for utilisation.
+    /// Worker CPU time spent computing so far, and at the last decision, for utilisation. CPU
+    /// time, not wall time: a worker descheduled mid-batch (other processes on a small device)
+    /// is not busy, and waiting for fuller batches would not make it less so.
     private var busyNanos: UInt64 = 0, busyAtDecision: UInt64 = 0
 
     public init(slot: ModelSlot, settings: SchedulerSettings) {
@@ -118,6 +122,13 @@ public final class BatchScheduler: @unchecked Sendable {
     }
 
     static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+    /// CPU time of the calling thread, in nanoseconds.
+    static func threadCPUTime() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
+    }
 
     public func start() {
         let n = settings.workers > 0 ? settings.workers : ProcessInfo.processInfo.activeProcessorCount
@@ -219,6 +230,7 @@ public final class BatchScheduler: @unchecked Sendable {
         var s = stats
         s.queueDepth = queuedCount
         s.maxBatchSize = min(settings.maxBatchSize, adaptiveLimit ?? .max)
+        s.batchWait = min(settings.maxQueueDelay, waitCap ?? settings.maxQueueDelay)
         // Copies (copy-on-write), so the sorting below does not hold up the workers.
         let latencies = self.latencies
         s.throughput = completions.rate(now: Self.now())
@@ -336,6 +348,7 @@ public final class BatchScheduler: @unchecked Sendable {
             for r in expired { r.completion(.failure(.deadlineExceeded)) }
             let waits = live.map { Double(now - $0.enqueued) / 1e6 }
             var computeSeconds = 0.0
+            var computeCPU: UInt64 = 0
             var escalated = 0
             var liveRows = 0
             if !live.isEmpty {
@@ -348,7 +361,7 @@ public final class BatchScheduler: @unchecked Sendable {
                 }
                 let plan = plans!.plan
                 var outputs = [[Float]](repeating: [], count: live.count)
-                let t0 = Self.now()
+                let t0 = Self.now(), cpu0 = Self.threadCPUTime()
                 let before = (plan as? EscalationCounting)?.escalationCount ?? 0
                 // Whole requests are packed into chunks of at most `capacity` rows; a request larger
                 // than that runs alone in pieces.
@@ -390,6 +403,7 @@ public final class BatchScheduler: @unchecked Sendable {
                     i = j
                 }
                 computeSeconds = Double(Self.now() - t0) / 1e9
+                computeCPU = Self.threadCPUTime() &- cpu0
                 escalated = ((plan as? EscalationCounting)?.escalationCount ?? 0) - before
                 let precision = plan.precision
                 for (q, r) in live.enumerated() {
@@ -408,7 +422,7 @@ public final class BatchScheduler: @unchecked Sendable {
                 completions.add(liveRows, now: end)
                 let bucket = 1 << Int(log2(Double(max(liveRows, 1))))
                 computeByBatch[bucket, default: RingBuffer(capacity: 64)].append(computeSeconds * 1000)
-                busyNanos += UInt64(computeSeconds * 1e9)
+                busyNanos += computeCPU
                 if settings.adaptive && stats.batches % 64 == 0 { decideAdaptiveLimitLocked() }
             }
             lastProgress = end
@@ -424,16 +438,16 @@ public protocol EscalationCounting { var escalationCount: Int { get } }
 
 /// Rows answered in each of the last few whole seconds: a rate that stays exact at any request
 /// rate (a ring of recent batches covers less than the window once batches are many and small).
-struct RateWindow {
+public struct RateWindow: Sendable {
     private var counts: [Int]
     private var stamps: [UInt64]
 
-    init(seconds: Int) {
+    public init(seconds: Int) {
         counts = Array(repeating: 0, count: seconds)
         stamps = Array(repeating: .max, count: seconds)
     }
 
-    mutating func add(_ rows: Int, now: UInt64) {
+    public mutating func add(_ rows: Int, now: UInt64) {
         let second = now / 1_000_000_000
         let i = Int(second % UInt64(counts.count))
         if stamps[i] != second {
@@ -444,7 +458,7 @@ struct RateWindow {
     }
 
     /// Rows per second over the window's whole seconds before `now`'s.
-    func rate(now: UInt64) -> Double {
+    public func rate(now: UInt64) -> Double {
         let second = now / 1_000_000_000
         var total = 0
         for i in counts.indices where stamps[i] != .max && stamps[i] < second && stamps[i] + UInt64(counts.count) >= second {

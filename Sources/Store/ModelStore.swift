@@ -1,4 +1,5 @@
 import Foundation
+import ModelFile
 
 #if canImport(Glibc)
 import Glibc
@@ -21,27 +22,8 @@ public struct ModelStore: Sendable {
     public func store(_ bytes: [UInt8], sha256: String) throws -> String {
         let final = path(for: sha256)
         if FileManager.default.fileExists(atPath: final) { return final }
-        let temp = "\(directory)/.incoming-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw StoreError.io("\(temp): \(String(cString: strerror(errno)))") }
-        var ok = false
-        defer { if !ok { unlink(temp) } }
-        let written = bytes.withUnsafeBytes { raw -> Bool in
-            var done = 0
-            while done < raw.count {
-                let n = write(fd, raw.baseAddress! + done, raw.count - done)
-                if n < 0 { if errno == EINTR { continue }; return false }
-                done += n
-            }
-            return true
-        }
-        let synced = written && fsync(fd) == 0
-        close(fd)
-        guard synced else { throw StoreError.io("\(temp): write failed") }
-        guard rename(temp, final) == 0 else { throw StoreError.io("\(final): \(String(cString: strerror(errno)))") }
-        ok = true
-        let dir = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dir >= 0 { fsync(dir); close(dir) }
+        // `.incoming-` names are what `removeUnreferenced` clears after an interrupted write.
+        try ModelWriter.writeAtomically(bytes, to: final, temporary: "\(directory)/.incoming-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         return final
     }
 
@@ -57,14 +39,5 @@ public struct ModelStore: Sendable {
             }
         }
         return removed
-    }
-}
-
-public enum StoreError: Error, CustomStringConvertible, Sendable {
-    case io(String)
-    public var description: String {
-        switch self {
-        case .io(let m): m
-        }
     }
 }

@@ -105,7 +105,7 @@ public struct Evaluation: Sendable, Codable {
         var confusion = Array(repeating: Array(repeating: 0, count: classes), count: classes)
         for (i, label) in labels.enumerated() {
             let row = scores[(i * classes)..<((i + 1) * classes)]
-            let predicted = row.indices.max { row[$0] < row[$1] }! - i * classes
+            let predicted = row.argmax()
             confusion[label][predicted] += 1
         }
         let correct = (0..<classes).reduce(0) { $0 + confusion[$1][$1] }

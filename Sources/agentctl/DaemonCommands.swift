@@ -2,6 +2,7 @@ import AgentAPI
 import AgentConfig
 import ArgumentParser
 import Foundation
+import Training
 
 /// `--socket` for every command that talks to agentd.
 struct SocketOption: ParsableArguments {
@@ -111,20 +112,9 @@ struct Infer: ParsableCommand {
             if let rows = try? JSONDecoder().decode([[Float]].self, from: Data(text.utf8)) { return rows }
             throw ValidationError("\(name): not JSON rows ({\"inputs\": [[...]]} or [[...]])")
         }
-        var lines = text.split(whereSeparator: \.isNewline)
-        guard let header = lines.first else { throw ValidationError("\(name): empty") }
-        let labelColumn = header.split(separator: ",").last.map { $0.trimmingCharacters(in: .whitespaces) == "label" } ?? false
-        lines.removeFirst()
-        return try lines.enumerated().map { i, line in
-            var fields = line.split(separator: ",", omittingEmptySubsequences: false)
-            if labelColumn { fields.removeLast() }
-            return try fields.enumerated().map { c, f in
-                guard let v = Float(f.trimmingCharacters(in: .whitespaces)) else {
-                    throw ValidationError("\(name):\(i + 2): column \(c + 1): '\(f)' is not a number")
-                }
-                return v
-            }
-        }
+        // CSV: the same reader as `agentctl model eval` (header row, a 'label' column ignored).
+        let set = try DataSet.parse(text, file: name, requireLabels: false)
+        return (0..<set.count).map { Array(set.features[($0 * set.featureCount)..<(($0 + 1) * set.featureCount)]) }
     }
 }
 

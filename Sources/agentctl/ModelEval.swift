@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Inference
 import ModelFile
+import Tensor
 import Training
 
 struct Eval: ParsableCommand {
@@ -108,7 +109,7 @@ struct Predict: ParsableCommand {
             var out = ""
             for i in 0..<rows.count {
                 let s = Array(scores[(i * k)..<((i + 1) * k)])
-                let c = s.indices.max { s[$0] < s[$1] }!
+                let c = s.argmax()
                 if json {
                     let encoder = JSONEncoder()
                     encoder.outputFormatting = [.sortedKeys]

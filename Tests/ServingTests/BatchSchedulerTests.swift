@@ -115,36 +115,41 @@ extension Result {
     }
 }
 
+func inferOneRow(_ scheduler: BatchScheduler) async throws {
+    _ = try await scheduler.infer(rows: [1, 2, 3, 4], count: 1, priority: .latency, deadline: 5).get()
+}
+
 @Suite struct BatchWaitTests {
-    /// One client at a time: there is never a second request to wait for. Once the scheduler has
-    /// measured how long a batch takes, it stops sitting out the whole `max_queue_delay` (here
-    /// 50 ms) on every request.
-    @Test func aLoneClientIsNotHeldForTheWholeQueueDelay() async throws {
+    /// One client at a time: there is never a second request to wait for, and the workers are
+    /// idle nearly all the time. From the first decision on (within 0.25 s) the scheduler stops
+    /// sitting out `max_queue_delay` (here 50 ms) on every request.
+    @Test func aLoneClientIsNotHeldForTheQueueDelay() async throws {
         let scheduler = BatchScheduler(slot: ModelSlot(servingModel()), settings: settings(maxBatch: 8, delay: 0.05))
         scheduler.start()
         defer { scheduler.stop() }
-        for _ in 0..<8 { _ = try await scheduler.infer(rows: [1, 2, 3, 4], count: 1, priority: .latency, deadline: 5).get() }
-        try await Task.sleep(nanoseconds: 300_000_000)  // the cap is re-decided at least every 0.25 s
-        let start = DispatchTime.now().uptimeNanoseconds
-        for _ in 0..<10 { _ = try await scheduler.infer(rows: [1, 2, 3, 4], count: 1, priority: .latency, deadline: 5).get() }
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-        // Waiting out the delay would take 10 × 50 ms = 0.5 s.
-        #expect(seconds < 0.25, "10 sequential requests took \(seconds) s")
+        #expect(scheduler.snapshot.batchWait == 0.05)
+        for _ in 0..<4 { try await inferOneRow(scheduler) }
+        try await Task.sleep(nanoseconds: 300_000_000)  // decisions come at most every 0.25 s
+        try await inferOneRow(scheduler)
+        #expect(scheduler.snapshot.batchWait == 0)
     }
 }
 
-@Suite struct SchedulerFiguresTests {
-    /// Throughput counts every answered row of the last ten whole seconds, however many batches
-    /// that took (an earlier ring of 4,096 batches undercounted small batches at high rates).
-    @Test func throughputCountsEveryRowOfTheWindow() async throws {
-        let scheduler = BatchScheduler(slot: ModelSlot(servingModel()), settings: settings(maxBatch: 1, delay: 0))
-        scheduler.start()
-        defer { scheduler.stop() }
-        for _ in 0..<5000 { _ = try await scheduler.infer(rows: [1, 2, 3, 4], count: 1, priority: .latency, deadline: 5).get() }
-        // The window holds whole seconds: wait for the current one to end.
-        try await Task.sleep(nanoseconds: 1_100_000_000)
-        let s = scheduler.snapshot
-        #expect(s.batches == 5000)
-        #expect(s.throughput * 10 == 5000, "throughput \(s.throughput)/s over 10 s")
+@Suite struct RateWindowTests {
+    let second: UInt64 = 1_000_000_000
+
+    /// Every row of the last ten whole seconds counts, however many batches brought it (a ring
+    /// of the last 4,096 batches, used before, undercounted small batches at high rates).
+    @Test func countsEveryRowOfTheLastTenWholeSeconds() {
+        var w = RateWindow(seconds: 10)
+        let start = 100 * second
+        for i in 0..<5000 { w.add(1, now: start + UInt64(i) * 100_000) }  // 5,000 rows within 0.5 s
+        #expect(w.rate(now: start + second / 2) == 0)  // the current second is not whole yet
+        #expect(w.rate(now: start + second) == 500)
+        w.add(7, now: start + 3 * second)
+        #expect(w.rate(now: start + 4 * second) == 500.7)
+        #expect(w.rate(now: start + 10 * second) == 500.7)
+        #expect(w.rate(now: start + 11 * second) == 0.7)  // second 100 has left the window
+        #expect(w.rate(now: start + 14 * second) == 0)
     }
 }
