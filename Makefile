@@ -115,8 +115,8 @@ microbench: deps
 	cd tools/benchmarks && $(SWIFT) package --disable-sandbox benchmark
 
 install: dist $(DEMO_MODEL)
-	install -D -m 0755 $(DIST)/agentd $(DESTDIR)$(PREFIX)/bin/agentd
-	install -D -m 0755 $(DIST)/agentctl $(DESTDIR)$(PREFIX)/bin/agentctl
+	install -D -s -m 0755 $(DIST)/agentd $(DESTDIR)$(PREFIX)/bin/agentd
+	install -D -s -m 0755 $(DIST)/agentctl $(DESTDIR)$(PREFIX)/bin/agentctl
 	install -D -m 0644 systemd/agentd.service $(DESTDIR)/lib/systemd/system/agentd.service
 	install -D -m 0644 etc/agentd.toml $(DESTDIR)/etc/agentd/agentd.toml
 	install -D -m 0644 $(DEMO_MODEL) $(DESTDIR)$(PREFIX)/share/agentd/digits-mlp.safetensors
