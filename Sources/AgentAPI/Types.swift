@@ -101,9 +101,13 @@ public struct ServingStatus: Codable, Sendable {
     public var latencyP50Ms: Double
     public var latencyP99Ms: Double
     public var escalations: Int
+    /// How long a batch may currently wait for more rows: `max_queue_delay_ms` while the workers
+    /// are the bottleneck, else 0.
+    public var batchWaitMs: Double?
 
     enum CodingKeys: String, CodingKey {
         case workers, requests, samples, batches, escalations
+        case batchWaitMs = "batch_wait_ms"
         case maxBatchSize = "max_batch_size"
         case rejectedQueueFull = "rejected_queue_full"
         case deadlineExpired = "deadline_expired"
@@ -116,7 +120,8 @@ public struct ServingStatus: Codable, Sendable {
 
     public init(workers: Int, maxBatchSize: Int, requests: Int, samples: Int, rejectedQueueFull: Int, deadlineExpired: Int,
                 queueDepth: Int, batches: Int, meanBatchSize: Double, throughputPerS: Double, latencyP50Ms: Double,
-                latencyP99Ms: Double, escalations: Int) {
+                latencyP99Ms: Double, escalations: Int, batchWaitMs: Double? = nil) {
+        self.batchWaitMs = batchWaitMs
         self.workers = workers
         self.maxBatchSize = maxBatchSize
         self.requests = requests

@@ -87,7 +87,7 @@ public final class Agent: @unchecked Sendable {
                                     rejectedQueueFull: s.rejectedQueueFull, deadlineExpired: s.deadlineExpired, queueDepth: s.queueDepth,
                                     batches: s.batches, meanBatchSize: s.batches == 0 ? 0 : Double(s.batchedRows) / Double(s.batches),
                                     throughputPerS: s.throughput, latencyP50Ms: s.latencyP50, latencyP99Ms: s.latencyP99,
-                                    escalations: s.escalations)
+                                    escalations: s.escalations, batchWaitMs: s.batchWait * 1000)
         return StatusResponse(
             state: isReady ? "serving" : (model == nil ? "no-model" : "stopping"), version: agentVersion, pid: getpid(),
             uptimeS: Date().timeIntervalSince(started), socket: config.agent.socket,

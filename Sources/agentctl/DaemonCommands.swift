@@ -54,7 +54,8 @@ struct Status: ParsableCommand {
             print("      pid: \(s.pid), up \(age(s.uptimeS)), socket \(s.socket)")
             if let m = s.model { print("    model: \(m.name) version \(m.version) (\(m.precision))") } else { print("    model: none loaded") }
             let v = s.serving
-            print("  serving: \(v.workers) workers, batches up to \(v.maxBatchSize), \(String(format: "%.1f", v.throughputPerS)) samples/s over 10 s")
+            let wait = v.batchWaitMs.map { String(format: " (wait %.2g ms)", $0) } ?? ""
+            print("  serving: \(v.workers) workers, batches up to \(v.maxBatchSize)\(wait), \(String(format: "%.1f", v.throughputPerS)) samples/s over 10 s")
             print("  latency: p50 \(String(format: "%.2f", v.latencyP50Ms)) ms, p99 \(String(format: "%.2f", v.latencyP99Ms)) ms; mean batch \(String(format: "%.1f", v.meanBatchSize))")
             print(" requests: \(v.requests) (\(v.samples) samples), queue depth \(v.queueDepth), rejected \(v.rejectedQueueFull) (queue full), expired \(v.deadlineExpired) (deadline), fp32 re-runs \(v.escalations)")
             print(" feedback: \(s.feedbackSamples) labelled samples; drift \(s.drift.state); learner \(s.learner.state); mqtt \(s.mqtt.state)")
