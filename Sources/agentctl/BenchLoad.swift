@@ -12,6 +12,8 @@ struct BenchLoad: ParsableCommand {
             and how fast queue-full (503) refusals came back. Rows are seeded random values of the
             served model's input size, sent as JSON or as little-endian F32 (--binary).
             --new-connections opens a connection per request instead (what a one-shot client costs).
+            --honor-retry-after makes clients back off after a 503 as Retry-After asks; without it
+            they retry at once, the harshest overload.
             Example: agentctl bench-load --clients 64 --seconds 5 --json
             """)
     @OptionGroup var socket: SocketOption
@@ -20,6 +22,7 @@ struct BenchLoad: ParsableCommand {
     @Option(help: "Rows per request.") var rows: Int = 1
     @Flag(help: "Send rows as application/octet-stream (little-endian F32) instead of JSON.") var binary = false
     @Flag(help: "Open a new connection for every request instead of keeping one per client.") var newConnections = false
+    @Flag(help: "After a 503, wait as long as its Retry-After says (as a well-behaved client does).") var honorRetryAfter = false
     @Flag(help: "Print the result as JSON.") var json = false
 
     struct Result: Codable {
@@ -78,22 +81,27 @@ struct BenchLoad: ParsableCommand {
                     var o = 0, r = 0, x = 0, e = 0
                     while Date() < end {
                         let t0 = DispatchTime.now().uptimeNanoseconds
-                        let status: Int
+                        var answer: AgentClient.Response?
                         if newConnections {
-                            status = (try? client.send("POST", "/v1/infer", body: body, contentType: type).status) ?? 0
+                            answer = try? client.send("POST", "/v1/infer", body: body, contentType: type)
                         } else {
                             if connection == nil { connection = try? client.connect() }
                             do {
-                                status = try connection?.send("POST", "/v1/infer", body: body, contentType: type).status ?? 0
+                                answer = try connection?.send("POST", "/v1/infer", body: body, contentType: type)
                             } catch {
                                 connection = nil
-                                status = 0
                             }
                         }
+                        let status = answer?.status ?? 0
                         let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
                         switch status {
                         case 200: o += 1; mine.append(ms)
-                        case 503: r += 1; mineRejects.append(ms)
+                        case 503:
+                            r += 1
+                            mineRejects.append(ms)
+                            if honorRetryAfter, let wait = answer?.headers["retry-after"].flatMap(Double.init) {
+                                Thread.sleep(forTimeInterval: min(wait, max(0, end.timeIntervalSinceNow)))
+                            }
                         case 504: x += 1
                         default: e += 1
                         }
