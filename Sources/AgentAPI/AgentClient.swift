@@ -51,7 +51,8 @@ public struct AgentClient: Sendable {
     }
 
     /// A connection that stays open between requests (HTTP/1.1 keep-alive). Not for sharing
-    /// between threads; it reconnects once when agentd has closed it (idle timeout).
+    /// between threads. When agentd has closed it for idleness, the next request notices and goes
+    /// on a fresh connection.
     public func connect(keepAlive: Bool = true) throws -> Connection {
         try Connection(socketPath: socketPath, timeoutSeconds: timeoutSeconds, keepAlive: keepAlive)
     }
@@ -111,7 +112,7 @@ public struct AgentClient: Sendable {
 
         public func send(_ method: String, _ path: String, body: Data? = nil, contentType: String = "application/json",
                          headers: [String: String] = [:]) throws -> Response {
-            if fd < 0 { try open() }
+            if fd < 0 || peerClosed() { try reopen() }
             var head = "\(method) \(path) HTTP/1.1\r\nHost: agentd\r\nConnection: \(keepAlive ? "keep-alive" : "close")\r\nUser-Agent: agentctl\r\n"
             if let body {
                 head += "Content-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n"
@@ -124,14 +125,27 @@ public struct AgentClient: Sendable {
             if let body { request.append(body) }
             do {
                 return try exchange(request)
-            } catch Closed.beforeAnswer where keepAlive {
-                // agentd closed the idle connection between our requests: one fresh attempt.
+            } catch Closed.beforeAnswer where keepAlive && (method == "GET" || path.hasPrefix("/v1/infer")) {
+                // agentd closed the connection as the request went out (its idle timeout racing
+                // our send): one fresh attempt, for requests that may safely run twice. A feedback
+                // or rollback may have been applied, so those report the error instead.
                 try reopen()
                 return try exchange(request)
+            } catch Closed.beforeAnswer {
+                throw AgentClientError.protocolError("agentd closed the connection before answering \(method) \(path)")
             }
         }
 
         private enum Closed: Error { case beforeAnswer }
+
+        /// Whether agentd has closed this connection while it sat idle (its FIN is waiting to
+        /// be read), so the next request goes on a fresh connection rather than into the void.
+        private func peerClosed() -> Bool {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, 0) == 1 else { return false }
+            var byte: UInt8 = 0
+            return recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) <= 0
+        }
 
         private func exchange(_ request: Data) throws -> Response {
             try request.withUnsafeBytes { raw in

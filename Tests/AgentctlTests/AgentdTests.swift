@@ -320,6 +320,26 @@ import Glibc
         #expect(try agent.client.infer(InferRequest(inputs: [Self.digitRow])).results.count == 1)
     }
 
+    /// One keep-alive connection serves many requests; when agentd closes it for idleness, the
+    /// client notices before sending and opens a fresh one, so even a feedback (never resent
+    /// blindly) goes through.
+    @Test func keepAliveConnectionOutlivesTheIdleTimeout() throws {
+        let agent = try AgentdProcess(config: "[api]\nidle_timeout_s = 0.2")
+        #expect(agent.waitForNotification("READY=1") != nil)
+        let connection = try agent.client.connect()
+        let body = try JSONEncoder().encode(InferRequest(inputs: [Self.digitRow]))
+        var ids: [String] = []
+        for _ in 0..<20 {
+            let r = try connection.send("POST", "/v1/infer", body: body)
+            #expect(r.status == 200)
+            ids.append(try JSONDecoder().decode(InferResponse.self, from: r.body).results[0].id)
+        }
+        usleep(600_000)  // agentd closes the idle connection
+        let feedback = try connection.send("POST", "/v1/feedback", body: try JSONEncoder().encode(FeedbackRequest(id: ids[0], label: "0")))
+        #expect(feedback.status == 200, "\(String(decoding: feedback.body, as: UTF8.self))")
+        #expect(try connection.send("GET", "/v1/status").status == 200)
+    }
+
     @Test func unreachableDaemonExitsThree() throws {
         let r = try Agentctl.run(["status", "--socket", "/nonexistent/agentd.sock"])
         #expect(r.status == 3)
