@@ -7,7 +7,13 @@ import AgentCore
     /// Whatever the fast reader accepts, Foundation's decoder reads the same.
     func agreesWithJSONDecoder(_ body: String, n: Int, sourceLocation: SourceLocation = #_sourceLocation) throws {
         let fast = try #require(InferCodec.decode(Data(body.utf8), rowLength: n), "fast path refused \(body)", sourceLocation: sourceLocation)
-        let slow = try JSONDecoder().decode(InferRequest.self, from: Data(body.utf8))
+        let slow: InferRequest
+        do {
+            slow = try JSONDecoder().decode(InferRequest.self, from: Data(body.utf8))
+        } catch {
+            Issue.record("JSONDecoder refused what the fast path read: \(body): \(error)", sourceLocation: sourceLocation)
+            return
+        }
         #expect(fast.count == slow.inputs.count, sourceLocation: sourceLocation)
         #expect(fast.rows.map(\.bitPattern) == slow.inputs.flatMap { $0 }.map(\.bitPattern), "\(body)", sourceLocation: sourceLocation)
         #expect(fast.priority == slow.priority, sourceLocation: sourceLocation)
@@ -18,8 +24,12 @@ import AgentCore
         try agreesWithJSONDecoder(#"{"inputs": [[1, 2.5, -3e2], [0, -0, 1E-7]]}"#, n: 3)
         try agreesWithJSONDecoder(" \n{ \"deadline_ms\" : 12.5 ,\"inputs\":[ [ 0.1 ,0.2]\t], \"priority\": \"throughput\" } \r\n", n: 2)
         try agreesWithJSONDecoder(#"{"inputs": [], "priority": null, "deadline_ms": null}"#, n: 4)
-        // Decimal → Float directly: values where rounding through Double would differ.
-        try agreesWithJSONDecoder(#"{"inputs": [[1.00000005960464477539062500001, 0.3, 3.4028235e38, 1e-45, 16777217]]}"#, n: 5)
+        // Decimal → Float directly: values where rounding through Double would differ, and a
+        // subnormal. Compared with the standard library's correctly rounded Float(String): under
+        // the parallel suite JSONDecoder intermittently refused this very body as "not valid JSON".
+        let special = ["1.00000005960464477539062500001", "0.3", "3.4028235e38", "1e-45", "16777217"]
+        let decoded = try #require(InferCodec.decode(Data(#"{"inputs": [[\#(special.joined(separator: ", "))]]}"#.utf8), rowLength: 5))
+        #expect(decoded.rows.map(\.bitPattern) == special.map { Float($0)!.bitPattern })
         var state: UInt64 = 7
         for _ in 0..<200 {
             let row = (0..<8).map { _ -> String in
