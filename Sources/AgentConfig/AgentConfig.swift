@@ -37,7 +37,8 @@ public struct AgentConfig: Equatable, Sendable {
         public var workers = 0
         /// Reloadable.
         public var maxBatchSize = 64
-        /// How long a batch waits for more requests, in milliseconds. Reloadable.
+        /// The longest a batch waits for more requests, in milliseconds (only while the workers are
+        /// the bottleneck; see BatchScheduler). Reloadable.
         public var maxQueueDelayMs = 1.0
         public var queueCapacity = 1024
         /// Deadline of a request that gives none, in milliseconds. Reloadable.
