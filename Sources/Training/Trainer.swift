@@ -75,11 +75,10 @@ public final class Trainer: @unchecked Sendable {
     /// Trains for `epochs`, calling `progress` after each one (with test accuracy when `test` is given).
     /// The learning rate follows a cosine schedule to zero over the run.
     public func fit(_ train: DataSet, test: DataSet?, epochs: Int, progress: (EpochReport) -> Void) {
-        BLAS.flushDenormalsToZero()
         for epoch in 1...max(epochs, 1) {
             optimizer.learningRateScale = 0.5 * (1 + cosf(Float.pi * Float(epoch - 1) / Float(max(epochs, 1))))
             let started = Date()
-            let (loss, accuracy) = trainEpoch(train)
+            let (loss, accuracy) = BLAS.withDenormalsFlushedToZero { trainEpoch(train) }
             let seconds = Date().timeIntervalSince(started)
             let testAccuracy = test.map { Evaluation(network: network, data: $0).accuracy }
             progress(EpochReport(epoch: epoch, loss: loss, trainAccuracy: accuracy, testAccuracy: testAccuracy, seconds: seconds))

@@ -56,30 +56,33 @@ struct Bench: ParsableCommand {
             let loaded = try LoadedModel(path: file)
             let network = loaded.network
             openblas_set_num_threads(Int32(threads))
-            BLAS.flushDenormalsToZero()
-            var rng = SeededGenerator(seed: 7)
-            var results: [Result] = []
-            for b in sizes {
-                let plan = try loaded.plan(batch: b, precision: precision, adaptive: false)
-                let input = (0..<(b * network.inputCount)).map { _ in rng.nextUnitFloat() * 16 }
-                let r = try input.withUnsafeBufferPointer { buf -> Result in
-                    let p = buf.baseAddress!
-                    for _ in 0..<20 { plan.run(p, batch: b) }
-                    var samples: [UInt64] = []
-                    samples.reserveCapacity(100_000)
-                    let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
-                    while samples.count < 20 || (monotonicNanoseconds() < deadline && samples.count < 1_000_000) {
-                        let t0 = monotonicNanoseconds()
-                        plan.run(p, batch: b)
-                        samples.append(monotonicNanoseconds() - t0)
+            // As training does: the timing loop runs with denormals flushed, in its own scope.
+            let results: [Result] = try BLAS.withDenormalsFlushedToZero {
+                var rng = SeededGenerator(seed: 7)
+                var results: [Result] = []
+                for b in sizes {
+                    let plan = try loaded.plan(batch: b, precision: precision, adaptive: false)
+                    let input = (0..<(b * network.inputCount)).map { _ in rng.nextUnitFloat() * 16 }
+                    let r = try input.withUnsafeBufferPointer { buf -> Result in
+                        let p = buf.baseAddress!
+                        for _ in 0..<20 { plan.run(p, batch: b) }
+                        var samples: [UInt64] = []
+                        samples.reserveCapacity(100_000)
+                        let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+                        while samples.count < 20 || (monotonicNanoseconds() < deadline && samples.count < 1_000_000) {
+                            let t0 = monotonicNanoseconds()
+                            plan.run(p, batch: b)
+                            samples.append(monotonicNanoseconds() - t0)
+                        }
+                        samples.sort()
+                        let median = Double(samples[samples.count / 2]) / 1000
+                        return Result(batch: b, latency_us: median, samples_per_s: Double(b) / median * 1e6, calls: samples.count,
+                                      precision: plan.precision)
                     }
-                    samples.sort()
-                    let median = Double(samples[samples.count / 2]) / 1000
-                    return Result(batch: b, latency_us: median, samples_per_s: Double(b) / median * 1e6, calls: samples.count,
-                                  precision: plan.precision)
+                    results.append(r)
+                    if json { printJSON(r, pretty: false) }
                 }
-                results.append(r)
-                if json { printJSON(r, pretty: false) }
+                return results
             }
             if !json {
                 print("\(network.name) v\(network.version), \(results.first?.precision ?? "fp32"), kernels \(KernelISA.best.rawValue), \(threads) thread\(threads == 1 ? "" : "s")")

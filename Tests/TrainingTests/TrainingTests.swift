@@ -46,6 +46,22 @@ let digitsPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         try DataSet.load(path: digitsPath).split()
     }
 
+    /// Training flushes denormals to zero for speed, but only while it runs: the mode is per
+    /// thread, and Swift concurrency runs other work on the same threads afterwards.
+    @Test func trainingLeavesTheThreadsFloatingPointModeAsItFoundIt() throws {
+        let (train, _) = try digits()
+        let net = try Architecture.build("mlp:64-16-10", seed: 1, preprocessing: Preprocessing(scale: 1.0 / 16, shift: 0))
+        Trainer(network: net, optimizer: .sgd(learningRate: 0.01, momentum: 0, weightDecay: 0), batchSize: 64, seed: 1)
+            .fit(train, test: nil, epochs: 1) { _ in }
+        // Decoded at run time (opaque to the optimizer), then used in this thread's mode. A left-
+        // over denormals-are-zero made JSONDecoder refuse this very number.
+        let decoded = try JSONDecoder().decode([Float].self, from: Data("[1e-45, 2]".utf8))
+        #expect(decoded[0] == Float(bitPattern: 1))
+        #expect(decoded[0] * decoded[1] == Float(bitPattern: 2), "subnormals flushed to zero after training")
+        let inside = BLAS.withDenormalsFlushedToZero { decoded[0] * decoded[1] }
+        #expect(inside == 0, "denormals-are-zero was not in force inside the scope")
+    }
+
     @Test func frozenTensorsDoNotChange() throws {
         let (train, _) = try digits()
         let net = try Architecture.build("mlp:64-32-10", seed: 1, preprocessing: Preprocessing(scale: 1.0 / 16, shift: 0))
