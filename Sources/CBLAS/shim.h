@@ -7,10 +7,9 @@
 #include <xmmintrin.h>
 #endif
 
-/// Flush denormals to zero on the calling thread (FTZ and DAZ on x86, FZ on ARM).
-/// Tiny gradients late in training otherwise turn into denormals that run 100x slower.
-/* Flush-to-zero and denormals-are-zero on the calling thread (MXCSR FTZ|DAZ, FPCR.FZ); returns
-   the previous control word for edge_restore_fp_control. */
+/* Flush-to-zero and denormals-are-zero on the calling thread (MXCSR FTZ|DAZ on x86, FPCR.FZ on
+   ARM): tiny gradients late in training otherwise turn into denormals that run 100x slower.
+   Returns the previous control word, for edge_restore_fp_control. */
 static inline unsigned long edge_flush_denormals_to_zero(void) {
 #if defined(__x86_64__) || defined(__i386__)
     unsigned long saved = _mm_getcsr();
