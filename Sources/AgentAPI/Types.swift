@@ -32,6 +32,13 @@ public struct InferRequest: Codable, Sendable {
         self.priority = priority
         self.deadlineMs = deadlineMs
     }
+
+    /// The `application/octet-stream` form of `/v1/infer`: rows back to back as little-endian F32.
+    public static func f32Body(_ values: some Sequence<Float>) -> Data {
+        var body = Data()
+        for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { body.append(contentsOf: $0) } }
+        return body
+    }
 }
 
 public struct InferResult: Codable, Sendable {

@@ -49,7 +49,7 @@ struct BenchLoad: ParsableCommand {
             let client = socket.client
             let status = try client.status()
             guard let model = status.model else { throw ValidationError("agentd has no model loaded") }
-            let n = try status.inputSize ?? inputSize(client)
+            guard let n = status.inputSize else { throw ValidationError("agentd did not report its model's input size") }
             final class Tally: @unchecked Sendable {
                 let lock = NSLock()
                 var latencies: [Double] = [], rejectLatencies: [Double] = []
@@ -70,7 +70,7 @@ struct BenchLoad: ParsableCommand {
                     }
                     let body: Data, type: String
                     if binary {
-                        body = values.joined().reduce(into: Data()) { d, v in withUnsafeBytes(of: v.bitPattern.littleEndian) { d.append(contentsOf: $0) } }
+                        body = InferRequest.f32Body(values.joined())
                         type = "application/octet-stream"
                     } else {
                         body = try! JSONEncoder().encode(InferRequest(inputs: values))
@@ -135,17 +135,5 @@ struct BenchLoad: ParsableCommand {
             print("ok \(ok), queue full \(rejected)" + (result.rejectP99Ms.map { String(format: " (answered in %.3f ms at p50, %.3f ms at p99)", result.rejectP50Ms ?? 0, $0) } ?? "") +
                   ", deadline \(expired), other errors \(errors)")
         }
-    }
-
-    /// The model's input size from an agentd too old to report it in its status: learnt from the
-    /// error it gives a one-value row.
-    func inputSize(_ client: AgentClient) throws -> Int {
-        let r = try client.send("POST", "/v1/infer", body: try JSONEncoder().encode(InferRequest(inputs: [[0]])))
-        if r.status == 200 { return 1 }
-        let text = String(decoding: r.body, as: UTF8.self)
-        guard let range = text.range(of: "the model takes "), let n = Int(text[range.upperBound...].prefix { $0.isNumber }) else {
-            throw ValidationError("could not learn the model's input size from agentd: \(text)")
-        }
-        return n
     }
 }
