@@ -44,8 +44,7 @@ import Glibc
 
         // Raw HTTP: JSON and octet-stream give the same answer.
         let viaJSON = try agent.client.infer(InferRequest(inputs: [Self.digitRow]))
-        var raw = Data()
-        for v in Self.digitRow { withUnsafeBytes(of: v.bitPattern.littleEndian) { raw.append(contentsOf: $0) } }
+        let raw = InferRequest.f32Body(Self.digitRow)
         let octet = try agent.client.send("POST", "/v1/infer", body: raw, contentType: "application/octet-stream")
         #expect(octet.status == 200)
         let viaOctet = try JSONDecoder().decode(InferResponse.self, from: octet.body)
@@ -91,8 +90,7 @@ import Glibc
         #expect(try post(#"{"inputs": [\#(row)], "priority": "urgent"}"#) == (400, "malformed"))
         let big = try post(#"{"inputs": ["# + Array(repeating: row, count: 40).joined(separator: ",") + "]}")
         #expect(big == (413, "too_large"), "\(big)")
-        var nan = Data()
-        for i in 0..<64 { withUnsafeBytes(of: (i == 5 ? Float.nan : 1).bitPattern.littleEndian) { nan.append(contentsOf: $0) } }
+        let nan = InferRequest.f32Body((0..<64).map { $0 == 5 ? Float.nan : 1 })
         let r = try agent.client.send("POST", "/v1/infer", body: nan, contentType: "application/octet-stream")
         #expect(r.status == 422)
         #expect(String(decoding: r.body, as: UTF8.self).contains("not_finite"))
@@ -121,28 +119,15 @@ import Glibc
             """)
         try #require(agent.waitForNotification("READY=1") != nil, "\(agent.log)")
         // Octet-stream bodies: cheap to decode, so requests reach the queue faster than one worker drains it.
-        var octets = Data()
-        for _ in 0..<1024 { for v in Self.digitRow { withUnsafeBytes(of: v.bitPattern.littleEndian) { octets.append(contentsOf: $0) } } }
-        let body = octets
-        let tally = Tally()
+        let body = InferRequest.f32Body(repeatElement(Self.digitRow, count: 1024).joined())
         let client = agent.client
-        let group = DispatchGroup()
-        for _ in 0..<48 {
-            group.enter()
-            Thread {
-                let r = try? client.send("POST", "/v1/infer", body: body, contentType: "application/octet-stream")
-                tally.lock.lock()
-                tally.statuses.append(r?.status ?? 0)
-                if r?.status == 503 { tally.retryAfter.append(r?.headers["retry-after"] ?? "") }
-                tally.lock.unlock()
-                group.leave()
-            }.start()
-        }
-        group.wait()
-        #expect(tally.statuses.contains(200))
-        #expect(tally.statuses.contains(503), "\(tally.statuses)")
-        #expect(Set(tally.statuses).isSubset(of: [200, 503]))
-        #expect(tally.retryAfter.allSatisfy { $0 == "1" })
+        let answers = Concurrent(48) { try? client.send("POST", "/v1/infer", body: body, contentType: "application/octet-stream") }.wait()
+        let statuses = answers.map { $0?.status ?? 0 }
+        let retryAfter = answers.compactMap { $0?.status == 503 ? $0?.headers["retry-after"] ?? "" : nil }
+        #expect(statuses.contains(200))
+        #expect(statuses.contains(503), "\(statuses)")
+        #expect(Set(statuses).isSubset(of: [200, 503]))
+        #expect(retryAfter.allSatisfy { $0 == "1" })
         #expect(try agent.client.status().serving.rejectedQueueFull > 0)
         agent.signal(SIGTERM)
         #expect(agent.waitForExit() == 0)
@@ -152,27 +137,16 @@ import Glibc
         let agent = try AgentdProcess(config: "precision = \"fp32\"\n[serving]\nworkers = 1\nmax_batch_size = 4")
         try #require(agent.waitForNotification("READY=1") != nil, "\(agent.log)")
         let body = try JSONEncoder().encode(InferRequest(inputs: Array(repeating: Self.digitRow, count: 512)))
-        let tally = Tally()
         let client = agent.client
-        let group = DispatchGroup()
-        for _ in 0..<16 {
-            group.enter()
-            Thread {
-                let r = try? client.send("POST", "/v1/infer", body: body)
-                tally.lock.lock()
-                tally.statuses.append(r?.status ?? -1)
-                tally.lock.unlock()
-                group.leave()
-            }.start()
-        }
+        let requests = Concurrent(16) { try? client.send("POST", "/v1/infer", body: body) }
         usleep(30_000)
         agent.signal(SIGTERM)
-        group.wait()
+        let statuses = requests.wait().map { $0?.status ?? -1 }
         #expect(agent.waitForExit() == 0, "\(agent.log)")
         // Accepted requests are answered 200; a request that arrived after the listener closed was
         // never accepted (connection refused, -1) or was told agentd is stopping (503).
-        #expect(tally.statuses.contains(200))
-        #expect(tally.statuses.allSatisfy { [200, 503, -1].contains($0) }, "\(tally.statuses)")
+        #expect(statuses.contains(200))
+        #expect(statuses.allSatisfy { [200, 503, -1].contains($0) }, "\(statuses)")
         #expect(agent.log.contains("drained=true"))
     }
 
@@ -278,7 +252,7 @@ import Glibc
         #expect(status.contains("Seccomp_filters:\t3"), "\(status)")
 
         #expect(try agent.client.infer(InferRequest(inputs: [Self.digitRow, Self.digitRow])).results.count == 2)
-        let raw = Self.digitRow.reduce(into: Data()) { d, v in withUnsafeBytes(of: v.bitPattern.littleEndian) { d.append(contentsOf: $0) } }
+        let raw = InferRequest.f32Body(Self.digitRow)
         #expect(try agent.client.send("POST", "/v1/infer", body: raw, contentType: "application/octet-stream").status == 200)
         let id = try agent.client.infer(InferRequest(inputs: [Self.digitRow])).results[0].id
         #expect(try agent.client.feedback(FeedbackRequest(id: id, label: "0")).stored)
@@ -348,9 +322,29 @@ import Glibc
     }
 }
 
-/// HTTP statuses collected from client threads.
-final class Tally: @unchecked Sendable {
-    let lock = NSLock()
-    var statuses: [Int] = []
-    var retryAfter: [String] = []
+/// `count` client threads sending at once; `wait()` returns their answers (nil: no answer).
+final class Concurrent: @unchecked Sendable {
+    private let lock = NSLock()
+    private let group = DispatchGroup()
+    private var answers: [AgentClient.Response?] = []
+
+    init(_ count: Int, _ send: @escaping @Sendable () -> AgentClient.Response?) {
+        for _ in 0..<count {
+            group.enter()
+            Thread { [self] in
+                let r = send()
+                lock.lock()
+                answers.append(r)
+                lock.unlock()
+                group.leave()
+            }.start()
+        }
+    }
+
+    func wait() -> [AgentClient.Response?] {
+        group.wait()
+        lock.lock()
+        defer { lock.unlock() }
+        return answers
+    }
 }
