@@ -230,7 +230,7 @@ public final class BatchScheduler: @unchecked Sendable {
         var s = stats
         s.queueDepth = queuedCount
         s.maxBatchSize = min(settings.maxBatchSize, adaptiveLimit ?? .max)
-        s.batchWait = min(settings.maxQueueDelay, waitCap ?? settings.maxQueueDelay)
+        s.batchWait = batchWaitLocked
         // Copies (copy-on-write), so the sorting below does not hold up the workers.
         let latencies = self.latencies
         s.throughput = completions.rate(now: Self.now())
@@ -301,8 +301,11 @@ public final class BatchScheduler: @unchecked Sendable {
         }
         // The largest measured batch size up to the limit, scaled linearly to the limit.
         let measured = computeByBatch.filter { $0.key <= limit && $0.value.count >= 4 }.max { $0.key < $1.key }
-        waitCap = min(settings.maxQueueDelay, measured.map { $0.value.percentile(0.5) / 1000 * Double(limit) / Double($0.key) } ?? settings.maxQueueDelay)
+        waitCap = measured.map { $0.value.percentile(0.5) / 1000 * Double(limit) / Double($0.key) }
     }
+
+    /// The wait in force: `maxQueueDelay`, capped by the last decision (none yet: uncapped).
+    private var batchWaitLocked: Double { min(settings.maxQueueDelay, waitCap ?? .infinity) }
 
     private func workerLoop() {
         var plans: (model: ObjectIdentifier, capacity: Int, plan: InferencePlan)?
@@ -326,7 +329,7 @@ public final class BatchScheduler: @unchecked Sendable {
             if Self.now() - lastDecision > 250_000_000 { decideWaitCapLocked(limit: limit) }
             var batch = [first]
             var rows = first.count
-            let waitUntil = first.enqueued + UInt64(min(settings.maxQueueDelay, waitCap ?? settings.maxQueueDelay) * 1e9)
+            let waitUntil = first.enqueued + UInt64(batchWaitLocked * 1e9)
             while rows < limit {
                 if let next = peekLocked() {
                     if rows + next.count > limit { break }
