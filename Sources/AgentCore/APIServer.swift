@@ -96,7 +96,8 @@ enum APIServer {
 
     static func infer(_ agent: Agent, _ request: Request) async -> Response {
         var request = request
-        let limits = agent.config.api
+        let config = agent.config  // one locked read per request (SIGHUP may replace it)
+        let limits = config.api
         guard let model = agent.models.slot.current else { return error(.serviceUnavailable, "no_model", "no model is loaded") }
         let data: Data
         do {
@@ -112,7 +113,7 @@ enum APIServer {
         var rows: [Float] = []
         var count = 0
         var priority = Priority.latency
-        var deadline = agent.config.serving.deadlineMs / 1000
+        var deadline = config.serving.deadlineMs / 1000
         if request.headers[.contentType]?.hasPrefix("application/octet-stream") == true {
             guard data.count % (4 * n) == 0 else {
                 agent.metrics.requestsInvalid.increment()
@@ -203,8 +204,9 @@ enum APIServer {
         guard let model = agent.models.slot.current else { return error(.serviceUnavailable, "no_model", "no model is loaded") }
         let data: Data
         do {
-            guard let d = try await body(&request, limit: agent.config.api.maxBodyBytes) else {
-                return error(.contentTooLarge, "too_large", "request body over \(agent.config.api.maxBodyBytes) bytes")
+            let limit = agent.config.api.maxBodyBytes
+            guard let d = try await body(&request, limit: limit) else {
+                return error(.contentTooLarge, "too_large", "request body over \(limit) bytes")
             }
             data = d
         } catch {

@@ -16,6 +16,7 @@ usage: tools/bench/agentd_figures.py --bin .build/release --model M.safetensors 
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -116,7 +117,6 @@ def main():
 
         if args.compute_model:
             write_config(d, args, model=args.compute_model, workers=1, queue_capacity=4)
-            import shutil
             shutil.rmtree(f"{d}/state")
             a = Agentd(args, d)
             filler = subprocess.Popen([f"{args.bin}/agentctl", "bench-load", "--socket", f"{d}/agentd.sock", "--clients", "8",
