@@ -111,9 +111,17 @@ public struct ServingStatus: Codable, Sendable {
     /// How long a batch may currently wait for more rows: `max_queue_delay_ms` while the workers
     /// are the bottleneck, else 0.
     public var batchWaitMs: Double?
+    /// Bytes of input rows waiting in the queue (bounded by serving.queue_bytes).
+    public var queuedBytes: Int?
+    /// Open API connections (bounded by api.max_connections).
+    public var connections: Int?
+    /// Bytes held by the recent-inference memory (bounded by serving.recent_inferences_bytes).
+    public var recentInferencesBytes: Int?
 
     enum CodingKeys: String, CodingKey {
-        case workers, requests, samples, batches, escalations
+        case workers, requests, samples, batches, escalations, connections
+        case queuedBytes = "queued_bytes"
+        case recentInferencesBytes = "recent_inferences_bytes"
         case batchWaitMs = "batch_wait_ms"
         case maxBatchSize = "max_batch_size"
         case rejectedQueueFull = "rejected_queue_full"
@@ -127,8 +135,12 @@ public struct ServingStatus: Codable, Sendable {
 
     public init(workers: Int, maxBatchSize: Int, requests: Int, samples: Int, rejectedQueueFull: Int, deadlineExpired: Int,
                 queueDepth: Int, batches: Int, meanBatchSize: Double, throughputPerS: Double, latencyP50Ms: Double,
-                latencyP99Ms: Double, escalations: Int, batchWaitMs: Double? = nil) {
+                latencyP99Ms: Double, escalations: Int, batchWaitMs: Double? = nil, queuedBytes: Int? = nil, connections: Int? = nil,
+                recentInferencesBytes: Int? = nil) {
         self.batchWaitMs = batchWaitMs
+        self.queuedBytes = queuedBytes
+        self.connections = connections
+        self.recentInferencesBytes = recentInferencesBytes
         self.workers = workers
         self.maxBatchSize = maxBatchSize
         self.requests = requests
@@ -155,6 +167,49 @@ public struct ComponentStatus: Codable, Sendable {
     }
 }
 
+/// The database's bounded tables and its writer.
+public struct StoreStatus: Codable, Sendable {
+    public var feedbackRows: Int
+    public var feedbackBytes: Int
+    public var eventsRows: Int
+    public var eventsBytes: Int
+    /// Rows deleted by retention (store.*_max_rows, store.*_max_bytes) since start.
+    public var feedbackEvicted: Int
+    public var eventsEvicted: Int
+    /// Events not written: the writer's queue was full or the write failed.
+    public var eventsDropped: Int
+    public var writeErrors: Int
+    public var writeQueue: Int
+    public var lastError: String?
+
+    enum CodingKeys: String, CodingKey {
+        case feedbackRows = "feedback_rows"
+        case feedbackBytes = "feedback_bytes"
+        case eventsRows = "events_rows"
+        case eventsBytes = "events_bytes"
+        case feedbackEvicted = "feedback_evicted"
+        case eventsEvicted = "events_evicted"
+        case eventsDropped = "events_dropped"
+        case writeErrors = "write_errors"
+        case writeQueue = "write_queue"
+        case lastError = "last_error"
+    }
+
+    public init(feedbackRows: Int, feedbackBytes: Int, eventsRows: Int, eventsBytes: Int, feedbackEvicted: Int, eventsEvicted: Int,
+                eventsDropped: Int, writeErrors: Int, writeQueue: Int, lastError: String?) {
+        self.feedbackRows = feedbackRows
+        self.feedbackBytes = feedbackBytes
+        self.eventsRows = eventsRows
+        self.eventsBytes = eventsBytes
+        self.feedbackEvicted = feedbackEvicted
+        self.eventsEvicted = eventsEvicted
+        self.eventsDropped = eventsDropped
+        self.writeErrors = writeErrors
+        self.writeQueue = writeQueue
+        self.lastError = lastError
+    }
+}
+
 public struct StatusResponse: Codable, Sendable {
     public var state: String
     public var version: String
@@ -170,9 +225,10 @@ public struct StatusResponse: Codable, Sendable {
     public var learner: ComponentStatus
     public var mqtt: ComponentStatus
     public var lastEvents: [Event]
+    public var store: StoreStatus?
 
     enum CodingKeys: String, CodingKey {
-        case state, version, pid, socket, model, serving, drift, learner, mqtt
+        case state, version, pid, socket, model, serving, drift, learner, mqtt, store
         case uptimeS = "uptime_s"
         case inputSize = "input_size"
         case feedbackSamples = "feedback_samples"
@@ -181,7 +237,8 @@ public struct StatusResponse: Codable, Sendable {
 
     public init(state: String, version: String, pid: Int32, uptimeS: Double, socket: String, model: ModelRef?, inputSize: Int? = nil,
                 serving: ServingStatus, feedbackSamples: Int, drift: ComponentStatus, learner: ComponentStatus, mqtt: ComponentStatus,
-                lastEvents: [Event]) {
+                lastEvents: [Event], store: StoreStatus? = nil) {
+        self.store = store
         self.inputSize = inputSize
         self.state = state
         self.version = version

@@ -8,6 +8,7 @@ public struct AgentConfig: Equatable, Sendable {
     public var model = Model()
     public var serving = Serving()
     public var api = API()
+    public var store = Store()
 
     public struct Agent: Equatable, Sendable {
         public var stateDir = "/var/lib/agentd"
@@ -48,6 +49,12 @@ public struct AgentConfig: Equatable, Sendable {
         /// Learn latency per batch size and keep p99 under latency_target_ms. Reloadable.
         public var adaptiveBatching = false
         public var latencyTargetMs = 10.0
+        /// The longest deadline a request may ask for; longer ones are clamped to it. Reloadable.
+        public var maxDeadlineMs = 60_000.0
+        /// Queued request rows beyond this many bytes are answered 503 at once. Reloadable.
+        public var queueBytes = 64 << 20
+        /// Inputs remembered by inference id for feedback, in bytes (oldest forgotten first).
+        public var recentInferencesBytes = 8 << 20
     }
 
     public struct API: Equatable, Sendable {
@@ -56,6 +63,21 @@ public struct AgentConfig: Equatable, Sendable {
         public var idleTimeoutS = 30.0
         /// SIGTERM: how long accepted requests may take to finish.
         public var drainTimeoutS = 10.0
+        /// Open connections beyond this are answered 503 and closed.
+        public var maxConnections = 256
+        /// Members of this group (besides root and agentd's own user) may use the control
+        /// endpoints (rollback, and later learn, drift reset, deploy). Empty: nobody else. Reloadable.
+        public var adminGroup = ""
+    }
+
+    /// The database's bounded tables: the oldest rows go first once either limit is passed.
+    public struct Store: Equatable, Sendable {
+        public var feedbackMaxRows = 100_000
+        public var feedbackMaxBytes = 64 << 20
+        public var eventsMaxRows = 10_000
+        public var eventsMaxBytes = 4 << 20
+        /// Writes waiting for the database writer beyond this are refused with 503.
+        public var writeQueue = 1024
     }
 
     public init() {}
@@ -83,6 +105,38 @@ extension AgentConfig {
         return try parse(text, file: path)
     }
 
+    static let sections = ["agent", "model", "serving", "api", "store"]
+
+    /// The keys SIGHUP applies; a change to any other key is reported as needing a restart.
+    public static let reloadableKeys: Set<String> = [
+        "agent.log_level", "model.adaptive", "serving.max_batch_size", "serving.max_queue_delay_ms", "serving.deadline_ms",
+        "serving.adaptive_batching", "serving.latency_target_ms", "serving.max_deadline_ms", "serving.queue_capacity",
+        "serving.queue_bytes", "api.admin_group",
+    ]
+
+    /// Dotted keys whose values differ between two configurations.
+    public func changedKeys(from old: AgentConfig) -> [String] {
+        func pairs(_ c: AgentConfig) -> [(String, String)] {
+            [("agent.state_dir", c.agent.stateDir), ("agent.socket", c.agent.socket), ("agent.socket_group", c.agent.socketGroup),
+             ("agent.log_level", c.agent.logLevel), ("agent.release_startup_pages", "\(c.agent.releaseStartupPages)"),
+             ("model.initial", c.model.initial), ("model.precision", c.model.precision), ("model.calibration", c.model.calibration),
+             ("model.method", c.model.method), ("model.adaptive", "\(c.model.adaptive)"),
+             ("serving.workers", "\(c.serving.workers)"), ("serving.max_batch_size", "\(c.serving.maxBatchSize)"),
+             ("serving.max_queue_delay_ms", "\(c.serving.maxQueueDelayMs)"), ("serving.queue_capacity", "\(c.serving.queueCapacity)"),
+             ("serving.deadline_ms", "\(c.serving.deadlineMs)"), ("serving.memory_budget_mb", "\(c.serving.memoryBudgetMB)"),
+             ("serving.adaptive_batching", "\(c.serving.adaptiveBatching)"), ("serving.latency_target_ms", "\(c.serving.latencyTargetMs)"),
+             ("serving.max_deadline_ms", "\(c.serving.maxDeadlineMs)"), ("serving.queue_bytes", "\(c.serving.queueBytes)"),
+             ("serving.recent_inferences_bytes", "\(c.serving.recentInferencesBytes)"),
+             ("api.max_body_bytes", "\(c.api.maxBodyBytes)"), ("api.max_rows_per_request", "\(c.api.maxRowsPerRequest)"),
+             ("api.idle_timeout_s", "\(c.api.idleTimeoutS)"), ("api.drain_timeout_s", "\(c.api.drainTimeoutS)"),
+             ("api.max_connections", "\(c.api.maxConnections)"), ("api.admin_group", c.api.adminGroup),
+             ("store.feedback_max_rows", "\(c.store.feedbackMaxRows)"), ("store.feedback_max_bytes", "\(c.store.feedbackMaxBytes)"),
+             ("store.events_max_rows", "\(c.store.eventsMaxRows)"), ("store.events_max_bytes", "\(c.store.eventsMaxBytes)"),
+             ("store.write_queue", "\(c.store.writeQueue)")]
+        }
+        return zip(pairs(self), pairs(old)).filter { $0.0.1 != $0.1.1 }.map(\.0.0)
+    }
+
     public static func parse(_ text: String, file: String) throws -> AgentConfig {
         let table: TOMLTable
         do {
@@ -107,7 +161,8 @@ extension AgentConfig {
             reader.bool(t, "model", "adaptive", &c.model.adaptive)
         }
         reader.section(table, "serving", ["workers", "max_batch_size", "max_queue_delay_ms", "queue_capacity", "deadline_ms",
-                                          "memory_budget_mb", "adaptive_batching", "latency_target_ms"]) { t in
+                                          "memory_budget_mb", "adaptive_batching", "latency_target_ms", "max_deadline_ms",
+                                          "queue_bytes", "recent_inferences_bytes"]) { t in
             reader.int(t, "serving", "workers", &c.serving.workers, 0...256)
             reader.int(t, "serving", "max_batch_size", &c.serving.maxBatchSize, 1...4096)
             reader.double(t, "serving", "max_queue_delay_ms", &c.serving.maxQueueDelayMs, 0...1000)
@@ -116,15 +171,31 @@ extension AgentConfig {
             reader.int(t, "serving", "memory_budget_mb", &c.serving.memoryBudgetMB, 1...65536)
             reader.bool(t, "serving", "adaptive_batching", &c.serving.adaptiveBatching)
             reader.double(t, "serving", "latency_target_ms", &c.serving.latencyTargetMs, 0.01...60_000)
+            reader.double(t, "serving", "max_deadline_ms", &c.serving.maxDeadlineMs, 1...3_600_000)
+            reader.int(t, "serving", "queue_bytes", &c.serving.queueBytes, 4096...(1 << 40))
+            reader.int(t, "serving", "recent_inferences_bytes", &c.serving.recentInferencesBytes, 0...(1 << 40))
         }
-        reader.section(table, "api", ["max_body_bytes", "max_rows_per_request", "idle_timeout_s", "drain_timeout_s"]) { t in
+        reader.section(table, "api", ["max_body_bytes", "max_rows_per_request", "idle_timeout_s", "drain_timeout_s", "max_connections",
+                                      "admin_group"]) { t in
             reader.int(t, "api", "max_body_bytes", &c.api.maxBodyBytes, 64...(1 << 30))
             reader.int(t, "api", "max_rows_per_request", &c.api.maxRowsPerRequest, 1...1_000_000)
             reader.double(t, "api", "idle_timeout_s", &c.api.idleTimeoutS, 0.1...86_400)
             reader.double(t, "api", "drain_timeout_s", &c.api.drainTimeoutS, 0...3600)
+            reader.int(t, "api", "max_connections", &c.api.maxConnections, 1...1_000_000)
+            reader.string(t, "api", "admin_group", &c.api.adminGroup)
         }
-        for key in table.keys where !["agent", "model", "serving", "api"].contains(key) {
-            reader.problem(key, "unknown section or key (known sections: agent, model, serving, api)")
+        reader.section(table, "store", ["feedback_max_rows", "feedback_max_bytes", "events_max_rows", "events_max_bytes", "write_queue"]) { t in
+            reader.int(t, "store", "feedback_max_rows", &c.store.feedbackMaxRows, 1...1_000_000_000)
+            reader.int(t, "store", "feedback_max_bytes", &c.store.feedbackMaxBytes, 4096...(1 << 40))
+            reader.int(t, "store", "events_max_rows", &c.store.eventsMaxRows, 10...1_000_000_000)
+            reader.int(t, "store", "events_max_bytes", &c.store.eventsMaxBytes, 4096...(1 << 40))
+            reader.int(t, "store", "write_queue", &c.store.writeQueue, 1...1_000_000)
+        }
+        for key in table.keys where !Self.sections.contains(key) {
+            reader.problem(key, "unknown section or key (known sections: \(Self.sections.joined(separator: ", ")))")
+        }
+        if c.serving.deadlineMs > c.serving.maxDeadlineMs {
+            reader.problem("serving.deadline_ms", "\(c.serving.deadlineMs) is above serving.max_deadline_ms (\(c.serving.maxDeadlineMs))")
         }
         guard reader.problems.isEmpty else { throw ConfigErrors(problems: reader.problems) }
         return c

@@ -1,14 +1,15 @@
 import AgentAPI
 import AgentConfig
 import Foundation
-import UnixSignals
 import Hummingbird
 import Logging
+import NIOCore
 import Prometheus
 import ServiceLifecycle
 import Serving
 import Store
 import Tensor
+import UnixSignals
 
 #if canImport(Glibc)
 import Glibc
@@ -16,31 +17,55 @@ import Glibc
 
 public let agentVersion = "0.1.0"
 
+/// A start that cannot go on: agentd exits 1 with this one line.
+public struct StartupError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    /// EX_CONFIG (78) when the configuration names something that does not exist; systemd does not restart on it.
+    public let isConfiguration: Bool
+    public var description: String { message }
+}
+
 /// Everything agentd runs, wired by `buildAgent(config:)`; `run()` runs its service group.
 public final class Agent: @unchecked Sendable {
+    enum State {
+        case starting
+        case serving
+        case stopping
+    }
+
     public let configPath: String?
     /// Read by request handlers while SIGHUP may replace it: always through `config`, under `stateLock`.
     private var currentConfig: AgentConfig
     public let logger: Logger
     public let database: AgentDatabase
+    public let writer: StoreWriter
     public let models: ModelManager
     public let scheduler: BatchScheduler
-    public let recent = RecentInferences()
+    public let recent: RecentInferences
     public let metrics: AgentMetrics
+    let connections: ConnectionCount
+    let logLevel: LogLevelControl
     let notifier: SystemdNotifier
     let started = Date()
     private let stateLock = NSLock()
-    private var stopping = false
+    private var state = State.starting
+    private var startupFailure: StartupError?
+    private var group: ServiceGroup?
+    private var drain: Task<Void, Never>?
 
-    init(config: AgentConfig, configPath: String?, logger: Logger, database: AgentDatabase, models: ModelManager,
-         scheduler: BatchScheduler, metrics: AgentMetrics, notifier: SystemdNotifier) {
+    init(config: AgentConfig, configPath: String?, logger: Logger, logLevel: LogLevelControl, database: AgentDatabase, writer: StoreWriter,
+         models: ModelManager, scheduler: BatchScheduler, metrics: AgentMetrics, notifier: SystemdNotifier) {
         self.currentConfig = config
         self.configPath = configPath
         self.logger = logger
+        self.logLevel = logLevel
         self.database = database
+        self.writer = writer
         self.models = models
         self.scheduler = scheduler
+        self.recent = RecentInferences(limitBytes: config.serving.recentInferencesBytes)
         self.metrics = metrics
+        self.connections = ConnectionCount(limit: config.api.maxConnections)
         self.notifier = notifier
     }
 
@@ -53,12 +78,19 @@ public final class Agent: @unchecked Sendable {
     var isReady: Bool {
         stateLock.lock()
         defer { stateLock.unlock() }
-        return !stopping && models.slot.current != nil
+        return state == .serving && models.slot.current != nil
     }
 
-    func markStopping() {
+    /// The lifecycle fields, under `stateLock` (callable from async code).
+    private func withState<T>(_ body: (Agent) -> T) -> T {
         stateLock.lock()
-        stopping = true
+        defer { stateLock.unlock() }
+        return body(self)
+    }
+
+    private func setState(_ new: State) {
+        stateLock.lock()
+        state = new
         stateLock.unlock()
     }
 
@@ -80,48 +112,93 @@ public final class Agent: @unchecked Sendable {
         metrics.modelInfo.set(Double(models.slot.current?.version ?? 0))
     }
 
+    /// From memory only (scheduler counters, the writer's counts, cached events): never SQLite.
     public func status() -> StatusResponse {
         let s = scheduler.snapshot
         let model = models.slot.current
+        let store = writer.state
         let serving = ServingStatus(workers: s.workers, maxBatchSize: s.maxBatchSize, requests: s.requests, samples: s.samples,
                                     rejectedQueueFull: s.rejectedQueueFull, deadlineExpired: s.deadlineExpired, queueDepth: s.queueDepth,
                                     batches: s.batches, meanBatchSize: s.batches == 0 ? 0 : Double(s.batchedRows) / Double(s.batches),
                                     throughputPerS: s.throughput, latencyP50Ms: s.latencyP50, latencyP99Ms: s.latencyP99,
-                                    escalations: s.escalations, batchWaitMs: s.batchWait * 1000)
+                                    escalations: s.escalations, batchWaitMs: s.batchWait * 1000, queuedBytes: s.queuedBytes,
+                                    connections: connections.current, recentInferencesBytes: recent.byteCount)
+        let stateName: String
+        stateLock.lock()
+        switch state {
+        case .starting: stateName = "starting"
+        case .serving: stateName = model == nil ? "no-model" : "serving"
+        case .stopping: stateName = "stopping"
+        }
+        stateLock.unlock()
         return StatusResponse(
-            state: isReady ? "serving" : (model == nil ? "no-model" : "stopping"), version: agentVersion, pid: getpid(),
+            state: stateName, version: agentVersion, pid: getpid(),
             uptimeS: Date().timeIntervalSince(started), socket: config.agent.socket,
             model: model.map { ModelRef(name: $0.name, version: $0.version, precision: $0.precision) }, inputSize: model?.inputCount,
             serving: serving,
-            feedbackSamples: (try? database.feedbackCount()) ?? 0,
+            feedbackSamples: store.feedback.rows,
             drift: ComponentStatus(state: "not-configured", detail: "drift monitoring arrives with the drift issue"),
-            learner: ComponentStatus(state: "idle", detail: "\((try? database.feedbackCount()) ?? 0) labelled samples stored"),
+            learner: ComponentStatus(state: "idle", detail: "\(store.feedback.rows) labelled samples stored"),
             mqtt: ComponentStatus(state: "not-configured"),
-            lastEvents: (try? events(limit: 5)) ?? [])
+            lastEvents: writer.recentEvents.map { Event(id: $0.id, ts: $0.ts, kind: $0.kind, message: $0.message) },
+            store: StoreStatus(feedbackRows: store.feedback.rows, feedbackBytes: store.feedback.bytes, eventsRows: store.events.rows,
+                               eventsBytes: store.events.bytes, feedbackEvicted: store.feedbackEvicted, eventsEvicted: store.eventsEvicted,
+                               eventsDropped: store.eventsDropped, writeErrors: store.writeErrors, writeQueue: store.queued,
+                               lastError: store.lastError))
     }
 
-    /// SIGHUP: re-read the config file, apply the reloadable keys, reload the active model.
+    static func monotonicMicroseconds() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return UInt64(t.tv_sec) * 1_000_000 + UInt64(t.tv_nsec) / 1000
+    }
+
+    /// SIGHUP, on the control queue: re-read the config file and reload the active model, then
+    /// apply the reloadable keys — all of it, or (a bad file, a model that fails to load) none of
+    /// it. Changed keys that need a restart are named in the event.
     func reload() {
         guard let configPath else { return }
-        notifier.notify("RELOADING=1\nSTATUS=reloading configuration")
+        notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(Self.monotonicMicroseconds())\nSTATUS=reloading configuration")
         do {
             let new = try AgentConfig.load(path: configPath)
-            scheduler.update(maxBatchSize: new.serving.maxBatchSize, maxQueueDelay: new.serving.maxQueueDelayMs / 1000,
-                             adaptive: new.serving.adaptiveBatching, latencyTarget: new.serving.latencyTargetMs / 1000)
-            try models.reload(adaptive: new.model.adaptive)
-            stateLock.lock()
-            currentConfig.serving = new.serving
-            currentConfig.model.adaptive = new.model.adaptive
-            currentConfig.agent.logLevel = new.agent.logLevel
-            stateLock.unlock()
-            _ = try? database.appendEvent(kind: "reload", message: "configuration and model reloaded from \(configPath)")
-            logger.notice("reloaded", metadata: ["config": "\(configPath)"])
+            let changed = new.changedKeys(from: config)
+            let needRestart = changed.filter { !AgentConfig.reloadableKeys.contains($0) }
+            try models.reload(adaptive: new.model.adaptive) {
+                scheduler.update(Self.schedulerSettings(new))
+                logLevel.level = Logger.Level(rawValue: new.agent.logLevel) ?? .info
+                stateLock.lock()
+                currentConfig.agent.logLevel = new.agent.logLevel
+                currentConfig.model.adaptive = new.model.adaptive
+                currentConfig.api.adminGroup = new.api.adminGroup
+                let workers = currentConfig.serving.workers, budget = currentConfig.serving.memoryBudgetMB
+                let recentBytes = currentConfig.serving.recentInferencesBytes
+                currentConfig.serving = new.serving
+                // Not reloadable: the running values stay what status and the scheduler use.
+                currentConfig.serving.workers = workers
+                currentConfig.serving.memoryBudgetMB = budget
+                currentConfig.serving.recentInferencesBytes = recentBytes
+                stateLock.unlock()
+            }
+            var message = "configuration and model reloaded from \(configPath)"
+            let applied = changed.filter { AgentConfig.reloadableKeys.contains($0) }
+            if !applied.isEmpty { message += "; applied: \(applied.joined(separator: ", "))" }
+            if !needRestart.isEmpty { message += "; need a restart to take effect: \(needRestart.joined(separator: ", "))" }
+            writer.appendEvent(kind: "reload", message: message)
+            logger.notice("reloaded", metadata: ["config": "\(configPath)", "applied": "\(applied)", "restart_needed": "\(needRestart)"])
         } catch {
-            // A bad file changes nothing; the agent keeps serving with what it had.
-            _ = try? database.appendEvent(kind: "reload_failed", message: "\(error)")
+            // A bad file or model changes nothing; the agent keeps serving with what it had.
+            writer.appendEvent(kind: "reload_failed", message: "\(error)")
             logger.error("reload failed; keeping the running configuration", metadata: ["error": "\(error)"])
         }
         notifier.notify("READY=1\nSTATUS=\(statusLine())")
+    }
+
+    static func schedulerSettings(_ config: AgentConfig) -> SchedulerSettings {
+        SchedulerSettings(
+            workers: config.serving.workers, maxBatchSize: config.serving.maxBatchSize, maxQueueDelay: config.serving.maxQueueDelayMs / 1000,
+            queueCapacity: config.serving.queueCapacity, queueBytes: config.serving.queueBytes,
+            memoryBudgetBytes: config.serving.memoryBudgetMB << 20,
+            adaptive: config.serving.adaptiveBatching, latencyTarget: config.serving.latencyTargetMs / 1000)
     }
 
     func statusLine() -> String {
@@ -129,18 +206,51 @@ public final class Agent: @unchecked Sendable {
         return "serving \(m.name) v\(m.version) (\(m.precision)) on \(config.agent.socket)"
     }
 
-    /// Runs until SIGTERM or SIGINT; then drains and returns.
+    /// Runs until SIGTERM or SIGINT. Shutdown order: the supervisor marks agentd stopping, the
+    /// scheduler stops taking requests and drains within `api.drain_timeout_s` (what is left is
+    /// answered 503), meanwhile the API closes its listener and then each connection once its
+    /// answers are out; then the store writer finishes its queue.
     public func run() async throws {
         let app = try makeApplication()
         let group = ServiceGroup(configuration: .init(
             services: [
-                .init(service: SchedulerService(agent: self)),
                 .init(service: app),
+                .init(service: SchedulerService(agent: self)),
                 .init(service: SupervisorService(agent: self)),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
+        withState { $0.group = group }
         try await group.run()
+        await withState { $0.drain }?.value
+        writer.close()
+        if let failure = withState({ $0.startupFailure }) { throw failure }
+    }
+
+    /// The start cannot go on (after the server is up): log it, stop the group, and make `run` throw.
+    func failStart(_ message: String) async {
+        logger.critical("start failed", metadata: ["error": "\(message)"])
+        let group = withState { agent -> ServiceGroup? in
+            agent.startupFailure = StartupError(message: message, isConfiguration: false)
+            return agent.group
+        }
+        await group?.triggerGracefulShutdown()
+    }
+
+    /// Stops taking requests and drains on a thread of its own (the wait blocks); `run` waits for it.
+    func beginDrain() {
+        let timeout = config.api.drainTimeoutS
+        let scheduler = self.scheduler, logger = self.logger
+        stateLock.lock()
+        drain = Task {
+            await Blocking.run(on: DispatchQueue(label: "agentd.drain")) {
+                let drained = scheduler.drain(timeout: timeout)
+                let left = scheduler.snapshot.queueDepth
+                scheduler.stop()
+                logger.info("inference workers stopped", metadata: ["drained": "\(drained)", "refused_at_stop": "\(left)"])
+            }
+        }
+        stateLock.unlock()
     }
 
     /// Whether a new inference request is refused at once because the queue is full (counted).
@@ -151,24 +261,36 @@ public final class Agent: @unchecked Sendable {
     }
 
     func makeApplication() throws -> some ApplicationProtocol {
+        let config = self.config
         let socket = config.agent.socket
         try FileManager.default.createDirectory(atPath: (socket as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         if FileManager.default.fileExists(atPath: socket) { unlink(socket) }
-        let group = config.agent.socketGroup
-        let notifier = self.notifier
+        let gid = try Self.socketGroupID(config.agent.socketGroup)
         let agent = self
+        let connections = self.connections
         return Application(
             router: APIServer.router(self),
             server: .http1(configuration: .init(
-                additionalChannelHandlers: [OverloadShedder(refuse: { agent.refuseIfQueueFull() }, body: APIServer.queueFullBody)],
+                additionalChannelHandlers: [
+                    ConnectionLimiter(connections: connections, body: APIServer.tooManyConnectionsBody),
+                    OverloadShedder(refuse: { agent.refuseIfQueueFull() }, body: APIServer.queueFullBody),
+                ],
                 idleTimeout: .milliseconds(Int64(config.api.idleTimeoutS * 1000)))),
             configuration: .init(address: .unixDomainSocket(path: socket), serverName: "agentd"),
             onServerRunning: { _ in
-                chmod(socket, 0o660)
-                if !group.isEmpty, let g = getgrnam(group) { chown(socket, UInt32.max, g.pointee.gr_gid) }
-                notifier.notify("READY=1\nSTATUS=\(agent.statusLine())")
+                // The socket's mode and group are its access control: a failure here must stop the start.
+                guard chmod(socket, 0o660) == 0 else {
+                    await agent.failStart("\(socket): chmod 0660 failed: \(String(cString: strerror(errno)))")
+                    return
+                }
+                if let gid, chown(socket, UInt32.max, gid) != 0 {
+                    await agent.failStart("\(socket): chown to group '\(config.agent.socketGroup)' failed: \(String(cString: strerror(errno)))")
+                    return
+                }
+                agent.setState(.serving)
+                agent.notifier.notify("READY=1\nSTATUS=\(agent.statusLine())")
                 agent.logger.info("agentd ready", metadata: ["socket": "\(socket)"])
-                if agent.config.agent.releaseStartupPages {
+                if config.agent.releaseStartupPages {
                     let trim = MemoryTrim.release()
                     agent.logger.info("start-up pages released", metadata: [
                         "resident_before_kb": "\(trim.rssBeforeKB)", "resident_after_kb": "\(trim.rssAfterKB)",
@@ -177,22 +299,36 @@ public final class Agent: @unchecked Sendable {
             },
             logger: logger)
     }
+
+    /// The socket group's id; nil for an empty name (keep the process's group).
+    static func socketGroupID(_ name: String) throws -> UInt32? {
+        guard !name.isEmpty else { return nil }
+        guard let group = AdminPolicy.group(name) else {
+            throw StartupError(message: "agent.socket_group: group '\(name)' does not exist (create it, e.g. with systemd-sysusers, or set another)",
+                               isConfiguration: true)
+        }
+        return group.gid
+    }
+
+    /// The first half of shutdown: readiness goes, systemd is told.
+    func markStopping() {
+        setState(.stopping)
+        notifier.notify("STOPPING=1\nSTATUS=draining")
+    }
 }
 
-/// Starts the inference workers; on shutdown (after the API has answered what it accepted)
-/// drains the queue within `api.drain_timeout_s` and stops them.
+/// Starts the inference workers; on shutdown stops taking requests and drains them.
 struct SchedulerService: Service {
     let agent: Agent
     func run() async throws {
         agent.scheduler.start()
         try? await gracefulShutdown()
-        let drained = agent.scheduler.drain(timeout: agent.config.api.drainTimeoutS)
-        agent.scheduler.stop()
-        agent.logger.info("inference workers stopped", metadata: ["drained": "\(drained)"])
+        agent.beginDrain()
     }
 }
 
-/// sd_notify watchdog pings while the workers make progress, SIGHUP reloads, STOPPING=1.
+/// sd_notify watchdog pings while the workers make progress, SIGHUP reloads (on the control
+/// queue), and on shutdown the first step: stopping state and STOPPING=1.
 struct SupervisorService: Service {
     let agent: Agent
     func run() async throws {
@@ -200,7 +336,7 @@ struct SupervisorService: Service {
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
-                for await _ in hangups.cancelOnGracefulShutdown() { agent.reload() }
+                for await _ in hangups.cancelOnGracefulShutdown() { await Blocking.run(on: Blocking.control) { agent.reload() } }
             }
             tasks.addTask {
                 while !Task.isShuttingDownGracefully && !Task.isCancelled {
@@ -215,35 +351,7 @@ struct SupervisorService: Service {
             }
             try? await gracefulShutdown()
             agent.markStopping()
-            agent.notifier.notify("STOPPING=1\nSTATUS=draining")
             tasks.cancelAll()
         }
     }
-}
-
-/// Wires the agent: opens the database, stores and registers the initial model if needed, loads
-/// the active model, and prepares the scheduler and API. Tests call it too.
-public func buildAgent(config: AgentConfig, configPath: String? = nil, logger: Logger,
-                       registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) throws -> Agent {
-    BLAS.useSingleThread()
-    let state = config.agent.stateDir
-    try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
-    let database = try AgentDatabase(path: state + "/agent.db")
-    let store = try ModelStore(directory: state + "/models")
-    let slot = ModelSlot()
-    let models = ModelManager(database: database, store: store, slot: slot, logger: logger)
-    try models.start(config: config)
-    let settings = SchedulerSettings(
-        workers: config.serving.workers, maxBatchSize: config.serving.maxBatchSize, maxQueueDelay: config.serving.maxQueueDelayMs / 1000,
-        queueCapacity: config.serving.queueCapacity, memoryBudgetBytes: config.serving.memoryBudgetMB << 20,
-        adaptive: config.serving.adaptiveBatching, latencyTarget: config.serving.latencyTargetMs / 1000)
-    let scheduler = BatchScheduler(slot: slot, settings: settings)
-    let metrics = AgentMetrics(registry: registry)
-    scheduler.onBatch = { rows, waits in
-        metrics.batchSize.record(Double(rows))
-        for w in waits { metrics.queueWait.record(w) }
-    }
-    _ = try? database.appendEvent(kind: "started", message: "agentd \(agentVersion) started (pid \(getpid()))")
-    return Agent(config: config, configPath: configPath, logger: logger, database: database, models: models, scheduler: scheduler,
-                 metrics: metrics, notifier: SystemdNotifier())
 }

@@ -17,23 +17,30 @@ public struct ModelError: Error, CustomStringConvertible, Sendable {
 
 /// Owns the model registry (SQLite rows), the immutable model files and the serving slot.
 /// Every change follows one order: file stored and synced, then the registry row committed, then
-/// the slot swapped; a failure before the commit leaves everything as it was.
+/// the slot swapped; a failure before the commit leaves everything as it was. One lock covers the
+/// slot's whole life (start, swap, rollback, reload), so no two of them interleave.
 public final class ModelManager: @unchecked Sendable {
     public let database: AgentDatabase
     public let store: ModelStore
     public let slot: ModelSlot
+    let events: StoreWriter
     let logger: Logger
     private let lock = NSLock()
 
-    init(database: AgentDatabase, store: ModelStore, slot: ModelSlot, logger: Logger) {
+    init(database: AgentDatabase, store: ModelStore, slot: ModelSlot, events: StoreWriter, logger: Logger) {
         self.database = database
         self.store = store
         self.slot = slot
+        self.events = events
         self.logger = logger
     }
 
-    static func sha256Hex(_ bytes: [UInt8]) -> String {
+    static func sha256Hex(_ bytes: UnsafeRawBufferPointer) -> String {
         SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+    }
+
+    static func sha256Hex(_ bytes: [UInt8]) -> String {
+        bytes.withUnsafeBytes { sha256Hex($0) }
     }
 
     /// Loads and validates a file into a serving model (no registry change).
@@ -45,15 +52,21 @@ public final class ModelManager: @unchecked Sendable {
     }
 
     /// First start: register the configured initial model (quantizing an FP32 one when the config
-    /// asks for INT8). Later starts: serve the active registry version. Removes unreferenced files.
+    /// asks for INT8). Later starts: serve the active registry version; a changed `model.initial`
+    /// is registered as a new version, and one that does not validate is logged and skipped. An
+    /// empty registry beside model files on disk (a database moved aside or lost) is rebuilt from
+    /// them first. Removes unreferenced files.
     func start(config: AgentConfig) throws {
-        // A changed initial file (new content at model.initial) is registered as a new version.
-        if !config.model.initial.isEmpty, let active = try database.activeModel(),
-           let source = try? ModelFile.readWholeFile(path: config.model.initial) {
-            let sourceHash = Self.sha256Hex(Array(UnsafeRawBufferPointer(source.bytes)))
-            if try !database.models().contains(where: { $0.source.hasSuffix("#\(sourceHash)") }) {
-                logger.notice("model.initial changed; registering it", metadata: ["active": "\(active.version)"])
-                try registerInitial(config: config)
+        lock.lock()
+        defer { lock.unlock() }
+        let rebuilt = try rebuildRegistryIfEmpty(adaptive: config.model.adaptive)
+        if !rebuilt, !config.model.initial.isEmpty, try database.activeModel() != nil {
+            do {
+                try registerChangedInitial(config: config)
+            } catch {
+                // The running version keeps serving; the operator learns why the new file was refused.
+                events.appendEvent(kind: "initial_refused", message: "\(error)")
+                logger.error("model.initial refused; serving the active version", metadata: ["error": "\(error)"])
             }
         }
         if let active = try database.activeModel() {
@@ -67,34 +80,54 @@ public final class ModelManager: @unchecked Sendable {
         if !removed.isEmpty { logger.notice("removed unreferenced model files", metadata: ["files": "\(removed)"]) }
     }
 
+    /// A changed initial file (new content at model.initial) is registered as a new version.
+    private func registerChangedInitial(config: AgentConfig) throws {
+        guard let source = try? ModelFile.readWholeFile(path: config.model.initial) else { return }
+        let sourceHash = Self.sha256Hex(UnsafeRawBufferPointer(source.bytes))
+        if try !database.models().contains(where: { $0.source.hasSuffix("#\(sourceHash)") }) {
+            logger.notice("model.initial changed; registering it")
+            try registerInitial(config: config)
+        }
+    }
+
+    /// Registers every stored file that validates, oldest first, and activates the newest, when
+    /// the registry is empty. Files that do not validate are renamed `*.invalid` and left alone.
+    private func rebuildRegistryIfEmpty(adaptive: Bool) throws -> Bool {
+        guard try database.models().isEmpty else { return false }
+        let files = try store.files().sorted { $0.modified < $1.modified }
+        guard !files.isEmpty else { return false }
+        var registered: [String] = []
+        for (i, f) in files.enumerated() {
+            do {
+                let storage = try ModelFile.readWholeFile(path: f.path)
+                guard Self.sha256Hex(UnsafeRawBufferPointer(storage.bytes)) == f.sha256 else {
+                    throw ModelError(message: "\(f.path): content does not match its SHA-256 name")
+                }
+                let model = try load(path: f.path, version: 0, adaptive: adaptive)
+                let row = try database.register(name: model.name, sha256: f.sha256, source: "recovered:\(f.sha256)",
+                                                precision: model.precision, activate: i == files.count - 1)
+                registered.append("v\(row.version) \(row.name)")
+            } catch {
+                logger.error("stored model file does not validate; set aside", metadata: ["file": "\(f.path)", "error": "\(error)"])
+                _ = rename(f.path, f.path + ".invalid")
+            }
+        }
+        if try database.activeModel() == nil, let last = try database.models().last { _ = try database.activate(version: last.version) }
+        events.appendEvent(kind: "registry_rebuilt",
+                           message: "registry rebuilt from \(files.count) model file(s) on disk: \(registered.joined(separator: ", "))")
+        logger.notice("registry rebuilt from the model files on disk", metadata: ["registered": "\(registered)"])
+        return !registered.isEmpty
+    }
+
     private func registerInitial(config: AgentConfig) throws {
         let path = config.model.initial
         let file = try ModelFile.load(path: path)
-        let sourceHash = Self.sha256Hex(Array(UnsafeRawBufferPointer(file.storage.bytes)))
+        let sourceHash = Self.sha256Hex(UnsafeRawBufferPointer(file.storage.bytes))
         let network = Network(model: file)
         var quantized = try QuantizedModel.load(file, network: network)
-        var bytes: [UInt8]
+        let bytes: [UInt8]
         if quantized == nil && config.model.precision == "int8" {
-            guard !config.model.calibration.isEmpty else {
-                throw ModelError(message: "\(path): model.precision is int8 but the model is FP32 and model.calibration names no rows to calibrate on")
-            }
-            let rows = try DataSet.load(path: config.model.calibration, featureCount: network.inputCount, classNames: network.labels,
-                                        requireLabels: false)
-            guard rows.count >= Quantizer.minimumCalibrationRows else {
-                throw ModelError(message: "\(config.model.calibration): \(rows.count) rows; at least \(Quantizer.minimumCalibrationRows) are needed to calibrate")
-            }
-            let method = CalibrationMethod(rawValue: config.model.method) ?? .kl
-            let params = Quantizer.activationParams(Quantizer.histograms(network, rows), network: network, method: method)
-            let precisions = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(network).map { ($0, LayerPrecision.int8) })
-            var adaptive: AdaptivePrecision? = nil
-            let model0 = Quantizer.build(network, activations: params, precisions: precisions, method: method, calibrationRows: rows.count)
-            if config.model.adaptive {
-                let q = QuantizedPlan(model: model0, batchCapacity: 64, adaptive: .off).predict(rows.features)
-                let f = ExecutionPlan(network: network, batchCapacity: 64).predict(rows.features)
-                adaptive = Sensitivity.adaptiveThreshold(quantized: q, reference: f, classes: network.outputCount)
-            }
-            let model = Quantizer.build(network, activations: params, precisions: precisions, method: method,
-                                        calibrationRows: rows.count, adaptive: adaptive)
+            let model = try Self.quantizeForField(network, config: config)
             var manifest = network.manifest()
             manifest.quantization = model.spec.json
             bytes = ModelWriter.encode(manifest: manifest, tensors: network.tensorBlobs() + model.tensorBlobs())
@@ -107,12 +140,38 @@ public final class ModelManager: @unchecked Sendable {
         let serving = try load(path: stored, version: 0, adaptive: config.model.adaptive)
         let row = try database.register(name: network.name, sha256: sha, source: "initial:\(path)#\(sourceHash)", precision: serving.precision)
         slot.swap(ServingModel(version: row.version, network: serving.network, quantized: serving.quantized, useAdaptive: config.model.adaptive))
-        try database.appendEvent(kind: "model_deployed", message: "\(network.name) registered as version \(row.version) (\(serving.precision)) from \(path)")
+        events.appendEvent(kind: "model_deployed", message: "\(network.name) registered as version \(row.version) (\(serving.precision)) from \(path)")
         logger.info("registered initial model", metadata: ["model.name": "\(network.name)", "model.version": "\(row.version)",
                                                            "model.precision": "\(serving.precision)"])
     }
 
-    /// Switches to a registered version (nil: the version before the active one).
+    /// INT8 on `model.calibration`'s rows, with the adaptive threshold when `model.adaptive`.
+    private static func quantizeForField(_ network: Network, config: AgentConfig) throws -> QuantizedModel {
+        guard !config.model.calibration.isEmpty else {
+            throw ModelError(message: "\(config.model.initial): model.precision is int8 but the model is FP32 and model.calibration names no rows to calibrate on")
+        }
+        let rows = try DataSet.load(path: config.model.calibration, featureCount: network.inputCount, classNames: network.labels,
+                                    requireLabels: false)
+        guard rows.count >= Quantizer.minimumCalibrationRows else {
+            throw ModelError(message: "\(config.model.calibration): \(rows.count) rows; at least \(Quantizer.minimumCalibrationRows) are needed to calibrate")
+        }
+        let method = CalibrationMethod(rawValue: config.model.method) ?? .kl
+        let params = Quantizer.activationParams(Quantizer.histograms(network, rows), network: network, method: method)
+        let precisions = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(network).map { ($0, LayerPrecision.int8) })
+        var adaptive: AdaptivePrecision? = nil
+        let model0 = Quantizer.build(network, activations: params, precisions: precisions, method: method, calibrationRows: rows.count)
+        if config.model.adaptive {
+            let q = QuantizedPlan(model: model0, batchCapacity: 64, adaptive: .off).predict(rows.features)
+            let f = ExecutionPlan(network: network, batchCapacity: 64).predict(rows.features)
+            adaptive = Sensitivity.adaptiveThreshold(quantized: q, reference: f, classes: network.outputCount)
+        }
+        return Quantizer.build(network, activations: params, precisions: precisions, method: method,
+                               calibrationRows: rows.count, adaptive: adaptive)
+    }
+
+    /// Switches to a registered version (nil: the version before the active one). Throws
+    /// `ModelError` when refused (nothing changed) and `StoreError` when the registry could not
+    /// be read or written (nothing changed either: the registry row is the commit point).
     public func rollback(to version: Int?, adaptive: Bool) throws -> RegisteredModel {
         lock.lock()
         defer { lock.unlock() }
@@ -133,16 +192,25 @@ public final class ModelManager: @unchecked Sendable {
         // Load first: a file that no longer validates never replaces the serving model.
         let model = try load(path: store.path(for: target.sha256), version: target.version, adaptive: adaptive)
         guard let row = try database.activate(version: target.version) else { throw ModelError(message: "version \(target.version) vanished") }
+        // Committed: from here on nothing may report the rollback as failed.
         slot.swap(model)
-        try database.appendEvent(kind: "rollback", message: "version \(active.version) -> \(row.version) (\(row.name))")
+        events.appendEvent(kind: "rollback", message: "version \(active.version) -> \(row.version) (\(row.name))")
         logger.notice("rolled back", metadata: ["from": "\(active.version)", "to": "\(row.version)"])
         return row
     }
 
-    /// SIGHUP: reload the active version's file (picks up a changed `adaptive` setting too).
-    public func reload(adaptive: Bool) throws {
-        guard let active = try database.activeModel() else { return }
+    /// SIGHUP: reloads the active version's file (picking up `adaptive`); only once it loaded,
+    /// `apply` runs and the slot is swapped, all under the slot's lock — a file that fails to
+    /// load changes nothing.
+    public func reload(adaptive: Bool, applying apply: () -> Void) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let active = try database.activeModel() else {
+            apply()
+            return
+        }
         let model = try load(path: store.path(for: active.sha256), version: active.version, adaptive: adaptive)
+        apply()
         slot.swap(model)
     }
 }

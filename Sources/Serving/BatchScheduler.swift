@@ -29,12 +29,15 @@ public struct SchedulerSettings: Equatable, Sendable {
     public var maxBatchSize: Int
     public var maxQueueDelay: Double
     public var queueCapacity: Int
+    /// Bytes of queued input rows beyond which requests are refused.
+    public var queueBytes: Int
     public var memoryBudgetBytes: Int
     public var adaptive: Bool
     public var latencyTarget: Double
 
-    public init(workers: Int, maxBatchSize: Int, maxQueueDelay: Double, queueCapacity: Int, memoryBudgetBytes: Int,
-                adaptive: Bool, latencyTarget: Double) {
+    public init(workers: Int, maxBatchSize: Int, maxQueueDelay: Double, queueCapacity: Int, queueBytes: Int = .max,
+                memoryBudgetBytes: Int, adaptive: Bool, latencyTarget: Double) {
+        self.queueBytes = queueBytes
         self.workers = workers
         self.maxBatchSize = maxBatchSize
         self.maxQueueDelay = maxQueueDelay
@@ -55,6 +58,7 @@ public struct SchedulerStats: Sendable {
     public var batchedRows = 0
     public var escalations = 0
     public var queueDepth = 0
+    public var queuedBytes = 0
     public var latencyP50 = 0.0
     public var latencyP99 = 0.0
     public var throughput = 0.0
@@ -144,38 +148,50 @@ public final class BatchScheduler: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// SIGHUP: the reloadable settings.
-    public func update(maxBatchSize: Int, maxQueueDelay: Double, adaptive: Bool, latencyTarget: Double) {
+    /// SIGHUP: the reloadable settings (`workers` and `memoryBudgetBytes` need a restart).
+    public func update(_ new: SchedulerSettings) {
         condition.lock()
-        settings.maxBatchSize = maxBatchSize
-        settings.maxQueueDelay = maxQueueDelay
-        settings.adaptive = adaptive
-        settings.latencyTarget = latencyTarget
+        settings.maxBatchSize = new.maxBatchSize
+        settings.maxQueueDelay = new.maxQueueDelay
+        settings.adaptive = new.adaptive
+        settings.latencyTarget = new.latencyTarget
+        settings.queueCapacity = new.queueCapacity
+        settings.queueBytes = new.queueBytes
         adaptiveLimit = nil
         waitCap = nil
         lastDecision = 0
         condition.unlock()
     }
 
+    /// `now` plus `seconds`, saturating: a negative, NaN or huge deadline never traps.
+    public static func instant(_ now: UInt64, plus seconds: Double) -> UInt64 {
+        guard seconds > 0 else { return now }  // also NaN
+        let nanos = seconds * 1e9
+        guard nanos < Double(UInt64.max - now) else { return .max }
+        return now + UInt64(nanos)
+    }
+
     /// Queues `count` rows (flat) or refuses at once.
     public func submit(rows: [Float], count: Int, priority: Priority, deadline: Double,
                        completion: @escaping @Sendable (Result<InferenceOutput, ServingError>) -> Void) {
         let now = Self.now()
+        let bytes = rows.count * MemoryLayout<Float>.size
         condition.lock()
         guard accepting else {
             condition.unlock()
             completion(.failure(.shuttingDown))
             return
         }
-        let depth = (latencyQueue.count - latencyHead) + (throughputQueue.count - throughputHead)
-        guard depth < settings.queueCapacity else {
+        // A request larger than the whole byte budget is still taken into an empty queue.
+        guard queuedCount < settings.queueCapacity, queuedBytes == 0 || queuedBytes + bytes <= settings.queueBytes else {
             stats.rejectedQueueFull += 1
             condition.unlock()
             completion(.failure(.queueFull(retryAfter: 1)))
             return
         }
-        let r = Request(rows: rows, count: count, enqueued: now, deadline: now + UInt64(max(deadline, 0) * 1e9), completion: completion)
+        let r = Request(rows: rows, count: count, enqueued: now, deadline: Self.instant(now, plus: deadline), completion: completion)
         if priority == .latency { latencyQueue.append(r) } else { throughputQueue.append(r) }
+        queuedBytes += bytes
         stats.requests += 1
         condition.signal()
         condition.unlock()
@@ -186,7 +202,7 @@ public final class BatchScheduler: @unchecked Sendable {
     public func refuseIfFull() -> Bool {
         condition.lock()
         defer { condition.unlock() }
-        guard accepting, queuedCount >= settings.queueCapacity else { return false }
+        guard accepting, queuedCount >= settings.queueCapacity || queuedBytes >= settings.queueBytes else { return false }
         stats.rejectedQueueFull += 1
         return true
     }
@@ -224,11 +240,14 @@ public final class BatchScheduler: @unchecked Sendable {
     }
 
     private var queuedCount: Int { (latencyQueue.count - latencyHead) + (throughputQueue.count - throughputHead) }
+    /// Bytes of input rows waiting in the queues.
+    private var queuedBytes = 0
 
     public var snapshot: SchedulerStats {
         condition.lock()
         var s = stats
         s.queueDepth = queuedCount
+        s.queuedBytes = queuedBytes
         s.maxBatchSize = min(settings.maxBatchSize, adaptiveLimit ?? .max)
         s.batchWait = batchWaitLocked
         // Copies (copy-on-write), so the sorting below does not hold up the workers.
@@ -249,7 +268,9 @@ public final class BatchScheduler: @unchecked Sendable {
     }
 
     private func popLocked() -> Request? {
-        Self.pop(&latencyQueue, &latencyHead) ?? Self.pop(&throughputQueue, &throughputHead)
+        guard let r = Self.pop(&latencyQueue, &latencyHead) ?? Self.pop(&throughputQueue, &throughputHead) else { return nil }
+        queuedBytes -= r.rows.count * MemoryLayout<Float>.size
+        return r
     }
 
     /// Takes the head of `queue`; compacts the array once more than half of it is consumed.
@@ -329,7 +350,7 @@ public final class BatchScheduler: @unchecked Sendable {
             if Self.now() - lastDecision > 250_000_000 { decideWaitCapLocked(limit: limit) }
             var batch = [first]
             var rows = first.count
-            let waitUntil = first.enqueued + UInt64(batchWaitLocked * 1e9)
+            let waitUntil = Self.instant(first.enqueued, plus: batchWaitLocked)
             while rows < limit {
                 if let next = peekLocked() {
                     if rows + next.count > limit { break }

@@ -21,6 +21,48 @@ public struct StoredEvent: Equatable, Sendable {
     public var message: String
 }
 
+/// A database failure as a client may be told it: what went wrong, never SQL text.
+public enum StoreError: Error, CustomStringConvertible, Equatable, Sendable {
+    /// The disk (or the file size limit) is full.
+    case full
+    /// The file is not a database or is damaged.
+    case corrupt
+    /// Another process holds the database locked.
+    case busy
+    /// A read or write of the file failed.
+    case io
+    /// The writer's queue is full (store.write_queue).
+    case queueFull
+    /// agentd is stopping; the write was not made.
+    case closed
+    case other(code: Int32)
+
+    public init(_ error: Error) {
+        if let e = error as? StoreError { self = e; return }
+        guard let e = error as? DatabaseError else { self = .other(code: -1); return }
+        switch e.resultCode {
+        case .SQLITE_FULL: self = .full
+        case .SQLITE_CORRUPT, .SQLITE_NOTADB: self = .corrupt
+        case .SQLITE_BUSY, .SQLITE_LOCKED: self = .busy
+        // A write past RLIMIT_FSIZE (EFBIG) comes back as an I/O error, ENOSPC as SQLITE_FULL.
+        case .SQLITE_IOERR, .SQLITE_CANTOPEN, .SQLITE_READONLY, .SQLITE_PERM: self = .io
+        default: self = .other(code: e.resultCode.rawValue)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .full: "the disk holding agentd's database is full"
+        case .corrupt: "agentd's database file is damaged"
+        case .busy: "agentd's database is locked by another process"
+        case .io: "agentd could not read or write its database file (disk full, file size limit or I/O error)"
+        case .queueFull: "too many writes are waiting for agentd's database (store.write_queue)"
+        case .closed: "agentd is stopping"
+        case .other(let code): "agentd's database failed (SQLite code \(code))"
+        }
+    }
+}
+
 /// agentd's SQLite database (WAL) in the state directory: model registry, event log, labelled
 /// feedback samples. Writes are short transactions; the inference hot path never touches it.
 public final class AgentDatabase: Sendable {
@@ -34,6 +76,27 @@ public final class AgentDatabase: Sendable {
         config.label = "agent.db"
         pool = try DatabasePool(path: path, configuration: config)
         try Self.migrator.migrate(pool)
+        // A damaged page elsewhere would fail later, mid-request; find it now.
+        let check = try pool.read { db in try String.fetchAll(db, sql: "PRAGMA quick_check") }
+        guard check == ["ok"] else { throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: check.prefix(3).joined(separator: "; ")) }
+    }
+
+    /// Opens the database; one that is not a database or is damaged is moved aside to
+    /// `agent.db.corrupt-<time>` (with its -wal and -shm) and a new one is made. Returns the
+    /// name it was moved to, if it was.
+    public static func openRecovering(path: String) throws -> (AgentDatabase, movedAside: String?) {
+        do {
+            return (try AgentDatabase(path: path), nil)
+        } catch let e as DatabaseError where e.resultCode == .SQLITE_NOTADB || e.resultCode == .SQLITE_CORRUPT {
+            let stamp = ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
+            let aside = "\(path).corrupt-\(stamp)"
+            for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
+                guard rename(path + suffix, aside + suffix) == 0 else {
+                    throw StoreError.io
+                }
+            }
+            return (try AgentDatabase(path: path), aside)
+        }
     }
 
     static var migrator: DatabaseMigrator {
@@ -121,10 +184,49 @@ public final class AgentDatabase: Sendable {
 
     @discardableResult
     public func appendEvent(kind: String, message: String) throws -> Int64 {
-        try pool.write { db in
-            try db.execute(sql: "INSERT INTO events (ts, kind, message) VALUES (?, ?, ?)", arguments: [Self.now(), kind, message])
-            return db.lastInsertedRowID
+        try pool.write { db in try Self.insertEvent(db, StoredEvent(id: 0, ts: Self.now(), kind: kind, message: message)) }
+    }
+
+    static func insertEvent(_ db: Database, _ e: StoredEvent) throws -> Int64 {
+        try db.execute(sql: "INSERT INTO events (ts, kind, message) VALUES (?, ?, ?)", arguments: [e.ts, e.kind, e.message])
+        return db.lastInsertedRowID
+    }
+
+    /// Bytes a row is counted as, for retention: its text and blob lengths plus a fixed overhead.
+    static let rowOverhead = 32
+    static let eventBytesSQL = "length(ts) + length(kind) + length(message) + \(rowOverhead)"
+    static let feedbackBytesSQL = "length(ts) + length(label) + length(input) + ifnull(length(inference_id), 0) + \(rowOverhead)"
+
+    /// Rows and bytes of a bounded table, read once at start (then kept by the writer).
+    public struct TableSize: Equatable, Sendable {
+        public var rows: Int
+        public var bytes: Int
+    }
+
+    public func sizes() throws -> (events: TableSize, feedback: TableSize) {
+        try pool.read { db in
+            func size(_ table: String, _ bytes: String) throws -> TableSize {
+                let row = try Row.fetchOne(db, sql: "SELECT COUNT(*), COALESCE(SUM(\(bytes)), 0) FROM \(table)")!
+                return TableSize(rows: row[0], bytes: row[1])
+            }
+            return (try size("events", Self.eventBytesSQL), try size("feedback", Self.feedbackBytesSQL))
         }
+    }
+
+    /// Deletes the oldest rows of `table` until it holds at most `maxRows` and `maxBytes`;
+    /// returns the new size and how many rows went.
+    static func trim(_ db: Database, table: String, bytesSQL: String, size: TableSize, maxRows: Int, maxBytes: Int) throws -> (TableSize, Int) {
+        guard size.rows > maxRows || size.bytes > maxBytes else { return (size, 0) }
+        var rows = size.rows, bytes = size.bytes, lastId: Int64 = -1, removed = 0
+        let cursor = try Row.fetchCursor(db, sql: "SELECT id, \(bytesSQL) FROM \(table) ORDER BY id")
+        while rows > maxRows || bytes > maxBytes, let row = try cursor.next() {
+            lastId = row[0]
+            bytes -= row[1] as Int
+            rows -= 1
+            removed += 1
+        }
+        if lastId >= 0 { try db.execute(sql: "DELETE FROM \(table) WHERE id <= ?", arguments: [lastId]) }
+        return (TableSize(rows: rows, bytes: bytes), removed)
     }
 
     /// The newest `limit` events, oldest first.
@@ -138,15 +240,46 @@ public final class AgentDatabase: Sendable {
 
     // MARK: feedback
 
-    /// Stores a labelled sample (input as little-endian F32) for the learner.
-    public func storeFeedback(inferenceId: String?, label: String, input: [Float], modelVersion: Int?) throws -> (id: Int64, count: Int) {
-        let blob = input.withUnsafeBytes { Data($0) }
-        return try pool.write { db in
-            try db.execute(sql: "INSERT INTO feedback (ts, inference_id, label, input, model_version) VALUES (?, ?, ?, ?, ?)",
-                           arguments: [Self.now(), inferenceId, label, blob, modelVersion])
-            let id = db.lastInsertedRowID
-            let count = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM feedback") ?? 0
-            return (id, count)
+    /// A labelled sample for the learner.
+    public struct Feedback: Sendable {
+        public var inferenceId: String?
+        public var label: String
+        public var input: [Float]
+        public var modelVersion: Int?
+        public init(inferenceId: String?, label: String, input: [Float], modelVersion: Int?) {
+            self.inferenceId = inferenceId
+            self.label = label
+            self.input = input
+            self.modelVersion = modelVersion
+        }
+    }
+
+    /// Inserts a sample (input as little-endian F32) and returns its row id.
+    static func insertFeedback(_ db: Database, _ f: Feedback, ts: String) throws -> Int64 {
+        let blob = f.input.withUnsafeBytes { Data($0) }
+        try db.execute(sql: "INSERT INTO feedback (ts, inference_id, label, input, model_version) VALUES (?, ?, ?, ?, ?)",
+                       arguments: [ts, f.inferenceId, f.label, blob, f.modelVersion])
+        return db.lastInsertedRowID
+    }
+
+    /// Bytes `f` is counted as (`feedbackBytesSQL` on its row).
+    static func feedbackBytes(_ f: Feedback, ts: String) -> Int {
+        ts.utf8.count + f.label.utf8.count + f.input.count * 4 + (f.inferenceId?.utf8.count ?? 0) + rowOverhead
+    }
+
+    static func eventBytes(_ e: StoredEvent) -> Int { e.ts.utf8.count + e.kind.utf8.count + e.message.utf8.count + rowOverhead }
+
+    /// Copies the WAL into the main file (tests and backups read a whole file).
+    public func checkpoint() throws {
+        try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+    }
+
+    /// Holds SQLite's write lock while `body` runs (a stand-in for another process writing).
+    public func holdWriteLock(_ body: () -> Void) throws {
+        try pool.writeWithoutTransaction { db in
+            try db.execute(sql: "BEGIN IMMEDIATE")
+            body()
+            try db.execute(sql: "ROLLBACK")
         }
     }
 

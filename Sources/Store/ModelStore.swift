@@ -27,6 +27,16 @@ public struct ModelStore: Sendable {
         return final
     }
 
+    /// The stored model files (`<sha256>.safetensors`) with their modification times.
+    public func files() throws -> [(path: String, sha256: String, modified: Date)] {
+        try FileManager.default.contentsOfDirectory(atPath: directory).compactMap { name in
+            guard name.hasSuffix(".safetensors"), !name.hasPrefix(".") else { return nil }
+            let path = "\(directory)/\(name)"
+            let modified = (try FileManager.default.attributesOfItem(atPath: path)[.modificationDate] as? Date) ?? .distantPast
+            return (path, String(name.dropLast(".safetensors".count)), modified)
+        }
+    }
+
     /// Removes files that no registry row references (and leftovers of interrupted writes).
     @discardableResult
     public func removeUnreferenced(keeping hashes: Set<String>) throws -> [String] {

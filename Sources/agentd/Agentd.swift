@@ -28,23 +28,18 @@ struct Agentd: AsyncParsableCommand {
             FileHandle.standardError.write(Data("agentd: \(error)\n".utf8))
             throw ExitCode(78)  // EX_CONFIG: systemd does not restart in a loop on a broken config
         }
-        let level = Logger.Level(rawValue: cfg.agent.logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        let logLevel = LogLevelControl(Logger.Level(rawValue: cfg.agent.logLevel) ?? .info)
+        LoggingSystem.bootstrap { label in ControlledLogHandler(label: label, control: logLevel) }
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let logger = Logger(label: "agentd")
-        let agent: Agent
         do {
-            agent = try buildAgent(config: cfg, configPath: config, logger: logger, registry: registry)
+            let agent = try buildAgent(config: cfg, configPath: config, logger: logger, logLevel: logLevel, registry: registry)
+            try await agent.run()
         } catch {
             FileHandle.standardError.write(Data("agentd: \(error)\n".utf8))
-            throw ExitCode(1)
+            throw ExitCode((error as? StartupError)?.isConfiguration == true ? 78 : 1)
         }
-        try await agent.run()
         logger.info("agentd stopped")
     }
 }

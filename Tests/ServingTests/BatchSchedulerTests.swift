@@ -9,8 +9,8 @@ func servingModel(version: Int = 1) -> ServingModel {
     return ServingModel(version: version, network: net, quantized: nil)
 }
 
-func settings(workers: Int = 1, maxBatch: Int = 8, delay: Double = 0.005, capacity: Int = 100) -> SchedulerSettings {
-    SchedulerSettings(workers: workers, maxBatchSize: maxBatch, maxQueueDelay: delay, queueCapacity: capacity,
+func settings(workers: Int = 1, maxBatch: Int = 8, delay: Double = 0.005, capacity: Int = 100, bytes: Int = .max) -> SchedulerSettings {
+    SchedulerSettings(workers: workers, maxBatchSize: maxBatch, maxQueueDelay: delay, queueCapacity: capacity, queueBytes: bytes,
                       memoryBudgetBytes: 64 << 20, adaptive: false, latencyTarget: 0.01)
 }
 
@@ -60,6 +60,46 @@ func settings(workers: Int = 1, maxBatch: Int = 8, delay: Double = 0.005, capaci
         scheduler.stop()
     }
 
+    /// Queued bytes, not only queued requests, are bounded: a few large requests fill the queue.
+    @Test func queueIsBoundedInBytes() async {
+        // 2 rows of 4 floats = 32 bytes a request; 64 bytes hold two of them.
+        let scheduler = BatchScheduler(slot: ModelSlot(servingModel()), settings: settings(capacity: 100, bytes: 64))
+        let row2: [Float] = [1, 2, 3, 4, 5, 6, 7, 8]
+        for _ in 0..<2 { scheduler.submit(rows: row2, count: 2, priority: .latency, deadline: 5) { _ in } }
+        #expect(scheduler.snapshot.queuedBytes == 64)
+        #expect(scheduler.refuseIfFull())
+        let r = await scheduler.infer(rows: [0, 0, 0, 0], count: 1, priority: .latency, deadline: 5)
+        #expect(r.failureValue == .queueFull(retryAfter: 1))
+        // Answering frees the bytes.
+        scheduler.start()
+        #expect(scheduler.drain(timeout: 10))
+        #expect(scheduler.snapshot.queuedBytes == 0)
+        scheduler.stop()
+    }
+
+    /// A request larger than the whole byte budget is still served when the queue is empty
+    /// (api.max_body_bytes bounds it), rather than refused forever.
+    @Test func oneRequestOverTheByteBudgetIsServedAlone() async throws {
+        let scheduler = BatchScheduler(slot: ModelSlot(servingModel()), settings: settings(bytes: 8))
+        scheduler.start()
+        defer { scheduler.stop() }
+        let out = try await scheduler.infer(rows: [1, 2, 3, 4, 5, 6, 7, 8], count: 2, priority: .latency, deadline: 5).get()
+        #expect(out.scores.count == 6)
+    }
+
+    /// Hostile deadlines never trap the time arithmetic: NaN, negative, zero and -0 are already
+    /// past; huge and infinite ones saturate.
+    @Test(arguments: [Double.nan, -.infinity, -1, -0.0, 0, 1e300, .infinity, Double(UInt64.max), .greatestFiniteMagnitude])
+    func deadlineArithmeticSaturates(_ seconds: Double) {
+        let now: UInt64 = 1_000_000_000
+        let t = BatchScheduler.instant(now, plus: seconds)
+        if seconds > 0 { #expect(t == .max || t > now) } else { #expect(t == now) }
+        #expect(BatchScheduler.instant(.max - 5, plus: 1) == .max)
+        let scheduler = BatchScheduler(slot: ModelSlot(servingModel()), settings: settings())
+        scheduler.submit(rows: [0, 0, 0, 0], count: 1, priority: .latency, deadline: seconds) { _ in }
+        scheduler.stop()
+    }
+
     @Test func drainAnswersEverythingAccepted() async {
         let scheduler = BatchScheduler(slot: ModelSlot(servingModel()), settings: settings(workers: 2, capacity: 1000))
         let answered = Counter()
@@ -93,11 +133,28 @@ func settings(workers: Int = 1, maxBatch: Int = 8, delay: Double = 0.005, capaci
         #expect(model.batchLimit(budgetBytes: 1 << 30, limit: 64) == 64)
     }
 
-    @Test func recentInferencesForgetTheOldest() {
-        let ring = RecentInferences(capacity: 2)
+    @Test func recentInferencesForgetTheOldestBeyondTheirBytes() {
+        let entry = 2 * 4 + RecentInferences.overheadBytes
+        let ring = RecentInferences(limitBytes: 2 * entry)
         let ids = ring.record(rows: [1, 2, 3, 4, 5, 6], count: 3, rowLength: 2, modelVersion: 7)
         #expect(ring.lookup(ids[0]) == nil)
-        #expect(ring.lookup(ids[2])?.input == [5, 6])
+        #expect(ring.lookup(ids[1])?.input == [3, 4])
+        #expect(ring.lookup(ids[2])?.input == [5, 6] && ring.lookup(ids[2])?.modelVersion == 7)
+        #expect(ring.byteCount == 2 * entry && ring.count == 2)
+        // A row alone over the limit is not remembered; its id is still unique.
+        let tiny = RecentInferences(limitBytes: 10)
+        let lone = tiny.record(rows: [1, 2], count: 1, rowLength: 2, modelVersion: 1)
+        #expect(tiny.lookup(lone[0]) == nil && tiny.byteCount == 0)
+    }
+
+    /// Ids carry 128 random bits: 32 hex digits, none repeated, no version or counter to guess from.
+    @Test func inferenceIdsAreRandom128Bits() {
+        let ring = RecentInferences()
+        let ids = ring.record(rows: [Float](repeating: 0, count: 2000), count: 1000, rowLength: 2, modelVersion: 3)
+        #expect(Set(ids).count == 1000)
+        #expect(ids.allSatisfy { $0.count == 32 && $0.allSatisfy(\.isHexDigit) })
+        // Each hex digit position is roughly uniform: no fixed prefix.
+        #expect(Set(ids.map { $0.prefix(1) }).count == 16)
     }
 }
 

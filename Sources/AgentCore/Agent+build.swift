@@ -1,0 +1,104 @@
+import AgentConfig
+import Foundation
+import Logging
+import Prometheus
+import Serving
+import Store
+import Tensor
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Wires the agent: opens the database (moving a damaged one aside), starts the store writer,
+/// registers or rebuilds the model registry and loads the active model, and prepares the
+/// scheduler and API. Tests call it too.
+public func buildAgent(config: AgentConfig, configPath: String? = nil, logger: Logger, logLevel: LogLevelControl = LogLevelControl(),
+                       registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) throws -> Agent {
+    BLAS.useSingleThread()
+    // A write past RLIMIT_FSIZE then fails with EFBIG, reported as a storage error, instead of killing agentd.
+    signal(SIGXFSZ, SIG_IGN)
+    _ = try Agent.socketGroupID(config.agent.socketGroup)
+    let state = config.agent.stateDir
+    try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+    let database: AgentDatabase, movedAside: String?
+    do {
+        (database, movedAside) = try AgentDatabase.openRecovering(path: state + "/agent.db")
+    } catch {
+        throw StartupError(message: "\(state)/agent.db: \(StoreError(error))", isConfiguration: false)
+    }
+    let writer = try StoreWriter(database: database, limits: StoreWriter.Limits(
+        feedbackMaxRows: config.store.feedbackMaxRows, feedbackMaxBytes: config.store.feedbackMaxBytes,
+        eventsMaxRows: config.store.eventsMaxRows, eventsMaxBytes: config.store.eventsMaxBytes, queueCapacity: config.store.writeQueue))
+    if let movedAside {
+        writer.appendEvent(kind: "database_recovered",
+                           message: "agent.db was damaged or not a database; moved aside to \(movedAside); the registry is rebuilt from the model files")
+        logger.error("agent.db was damaged; moved aside and started anew", metadata: ["moved_to": "\(movedAside)"])
+    }
+    let store = try ModelStore(directory: state + "/models")
+    let slot = ModelSlot()
+    let models = ModelManager(database: database, store: store, slot: slot, events: writer, logger: logger)
+    try models.start(config: config)
+    let scheduler = BatchScheduler(slot: slot, settings: Agent.schedulerSettings(config))
+    let metrics = AgentMetrics(registry: registry)
+    scheduler.onBatch = { rows, waits in
+        metrics.batchSize.record(Double(rows))
+        for w in waits { metrics.queueWait.record(w) }
+    }
+    logLevel.level = Logger.Level(rawValue: config.agent.logLevel) ?? .info
+    writer.appendEvent(kind: "started", message: "agentd \(agentVersion) started (pid \(getpid()))")
+    return Agent(config: config, configPath: configPath, logger: logger, logLevel: logLevel, database: database, writer: writer,
+                 models: models, scheduler: scheduler, metrics: metrics, notifier: SystemdNotifier())
+}
+
+/// The log level in force, shared by every logger's handler, so SIGHUP can change it.
+public final class LogLevelControl: @unchecked Sendable {
+    private let lock = NSLock()
+    private var current: Logger.Level
+
+    public init(_ level: Logger.Level = .info) { current = level }
+
+    public var level: Logger.Level {
+        get {
+            lock.lock()
+            defer { lock.unlock() }
+            return current
+        }
+        set {
+            lock.lock()
+            current = newValue
+            lock.unlock()
+        }
+    }
+}
+
+/// A log handler whose level is `LogLevelControl`'s.
+public struct ControlledLogHandler: LogHandler {
+    private var inner: StreamLogHandler
+    private let control: LogLevelControl
+
+    public init(label: String, control: LogLevelControl) {
+        inner = StreamLogHandler.standardError(label: label)
+        inner.logLevel = .trace
+        self.control = control
+    }
+
+    public var logLevel: Logger.Level {
+        get { control.level }
+        set { control.level = newValue }
+    }
+
+    public var metadata: Logger.Metadata {
+        get { inner.metadata }
+        set { inner.metadata = newValue }
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { inner[metadataKey: key] }
+        set { inner[metadataKey: key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        inner.log(event: event)
+    }
+}

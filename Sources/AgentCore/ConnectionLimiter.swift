@@ -1,0 +1,100 @@
+import Foundation
+import HTTPTypes
+import NIOCore
+import NIOHTTPTypes
+
+/// Open connections, shared by every connection's `ConnectionLimiter`.
+final class ConnectionCount: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    /// Counts a new connection; false when it is over the limit (then it is not counted).
+    func admit() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard count < limit else { return false }
+        count += 1
+        return true
+    }
+
+    func release() {
+        lock.lock()
+        count -= 1
+        lock.unlock()
+    }
+
+    var current: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return count
+    }
+}
+
+/// Caps open connections at `api.max_connections`: each one holds a descriptor and buffers, and
+/// a local client could otherwise open them until agentd runs out. A connection over the cap has
+/// its first request answered 503 `too_many_connections` and is closed; idle ones close after
+/// `api.idle_timeout_s` anyway.
+final class ConnectionLimiter: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    private enum State {
+        case unadmitted
+        case admitted
+        /// Over the cap: the first request is answered 503, then the connection closes.
+        case refused
+        /// The refusal is written; whatever else the client sends is dropped.
+        case answered
+        case released
+    }
+
+    private let connections: ConnectionCount
+    private let body: ByteBuffer
+    private var state = State.unadmitted
+
+    init(connections: ConnectionCount, body: ByteBuffer) {
+        self.connections = connections
+        self.body = body
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        precondition(state == .unadmitted, "ConnectionLimiter added twice")
+        state = connections.admit() ? .admitted : .refused
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        if state == .admitted { connections.release() }
+        state = .released
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch state {
+        case .admitted:
+            context.fireChannelRead(data)
+            return
+        case .unadmitted, .answered, .released:
+            return
+        case .refused:
+            break
+        }
+        guard case .head = unwrapInboundIn(data) else { return }
+        var head = HTTPResponse(status: .serviceUnavailable)
+        head.headerFields[.contentType] = "application/json"
+        head.headerFields[.contentLength] = String(body.readableBytes)
+        head.headerFields[.retryAfter] = "1"
+        head.headerFields[.connection] = "close"
+        head.headerFields[.server] = "agentd"
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(body)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+        state = .answered
+    }
+}
+
+@available(*, unavailable)
+extension ConnectionLimiter: Sendable {}
