@@ -183,7 +183,7 @@ enum APIServer {
             return error(.unprocessableContent, "wrong_shape", "rows have \(g) values; the model takes \(e)")
         case .success(let out):
             agent.metrics.requestsOK.increment()
-            agent.metrics.latency.record(Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6)
+            agent.metrics.latency.record(Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9)
             let used = out.model
             let k = used.outputCount
             let ids = agent.recent.record(rows: rows, count: count, rowLength: n, modelVersion: used.version)

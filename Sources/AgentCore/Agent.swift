@@ -76,7 +76,7 @@ public final class Agent: @unchecked Sendable {
     func refreshGauges() {
         let s = scheduler.snapshot
         metrics.queueDepth.set(Double(s.queueDepth))
-        metrics.escalations.set(Double(s.escalations))
+        metrics.recordEscalations(total: s.escalations)
         metrics.modelInfo.set(Double(models.slot.current?.version ?? 0))
     }
 
@@ -241,7 +241,7 @@ public func buildAgent(config: AgentConfig, configPath: String? = nil, logger: L
     let metrics = AgentMetrics(registry: registry)
     scheduler.onBatch = { rows, waits in
         metrics.batchSize.record(Double(rows))
-        for w in waits { metrics.queueWait.record(w) }
+        for w in waits { metrics.queueWait.record(w / 1000) }  // the scheduler reports ms; the metric is in seconds
     }
     _ = try? database.appendEvent(kind: "started", message: "agentd \(agentVersion) started (pid \(getpid()))")
     return Agent(config: config, configPath: configPath, logger: logger, database: database, models: models, scheduler: scheduler,

@@ -61,7 +61,7 @@ import Glibc
         let metrics = try agent.agentctl(["metrics"]).stdout
         #expect(metrics.contains("agentd_infer_requests_total{outcome=\"ok\"}"))
         #expect(metrics.contains("agentd_batch_size_bucket"))
-        #expect(metrics.contains("agentd_queue_wait_ms_bucket"))
+        #expect(metrics.contains("agentd_queue_wait_seconds_bucket"))
         #expect(try agent.client.send("GET", "/healthz").status == 200)
         #expect(try agent.client.send("GET", "/readyz").status == 200)
 
