@@ -43,7 +43,7 @@ import Glibc
         let elapsedSeconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         // The scheduler records a batch just after answering it: scrape until the six rows are in.
         var text = try agent.client.metrics()
-        for _ in 0..<100 where try Exposition(text).value("agentd_batch_size_sum") != 6 {
+        for _ in 0..<500 where try Exposition(text).value("agentd_batch_size_sum") != 6 {
             usleep(10_000)
             text = try agent.client.metrics()
         }
@@ -91,9 +91,16 @@ import Glibc
         // The FP32 re-run counter follows the scheduler's cumulative count across scrapes.
         let before = try #require(exposition.value("agentd_fp32_escalations_total"))
         #expect(try agent.agentctl(["infer", "--input", Agentctl.digits, "--json"]).status == 0)
-        let after = try #require(try Exposition(try agent.client.metrics()).value("agentd_fp32_escalations_total"))
-        let escalations = try agent.client.status().serving.escalations
+        // The scheduler counts a batch's re-runs just after answering it: poll until the two agree.
+        var after = before, escalations = -1
+        for _ in 0..<500 where after != Double(escalations) {
+            usleep(10_000)
+            after = try #require(try Exposition(try agent.client.metrics()).value("agentd_fp32_escalations_total"))
+            escalations = try agent.client.status().serving.escalations
+        }
         #expect(after == Double(escalations) && after > before, "counter \(before) → \(after), scheduler \(escalations)")
+        let again = try Exposition(try agent.client.metrics()).value("agentd_fp32_escalations_total")
+        #expect(again == after, "a scrape with no new re-runs moved the counter from \(after) to \(again ?? -1)")
 
         if let promtool = Self.promtool() {
             let lint = try Self.run(promtool, ["check", "metrics"], input: text)
