@@ -256,7 +256,7 @@ enum APIServer {
             throw APIError.wrongShape("rows have \(g) values; the model takes \(e)")
         case .success(let out):
             agent.metrics.requestsOK.increment()
-            agent.metrics.latency.record(Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6)
+            agent.metrics.latency.record(Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9)
             return answer(agent, out, rows: rows, count: count, rowLength: n)
         }
     }

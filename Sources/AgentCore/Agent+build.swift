@@ -43,7 +43,7 @@ public func buildAgent(config: AgentConfig, configPath: String? = nil, logger: L
     let metrics = AgentMetrics(registry: registry)
     scheduler.onBatch = { rows, waits in
         metrics.batchSize.record(Double(rows))
-        for w in waits { metrics.queueWait.record(w) }
+        for w in waits { metrics.queueWait.record(w / 1000) }  // the scheduler reports ms; the metric is in seconds
     }
     logLevel.level = Logger.Level(rawValue: config.agent.logLevel) ?? .info
     writer.appendEvent(kind: "started", message: "agentd \(agentVersion) started (pid \(getpid()))")

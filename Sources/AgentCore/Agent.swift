@@ -108,7 +108,7 @@ public final class Agent: @unchecked Sendable {
     func refreshGauges() {
         let s = scheduler.snapshot
         metrics.queueDepth.set(Double(s.queueDepth))
-        metrics.escalations.set(Double(s.escalations))
+        metrics.recordEscalations(total: s.escalations)
         metrics.modelInfo.set(Double(models.slot.current?.version ?? 0))
     }
 

@@ -1,6 +1,9 @@
+import Foundation
 import Prometheus
 
-/// Prometheus metrics, created once with fixed labels.
+/// Prometheus metrics, created once with fixed labels. Names follow Prometheus' conventions (what
+/// `promtool check metrics` enforces): every family has help text, durations are in seconds,
+/// counters end in `_total`.
 public struct AgentMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
     let requestsOK: Counter
@@ -11,29 +14,63 @@ public struct AgentMetrics: Sendable {
     let queueWait: ValueHistogram
     let batchSize: ValueHistogram
     let queueDepth: Gauge
-    let escalations: Gauge
+    let escalations: Counter
     let modelInfo: Gauge
     let feedback: Counter
+    private let escalationsSeen = HighWaterMark()
 
     public init(registry: PrometheusCollectorRegistry) {
         self.registry = registry
-        requestsOK = registry.makeCounter(name: "agentd_infer_requests_total", labels: [("outcome", "ok")])
-        requestsRejected = registry.makeCounter(name: "agentd_infer_requests_total", labels: [("outcome", "queue_full")])
-        requestsExpired = registry.makeCounter(name: "agentd_infer_requests_total", labels: [("outcome", "deadline")])
-        requestsInvalid = registry.makeCounter(name: "agentd_infer_requests_total", labels: [("outcome", "invalid")])
-        let ms: [Double] = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000]
-        latency = registry.makeValueHistogram(name: "agentd_infer_latency_ms", buckets: ms)
-        queueWait = registry.makeValueHistogram(name: "agentd_queue_wait_ms", buckets: ms)
-        batchSize = registry.makeValueHistogram(name: "agentd_batch_size", buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256])
-        queueDepth = registry.makeGauge(name: "agentd_queue_depth")
-        escalations = registry.makeGauge(name: "agentd_fp32_escalations")
-        modelInfo = registry.makeGauge(name: "agentd_model_version")
-        feedback = registry.makeCounter(name: "agentd_feedback_samples_total")
+        let requestsHelp = "Inference requests by outcome: ok, queue_full (503), deadline (504), invalid (input refused with a 4xx)."
+        requestsOK = registry.makeCounter(name: "agentd_infer_requests_total", labels: [("outcome", "ok")], help: requestsHelp)
+        requestsRejected = registry.makeCounter(name: "agentd_infer_requests_total", labels: [("outcome", "queue_full")], help: requestsHelp)
+        requestsExpired = registry.makeCounter(name: "agentd_infer_requests_total", labels: [("outcome", "deadline")], help: requestsHelp)
+        requestsInvalid = registry.makeCounter(name: "agentd_infer_requests_total", labels: [("outcome", "invalid")], help: requestsHelp)
+        // 50 µs to 1 s: one INT8 row on a small model up to a full batch behind a long queue.
+        let seconds: [Double] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]
+        latency = registry.makeValueHistogram(
+            name: "agentd_infer_duration_seconds", buckets: seconds,
+            help: "Time from queueing a validated inference request to its result, in seconds (queue wait and compute; ok outcomes only).")
+        queueWait = registry.makeValueHistogram(
+            name: "agentd_queue_wait_seconds", buckets: seconds,
+            help: "Time an inference request waited in the queue before its batch was computed, in seconds.")
+        batchSize = registry.makeValueHistogram(
+            name: "agentd_batch_size", buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+            help: "Rows computed together in one batch.")
+        queueDepth = registry.makeGauge(name: "agentd_queue_depth", help: "Inference requests waiting in the queue now.")
+        escalations = registry.makeCounter(
+            name: "agentd_fp32_escalations_total",
+            help: "Rows re-run in FP32 because the INT8 top-1 margin was below the adaptive threshold.")
+        modelInfo = registry.makeGauge(name: "agentd_model_version", help: "Registry version of the active model (0: no model loaded).")
+        feedback = registry.makeCounter(name: "agentd_feedback_samples_total", help: "Labelled feedback samples stored.")
+    }
+
+    /// Brings the FP32 re-run counter up to the scheduler's cumulative count (a counter only
+    /// grows, so it is incremented by what is new since the last call).
+    func recordEscalations(total: Int) {
+        let delta = escalationsSeen.advance(to: total)
+        if delta > 0 { escalations.increment(by: Int64(delta)) }
     }
 
     public func render() -> String {
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         return String(decoding: buffer, as: UTF8.self)
+    }
+}
+
+/// The largest cumulative count seen so far; concurrent scrapes each add only their own share.
+/// (NSLock rather than Mutex: the package still builds for macOS 14.)
+final class HighWaterMark: @unchecked Sendable {
+    private let lock = NSLock()
+    private var seen = 0
+
+    /// How far `total` is past the mark (0 if it is not), moving the mark there.
+    func advance(to total: Int) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        let delta = max(total - seen, 0)
+        seen = max(seen, total)
+        return delta
     }
 }

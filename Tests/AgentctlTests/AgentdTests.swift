@@ -61,7 +61,7 @@ import Glibc
         let metrics = try agent.agentctl(["metrics"]).stdout
         #expect(metrics.contains("agentd_infer_requests_total{outcome=\"ok\"}"))
         #expect(metrics.contains("agentd_batch_size_bucket"))
-        #expect(metrics.contains("agentd_queue_wait_ms_bucket"))
+        #expect(metrics.contains("agentd_queue_wait_seconds_bucket"))
         #expect(try agent.client.send("GET", "/healthz").status == 200)
         #expect(try agent.client.send("GET", "/readyz").status == 200)
 
@@ -238,11 +238,9 @@ import Glibc
         let agent = try AgentdProcess(launcher: launcher)
         guard agent.waitForNotification("READY=1", timeout: 60) != nil else {
             let code = agent.waitForExit(timeout: 5)
-            if code == 97 && ProcessInfo.processInfo.environment["CI"] == nil {
-                print("SKIPPED seccomp confinement check: python3-seccomp is not installed (make test installs it)")
-                return
-            }
-            Issue.record("agentd did not start confined (exit \(code.map(String.init) ?? "-")): \(agent.log)")
+            // Exit 97 is confine.py's own: without the module nothing was confined, so nothing was shown.
+            Issue.record(code == 97 ? "python3-seccomp is not installed, so agentd's confinement is unchecked: apt-get install python3-seccomp (make test installs it)"
+                                    : "agentd did not start confined (exit \(code.map(String.init) ?? "-")): \(agent.log)")
             return
         }
         // The filters are really in force on the agentd process.
@@ -284,12 +282,12 @@ import Glibc
         let values = Dictionary(fields, uniquingKeysWith: { a, _ in a })
         let mappings = try #require(values["mappings"]), refused = try #require(values["refused"])
         #expect(mappings > 0)
-        if refused == mappings {
-            print("SKIPPED start-up page release: this kernel has no MADV_PAGEOUT (Linux < 5.4)")
-        } else {
-            let before = try #require(values["resident_before_kb"]), after = try #require(values["resident_after_kb"])
-            #expect(after < before, "\(line!)")
-        }
+        // Linux >= 5.4 (this machine and CI alike) takes MADV_PAGEOUT on read-only file mappings; a
+        // refusal means agentd asks for the wrong advice or picks mappings the kernel rejects.
+        let kernel = (try? String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8)) ?? "?"
+        #expect(refused == 0, "the kernel (\(kernel.trimmingCharacters(in: .whitespacesAndNewlines))) refused MADV_PAGEOUT on \(refused) of \(mappings) mappings; Linux >= 5.4 takes it, so the advice or the mappings are wrong: \(line!)")
+        let before = try #require(values["resident_before_kb"]), after = try #require(values["resident_after_kb"])
+        #expect(after < before, "\(line!)")
         // Serving still works: the released code comes back on first use.
         #expect(try agent.client.infer(InferRequest(inputs: [Self.digitRow])).results.count == 1)
     }
