@@ -108,8 +108,20 @@ public final class Agent: @unchecked Sendable {
     func refreshGauges() {
         let s = scheduler.snapshot
         metrics.queueDepth.set(Double(s.queueDepth))
-        metrics.recordEscalations(total: s.escalations)
+        metrics.escalations.record(total: s.escalations)
         metrics.modelInfo.set(Double(models.slot.current?.version ?? 0))
+        metrics.queuedBytes.set(Double(s.queuedBytes))
+        metrics.connections.set(Double(connections.current))
+        metrics.recentBytes.set(Double(recent.byteCount))
+        let store = writer.state
+        metrics.storeRows.feedback.set(Double(store.feedback.rows))
+        metrics.storeRows.events.set(Double(store.events.rows))
+        metrics.storeBytes.feedback.set(Double(store.feedback.bytes))
+        metrics.storeBytes.events.set(Double(store.events.bytes))
+        metrics.evicted.feedback.record(total: store.feedbackEvicted)
+        metrics.evicted.events.record(total: store.eventsEvicted)
+        metrics.eventsDropped.record(total: store.eventsDropped)
+        metrics.storeWriteErrors.record(total: store.writeErrors)
     }
 
     /// From memory only (scheduler counters, the writer's counts, cached events): never SQLite.

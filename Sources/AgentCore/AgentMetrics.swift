@@ -14,10 +14,17 @@ public struct AgentMetrics: Sendable {
     let queueWait: ValueHistogram
     let batchSize: ValueHistogram
     let queueDepth: Gauge
-    let escalations: Counter
+    let escalations: CumulativeCounter
     let modelInfo: Gauge
     let feedback: Counter
-    private let escalationsSeen = HighWaterMark()
+    let queuedBytes: Gauge
+    let connections: Gauge
+    let recentBytes: Gauge
+    let storeRows: (feedback: Gauge, events: Gauge)
+    let storeBytes: (feedback: Gauge, events: Gauge)
+    let evicted: (feedback: CumulativeCounter, events: CumulativeCounter)
+    let eventsDropped: CumulativeCounter
+    let storeWriteErrors: CumulativeCounter
 
     public init(registry: PrometheusCollectorRegistry) {
         self.registry = registry
@@ -38,24 +45,47 @@ public struct AgentMetrics: Sendable {
             name: "agentd_batch_size", buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
             help: "Rows computed together in one batch.")
         queueDepth = registry.makeGauge(name: "agentd_queue_depth", help: "Inference requests waiting in the queue now.")
-        escalations = registry.makeCounter(
+        escalations = CumulativeCounter(registry.makeCounter(
             name: "agentd_fp32_escalations_total",
-            help: "Rows re-run in FP32 because the INT8 top-1 margin was below the adaptive threshold.")
+            help: "Rows re-run in FP32 because the INT8 top-1 margin was below the adaptive threshold."))
         modelInfo = registry.makeGauge(name: "agentd_model_version", help: "Registry version of the active model (0: no model loaded).")
         feedback = registry.makeCounter(name: "agentd_feedback_samples_total", help: "Labelled feedback samples stored.")
-    }
-
-    /// Brings the FP32 re-run counter up to the scheduler's cumulative count (a counter only
-    /// grows, so it is incremented by what is new since the last call).
-    func recordEscalations(total: Int) {
-        let delta = escalationsSeen.advance(to: total)
-        if delta > 0 { escalations.increment(by: Int64(delta)) }
+        queuedBytes = registry.makeGauge(name: "agentd_queue_bytes", help: "Bytes of input rows waiting in the queue now (bounded by serving.queue_bytes).")
+        connections = registry.makeGauge(name: "agentd_connections", help: "Open API connections now (bounded by api.max_connections).")
+        recentBytes = registry.makeGauge(name: "agentd_recent_inferences_bytes",
+                                         help: "Bytes of inputs remembered by inference id for feedback (bounded by serving.recent_inferences_bytes).")
+        let rowsHelp = "Rows in a bounded database table now (feedback, events)."
+        storeRows = (registry.makeGauge(name: "agentd_store_rows", labels: [("table", "feedback")], help: rowsHelp),
+                     registry.makeGauge(name: "agentd_store_rows", labels: [("table", "events")], help: rowsHelp))
+        let bytesHelp = "Bytes a bounded database table is counted as now (store.*_max_bytes)."
+        storeBytes = (registry.makeGauge(name: "agentd_store_bytes", labels: [("table", "feedback")], help: bytesHelp),
+                      registry.makeGauge(name: "agentd_store_bytes", labels: [("table", "events")], help: bytesHelp))
+        let evictedHelp = "Rows deleted oldest-first by retention (store.*_max_rows, store.*_max_bytes)."
+        evicted = (CumulativeCounter(registry.makeCounter(name: "agentd_store_evicted_rows_total", labels: [("table", "feedback")], help: evictedHelp)),
+                   CumulativeCounter(registry.makeCounter(name: "agentd_store_evicted_rows_total", labels: [("table", "events")], help: evictedHelp)))
+        eventsDropped = CumulativeCounter(registry.makeCounter(
+            name: "agentd_events_dropped_total", help: "Events not written: the store writer's queue was full or its write failed."))
+        storeWriteErrors = CumulativeCounter(registry.makeCounter(
+            name: "agentd_store_write_errors_total", help: "Database write transactions that failed (disk full, I/O error)."))
     }
 
     public func render() -> String {
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         return String(decoding: buffer, as: UTF8.self)
+    }
+}
+
+/// A Prometheus counter that follows a cumulative count kept elsewhere (the scheduler's, the
+/// store writer's): a counter only grows, so each scrape adds what is new since the last.
+struct CumulativeCounter: Sendable {
+    let counter: Counter
+    private let seen = HighWaterMark()
+    init(_ counter: Counter) { self.counter = counter }
+
+    func record(total: Int) {
+        let delta = seen.advance(to: total)
+        if delta > 0 { counter.increment(by: Int64(delta)) }
     }
 }
 

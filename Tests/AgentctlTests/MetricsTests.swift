@@ -19,6 +19,14 @@ import Glibc
         "agentd_fp32_escalations_total": "counter",
         "agentd_model_version": "gauge",
         "agentd_feedback_samples_total": "counter",
+        "agentd_queue_bytes": "gauge",
+        "agentd_connections": "gauge",
+        "agentd_recent_inferences_bytes": "gauge",
+        "agentd_store_rows": "gauge",
+        "agentd_store_bytes": "gauge",
+        "agentd_store_evicted_rows_total": "counter",
+        "agentd_events_dropped_total": "counter",
+        "agentd_store_write_errors_total": "counter",
     ]
 
     /// A one-epoch digits MLP: unsure enough that adaptive precision re-runs some rows in FP32
