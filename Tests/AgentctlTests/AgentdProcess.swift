@@ -33,7 +33,7 @@ final class AgentdProcess: @unchecked Sendable {
 
     /// `launcher` runs before agentd and exec's it (e.g. to set process restrictions).
     init(config extra: String = "", model: String = AgentdProcess.model, dir: String? = nil, environment: [String: String] = [:],
-         launcher: [String] = []) throws {
+         launcher: [String] = [], socketGroup: String = "") throws {
         self.dir = dir ?? temporaryDirectory("agentd")
         socket = self.dir + "/agentd.sock"
         configPath = self.dir + "/agentd.toml"
@@ -43,7 +43,7 @@ final class AgentdProcess: @unchecked Sendable {
             [agent]
             state_dir = "\(self.dir)/state"
             socket = "\(socket)"
-            socket_group = ""
+            socket_group = "\(socketGroup)"
             [model]
             initial = "\(model)"
             calibration = "\(Agentctl.digits)"
