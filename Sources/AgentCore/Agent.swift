@@ -253,6 +253,7 @@ public final class Agent: @unchecked Sendable {
     func beginDrain() {
         let timeout = config.api.drainTimeoutS
         let scheduler = self.scheduler, logger = self.logger
+        logger.info("draining the inference queue", metadata: ["queued": "\(scheduler.snapshot.queueDepth)", "timeout_s": "\(timeout)"])
         stateLock.lock()
         drain = Task {
             await Blocking.run(on: DispatchQueue(label: "agentd.drain")) {
@@ -324,6 +325,7 @@ public final class Agent: @unchecked Sendable {
 
     /// The first half of shutdown: readiness goes, systemd is told.
     func markStopping() {
+        logger.info("stopping")
         setState(.stopping)
         notifier.notify("STOPPING=1\nSTATUS=draining")
     }

@@ -37,6 +37,10 @@ final class ConnectionCount: @unchecked Sendable {
 /// a local client could otherwise open them until agentd runs out. A connection over the cap has
 /// its first request answered 503 `too_many_connections` and is closed; idle ones close after
 /// `api.idle_timeout_s` anyway.
+///
+/// It also holds back a close until the last answer has left: on shutdown Hummingbird closes a
+/// connection right after writing its last response, and a close fails the writes still queued
+/// behind a full socket buffer — a 1,024-row answer (~300 KB) arrived cut short.
 final class ConnectionLimiter: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -56,6 +60,9 @@ final class ConnectionLimiter: ChannelDuplexHandler, RemovableChannelHandler {
     private let connections: ConnectionCount
     private let body: ByteBuffer
     private var state = State.unadmitted
+    /// Response ends written but not yet on the socket, and a close waiting for them.
+    private var unwrittenEnds = 0
+    private var heldClose: (mode: CloseMode, promise: EventLoopPromise<Void>?)?
 
     init(connections: ConnectionCount, body: ByteBuffer) {
         self.connections = connections
@@ -93,6 +100,31 @@ final class ConnectionLimiter: ChannelDuplexHandler, RemovableChannelHandler {
         context.write(wrapOutboundOut(.body(body)), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
         state = .answered
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        guard case .end = unwrapOutboundIn(data) else {
+            context.write(data, promise: promise)
+            return
+        }
+        let written = promise ?? context.eventLoop.makePromise()
+        unwrittenEnds += 1
+        written.futureResult.whenComplete { _ in
+            self.unwrittenEnds -= 1
+            if self.unwrittenEnds == 0, let held = self.heldClose {
+                self.heldClose = nil
+                context.close(mode: held.mode, promise: held.promise)
+            }
+        }
+        context.write(data, promise: written)
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        guard mode == .all, unwrittenEnds > 0, heldClose == nil else {
+            context.close(mode: mode, promise: promise)
+            return
+        }
+        heldClose = (mode, promise)
     }
 }
 

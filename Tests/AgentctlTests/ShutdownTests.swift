@@ -1,0 +1,67 @@
+import AgentAPI
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// SIGTERM's order: stop accepting connections, drain the queue within api.drain_timeout_s
+/// (what is left is answered 503 "stopping"), close connections, exit. Each step fails this
+/// test when it comes in another order: a listener still open during the drain lets a new
+/// connection in; a drain that waits for the API instead of bounding it computes everything
+/// (no 503) and exits late.
+@Suite(.serialized) struct ShutdownTests {
+    /// Slow on purpose: 64-2048-2048-10 in FP32 (about 0.5 s a 1,024-row request), one worker.
+    static let slowModel: String = {
+        let path = temporaryDirectory("slow-model") + "/slow.safetensors"
+        let r = try! Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", "mlp:64-2048-2048-10", "--epochs", "1",
+                                   "--seed", "1", "--name", "slow", "--out", path])
+        precondition(r.status == 0, r.stderr)
+        return path
+    }()
+
+    func canConnect(_ path: String) -> Bool {
+        (try? AgentClient(socketPath: path, timeoutSeconds: 1).connect()) != nil
+    }
+
+    @Test func stopsAcceptingThenDrainsWithinTheTimeoutThenCloses() throws {
+        let agent = try AgentdProcess(config: """
+            precision = "fp32"
+            [serving]
+            workers = 1
+            max_batch_size = 1
+            [api]
+            drain_timeout_s = 0.5
+            """, model: Self.slowModel)
+        try #require(agent.waitForNotification("READY=1") != nil, "\(agent.log)")
+        let body = InferRequest.f32Body(repeatElement(AgentdTests.digitRow, count: 1024).joined())
+        let client = agent.client
+        let requests = Concurrent(24) { try? client.send("POST", "/v1/infer", body: body, contentType: "application/octet-stream") }
+        // Every request is queued (or computing) before the signal.
+        var queued = 0
+        for _ in 0..<500 where queued < 20 {
+            queued = (try? client.status().serving.queueDepth) ?? 0
+            usleep(10_000)
+        }
+        try #require(queued >= 20, "only \(queued) requests queued")
+        let signalled = Date()
+        agent.signal(SIGTERM)
+        // While the drain runs (0.5 s), the listener is already closed.
+        usleep(150_000)
+        let refusedWhileDraining = !canConnect(agent.socket)
+        let stillRunning = agent.process.isRunning
+        let statuses = requests.wait().map { $0?.status ?? -1 }
+        #expect(agent.waitForExit() == 0, "\(agent.log)")
+        let took = Date().timeIntervalSince(signalled)
+        #expect(stillRunning && refusedWhileDraining, "a new connection was accepted during the drain (running: \(stillRunning))")
+        // Every accepted request got a whole answer (a cut one is nil, -1): computed (200) or
+        // refused at the end of the drain (503).
+        #expect(statuses.allSatisfy { $0 == 200 || $0 == 503 }, "\(statuses)")
+        #expect(statuses.contains(503), "nothing was left for the drain timeout to refuse: \(statuses)")
+        #expect(statuses.contains(200))
+        // 24 requests take several seconds to compute; the drain bounds the stop well below that.
+        #expect(took < 3, "stopping took \(took) s")
+        #expect(agent.log.contains("drained=false"), "\(agent.log)")
+    }
+}
