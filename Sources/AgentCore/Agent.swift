@@ -202,6 +202,8 @@ public final class Agent: @unchecked Sendable {
             writer.appendEvent(kind: "reload_failed", message: "\(error)")
             logger.error("reload failed; keeping the running configuration", metadata: ["error": "\(error)"])
         }
+        // READY=1 means the reload is done, its event included.
+        writer.flush()
         notifier.notify("READY=1\nSTATUS=\(statusLine())")
     }
 

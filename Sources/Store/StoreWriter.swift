@@ -115,13 +115,20 @@ public final class StoreWriter: @unchecked Sendable {
         await withCheckedContinuation { continuation in storeFeedback(f) { continuation.resume(returning: $0) } }
     }
 
+    /// Waits until what is queued now is written (or failed). Blocks: not for the request path.
+    public func flush() {
+        condition.lock()
+        while !jobs.isEmpty || busy { condition.wait() }
+        condition.unlock()
+    }
+
     /// Writes what is queued, then stops the thread. Later writes fail with `.closed`.
     public func close() {
         condition.lock()
         closed = true
         condition.broadcast()
-        while !jobs.isEmpty || busy { condition.wait() }
         condition.unlock()
+        flush()
     }
 
     private func run() {

@@ -84,9 +84,11 @@ final class AgentdProcess: @unchecked Sendable {
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     /// Reads notify datagrams until one contains `fragment` or `timeout` passes.
+    /// Only messages after the first `after` received count (`mark()` taken before a signal
+    /// waits for that signal's answer, not an earlier one).
     @discardableResult
-    func waitForNotification(_ fragment: String, timeout: Double = 60) -> String? {
-        if let hit = received.first(where: { $0.contains(fragment) }) { return hit }
+    func waitForNotification(_ fragment: String, after: Int = 0, timeout: Double = 60) -> String? {
+        if let hit = received.dropFirst(after).first(where: { $0.contains(fragment) }) { return hit }
         let end = Date(timeIntervalSinceNow: timeout)
         var buffer = [UInt8](repeating: 0, count: 4096)
         while Date() < end {
@@ -103,6 +105,18 @@ final class AgentdProcess: @unchecked Sendable {
     }
 
     var notifications: [String] { received }
+
+    /// Reads the datagrams already sent and returns how many there are: pass it as `after` to
+    /// wait for what a signal sent next.
+    func mark() -> Int {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = recv(notifyFD, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+            guard n > 0 else { break }
+            received.append(String(decoding: buffer[0..<n], as: UTF8.self))
+        }
+        return received.count
+    }
 
     func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
 

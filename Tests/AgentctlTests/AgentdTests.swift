@@ -118,10 +118,15 @@ import Glibc
             queue_capacity = 1
             """)
         try #require(agent.waitForNotification("READY=1") != nil, "\(agent.log)")
-        // Octet-stream bodies: cheap to decode, so requests reach the queue faster than one worker drains it.
+        // Octet-stream bodies: cheap to decode, so requests reach the queue faster than one worker
+        // drains it. Whether one round of 48 overflows a queue of one depends on scheduling; rounds
+        // repeat (at most 20) until one has.
         let body = InferRequest.f32Body(repeatElement(Self.digitRow, count: 1024).joined())
         let client = agent.client
-        let answers = Concurrent(48) { try? client.send("POST", "/v1/infer", body: body, contentType: "application/octet-stream") }.wait()
+        var answers: [AgentClient.Response?] = []
+        for _ in 0..<20 where !answers.contains(where: { $0?.status == 503 }) {
+            answers = Concurrent(48) { try? client.send("POST", "/v1/infer", body: body, contentType: "application/octet-stream") }.wait()
+        }
         let statuses = answers.map { $0?.status ?? 0 }
         let retryAfter = answers.compactMap { $0?.status == 503 ? $0?.headers["retry-after"] ?? "" : nil }
         #expect(statuses.contains(200))
@@ -173,16 +178,24 @@ import Glibc
         #expect(rb.stdout.contains("now serving digits-mlp version 1"))
         #expect(try agent.client.infer(InferRequest(inputs: [Self.digitRow])).model.version == 1)
         #expect(try agent.agentctl(["model", "rollback", "7"]).stderr.contains("version 7 is not registered"))
-        // SIGHUP: a good change applies, a broken file changes nothing.
-        let good = (try String(contentsOfFile: agent.configPath, encoding: .utf8)) + "\n[serving]\nmax_batch_size = 16\n"
+        // SIGHUP: a good change applies (READY=1 follows RELOADING=1 once it has), a key that needs
+        // a restart is named, a broken file changes nothing.
+        let good = (try String(contentsOfFile: agent.configPath, encoding: .utf8)) + "\n[serving]\nmax_batch_size = 16\nworkers = 1\n"
         try good.write(toFile: agent.configPath, atomically: true, encoding: .utf8)
+        var mark = agent.mark()
         agent.signal(SIGHUP)
-        #expect(agent.waitForNotification("RELOADING=1", timeout: 10) != nil)
-        usleep(300_000)
+        let reloading = agent.waitForNotification("RELOADING=1", after: mark, timeout: 10)
+        #expect(reloading?.contains("MONOTONIC_USEC=") == true, "\(reloading ?? "no RELOADING=1")")
+        #expect(agent.waitForNotification("READY=1", after: mark, timeout: 10) != nil)
         #expect(try agent.client.status().serving.maxBatchSize <= 16)
+        let reload = try #require(try agent.client.events().events.last { $0.kind == "reload" })
+        #expect(reload.message.contains("applied: serving.max_batch_size") && reload.message.contains("need a restart to take effect: serving.workers"),
+                "\(reload.message)")
         try (good + "\n[serving]\nmax_batch_size = \"many\"\n").write(toFile: agent.configPath, atomically: true, encoding: .utf8)
+        mark = agent.mark()
         agent.signal(SIGHUP)
-        usleep(500_000)
+        #expect(agent.waitForNotification("READY=1", after: mark, timeout: 10) != nil)
+        #expect(try agent.client.status().serving.maxBatchSize <= 16)
         let events = try agent.client.events().events.map(\.kind)
         #expect(events.contains("reload") && events.contains("reload_failed") && events.contains("rollback"))
         #expect(try agent.client.status().state == "serving")
@@ -256,9 +269,11 @@ import Glibc
         #expect(try agent.client.feedback(FeedbackRequest(id: id, label: "0")).stored)
         #expect(try agent.client.status().state == "serving")
         #expect(try agent.client.metrics().contains("agentd_infer_requests_total{outcome=\"ok\"} 3"))
+        let mark = agent.mark()
         agent.signal(SIGHUP)
-        #expect(agent.waitForNotification("RELOADING=1", timeout: 30) != nil)
-        #expect(agent.waitForNotification("READY=1", timeout: 30) != nil)
+        #expect(agent.waitForNotification("RELOADING=1", after: mark, timeout: 30) != nil)
+        #expect(agent.waitForNotification("READY=1", after: mark, timeout: 30) != nil)
+        #expect(try agent.client.events().events.last?.kind == "reload")
         #expect(try agent.client.infer(InferRequest(inputs: [Self.digitRow])).results.count == 1)
         agent.signal(SIGTERM)
         #expect(agent.waitForExit() == 0)
