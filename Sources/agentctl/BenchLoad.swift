@@ -14,6 +14,8 @@ struct BenchLoad: ParsableCommand {
             --new-connections opens a connection per request instead (what a one-shot client costs).
             --honor-retry-after makes clients back off after a 503 as Retry-After asks; without it
             they retry at once, the harshest overload.
+            --feedback-rate N sends N labelled feedback samples per second alongside (one more
+            client, its own connection), to show that feedback writes do not slow inference.
             Example: agentctl bench-load --clients 64 --seconds 5 --json
             """)
     @OptionGroup var socket: SocketOption
@@ -23,6 +25,7 @@ struct BenchLoad: ParsableCommand {
     @Flag(help: "Send rows as application/octet-stream (little-endian F32) instead of JSON.") var binary = false
     @Flag(help: "Open a new connection for every request instead of keeping one per client.") var newConnections = false
     @Flag(help: "After a 503, wait as long as its Retry-After says (as a well-behaved client does).") var honorRetryAfter = false
+    @Option(help: "Feedback samples per second sent alongside the load (0: none).") var feedbackRate: Double = 0
     @Flag(help: "Print the result as JSON.") var json = false
 
     struct Result: Codable {
@@ -42,6 +45,29 @@ struct BenchLoad: ParsableCommand {
         var p99Ms: Double
         var rejectP50Ms: Double?
         var rejectP99Ms: Double?
+        var feedbackOk: Int?
+        var feedbackErrors: Int?
+        var feedbackPerS: Double?
+        var feedbackP99Ms: Double?
+    }
+
+    /// One sample every 1/rate s on its own connection until `end`: (stored, refused, latencies in ms).
+    static func sendFeedback(_ client: AgentClient, rate: Double, inputSize n: Int, until end: Date) -> (ok: Int, errors: Int, ms: [Double]) {
+        guard rate > 0, let label = try? client.infer(InferRequest(inputs: [[Float](repeating: 0, count: n)])).results.first?.label,
+              let body = try? JSONEncoder().encode(FeedbackRequest(input: (0..<n).map { Float($0 % 16) }, label: label)) else { return (0, 0, []) }
+        var connection = try? client.connect()
+        var ok = 0, errors = 0, ms: [Double] = []
+        var next = Date()
+        while next < end {
+            let wait = next.timeIntervalSinceNow
+            if wait > 0 { Thread.sleep(forTimeInterval: wait) }
+            next += 1 / rate
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            if connection == nil { connection = try? client.connect() }
+            let status = (try? connection?.send("POST", "/v1/feedback", body: body))?.status ?? 0
+            if status == 200 { ok += 1; ms.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6) } else { errors += 1; connection = nil }
+        }
+        return (ok, errors, ms)
     }
 
     func run() throws {
@@ -58,6 +84,17 @@ struct BenchLoad: ParsableCommand {
             let tally = Tally()
             let end = Date(timeIntervalSinceNow: seconds)
             let group = DispatchGroup()
+            let feedbackTally = Tally()
+            if feedbackRate > 0 {
+                group.enter()
+                Thread { [feedbackRate] in
+                    let r = Self.sendFeedback(client, rate: feedbackRate, inputSize: n, until: end)
+                    feedbackTally.lock.lock()
+                    (feedbackTally.ok, feedbackTally.errors, feedbackTally.latencies) = (r.ok, r.errors, r.ms)
+                    feedbackTally.lock.unlock()
+                    group.leave()
+                }.start()
+            }
             for c in 0..<clients {
                 group.enter()
                 let t = Thread {
@@ -128,12 +165,19 @@ struct BenchLoad: ParsableCommand {
                                 expired: expired, errors: errors, requestsPerS: Double(ok) / seconds,
                                 samplesPerS: Double(ok * rows) / seconds, p50Ms: pct(latencies, 0.5), p99Ms: pct(latencies, 0.99),
                                 rejectP50Ms: rejectLatencies.isEmpty ? nil : pct(rejectLatencies, 0.5),
-                                rejectP99Ms: rejectLatencies.isEmpty ? nil : pct(rejectLatencies, 0.99))
+                                rejectP99Ms: rejectLatencies.isEmpty ? nil : pct(rejectLatencies, 0.99),
+                                feedbackOk: feedbackRate > 0 ? feedbackTally.ok : nil, feedbackErrors: feedbackRate > 0 ? feedbackTally.errors : nil,
+                                feedbackPerS: feedbackRate > 0 ? Double(feedbackTally.ok) / seconds : nil,
+                                feedbackP99Ms: feedbackRate > 0 ? pct(feedbackTally.latencies, 0.99) : nil)
             if json { printJSON(result); return }
             print("\(model.name) v\(model.version) (\(model.precision)), \(clients) clients, \(seconds) s, \(rows) row(s) per request as \(result.format), \(result.connections) connections")
             print(String(format: "%.0f requests/s (%.0f samples/s), p50 %.2f ms, p99 %.2f ms", result.requestsPerS, result.samplesPerS, result.p50Ms, result.p99Ms))
             print("ok \(ok), queue full \(rejected)" + (result.rejectP99Ms.map { String(format: " (answered in %.3f ms at p50, %.3f ms at p99)", result.rejectP50Ms ?? 0, $0) } ?? "") +
                   ", deadline \(expired), other errors \(errors)")
+            if let stored = result.feedbackOk {
+                print(String(format: "feedback alongside: %d stored (%.0f/s, p99 %.2f ms), %d refused", stored, result.feedbackPerS ?? 0,
+                             result.feedbackP99Ms ?? 0, result.feedbackErrors ?? 0))
+            }
         }
     }
 }

@@ -7,6 +7,8 @@
              (max_batch_size 64) and with max_batch_size 1, same concurrency
   reject     queue_capacity 1 under the same load: how fast queue-full (503) answers come back
              (closed loop: every answer, refusal or not, waits its turn on the shared cores)
+  feedback   the load run again with --feedback-rate labelled samples/s (default 200) sent
+             alongside, twice each way: the p99 ratio shows whether feedback writes reach the hot path
   shed       with --compute-model (a model whose compute, not HTTP, is the bottleneck): one
              worker, queue_capacity 4, 8 clients sending 64-row F32 requests keep the queue full
              while one probe client measures how fast its requests are refused
@@ -84,6 +86,7 @@ def main():
     p.add_argument("--idle-seconds", type=float, default=10)
     p.add_argument("--binary", action="store_true", help="bench-load sends F32 rows instead of JSON")
     p.add_argument("--compute-model", help="a slower model for the load-shedding probe (e.g. the digits CNN)")
+    p.add_argument("--feedback-rate", type=float, default=200, help="feedback samples/s sent alongside the load in the feedback run")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     extra = ["--binary"] if args.binary else []
@@ -115,6 +118,19 @@ def main():
             figures[name]["rss_after_mb"] = a.rss_mb()
             a.stop()
 
+        # Feedback writes alongside inference: the same load with and without 200 feedback/s,
+        # alternated twice so drift in the machine's speed falls on both.
+        write_config(d, args, max_batch_size=64)
+        a = Agentd(args, d)
+        runs = {"without": [], "with": []}
+        for _ in range(2):
+            runs["without"].append(bench_load(args, d, extra))
+            runs["with"].append(bench_load(args, d, extra + ["--feedback-rate", str(args.feedback_rate)]))
+        figures["feedback_alongside"] = {k: {"p99Ms": sorted(r["p99Ms"] for r in v), "requestsPerS": sorted(r["requestsPerS"] for r in v),
+                                             "feedbackPerS": [r.get("feedbackPerS") for r in v],
+                                             "feedbackP99Ms": [r.get("feedbackP99Ms") for r in v]} for k, v in runs.items()}
+        a.stop()
+
         if args.compute_model:
             write_config(d, args, model=args.compute_model, workers=1, queue_capacity=4)
             shutil.rmtree(f"{d}/state")
@@ -141,6 +157,12 @@ def main():
         if r.get("rejectP99Ms") is not None:
             line += f" (answered in {r['rejectP50Ms']:.3f} ms at p50, {r['rejectP99Ms']:.3f} ms at p99)"
         print(line + f"  RSS after {r['rss_after_mb']:.0f} MB")
+    fa = figures["feedback_alongside"]
+    mean = lambda v: sum(v) / len(v)
+    print(f"p99 at {args.clients} clients without feedback {', '.join(f'{v:.2f}' for v in fa['without']['p99Ms'])} ms, "
+          f"with {args.feedback_rate:.0f} feedback/s {', '.join(f'{v:.2f}' for v in fa['with']['p99Ms'])} ms "
+          f"(feedback stored {', '.join(f'{v:.0f}' for v in fa['with']['feedbackPerS'])}/s, p99 {', '.join(f'{v:.2f}' for v in fa['with']['feedbackP99Ms'])} ms): "
+          f"ratio of means {mean(fa['with']['p99Ms']) / mean(fa['without']['p99Ms']):.2f}")
     print(f"batching gain at {args.clients} clients: {figures['batching']['requestsPerS'] / figures['batch_size_1']['requestsPerS']:.2f}x")
 
 
