@@ -52,7 +52,7 @@ public struct AgentConfig: Equatable, Sendable {
         /// The longest deadline a request may ask for; longer ones are clamped to it. Reloadable.
         public var maxDeadlineMs = 60_000.0
         /// Queued request rows beyond this many bytes are answered 503 at once. Reloadable.
-        public var queueBytes = 64 << 20
+        public var queueBytes = 32 << 20
         /// Inputs remembered by inference id for feedback, in bytes (oldest forgotten first).
         public var recentInferencesBytes = 8 << 20
     }
@@ -63,8 +63,9 @@ public struct AgentConfig: Equatable, Sendable {
         public var idleTimeoutS = 30.0
         /// SIGTERM: how long accepted requests may take to finish.
         public var drainTimeoutS = 10.0
-        /// Open connections beyond this are answered 503 and closed.
-        public var maxConnections = 256
+        /// Open connections beyond this are answered 503 and closed. With max_body_bytes it bounds
+        /// the request bodies held at once (64 × 1 MiB), within the unit's MemoryMax.
+        public var maxConnections = 64
         /// Members of this group (besides root and agentd's own user) may use the control
         /// endpoints (rollback, and later learn, drift reset, deploy). Empty: nobody else. Reloadable.
         public var adminGroup = ""

@@ -145,7 +145,9 @@ enum APIServer {
         } catch let e as ModelError {
             throw APIError(status: .unprocessableContent, code: "rollback_refused", message: e.message)
         } catch {
-            throw APIError.store(StoreError(error), "the rollback was not made")
+            if let e = StoreError.from(error) { throw APIError.store(e, "the rollback was not made") }
+            // The target's file no longer loads: refused, the serving model unchanged.
+            throw APIError(status: .unprocessableContent, code: "rollback_refused", message: "\(error)")
         }
         // The rollback took effect; a failure to list the registry now must not say otherwise.
         guard let listed = try? await Blocking.run(on: Blocking.reads, { try agent.modelsResponse() }) else {

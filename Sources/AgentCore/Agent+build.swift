@@ -19,8 +19,10 @@ public func buildAgent(config: AgentConfig, configPath: String? = nil, logger: L
     // A write past RLIMIT_FSIZE then fails with EFBIG, reported as a storage error, instead of killing agentd.
     signal(SIGXFSZ, SIG_IGN)
     _ = try Agent.socketGroupID(config.agent.socketGroup)
+    try Agent.checkAdminGroup(config.api.adminGroup)
     let state = config.agent.stateDir
     try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+    let lock = try StateLock(directory: state)
     let database: AgentDatabase, movedAside: String?
     do {
         (database, movedAside) = try AgentDatabase.openRecovering(path: state + "/agent.db")
@@ -48,7 +50,27 @@ public func buildAgent(config: AgentConfig, configPath: String? = nil, logger: L
     logLevel.level = Logger.Level(rawValue: config.agent.logLevel) ?? .info
     writer.appendEvent(kind: "started", message: "agentd \(agentVersion) started (pid \(getpid()))")
     return Agent(config: config, configPath: configPath, logger: logger, logLevel: logLevel, database: database, writer: writer,
-                 models: models, scheduler: scheduler, metrics: metrics, notifier: SystemdNotifier())
+                 models: models, scheduler: scheduler, metrics: metrics, notifier: SystemdNotifier(), stateLock: lock)
+}
+
+/// One agentd per state directory: a second would unlink the first's socket and sweep its
+/// half-written model files. An flock on `agent.lock`, held for the process's life (the kernel
+/// drops it when the process dies, however it dies).
+final class StateLock: Sendable {
+    let fd: Int32
+
+    init(directory: String) throws {
+        let path = directory + "/agent.lock"
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw StartupError(message: "\(path): \(String(cString: strerror(errno)))", isConfiguration: false) }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            throw StartupError(message: "\(path): another agentd is using \(directory) (its lock is held)", isConfiguration: false)
+        }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
 }
 
 /// The log level in force, shared by every logger's handler, so SIGHUP can change it.

@@ -52,9 +52,11 @@ public final class Agent: @unchecked Sendable {
     private var startupFailure: StartupError?
     private var group: ServiceGroup?
     private var drain: Task<Void, Never>?
+    let stateDirectoryLock: StateLock
 
     init(config: AgentConfig, configPath: String?, logger: Logger, logLevel: LogLevelControl, database: AgentDatabase, writer: StoreWriter,
-         models: ModelManager, scheduler: BatchScheduler, metrics: AgentMetrics, notifier: SystemdNotifier) {
+         models: ModelManager, scheduler: BatchScheduler, metrics: AgentMetrics, notifier: SystemdNotifier, stateLock: StateLock) {
+        self.stateDirectoryLock = stateLock
         self.currentConfig = config
         self.configPath = configPath
         self.logger = logger
@@ -173,6 +175,7 @@ public final class Agent: @unchecked Sendable {
         notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(Self.monotonicMicroseconds())\nSTATUS=reloading configuration")
         do {
             let new = try AgentConfig.load(path: configPath)
+            try Self.checkAdminGroup(new.api.adminGroup)
             let changed = new.changedKeys(from: config)
             let needRestart = changed.filter { !AgentConfig.reloadableKeys.contains($0) }
             try models.reload(adaptive: new.model.adaptive) {
@@ -323,6 +326,12 @@ public final class Agent: @unchecked Sendable {
                                isConfiguration: true)
         }
         return group.gid
+    }
+
+    /// A named admin group must exist: a typo would silently lock every admin out.
+    static func checkAdminGroup(_ name: String) throws {
+        guard !name.isEmpty, AdminPolicy.group(name) == nil else { return }
+        throw StartupError(message: "api.admin_group: group '\(name)' does not exist", isConfiguration: true)
     }
 
     /// The first half of shutdown: readiness goes, systemd is told.

@@ -35,12 +35,13 @@ final class ConnectionCount: @unchecked Sendable {
 
 /// Caps open connections at `api.max_connections`: each one holds a descriptor and buffers, and
 /// a local client could otherwise open them until agentd runs out. A connection over the cap has
-/// its first request answered 503 `too_many_connections` and is closed; idle ones close after
-/// `api.idle_timeout_s` anyway.
+/// its first request answered 503 `too_many_connections` and is closed — or is closed after
+/// `refuseGrace` if it sends none; admitted idle ones close after `api.idle_timeout_s`.
 ///
-/// It also holds back a close until the last answer has left: on shutdown Hummingbird closes a
-/// connection right after writing its last response, and a close fails the writes still queued
-/// behind a full socket buffer — a 1,024-row answer (~300 KB) arrived cut short.
+/// It also holds back a close until the last answer has left (at most `closeGrace`): on shutdown
+/// Hummingbird closes a connection right after writing its last response, and a close fails the
+/// writes still queued behind a full socket buffer — a 1,024-row answer (~300 KB) arrived cut
+/// short. A client that stops reading cannot hold it longer than that.
 final class ConnectionLimiter: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -63,6 +64,9 @@ final class ConnectionLimiter: ChannelDuplexHandler, RemovableChannelHandler {
     /// Response ends written but not yet on the socket, and a close waiting for them.
     private var unwrittenEnds = 0
     private var heldClose: (mode: CloseMode, promise: EventLoopPromise<Void>?)?
+    private var closeDeadline: Scheduled<Void>?
+    static let refuseGrace = TimeAmount.seconds(1)
+    static let closeGrace = TimeAmount.seconds(5)
 
     init(connections: ConnectionCount, body: ByteBuffer) {
         self.connections = connections
@@ -72,6 +76,11 @@ final class ConnectionLimiter: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         precondition(state == .unadmitted, "ConnectionLimiter added twice")
         state = connections.admit() ? .admitted : .refused
+        guard state == .refused else { return }
+        // A refused connection that sends nothing would hold its descriptor until the idle timeout.
+        context.eventLoop.assumeIsolated().scheduleTask(in: Self.refuseGrace) {
+            if self.state == .refused { context.close(promise: nil) }
+        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -109,12 +118,9 @@ final class ConnectionLimiter: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let written = promise ?? context.eventLoop.makePromise()
         unwrittenEnds += 1
-        written.futureResult.whenComplete { _ in
+        written.futureResult.hop(to: context.eventLoop).assumeIsolated().whenComplete { _ in
             self.unwrittenEnds -= 1
-            if self.unwrittenEnds == 0, let held = self.heldClose {
-                self.heldClose = nil
-                context.close(mode: held.mode, promise: held.promise)
-            }
+            if self.unwrittenEnds == 0 { self.closeHeld(context) }
         }
         context.write(data, promise: written)
     }
@@ -125,6 +131,15 @@ final class ConnectionLimiter: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         heldClose = (mode, promise)
+        closeDeadline = context.eventLoop.assumeIsolated().scheduleTask(in: Self.closeGrace) { self.closeHeld(context) }
+    }
+
+    private func closeHeld(_ context: ChannelHandlerContext) {
+        guard let held = heldClose else { return }
+        heldClose = nil
+        closeDeadline?.cancel()
+        closeDeadline = nil
+        context.close(mode: held.mode, promise: held.promise)
     }
 }
 

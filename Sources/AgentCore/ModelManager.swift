@@ -39,6 +39,8 @@ public final class ModelManager: @unchecked Sendable {
         SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
     }
 
+    static let initialSourceKey = "initial_source_sha256"
+
     static func sha256Hex(_ bytes: [UInt8]) -> String {
         bytes.withUnsafeBytes { sha256Hex($0) }
     }
@@ -84,39 +86,49 @@ public final class ModelManager: @unchecked Sendable {
     private func registerChangedInitial(config: AgentConfig) throws {
         guard let source = try? ModelFile.readWholeFile(path: config.model.initial) else { return }
         let sourceHash = Self.sha256Hex(UnsafeRawBufferPointer(source.bytes))
-        if try !database.models().contains(where: { $0.source.hasSuffix("#\(sourceHash)") }) {
+        // Registered before: its source hash is on a row, or (an FP32 file stored as it is, or a
+        // registry rebuilt from the files) its content is a stored file.
+        if try !database.models().contains(where: { $0.source.hasSuffix("#\(sourceHash)") || $0.sha256 == sourceHash }) {
             logger.notice("model.initial changed; registering it")
             try registerInitial(config: config)
         }
     }
 
-    /// Registers every stored file that validates, oldest first, and activates the newest, when
-    /// the registry is empty. Files that do not validate are renamed `*.invalid` and left alone.
+    /// Registers every stored file that validates, oldest first, in one transaction, when the
+    /// registry is empty; the one active last (the store's marker) is active again, else the
+    /// newest. A file that does not validate (or whose content is not its name) is renamed
+    /// `*.invalid` and left alone; a database error fails the start with nothing registered.
     private func rebuildRegistryIfEmpty(adaptive: Bool) throws -> Bool {
         guard try database.models().isEmpty else { return false }
         let files = try store.files().sorted { $0.modified < $1.modified }
         guard !files.isEmpty else { return false }
-        var registered: [String] = []
-        for (i, f) in files.enumerated() {
+        var valid: [(name: String, sha256: String, source: String, precision: String)] = []
+        for f in files {
             do {
                 let storage = try ModelFile.readWholeFile(path: f.path)
                 guard Self.sha256Hex(UnsafeRawBufferPointer(storage.bytes)) == f.sha256 else {
                     throw ModelError(message: "\(f.path): content does not match its SHA-256 name")
                 }
                 let model = try load(path: f.path, version: 0, adaptive: adaptive)
-                let row = try database.register(name: model.name, sha256: f.sha256, source: "recovered:\(f.sha256)",
-                                                precision: model.precision, activate: i == files.count - 1)
-                registered.append("v\(row.version) \(row.name)")
+                // A quantized initial model names its source file's hash (lineage), so a changed-initial
+                // check after the rebuild still recognises it.
+                var source = "recovered:\(f.sha256)"
+                if case .object(let o)? = model.network.lineage, case .string(let h)? = o[Self.initialSourceKey] { source += "#\(h)" }
+                valid.append((model.name, f.sha256, source, model.precision))
             } catch {
                 logger.error("stored model file does not validate; set aside", metadata: ["file": "\(f.path)", "error": "\(error)"])
                 _ = rename(f.path, f.path + ".invalid")
             }
         }
-        if try database.activeModel() == nil, let last = try database.models().last { _ = try database.activate(version: last.version) }
-        events.appendEvent(kind: "registry_rebuilt",
-                           message: "registry rebuilt from \(files.count) model file(s) on disk: \(registered.joined(separator: ", "))")
-        logger.notice("registry rebuilt from the model files on disk", metadata: ["registered": "\(registered)"])
-        return !registered.isEmpty
+        guard let newest = valid.last else { return false }
+        let marked = store.lastActive()
+        let active = valid.contains { $0.sha256 == marked } ? marked! : newest.sha256
+        let rows = try database.registerRecovered(valid, activeSha256: active)
+        store.recordActive(sha256: active)
+        let list = rows.map { "v\($0.version) \($0.name)\($0.active ? " (active)" : "")" }.joined(separator: ", ")
+        events.appendEvent(kind: "registry_rebuilt", message: "registry rebuilt from \(files.count) model file(s) on disk: \(list)")
+        logger.notice("registry rebuilt from the model files on disk", metadata: ["registered": "\(list)"])
+        return true
     }
 
     private func registerInitial(config: AgentConfig) throws {
@@ -130,6 +142,10 @@ public final class ModelManager: @unchecked Sendable {
             let model = try Self.quantizeForField(network, config: config)
             var manifest = network.manifest()
             manifest.quantization = model.spec.json
+            var lineage: [String: JSONValue] = [:]
+            if case .object(let o)? = manifest.lineage { lineage = o }
+            lineage[Self.initialSourceKey] = .string(sourceHash)
+            manifest.lineage = .object(lineage)
             bytes = ModelWriter.encode(manifest: manifest, tensors: network.tensorBlobs() + model.tensorBlobs())
             quantized = model
         } else {
@@ -139,6 +155,7 @@ public final class ModelManager: @unchecked Sendable {
         let stored = try store.store(bytes, sha256: sha)
         let serving = try load(path: stored, version: 0, adaptive: config.model.adaptive)
         let row = try database.register(name: network.name, sha256: sha, source: "initial:\(path)#\(sourceHash)", precision: serving.precision)
+        store.recordActive(sha256: sha)
         slot.swap(ServingModel(version: row.version, network: serving.network, quantized: serving.quantized, useAdaptive: config.model.adaptive))
         events.appendEvent(kind: "model_deployed", message: "\(network.name) registered as version \(row.version) (\(serving.precision)) from \(path)")
         logger.info("registered initial model", metadata: ["model.name": "\(network.name)", "model.version": "\(row.version)",
@@ -193,6 +210,7 @@ public final class ModelManager: @unchecked Sendable {
         let model = try load(path: store.path(for: target.sha256), version: target.version, adaptive: adaptive)
         guard let row = try database.activate(version: target.version) else { throw ModelError(message: "version \(target.version) vanished") }
         // Committed: from here on nothing may report the rollback as failed.
+        store.recordActive(sha256: row.sha256)
         slot.swap(model)
         events.appendEvent(kind: "rollback", message: "version \(active.version) -> \(row.version) (\(row.name))")
         logger.notice("rolled back", metadata: ["from": "\(active.version)", "to": "\(row.version)"])

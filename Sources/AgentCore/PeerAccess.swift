@@ -46,6 +46,10 @@ struct AdminPolicy: Sendable {
     func decide(_ peer: PeerCredentials?) -> Decision {
         guard let peer else { return .refused("the peer's credentials could not be read") }
         if peer.uid == 0 || peer.uid == geteuid() { return .allowed }
+        // An unmapped peer (a user namespace, e.g. the unit's PrivateUsers=) is nobody in particular.
+        guard peer.uid != Self.overflowID, peer.gid != Self.overflowID else {
+            return .refused("the peer's user is not visible to agentd (it appears as the overflow uid \(Self.overflowID))")
+        }
         let who = "uid \(peer.uid)" + (Self.userName(peer.uid).map { " (\($0))" } ?? "")
         guard !adminGroup.isEmpty else {
             return .refused("\(who) is neither root nor agentd's user, and api.admin_group is not set")
@@ -58,27 +62,43 @@ struct AdminPolicy: Sendable {
         return .refused("\(who) is not root, not agentd's user and not in api.admin_group '\(adminGroup)'")
     }
 
+    static let overflowID: UInt32 = 65534
+
     /// getpwuid_r: the non-reentrant getpwuid shares one static buffer between threads.
     static func userName(_ uid: UInt32) -> String? {
-        var pwd = passwd()
-        var result: UnsafeMutablePointer<passwd>?
-        var buffer = [CChar](repeating: 0, count: 16384)
-        guard getpwuid_r(uid, &pwd, &buffer, buffer.count, &result) == 0, result != nil, let name = pwd.pw_name else { return nil }
-        return String(cString: name)
+        withGrowingBuffer { buffer in
+            var pwd = passwd()
+            var result: UnsafeMutablePointer<passwd>?
+            let rc = getpwuid_r(uid, &pwd, &buffer, buffer.count, &result)
+            return (rc, result == nil ? nil : pwd.pw_name.map { String(cString: $0) })
+        }
     }
 
     static func group(_ name: String) -> (gid: UInt32, members: [String])? {
-        var grp = Glibc.group()
-        var result: UnsafeMutablePointer<Glibc.group>?
-        var buffer = [CChar](repeating: 0, count: 65536)
-        guard getgrnam_r(name, &grp, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
-        var members: [String] = []
-        if var p = grp.gr_mem {
-            while let m = p.pointee {
-                members.append(String(cString: m))
-                p += 1
+        withGrowingBuffer { buffer in
+            var grp = Glibc.group()
+            var result: UnsafeMutablePointer<Glibc.group>?
+            let rc = getgrnam_r(name, &grp, &buffer, buffer.count, &result)
+            guard rc == 0, result != nil else { return (rc, nil) }
+            var members: [String] = []
+            if var p = grp.gr_mem {
+                while let m = p.pointee {
+                    members.append(String(cString: m))
+                    p += 1
+                }
             }
+            return (0, (grp.gr_gid, members))
         }
-        return (grp.gr_gid, members)
+    }
+
+    /// Runs a `get*_r` lookup, doubling its buffer while it answers ERANGE (large groups from a
+    /// directory service), up to 16 MiB.
+    private static func withGrowingBuffer<T>(_ lookup: (inout [CChar]) -> (Int32, T?)) -> T? {
+        var buffer = [CChar](repeating: 0, count: 16384)
+        while true {
+            let (rc, value) = lookup(&buffer)
+            guard rc == ERANGE, buffer.count < 16 << 20 else { return value }
+            buffer = [CChar](repeating: 0, count: buffer.count * 2)
+        }
     }
 }

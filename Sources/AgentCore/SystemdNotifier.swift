@@ -15,9 +15,10 @@ public struct SystemdNotifier: Sendable {
 
     /// Watchdog interval systemd asks for (half of WatchdogSec), if any.
     public static func watchdogInterval(environment: [String: String] = ProcessInfo.processInfo.environment) -> Double? {
-        guard let usec = environment["WATCHDOG_USEC"].flatMap(Double.init), usec > 0 else { return nil }
+        guard let usec = environment["WATCHDOG_USEC"].flatMap(Double.init), usec.isFinite, usec > 0 else { return nil }
         if let pid = environment["WATCHDOG_PID"].flatMap(Int32.init), pid != getpid() { return nil }
-        return usec / 1e6 / 2
+        // Between 50 ms (no busy loop) and a day (no overflow in the sleep's arithmetic).
+        return min(max(usec / 1e6 / 2, 0.05), 86_400)
     }
 
     @discardableResult

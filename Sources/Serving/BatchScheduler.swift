@@ -363,13 +363,18 @@ public final class BatchScheduler: @unchecked Sendable {
                 _ = condition.wait(until: Date(timeIntervalSinceNow: Double(waitUntil - now) / 1e9))
             }
             // Expired requests are answered, never computed (counted before they are answered).
+            // Rows shaped for another model (swapped in since the request was read) never reach
+            // the kernels: they would read past the request's buffer.
             let now = Self.now()
-            let live = batch.filter { now <= $0.deadline }
-            let expired = batch.filter { now > $0.deadline }
+            let width = model.inputCount
+            let misshaped = batch.filter { $0.rows.count != $0.count * width }
+            let live = batch.filter { now <= $0.deadline && $0.rows.count == $0.count * width }
+            let expired = batch.filter { now > $0.deadline && $0.rows.count == $0.count * width }
             stats.deadlineExpired += expired.count
             inFlight += batch.count
             condition.unlock()
             for r in expired { r.completion(.failure(.deadlineExceeded)) }
+            for r in misshaped { r.completion(.failure(.wrongShape(expected: width, got: r.rows.count / max(r.count, 1)))) }
             let waits = live.map { Double(now - $0.enqueued) / 1e6 }
             var computeSeconds = 0.0
             var computeCPU: UInt64 = 0

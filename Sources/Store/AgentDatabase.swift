@@ -37,6 +37,13 @@ public enum StoreError: Error, CustomStringConvertible, Equatable, Sendable {
     case closed
     case other(code: Int32)
 
+    /// The store error `error` is, or nil when it did not come from the database.
+    public static func from(_ error: Error) -> StoreError? {
+        if let e = error as? StoreError { return e }
+        guard error is DatabaseError else { return nil }
+        return StoreError(error)
+    }
+
     public init(_ error: Error) {
         if let e = error as? StoreError { self = e; return }
         guard let e = error as? DatabaseError else { self = .other(code: -1); return }
@@ -88,13 +95,19 @@ public final class AgentDatabase: Sendable {
         do {
             return (try AgentDatabase(path: path), nil)
         } catch let e as DatabaseError where e.resultCode == .SQLITE_NOTADB || e.resultCode == .SQLITE_CORRUPT {
-            let stamp = ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
-            let aside = "\(path).corrupt-\(stamp)"
-            for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
+            let f = ISO8601DateFormatter()
+            f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            var aside = "\(path).corrupt-" + f.string(from: Date()).replacingOccurrences(of: ":", with: "")
+            if FileManager.default.fileExists(atPath: aside) { aside += "-\(UInt32.random(in: 0...UInt32.max))" }
+            // -wal and -shm first: an old WAL left beside a fresh database would be replayed into it.
+            for suffix in ["-wal", "-shm", ""] where FileManager.default.fileExists(atPath: path + suffix) {
                 guard rename(path + suffix, aside + suffix) == 0 else {
                     throw StoreError.io
                 }
             }
+            let directory = (path as NSString).deletingLastPathComponent
+            let fd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if fd >= 0 { fsync(fd); close(fd) }
             return (try AgentDatabase(path: path), aside)
         }
     }
@@ -149,6 +162,19 @@ public final class AgentDatabase: Sendable {
         }
     }
 
+    /// Registers recovered files in one transaction (a crash leaves all or none of them), making
+    /// the one with `activeSha256` active.
+    public func registerRecovered(_ files: [(name: String, sha256: String, source: String, precision: String)], activeSha256: String) throws -> [RegisteredModel] {
+        try pool.write { db in
+            try db.execute(sql: "UPDATE models SET active = 0 WHERE active = 1")
+            return try files.map { f in
+                try db.execute(sql: "INSERT INTO models (name, sha256, source, precision, created, active) VALUES (?, ?, ?, ?, ?, ?)",
+                               arguments: [f.name, f.sha256, f.source, f.precision, Self.now(), f.sha256 == activeSha256])
+                return try Self.model(db, Int(db.lastInsertedRowID))!
+            }
+        }
+    }
+
     public func activate(version: Int) throws -> RegisteredModel? {
         try pool.write { db in
             guard try Self.model(db, version) != nil else { return nil }
@@ -194,8 +220,10 @@ public final class AgentDatabase: Sendable {
 
     /// Bytes a row is counted as, for retention: its text and blob lengths plus a fixed overhead.
     static let rowOverhead = 32
-    static let eventBytesSQL = "length(ts) + length(kind) + length(message) + \(rowOverhead)"
-    static let feedbackBytesSQL = "length(ts) + length(label) + length(input) + ifnull(length(inference_id), 0) + \(rowOverhead)"
+    // length() of TEXT counts characters; as a BLOB it counts the UTF-8 bytes the writer counts.
+    static let eventBytesSQL = "length(CAST(ts AS BLOB)) + length(CAST(kind AS BLOB)) + length(CAST(message AS BLOB)) + \(rowOverhead)"
+    static let feedbackBytesSQL =
+        "length(CAST(ts AS BLOB)) + length(CAST(label AS BLOB)) + length(input) + ifnull(length(CAST(inference_id AS BLOB)), 0) + \(rowOverhead)"
 
     /// Rows and bytes of a bounded table, read once at start (then kept by the writer).
     public struct TableSize: Equatable, Sendable {

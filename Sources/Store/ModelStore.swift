@@ -27,6 +27,21 @@ public struct ModelStore: Sendable {
         return final
     }
 
+    /// Which file was active last, kept beside the files (written after every activation) so a
+    /// registry rebuilt after the database was lost serves the same model, not the newest file.
+    var activeMarker: String { "\(directory)/active" }
+
+    public func recordActive(sha256: String) {
+        // Best effort: without it a rebuild falls back to the newest file.
+        try? ModelWriter.writeAtomically(Array(sha256.utf8), to: activeMarker)
+    }
+
+    public func lastActive() -> String? {
+        guard let data = FileManager.default.contents(atPath: activeMarker) else { return nil }
+        let sha = String(decoding: data, as: UTF8.self)
+        return sha.count == 64 && sha.allSatisfy(\.isHexDigit) ? sha : nil
+    }
+
     /// The stored model files (`<sha256>.safetensors`) with their modification times.
     public func files() throws -> [(path: String, sha256: String, modified: Date)] {
         try FileManager.default.contentsOfDirectory(atPath: directory).compactMap { name in

@@ -48,6 +48,9 @@ public final class StoreWriter: @unchecked Sendable {
     private var jobs: [Job] = []
     private var closed = false
     private var busy = false
+    /// Jobs ever queued, and ever finished (written or failed): `flush` waits for its own.
+    private var queuedCount = 0
+    private var finishedCount = 0
     private var snapshot: Snapshot
     /// The newest events, for status (oldest first).
     private var recent: [StoredEvent]
@@ -80,16 +83,21 @@ public final class StoreWriter: @unchecked Sendable {
         return recent
     }
 
+    /// Events may fill the queue this far past the capacity feedback is refused at, so a burst of
+    /// feedback does not push out the audit trail (rollback, reload).
+    static let eventHeadroom = 256
+
     /// Queues an event; never blocks. A full queue drops it (counted in `eventsDropped`).
     public func appendEvent(kind: String, message: String) {
         let event = StoredEvent(id: 0, ts: AgentDatabase.now(), kind: kind, message: message)
         condition.lock()
         defer { condition.unlock() }
-        guard !closed, jobs.count < limits.queueCapacity else {
+        guard !closed, jobs.count < limits.queueCapacity + Self.eventHeadroom else {
             snapshot.eventsDropped += 1
             return
         }
         jobs.append(.event(event))
+        queuedCount += 1
         condition.signal()
     }
 
@@ -107,6 +115,7 @@ public final class StoreWriter: @unchecked Sendable {
             return
         }
         jobs.append(.feedback(f, ts: AgentDatabase.now(), completion: completion))
+        queuedCount += 1
         condition.signal()
         condition.unlock()
     }
@@ -115,10 +124,12 @@ public final class StoreWriter: @unchecked Sendable {
         await withCheckedContinuation { continuation in storeFeedback(f) { continuation.resume(returning: $0) } }
     }
 
-    /// Waits until what is queued now is written (or failed). Blocks: not for the request path.
+    /// Waits until what is queued now is written (or failed); later writes do not hold it up.
+    /// Blocks: not for the request path.
     public func flush() {
         condition.lock()
-        while !jobs.isEmpty || busy { condition.wait() }
+        let target = queuedCount
+        while finishedCount < target && !(jobs.isEmpty && !busy) { condition.wait() }
         condition.unlock()
     }
 
@@ -146,7 +157,6 @@ public final class StoreWriter: @unchecked Sendable {
             condition.unlock()
             let outcome = commit(batch, from: sizes)
             condition.lock()
-            busy = false
             switch outcome {
             case .success(let written):
                 snapshot.feedback = written.sizes.feedback
@@ -159,9 +169,9 @@ public final class StoreWriter: @unchecked Sendable {
                 snapshot.eventsDropped += batch.filter { if case .event = $0 { true } else { false } }.count
                 snapshot.lastError = e.description
             }
-            condition.broadcast()
             condition.unlock()
-            // Completions run outside the lock: they resume request handlers.
+            // Completions run outside the lock (they resume request handlers), before `flush` and
+            // `close` see the batch finished.
             var ids = (try? outcome.get().feedbackIds) ?? []
             for job in batch {
                 guard case .feedback(_, _, let completion) = job else { continue }
@@ -170,6 +180,11 @@ public final class StoreWriter: @unchecked Sendable {
                 case .failure(let e): completion(.failure(e))
                 }
             }
+            condition.lock()
+            busy = false
+            finishedCount += batch.count
+            condition.broadcast()
+            condition.unlock()
         }
     }
 

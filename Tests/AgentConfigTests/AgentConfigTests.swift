@@ -61,4 +61,36 @@ import Testing
         #expect(throws: ConfigErrors.self) { try AgentConfig.parse("[serving\nx=1", file: "a.toml") }
         do { _ = try AgentConfig.parse("a = \n", file: "a.toml") } catch { #expect("\(error)".hasPrefix("a.toml: line 1")) }
     }
+
+    /// Hostile numbers in the file: every one is a problem with its key, none reaches agentd.
+    @Test(arguments: [
+        ("serving", "deadline_ms", "inf"), ("serving", "deadline_ms", "nan"), ("serving", "deadline_ms", "-0.0"),
+        ("serving", "max_deadline_ms", "1e300"), ("serving", "max_queue_delay_ms", "-inf"), ("serving", "latency_target_ms", "0.0"),
+        ("serving", "queue_bytes", "9223372036854775807"), ("serving", "queue_bytes", "-1"), ("serving", "workers", "-1"),
+        ("serving", "recent_inferences_bytes", "-4096"), ("api", "max_connections", "0"), ("api", "drain_timeout_s", "1e300"),
+        ("api", "idle_timeout_s", "nan"), ("api", "max_body_bytes", "18446744073709551615"), ("store", "feedback_max_rows", "0"),
+        ("store", "events_max_bytes", "-1"), ("store", "write_queue", "inf"),
+    ])
+    func hostileNumbersAreProblemsWithTheirKey(_ section: String, _ key: String, _ value: String) {
+        do {
+            _ = try AgentConfig.parse("[\(section)]\n\(key) = \(value)\n", file: "a.toml")
+            Issue.record("\(section).\(key) = \(value) was accepted")
+        } catch let e as ConfigErrors {
+            #expect(e.problems.count == 1 && e.problems.allSatisfy { $0.key == "\(section).\(key)" || $0.key == nil }, "\(e)")
+        } catch {
+            Issue.record("\(error)")
+        }
+    }
+
+    @Test func aDefaultDeadlineAboveTheMaximumIsAProblem() {
+        #expect(throws: ConfigErrors.self) { try AgentConfig.parse("[serving]\ndeadline_ms = 5000\nmax_deadline_ms = 100\n", file: "a.toml") }
+    }
+
+    @Test func changedKeysSeparateReloadableFromRestart() throws {
+        let old = AgentConfig()
+        let new = try AgentConfig.parse("[serving]\nworkers = 3\nmax_batch_size = 8\n[api]\nadmin_group = \"ops\"\n", file: "a.toml")
+        let changed = new.changedKeys(from: old)
+        #expect(Set(changed) == ["serving.workers", "serving.max_batch_size", "api.admin_group"])
+        #expect(changed.filter { !AgentConfig.reloadableKeys.contains($0) } == ["serving.workers"])
+    }
 }

@@ -21,6 +21,35 @@ import Glibc
         return path
     }()
 
+    /// A request's deadline is clamped to serving.max_deadline_ms: 1e300 ms becomes 1 ms, and
+    /// behind a half-second request on the only worker it expires (without the clamp it would wait
+    /// and be answered 200).
+    @Test func requestDeadlinesAreClampedToTheMaximum() throws {
+        let agent = try AgentdProcess(config: """
+            precision = "fp32"
+            [serving]
+            workers = 1
+            max_batch_size = 1
+            deadline_ms = 1
+            max_deadline_ms = 1
+            """, model: Self.slowModel)
+        try #require(agent.waitForNotification("READY=1") != nil, "\(agent.log)")
+        let body = InferRequest.f32Body(repeatElement(AgentdTests.digitRow, count: 1024).joined())
+        let client = agent.client
+        let busy = Concurrent(1) { try? client.send("POST", "/v1/infer", body: body, contentType: "application/octet-stream", headers: ["X-Deadline-Ms": "1"]) }
+        var computing = false
+        for _ in 0..<200 where !computing {
+            computing = ((try? client.status().serving.requests) ?? 0) >= 1
+            if !computing { usleep(2_000) }
+        }
+        let late = try client.send("POST", "/v1/infer", body: try JSONEncoder().encode(InferRequest(inputs: [AgentdTests.digitRow], deadlineMs: 1e300)))
+        #expect(late.status == 504, "\(String(decoding: late.body, as: UTF8.self))")
+        #expect(String(decoding: late.body, as: UTF8.self).contains("deadline of 1 ms"))
+        _ = busy.wait()
+        agent.signal(SIGTERM)
+        #expect(agent.waitForExit() == 0)
+    }
+
     func canConnect(_ path: String) -> Bool {
         (try? AgentClient(socketPath: path, timeoutSeconds: 1).connect()) != nil
     }

@@ -100,6 +100,20 @@ func settings(workers: Int = 1, maxBatch: Int = 8, delay: Double = 0.005, capaci
         scheduler.stop()
     }
 
+    /// Rows read for one model and queued while another was swapped in are refused, never computed
+    /// (computing them read past the request's buffer).
+    @Test func rowsShapedForASwappedOutModelAreRefused() async throws {
+        let slot = ModelSlot(servingModel())  // 4 inputs
+        let scheduler = BatchScheduler(slot: slot, settings: settings())
+        let wide = ServingModel(version: 2, network: try! Architecture.build("mlp:8-8-3", seed: 1), quantized: nil)
+        slot.swap(wide)  // the request below was read for the 4-input model
+        scheduler.start()
+        defer { scheduler.stop() }
+        let r = await scheduler.infer(rows: [1, 2, 3, 4], count: 1, priority: .latency, deadline: 5)
+        #expect(r.failureValue == .wrongShape(expected: 8, got: 4))
+        #expect(try await scheduler.infer(rows: [Float](repeating: 1, count: 16), count: 2, priority: .latency, deadline: 5).get().scores.count == 6)
+    }
+
     @Test func drainAnswersEverythingAccepted() async {
         let scheduler = BatchScheduler(slot: ModelSlot(servingModel()), settings: settings(workers: 2, capacity: 1000))
         let answered = Counter()

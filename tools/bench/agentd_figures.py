@@ -119,11 +119,11 @@ def main():
             a.stop()
 
         # Feedback writes alongside inference: the same load with and without 200 feedback/s,
-        # alternated twice so drift in the machine's speed falls on both.
+        # alternated three times so drift in the machine's speed falls on both; medians compared.
         write_config(d, args, max_batch_size=64)
         a = Agentd(args, d)
         runs = {"without": [], "with": []}
-        for _ in range(2):
+        for _ in range(3):
             runs["without"].append(bench_load(args, d, extra))
             runs["with"].append(bench_load(args, d, extra + ["--feedback-rate", str(args.feedback_rate)]))
         figures["feedback_alongside"] = {k: {"p99Ms": sorted(r["p99Ms"] for r in v), "requestsPerS": sorted(r["requestsPerS"] for r in v),
@@ -158,11 +158,11 @@ def main():
             line += f" (answered in {r['rejectP50Ms']:.3f} ms at p50, {r['rejectP99Ms']:.3f} ms at p99)"
         print(line + f"  RSS after {r['rss_after_mb']:.0f} MB")
     fa = figures["feedback_alongside"]
-    mean = lambda v: sum(v) / len(v)
+    median = lambda v: sorted(v)[len(v) // 2]
     print(f"p99 at {args.clients} clients without feedback {', '.join(f'{v:.2f}' for v in fa['without']['p99Ms'])} ms, "
           f"with {args.feedback_rate:.0f} feedback/s {', '.join(f'{v:.2f}' for v in fa['with']['p99Ms'])} ms "
           f"(feedback stored {', '.join(f'{v:.0f}' for v in fa['with']['feedbackPerS'])}/s, p99 {', '.join(f'{v:.2f}' for v in fa['with']['feedbackP99Ms'])} ms): "
-          f"ratio of means {mean(fa['with']['p99Ms']) / mean(fa['without']['p99Ms']):.2f}")
+          f"ratio of medians {median(fa['with']['p99Ms']) / median(fa['without']['p99Ms']):.2f}")
     print(f"batching gain at {args.clients} clients: {figures['batching']['requestsPerS'] / figures['batch_size_1']['requestsPerS']:.2f}x")
 
 
