@@ -1,4 +1,3 @@
-import AgentAPI
 import Foundation
 
 /// The hot path's JSON: `/v1/infer` bodies read in one pass straight into flat rows, and answers
@@ -15,6 +14,13 @@ public enum InferCodec {
         public var count: Int
         public var priority: String?
         public var deadlineMs: Double?
+
+        public init(rows: [Float], count: Int, priority: String? = nil, deadlineMs: Double? = nil) {
+            self.rows = rows
+            self.count = count
+            self.priority = priority
+            self.deadlineMs = deadlineMs
+        }
     }
 
     public static func decode(_ data: Data, rowLength n: Int) -> Decoded? {

@@ -1,7 +1,6 @@
 import AgentAPI
 import Foundation
 import Testing
-import AgentCore
 
 @Suite struct InferCodecTests {
     /// Whatever the fast reader accepts, Foundation's decoder reads the same.
