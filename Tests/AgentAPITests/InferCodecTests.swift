@@ -56,6 +56,24 @@ import Testing
         }
     }
 
+    /// Bodies the fuzzer found the fast path reading while JSONDecoder refuses them (invalid UTF-8
+    /// in a string, numbers out of Float or Double range): now both refuse.
+    @Test func refusesWhatJSONDecoderRefuses() throws {
+        var invalidUTF8 = Data(#"{"inputs": [[1, 2, 3]], "priority": "l"#.utf8)
+        invalidUTF8 += [0xFF, 0xC3]
+        invalidUTF8 += Data(#"ncy"}"#.utf8)
+        let bodies = [invalidUTF8] + [
+            #"{"inputs": [[1e39, 2, 3]]}"#, #"{"inputs": [[1, -1e39, 3]]}"#, #"{"inputs": [[1, 2, 1e-46]]}"#,
+            #"{"inputs": [[1, 2, 3]], "deadline_ms": 1e309}"#, #"{"inputs": [[1, 2, 3]], "deadline_ms": 1e-330}"#,
+        ].map { Data($0.utf8) }
+        for body in bodies {
+            #expect(InferCodec.decode(body, rowLength: 3) == nil, "\(String(decoding: body, as: UTF8.self))")
+            #expect(throws: (any Error).self) { try JSONDecoder().decode(InferRequest.self, from: body) }
+        }
+        // Zero written with zero digits is still zero, not an underflow.
+        try agreesWithJSONDecoder(#"{"inputs": [[0, -0.0, 0e-999]], "deadline_ms": 0.000e-400}"#, n: 3)
+    }
+
     @Test func answersAreByteForByteWhatJSONEncoderWrites() throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
