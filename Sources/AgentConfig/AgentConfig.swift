@@ -84,6 +84,9 @@ extension AgentConfig {
     }
 
     public static func parse(_ text: String, file: String) throws -> AgentConfig {
+        if let refused = TOMLPrecheck.problem(in: text) {
+            throw ConfigErrors(problems: [ConfigProblem(file: file, key: nil, message: refused)])
+        }
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -203,5 +206,109 @@ extension AgentConfig {
             }
             return d[b.count]
         }
+    }
+}
+
+/// What toml++ (through TOMLKit) cannot be trusted with, refused before it sees the text: it
+/// recurses once per level of nesting (a few thousand dotted-key levels overflow the stack) and
+/// asserts on a date followed by 'T' and no digit (`2024-01-01T:00`). agentd's configuration is
+/// two levels deep and holds no dates, so these limits refuse only files that are wrong anyway.
+enum TOMLPrecheck {
+    static let maxBytes = 1 << 20
+    /// Tables, arrays and dotted-key levels open at once.
+    static let maxNesting = 32
+
+    /// A one-line reason to refuse `text`, or nil when toml++ may parse it.
+    static func problem(in text: String) -> String? {
+        let count = text.utf8.count
+        guard count <= maxBytes else { return "\(count) bytes; a configuration file is at most \(maxBytes) bytes" }
+        return text.utf8.withContiguousStorageIfAvailable { scan($0) } ?? Array(text.utf8).withUnsafeBufferPointer { scan($0) }
+    }
+
+    private static func scan(_ b: UnsafeBufferPointer<UInt8>) -> String? {
+        let n = b.count
+        var i = 0, line = 1
+        var brackets = 0, keyDots = 0
+        var token = 0, tokenDots = 0, tokenLoneDigitDot = false
+        func at(_ k: Int) -> UInt8 { k < n ? b[k] : 0 }
+        func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
+        func isTokenByte(_ c: UInt8) -> Bool {
+            isDigit(c) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x2D || c == 0x2B || c == 0x2E
+        }
+        // A bare token's dots are key levels, except the one dot of a number such as 2.5.
+        func endToken() {
+            if token > 0 && !(tokenDots == 1 && tokenLoneDigitDot) { keyDots += tokenDots }
+            token = 0
+            tokenDots = 0
+            tokenLoneDigitDot = false
+        }
+        // Skips a string opened at i by `quote`; multi-line strings may end with up to two extra quotes.
+        func skipString(_ quote: UInt8, escapes: Bool) {
+            if at(i + 1) == quote && at(i + 2) == quote {
+                i += 3
+                while i < n {
+                    if escapes && b[i] == 0x5C { i += 2; continue }
+                    if b[i] == 0x0A { line += 1 }
+                    if b[i] == quote && at(i + 1) == quote && at(i + 2) == quote {
+                        i += 3
+                        var extra = 0
+                        while extra < 2 && at(i) == quote { i += 1; extra += 1 }
+                        return
+                    }
+                    i += 1
+                }
+                return
+            }
+            i += 1
+            while i < n && b[i] != quote && b[i] != 0x0A {
+                i += escapes && b[i] == 0x5C && at(i + 1) != 0x0A ? 2 : 1
+            }
+            if i < n && b[i] == quote { i += 1 }
+        }
+        while i < n {
+            let c = b[i]
+            if isTokenByte(c) {
+                // toml++ asserts when a date's 'T' is followed by anything but a digit.
+                if token == 0 && isDigit(c) && i + 10 < n
+                    && (0..<10).allSatisfy({ k in k == 4 || k == 7 ? b[i + k] == 0x2D : isDigit(b[i + k]) })
+                    && (b[i + 10] == 0x54 || b[i + 10] == 0x74) && !isDigit(at(i + 11)) {
+                    return "line \(line): a date followed by '\(Character(UnicodeScalar(b[i + 10])))' needs a time (HH:MM:SS); agentd's configuration holds no dates"
+                }
+                if c == 0x2E {
+                    tokenDots += 1
+                    tokenLoneDigitDot = token > 0 && isDigit(b[i - 1]) && isDigit(at(i + 1))
+                }
+                token += 1
+                i += 1
+                if brackets + keyDots + tokenDots > maxNesting {
+                    return "line \(line): more than \(maxNesting) levels of tables, arrays or dotted keys; agentd's configuration is two levels deep"
+                }
+                continue
+            }
+            endToken()
+            switch c {
+            case 0x22: skipString(0x22, escapes: true)
+            case 0x27: skipString(0x27, escapes: false)
+            case 0x23:
+                while i < n && b[i] != 0x0A { i += 1 }
+            case 0x5B, 0x7B:
+                brackets += 1
+                i += 1
+            case 0x5D, 0x7D:
+                brackets = max(0, brackets - 1)
+                i += 1
+            case 0x0A:
+                line += 1
+                // Keys end with their line, except inside an open array or inline table.
+                if brackets == 0 { keyDots = 0 }
+                i += 1
+            default:
+                i += 1
+            }
+            if brackets + keyDots > maxNesting {
+                return "line \(line): more than \(maxNesting) levels of tables, arrays or dotted keys; agentd's configuration is two levels deep"
+            }
+        }
+        return nil
     }
 }
