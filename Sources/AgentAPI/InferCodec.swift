@@ -92,6 +92,8 @@ public enum InferCodec {
         /// Checks one JSON number (RFC 8259 grammar) and converts the checked token, terminated
         /// in a stack buffer. Numbers that overflow to infinity or underflow to zero are left to the
         /// fallback: JSONDecoder refuses them, so accepting them here would make the two disagree.
+        /// So is a zero with an exponent: JSONDecoder refuses some (`0e9`, `0.00e1`) and takes
+        /// others (`0e10`, `0.0e9`), found by the infer-codec fuzzer.
         mutating func numberToken<T: FloatingPoint>(_ convert: (UnsafePointer<CChar>) -> T) -> T? {
             skipSpace()
             let start = i
@@ -104,7 +106,8 @@ public enum InferCodec {
                 guard i < end, isDigit(p[i]) else { return nil }
                 while i < end, isDigit(p[i]) { nonZero = nonZero || p[i] != 0x30; i += 1 }
             }
-            if i < end, p[i] == 0x65 || p[i] == 0x45 {
+            let exponent = i < end && (p[i] == 0x65 || p[i] == 0x45)
+            if exponent {
                 i += 1
                 if i < end, p[i] == 0x2B || p[i] == 0x2D { i += 1 }
                 guard i < end, isDigit(p[i]) else { return nil }
@@ -118,7 +121,7 @@ public enum InferCodec {
                 buf[length] = 0
                 return convert(buf.baseAddress!)
             }
-            guard value.isFinite, value != 0 || !nonZero else { return nil }
+            guard value.isFinite, value != 0 || !(nonZero || exponent) else { return nil }
             return value
         }
 

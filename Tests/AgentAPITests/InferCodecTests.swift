@@ -65,13 +65,17 @@ import Testing
         let bodies = [invalidUTF8] + [
             #"{"inputs": [[1e39, 2, 3]]}"#, #"{"inputs": [[1, -1e39, 3]]}"#, #"{"inputs": [[1, 2, 1e-46]]}"#,
             #"{"inputs": [[1, 2, 3]], "deadline_ms": 1e309}"#, #"{"inputs": [[1, 2, 3]], "deadline_ms": 1e-330}"#,
+            #"{"inputs": [[0e9, 2, 3]]}"#, #"{"inputs": [[1, 0.00e1, 3]]}"#, #"{"inputs": [[1, 2, -0.0e-1]]}"#,
         ].map { Data($0.utf8) }
         for body in bodies {
             #expect(InferCodec.decode(body, rowLength: 3) == nil, "\(String(decoding: body, as: UTF8.self))")
             #expect(throws: (any Error).self) { try JSONDecoder().decode(InferRequest.self, from: body) }
         }
-        // Zero written with zero digits is still zero, not an underflow.
-        try agreesWithJSONDecoder(#"{"inputs": [[0, -0.0, 0e-999]], "deadline_ms": 0.000e-400}"#, n: 3)
+        // Zero without an exponent is read here, as JSONDecoder reads it.
+        try agreesWithJSONDecoder(#"{"inputs": [[0, -0.0, 0.000]], "deadline_ms": -0.00}"#, n: 3)
+        // Zero with an exponent is left to JSONDecoder, which takes some and refuses others.
+        #expect(InferCodec.decode(Data(#"{"inputs": [[0e10, 0.0e9, 0e-9]]}"#.utf8), rowLength: 3) == nil)
+        #expect((try? JSONDecoder().decode(InferRequest.self, from: Data(#"{"inputs": [[0e10, 0.0e9, 0e-9]]}"#.utf8))) != nil)
     }
 
     @Test func answersAreByteForByteWhatJSONEncoderWrites() throws {
