@@ -40,6 +40,19 @@ import Testing
         return (0..<50_000).map { _ in abs(rng.nextGaussian()) } + [40, 45, 50]
     }
 
+    /// Overflowed activations (an FP32 model with huge weights on ordinary calibration rows) once
+    /// trapped in Int() while binning and in Int32() for the zero point; now every method gives
+    /// finite parameters.
+    @Test(arguments: CalibrationMethod.allCases)
+    func nonFiniteActivationsGiveFiniteParameters(_ method: CalibrationMethod) {
+        let h = histogram([1, -2, .infinity, -.infinity, .nan, 3e38, -3e38, 0.5])
+        #expect(h.minimum == -3e38 && h.maximum == 3e38)
+        let r = method.range(of: h)
+        let p = QuantParams(lo: r.lo, hi: r.hi)
+        #expect(p.scale.isFinite && p.scale > 0, "\(method): \(p)")
+        #expect((0...255).contains(p.zeroPoint))
+    }
+
     @Test func minmaxKeepsTheOutliers() {
         let h = histogram(reluLike(seed: 1))
         let r = CalibrationMethod.minmax.range(of: h)
