@@ -210,9 +210,10 @@ extension AgentConfig {
 }
 
 /// What toml++ (through TOMLKit) cannot be trusted with, refused before it sees the text: it
-/// recurses once per level of nesting (a few thousand dotted-key levels overflow the stack) and
-/// asserts on a date followed by 'T' and no digit (`2024-01-01T:00`). agentd's configuration is
-/// two levels deep and holds no dates, so these limits refuse only files that are wrong anyway.
+/// recurses once per level of nesting (a few thousand dotted-key levels overflow the stack), and
+/// asserts on a date followed by 'T' and no digit (`2024-01-01T:00`) and on a table header that
+/// does not start with a key (`[=]`, `[[[x]]`). agentd's configuration is two levels deep and
+/// holds no dates, so these limits refuse only files that are wrong anyway.
 enum TOMLPrecheck {
     static let maxBytes = 1 << 20
     /// Tables, arrays and dotted-key levels open at once.
@@ -229,12 +230,16 @@ enum TOMLPrecheck {
         let n = b.count
         var i = 0, line = 1
         var brackets = 0, keyDots = 0
+        // Only blanks so far on this line, outside any array or inline table: a '[' opens a table header.
+        var lineStart = true
+        if n >= 3 && b[0] == 0xEF && b[1] == 0xBB && b[2] == 0xBF { i = 3 }
         var token = 0, tokenDots = 0, tokenLoneDigitDot = false
         func at(_ k: Int) -> UInt8 { k < n ? b[k] : 0 }
         func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
-        func isTokenByte(_ c: UInt8) -> Bool {
-            isDigit(c) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x2D || c == 0x2B || c == 0x2E
+        func isBareKeyByte(_ c: UInt8) -> Bool {
+            isDigit(c) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x2D
         }
+        func isTokenByte(_ c: UInt8) -> Bool { isBareKeyByte(c) || c == 0x2B || c == 0x2E }
         // A bare token's dots are key levels, except the one dot of a number such as 2.5.
         func endToken() {
             if token > 0 && !(tokenDots == 1 && tokenLoneDigitDot) { keyDots += tokenDots }
@@ -267,6 +272,16 @@ enum TOMLPrecheck {
         }
         while i < n {
             let c = b[i]
+            if c == 0x5B && lineStart && brackets == 0 {
+                // toml++ asserts when a header's first non-blank is not a key: a bare key, a quote, or ']' (its own error).
+                var j = i + 1
+                if at(j) == 0x5B { j += 1 }
+                while at(j) == 0x20 || at(j) == 0x09 { j += 1 }
+                if j < n && !(isBareKeyByte(b[j]) || b[j] == 0x22 || b[j] == 0x27 || b[j] == 0x5D) {
+                    return "line \(line): a table header must start with a key"
+                }
+            }
+            if c != 0x20 && c != 0x09 && c != 0x0D && c != 0x0A { lineStart = false }
             if isTokenByte(c) {
                 // toml++ asserts when a date's 'T' is followed by anything but a digit.
                 if token == 0 && isDigit(c) && i + 10 < n
@@ -300,7 +315,10 @@ enum TOMLPrecheck {
             case 0x0A:
                 line += 1
                 // Keys end with their line, except inside an open array or inline table.
-                if brackets == 0 { keyDots = 0 }
+                if brackets == 0 {
+                    keyDots = 0
+                    lineStart = true
+                }
                 i += 1
             default:
                 i += 1

@@ -83,6 +83,10 @@ import Testing
             let message = try #require(refusal(text))
             #expect(message.contains("needs a time (HH:MM:SS)"), "\(message)")
         }
+        for text in ["[=]\n", "[[ .a]]\n", "[agent]\nx = 1\n[[[x]]\n", "[\nx]\n", "\u{FEFF}[#]\n", "  [ ,]"] {
+            let message = try #require(refusal(text))
+            #expect(message.contains("a table header must start with a key"), "\(message)")
+        }
         let huge = "# " + String(repeating: "x", count: 1 << 20) + "\n"
         #expect(refusal(huge)?.contains("a configuration file is at most 1048576 bytes") == true)
     }
@@ -108,6 +112,7 @@ import Testing
         let shipped = try String(contentsOfFile: URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("../../etc/agentd.toml").standardized.path, encoding: .utf8)
         #expect(refusal(shipped) == nil)
+        #expect(refusal("[ agent ]\nsocket = \"/a\"\n[ \"serving\" ]\nworkers = 2\nx = [\n  [1],\n]\n")?.contains("serving.x: unknown key") == true)
     }
 
     @Test func syntaxErrorsNameTheLine() {
