@@ -211,9 +211,10 @@ extension AgentConfig {
 
 /// What toml++ (through TOMLKit) cannot be trusted with, refused before it sees the text: it
 /// recurses once per level of nesting (a few thousand dotted-key levels overflow the stack), and
-/// asserts on a date followed by 'T' and no digit (`2024-01-01T:00`) and on a table header that
-/// does not start with a key (`[=]`, `[[[x]]`). agentd's configuration is two levels deep and
-/// holds no dates, so these limits refuse only files that are wrong anyway.
+/// asserts on malformed dates and times (`2024-01-01T:00`, `1979-05-3= 1`), on a table header
+/// that does not start with a key (`[=]`, `[[[x]]`) and on a '}' where an array value belongs
+/// (`[1, }`). agentd's configuration is two levels deep and holds no dates, times or arrays, so these
+/// limits refuse only files that are wrong anyway.
 enum TOMLPrecheck {
     static let maxBytes = 1 << 20
     /// Tables, arrays and dotted-key levels open at once.
@@ -229,11 +230,15 @@ enum TOMLPrecheck {
     private static func scan(_ b: UnsafeBufferPointer<UInt8>) -> String? {
         let n = b.count
         var i = 0, line = 1
-        var brackets = 0, keyDots = 0
+        // The open '[' and '{' outside strings, innermost last.
+        var open: [UInt8] = []
+        var brackets: Int { open.count }
+        var keyDots = 0
         // Only blanks so far on this line, outside any array or inline table: a '[' opens a table header.
         var lineStart = true
         if n >= 3 && b[0] == 0xEF && b[1] == 0xBB && b[2] == 0xBF { i = 3 }
         var token = 0, tokenDots = 0, tokenLoneDigitDot = false
+        var tokenNumeric = false, tokenInnerDash = false
         func at(_ k: Int) -> UInt8 { k < n ? b[k] : 0 }
         func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
         func isBareKeyByte(_ c: UInt8) -> Bool {
@@ -246,7 +251,12 @@ enum TOMLPrecheck {
             token = 0
             tokenDots = 0
             tokenLoneDigitDot = false
+            tokenInnerDash = false
         }
+        // A number-like token with a '-' inside (not an exponent's) or followed by ':' is a date or a time;
+        // toml++ asserts on malformed ones (`2024-01-01T:00`, `1979-05-3= 1`) and no key takes either.
+        func isDateOrTime(before next: UInt8) -> Bool { token > 0 && tokenNumeric && (tokenInnerDash || next == 0x3A) }
+        let dateOrTime = "a date or time; agentd's configuration holds neither"
         // Skips a string opened at i by `quote`; multi-line strings may end with up to two extra quotes.
         func skipString(_ quote: UInt8, escapes: Bool) {
             if at(i + 1) == quote && at(i + 2) == quote {
@@ -283,12 +293,8 @@ enum TOMLPrecheck {
             }
             if c != 0x20 && c != 0x09 && c != 0x0D && c != 0x0A { lineStart = false }
             if isTokenByte(c) {
-                // toml++ asserts when a date's 'T' is followed by anything but a digit.
-                if token == 0 && isDigit(c) && i + 10 < n
-                    && (0..<10).allSatisfy({ k in k == 4 || k == 7 ? b[i + k] == 0x2D : isDigit(b[i + k]) })
-                    && (b[i + 10] == 0x54 || b[i + 10] == 0x74) && !isDigit(at(i + 11)) {
-                    return "line \(line): a date followed by '\(Character(UnicodeScalar(b[i + 10])))' needs a time (HH:MM:SS); agentd's configuration holds no dates"
-                }
+                if token == 0 { tokenNumeric = isDigit(c) || c == 0x2B || c == 0x2D }
+                if c == 0x2D && token > 0 && b[i - 1] != 0x65 && b[i - 1] != 0x45 { tokenInnerDash = true }
                 if c == 0x2E {
                     tokenDots += 1
                     tokenLoneDigitDot = token > 0 && isDigit(b[i - 1]) && isDigit(at(i + 1))
@@ -300,6 +306,7 @@ enum TOMLPrecheck {
                 }
                 continue
             }
+            if isDateOrTime(before: c) { return "line \(line): \(dateOrTime)" }
             endToken()
             switch c {
             case 0x22: skipString(0x22, escapes: true)
@@ -307,10 +314,12 @@ enum TOMLPrecheck {
             case 0x23:
                 while i < n && b[i] != 0x0A { i += 1 }
             case 0x5B, 0x7B:
-                brackets += 1
+                open.append(c)
                 i += 1
             case 0x5D, 0x7D:
-                brackets = max(0, brackets - 1)
+                // toml++ asserts when an array meets '}' where it expects a value.
+                if c == 0x7D && open.last == 0x5B { return "line \(line): '}' inside an array" }
+                if !open.isEmpty { open.removeLast() }
                 i += 1
             case 0x0A:
                 line += 1
@@ -327,6 +336,7 @@ enum TOMLPrecheck {
                 return "line \(line): more than \(maxNesting) levels of tables, arrays or dotted keys; agentd's configuration is two levels deep"
             }
         }
+        if isDateOrTime(before: 0) { return "line \(line): \(dateOrTime)" }
         return nil
     }
 }

@@ -79,13 +79,18 @@ import Testing
             let message = try #require(refusal(text))
             #expect(message.hasPrefix("a.toml: line ") && message.contains("more than 32 levels"), "\(message.prefix(200))")
         }
-        for text in ["a = 2024-01-01T:00\n", "[serving]\nx = [2024-01-01t=0]\n", "a = {b = 2024-01-01Tx0:00}"] {
+        for text in ["a = 2024-01-01T:00\n", "[serving]\nx = [2024-01-01t=0]\n", "a = {b = 2024-01-01Tx0:00}", "a = 1970-05-27 8,",
+                     "[model]\ninitial = 1979-05-27T07:32:00Z\n", "agAot= 1979-05-3= 1\n", "a = 07:32:00", "a = 1_979-0"] {
             let message = try #require(refusal(text))
-            #expect(message.contains("needs a time (HH:MM:SS)"), "\(message)")
+            #expect(message.contains("a date or time; agentd's configuration holds neither"), "\(message)")
         }
         for text in ["[=]\n", "[[ .a]]\n", "[agent]\nx = 1\n[[[x]]\n", "[\nx]\n", "\u{FEFF}[#]\n", "  [ ,]"] {
             let message = try #require(refusal(text))
             #expect(message.contains("a table header must start with a key"), "\(message)")
+        }
+        for text in ["a = [}\n", "a = [1, # c\n }\n", "[serving]\nx = {b = [[}]]}\n"] {
+            let message = try #require(refusal(text))
+            #expect(message.contains("'}' inside an array"), "\(message)")
         }
         let huge = "# " + String(repeating: "x", count: 1 << 20) + "\n"
         #expect(refusal(huge)?.contains("a configuration file is at most 1048576 bytes") == true)
@@ -102,11 +107,12 @@ import Testing
             [serving]
             max_queue_delay_ms = 2.5
             deadline_ms = 1.5e3
+            latency_target_ms = 2E-1
+            queue_capacity = +1_000
             """, file: "a.toml")
         #expect(c.serving.maxQueueDelayMs == 2.5 && c.serving.deadlineMs == 1500)
+        #expect(c.serving.latencyTargetMs == 0.2 && c.serving.queueCapacity == 1000)
         #expect(c.agent.socket.hasPrefix("/tmp/2024-01-01T:x/"))
-        let dated = try #require(refusal("[model]\ninitial = 1979-05-27T07:32:00Z\n"))
-        #expect(dated.contains("model.initial: expected a string, found a date or time"), "\(dated)")
         let dotted = try #require(refusal("serving.workers = 2\nagent.x.y = 1\n"))
         #expect(dotted.contains("agent.x: unknown key"), "\(dotted)")
         let shipped = try String(contentsOfFile: URL(fileURLWithPath: #filePath).deletingLastPathComponent()

@@ -21,7 +21,8 @@ for spec in $all; do
     log=$work/run.log
     echo "fuzz $name: $seconds s (log $log)"
     # The Swift runtime's backtracer would hold a crashing input for tens of seconds; libFuzzer reports it itself.
-    SWIFT_BACKTRACE=enable=no "$bin/$exe" "$work/corpus" "Tests/Fuzz/$name" \
+    # detect_leaks also for ASan's check at exit, which the libFuzzer flag does not cover.
+    SWIFT_BACKTRACE=enable=no ASAN_OPTIONS="detect_leaks=$leaks${ASAN_OPTIONS:+:$ASAN_OPTIONS}" "$bin/$exe" "$work/corpus" "Tests/Fuzz/$name" \
         -max_total_time="$seconds" -rss_limit_mb=4096 -max_len="$maxlen" -timeout=10 -detect_leaks="$leaks" \
         -dict="tools/fuzz/dicts/$dict.dict" -artifact_prefix="$work/" -print_final_stats=1 >"$log" 2>&1
     rc=$?
