@@ -130,6 +130,17 @@ import Testing
         for o in 0..<4 { #expect(q.q[(o * 50)..<((o + 1) * 50)].map { abs(Int($0)) }.max() == 127) }
     }
 
+    /// Subnormal weights once trapped (found by the model fuzzer): their scale's inverse overflowed
+    /// (INT8) or the scale underflowed to 0 (INT4), and 0 · inf or 0 / 0 is NaN for Int8(). They
+    /// quantize to zeros with scale 1, like an all-zero channel; other channels are unaffected.
+    @Test func subnormalWeightsQuantizeToZero() {
+        let w = Tensor(shape: [2, 4], values: [1e-45, 0, -1e-45, 2e-39, 1, 0.25, -1, 0])
+        let q8 = Int8ChannelWeights(w)
+        #expect(q8.q == [0, 0, 0, 0, 127, 32, -127, 0] && q8.scales == [1, Float(1) / 127])
+        let q4 = Int4GroupWeights(w, group: 32)
+        #expect(q4.q == [0, 0, 0, 0, 7, 2, -7, 0] && q4.scales == [1, Float(1) / 7])
+    }
+
     @Test func int4GroupsAndNibblesRoundTrip() {
         var rng = SeededGenerator(seed: 7)
         let w = Tensor(shape: [3, 64], values: (0..<192).map { _ in rng.nextFloat(limit: 1) })
