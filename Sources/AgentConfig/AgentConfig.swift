@@ -238,7 +238,6 @@ enum TOMLPrecheck {
         var lineStart = true
         if n >= 3 && b[0] == 0xEF && b[1] == 0xBB && b[2] == 0xBF { i = 3 }
         var token = 0, tokenDots = 0, tokenLoneDigitDot = false
-        var tokenNumeric = false, tokenInnerDash = false
         func at(_ k: Int) -> UInt8 { k < n ? b[k] : 0 }
         func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
         func isBareKeyByte(_ c: UInt8) -> Bool {
@@ -251,12 +250,41 @@ enum TOMLPrecheck {
             token = 0
             tokenDots = 0
             tokenLoneDigitDot = false
-            tokenInnerDash = false
         }
-        // A number-like token with a '-' inside (not an exponent's) or followed by ':' is a date or a time;
-        // toml++ asserts on malformed ones (`2024-01-01T:00`, `1979-05-3= 1`) and no key takes either.
-        func isDateOrTime(before next: UInt8) -> Bool { token > 0 && tokenNumeric && (tokenInnerDash || next == 0x3A) }
-        let dateOrTime = "a date or time; agentd's configuration holds neither"
+        func isValueTerminator(_ c: UInt8) -> Bool {
+            c == 0x20 || c == 0x09 || c == 0x0D || c == 0x0A || c == 0x5D || c == 0x7D || c == 0x2C || c == 0x23
+        }
+        // toml++ reads a value starting with a digit or sign up to a terminator, whatever the bytes, and
+        // asserts on some that look like dates (`2024-01-01T:00`, `1979-05-3= 1`, `1\u{7F}ru----uu 0`). A
+        // run with a '-' after its first byte or a ':' is refused unless it is a plain number (1e-5):
+        // no agentd key takes a date or time.
+        func isDateOrTime(valueAt start: Int) -> Bool {
+            var run: [UInt8] = []
+            var j = start
+            while j < n && !isValueTerminator(b[j]) {
+                if b[j] != 0x5F { run.append(b[j]) }
+                j += 1
+            }
+            guard run.dropFirst().contains(0x2D) || run.contains(0x3A) else { return false }
+            var k = 0
+            func digits() -> Bool {
+                let from = k
+                while k < run.count && isDigit(run[k]) { k += 1 }
+                return k > from
+            }
+            if k < run.count && (run[k] == 0x2B || run[k] == 0x2D) { k += 1 }
+            guard digits() else { return true }
+            if k < run.count && run[k] == 0x2E {
+                k += 1
+                guard digits() else { return true }
+            }
+            if k < run.count && (run[k] == 0x65 || run[k] == 0x45) {
+                k += 1
+                if k < run.count && (run[k] == 0x2B || run[k] == 0x2D) { k += 1 }
+                guard digits() else { return true }
+            }
+            return k != run.count
+        }
         // Skips a string opened at i by `quote`; multi-line strings may end with up to two extra quotes.
         func skipString(_ quote: UInt8, escapes: Bool) {
             if at(i + 1) == quote && at(i + 2) == quote {
@@ -293,8 +321,9 @@ enum TOMLPrecheck {
             }
             if c != 0x20 && c != 0x09 && c != 0x0D && c != 0x0A { lineStart = false }
             if isTokenByte(c) {
-                if token == 0 { tokenNumeric = isDigit(c) || c == 0x2B || c == 0x2D }
-                if c == 0x2D && token > 0 && b[i - 1] != 0x65 && b[i - 1] != 0x45 { tokenInnerDash = true }
+                if token == 0 && (isDigit(c) || c == 0x2B || c == 0x2D) && isDateOrTime(valueAt: i) {
+                    return "line \(line): a date or time; agentd's configuration holds neither"
+                }
                 if c == 0x2E {
                     tokenDots += 1
                     tokenLoneDigitDot = token > 0 && isDigit(b[i - 1]) && isDigit(at(i + 1))
@@ -306,7 +335,6 @@ enum TOMLPrecheck {
                 }
                 continue
             }
-            if isDateOrTime(before: c) { return "line \(line): \(dateOrTime)" }
             endToken()
             switch c {
             case 0x22: skipString(0x22, escapes: true)
@@ -336,7 +364,6 @@ enum TOMLPrecheck {
                 return "line \(line): more than \(maxNesting) levels of tables, arrays or dotted keys; agentd's configuration is two levels deep"
             }
         }
-        if isDateOrTime(before: 0) { return "line \(line): \(dateOrTime)" }
         return nil
     }
 }

@@ -80,7 +80,8 @@ import Testing
             #expect(message.hasPrefix("a.toml: line ") && message.contains("more than 32 levels"), "\(message.prefix(200))")
         }
         for text in ["a = 2024-01-01T:00\n", "[serving]\nx = [2024-01-01t=0]\n", "a = {b = 2024-01-01Tx0:00}", "a = 1970-05-27 8,",
-                     "[model]\ninitial = 1979-05-27T07:32:00Z\n", "agAot= 1979-05-3= 1\n", "a = 07:32:00", "a = 1_979-0"] {
+                     "[model]\ninitial = 1979-05-27T07:32:00Z\n", "agAot= 1979-05-3= 1\n", "a = 07:32:00", "a = 1_979-0",
+                     "a =1\u{7F}ru----uu 0# c\n", "a = 1979-05-2\" 8#\n"] {
             let message = try #require(refusal(text))
             #expect(message.contains("a date or time; agentd's configuration holds neither"), "\(message)")
         }
