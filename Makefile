@@ -20,8 +20,11 @@ TEST_PACKAGES := libc6-dev-arm64-cross linux-libc-dev-arm64-cross python3-seccom
 # package (96 MB, 37 packages with recommends) enables and starts a Prometheus server and node exporter.
 PROMTOOL_DIR := .build/promtool
 DEMO_MODEL := .agentd/digits-mlp.safetensors
+# libFuzzer targets (tools/fuzz): seconds per target, and their own scratch path and working corpora (.fuzz/).
+FUZZ_SECONDS ?= 60
+FUZZ_SCRATCH := .build-fuzz
 
-.PHONY: help microbench check-unit promtool deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
+.PHONY: help fuzz fuzz-build microbench check-unit promtool deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
 
 help:
 	@echo "make run      build, install missing Debian packages, start agentd in the foreground with the demo model"
@@ -29,6 +32,7 @@ help:
 	@echo "make bench    compare against ONNX Runtime, FP32 and INT8 (tools/bench/compare_onnxruntime.py)"
 	@echo "make microbench  kernel and plan micro-benchmarks (tools/benchmarks, ordo-one/benchmark)"
 	@echo "make bench-agentd  agentd start time, memory, idle CPU, load with and without batching (tools/bench/agentd_figures.py)"
+	@echo "make fuzz     build the libFuzzer targets (ASan) and run each FUZZ_SECONDS=$(FUZZ_SECONDS) with its seed corpus (README, \"Fuzzing\")"
 	@echo "make install  install agentd, agentctl, the unit, the config and the demo model (PREFIX=$(PREFIX) DESTDIR=$(DESTDIR))"
 
 # Installs only what is missing, as root or through sudo.
@@ -124,6 +128,14 @@ bench-agentd: dist $(DEMO_MODEL)
 	python3 tools/bench/agentd_figures.py --bin $(DIST) --model $(DEMO_MODEL) --compute-model .agentd/digits-cnn.safetensors \
 	  --calibration tools/data/digits.csv
 
+# libFuzzer targets with address sanitizer (tools/fuzz sub-package); not part of `make test`.
+fuzz-build: deps
+	$(SWIFT) build --package-path tools/fuzz --scratch-path $(FUZZ_SCRATCH) -c release -j 2 --sanitize=fuzzer --sanitize=address
+
+# Each target for FUZZ_SECONDS, one after another (FUZZ_TARGETS="model config" for some); a crash, leak or timeout fails the run.
+fuzz: fuzz-build
+	tools/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_SCRATCH)/release $(FUZZ_TARGETS)
+
 # Micro-benchmarks (ordo-one/benchmark sub-package): GEMM kernels per ISA and whole plans.
 microbench: deps
 	cd tools/benchmarks && $(SWIFT) package --disable-sandbox benchmark
@@ -150,4 +162,4 @@ check-unit:
 	else echo "SKIPPED unit hardening check: systemd-analyze is not installed"; fi
 
 clean:
-	rm -rf .build .build-static .agentd
+	rm -rf .build .build-static .build-fuzz .fuzz .agentd

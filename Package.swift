@@ -9,6 +9,9 @@ let package = Package(
         .executable(name: "agentd", targets: ["agentd"]),
         // The numeric engine as a library, for tools/benchmarks.
         .library(name: "EdgeEngine", targets: ["Tensor", "ModelFile", "Inference", "Training", "Quantization"]),
+        // The API bodies and the config reader on their own, for the fuzzers in tools/fuzz.
+        .library(name: "AgentAPI", targets: ["AgentAPI"]),
+        .library(name: "AgentConfig", targets: ["AgentConfig"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

@@ -139,6 +139,9 @@ extension AgentConfig {
     }
 
     public static func parse(_ text: String, file: String) throws -> AgentConfig {
+        if let refused = TOMLPrecheck.problem(in: text) {
+            throw ConfigErrors(problems: [ConfigProblem(file: file, key: nil, message: refused)])
+        }
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -275,5 +278,164 @@ extension AgentConfig {
             }
             return d[b.count]
         }
+    }
+}
+
+/// What toml++ (through TOMLKit) cannot be trusted with, refused before it sees the text: it
+/// recurses once per level of nesting (a few thousand dotted-key levels overflow the stack), and
+/// asserts on malformed dates and times (`2024-01-01T:00`, `1979-05-3= 1`), on a table header
+/// that does not start with a key (`[=]`, `[[[x]]`) and on a '}' where an array value belongs
+/// (`[1, }`). agentd's configuration is two levels deep and holds no dates, times or arrays, so these
+/// limits refuse only files that are wrong anyway.
+enum TOMLPrecheck {
+    static let maxBytes = 1 << 20
+    /// Tables, arrays and dotted-key levels open at once.
+    static let maxNesting = 32
+
+    /// A one-line reason to refuse `text`, or nil when toml++ may parse it.
+    static func problem(in text: String) -> String? {
+        let count = text.utf8.count
+        guard count <= maxBytes else { return "\(count) bytes; a configuration file is at most \(maxBytes) bytes" }
+        return text.utf8.withContiguousStorageIfAvailable { scan($0) } ?? Array(text.utf8).withUnsafeBufferPointer { scan($0) }
+    }
+
+    private static func scan(_ b: UnsafeBufferPointer<UInt8>) -> String? {
+        let n = b.count
+        var i = 0, line = 1
+        // The open '[' and '{' outside strings, innermost last.
+        var open: [UInt8] = []
+        var brackets: Int { open.count }
+        var keyDots = 0
+        // Only blanks so far on this line, outside any array or inline table: a '[' opens a table header.
+        var lineStart = true
+        if n >= 3 && b[0] == 0xEF && b[1] == 0xBB && b[2] == 0xBF { i = 3 }
+        var token = 0, tokenDots = 0, tokenLoneDigitDot = false
+        func at(_ k: Int) -> UInt8 { k < n ? b[k] : 0 }
+        func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
+        func isBareKeyByte(_ c: UInt8) -> Bool {
+            isDigit(c) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x2D
+        }
+        func isTokenByte(_ c: UInt8) -> Bool { isBareKeyByte(c) || c == 0x2B || c == 0x2E }
+        // A bare token's dots are key levels, except the one dot of a number such as 2.5.
+        func endToken() {
+            if token > 0 && !(tokenDots == 1 && tokenLoneDigitDot) { keyDots += tokenDots }
+            token = 0
+            tokenDots = 0
+            tokenLoneDigitDot = false
+        }
+        func isValueTerminator(_ c: UInt8) -> Bool {
+            c == 0x20 || c == 0x09 || c == 0x0D || c == 0x0A || c == 0x5D || c == 0x7D || c == 0x2C || c == 0x23
+        }
+        // toml++ reads a value starting with a digit or sign up to a terminator, whatever the bytes, and
+        // asserts on some that look like dates (`2024-01-01T:00`, `1979-05-3= 1`, `1\u{7F}ru----uu 0`). A
+        // run with a '-' after its first byte or a ':' is refused unless it is a plain number (1e-5):
+        // no agentd key takes a date or time.
+        func isDateOrTime(valueAt start: Int) -> Bool {
+            var run: [UInt8] = []
+            var j = start
+            while j < n && !isValueTerminator(b[j]) {
+                if b[j] != 0x5F { run.append(b[j]) }
+                j += 1
+            }
+            guard run.dropFirst().contains(0x2D) || run.contains(0x3A) else { return false }
+            var k = 0
+            func digits() -> Bool {
+                let from = k
+                while k < run.count && isDigit(run[k]) { k += 1 }
+                return k > from
+            }
+            if k < run.count && (run[k] == 0x2B || run[k] == 0x2D) { k += 1 }
+            guard digits() else { return true }
+            if k < run.count && run[k] == 0x2E {
+                k += 1
+                guard digits() else { return true }
+            }
+            if k < run.count && (run[k] == 0x65 || run[k] == 0x45) {
+                k += 1
+                if k < run.count && (run[k] == 0x2B || run[k] == 0x2D) { k += 1 }
+                guard digits() else { return true }
+            }
+            return k != run.count
+        }
+        // Skips a string opened at i by `quote`; multi-line strings may end with up to two extra quotes.
+        func skipString(_ quote: UInt8, escapes: Bool) {
+            if at(i + 1) == quote && at(i + 2) == quote {
+                i += 3
+                while i < n {
+                    if escapes && b[i] == 0x5C { i += 2; continue }
+                    if b[i] == 0x0A { line += 1 }
+                    if b[i] == quote && at(i + 1) == quote && at(i + 2) == quote {
+                        i += 3
+                        var extra = 0
+                        while extra < 2 && at(i) == quote { i += 1; extra += 1 }
+                        return
+                    }
+                    i += 1
+                }
+                return
+            }
+            i += 1
+            while i < n && b[i] != quote && b[i] != 0x0A {
+                i += escapes && b[i] == 0x5C && at(i + 1) != 0x0A ? 2 : 1
+            }
+            if i < n && b[i] == quote { i += 1 }
+        }
+        while i < n {
+            let c = b[i]
+            if c == 0x5B && lineStart && brackets == 0 {
+                // toml++ asserts when a header's first non-blank is not a key: a bare key, a quote, or ']' (its own error).
+                var j = i + 1
+                if at(j) == 0x5B { j += 1 }
+                while at(j) == 0x20 || at(j) == 0x09 { j += 1 }
+                if j < n && !(isBareKeyByte(b[j]) || b[j] == 0x22 || b[j] == 0x27 || b[j] == 0x5D) {
+                    return "line \(line): a table header must start with a key"
+                }
+            }
+            if c != 0x20 && c != 0x09 && c != 0x0D && c != 0x0A { lineStart = false }
+            if isTokenByte(c) {
+                if token == 0 && (isDigit(c) || c == 0x2B || c == 0x2D) && isDateOrTime(valueAt: i) {
+                    return "line \(line): a date or time; agentd's configuration holds neither"
+                }
+                if c == 0x2E {
+                    tokenDots += 1
+                    tokenLoneDigitDot = token > 0 && isDigit(b[i - 1]) && isDigit(at(i + 1))
+                }
+                token += 1
+                i += 1
+                if brackets + keyDots + tokenDots > maxNesting {
+                    return "line \(line): more than \(maxNesting) levels of tables, arrays or dotted keys; agentd's configuration is two levels deep"
+                }
+                continue
+            }
+            endToken()
+            switch c {
+            case 0x22: skipString(0x22, escapes: true)
+            case 0x27: skipString(0x27, escapes: false)
+            case 0x23:
+                while i < n && b[i] != 0x0A { i += 1 }
+            case 0x5B, 0x7B:
+                open.append(c)
+                i += 1
+            case 0x5D, 0x7D:
+                // toml++ asserts when an array meets '}' where it expects a value.
+                if c == 0x7D && open.last == 0x5B { return "line \(line): '}' inside an array" }
+                if !open.isEmpty { open.removeLast() }
+                i += 1
+            case 0x0A:
+                line += 1
+                // Keys end with their line, except inside an open array or inline table.
+                if brackets == 0 {
+                    keyDots = 0
+                    lineStart = true
+                }
+                i += 1
+            default:
+                i += 1
+            }
+            if brackets + keyDots > maxNesting {
+                return "line \(line): more than \(maxNesting) levels of tables, arrays or dotted keys; agentd's configuration is two levels deep"
+            }
+        }
+        return nil
     }
 }

@@ -3,6 +3,14 @@ import Tensor
 
 /// Checks the `edge.manifest` against the tensors of the file and resolves every layer's shapes.
 struct ManifestValidator {
+    /// Values per sample at the input and after any layer (64 MB of F32): far above an edge model,
+    /// low enough that shape arithmetic cannot overflow and one sample's buffers stay allocatable.
+    static let maxActivationElements = 1 << 24
+    /// Floats of one conv2d's im2col workspace (1 GiB).
+    static let maxConvWorkspace = 1 << 28
+    /// Largest stride, padding or pooling window.
+    static let maxWindow = 1 << 16
+
     let header: SafeTensorsHeader
     let storage: Storage
     let file: String
@@ -67,6 +75,9 @@ struct ManifestValidator {
         guard input.shape.allSatisfy({ $0 > 0 }) else {
             throw fail("input", "shape \(formatShape(input.shape)) has a dimension that is not positive")
         }
+        guard Self.elementCount(input.shape) != nil else {
+            throw fail("input", "shape \(formatShape(input.shape)) has more than \(Self.maxActivationElements) values per sample")
+        }
         if let s = input.scale, !s.isFinite || s == 0 { throw fail("input", "scale \(s) must be finite and non-zero") }
         if let o = input.offset, !o.isFinite { throw fail("input", "offset \(o) must be finite") }
         if (input.mean == nil) != (input.std == nil) { throw fail("input", "'mean' and 'std' must be given together") }
@@ -128,6 +139,13 @@ struct ManifestValidator {
                 guard shape[1] + 2 * padding.height >= w.shape[2], shape[2] + 2 * padding.width >= w.shape[3], oh > 0, ow > 0 else {
                     throw fail(at, "kernel \(w.shape[2])x\(w.shape[3]) does not fit the padded input \(formatShape(shape))")
                 }
+                // The im2col buffer: one patch of C·kh·kw values (plus the output) per output pixel.
+                let patch = w.count / w.shape[0] + w.shape[0]
+                let (pixels, o1) = oh.multipliedReportingOverflow(by: ow)
+                let (workspace, o2) = pixels.multipliedReportingOverflow(by: patch)
+                guard !o1, !o2, workspace <= Self.maxConvWorkspace else {
+                    throw fail(at, "a \(oh)x\(ow) output of \(w.shape[1])x\(w.shape[2])x\(w.shape[3]) patches needs more than \(Self.maxConvWorkspace) floats of workspace")
+                }
                 if let b = spec.bias {
                     try expectShape(try floatTensor(b, at: at, role: "bias"), b, [w.shape[0]], at: at, role: "bias")
                 }
@@ -184,6 +202,9 @@ struct ManifestValidator {
             default:
                 preconditionFailure("op list and switch disagree")
             }
+            guard Self.elementCount(out) != nil else {
+                throw fail(at, "output \(formatShape(out)) has more than \(Self.maxActivationElements) values per sample")
+            }
             layers.append(Layer(index: i, op: op, inputShape: shape, outputShape: out))
             shape = out
         }
@@ -200,6 +221,17 @@ struct ManifestValidator {
         return Result(manifest: manifest, layers: layers, weights: weights)
     }
 
+    /// The product of `shape`, or nil past `maxActivationElements` (checked per factor, so it never overflows).
+    static func elementCount(_ shape: [Int]) -> Int? {
+        var n = 1
+        for d in shape {
+            guard d <= maxActivationElements else { return nil }
+            n *= d
+            guard n <= maxActivationElements else { return nil }
+        }
+        return n
+    }
+
     private func required(_ value: String?, _ role: String, _ at: String) throws -> String {
         guard let value else { throw fail(at, "needs '\(role)'") }
         return value
@@ -213,8 +245,8 @@ struct ManifestValidator {
 
     private func window(_ pair: [Int]?, default value: Window, _ role: String, _ at: String, minimum: Int) throws -> Window {
         guard let pair else { return value }
-        guard pair.count == 2, pair.allSatisfy({ $0 >= minimum }) else {
-            throw fail(at, "'\(role)' \(pair) must be one integer or two, each at least \(minimum)")
+        guard pair.count == 2, pair.allSatisfy({ $0 >= minimum && $0 <= Self.maxWindow }) else {
+            throw fail(at, "'\(role)' \(pair) must be one integer or two, each from \(minimum) to \(Self.maxWindow)")
         }
         return Window(pair[0], pair[1])
     }

@@ -20,7 +20,8 @@ public struct ActivationHistogram: Sendable {
     /// First pass: the range.
     public mutating func observeRange(_ x: UnsafePointer<Float>, count: Int) {
         var lo = minimum, hi = maximum
-        for i in 0..<count {
+        // Overflowed activations (inf, NaN) would make the range and every bin index non-finite.
+        for i in 0..<count where x[i].isFinite {
             lo = min(lo, x[i])
             hi = max(hi, x[i])
         }
@@ -35,8 +36,9 @@ public struct ActivationHistogram: Sendable {
         let scale = Float(counts.count) / top, last = counts.count - 1
         counts.withUnsafeMutableBufferPointer { c in
             for i in 0..<count {
-                let b = min(Int(abs(x[i]) * scale), last)
-                c[b] += 1
+                // Values past the range (and NaN) count in the last bin; Int() would trap on them.
+                let v = abs(x[i]) * scale
+                c[v < Float(last) ? Int(v) : last] += 1
             }
         }
         samples += count

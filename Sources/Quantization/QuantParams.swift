@@ -19,7 +19,9 @@ public struct QuantParams: Codable, Equatable, Sendable {
     /// A non-negative range gets zero point 0 and all 256 levels.
     public init(lo: Float, hi: Float) {
         let lo = min(lo, 0), hi = max(hi, 0)
-        let scale = max((hi - lo) / 255, 1e-12)
+        // hi − lo overflows to inf for ranges near ±Float.greatestFiniteMagnitude; halves do not.
+        let width = hi - lo
+        let scale = max(width.isFinite ? width / 255 : hi / 255 - lo / 255, 1e-12)
         self.scale = scale
         self.zeroPoint = Int32(min(max((-lo / scale).rounded(.toNearestOrEven), 0), 255))
     }

@@ -201,7 +201,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                     switch a {
                     case .relu: steps.append(.clampU8(lo: UInt8(p.zeroPoint), hi: 255, count: layer.outputCount))
                     case .relu6:
-                        let hi = min(255, Int(p.zeroPoint) + Int((6 / p.scale).rounded()))
+                        let hi = min(255, Int(p.zeroPoint) + Int(min(255, (6 / p.scale).rounded())))
                         steps.append(.clampU8(lo: UInt8(p.zeroPoint), hi: UInt8(hi), count: layer.outputCount))
                     default:
                         toFloat()
@@ -255,7 +255,9 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             let b = bias.map { Double($0[o]) / Double(accScale) } ?? 0
             var columnSum: Int64 = 0
             for k in 0..<q.inputs { columnSum += Int64(q.q[o * q.inputs + k]) }
-            ep.bias[o] = Int32(clamping: Int64(b.rounded()) - Int64(input.zeroPoint) * columnSum)
+            // Saturated in Double: a large bias over a small accumulator scale (or an underflowed scale) would trap in Int64().
+            let total = b.rounded() - Double(input.zeroPoint) * Double(columnSum)
+            ep.bias[o] = total.isNaN ? 0 : Int32(max(Double(Int32.min), min(Double(Int32.max), total)))
             ep.scale[o] = output.map { accScale / $0.scale } ?? accScale
         }
         if let output {
@@ -266,7 +268,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .relu: ep.qmin = output.zeroPoint
             case .relu6:
                 ep.qmin = output.zeroPoint
-                ep.qmax = min(255, output.zeroPoint + Int32((6 / output.scale).rounded()))
+                ep.qmax = min(255, output.zeroPoint + Int32(min(255, (6 / output.scale).rounded())))
             default: break
             }
         }

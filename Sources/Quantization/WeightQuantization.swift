@@ -23,7 +23,10 @@ public struct Int8ChannelWeights: Sendable {
         for o in 0..<outputs {
             var m: Float = 0
             for k in 0..<inputs { m = max(m, abs(w[o * inputs + k])) }
-            let s = m > 0 ? m / 127 : 1
+            // A channel of subnormal weights would get a scale whose inverse overflows (0 · inf = NaN traps in
+            // Int8()): it quantizes to zeros with scale 1, as an all-zero channel does.
+            let s = m / 127
+            guard s.isNormal else { continue }
             scales[o] = s
             let inv = 1 / s
             for k in 0..<inputs {
@@ -65,7 +68,9 @@ public struct Int4GroupWeights: Sendable {
                 let k0 = g * group, k1 = min(k0 + group, inputs)
                 var m: Float = 0
                 for k in k0..<k1 { m = max(m, abs(w[o * inputs + k])) }
-                let s = m > 0 ? m / 7 : 1
+                // As for INT8: a group of subnormal weights (scale 0, 0/0 = NaN) quantizes to zeros with scale 1.
+                let s = m / 7
+                guard s.isNormal else { continue }
                 scales[o * groups + g] = s
                 for k in k0..<k1 {
                     q[o * inputs + k] = Int8(min(max((w[o * inputs + k] / s).rounded(.toNearestOrEven), -8), 7))

@@ -57,6 +57,71 @@ import Testing
         }
     }
 
+    func refusal(_ text: String) -> String? {
+        do {
+            _ = try AgentConfig.parse(text, file: "a.toml")
+            return nil
+        } catch let e as ConfigErrors {
+            return e.problems.map(\.description).joined(separator: "\n")
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    /// Input that overflowed toml++'s stack or tripped its assertions (found by the config fuzzer)
+    /// is refused with one problem before toml++ sees it.
+    @Test func hostileInputIsRefusedBeforeTOMLParsesIt() throws {
+        let deepKey = "a" + String(repeating: ".a", count: 200_000) + " = 1\n"
+        let deepHeader = "[" + Array(repeating: "a", count: 200_000).joined(separator: ".") + "]\n"
+        let numericKey = "1" + String(repeating: ".1", count: 50_000) + " = 1\n"
+        let acrossLines = "a = [\n" + String(repeating: "{ b.b.b.b.b = [\n", count: 20)
+        for text in [deepKey, deepHeader, numericKey, acrossLines] {
+            let message = try #require(refusal(text))
+            #expect(message.hasPrefix("a.toml: line ") && message.contains("more than 32 levels"), "\(message.prefix(200))")
+        }
+        for text in ["a = 2024-01-01T:00\n", "[serving]\nx = [2024-01-01t=0]\n", "a = {b = 2024-01-01Tx0:00}", "a = 1970-05-27 8,",
+                     "[model]\ninitial = 1979-05-27T07:32:00Z\n", "agAot= 1979-05-3= 1\n", "a = 07:32:00", "a = 1_979-0",
+                     "a =1\u{7F}ru----uu 0# c\n", "a = 1979-05-2\" 8#\n"] {
+            let message = try #require(refusal(text))
+            #expect(message.contains("a date or time; agentd's configuration holds neither"), "\(message)")
+        }
+        for text in ["[=]\n", "[[ .a]]\n", "[agent]\nx = 1\n[[[x]]\n", "[\nx]\n", "\u{FEFF}[#]\n", "  [ ,]"] {
+            let message = try #require(refusal(text))
+            #expect(message.contains("a table header must start with a key"), "\(message)")
+        }
+        for text in ["a = [}\n", "a = [1, # c\n }\n", "[serving]\nx = {b = [[}]]}\n"] {
+            let message = try #require(refusal(text))
+            #expect(message.contains("'}' inside an array"), "\(message)")
+        }
+        let huge = "# " + String(repeating: "x", count: 1 << 20) + "\n"
+        #expect(refusal(huge)?.contains("a configuration file is at most 1048576 bytes") == true)
+    }
+
+    /// The limits refuse nothing a real file holds: dates, floats, dotted keys and the same
+    /// patterns inside strings and comments still reach toml++ and the usual checks.
+    @Test func thePrecheckLeavesOrdinaryTOMLAlone() throws {
+        let c = try AgentConfig.parse("""
+            # a comment with 2024-01-01T: and a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.s.t.u.v.w.x.y.z.a.b.c.d.e.f.g.h
+            [agent]
+            socket = "/tmp/2024-01-01T:x/a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.s.t.u.v.w.x.y.z.a.b.c.d.e.f.g.h.sock"
+            state_dir = '''/var/lib/a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.s.t.u.v.w.x.y.z.a.b.c.d.e.f.g.h'''
+            [serving]
+            max_queue_delay_ms = 2.5
+            deadline_ms = 1.5e3
+            latency_target_ms = 2E-1
+            queue_capacity = +1_000
+            """, file: "a.toml")
+        #expect(c.serving.maxQueueDelayMs == 2.5 && c.serving.deadlineMs == 1500)
+        #expect(c.serving.latencyTargetMs == 0.2 && c.serving.queueCapacity == 1000)
+        #expect(c.agent.socket.hasPrefix("/tmp/2024-01-01T:x/"))
+        let dotted = try #require(refusal("serving.workers = 2\nagent.x.y = 1\n"))
+        #expect(dotted.contains("agent.x: unknown key"), "\(dotted)")
+        let shipped = try String(contentsOfFile: URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../../etc/agentd.toml").standardized.path, encoding: .utf8)
+        #expect(refusal(shipped) == nil)
+        #expect(refusal("[ agent ]\nsocket = \"/a\"\n[ \"serving\" ]\nworkers = 2\nx = [\n  [1],\n]\n")?.contains("serving.x: unknown key") == true)
+    }
+
     @Test func syntaxErrorsNameTheLine() {
         #expect(throws: ConfigErrors.self) { try AgentConfig.parse("[serving\nx=1", file: "a.toml") }
         do { _ = try AgentConfig.parse("a = \n", file: "a.toml") } catch { #expect("\(error)".hasPrefix("a.toml: line 1")) }

@@ -241,4 +241,51 @@ import Testing
         m.manifest["trainable"] = ["fc3.weight"]
         expectError(m, contains: "trainable tensor 'fc3.weight'")
     }
+
+    // Shapes that once crashed or exhausted memory at load (overflowing products and window
+    // arithmetic, a label list per output value): each is refused with the layer at fault.
+
+    @Test func inputLargerThanTheActivationLimit() {
+        var m = ValidModel()
+        m.manifest["input"] = ["shape": [3_000_000_000]]
+        m.manifest["labels"] = nil
+        m.setLayers([["op": "relu"]])
+        m.tensors = []
+        expectError(m, contains: "has more than 16777216 values per sample", location: "input")
+        m.manifest["input"] = ["shape": [4_294_967_296, 4_294_967_296, 2]]
+        m.setLayers([["op": "flatten"]])
+        expectError(m, contains: "has more than 16777216 values per sample", location: "input")
+    }
+
+    @Test func layerOutputLargerThanTheActivationLimit() {
+        var m = ValidModel()
+        m.manifest["input"] = ["shape": [1, 4096, 4096]]
+        m.manifest["labels"] = nil
+        m.setLayers([["op": "conv2d", "weight": "c.weight", "padding": 1], ["op": "flatten"]])
+        m.tensors = []
+        m.replace("c.weight", shape: [2, 1, 1, 1], values: [1, 2])
+        expectError(m, contains: "output [2, 4098, 4098] has more than 16777216 values per sample", location: "layer 0 (conv2d)")
+    }
+
+    @Test func convWorkspaceLargerThanTheLimit() {
+        var m = ValidModel()
+        m.manifest["input"] = ["shape": [1, 2048, 2048]]
+        m.manifest["labels"] = nil
+        m.setLayers([["op": "conv2d", "weight": "c.weight", "padding": 16], ["op": "globalavgpool"]])
+        m.tensors = []
+        m.replace("c.weight", shape: [1, 1, 32, 32], values: Array(repeating: 0, count: 1024))
+        expectError(m, contains: "floats of workspace", location: "layer 0 (conv2d)")
+    }
+
+    @Test func windowsLargerThanTheLimit() {
+        var m = Self.cnn()
+        var layers = Self.cnnLayers
+        layers[0]["padding"] = [4_611_686_018_427_387_904, 1]
+        m.setLayers(layers)
+        expectError(m, contains: "must be one integer or two, each from 0 to 65536", location: "layer 0 (conv2d)")
+        layers = Self.cnnLayers
+        layers[2]["stride"] = [Int.max, 1]
+        m.setLayers(layers)
+        expectError(m, contains: "'stride' [\(Int.max), 1] must be", location: "layer 2 (maxpool2d)")
+    }
 }

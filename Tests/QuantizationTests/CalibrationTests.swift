@@ -40,6 +40,19 @@ import Testing
         return (0..<50_000).map { _ in abs(rng.nextGaussian()) } + [40, 45, 50]
     }
 
+    /// Overflowed activations (an FP32 model with huge weights on ordinary calibration rows) once
+    /// trapped in Int() while binning and in Int32() for the zero point; now every method gives
+    /// finite parameters.
+    @Test(arguments: CalibrationMethod.allCases)
+    func nonFiniteActivationsGiveFiniteParameters(_ method: CalibrationMethod) {
+        let h = histogram([1, -2, .infinity, -.infinity, .nan, 3e38, -3e38, 0.5])
+        #expect(h.minimum == -3e38 && h.maximum == 3e38)
+        let r = method.range(of: h)
+        let p = QuantParams(lo: r.lo, hi: r.hi)
+        #expect(p.scale.isFinite && p.scale > 0, "\(method): \(p)")
+        #expect((0...255).contains(p.zeroPoint))
+    }
+
     @Test func minmaxKeepsTheOutliers() {
         let h = histogram(reluLike(seed: 1))
         let r = CalibrationMethod.minmax.range(of: h)
@@ -115,6 +128,17 @@ import Testing
         for i in 0..<200 { #expect(abs(d[i] - w[i]) <= q.scales[i / 50] / 2 + 1e-7) }
         // Each channel uses its own full range.
         for o in 0..<4 { #expect(q.q[(o * 50)..<((o + 1) * 50)].map { abs(Int($0)) }.max() == 127) }
+    }
+
+    /// Subnormal weights once trapped (found by the model fuzzer): their scale's inverse overflowed
+    /// (INT8) or the scale underflowed to 0 (INT4), and 0 · inf or 0 / 0 is NaN for Int8(). They
+    /// quantize to zeros with scale 1, like an all-zero channel; other channels are unaffected.
+    @Test func subnormalWeightsQuantizeToZero() {
+        let w = Tensor(shape: [2, 4], values: [1e-45, 0, -1e-45, 2e-39, 1, 0.25, -1, 0])
+        let q8 = Int8ChannelWeights(w)
+        #expect(q8.q == [0, 0, 0, 0, 127, 32, -127, 0] && q8.scales == [1, Float(1) / 127])
+        let q4 = Int4GroupWeights(w, group: 32)
+        #expect(q4.q == [0, 0, 0, 0, 7, 2, -7, 0] && q4.scales == [1, Float(1) / 7])
     }
 
     @Test func int4GroupsAndNibblesRoundTrip() {

@@ -151,6 +151,25 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         try check({ $0.activations["0"] = QuantParams(scale: -1, zeroPoint: 0) }, "out of range")
         try check({ $0.layers[0].weight = "fc1.weight" }, "is F32, expected I8")
     }
+
+    /// A huge bias over a small accumulator scale, and a ReLU6 after a zero-width activation range
+    /// (scale 1e-12), once trapped converting to Int64/Int32 while compiling the plan (found by the
+    /// model fuzzer with a hostile file; the second also follows from an all-zero calibration).
+    @Test func extremeScalesAndBiasesSaturateInsteadOfTrapping() {
+        let w1 = Tensor(shape: [3, 4], values: (0..<12).map { Float($0 % 5) / 10 - 0.2 })
+        let b1 = Tensor(shape: [3], values: [3e30, -1, 0.5])
+        let w2 = Tensor(shape: [2, 3], values: [0.1, -0.2, 0.3, 0.4, 0.5, -0.6])
+        let net = Network(name: "x", inputShape: [4], labels: ["a", "b"], layers: [
+            NetworkLayer(kind: .dense, inputShape: [4], outputShape: [3], weight: w1, bias: b1, weightName: "w1", biasName: "b1"),
+            NetworkLayer(kind: .relu6, inputShape: [3], outputShape: [3]),
+            NetworkLayer(kind: .dense, inputShape: [3], outputShape: [2], weight: w2, bias: nil, weightName: "w2", biasName: nil),
+        ])
+        let params = ["0": QuantParams(scale: 0.01, zeroPoint: 128), "2": QuantParams(scale: 1e-12, zeroPoint: 0)]
+        let model = Quantizer.build(net, activations: params, precisions: [0: .int8, 2: .int8], method: .minmax, calibrationRows: 1)
+        let y = QuantizedPlan(model: model, batchCapacity: 2).predict([0.5, -0.5, 1, 0, 0, 0, 0, 0])
+        #expect(y.count == 4)
+        #expect(y.allSatisfy { $0.isFinite }, "\(y)")
+    }
 }
 
 @Suite struct DigitsQuantizationTests {

@@ -1,7 +1,6 @@
 import AgentAPI
 import Foundation
 import Testing
-import AgentCore
 
 @Suite struct InferCodecTests {
     /// Whatever the fast reader accepts, Foundation's decoder reads the same.
@@ -55,6 +54,28 @@ import AgentCore
                      #"{"inputs": [["1", 2, 3]]}"#, #"{"deadline_ms": 5}"#] {
             #expect(InferCodec.decode(Data(body.utf8), rowLength: 3) == nil, "\(body)")
         }
+    }
+
+    /// Bodies the fuzzer found the fast path reading while JSONDecoder refuses them (invalid UTF-8
+    /// in a string, numbers out of Float or Double range): now both refuse.
+    @Test func refusesWhatJSONDecoderRefuses() throws {
+        var invalidUTF8 = Data(#"{"inputs": [[1, 2, 3]], "priority": "l"#.utf8)
+        invalidUTF8 += [0xFF, 0xC3]
+        invalidUTF8 += Data(#"ncy"}"#.utf8)
+        let bodies = [invalidUTF8] + [
+            #"{"inputs": [[1e39, 2, 3]]}"#, #"{"inputs": [[1, -1e39, 3]]}"#, #"{"inputs": [[1, 2, 1e-46]]}"#,
+            #"{"inputs": [[1, 2, 3]], "deadline_ms": 1e309}"#, #"{"inputs": [[1, 2, 3]], "deadline_ms": 1e-330}"#,
+            #"{"inputs": [[0e9, 2, 3]]}"#, #"{"inputs": [[1, 0.00e1, 3]]}"#, #"{"inputs": [[1, 2, -0.0e-1]]}"#,
+        ].map { Data($0.utf8) }
+        for body in bodies {
+            #expect(InferCodec.decode(body, rowLength: 3) == nil, "\(String(decoding: body, as: UTF8.self))")
+            #expect(throws: (any Error).self) { try JSONDecoder().decode(InferRequest.self, from: body) }
+        }
+        // Zero without an exponent is read here, as JSONDecoder reads it.
+        try agreesWithJSONDecoder(#"{"inputs": [[0, -0.0, 0.000]], "deadline_ms": -0.00}"#, n: 3)
+        // Zero with an exponent is left to JSONDecoder, which takes some and refuses others.
+        #expect(InferCodec.decode(Data(#"{"inputs": [[0e10, 0.0e9, 0e-9]]}"#.utf8), rowLength: 3) == nil)
+        #expect((try? JSONDecoder().decode(InferRequest.self, from: Data(#"{"inputs": [[0e10, 0.0e9, 0e-9]]}"#.utf8))) != nil)
     }
 
     @Test func answersAreByteForByteWhatJSONEncoderWrites() throws {

@@ -1,4 +1,3 @@
-import AgentAPI
 import Foundation
 
 /// The hot path's JSON: `/v1/infer` bodies read in one pass straight into flat rows, and answers
@@ -15,6 +14,13 @@ public enum InferCodec {
         public var count: Int
         public var priority: String?
         public var deadlineMs: Double?
+
+        public init(rows: [Float], count: Int, priority: String? = nil, deadlineMs: Double? = nil) {
+            self.rows = rows
+            self.count = count
+            self.priority = priority
+            self.deadlineMs = deadlineMs
+        }
     }
 
     public static func decode(_ data: Data, rowLength n: Int) -> Decoded? {
@@ -53,14 +59,17 @@ public enum InferCodec {
             return true
         }
 
-        /// A string without escapes or control characters (nil otherwise: the fallback decides).
+        /// A string without escapes or control characters, in valid UTF-8 (nil otherwise: the fallback decides).
         mutating func plainString() -> String? {
             guard take(0x22) else { return nil }
             let start = i
             while i < end {
                 let c = p[i]
                 if c == 0x22 {
-                    let s = String(decoding: UnsafeBufferPointer(start: p + start, count: i - start), as: UTF8.self)
+                    // Validating, not repairing: JSONDecoder refuses invalid UTF-8, so the fast path must too.
+                    guard let s = String(validating: UnsafeBufferPointer(start: p + start, count: i - start), as: UTF8.self) else {
+                        return nil
+                    }
                     i += 1
                     return s
                 }
@@ -81,19 +90,24 @@ public enum InferCodec {
         }
 
         /// Checks one JSON number (RFC 8259 grammar) and converts the checked token, terminated
-        /// in a stack buffer.
-        mutating func numberToken<T>(_ convert: (UnsafePointer<CChar>) -> T) -> T? {
+        /// in a stack buffer. Numbers that overflow to infinity or underflow to zero are left to the
+        /// fallback: JSONDecoder refuses them, so accepting them here would make the two disagree.
+        /// So is a zero with an exponent: JSONDecoder refuses some (`0e9`, `0.00e1`) and takes
+        /// others (`0e10`, `0.0e9`), found by the infer-codec fuzzer.
+        mutating func numberToken<T: FloatingPoint>(_ convert: (UnsafePointer<CChar>) -> T) -> T? {
             skipSpace()
             let start = i
+            var nonZero = false
             if i < end, p[i] == 0x2D { i += 1 }
             guard i < end, isDigit(p[i]) else { return nil }
-            if p[i] == 0x30 { i += 1 } else { while i < end, isDigit(p[i]) { i += 1 } }
+            if p[i] == 0x30 { i += 1 } else { while i < end, isDigit(p[i]) { nonZero = true; i += 1 } }
             if i < end, p[i] == 0x2E {
                 i += 1
                 guard i < end, isDigit(p[i]) else { return nil }
-                while i < end, isDigit(p[i]) { i += 1 }
+                while i < end, isDigit(p[i]) { nonZero = nonZero || p[i] != 0x30; i += 1 }
             }
-            if i < end, p[i] == 0x65 || p[i] == 0x45 {
+            let exponent = i < end && (p[i] == 0x65 || p[i] == 0x45)
+            if exponent {
                 i += 1
                 if i < end, p[i] == 0x2B || p[i] == 0x2D { i += 1 }
                 guard i < end, isDigit(p[i]) else { return nil }
@@ -102,11 +116,13 @@ public enum InferCodec {
             let length = i - start
             // strtod needs a terminated string; numbers are short, so copy into a stack buffer.
             guard length < 64 else { return nil }
-            return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 64) { buf -> T in
+            let value = withUnsafeTemporaryAllocation(of: CChar.self, capacity: 64) { buf -> T in
                 UnsafeMutableRawPointer(buf.baseAddress!).copyMemory(from: p + start, byteCount: length)
                 buf[length] = 0
                 return convert(buf.baseAddress!)
             }
+            guard value.isFinite, value != 0 || !(nonZero || exponent) else { return nil }
+            return value
         }
 
         func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }

@@ -1,0 +1,41 @@
+import Inference
+import ModelFile
+import Quantization
+import Tensor
+import Training
+
+/// One model file from the fuzzer's bytes, taken through what agentd does at load: every
+/// safetensors and manifest rule, the network, the quantization section (or a calibration and
+/// quantization, as at first start), and one FP32 and one quantized inference.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzModel(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    let storage = Storage(byteCount: size)
+    storage.base.copyMemory(from: data, byteCount: size)
+    guard let file = try? ModelFile(storage: storage, path: "fuzz.safetensors") else { return 0 }
+    let network = Network(model: file)
+    let quantized: QuantizedModel?
+    do {
+        quantized = try QuantizedModel.load(file, network: network)
+    } catch {
+        return 0
+    }
+    // Inference time grows with the plan's size; small plans keep the fuzzer fast, larger ones are still built above.
+    guard ExecutionPlan.memoryEstimate(network: network, batch: 1).total <= 8 << 20 else { return 0 }
+    let input = [Float](repeating: 0.5, count: network.inputCount)
+    let scores = ExecutionPlan(network: network, batchCapacity: 1).predict(input)
+    precondition(scores.count == network.outputCount, "FP32 plan returned \(scores.count) scores, expected \(network.outputCount)")
+    let model: QuantizedModel
+    if let quantized {
+        model = quantized
+    } else {
+        // agentd's first start quantizes an FP32 initial model on calibration rows: here two made-up rows.
+        let rows = DataSet(features: input + input.map { -3 * $0 }, featureCount: network.inputCount, labels: nil, classNames: [])
+        let method = CalibrationMethod.allCases[size % CalibrationMethod.allCases.count]
+        let params = Quantizer.activationParams(Quantizer.histograms(network, rows), network: network, method: method)
+        let precisions = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(network).map { ($0, LayerPrecision.int8) })
+        model = Quantizer.build(network, activations: params, precisions: precisions, method: method, calibrationRows: rows.count)
+    }
+    let q = QuantizedPlan(model: model, batchCapacity: 1).predict(input)
+    precondition(q.count == network.outputCount, "quantized plan returned \(q.count) scores, expected \(network.outputCount)")
+    return 0
+}
