@@ -44,6 +44,16 @@ struct Agentctl {
     }
 }
 
+extension Agentctl {
+    /// A digits MLP trained (seeded) into a fresh temporary directory: shared models for the daemon tests.
+    static func trainedModel(name: String, arch: String, epochs: Int) -> String {
+        let path = temporaryDirectory(name) + "/\(name).safetensors"
+        let r = try! run(["model", "train", "--data", digits, "--arch", arch, "--epochs", String(epochs), "--seed", "1", "--name", name, "--out", path])
+        precondition(r.status == 0, r.stderr)
+        return path
+    }
+}
+
 /// A fresh temporary directory.
 func temporaryDirectory(_ name: String) -> String {
     let dir = FileManager.default.temporaryDirectory

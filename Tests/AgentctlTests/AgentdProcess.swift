@@ -23,13 +23,7 @@ final class AgentdProcess: @unchecked Sendable {
     }()
 
     /// A quickly trained digits MLP shared by the daemon tests.
-    static let model: String = {
-        let path = temporaryDirectory("agentd-model") + "/digits-mlp.safetensors"
-        let r = try! Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", "mlp:64-64-10", "--epochs", "8",
-                                   "--seed", "1", "--name", "digits-mlp", "--out", path])
-        precondition(r.status == 0, r.stderr)
-        return path
-    }()
+    static let model = Agentctl.trainedModel(name: "digits-mlp", arch: "mlp:64-64-10", epochs: 8)
 
     /// `launcher` runs before agentd and exec's it (e.g. to set process restrictions).
     init(config extra: String = "", model: String = AgentdProcess.model, dir: String? = nil, environment: [String: String] = [:],

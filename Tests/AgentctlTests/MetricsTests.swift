@@ -31,13 +31,7 @@ import Glibc
 
     /// A one-epoch digits MLP: unsure enough that adaptive precision re-runs some rows in FP32
     /// (146 of the digits rows), so the escalation counter moves. Training is seeded.
-    static let roughModel: String = {
-        let path = temporaryDirectory("metrics-model") + "/digits-rough.safetensors"
-        let r = try! Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", "mlp:64-64-10", "--epochs", "1",
-                                   "--seed", "1", "--name", "digits-rough", "--out", path])
-        precondition(r.status == 0, r.stderr)
-        return path
-    }()
+    static let roughModel = Agentctl.trainedModel(name: "digits-rough", arch: "mlp:64-64-10", epochs: 1)
 
     @Test func liveMetricsFollowPrometheusConventions() throws {
         let agent = try AgentdProcess(config: "adaptive = true", model: Self.roughModel)

@@ -13,13 +13,7 @@ import Glibc
 /// (no 503) and exits late.
 @Suite(.serialized) struct ShutdownTests {
     /// Slow on purpose: 64-2048-2048-10 in FP32 (about 0.5 s a 1,024-row request), one worker.
-    static let slowModel: String = {
-        let path = temporaryDirectory("slow-model") + "/slow.safetensors"
-        let r = try! Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", "mlp:64-2048-2048-10", "--epochs", "1",
-                                   "--seed", "1", "--name", "slow", "--out", path])
-        precondition(r.status == 0, r.stderr)
-        return path
-    }()
+    static let slowModel = Agentctl.trainedModel(name: "slow", arch: "mlp:64-2048-2048-10", epochs: 1)
 
     /// A request's deadline is clamped to serving.max_deadline_ms: 1e300 ms becomes 1 ms, and
     /// behind a half-second request on the only worker it expires (without the clamp it would wait
