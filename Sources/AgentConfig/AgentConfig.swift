@@ -107,6 +107,8 @@ extension AgentConfig {
     }
 
     static let sections = ["agent", "model", "serving", "api", "store"]
+    /// The most request-body bytes all connections together may hold while reading them.
+    public static let maxBodyBytesInFlight = 1 << 30
 
     /// The keys SIGHUP applies; a change to any other key is reported as needing a restart.
     public static let reloadableKeys: Set<String> = [
@@ -197,6 +199,11 @@ extension AgentConfig {
         }
         for key in table.keys where !Self.sections.contains(key) {
             reader.problem(key, "unknown section or key (known sections: \(Self.sections.joined(separator: ", ")))")
+        }
+        // Every open connection may hold a whole body while it is read: bound their sum.
+        let held = c.api.maxConnections.multipliedReportingOverflow(by: c.api.maxBodyBytes)
+        if held.overflow || held.partialValue > Self.maxBodyBytesInFlight {
+            reader.problem("api.max_connections", "\(c.api.maxConnections) connections × api.max_body_bytes \(c.api.maxBodyBytes) may hold more than \(Self.maxBodyBytesInFlight >> 20) MiB of request bodies at once")
         }
         if c.serving.deadlineMs > c.serving.maxDeadlineMs {
             reader.problem("serving.deadline_ms", "\(c.serving.deadlineMs) is above serving.max_deadline_ms (\(c.serving.maxDeadlineMs))")

@@ -147,6 +147,11 @@ import Testing
         }
     }
 
+    @Test func bodiesHeldAtOnceAreBounded() {
+        #expect(throws: ConfigErrors.self) { try AgentConfig.parse("[api]\nmax_connections = 2048\nmax_body_bytes = 1048576\n", file: "a.toml") }
+        #expect((try? AgentConfig.parse("[api]\nmax_connections = 1024\nmax_body_bytes = 1048576\n", file: "a.toml")) != nil)
+    }
+
     @Test func aDefaultDeadlineAboveTheMaximumIsAProblem() {
         #expect(throws: ConfigErrors.self) { try AgentConfig.parse("[serving]\ndeadline_ms = 5000\nmax_deadline_ms = 100\n", file: "a.toml") }
     }
