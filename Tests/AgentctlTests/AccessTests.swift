@@ -16,20 +16,22 @@ import Glibc
     var user: String { "eatuser\(tag)" }
     var admin: String { "eatadmin\(tag)" }
     var outsider: String { "eatout\(tag)" }
+    /// agentd runs as this user (as under the unit), so root, it and the admin group are three different peers.
+    var daemonUser: String { "eatd\(tag)" }
 
     func makeAccounts() throws {
         for g in [socketGroup, adminGroup] {
             let r = shell("groupadd \(g)")
             try #require(r.status == 0, "groupadd: \(r.output)")
         }
-        for (u, groups) in [(user, socketGroup), (admin, "\(socketGroup),\(adminGroup)"), (outsider, "")] {
+        for (u, groups) in [(user, socketGroup), (admin, "\(socketGroup),\(adminGroup)"), (outsider, ""), (daemonUser, socketGroup)] {
             let r = shell("useradd --no-create-home --shell /usr/sbin/nologin \(groups.isEmpty ? "" : "--groups \(groups)") \(u)")
             try #require(r.status == 0, "useradd: \(r.output)")
         }
     }
 
     func removeAccounts() {
-        for u in [user, admin, outsider] { shell("userdel \(u)") }
+        for u in [user, admin, outsider, daemonUser] { shell("userdel \(u)") }
         for g in [socketGroup, adminGroup] { shell("groupdel \(g)") }
     }
 
@@ -44,7 +46,10 @@ import Glibc
         defer { removeAccounts() }
         let dir = temporaryDirectory("access")
         chmod(dir, 0o755)
-        let agent = try AgentdProcess(config: "[api]\nadmin_group = \"\(adminGroup)\"", dir: dir, socketGroup: socketGroup)
+        shell("chown \(daemonUser) '\(dir)'")
+        let agent = try AgentdProcess(config: "[api]\nadmin_group = \"\(adminGroup)\"", dir: dir,
+                                      launcher: ["/usr/bin/setpriv", "--reuid=\(daemonUser)", "--regid=\(daemonUser)", "--init-groups"],
+                                      socketGroup: socketGroup)
         try #require(agent.waitForNotification("READY=1") != nil, "\(agent.log)")
         // The socket belongs to the socket group, mode 0660.
         var st = stat()
@@ -64,8 +69,14 @@ import Glibc
         // An admin-group member passes the check (and is then told there is nothing older).
         let allowed = agentctl(as: admin, ["model", "rollback"] + socket)
         #expect(allowed.status == 1 && allowed.output.contains("nothing to roll back to"), "\(allowed.output)")
-        // Root passes too.
+        // Root and agentd's own user pass too.
         #expect(try agent.agentctl(["model", "rollback"]).stderr.contains("nothing to roll back to"))
+        let itself = agentctl(as: daemonUser, ["model", "rollback"] + socket)
+        #expect(itself.status == 1 && itself.output.contains("nothing to roll back to"), "\(itself.output)")
+        // Feedback is not a control operation.
+        let id = try agent.client.infer(InferRequest(inputs: [AgentdTests.digitRow])).results[0].id
+        let feedback = agentctl(as: user, ["feedback", "--id", id, "--label", "0"] + socket)
+        #expect(feedback.status == 0, "\(feedback.output)")
         // Not in the socket group: cannot reach the socket at all.
         let outside = agentctl(as: outsider, ["status"] + socket)
         #expect(outside.status == 3, "\(outside.output)")

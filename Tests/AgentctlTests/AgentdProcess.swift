@@ -49,6 +49,8 @@ final class AgentdProcess: @unchecked Sendable {
         addr.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(notifyPath.utf8) + [0]) }
         _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(notifyFD, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        // An agentd launched as another user (AccessTests) may send to it too.
+        chmod(notifyPath, 0o777)
         var tv = timeval(tv_sec: 0, tv_usec: 100_000)
         setsockopt(notifyFD, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         if let first = launcher.first {
