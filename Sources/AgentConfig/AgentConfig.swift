@@ -110,34 +110,55 @@ extension AgentConfig {
     /// The most request-body bytes all connections together may hold while reading them.
     public static let maxBodyBytesInFlight = 1 << 30
 
-    /// The keys SIGHUP applies; a change to any other key is reported as needing a restart.
-    public static let reloadableKeys: Set<String> = [
-        "agent.log_level", "model.adaptive", "serving.max_batch_size", "serving.max_queue_delay_ms", "serving.deadline_ms",
-        "serving.adaptive_batching", "serving.latency_target_ms", "serving.max_deadline_ms", "serving.queue_capacity",
-        "serving.queue_bytes", "api.admin_group",
+    /// One key of the file: its dotted name, whether SIGHUP applies it, and how to compare and
+    /// copy its value — the single list that reload's "applied" and "needs a restart" come from.
+    public struct Key: Sendable {
+        public let name: String
+        public let reloadable: Bool
+        let differs: @Sendable (AgentConfig, AgentConfig) -> Bool
+        let copy: @Sendable (inout AgentConfig, AgentConfig) -> Void
+
+        static func of<T: Equatable>(_ name: String, _ path: WritableKeyPath<AgentConfig, T> & Sendable, reloadable: Bool = false) -> Key {
+            Key(name: name, reloadable: reloadable, differs: { $0[keyPath: path] != $1[keyPath: path] },
+                copy: { $0[keyPath: path] = $1[keyPath: path] })
+        }
+    }
+
+    public static let keys: [Key] = [
+        .of("agent.state_dir", \.agent.stateDir), .of("agent.socket", \.agent.socket), .of("agent.socket_group", \.agent.socketGroup),
+        .of("agent.log_level", \.agent.logLevel, reloadable: true), .of("agent.release_startup_pages", \.agent.releaseStartupPages),
+        .of("model.initial", \.model.initial), .of("model.precision", \.model.precision), .of("model.calibration", \.model.calibration),
+        .of("model.method", \.model.method), .of("model.adaptive", \.model.adaptive, reloadable: true),
+        .of("serving.workers", \.serving.workers), .of("serving.max_batch_size", \.serving.maxBatchSize, reloadable: true),
+        .of("serving.max_queue_delay_ms", \.serving.maxQueueDelayMs, reloadable: true),
+        .of("serving.queue_capacity", \.serving.queueCapacity, reloadable: true),
+        .of("serving.deadline_ms", \.serving.deadlineMs, reloadable: true), .of("serving.memory_budget_mb", \.serving.memoryBudgetMB),
+        .of("serving.adaptive_batching", \.serving.adaptiveBatching, reloadable: true),
+        .of("serving.latency_target_ms", \.serving.latencyTargetMs, reloadable: true),
+        .of("serving.max_deadline_ms", \.serving.maxDeadlineMs, reloadable: true),
+        .of("serving.queue_bytes", \.serving.queueBytes, reloadable: true),
+        .of("serving.recent_inferences_bytes", \.serving.recentInferencesBytes),
+        .of("api.max_body_bytes", \.api.maxBodyBytes), .of("api.max_rows_per_request", \.api.maxRowsPerRequest),
+        .of("api.idle_timeout_s", \.api.idleTimeoutS), .of("api.drain_timeout_s", \.api.drainTimeoutS),
+        .of("api.max_connections", \.api.maxConnections), .of("api.admin_group", \.api.adminGroup, reloadable: true),
+        .of("store.feedback_max_rows", \.store.feedbackMaxRows), .of("store.feedback_max_bytes", \.store.feedbackMaxBytes),
+        .of("store.events_max_rows", \.store.eventsMaxRows), .of("store.events_max_bytes", \.store.eventsMaxBytes),
+        .of("store.write_queue", \.store.writeQueue),
     ]
+
+    /// The keys SIGHUP applies; a change to any other key is reported as needing a restart.
+    public static var reloadableKeys: Set<String> { Set(keys.filter(\.reloadable).map(\.name)) }
 
     /// Dotted keys whose values differ between two configurations.
     public func changedKeys(from old: AgentConfig) -> [String] {
-        func pairs(_ c: AgentConfig) -> [(String, String)] {
-            [("agent.state_dir", c.agent.stateDir), ("agent.socket", c.agent.socket), ("agent.socket_group", c.agent.socketGroup),
-             ("agent.log_level", c.agent.logLevel), ("agent.release_startup_pages", "\(c.agent.releaseStartupPages)"),
-             ("model.initial", c.model.initial), ("model.precision", c.model.precision), ("model.calibration", c.model.calibration),
-             ("model.method", c.model.method), ("model.adaptive", "\(c.model.adaptive)"),
-             ("serving.workers", "\(c.serving.workers)"), ("serving.max_batch_size", "\(c.serving.maxBatchSize)"),
-             ("serving.max_queue_delay_ms", "\(c.serving.maxQueueDelayMs)"), ("serving.queue_capacity", "\(c.serving.queueCapacity)"),
-             ("serving.deadline_ms", "\(c.serving.deadlineMs)"), ("serving.memory_budget_mb", "\(c.serving.memoryBudgetMB)"),
-             ("serving.adaptive_batching", "\(c.serving.adaptiveBatching)"), ("serving.latency_target_ms", "\(c.serving.latencyTargetMs)"),
-             ("serving.max_deadline_ms", "\(c.serving.maxDeadlineMs)"), ("serving.queue_bytes", "\(c.serving.queueBytes)"),
-             ("serving.recent_inferences_bytes", "\(c.serving.recentInferencesBytes)"),
-             ("api.max_body_bytes", "\(c.api.maxBodyBytes)"), ("api.max_rows_per_request", "\(c.api.maxRowsPerRequest)"),
-             ("api.idle_timeout_s", "\(c.api.idleTimeoutS)"), ("api.drain_timeout_s", "\(c.api.drainTimeoutS)"),
-             ("api.max_connections", "\(c.api.maxConnections)"), ("api.admin_group", c.api.adminGroup),
-             ("store.feedback_max_rows", "\(c.store.feedbackMaxRows)"), ("store.feedback_max_bytes", "\(c.store.feedbackMaxBytes)"),
-             ("store.events_max_rows", "\(c.store.eventsMaxRows)"), ("store.events_max_bytes", "\(c.store.eventsMaxBytes)"),
-             ("store.write_queue", "\(c.store.writeQueue)")]
-        }
-        return zip(pairs(self), pairs(old)).filter { $0.0.1 != $0.1.1 }.map(\.0.0)
+        Self.keys.filter { $0.differs(self, old) }.map(\.name)
+    }
+
+    /// `self` with the reloadable keys of `new` and every other key as it is: what a reload runs with.
+    public func reloaded(from new: AgentConfig) -> AgentConfig {
+        var c = self
+        for key in Self.keys where key.reloadable { key.copy(&c, new) }
+        return c
     }
 
     public static func parse(_ text: String, file: String) throws -> AgentConfig {

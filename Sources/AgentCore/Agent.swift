@@ -178,20 +178,12 @@ public final class Agent: @unchecked Sendable {
             try Self.checkAdminGroup(new.api.adminGroup)
             let changed = new.changedKeys(from: config)
             let needRestart = changed.filter { !AgentConfig.reloadableKeys.contains($0) }
-            try models.reload(adaptive: new.model.adaptive) {
-                scheduler.update(Self.schedulerSettings(new))
-                logLevel.level = Logger.Level(rawValue: new.agent.logLevel) ?? .info
+            let running = config.reloaded(from: new)
+            try models.reload(adaptive: running.model.adaptive) {
+                scheduler.update(Self.schedulerSettings(running))
+                logLevel.level = Logger.Level(rawValue: running.agent.logLevel) ?? .info
                 stateLock.lock()
-                currentConfig.agent.logLevel = new.agent.logLevel
-                currentConfig.model.adaptive = new.model.adaptive
-                currentConfig.api.adminGroup = new.api.adminGroup
-                let workers = currentConfig.serving.workers, budget = currentConfig.serving.memoryBudgetMB
-                let recentBytes = currentConfig.serving.recentInferencesBytes
-                currentConfig.serving = new.serving
-                // Not reloadable: the running values stay what status and the scheduler use.
-                currentConfig.serving.workers = workers
-                currentConfig.serving.memoryBudgetMB = budget
-                currentConfig.serving.recentInferencesBytes = recentBytes
+                currentConfig = running
                 stateLock.unlock()
             }
             var message = "configuration and model reloaded from \(configPath)"

@@ -151,12 +151,9 @@ public final class BatchScheduler: @unchecked Sendable {
     /// SIGHUP: the reloadable settings (`workers` and `memoryBudgetBytes` need a restart).
     public func update(_ new: SchedulerSettings) {
         condition.lock()
-        settings.maxBatchSize = new.maxBatchSize
-        settings.maxQueueDelay = new.maxQueueDelay
-        settings.adaptive = new.adaptive
-        settings.latencyTarget = new.latencyTarget
-        settings.queueCapacity = new.queueCapacity
-        settings.queueBytes = new.queueBytes
+        let (workers, budget) = (settings.workers, settings.memoryBudgetBytes)
+        settings = new
+        (settings.workers, settings.memoryBudgetBytes) = (workers, budget)
         adaptiveLimit = nil
         waitCap = nil
         lastDecision = 0

@@ -47,7 +47,6 @@ public final class StoreWriter: @unchecked Sendable {
     private let condition = NSCondition()
     private var jobs: [Job] = []
     private var closed = false
-    private var busy = false
     /// Jobs ever queued, and ever finished (written or failed): `flush` waits for its own.
     private var queuedCount = 0
     private var finishedCount = 0
@@ -129,7 +128,7 @@ public final class StoreWriter: @unchecked Sendable {
     public func flush() {
         condition.lock()
         let target = queuedCount
-        while finishedCount < target && !(jobs.isEmpty && !busy) { condition.wait() }
+        while finishedCount < target { condition.wait() }
         condition.unlock()
     }
 
@@ -152,7 +151,6 @@ public final class StoreWriter: @unchecked Sendable {
             }
             let batch = Array(jobs.prefix(256))
             jobs.removeFirst(batch.count)
-            busy = true
             let sizes = (feedback: snapshot.feedback, events: snapshot.events)
             condition.unlock()
             let outcome = commit(batch, from: sizes)
@@ -181,7 +179,6 @@ public final class StoreWriter: @unchecked Sendable {
                 }
             }
             condition.lock()
-            busy = false
             finishedCount += batch.count
             condition.broadcast()
             condition.unlock()

@@ -162,5 +162,9 @@ import Testing
         let changed = new.changedKeys(from: old)
         #expect(Set(changed) == ["serving.workers", "serving.max_batch_size", "api.admin_group"])
         #expect(changed.filter { !AgentConfig.reloadableKeys.contains($0) } == ["serving.workers"])
+        // A reload runs with the new reloadable values and the old values of the rest.
+        let running = old.reloaded(from: new)
+        #expect(running.serving.maxBatchSize == 8 && running.api.adminGroup == "ops" && running.serving.workers == old.serving.workers)
+        #expect(running.changedKeys(from: old) == ["serving.max_batch_size", "api.admin_group"])
     }
 }
