@@ -86,6 +86,20 @@ func shell(_ command: String) -> (status: Int32, output: String) {
         stop(agent)
     }
 
+    /// A second agentd on the same state directory would unlink the first one's socket and sweep
+    /// its half-written files: it exits with one line instead, and the first serves on.
+    @Test func aSecondAgentdOnTheSameStateDirectoryRefusesToStart() throws {
+        let first = try AgentdProcess()
+        try started(first)
+        let dir = temporaryDirectory("second-agentd")
+        try FileManager.default.createSymbolicLink(atPath: dir + "/state", withDestinationPath: first.dir + "/state")
+        let second = try AgentdProcess(dir: dir)
+        #expect(second.waitForExit() == 1, "\(second.log)")
+        #expect(second.log.contains("another agentd is using"), "\(second.log)")
+        #expect(try first.client.infer(InferRequest(inputs: [AgentdTests.digitRow])).results.count == 1)
+        stop(first)
+    }
+
     @Test func anInvalidNewInitialModelIsLoggedAndTheActiveVersionServes() throws {
         let dir = temporaryDirectory("bad-initial")
         let model = try ownModel(dir)

@@ -185,6 +185,10 @@ func rawExchange(_ socketPath: String, _ request: [UInt8], halfClose: Bool = tru
         let over = try agent.client.send("GET", "/v1/status")
         #expect(over.status == 503)
         #expect((try? JSONDecoder().decode(ErrorResponse.self, from: over.body))?.error.code == "too_many_connections")
+        // One over the cap that sends nothing is closed after about a second, not left to the idle timeout.
+        let silentStart = Date()
+        _ = rawExchange(agent.socket, [], halfClose: false, timeout: 5)
+        #expect(Date().timeIntervalSince(silentStart) < 3, "a silent connection over the cap stayed open")
         // Held connections still work; once they close (deinit), new ones are admitted.
         #expect(try held![0].send("GET", "/v1/status").status == 200)
         held = nil
