@@ -41,6 +41,7 @@ let package = Package(
         .target(name: "Training", dependencies: ["Inference"]),
         .target(name: "Quantization", dependencies: ["CKernels", "Tensor", "ModelFile", "Inference", "Training"]),
         .target(name: "Serving", dependencies: ["Inference", "Quantization"]),
+        .target(name: "Drift", dependencies: ["Tensor", "ModelFile", "Inference"]),
         .target(name: "Store", dependencies: ["ModelFile", .product(name: "GRDB", package: "GRDB.swift")]),
         // Codable API types and the Unix-socket client: Foundation only, so any tool can link it.
         .target(name: "AgentAPI"),
@@ -73,7 +74,7 @@ let package = Package(
         .executableTarget(
             name: "agentctl",
             dependencies: [
-                "CBLAS", "Tensor", "ModelFile", "Inference", "Training", "Quantization", "AgentAPI", "AgentConfig",
+                "CBLAS", "Tensor", "ModelFile", "Inference", "Training", "Quantization", "Drift", "AgentAPI", "AgentConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -84,6 +85,7 @@ let package = Package(
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization"]),
         .testTarget(name: "ServingTests", dependencies: ["Serving", "Training"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
+        .testTarget(name: "DriftTests", dependencies: ["Drift"]),
         .testTarget(name: "AgentConfigTests", dependencies: ["AgentConfig"]),
         .testTarget(name: "AgentAPITests", dependencies: ["AgentAPI"]),
         .testTarget(name: "AgentCoreTests", dependencies: [

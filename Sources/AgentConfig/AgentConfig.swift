@@ -9,6 +9,7 @@ public struct AgentConfig: Equatable, Sendable {
     public var serving = Serving()
     public var api = API()
     public var store = Store()
+    public var drift = Drift()
 
     public struct Agent: Equatable, Sendable {
         public var stateDir = "/var/lib/agentd"
@@ -81,6 +82,17 @@ public struct AgentConfig: Equatable, Sendable {
         public var writeQueue = 1024
     }
 
+    /// The drift monitor (see the README's drift section).
+    public struct Drift: Equatable, Sendable {
+        public var enabled = true
+        /// A model file without a drift reference: the first this many live rows become one.
+        public var warmupRows = 1000
+        /// Samples between false alarms a warm-up reference is calibrated for.
+        public var falseAlarmRun = 2000
+        /// How often the windows are saved (alarm changes and resets are saved at once).
+        public var saveIntervalS = 30.0
+    }
+
     public init() {}
 }
 
@@ -106,7 +118,7 @@ extension AgentConfig {
         return try parse(text, file: path)
     }
 
-    static let sections = ["agent", "model", "serving", "api", "store"]
+    static let sections = ["agent", "model", "serving", "api", "store", "drift"]
     /// The most request-body bytes all connections together may hold while reading them.
     public static let maxBodyBytesInFlight = 1 << 30
 
@@ -144,6 +156,8 @@ extension AgentConfig {
         .of("store.feedback_max_rows", \.store.feedbackMaxRows), .of("store.feedback_max_bytes", \.store.feedbackMaxBytes),
         .of("store.events_max_rows", \.store.eventsMaxRows), .of("store.events_max_bytes", \.store.eventsMaxBytes),
         .of("store.write_queue", \.store.writeQueue),
+        .of("drift.enabled", \.drift.enabled), .of("drift.warmup_rows", \.drift.warmupRows),
+        .of("drift.false_alarm_run", \.drift.falseAlarmRun), .of("drift.save_interval_s", \.drift.saveIntervalS),
     ]
 
     /// The keys SIGHUP applies; a change to any other key is reported as needing a restart.
@@ -217,6 +231,12 @@ extension AgentConfig {
             reader.int(t, "store", "events_max_rows", &c.store.eventsMaxRows, 10...1_000_000_000)
             reader.int(t, "store", "events_max_bytes", &c.store.eventsMaxBytes, 4096...(1 << 40))
             reader.int(t, "store", "write_queue", &c.store.writeQueue, 1...1_000_000)
+        }
+        reader.section(table, "drift", ["enabled", "warmup_rows", "false_alarm_run", "save_interval_s"]) { t in
+            reader.bool(t, "drift", "enabled", &c.drift.enabled)
+            reader.int(t, "drift", "warmup_rows", &c.drift.warmupRows, 100...1_000_000)
+            reader.int(t, "drift", "false_alarm_run", &c.drift.falseAlarmRun, 100...10_000_000)
+            reader.double(t, "drift", "save_interval_s", &c.drift.saveIntervalS, 1...86_400)
         }
         for key in table.keys where !Self.sections.contains(key) {
             reader.problem(key, "unknown section or key (known sections: \(Self.sections.joined(separator: ", ")))")

@@ -47,11 +47,24 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
     private let activationFloats: Int
     private let workspaceFloats: Int
 
-    public init(network: Network, batchCapacity: Int) {
+    private let tap: EmbeddingTap?
+    /// Index in `steps` of the step whose input the tap projects.
+    private let tapStep: Int
+
+    public init(network: Network, batchCapacity: Int, embedding: EmbeddingProjection? = nil) {
         precondition(batchCapacity >= 1, "batch capacity must be at least 1")
         self.network = network
         self.batchCapacity = batchCapacity
         self.steps = Self.compile(network)
+        if let embedding {
+            precondition(embedding.layer == EmbeddingProjection.penultimateLayer(of: network)
+                         && embedding.inputCount == network.layers[embedding.layer].inputCount, "projection does not fit the network")
+            tap = EmbeddingTap(embedding, batchCapacity: batchCapacity)
+            tapStep = steps.lastIndex { if case .dense = $0 { true } else if case .conv2d = $0 { true } else { false } }!
+        } else {
+            tap = nil
+            tapStep = -1
+        }
         let sizes = Self.bufferSizes(network)
         self.activationFloats = sizes.activation * batchCapacity
         self.workspaceFloats = sizes.workspace
@@ -70,6 +83,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
     public var inputCount: Int { network.inputCount }
     public var outputCount: Int { network.outputCount }
     public var precision: String { "fp32" }
+    public var embeddings: UnsafeBufferPointer<Float>? { tap?.embeddings }
 
     /// What a plan for `batch` samples would hold, without building it.
     public static func memoryEstimate(network: Network, batch: Int) -> MemoryEstimate {
@@ -128,7 +142,8 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         precondition(batch >= 1 && batch <= batchCapacity, "batch \(batch) outside 1...\(batchCapacity)")
         network.preprocessing.apply(input, bufferA, batch: batch, sampleCount: network.inputCount)
         var current = bufferA, other = bufferB
-        for step in steps {
+        for (index, step) in steps.enumerated() {
+            if index == tapStep { tap!.capture(current, batch: batch) }
             switch step {
             case .dense(let w, let act):
                 w.multiply(rows: batch, current, ldx: w.inputs, other, ldy: w.outputs, activation: act)

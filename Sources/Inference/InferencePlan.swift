@@ -10,6 +10,9 @@ public protocol InferencePlan: AnyObject, Sendable {
     /// Scores `[batch, classes]`, valid until the next call.
     @discardableResult
     func run(_ input: UnsafePointer<Float>, batch: Int) -> UnsafeBufferPointer<Float>
+    /// With an embedding projection: the last run's projected penultimate activations `[batch, k]`,
+    /// valid until the next call; nil without one.
+    var embeddings: UnsafeBufferPointer<Float>? { get }
 }
 
 extension InferencePlan {

@@ -28,11 +28,12 @@ extension Network {
         }
         var m = Manifest(name: name, version: version, input: input, labels: labels, layers: specs, trainable: trainable)
         m.lineage = lineage
+        m.driftReference = driftReference
         return m
     }
 
     public func tensorBlobs() -> [TensorBlob] {
-        var blobs = parameters.map { TensorBlob(name: $0.name, tensor: $0.tensor) }
+        var blobs = parameters.map { TensorBlob(name: $0.name, tensor: $0.tensor) } + fieldTensors
         if let a = preprocessing.scales, let b = preprocessing.shifts {
             let std = Tensor(zeros: inputShape), mean = Tensor(zeros: inputShape)
             for i in 0..<a.count {

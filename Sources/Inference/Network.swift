@@ -134,6 +134,10 @@ public final class Network: @unchecked Sendable {
     /// The manifest's `trainable` list; nil means every parameter.
     public var trainable: [String]?
     public var lineage: JSONValue?
+    /// The field sections (`drift_reference`) and their tensors, carried unchanged through every
+    /// rewrite (quantize, training) until a stage that owns them renews them.
+    public var driftReference: JSONValue?
+    public var fieldTensors: [TensorBlob] = []
 
     public var outputShape: [Int] { layers.last?.outputShape ?? inputShape }
     public var inputCount: Int { inputShape.reduce(1, *) }
@@ -196,6 +200,10 @@ public final class Network: @unchecked Sendable {
         self.init(name: model.manifest.name, version: model.manifest.version, inputShape: model.inputShape,
                   labels: model.labels, preprocessing: pre, layers: layers, trainable: model.manifest.trainable)
         self.lineage = model.manifest.lineage
+        self.driftReference = model.manifest.driftReference
+        self.fieldTensors = model.header.entries.filter { Manifest.isFieldTensor($0.name) }.map {
+            TensorBlob(name: $0.name, dtype: $0.dtype, shape: $0.shape, bytes: Array(model.rawBytes($0)))
+        }
     }
 
     /// y = γ·(x − μ)/√(σ²+ε) + β folded into the weights and bias of the dense or conv2d before it.
@@ -229,6 +237,8 @@ public final class Network: @unchecked Sendable {
         let n = Network(name: name, version: version, inputShape: inputShape, labels: labels,
                         preprocessing: preprocessing, layers: layers, trainable: trainable)
         n.lineage = lineage
+        n.driftReference = driftReference
+        n.fieldTensors = fieldTensors
         return n
     }
 

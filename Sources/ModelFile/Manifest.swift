@@ -34,6 +34,9 @@ public struct Manifest: Codable, Equatable, Sendable {
     public static let manifestKey = "edge.manifest"
     public static let formatVersion = "1"
 
+    /// Tensors that belong to a field section rather than to a layer: `drift.*` for `drift_reference`.
+    public static func isFieldTensor(_ name: String) -> Bool { name.hasPrefix("drift.") }
+
     public func jsonString() -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]

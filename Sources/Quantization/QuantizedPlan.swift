@@ -57,14 +57,41 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
     public var inputCount: Int { model.network.inputCount }
     public var outputCount: Int { model.network.outputCount }
     public var precision: String { model.precisionName + (adaptiveThreshold != nil ? "+adaptive" : "") }
+    public var embeddings: UnsafeBufferPointer<Float>? { tap?.embeddings }
 
     /// - Parameter adaptive: nil uses the spec's setting; pass `.off` to force plain integer inference.
-    public init(model: QuantizedModel, batchCapacity: Int, adaptive: AdaptivePrecision.Mode? = nil) {
+    private let tap: EmbeddingTap?
+    private let tapStep: Int
+    /// The tapped layer's input parameters when that input is UINT8.
+    private let tapInput: QuantParams?
+
+    public init(model: QuantizedModel, batchCapacity: Int, adaptive: AdaptivePrecision.Mode? = nil,
+                embedding: EmbeddingProjection? = nil) {
         precondition(batchCapacity >= 1)
         self.model = model
         self.batchCapacity = batchCapacity
         let compiled = Self.compile(model)
         steps = compiled.steps
+        if let embedding {
+            precondition(embedding.layer == EmbeddingProjection.penultimateLayer(of: model.network)
+                         && embedding.inputCount == model.network.layers[embedding.layer].inputCount, "projection does not fit the network")
+            tap = EmbeddingTap(embedding, batchCapacity: batchCapacity)
+            let index = compiled.steps.lastIndex {
+                switch $0 {
+                case .int8Dense, .int8Conv, .int4Dense, .floatDense, .floatConv: true
+                default: false
+                }
+            }!
+            tapStep = index
+            switch compiled.steps[index] {
+            case .int8Dense, .int8Conv: tapInput = model.spec.activation(embedding.layer)
+            default: tapInput = nil
+            }
+        } else {
+            tap = nil
+            tapStep = -1
+            tapInput = nil
+        }
         weightBytes = compiled.weightBytes
         let net = model.network
         var maxActivation = net.inputCount
@@ -288,8 +315,11 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         let net = model.network
         net.preprocessing.apply(input, bufferA.assumingMemoryBound(to: Float.self), batch: batch, sampleCount: net.inputCount)
         var cur = bufferA, other = bufferB
-        for step in steps {
+        for (index, step) in steps.enumerated() {
             let f = cur.assumingMemoryBound(to: Float.self), u = cur.assumingMemoryBound(to: UInt8.self)
+            if index == tapStep {
+                if let p = tapInput { tap!.capture(u, scale: p.scale, zeroPoint: Int(p.zeroPoint), batch: batch) } else { tap!.capture(f, batch: batch) }
+            }
             let of = other.assumingMemoryBound(to: Float.self), ou = other.assumingMemoryBound(to: UInt8.self)
             switch step {
             case .quantize(let p, let count): Quantization.quantize(f, count: batch * count, p, ou)

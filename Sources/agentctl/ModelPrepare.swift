@@ -1,0 +1,128 @@
+import ArgumentParser
+import Drift
+import Foundation
+import Inference
+import ModelFile
+import Quantization
+import Training
+
+struct Prepare: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ready a model for the field: add a calibrated drift reference to the file.",
+        discussion: """
+            Give rows the model was not trained on (a validation set): the rows are shuffled and
+            split three ways. Half build the reference histograms: per input feature (bin edges at
+            the data's quantiles, about --bins bins), the predicted class, the top-class
+            confidence (quantile bins) and the penultimate activations projected on their first
+            --embedding-dims principal directions. A quarter calibrate each signal's threshold on
+            stationary streams drawn from rows the histograms never saw (a threshold fitted on the
+            reference rows themselves gives many times too many false alarms). The last quarter
+            checks the result: the whole monitor runs on a stationary stream and the run length
+            between its false alarms must reach --false-alarm-run samples; the budget is split
+            evenly across the signals (Bonferroni). If the check falls short, the thresholds are
+            recalibrated for a longer run.
+
+            Signals (name, source, aggregate over features, window):
+              input       raw input, max over features   32   local changes: rotation, noise, offset
+              input_sum   raw input, sum over features  128   small changes everywhere: gain
+              output      predicted class                32   a change of label prior
+              confidence  top-class probability          64
+              embedding   penultimate projections, sum   64
+
+            Works on FP32 and quantized files (a quantized file is measured as agentd serves it).
+            The reference is written as the manifest's 'drift_reference' section plus 'drift.*'
+            tensors; 'quantize' and every later rewrite keep it. Nothing is written on failure.
+
+            Example:
+              agentctl model prepare digits-mlp.safetensors --data holdout.csv --out digits-field.safetensors
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The model file to prepare.", valueName: "IN")) var input: String
+    @Option(help: ArgumentHelp("Rows the model was not trained on (CSV; a 'label' column is optional).", valueName: "CSV")) var data: String
+    @Option(help: ArgumentHelp("Where to write the prepared model.", valueName: "OUT")) var out: String
+    @Option(help: "Samples between false alarms the drift monitor must reach on the check rows.") var falseAlarmRun: Int = 2_000
+    @Option(help: "Histogram bins per feature (2...64).") var bins: Int = 16
+    @Option(help: "Principal directions of the penultimate activations for the embedding signal (1...64).") var embeddingDims: Int = 8
+    @Option(help: "Seed for the split and the calibration streams.") var seed: UInt64 = 1
+    @Flag(help: "Print the report as JSON.") var json = false
+
+    func validate() throws {
+        guard (100...10_000_000).contains(falseAlarmRun) else { throw ValidationError("--false-alarm-run must be 100...10000000") }
+        guard (2...64).contains(bins) else { throw ValidationError("--bins must be 2...64") }
+        guard (1...64).contains(embeddingDims) else { throw ValidationError("--embedding-dims must be 1...64") }
+    }
+
+    struct SignalRow: Codable {
+        var name: String
+        var source: String
+        var aggregate: String
+        var bins: Int
+        var window: Int
+        var threshold: Double
+        var runLength: Double
+    }
+
+    struct Report: Codable {
+        var out: String
+        var referenceRows: Int
+        var calibrationRows: Int
+        var testRows: Int
+        var falseAlarmRun: Int
+        var verifiedRunLength: Double
+        var checkSamples: Int
+        var signals: [SignalRow]
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let loaded = try LoadedModel(path: input)
+            let network = loaded.network
+            let data = try DataSet.load(path: data, featureCount: network.inputCount, classNames: network.labels, requireLabels: false)
+            var options = DriftCalibration.Options()
+            options.falseAlarmRun = falseAlarmRun
+            options.bins = bins
+            options.seed = seed
+            let projection = DriftPreparation.principalDirections(network: network, rows: data.features, count: embeddingDims, seed: seed)
+            let plan: InferencePlan = loaded.quantized.map { QuantizedPlan(model: $0, batchCapacity: 256, embedding: projection) }
+                ?? ExecutionPlan(network: network, batchCapacity: 256, embedding: projection)
+            var sources: [SignalSource] = [.input, .output, .confidence]
+            if projection != nil { sources.append(.embedding) }
+            let classes = network.outputCount
+            let values = DriftPreparation.signalValues(plan: plan, rows: data.features, sources: sources, classes: classes,
+                                                       probabilities: network.endsWithSoftmax)
+            let quiet = json
+            let outcome = try DriftCalibration.build(values: values, rows: data.count, classes: classes,
+                                                     scoresAreProbabilities: network.endsWithSoftmax,
+                                                     embeddingLayer: projection?.layer, directions: projection?.directions,
+                                                     options: options) { line in if !quiet { printError(line) } }
+            let reference = outcome.reference
+            let (section, tensors) = reference.encoded()
+            network.driftReference = section
+            network.fieldTensors = network.fieldTensors.filter { !$0.name.hasPrefix("drift.") } + tensors
+            if let q = loaded.quantized { try q.write(to: out) } else { try network.write(to: out) }
+
+            let report = Report(
+                out: out, referenceRows: reference.rows, calibrationRows: reference.calibrationRows, testRows: reference.testRows,
+                falseAlarmRun: falseAlarmRun, verifiedRunLength: reference.verifiedRunLength ?? 0, checkSamples: outcome.checkSamples,
+                signals: reference.signals.enumerated().map { i, s in
+                    SignalRow(name: s.name, source: s.source.rawValue, aggregate: s.aggregate.rawValue,
+                              bins: reference.sources[s.source]!.bins.maxBins, window: s.window, threshold: s.threshold,
+                              runLength: outcome.signalRunLengths[i])
+                })
+            if json { printJSON(report); return }
+            print(table(["signal", "source", "aggregate", "bins", "window", "threshold", "run length (check)"],
+                        report.signals.map { [$0.name, $0.source, $0.aggregate, String($0.bins), String($0.window),
+                                              String(format: "%.4f", $0.threshold), runText($0.runLength)] },
+                        rightAligned: [3, 4, 5, 6]))
+            print("rows: \(report.referenceRows) reference, \(report.calibrationRows) calibration, \(report.testRows) check")
+            print("run length between false alarms, all signals: \(runText(report.verifiedRunLength)) samples (wanted ≥ \(falseAlarmRun), \(report.checkSamples) stationary samples)")
+            if report.verifiedRunLength < Double(falseAlarmRun) {
+                printError("warning: the check rows gave a shorter run length than asked; give more rows")
+            }
+            print("wrote \(out)")
+        }
+    }
+}
+
+func runText(_ x: Double) -> String { x.isFinite ? String(format: "%.0f", x) : "no alarm" }
