@@ -3,7 +3,7 @@ import PackageDescription
 
 let package = Package(
     name: "edge-agent",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "agentctl", targets: ["agentctl"]),
         .executable(name: "agentd", targets: ["agentd"]),
@@ -49,7 +49,7 @@ let package = Package(
         .target(
             name: "AgentCore",
             dependencies: [
-                "Tensor", "ModelFile", "Inference", "Quantization", "Training", "Serving", "Store", "AgentAPI", "AgentConfig",
+                "Tensor", "ModelFile", "Inference", "Quantization", "Training", "Serving", "Store", "Drift", "AgentAPI", "AgentConfig",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

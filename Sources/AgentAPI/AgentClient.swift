@@ -279,6 +279,8 @@ public struct AgentClient: Sendable {
     public func rollback(to version: Int?) throws -> ModelsResponse {
         try call("POST", "/v1/models/rollback", body: RollbackRequest(version: version), as: ModelsResponse.self)
     }
+    public func drift() throws -> DriftResponse { try call("GET", "/v1/drift", as: DriftResponse.self) }
+    public func driftReset() throws -> DriftResponse { try call("POST", "/v1/drift/reset", body: [String: String](), as: DriftResponse.self) }
     public func events(limit: Int = 50) throws -> EventsResponse { try call("GET", "/v1/events?limit=\(limit)", as: EventsResponse.self) }
     public func metrics() throws -> String {
         let r = try send("GET", "/metrics")

@@ -312,3 +312,126 @@ public struct ErrorResponse: Codable, Sendable {
     public var error: Body
     public init(code: String, message: String) { error = Body(code: code, message: message) }
 }
+
+/// `GET /v1/drift`, and the answer of `POST /v1/drift/reset`.
+public struct DriftResponse: Codable, Sendable {
+    /// ok, warning, drift, warming_up; "disabled" when `drift.enabled` is false, "no-model" before a model serves.
+    public var state: String
+    /// Rows observed since the reference was set.
+    public var samples: Int
+    public var modelVersion: Int?
+    public var reference: DriftReferenceInfo?
+    /// While warming up: rows collected so far and the rows needed.
+    public var warmup: DriftWarmup?
+    public var signals: [DriftSignal]
+    public var lastAlarm: DriftAlarmInfo?
+    /// Rows the monitor could not take (a worker's staging ring was full).
+    public var dropped: Int
+
+    enum CodingKeys: String, CodingKey {
+        case state, samples, reference, warmup, signals, dropped
+        case modelVersion = "model_version"
+        case lastAlarm = "last_alarm"
+    }
+
+    public init(state: String, samples: Int, modelVersion: Int?, reference: DriftReferenceInfo?, warmup: DriftWarmup?,
+                signals: [DriftSignal], lastAlarm: DriftAlarmInfo?, dropped: Int) {
+        self.state = state
+        self.samples = samples
+        self.modelVersion = modelVersion
+        self.reference = reference
+        self.warmup = warmup
+        self.signals = signals
+        self.lastAlarm = lastAlarm
+        self.dropped = dropped
+    }
+
+    /// `last_alarm` is always present (null when there was none), as the contract says.
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(state, forKey: .state)
+        try c.encode(samples, forKey: .samples)
+        try c.encodeIfPresent(modelVersion, forKey: .modelVersion)
+        try c.encode(reference, forKey: .reference)
+        try c.encodeIfPresent(warmup, forKey: .warmup)
+        try c.encode(signals, forKey: .signals)
+        try c.encode(lastAlarm, forKey: .lastAlarm)
+        try c.encode(dropped, forKey: .dropped)
+    }
+}
+
+public struct DriftReferenceInfo: Codable, Sendable {
+    /// "model": the model file's (agentctl model prepare); "warmup": learnt from the first live rows.
+    public var source: String
+    public var rows: Int
+    public init(source: String, rows: Int) {
+        self.source = source
+        self.rows = rows
+    }
+}
+
+public struct DriftWarmup: Codable, Sendable {
+    public var rows: Int
+    public var of: Int
+    public init(rows: Int, of: Int) {
+        self.rows = rows
+        self.of = of
+    }
+}
+
+public struct DriftFeature: Codable, Sendable {
+    public var feature: Int
+    public var score: Double
+    public init(feature: Int, score: Double) {
+        self.feature = feature
+        self.score = score
+    }
+}
+
+public struct DriftSignal: Codable, Sendable {
+    /// input (max over features), input_sum, output, confidence, embedding.
+    public var name: String
+    public var score: Double
+    public var threshold: Double
+    public var window: Int
+    /// Samples in the window now (scores count once it is full).
+    public var filled: Int
+    public var state: String
+    /// Whether this signal raises the alarm (confidence and embedding are reported only).
+    public var alarms: Bool
+    public var psi: Double
+    public var js: Double
+    public var top: [DriftFeature]
+    public init(name: String, score: Double, threshold: Double, window: Int, filled: Int, state: String, alarms: Bool,
+                psi: Double, js: Double, top: [DriftFeature]) {
+        self.name = name
+        self.score = score
+        self.threshold = threshold
+        self.window = window
+        self.filled = filled
+        self.state = state
+        self.alarms = alarms
+        self.psi = psi
+        self.js = js
+        self.top = top
+    }
+}
+
+public struct DriftAlarmInfo: Codable, Sendable {
+    public var signal: String
+    public var score: Double
+    public var threshold: Double
+    public var top: [DriftFeature]
+    public var at: String
+    public var sample: Int
+    public var cleared: String?
+    public init(signal: String, score: Double, threshold: Double, top: [DriftFeature], at: String, sample: Int, cleared: String?) {
+        self.signal = signal
+        self.score = score
+        self.threshold = threshold
+        self.top = top
+        self.at = at
+        self.sample = sample
+        self.cleared = cleared
+    }
+}

@@ -98,6 +98,15 @@ enum APIServer {
             }
         }
         router.post("/v1/models/rollback") { request, context in try await rollback(agent, request, context) }
+        router.get("/v1/drift") { _, _ in json(await Blocking.run(on: Blocking.reads) { agent.driftResponse() }) }
+        router.post("/v1/drift/reset") { _, context in
+            try await requireAdmin(agent, context, to: "reset drift monitoring")
+            do {
+                return json(try await Blocking.run(on: Blocking.control) { try agent.resetDrift() })
+            } catch {
+                throw APIError(status: .internalServerError, code: "drift_not_saved", message: "drift state not saved: \(error)")
+            }
+        }
         router.get("/v1/events") { request, _ in
             let text = request.uri.queryParameters.get("limit")
             guard let limit = text.map({ Int($0) }) ?? 50, (1...1000).contains(limit) else {

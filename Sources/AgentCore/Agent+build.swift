@@ -39,7 +39,11 @@ public func buildAgent(config: AgentConfig, configPath: String? = nil, logger: L
     }
     let store = try ModelStore(directory: state + "/models")
     let slot = ModelSlot()
-    let models = ModelManager(database: database, store: store, slot: slot, events: writer, logger: logger)
+    let driftDirectory = state + "/drift"
+    try FileManager.default.createDirectory(atPath: driftDirectory, withIntermediateDirectories: true)
+    let models = ModelManager(database: database, store: store, slot: slot, events: writer, logger: logger,
+                              drift: Agent.driftSettings(config), driftDirectory: driftDirectory,
+                              onDriftEvent: Agent.driftEventHandler(writer: writer, logger: logger))
     try models.start(config: config)
     let scheduler = BatchScheduler(slot: slot, settings: Agent.schedulerSettings(config))
     let metrics = AgentMetrics(registry: registry)

@@ -124,6 +124,7 @@ public final class Agent: @unchecked Sendable {
         metrics.evicted.events.record(total: store.eventsEvicted)
         metrics.eventsDropped.record(total: store.eventsDropped)
         metrics.storeWriteErrors.record(total: store.writeErrors)
+        refreshDriftGauges()
     }
 
     /// From memory only (scheduler counters, the writer's counts, cached events): never SQLite.
@@ -151,7 +152,7 @@ public final class Agent: @unchecked Sendable {
             model: model.map { ModelRef(name: $0.name, version: $0.version, precision: $0.precision) }, inputSize: model?.inputCount,
             serving: serving,
             feedbackSamples: store.feedback.rows,
-            drift: ComponentStatus(state: "not-configured", detail: "drift monitoring arrives with the drift issue"),
+            drift: driftComponent(),
             learner: ComponentStatus(state: "idle", detail: "\(store.feedback.rows) labelled samples stored"),
             mqtt: ComponentStatus(state: "not-configured"),
             lastEvents: writer.recentEvents.map { Event(id: $0.id, ts: $0.ts, kind: $0.kind, message: $0.message) },
@@ -226,12 +227,15 @@ public final class Agent: @unchecked Sendable {
                 .init(service: app),
                 .init(service: SchedulerService(agent: self)),
                 .init(service: SupervisorService(agent: self)),
+                .init(service: DriftService(agent: self)),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         withState { $0.group = group }
         try await group.run()
         await withState { $0.drain }?.value
+        // Every answered row has been observed: the drift state saved now is complete.
+        models.saveDrift(of: models.slot.current)
         writer.close()
         if let failure = withState({ $0.startupFailure }) { throw failure }
     }

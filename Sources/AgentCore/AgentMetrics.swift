@@ -25,6 +25,7 @@ public struct AgentMetrics: Sendable {
     let evicted: (feedback: CumulativeCounter, events: CumulativeCounter)
     let eventsDropped: CumulativeCounter
     let storeWriteErrors: CumulativeCounter
+    let drift: DriftGauges
 
     public init(registry: PrometheusCollectorRegistry) {
         self.registry = registry
@@ -67,6 +68,7 @@ public struct AgentMetrics: Sendable {
             name: "agentd_events_dropped_total", help: "Events not written: the store writer's queue was full or its write failed."))
         storeWriteErrors = CumulativeCounter(registry.makeCounter(
             name: "agentd_store_write_errors_total", help: "Database write transactions that failed (disk full, I/O error)."))
+        drift = DriftGauges(registry: registry)
     }
 
     public func render() -> String {

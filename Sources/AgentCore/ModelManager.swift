@@ -1,5 +1,6 @@
 import AgentConfig
 import Crypto
+import Drift
 import Foundation
 import Inference
 import Logging
@@ -25,14 +26,23 @@ public final class ModelManager: @unchecked Sendable {
     public let slot: ModelSlot
     let events: StoreWriter
     let logger: Logger
+    /// Each serving version gets a drift monitor with these settings (its `statePath` set per
+    /// version); nil when `drift.enabled` is false.
+    let drift: DriftMonitor.Settings?
+    let driftDirectory: String
+    let onDriftEvent: @Sendable (Int, DriftEvent) -> Void
     private let lock = NSLock()
 
-    init(database: AgentDatabase, store: ModelStore, slot: ModelSlot, events: StoreWriter, logger: Logger) {
+    init(database: AgentDatabase, store: ModelStore, slot: ModelSlot, events: StoreWriter, logger: Logger,
+         drift: DriftMonitor.Settings? = nil, driftDirectory: String = "", onDriftEvent: @escaping @Sendable (Int, DriftEvent) -> Void = { _, _ in }) {
         self.database = database
         self.store = store
         self.slot = slot
         self.events = events
         self.logger = logger
+        self.drift = drift
+        self.driftDirectory = driftDirectory
+        self.onDriftEvent = onDriftEvent
     }
 
     static func sha256Hex(_ bytes: UnsafeRawBufferPointer) -> String {
@@ -45,12 +55,58 @@ public final class ModelManager: @unchecked Sendable {
         bytes.withUnsafeBytes { sha256Hex($0) }
     }
 
-    /// Loads and validates a file into a serving model (no registry change).
-    func load(path: String, version: Int, adaptive: Bool) throws -> ServingModel {
+    /// A validated model file's parts.
+    struct LoadedFile {
+        let network: Network
+        let quantized: QuantizedModel?
+        let reference: DriftReference?
+    }
+
+    /// Reads and validates a file, its quantization and its drift reference.
+    func read(path: String) throws -> LoadedFile {
         let file = try ModelFile.load(path: path)
         let network = Network(model: file)
         let quantized = try QuantizedModel.load(file, network: network)
-        return ServingModel(version: version, network: network, quantized: quantized, useAdaptive: adaptive)
+        let penultimate = EmbeddingProjection.penultimateLayer(of: network).map { ($0, network.layers[$0].inputCount) }
+        let reference = try DriftReference.load(file, inputCount: network.inputCount, classCount: network.outputCount, penultimate: penultimate)
+        return LoadedFile(network: network, quantized: quantized, reference: reference)
+    }
+
+    /// A serving model of a loaded file with its drift monitor (unless drift is off, or `monitor`
+    /// is false for a file only being checked); `reusing` keeps a monitor of the same version.
+    func serving(_ f: LoadedFile, version: Int, adaptive: Bool, monitor: Bool = true, reusing: DriftMonitor? = nil) -> ServingModel {
+        guard monitor, var settings = drift else {
+            return ServingModel(version: version, network: f.network, quantized: f.quantized, useAdaptive: adaptive)
+        }
+        let drift: DriftMonitor
+        if let reusing, reusing.version == version {
+            drift = reusing
+        } else {
+            settings.statePath = "\(driftDirectory)/v\(version).json"
+            let report = onDriftEvent
+            drift = DriftMonitor(version: version, network: f.network, fileReference: f.reference, settings: settings) { report(version, $0) }
+            if let problem = drift.loadProblem {
+                logger.warning("saved drift state not used", metadata: ["model.version": "\(version)", "error": "\(problem)"])
+            }
+        }
+        return ServingModel(version: version, network: f.network, quantized: f.quantized, useAdaptive: adaptive,
+                            embedding: drift.projection, observer: drift)
+    }
+
+    /// Loads and validates a file into a serving model (no registry change).
+    func load(path: String, version: Int, adaptive: Bool, monitor: Bool = true, reusing: DriftMonitor? = nil) throws -> ServingModel {
+        serving(try read(path: path), version: version, adaptive: adaptive, monitor: monitor, reusing: reusing)
+    }
+
+    /// Saves the drift state of the model being swapped out (it keeps its windows and alarm for
+    /// when that version serves again).
+    func saveDrift(of model: ServingModel?) {
+        guard let monitor = model?.observer as? DriftMonitor else { return }
+        do {
+            try monitor.save()
+        } catch {
+            logger.error("drift state not saved", metadata: ["model.version": "\(monitor.version)", "error": "\(error)"])
+        }
     }
 
     /// First start: register the configured initial model (quantizing an FP32 one when the config
@@ -109,7 +165,7 @@ public final class ModelManager: @unchecked Sendable {
                 guard Self.sha256Hex(UnsafeRawBufferPointer(storage.bytes)) == f.sha256 else {
                     throw ModelError(message: "\(f.path): content does not match its SHA-256 name")
                 }
-                let model = try load(path: f.path, version: 0, adaptive: adaptive)
+                let model = try load(path: f.path, version: 0, adaptive: adaptive, monitor: false)
                 // A quantized initial model names its source file's hash (lineage), so a changed-initial
                 // check after the rebuild still recognises it.
                 var source = "recovered:\(f.sha256)"
@@ -153,10 +209,11 @@ public final class ModelManager: @unchecked Sendable {
         }
         let sha = Self.sha256Hex(bytes)
         let stored = try store.store(bytes, sha256: sha)
-        let serving = try load(path: stored, version: 0, adaptive: config.model.adaptive)
+        let loaded = try read(path: stored)
+        let serving = self.serving(loaded, version: 0, adaptive: config.model.adaptive, monitor: false)
         let row = try database.register(name: network.name, sha256: sha, source: "initial:\(path)#\(sourceHash)", precision: serving.precision)
         store.recordActive(sha256: sha)
-        slot.swap(ServingModel(version: row.version, network: serving.network, quantized: serving.quantized, useAdaptive: config.model.adaptive))
+        saveDrift(of: slot.swap(self.serving(loaded, version: row.version, adaptive: config.model.adaptive)))
         events.appendEvent(kind: "model_deployed", message: "\(network.name) registered as version \(row.version) (\(serving.precision)) from \(path)")
         logger.info("registered initial model", metadata: ["model.name": "\(network.name)", "model.version": "\(row.version)",
                                                            "model.precision": "\(serving.precision)"])
@@ -207,11 +264,12 @@ public final class ModelManager: @unchecked Sendable {
             target = previous
         }
         // Load first: a file that no longer validates never replaces the serving model.
-        let model = try load(path: store.path(for: target.sha256), version: target.version, adaptive: adaptive)
+        let model = try load(path: store.path(for: target.sha256), version: target.version, adaptive: adaptive,
+                             reusing: slot.current?.observer as? DriftMonitor)
         guard let row = try database.activate(version: target.version) else { throw ModelError(message: "version \(target.version) vanished") }
         // Committed: from here on nothing may report the rollback as failed.
         store.recordActive(sha256: row.sha256)
-        slot.swap(model)
+        saveDrift(of: slot.swap(model))
         events.appendEvent(kind: "rollback", message: "version \(active.version) -> \(row.version) (\(row.name))")
         logger.notice("rolled back", metadata: ["from": "\(active.version)", "to": "\(row.version)"])
         return row
@@ -227,7 +285,9 @@ public final class ModelManager: @unchecked Sendable {
             apply()
             return
         }
-        let model = try load(path: store.path(for: active.sha256), version: active.version, adaptive: adaptive)
+        // The same version keeps its drift monitor (windows and alarm as they are).
+        let model = try load(path: store.path(for: active.sha256), version: active.version, adaptive: adaptive,
+                             reusing: slot.current?.observer as? DriftMonitor)
         apply()
         slot.swap(model)
     }

@@ -2,6 +2,8 @@ import Foundation
 
 public enum DriftState: String, Codable, Sendable {
     case warmingUp = "warming_up"
+    /// A signal whose window is not full yet (after a start or a reset).
+    case filling
     case ok, warning, drift
 }
 
@@ -30,6 +32,8 @@ public struct SampleBinner: Sendable {
     public let offsets: [SignalSource: Int]
     /// Whether the scores are already probabilities (the network ends with softmax).
     public let scoresAreProbabilities: Bool
+    /// Sources in binning order with their bins and offsets, so binning allocates nothing.
+    private let plan: [(source: SignalSource, bins: FeatureBins, offset: Int)]
 
     public init(reference: DriftReference, classes: Int, scoresAreProbabilities: Bool) {
         self.reference = reference
@@ -42,6 +46,7 @@ public struct SampleBinner: Sendable {
         }
         self.offsets = offsets
         width = w
+        plan = reference.sourceOrder.map { ($0, reference.sources[$0]!.bins, offsets[$0]!) }
     }
 
     /// The values a sample gives each source, `embedding` being its projected activations.
@@ -60,8 +65,7 @@ public struct SampleBinner: Sendable {
                     into out: UnsafeMutablePointer<UInt8>) {
         let needsScores = offsets[.output] != nil || offsets[.confidence] != nil
         let (top, conf) = needsScores ? Self.confidence(scores, classes: classes, probabilities: scoresAreProbabilities) : (0, 0)
-        for source in reference.sourceOrder {
-            let bins = reference.sources[source]!.bins, o = offsets[source]!
+        for (source, bins, o) in plan {
             switch source {
             case .input: bins.bin(input, into: out + o)
             case .output: out[o] = UInt8(truncatingIfNeeded: top)
@@ -141,7 +145,8 @@ public final class DriftDetector: @unchecked Sendable {
             if worst > 1 {
                 state = .drift
                 let spec = reference.signals[worstSignal]
-                return .detected(signal: spec.name, score: scores[worstSignal], threshold: spec.threshold, top: top(worstSignal, 5))
+                let features = spec.source == .input || spec.source == .embedding ? top(worstSignal, 5) : []
+                return .detected(signal: spec.name, score: scores[worstSignal], threshold: spec.threshold, top: features)
             }
             state = worst > 0.5 ? .warning : .ok
             return nil
@@ -195,7 +200,7 @@ public final class DriftDetector: @unchecked Sendable {
                 }
             }
             let ratio = scores[i] / spec.threshold
-            let st: DriftState = !w.isFull ? .warmingUp : ratio > 1 ? .drift : ratio > 0.5 ? .warning : .ok
+            let st: DriftState = !w.isFull ? .filling : ratio > 1 ? .drift : ratio > 0.5 ? .warning : .ok
             return SignalReport(name: spec.name, score: scores[i], threshold: spec.threshold, window: spec.window, filled: w.filled,
                                 state: st, psi: psi, js: js, top: spec.source == .input || spec.source == .embedding ? top(i, n) : [])
         }
@@ -221,7 +226,7 @@ public final class DriftDetector: @unchecked Sendable {
             }
         }
         for i in windows.indices where windows[i].isFull { scores[i] = windows[i].score(reference.signals[i].aggregate) }
-        self.state = state == .warmingUp ? .ok : state
+        self.state = state == .drift ? .drift : .ok
         self.samples = max(0, samples)
     }
 }

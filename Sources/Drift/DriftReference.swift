@@ -163,14 +163,39 @@ public struct DriftReference: Sendable, Equatable {
         return (json, blobs)
     }
 
+    /// A tensor as stored: dtype name, shape and (for F32) its values.
+    public struct StoredTensor: Sendable {
+        public var dtype: String
+        public var shape: [Int]
+        public var values: [Float]
+        public init(dtype: String, shape: [Int], values: [Float]) {
+            self.dtype = dtype
+            self.shape = shape
+            self.values = values
+        }
+    }
+
     /// Reads and checks the reference of a model file (nil when it has none). Every value that
     /// would make a detector misbehave is refused with the place it was found.
-    /// - Parameters: `inputCount`, `classCount`: the network's; `embeddingInputs`: the input count of
-    ///   the network's last weighted layer and that layer's index.
+    /// - Parameters: `inputCount`, `classCount`: the network's; `penultimate`: the index of the
+    ///   network's last weighted layer and its input count.
     public static func load(_ model: ModelFile, inputCount: Int, classCount: Int,
                             penultimate: (layer: Int, inputs: Int)?) throws -> DriftReference? {
         guard let json = model.manifest.driftReference else { return nil }
-        let file = model.path
+        return try decode(section: json, file: model.path, inputCount: inputCount, classCount: classCount, penultimate: penultimate) { name in
+            guard let e = model.header.entry(name), Manifest.isFieldTensor(name) else { return nil }
+            let raw = model.rawBytes(e)
+            let values = e.dtype == .f32
+                ? (0..<(raw.count / 4)).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }
+                : []
+            return StoredTensor(dtype: e.dtype.rawValue, shape: e.shape, values: values)
+        }
+    }
+
+    /// Decodes a `drift_reference` section and its tensors, wherever they are kept (a model
+    /// file, or agentd's saved warm-up reference); `file` names the place in errors.
+    public static func decode(section json: JSONValue, file: String, inputCount: Int, classCount: Int,
+                              penultimate: (layer: Int, inputs: Int)?, tensor: (String) -> StoredTensor?) throws -> DriftReference {
         func fail(_ at: String, _ message: String) -> ModelFileError { ModelFileError(file: file, location: at, message) }
         let section: Section
         do {
@@ -186,18 +211,17 @@ public struct DriftReference: Sendable, Equatable {
         var names = Set<String>()
         for (i, s) in section.signals.enumerated() {
             let at = "drift_reference signal \(i)"
-            guard !s.name.isEmpty, s.name.count <= 32, s.name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }),
+            guard !s.name.isEmpty, s.name.count <= 32, s.name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }),
                   names.insert(s.name).inserted else { throw fail(at, "name must be a unique identifier of at most 32 characters") }
             guard (1...65_536).contains(s.window) else { throw fail(at, "window must be 1...65536") }
             guard s.threshold.isFinite, s.threshold > 0 else { throw fail(at, "threshold must be a positive finite number") }
         }
         func floats(_ name: String, _ shape: [Int]) throws -> [Float] {
-            guard let e = model.header.entry(name) else { throw fail("drift_reference", "tensor '\(name)' is not in the file") }
-            guard e.dtype == .f32, e.shape == shape else {
-                throw fail(name, "must be F32 of shape \(formatShape(shape)), is \(e.dtype.rawValue) \(formatShape(e.shape))")
+            guard let e = tensor(name) else { throw fail("drift_reference", "tensor '\(name)' is not there") }
+            guard e.dtype == "F32", e.shape == shape, e.values.count == shape.reduce(1, *) else {
+                throw fail(name, "must be F32 of shape \(formatShape(shape)), is \(e.dtype) \(formatShape(e.shape))")
             }
-            let raw = model.rawBytes(e)
-            return (0..<(raw.count / 4)).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }
+            return e.values
         }
         var sources: [SignalSource: SourceReference] = [:]
         for source in Set(section.signals.map(\.source)) {
@@ -208,12 +232,12 @@ public struct DriftReference: Sendable, Equatable {
             case .embedding:
                 guard let d = section.embeddingLayer else { throw fail("drift_reference", "an embedding signal needs embedding_layer") }
                 guard let p = penultimate, p.layer == d else { throw fail("drift_reference", "embedding_layer \(d) is not the network's last dense or conv2d layer") }
-                guard let e = model.header.entry(directionsTensor), e.shape.count == 2, (1...64).contains(e.shape[0]) else {
+                guard let e = tensor(directionsTensor), e.shape.count == 2, (1...64).contains(e.shape[0]) else {
                     throw fail("drift_reference", "tensor '\(directionsTensor)' must be F32 [k, \(p.inputs)] with k 1...64")
                 }
                 features = e.shape[0]
             }
-            guard let edgesEntry = model.header.entry(edgesTensor(source)), edgesEntry.shape.count == 2,
+            guard let edgesEntry = tensor(edgesTensor(source)), edgesEntry.shape.count == 2,
                   (1...255).contains(edgesEntry.shape[1]) else {
                 throw fail("drift_reference", "tensor '\(edgesTensor(source))' must be F32 [\(features), bins − 1] with 2...256 bins")
             }

@@ -137,7 +137,7 @@ public final class BatchScheduler: @unchecked Sendable {
     public func start() {
         let n = settings.workers > 0 ? settings.workers : ProcessInfo.processInfo.activeProcessorCount
         for i in 0..<n {
-            let t = Thread { [self] in self.workerLoop() }
+            let t = Thread { [self] in self.workerLoop(worker: i) }
             t.name = "inference-\(i)"
             t.qualityOfService = .userInitiated
             threads.append(t)
@@ -325,7 +325,7 @@ public final class BatchScheduler: @unchecked Sendable {
     /// The wait in force: `maxQueueDelay`, capped by the last decision (none yet: uncapped).
     private var batchWaitLocked: Double { min(settings.maxQueueDelay, waitCap ?? .infinity) }
 
-    private func workerLoop() {
+    private func workerLoop(worker: Int) {
         var plans: (model: ObjectIdentifier, capacity: Int, plan: InferencePlan)?
         var input: [Float] = []
         while true {
@@ -403,7 +403,10 @@ public final class BatchScheduler: @unchecked Sendable {
                             var s = 0
                             while s < r.count {
                                 let b = min(plan.batchCapacity, r.count - s)
-                                out.append(contentsOf: plan.run(buf.baseAddress! + s * n, batch: b))
+                                let scores = plan.run(buf.baseAddress! + s * n, batch: b)
+                                model.observer?.observe(worker: worker, input: buf.baseAddress! + s * n, scores: scores.baseAddress!,
+                                                        embeddings: plan.embeddings?.baseAddress, rows: b)
+                                out.append(contentsOf: scores)
                                 s += b
                             }
                         }
@@ -420,7 +423,12 @@ public final class BatchScheduler: @unchecked Sendable {
                             o += live[q].count
                         }
                     }
-                    let scores = input.withUnsafeBufferPointer { plan.run($0.baseAddress!, batch: chunkRows) }
+                    let scores = input.withUnsafeBufferPointer { buf in
+                        let scores = plan.run(buf.baseAddress!, batch: chunkRows)
+                        model.observer?.observe(worker: worker, input: buf.baseAddress!, scores: scores.baseAddress!,
+                                                embeddings: plan.embeddings?.baseAddress, rows: chunkRows)
+                        return scores
+                    }
                     var o = 0
                     for q in i..<j {
                         outputs[q] = Array(scores[(o * k)..<((o + live[q].count) * k)])

@@ -11,16 +11,23 @@ public final class ServingModel: @unchecked Sendable {
     public let network: Network
     public let quantized: QuantizedModel?
     public let useAdaptive: Bool
+    /// Projection of the penultimate activations the plans compute (for the drift monitor).
+    public let embedding: EmbeddingProjection?
+    /// Sees every answered row of this model (the drift monitor), before the answer is sent.
+    public let observer: (any RowObserver)?
     /// A plan's memory is fixed + perSample · batch; measured once here, when the model is loaded,
     /// so that sizing a batch on the serving path is arithmetic.
     private var planMemory: (fixed: Int, perSample: Int) = (0, 1)
 
-    public init(version: Int, network: Network, quantized: QuantizedModel?, useAdaptive: Bool = true) {
+    public init(version: Int, network: Network, quantized: QuantizedModel?, useAdaptive: Bool = true,
+                embedding: EmbeddingProjection? = nil, observer: (any RowObserver)? = nil) {
         self.version = version
         self.name = network.name
         self.network = network
         self.quantized = quantized
         self.useAdaptive = useAdaptive
+        self.embedding = embedding
+        self.observer = observer
         let one = makePlan(batch: 1).memory.total, two = makePlan(batch: 2).memory.total
         planMemory = (one - max(two - one, 1), max(two - one, 1))
     }
@@ -31,9 +38,9 @@ public final class ServingModel: @unchecked Sendable {
 
     public func makePlan(batch: Int) -> InferencePlan {
         if let quantized {
-            return QuantizedPlan(model: quantized, batchCapacity: batch, adaptive: useAdaptive ? nil : .off)
+            return QuantizedPlan(model: quantized, batchCapacity: batch, adaptive: useAdaptive ? nil : .off, embedding: embedding)
         }
-        return ExecutionPlan(network: network, batchCapacity: batch)
+        return ExecutionPlan(network: network, batchCapacity: batch, embedding: embedding)
     }
 
     public var precision: String {

@@ -13,7 +13,7 @@ struct Agentctl: ParsableCommand {
             Errors are one line on stderr and a non-zero exit status.
             """,
         version: agentVersion,
-        subcommands: [Status.self, Infer.self, Feedback.self, Models.self, Events.self, MetricsCommand.self, ConfigCommand.self,
+        subcommands: [Status.self, Infer.self, Feedback.self, Models.self, Events.self, DriftCommand.self, MetricsCommand.self, ConfigCommand.self,
                       ModelCommand.self, BenchLoad.self, Version.self]
     )
 }

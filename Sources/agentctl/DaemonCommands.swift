@@ -235,3 +235,70 @@ struct Version: ParsableCommand {
         if let s = try? socket.client.status() { print("agentd \(s.version) (pid \(s.pid))") }
     }
 }
+
+struct DriftCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "drift",
+        abstract: "Drift monitoring: each signal's score against its calibrated threshold, and the last alarm.",
+        discussion: """
+            States: warming_up (no reference yet: the first drift.warmup_rows rows become one),
+            ok, warning (a score above half its threshold), drift (a score above its threshold;
+            back to ok once every score is below half of its own). Scores are KL(window ‖
+            reference) with smoothing; PSI and Jensen–Shannon divergence are shown beside them.
+            'top' lists the input features (or embedding directions) that moved most.
+            """,
+        subcommands: [Show.self, Reset.self], defaultSubcommand: Show.self)
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print the drift state (default).")
+        @OptionGroup var socket: SocketOption
+        @Flag(help: "Print the answer of GET /v1/drift as it is.") var json = false
+
+        func run() throws {
+            try talkingToDaemon {
+                let r = try socket.client.drift()
+                if json { printJSON(r); return }
+                DriftCommand.print(r)
+            }
+        }
+    }
+
+    struct Reset: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Clear the windows and alarms and go back to the model file's reference (admin).",
+            discussion: "A model file without a reference starts a new warm-up on the next live rows.")
+        @OptionGroup var socket: SocketOption
+        @Flag(help: "Print as JSON.") var json = false
+
+        func run() throws {
+            try talkingToDaemon {
+                let r = try socket.client.driftReset()
+                if json { printJSON(r); return }
+                Swift.print("drift monitoring reset")
+                DriftCommand.print(r)
+            }
+        }
+    }
+
+    static func print(_ r: DriftResponse) {
+        var head = "state: \(r.state)"
+        if let v = r.modelVersion { head += ", model version \(v)" }
+        if let ref = r.reference { head += ", \(r.samples) samples against the \(ref.source) reference (\(ref.rows) rows)" }
+        if let w = r.warmup { head += ", warming up: \(w.rows) of \(w.of) rows" }
+        if r.dropped > 0 { head += ", \(r.dropped) rows not observed (staging full)" }
+        Swift.print(head)
+        if !r.signals.isEmpty {
+            Swift.print(table(["signal", "state", "score", "threshold", "ratio", "window", "psi", "js", "alarms", "top features"],
+                              r.signals.map { s in
+                                  [s.name, s.state, String(format: "%.4f", s.score), String(format: "%.4f", s.threshold),
+                                   String(format: "%.2f", s.score / s.threshold), "\(s.filled)/\(s.window)", String(format: "%.4f", s.psi),
+                                   String(format: "%.4f", s.js), s.alarms ? "yes" : "no",
+                                   s.top.prefix(3).map { "\($0.feature)" }.joined(separator: ", ")]
+                              }, rightAligned: [2, 3, 4, 5, 6, 7]))
+        }
+        if let a = r.lastAlarm {
+            Swift.print("last alarm: \(a.signal) at \(a.at) (sample \(a.sample)), score \(String(format: "%.4f", a.score)) > \(String(format: "%.4f", a.threshold))"
+                        + (a.cleared.map { ", cleared \($0)" } ?? ", not cleared"))
+        }
+    }
+}
