@@ -85,7 +85,7 @@ let package = Package(
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization"]),
         .testTarget(name: "ServingTests", dependencies: ["Serving", "Training"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
-        .testTarget(name: "DriftTests", dependencies: ["Drift"]),
+        .testTarget(name: "DriftTests", dependencies: ["Drift", "Inference", "ModelFile", "Tensor"]),
         .testTarget(name: "AgentConfigTests", dependencies: ["AgentConfig"]),
         .testTarget(name: "AgentAPITests", dependencies: ["AgentAPI"]),
         .testTarget(name: "AgentCoreTests", dependencies: [
