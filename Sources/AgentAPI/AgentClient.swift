@@ -257,7 +257,10 @@ public struct AgentClient: Sendable {
         let r = try send(method, path, body: data)
         try Self.check(r)
         do {
-            return try JSONDecoder().decode(T.self, from: r.body)
+            // The API writes non-finite numbers as strings.
+            let decoder = JSONDecoder()
+            decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+            return try decoder.decode(T.self, from: r.body)
         } catch {
             throw AgentClientError.protocolError("\(method) \(path): \(error)")
         }

@@ -60,6 +60,8 @@ public final class ModelManager: @unchecked Sendable {
         let network: Network
         let quantized: QuantizedModel?
         let reference: DriftReference?
+        /// The file's name in the store: its SHA-256.
+        let identity: String
     }
 
     /// Reads and validates a file, its quantization and its drift reference.
@@ -69,7 +71,7 @@ public final class ModelManager: @unchecked Sendable {
         let quantized = try QuantizedModel.load(file, network: network)
         let penultimate = EmbeddingProjection.penultimateLayer(of: network).map { ($0, network.layers[$0].inputCount) }
         let reference = try DriftReference.load(file, inputCount: network.inputCount, classCount: network.outputCount, penultimate: penultimate)
-        return LoadedFile(network: network, quantized: quantized, reference: reference)
+        return LoadedFile(network: network, quantized: quantized, reference: reference, identity: (path as NSString).lastPathComponent)
     }
 
     /// A serving model of a loaded file with its drift monitor (unless drift is off, or `monitor`
@@ -83,6 +85,7 @@ public final class ModelManager: @unchecked Sendable {
             drift = reusing
         } else {
             settings.statePath = "\(driftDirectory)/v\(version).json"
+            settings.modelIdentity = f.identity
             let report = onDriftEvent
             drift = DriftMonitor(version: version, network: f.network, fileReference: f.reference, settings: settings) { report(version, $0) }
             if let problem = drift.loadProblem {

@@ -15,6 +15,9 @@ public enum DriftCalibration {
         /// Shares of the rows for the histograms and the thresholds; the rest checks the run length.
         public var referenceShare = 0.5
         public var calibrationShare = 0.25
+        /// Rows `0..<referenceRows` build the histograms and the rest are split half and half
+        /// between thresholds and check, instead of the shares above (prepare --reference-data).
+        public var referenceRows: Int?
         public init() {}
     }
 
@@ -43,12 +46,8 @@ public enum DriftCalibration {
                              progress: (String) -> Void = { _ in }) throws -> Outcome {
         let needed = 40
         guard rows >= needed else { throw Failure.tooFewRows(rows, needed: needed) }
-        var order = Array(0..<rows)
-        var rng = SeededGenerator(seed: options.seed)
-        rng.shuffle(&order)
-        let nRef = max(1, Int(Double(rows) * options.referenceShare))
-        let nCal = max(1, Int(Double(rows) * options.calibrationShare))
-        let refRows = Array(order[0..<nRef]), calRows = Array(order[nRef..<(nRef + nCal)]), testRows = Array(order[(nRef + nCal)...])
+        let (refRows, calRows, testRows) = split(rows: rows, options: options)
+        let nRef = refRows.count, nCal = calRows.count
         let signals = options.signals.filter { values[$0.source] != nil }
 
         // Histograms from the reference rows.
@@ -73,32 +72,57 @@ public enum DriftCalibration {
         }
         reference.sources = sources
 
-        // Thresholds on the calibration rows; the budget is split evenly (Bonferroni).
+        // Thresholds on the calibration rows; the budget is split evenly (Bonferroni). An alarm
+        // clears after the longest alarming window of quiet, as in the detector.
+        let quiet = signals.filter(\.alarms).map(\.window).max() ?? 1
         var margin = 1.0
-        var outcome: Outcome?
-        for attempt in 0..<4 {
+        for attempt in 0..<5 {
             let perSignal = Double(options.falseAlarmRun) * Double(max(1, signals.count { $0.alarms })) * margin
             for (i, spec) in signals.enumerated() {
                 let length = Int(min(2_000_000, max(200_000, 20 * perSignal)))
                 let series = scoreSeries(reference: reference, signal: i, binned: binned, width: binner.width,
                                          offset: binner.offsets[spec.source]!, rows: calRows, length: length,
                                          seed: options.seed &+ UInt64(attempt * 100 + i + 1))
-                reference.signals[i].threshold = threshold(series: series, runLength: perSignal)
-                reference.signals[i].calibratedRunLength = runLength(series: series, threshold: reference.signals[i].threshold)
+                reference.signals[i].threshold = threshold(series: series, runLength: perSignal, quiet: quiet)
+                reference.signals[i].calibratedRunLength = runLength(series: series, threshold: reference.signals[i].threshold, quiet: quiet)
                 progress("calibrated \(spec.name): threshold \(String(format: "%.4f", reference.signals[i].threshold)) over \(length) samples")
             }
-            // The check: the union, on rows neither the histograms nor the thresholds saw.
-            let checkLength = max(100_000, 50 * options.falseAlarmRun)
-            let check = checkRunLengths(reference: reference, binner: binner, binned: binned, rows: testRows.isEmpty ? calRows : testRows,
-                                        classes: classes, scoresAreProbabilities: scoresAreProbabilities,
-                                        length: checkLength, seed: options.seed &+ 7_777 &+ UInt64(attempt))
-            reference.verifiedRunLength = check.union
-            outcome = Outcome(reference: reference, signalRunLengths: check.signals, checkSamples: checkLength)
-            progress("checked the union on \(checkLength) samples: \(check.union.isFinite ? String(format: "%.0f", check.union) : "no") samples between false alarms")
-            if check.union >= Double(options.falseAlarmRun) { break }
-            margin *= min(4, 1.25 * Double(options.falseAlarmRun) / max(check.union, 1))
+            // Bonferroni alone is conservative (the signals' false alarms overlap) or not (the
+            // double bootstrap): tune the margin so the union's run length on a fresh stream of
+            // the calibration rows is 1.2–3 times the one asked for — never on the check rows.
+            let tuning = checkRunLengths(reference: reference, binner: binner, binned: binned, rows: calRows, classes: classes,
+                                         scoresAreProbabilities: scoresAreProbabilities, length: max(100_000, 50 * options.falseAlarmRun),
+                                         seed: options.seed &+ 5_555 &+ UInt64(attempt))
+            let target = Double(options.falseAlarmRun)
+            if (1.2 * target...3 * target).contains(tuning.union) || attempt == 4 { break }
+            progress("the union alarms every \(tuning.union.isFinite ? String(Int(tuning.union)) : "∞") samples on the calibration rows; recalibrating")
+            margin *= min(4, max(0.25, 1.6 * target / tuning.union))
         }
-        return outcome!
+        // The check, once: the whole monitor on rows neither the histograms nor the thresholds saw.
+        let checkLength = max(100_000, 50 * options.falseAlarmRun)
+        let check = checkRunLengths(reference: reference, binner: binner, binned: binned, rows: testRows.isEmpty ? calRows : testRows,
+                                    classes: classes, scoresAreProbabilities: scoresAreProbabilities,
+                                    length: checkLength, seed: options.seed &+ 7_777)
+        reference.verifiedRunLength = check.union
+        progress("checked the union on \(checkLength) samples: \(check.union.isFinite ? String(format: "%.0f", check.union) : "no") samples between false alarms")
+        return Outcome(reference: reference, signalRunLengths: check.signals, checkSamples: checkLength)
+    }
+
+    /// The three disjoint parts of `rows` rows: histograms, thresholds, check (seeded shuffle).
+    public static func split(rows: Int, options: Options) -> (reference: [Int], calibration: [Int], check: [Int]) {
+        if let given = options.referenceRows, given < rows {
+            var rest = Array(given..<rows)
+            var rng = SeededGenerator(seed: options.seed)
+            rng.shuffle(&rest)
+            let half = rest.count / 2
+            return (Array(0..<given), Array(rest[0..<half]), Array(rest[half...]))
+        }
+        var order = Array(0..<rows)
+        var rng = SeededGenerator(seed: options.seed)
+        rng.shuffle(&order)
+        let nRef = min(rows, max(1, Int(Double(rows) * options.referenceShare)))
+        let nCal = min(rows - nRef, max(1, Int(Double(rows) * options.calibrationShare)))
+        return (Array(order[0..<nRef]), Array(order[nRef..<(nRef + nCal)]), Array(order[(nRef + nCal)...]))
     }
 
     static func binRows(_ values: [SignalSource: [Float]], rows: Int, binner: SampleBinner) -> [UInt8] {
@@ -145,18 +169,24 @@ public enum DriftCalibration {
     }
 
     /// Alarm episodes in a score series at a threshold: an episode starts above it and ends once
-    /// the score is below half of it, as the detector's state does.
-    public static func episodes(series: [Double], threshold: Double) -> Int {
-        var n = 0, alarmed = false
-        let low = threshold / 2
+    /// the score has stayed at or below it for `quiet` samples, as the detector's state does.
+    public static func episodes(series: [Double], threshold: Double, quiet: Int) -> Int {
+        var n = 0, alarmed = false, run = 0
         for s in series {
-            if alarmed { if s < low { alarmed = false } } else if s > threshold { alarmed = true; n += 1 }
+            if alarmed {
+                run = s > threshold ? 0 : run + 1
+                if run >= quiet { alarmed = false }
+            } else if s > threshold {
+                alarmed = true
+                run = 0
+                n += 1
+            }
         }
         return n
     }
 
-    public static func runLength(series: [Double], threshold: Double) -> Double {
-        let n = episodes(series: series, threshold: threshold)
+    public static func runLength(series: [Double], threshold: Double, quiet: Int) -> Double {
+        let n = episodes(series: series, threshold: threshold, quiet: quiet)
         return n == 0 ? .infinity : Double(series.count) / Double(n)
     }
 
@@ -164,11 +194,11 @@ public enum DriftCalibration {
     /// samples between alarm episodes. Episodes are not monotone in the threshold: one low
     /// enough keeps the alarm on for good (one long episode), so the search walks down from
     /// the top of the series and stops at the first threshold that fails, then bisects.
-    public static func threshold(series: [Double], runLength: Double) -> Double {
+    public static func threshold(series: [Double], runLength: Double, quiet: Int) -> Double {
         let allowed = Int(Double(series.count) / runLength)
         let sorted = series.sorted()
         guard let top = sorted.last, top > 0 else { return 1e-9 }
-        func passes(_ t: Double) -> Bool { episodes(series: series, threshold: t) <= allowed }
+        func passes(_ t: Double) -> Bool { episodes(series: series, threshold: t, quiet: quiet) <= allowed }
         // Grid: quantiles from the median up, densest in the tail.
         var grid: [Double] = [top * 1.05 + 1e-9]
         for i in 0..<400 {
@@ -198,13 +228,21 @@ public enum DriftCalibration {
         var alarms = 0
         var perSignal = [Int](repeating: 0, count: reference.signals.count)
         var above = [Bool](repeating: false, count: reference.signals.count)
+        var quietRuns = [Int](repeating: 0, count: reference.signals.count)
         binned.withUnsafeBufferPointer { b in
             for _ in 0..<length {
                 let r = rows[Int(rng.next() % UInt64(rows.count))]
                 if case .detected = detector.observe(b.baseAddress! + r * binner.width) { alarms += 1 }
                 for i in perSignal.indices {
                     let t = reference.signals[i].threshold
-                    if above[i] { if detector.scores[i] < t / 2 { above[i] = false } } else if detector.scores[i] > t { above[i] = true; perSignal[i] += 1 }
+                    if above[i] {
+                        quietRuns[i] = detector.scores[i] > t ? 0 : quietRuns[i] + 1
+                        if quietRuns[i] >= detector.quiet { above[i] = false }
+                    } else if detector.scores[i] > t {
+                        above[i] = true
+                        quietRuns[i] = 0
+                        perSignal[i] += 1
+                    }
                 }
             }
         }

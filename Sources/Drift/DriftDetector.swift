@@ -99,8 +99,10 @@ public struct SampleBinner: Sendable {
     }
 }
 
-/// The calibrated detectors of one reference and the alarm state over them: `drift` when any
-/// signal's score exceeds its threshold, back to `ok` once every score is below half of its own.
+/// The calibrated detectors of one reference and the alarm state over them: `drift` when an
+/// alarming signal's score exceeds its threshold; back to `ok` once every alarming score has
+/// stayed at or below its threshold for `quiet` samples (the longest alarming window), so an
+/// alarm neither sticks on scores that hover near their threshold nor flaps on every sample.
 public final class DriftDetector: @unchecked Sendable {
     public let reference: DriftReference
     public let binner: SampleBinner
@@ -110,6 +112,9 @@ public final class DriftDetector: @unchecked Sendable {
     /// Samples since the reference was set (or the last reset).
     public private(set) var samples = 0
     public private(set) var scores: [Double]
+    /// Samples an alarm must stay quiet before it clears.
+    public let quiet: Int
+    private var quietRun = 0
 
     public init(reference: DriftReference, classes: Int, scoresAreProbabilities: Bool) {
         self.reference = reference
@@ -121,12 +126,13 @@ public final class DriftDetector: @unchecked Sendable {
         }
         offsets = reference.signals.map { binner.offsets[$0.source]! }
         scores = [Double](repeating: 0, count: reference.signals.count)
+        quiet = reference.signals.filter(\.alarms).map(\.window).max() ?? 1
     }
 
     /// Feeds one binned sample; returns the state change it caused, if any.
     @inline(__always)
     public func observe(_ binned: UnsafePointer<UInt8>) -> DriftTransition? {
-        samples += 1
+        samples &+= 1
         var worst = 0.0, worstSignal = -1
         for i in windows.indices {
             let w = windows[i]
@@ -139,11 +145,13 @@ public final class DriftDetector: @unchecked Sendable {
         }
         switch state {
         case .drift:
-            if worst < 0.5 { state = .ok; return .cleared }
+            quietRun = worst > 1 ? 0 : quietRun + 1
+            if quietRun >= quiet { state = .ok; return .cleared }
             return nil
         default:
             if worst > 1 {
                 state = .drift
+                quietRun = 0
                 let spec = reference.signals[worstSignal]
                 let features = spec.source == .input || spec.source == .embedding ? top(worstSignal, 5) : []
                 return .detected(signal: spec.name, score: scores[worstSignal], threshold: spec.threshold, top: features)
@@ -217,7 +225,9 @@ public final class DriftDetector: @unchecked Sendable {
             w.reset()
             guard c.count % w.features == 0, c.allSatisfy({ Int($0) < w.maxBins }) else { continue }
             c.withUnsafeBufferPointer { buf in
-                for k in 0..<min(c.count / w.features, w.window) {
+                // The newest `window` rows, oldest first.
+                let rows = c.count / w.features
+                for k in max(0, rows - w.window)..<rows {
                     // Keep bins inside each feature's own range.
                     var row = Array(buf[(k * w.features)..<((k + 1) * w.features)])
                     for f in 0..<w.features where Int(row[f]) >= w.binCounts[f] { row[f] = UInt8(w.binCounts[f] - 1) }
@@ -227,6 +237,7 @@ public final class DriftDetector: @unchecked Sendable {
         }
         for i in windows.indices where windows[i].isFull { scores[i] = windows[i].score(reference.signals[i].aggregate) }
         self.state = state == .drift ? .drift : .ok
-        self.samples = max(0, samples)
+        self.samples = min(max(0, samples), 1 << 52)
+        quietRun = 0
     }
 }

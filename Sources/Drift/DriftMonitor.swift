@@ -50,8 +50,12 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
         public var falseAlarmRun = 2000
         public var workers = 1
         public var statePath: String?
-        public var ringCapacity = 1024
+        /// Bytes of each worker's staging ring (at least 16 rows).
+        public var ringBytes = 1 << 20
         public var embeddingDims = 8
+        /// What the saved state must belong to besides the version (the model file's name, which
+        /// is its SHA-256): a registry rebuilt with other files never restores a stranger's windows.
+        public var modelIdentity = ""
         public init() {}
     }
 
@@ -78,6 +82,8 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
     private var binned: [UInt8]
     private var dirty = true
     private var samplesAtSave = -1
+    private var lastEventAt: UInt64 = 0
+    private var suppressedEvents = 0
 
     public init(version: Int, network: Network, fileReference: DriftReference?, settings: Settings,
                 onEvent: @escaping @Sendable (DriftEvent) -> Void) {
@@ -98,7 +104,8 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
         }
         let stride = network.inputCount + network.outputCount + (projection?.count ?? 0)
         embeddingCount = projection?.count ?? 0
-        rings = (0..<max(1, settings.workers)).map { _ in StagingRing(capacity: settings.ringCapacity, stride: stride) }
+        let capacity = max(16, settings.ringBytes / (stride * MemoryLayout<Float>.stride))
+        rings = (0..<max(1, settings.workers)).map { _ in StagingRing(capacity: capacity, stride: stride) }
         binned = []
         if let ref = fileReference {
             detector = DriftDetector(reference: ref, classes: classes, scoresAreProbabilities: probabilities)
@@ -112,8 +119,14 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
     // MARK: observing (inference workers)
 
     public func observe(worker: Int, input: UnsafePointer<Float>, scores: UnsafePointer<Float>, embeddings: UnsafePointer<Float>?, rows: Int) {
-        let ring = rings[worker < rings.count ? worker : 0]
         let n = inputCount, k = classes, e = embeddings == nil ? 0 : embeddingCount
+        guard worker >= 0 && worker < rings.count, embeddings != nil || embeddingCount == 0 else {
+            // Not one of the workers the rings were made for (or a plan without the tap):
+            // never share a single-producer ring; count the rows as not observed.
+            droppedRows.add(rows, ordering: .relaxed)
+            return
+        }
+        let ring = rings[worker]
         for r in 0..<rows {
             let parts = ((input + r * n, n), (scores + r * k, k), (embeddings.map { $0 + r * e }, e))
             if ring.push(parts.0, parts.1, parts.2) { continue }
@@ -147,8 +160,7 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
             return
         }
         guard !building else { return }
-        var sources: [SignalSource] = [.input, .output, .confidence]
-        if embeddingCount > 0 { sources.append(.embedding) }
+        let sources = DriftPreparation.sources(classes: classes, embedding: embeddingCount > 0)
         let values = SampleBinner.values(sources: sources, inputCount: inputCount, classes: classes, probabilities: probabilities,
                                          embeddingCount: embeddingCount, input: row, scores: scores, embedding: embedding)
         for (s, v) in values { warmup[s, default: []].append(contentsOf: v) }
@@ -158,16 +170,26 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
 
     private func handleLocked(_ change: DriftTransition, _ d: DriftDetector) {
         let now = Self.timestamp()
+        let event: DriftEvent?
         switch change {
         case .detected(let signal, let score, let threshold, let top):
             let alarm = DriftAlarm(signal: signal, score: score, threshold: threshold, top: top, at: now, sample: d.samples, cleared: nil)
             lastAlarm = alarm
-            onEvent(.detected(alarm))
+            event = .detected(alarm)
         case .cleared:
             lastAlarm?.cleared = now
-            if let a = lastAlarm { onEvent(.cleared(a)) }
+            event = lastAlarm.map { .cleared($0) }
         }
         dirty = true
+        // Inputs that swing in and out of drift would flood the event log: at most one alarm
+        // event per second (the state, the counts and `last_alarm` still follow every change).
+        let t = DispatchTime.now().uptimeNanoseconds
+        if let event, t &- lastEventAt >= 1_000_000_000 || lastEventAt == 0 {
+            lastEventAt = t
+            onEvent(event)
+        } else {
+            suppressedEvents &+= 1
+        }
     }
 
     /// Builds the warm-up reference on a background queue; rows arriving meanwhile are not kept.
@@ -277,6 +299,7 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
         /// A warm-up reference: the section and tensors a model file would hold.
         var reference: JSONValue?
         var tensors: [String: SavedTensor]?
+        var model: String?
         var samples: Int
         var state: DriftState
         var lastAlarm: DriftAlarm?
@@ -284,7 +307,7 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
         var windows: [String]
 
         enum CodingKeys: String, CodingKey {
-            case format, source, reference, tensors, samples, state, windows
+            case format, source, reference, tensors, samples, state, windows, model
             case modelVersion = "model_version"
             case lastAlarm = "last_alarm"
         }
@@ -304,7 +327,8 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
             lock.unlock()
             return false
         }
-        var state = SavedState(modelVersion: version, source: source, samples: max(samples, 0), state: detector?.state ?? .warmingUp,
+        var state = SavedState(modelVersion: version, source: source, reference: nil, tensors: nil, model: settings.modelIdentity,
+                               samples: max(samples, 0), state: detector?.state ?? .warmingUp,
                                lastAlarm: lastAlarm, windows: (detector?.windowContents() ?? []).map { Data($0).base64EncodedString() })
         if source == "warmup", let ref = detector?.reference {
             let (section, blobs) = ref.encoded()
@@ -316,10 +340,18 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
         dirty = false
         samplesAtSave = samples
         lock.unlock()
-        let encoder = JSONEncoder()
-        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        let data = try encoder.encode(state)
-        try ModelWriter.writeAtomically(Array(data), to: path)
+        do {
+            let encoder = JSONEncoder()
+            encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+            try ModelWriter.writeAtomically(Array(try encoder.encode(state)), to: path)
+        } catch {
+            // Not saved: the next save tries again.
+            lock.lock()
+            dirty = true
+            samplesAtSave = -1
+            lock.unlock()
+            throw error
+        }
         return true
     }
 
@@ -330,6 +362,8 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
     private func restoreSaved() {
         guard let path = settings.statePath, FileManager.default.fileExists(atPath: path) else { return }
         do {
+            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? nil
+            guard let size, size <= Self.maxStateBytes else { throw ModelFileError(file: path, "larger than \(Self.maxStateBytes) bytes (or not a file)") }
             let storage = try ModelFile.readWholeFile(path: path)
             guard storage.byteCount <= Self.maxStateBytes else { throw ModelFileError(file: path, "larger than \(Self.maxStateBytes) bytes") }
             let decoder = JSONDecoder()
@@ -342,6 +376,9 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
             }
             guard saved.format == 1, saved.modelVersion == version else {
                 throw ModelFileError(file: path, "is for model version \(saved.modelVersion), format \(saved.format)")
+            }
+            guard (saved.model ?? "") == settings.modelIdentity else {
+                throw ModelFileError(file: path, "belongs to model file '\(saved.model ?? "")', not '\(settings.modelIdentity)'")
             }
             switch saved.source {
             case "warmup":
@@ -372,7 +409,9 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
             samplesAtSave = d.samples
             dirty = false
         } catch {
-            loadProblem = "\(error)"
+            // Kept aside for a look, and out of the way of the next save.
+            loadProblem = "\(error); moved aside to \(path).rejected"
+            _ = rename(path, path + ".rejected")
         }
     }
 

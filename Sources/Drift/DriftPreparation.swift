@@ -69,11 +69,26 @@ public enum DriftPreparation {
             for t in 0..<d { norm += v[i * d + t] * v[i * d + t] }
             norm = norm.squareRoot()
             if norm < 1e-20 {
-                for t in 0..<d { v[i * d + t] = t == i % d ? 1 : 0 }
-            } else {
-                for t in 0..<d { v[i * d + t] /= norm }
+                // A collapsed direction: the first basis vector orthogonal to the ones before.
+                for axis in 0..<d {
+                    for t in 0..<d { v[i * d + t] = t == axis ? 1 : 0 }
+                    for j in 0..<i { let p = v[j * d + axis]; for t in 0..<d { v[i * d + t] -= p * v[j * d + t] } }
+                    norm = (0..<d).reduce(0) { $0 + v[i * d + $1] * v[i * d + $1] }.squareRoot()
+                    if norm > 1e-3 { break }
+                }
             }
+            for t in 0..<d { v[i * d + t] /= norm }
         }
+    }
+
+    /// The sources a model supports: the predicted class needs 2...256 classes, the embedding a
+    /// weighted layer.
+    public static func sources(classes: Int, embedding: Bool) -> [SignalSource] {
+        var s: [SignalSource] = [.input]
+        if (2...256).contains(classes) { s.append(.output) }
+        s.append(.confidence)
+        if embedding { s.append(.embedding) }
+        return s
     }
 
     /// Runs `rows` through `plan` (which carries the embedding projection when one is wanted) and

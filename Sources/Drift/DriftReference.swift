@@ -145,6 +145,7 @@ public struct DriftReference: Sendable, Equatable {
     public static func edgesTensor(_ s: SignalSource) -> String { "drift.\(s.rawValue).edges" }
     public static func countsTensor(_ s: SignalSource) -> String { "drift.\(s.rawValue).counts" }
     public static let directionsTensor = "drift.embedding.directions"
+    public static let maxWindowBytes = 32 << 20
 
     /// The manifest section and the tensors that carry this reference in a model file.
     public func encoded() -> (section: JSONValue, tensors: [TensorBlob]) {
@@ -204,8 +205,10 @@ public struct DriftReference: Sendable, Equatable {
             throw fail("drift_reference", "malformed: \(Self.describe(error))")
         }
         guard section.alpha.isFinite, section.alpha > 0, section.alpha <= 100 else { throw fail("drift_reference", "alpha must be in (0, 100]") }
-        guard section.rows >= 1, section.calibrationRows >= 0, section.testRows >= 0, section.falseAlarmRun >= 1 else {
-            throw fail("drift_reference", "row counts must be positive")
+        let counts = 0...1_000_000_000
+        guard section.rows >= 1, counts.contains(section.rows), counts.contains(section.calibrationRows), counts.contains(section.testRows),
+              (1...1_000_000_000).contains(section.falseAlarmRun) else {
+            throw fail("drift_reference", "row counts must be 1...1e9")
         }
         guard !section.signals.isEmpty, section.signals.count <= 16 else { throw fail("drift_reference", "needs 1 to 16 signals") }
         var names = Set<String>()
@@ -251,14 +254,22 @@ public struct DriftReference: Sendable, Equatable {
                     throw fail(edgesTensor(source), "feature \(f): edges must increase, padding (+∞) last")
                 }
             }
-            if source == .output && width + 1 != classCount {
-                throw fail(edgesTensor(source), "has \(width + 1) bins for \(classCount) classes")
+            if source == .output && !(2...256).contains(classCount) {
+                throw fail("drift_reference", "an output signal needs 2...256 classes, the model has \(classCount)")
+            }
+            if source == .output && (width + 1 != classCount || edges != FeatureBins.categorical(classes: classCount).edges) {
+                throw fail(edgesTensor(source), "must hold one bin per class (\(classCount)): edges 0.5, 1.5, …")
             }
             let counts = try floats(countsTensor(source), [features, width + 1])
             guard counts.allSatisfy({ $0.isFinite && $0 >= 0 && $0 <= 1e9 }) else {
                 throw fail(countsTensor(source), "counts must be finite, non-negative and at most 1e9")
             }
             sources[source] = SourceReference(bins: FeatureBins(features: features, maxBins: width + 1, edges: edges), counts: counts)
+        }
+        // Every window holds window × features bins: bound what a file can make agentd allocate.
+        let windowBytes = section.signals.reduce(0) { $0 + $1.window * (sources[$1.source]?.bins.features ?? 0) }
+        guard windowBytes <= maxWindowBytes else {
+            throw fail("drift_reference", "windows would hold \(windowBytes) bytes; at most \(maxWindowBytes)")
         }
         var directions: Tensor?
         if let p = penultimate, sources[.embedding] != nil {

@@ -18,29 +18,38 @@ public struct FeatureBins: Sendable, Equatable {
     }
 
     /// Edges at the data's quantiles (equal-mass bins); duplicates merged, so a feature with few
-    /// distinct values gets fewer bins. A constant feature gets a narrow bin around its value with
-    /// one bin each side, so any change in it shows.
+    /// distinct values gets fewer bins. Two guard edges give values outside the data's range bins
+    /// of their own: one just below the minimum and one at the maximum. A constant feature thus
+    /// gets a narrow bin around its value with one bin each side, so any change in it shows.
     /// - Parameter values: `[rows, features]`, row-major.
     public static func quantiles(_ values: [Float], features: Int, bins: Int) -> FeatureBins {
-        precondition(features >= 1 && bins >= 2 && values.count % features == 0 && !values.isEmpty)
+        precondition(features >= 1 && bins >= 4 && values.count % features == 0 && !values.isEmpty)
         let rows = values.count / features
         let width = bins - 1
         var edges = [Float](repeating: .infinity, count: features * width)
-        var column = [Float](repeating: 0, count: rows)
+        var column: [Float] = []
+        column.reserveCapacity(rows)
         for f in 0..<features {
-            for r in 0..<rows { column[r] = values[r * features + f] }
+            // Non-finite values (an overflowing activation) take no part in the edges, and the
+            // edges stay finite: a reference must always be a valid one.
+            column.removeAll(keepingCapacity: true)
+            for r in 0..<rows where values[r * features + f].isFinite { column.append(min(max(values[r * features + f], -1e37), 1e37)) }
+            if column.isEmpty { column = [0] }
             column.sort()
-            var chosen: [Float] = []
-            if column[0] == column[rows - 1] {
-                let v = column[0], eps = max(abs(v) * 1e-6, 1e-6)
-                chosen = [v - eps, v + eps]
+            let rows = column.count
+            let lo = column[0], hi = column[rows - 1]
+            let below = lo - max(abs(lo) * 1e-6, 1e-6)
+            var chosen: [Float] = [below]
+            if lo == hi {
+                chosen.append(lo + max(abs(lo) * 1e-6, 1e-6))
             } else {
-                for i in 1..<bins {
-                    let e = column[min(rows - 1, i * rows / bins)]
-                    // The top value is not an edge: nothing in the data would lie above it.
-                    if e < column[rows - 1], chosen.last.map({ e > $0 }) ?? true { chosen.append(e) }
+                // bins − 3 interior edges between the two guards.
+                let inner = bins - 2
+                for i in 1..<inner {
+                    let e = column[min(rows - 1, i * rows / inner)]
+                    if e < hi, e > chosen.last! { chosen.append(e) }
                 }
-                if chosen.isEmpty { chosen = [column[0]] }
+                chosen.append(hi)
             }
             for (i, e) in chosen.prefix(width).enumerated() { edges[f * width + i] = e }
         }

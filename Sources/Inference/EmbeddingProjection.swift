@@ -26,19 +26,19 @@ public final class EmbeddingProjection: @unchecked Sendable {
 public final class EmbeddingTap {
     public let projection: EmbeddingProjection
     let output: UnsafeMutablePointer<Float>
-    /// UINT8 activations are widened here first.
-    private let scratch: UnsafeMutablePointer<Float>
+    /// UINT8 activations are widened here first (only plans whose tapped input is UINT8).
+    private let scratch: UnsafeMutablePointer<Float>?
     private(set) var rows = 0
 
-    public init(_ projection: EmbeddingProjection, batchCapacity: Int) {
+    public init(_ projection: EmbeddingProjection, batchCapacity: Int, quantizedInput: Bool = false) {
         self.projection = projection
         output = allocateAlignedFloats(batchCapacity * projection.count)
-        scratch = allocateAlignedFloats(batchCapacity * projection.inputCount)
+        scratch = quantizedInput ? allocateAlignedFloats(batchCapacity * projection.inputCount) : nil
     }
 
     deinit {
         output.deallocate()
-        scratch.deallocate()
+        scratch?.deallocate()
     }
 
     public func capture(_ h: UnsafePointer<Float>, batch: Int) {
@@ -49,6 +49,7 @@ public final class EmbeddingTap {
 
     /// Activations held as UINT8 with `value = scale · (q − zeroPoint)`.
     public func capture(_ q: UnsafePointer<UInt8>, scale: Float, zeroPoint: Int, batch: Int) {
+        guard let scratch else { preconditionFailure("tap built for FP32 input") }
         let n = batch * projection.inputCount, zp = Float(zeroPoint)
         for i in 0..<n { scratch[i] = scale * (Float(q[i]) - zp) }
         capture(scratch, batch: batch)

@@ -75,7 +75,6 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         if let embedding {
             precondition(embedding.layer == EmbeddingProjection.penultimateLayer(of: model.network)
                          && embedding.inputCount == model.network.layers[embedding.layer].inputCount, "projection does not fit the network")
-            tap = EmbeddingTap(embedding, batchCapacity: batchCapacity)
             let index = compiled.steps.lastIndex {
                 switch $0 {
                 case .int8Dense, .int8Conv, .int4Dense, .floatDense, .floatConv: true
@@ -87,6 +86,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .int8Dense, .int8Conv: tapInput = model.spec.activation(embedding.layer)
             default: tapInput = nil
             }
+            tap = EmbeddingTap(embedding, batchCapacity: batchCapacity, quantizedInput: tapInput != nil)
         } else {
             tap = nil
             tapStep = -1

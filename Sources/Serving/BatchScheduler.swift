@@ -326,7 +326,7 @@ public final class BatchScheduler: @unchecked Sendable {
     private var batchWaitLocked: Double { min(settings.maxQueueDelay, waitCap ?? .infinity) }
 
     private func workerLoop(worker: Int) {
-        var plans: (model: ObjectIdentifier, capacity: Int, plan: InferencePlan)?
+        var plans: (model: ServingModel, capacity: Int, plan: InferencePlan)?
         var input: [Float] = []
         while true {
             condition.lock()
@@ -381,8 +381,9 @@ public final class BatchScheduler: @unchecked Sendable {
                 liveRows = live.reduce(0) { $0 + $1.count }
                 let n = model.inputCount, k = model.outputCount
                 let capacity = max(limit, live.map(\.count).max() ?? 1)
-                if plans == nil || plans!.model != ObjectIdentifier(model) || plans!.capacity < min(capacity, limit) {
-                    plans = (ObjectIdentifier(model), min(capacity, limit), model.makePlan(batch: min(capacity, limit)))
+                // The model itself, not its address: a freed model's address can be reused by the next one.
+                if plans == nil || plans!.model !== model || plans!.capacity < min(capacity, limit) {
+                    plans = (model, min(capacity, limit), model.makePlan(batch: min(capacity, limit)))
                     input = [Float](repeating: 0, count: plans!.capacity * n)
                 }
                 let plan = plans!.plan

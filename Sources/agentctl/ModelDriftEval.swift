@@ -53,6 +53,8 @@ struct DriftEval: ParsableCommand {
         var medianDelay: Double?
         var p90Delay: Double?
         var misses: Int
+        /// Streams whose alarm (false, before the change) was still on at the change: left out of the delays.
+        var alarmedAtChange: Int
         var streams: Int
         var firstSignal: [String: Int]
         var falseAlarmsBefore: Int
@@ -63,6 +65,8 @@ struct DriftEval: ParsableCommand {
         var stationarySamples: Int
         var stationaryFalseAlarms: Int
         var runLength: Double
+        /// Share of the stationary samples spent in the drift state.
+        var timeInDrift: Double
     }
 
     enum Change {
@@ -100,8 +104,9 @@ struct DriftEval: ParsableCommand {
             var rows: [ScenarioRow] = []
             var binned = [UInt8](repeating: 0, count: detector.binner.width)
             // Runs a stream through plan and detector; returns (sample index, signal) of each alarm and the confidences.
-            func stream(_ x: [Float], change: Int?) -> (alarms: [(Int, String)], confidence: [Float]) {
+            func stream(_ x: [Float], change: Int?) -> (alarms: [(Int, String)], confidence: [Float], alarmedAtChange: Bool, inDrift: Int) {
                 detector.reset()
+                var alarmedAtChange = false, inDrift = 0
                 var alarms: [(Int, String)] = []
                 var conf: [Float] = []
                 let count = x.count / n
@@ -114,7 +119,7 @@ struct DriftEval: ParsableCommand {
                         let k = emb.map { $0.count / b } ?? 0
                         for r in 0..<b {
                             let t = start + r
-                            if t == change { detector.clearAlarm() }
+                            if t == change && detector.state == .drift { alarmedAtChange = true }
                             let s = scores.baseAddress! + r * network.outputCount
                             binned.withUnsafeMutableBufferPointer { out in
                                 detector.binner.bin(input: buf.baseAddress! + t * n, scores: s, embedding: emb.map { $0.baseAddress! + r * k },
@@ -126,15 +131,16 @@ struct DriftEval: ParsableCommand {
                             if case .detected(let signal, _, _, _) = binned.withUnsafeBufferPointer({ detector.observe($0.baseAddress!) }) {
                                 alarms.append((t, signal))
                             }
+                            if detector.state == .drift { inDrift += 1 }
                         }
                         start += b
                     }
                 }
-                return (alarms, conf)
+                return (alarms, conf, alarmedAtChange, inDrift)
             }
 
             for (index, (name, change)) in scenarios.enumerated() {
-                var delays: [Int] = [], first: [String: Int] = [:], falseBefore = 0
+                var delays: [Int] = [], first: [String: Int] = [:], falseBefore = 0, alarmedAtChange = 0
                 for seed in 0..<seeds {
                     var rng = SeededGenerator(seed: UInt64(1_000 * seed + index + 1))
                     var x: [Float] = []
@@ -157,9 +163,12 @@ struct DriftEval: ParsableCommand {
                         }
                         x += row
                     }
-                    let (alarms, conf) = stream(x, change: before)
+                    let (alarms, conf, alarmed, _) = stream(x, change: before)
                     falseBefore += alarms.filter { $0.0 < before }.count
-                    if let hit = alarms.first(where: { $0.0 >= before }) {
+                    if alarmed {
+                        // Still in a false alarm at the change: no honest delay to measure.
+                        alarmedAtChange += 1
+                    } else if let hit = alarms.first(where: { $0.0 >= before }) {
                         delays.append(hit.0 - before + 1)
                         first[hit.1, default: 0] += 1
                     }
@@ -168,45 +177,50 @@ struct DriftEval: ParsableCommand {
                     }
                 }
                 let sorted = delays.sorted()
+                let measured = seeds - alarmedAtChange
                 func quantile(_ q: Double) -> Double? {
                     // Misses count as later than any alarm.
-                    let i = Int((Double(seeds) * q).rounded(.up)) - 1
+                    let i = Int((Double(measured) * q).rounded(.up)) - 1
                     return i < sorted.count ? Double(sorted[max(i, 0)]) : nil
                 }
-                rows.append(ScenarioRow(scenario: name, medianDelay: quantile(0.5), p90Delay: quantile(0.9), misses: seeds - delays.count,
+                rows.append(ScenarioRow(scenario: name, medianDelay: measured > 0 ? quantile(0.5) : nil, p90Delay: measured > 0 ? quantile(0.9) : nil,
+                                        misses: measured - delays.count, alarmedAtChange: alarmedAtChange,
                                         streams: seeds, firstSignal: first, falseAlarmsBefore: falseBefore))
                 if !json { printError("\(name): done") }
             }
 
             // Stationary streams: false alarms on unchanged rows.
-            var falseAlarms = 0
+            var falseAlarms = 0, inDrift = 0
             let pieces = 4, length = stationary / pieces
             for p in 0..<pieces {
                 var rng = SeededGenerator(seed: UInt64(77_777 + p))
                 var x: [Float] = []
                 x.reserveCapacity(length * n)
                 for _ in 0..<length { x += data.features[Self.row(Int(rng.next() % UInt64(data.count)), n)] }
-                let (alarms, conf) = stream(x, change: nil)
+                let (alarms, conf, _, drifting) = stream(x, change: nil)
                 falseAlarms += alarms.count
+                inDrift += drifting
                 if export != nil {
                     export! += "stationary,\(p),-1," + conf.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
                 }
             }
             let total = pieces * length
             let report = Report(scenarios: rows, stationarySamples: total, stationaryFalseAlarms: falseAlarms,
-                                runLength: falseAlarms == 0 ? .infinity : Double(total) / Double(falseAlarms))
+                                runLength: falseAlarms == 0 ? .infinity : Double(total) / Double(falseAlarms),
+                                timeInDrift: Double(inDrift) / Double(total))
             if let path = exportConfidence, let text = export {
                 try ModelWriter.writeAtomically(Array(text.utf8), to: path)
             }
             if json { printJSON(report); return }
             func d(_ x: Double?) -> String { x.map { String(format: "%.0f", $0) } ?? ">\(after)" }
-            print(table(["scenario", "median delay", "p90 delay", "misses", "first signal", "false alarms before"],
+            print(table(["scenario", "median delay", "p90 delay", "misses", "alarm on at change", "first signal", "false alarms before"],
                         rows.map { r in
-                            [r.scenario, d(r.medianDelay), d(r.p90Delay), "\(r.misses)/\(r.streams)",
+                            [r.scenario, d(r.medianDelay), d(r.p90Delay), "\(r.misses)/\(r.streams - r.alarmedAtChange)", "\(r.alarmedAtChange)",
                              r.firstSignal.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", "),
                              String(r.falseAlarmsBefore)]
-                        }, rightAligned: [1, 2, 3, 5]))
-            print("stationary: \(falseAlarms) false alarms in \(total) samples, run length \(runText(report.runLength))")
+                        }, rightAligned: [1, 2, 3, 4, 6]))
+            print("stationary: \(falseAlarms) false alarms in \(total) samples, run length \(runText(report.runLength)), "
+                  + String(format: "%.2f%% of samples in the drift state", report.timeInDrift * 100))
         }
     }
 

@@ -11,7 +11,9 @@ struct Prepare: ParsableCommand {
         abstract: "Ready a model for the field: add a calibrated drift reference to the file.",
         discussion: """
             Give rows the model was not trained on (a validation set): the rows are shuffled and
-            split three ways. Half build the reference histograms: per input feature (bin edges at
+            split three ways (or give --reference-data, e.g. the training rows, for the
+            histograms, and --data is split between thresholds and check). Half build the
+            reference histograms: per input feature (bin edges at
             the data's quantiles, about --bins bins), the predicted class, the top-class
             confidence (quantile bins) and the penultimate activations projected on their first
             --embedding-dims principal directions. A quarter calibrate each signal's threshold on
@@ -40,16 +42,18 @@ struct Prepare: ParsableCommand {
 
     @Argument(help: ArgumentHelp("The model file to prepare.", valueName: "IN")) var input: String
     @Option(help: ArgumentHelp("Rows the model was not trained on (CSV; a 'label' column is optional).", valueName: "CSV")) var data: String
+    @Option(help: ArgumentHelp("Rows for the histograms only (e.g. the training rows); --data is then split half and half between thresholds and check.", valueName: "CSV"))
+    var referenceData: String?
     @Option(help: ArgumentHelp("Where to write the prepared model.", valueName: "OUT")) var out: String
     @Option(help: "Samples between false alarms the drift monitor must reach on the check rows.") var falseAlarmRun: Int = 2_000
-    @Option(help: "Histogram bins per feature (2...64).") var bins: Int = 16
+    @Option(help: "Histogram bins per feature (4...64; two of them catch values outside the data's range).") var bins: Int = 16
     @Option(help: "Principal directions of the penultimate activations for the embedding signal (1...64).") var embeddingDims: Int = 8
     @Option(help: "Seed for the split and the calibration streams.") var seed: UInt64 = 1
     @Flag(help: "Print the report as JSON.") var json = false
 
     func validate() throws {
         guard (100...10_000_000).contains(falseAlarmRun) else { throw ValidationError("--false-alarm-run must be 100...10000000") }
-        guard (2...64).contains(bins) else { throw ValidationError("--bins must be 2...64") }
+        guard (4...64).contains(bins) else { throw ValidationError("--bins must be 4...64") }
         guard (1...64).contains(embeddingDims) else { throw ValidationError("--embedding-dims must be 1...64") }
     }
 
@@ -78,17 +82,28 @@ struct Prepare: ParsableCommand {
         try reportingErrors {
             let loaded = try LoadedModel(path: input)
             let network = loaded.network
-            let data = try DataSet.load(path: data, featureCount: network.inputCount, classNames: network.labels, requireLabels: false)
+            var data = try DataSet.load(path: data, featureCount: network.inputCount, classNames: network.labels, requireLabels: false)
+            var referenceRows: Int?
+            if let path = referenceData {
+                let ref = try DataSet.load(path: path, featureCount: network.inputCount, classNames: network.labels, requireLabels: false)
+                guard ref.count >= 20, data.count >= 20 else { throw ValidationError("--reference-data and --data need at least 20 rows each") }
+                referenceRows = ref.count
+                data = DataSet(features: ref.features + data.features, featureCount: data.featureCount, labels: nil, classNames: data.classNames)
+            }
+            guard data.count >= 40 else { throw DataSetError(file: self.data, "has \(data.count) rows; a drift reference needs at least 40 (a few hundred for useful thresholds)") }
             var options = DriftCalibration.Options()
             options.falseAlarmRun = falseAlarmRun
             options.bins = bins
             options.seed = seed
-            let projection = DriftPreparation.principalDirections(network: network, rows: data.features, count: embeddingDims, seed: seed)
+            options.referenceRows = referenceRows
+            // Directions from the histogram rows only, like everything the reference holds.
+            let histogramRows = DriftCalibration.split(rows: data.count, options: options).reference
+            let projection = DriftPreparation.principalDirections(network: network, rows: data.rows(histogramRows).features,
+                                                                  count: embeddingDims, seed: seed)
             let plan: InferencePlan = loaded.quantized.map { QuantizedPlan(model: $0, batchCapacity: 256, embedding: projection) }
                 ?? ExecutionPlan(network: network, batchCapacity: 256, embedding: projection)
-            var sources: [SignalSource] = [.input, .output, .confidence]
-            if projection != nil { sources.append(.embedding) }
             let classes = network.outputCount
+            let sources = DriftPreparation.sources(classes: classes, embedding: projection != nil)
             let values = DriftPreparation.signalValues(plan: plan, rows: data.features, sources: sources, classes: classes,
                                                        probabilities: network.endsWithSoftmax)
             let quiet = json

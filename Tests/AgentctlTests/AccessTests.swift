@@ -66,6 +66,12 @@ import Glibc
         let refused = agentctl(as: user, ["model", "rollback"] + socket)
         #expect(refused.status == 1, "\(refused.output)")
         #expect(refused.output.contains("control operation") && refused.output.contains(user), "\(refused.output)")
+        // Reading drift is not control; resetting it is.
+        #expect(agentctl(as: user, ["drift", "--json"] + socket).status == 0)
+        let reset = agentctl(as: user, ["drift", "reset"] + socket)
+        #expect(reset.status == 1 && reset.output.contains("control operation"), "\(reset.output)")
+        let adminReset = agentctl(as: admin, ["drift", "reset"] + socket)
+        #expect(adminReset.status == 0, "\(adminReset.output)")
         // An admin-group member passes the check (and is then told there is nothing older).
         let allowed = agentctl(as: admin, ["model", "rollback"] + socket)
         #expect(allowed.status == 1 && allowed.output.contains("nothing to roll back to"), "\(allowed.output)")

@@ -172,7 +172,7 @@ enum Fixture {
             ("drift.input.edges", "must be F32", { var t = $0; t.shape = [7, t.shape[1]]; return t }),
             ("drift.input.counts", "counts must be", { var t = $0; t.values[0] = -1; return t }),
             ("drift.input.counts", "counts must be", { var t = $0; t.values[0] = .infinity; return t }),
-            ("drift.output.edges", "bins for 3 classes", { var t = $0; t.shape = [1, 1]; t.values = [0.5]; return t }),
+            ("drift.output.edges", "one bin per class", { var t = $0; t.shape = [1, 1]; t.values = [0.5]; return t }),
             ("drift.embedding.directions", "not finite", { var t = $0; t.values[0] = .nan; return t }),
             ("drift.confidence.edges", "must be F32", { var t = $0; t.dtype = "F16"; return t }),
         ]
