@@ -24,13 +24,14 @@ DEMO_MODEL := .agentd/digits-mlp.safetensors
 FUZZ_SECONDS ?= 60
 FUZZ_SCRATCH := .build-fuzz
 
-.PHONY: help fuzz fuzz-build microbench check-unit promtool deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
+.PHONY: help drift-eval fuzz fuzz-build microbench check-unit promtool deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
 
 help:
 	@echo "make run      build, install missing Debian packages, start agentd in the foreground with the demo model"
 	@echo "make test     install missing Debian packages, build, run every test"
 	@echo "make bench    compare against ONNX Runtime, FP32 and INT8 (tools/bench/compare_onnxruntime.py)"
-	@echo "make microbench  kernel and plan micro-benchmarks (tools/benchmarks, ordo-one/benchmark)"
+	@echo "make microbench  kernel, plan and drift micro-benchmarks (tools/benchmarks, ordo-one/benchmark)"
+	@echo "make drift-eval  the drift harness on digits, and River's ADWIN/KSWIN on the same streams (DRIFT_SEEDS=$(DRIFT_SEEDS))"
 	@echo "make bench-agentd  agentd start time, memory, idle CPU, load with and without batching (tools/bench/agentd_figures.py)"
 	@echo "make fuzz     build the libFuzzer targets (ASan) and run each FUZZ_SECONDS=$(FUZZ_SECONDS) with its seed corpus (README, \"Fuzzing\")"
 	@echo "make install  install agentd, agentctl, the unit, the config and the demo model (PREFIX=$(PREFIX) DESTDIR=$(DESTDIR))"
@@ -127,6 +128,25 @@ bench-agentd: dist $(DEMO_MODEL)
 	  --arch cnn:1x8x8-c32-c64-m2-f128-10 --epochs 3 --seed 1 --name digits-cnn --out .agentd/digits-cnn.safetensors
 	python3 tools/bench/agentd_figures.py --bin $(DIST) --model $(DEMO_MODEL) --compute-model .agentd/digits-cnn.safetensors \
 	  --calibration tools/data/digits.csv
+
+# The drift harness on digits (README, "Drift monitoring"): the model trained on half the rows,
+# the reference's histograms from those rows, thresholds and check on 30% the model never saw,
+# the drifted streams from the last 20% that neither saw; then River's ADWIN and KSWIN on the
+# same streams' confidence. DRIFT_SEEDS streams per scenario.
+DRIFT_SEEDS ?= 30
+DRIFT_DIR := .build/drift-eval
+drift-eval: dist venv
+	@mkdir -p $(DRIFT_DIR)
+	@for f in train prep eval; do head -1 tools/data/digits.csv > $(DRIFT_DIR)/$$f.csv; done
+	@tail -n +2 tools/data/digits.csv | awk -v d=$(DRIFT_DIR) '{m=(NR-1)%10} m<5{print >> d"/train.csv"} m>=5&&m<8{print >> d"/prep.csv"} m>=8{print >> d"/eval.csv"}'
+	$(DIST)/agentctl model train --data $(DRIFT_DIR)/train.csv --arch mlp:64-256-256-10 --epochs 30 --seed 1 --name digits-mlp \
+	  --out $(DRIFT_DIR)/mlp.safetensors > /dev/null
+	$(DIST)/agentctl model prepare $(DRIFT_DIR)/mlp.safetensors --reference-data $(DRIFT_DIR)/train.csv --data $(DRIFT_DIR)/prep.csv \
+	  --out $(DRIFT_DIR)/mlp-field.safetensors
+	$(DIST)/agentctl model drift-eval $(DRIFT_DIR)/mlp-field.safetensors --data $(DRIFT_DIR)/eval.csv --seeds $(DRIFT_SEEDS) \
+	  --export-confidence $(DRIFT_DIR)/confidence.csv
+	$(PY) -m pip install -q -r tools/bench/requirements-drift.txt
+	$(PY) tools/bench/drift_river.py $(DRIFT_DIR)/confidence.csv
 
 # libFuzzer targets with address sanitizer (tools/fuzz sub-package); not part of `make test`.
 fuzz-build: deps

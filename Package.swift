@@ -8,7 +8,7 @@ let package = Package(
         .executable(name: "agentctl", targets: ["agentctl"]),
         .executable(name: "agentd", targets: ["agentd"]),
         // The numeric engine as a library, for tools/benchmarks.
-        .library(name: "EdgeEngine", targets: ["Tensor", "ModelFile", "Inference", "Training", "Quantization"]),
+        .library(name: "EdgeEngine", targets: ["Tensor", "ModelFile", "Inference", "Training", "Quantization", "Drift"]),
         // The API bodies and the config reader on their own, for the fuzzers in tools/fuzz.
         .library(name: "AgentAPI", targets: ["AgentAPI"]),
         .library(name: "AgentConfig", targets: ["AgentConfig"]),

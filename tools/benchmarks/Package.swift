@@ -5,7 +5,7 @@ import PackageDescription
 
 let package = Package(
     name: "edge-agent-benchmarks",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     dependencies: [
         // A symlink to the repository root, so the package identity is "edge-agent" whatever the clone is called.
         .package(path: "edge-agent"),
