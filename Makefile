@@ -96,9 +96,12 @@ interop-test-run:
 	  echo "SKIPPED interop tests (sklearn predict_proba, NumPy conv/pool reference): pip could not install tools/requirements.txt"; \
 	fi
 
+# The demo model, trained on 80% of digits and prepared for the field: its drift reference's
+# histograms come from the training rows, its thresholds from the rest.
 $(DEMO_MODEL): | dist
 	@mkdir -p .agentd
-	$(DIST)/agentctl model train --data tools/data/digits.csv --arch mlp:64-256-256-10 --epochs 30 --seed 1 --name digits-mlp --out $(DEMO_MODEL)
+	$(DIST)/agentctl model train --data tools/data/digits.csv --arch mlp:64-256-256-10 --epochs 30 --seed 1 --name digits-mlp --out .agentd/digits-mlp-trained.safetensors
+	$(DIST)/agentctl model prepare .agentd/digits-mlp-trained.safetensors --data tools/data/digits.csv --out $(DEMO_MODEL)
 
 # Development config: state and socket under ./.agentd/, the demo model quantized to INT8 at first start.
 .agentd/agentd.toml:

@@ -79,7 +79,7 @@ public enum DriftCalibration {
         for attempt in 0..<5 {
             let perSignal = Double(options.falseAlarmRun) * Double(max(1, signals.count { $0.alarms })) * margin
             for (i, spec) in signals.enumerated() {
-                let length = Int(min(2_000_000, max(200_000, 20 * perSignal)))
+                let length = Int(min(2_000_000, max(100_000, 30 * perSignal)))
                 let series = scoreSeries(reference: reference, signal: i, binned: binned, width: binner.width,
                                          offset: binner.offsets[spec.source]!, rows: calRows, length: length,
                                          seed: options.seed &+ UInt64(attempt * 100 + i + 1))
@@ -91,7 +91,7 @@ public enum DriftCalibration {
             // double bootstrap): tune the margin so the union's run length on a fresh stream of
             // the calibration rows is 1.2–3 times the one asked for — never on the check rows.
             let tuning = checkRunLengths(reference: reference, binner: binner, binned: binned, rows: calRows, classes: classes,
-                                         scoresAreProbabilities: scoresAreProbabilities, length: max(100_000, 50 * options.falseAlarmRun),
+                                         scoresAreProbabilities: scoresAreProbabilities, length: max(60_000, 30 * options.falseAlarmRun),
                                          seed: options.seed &+ 5_555 &+ UInt64(attempt))
             let target = Double(options.falseAlarmRun)
             if (1.2 * target...3 * target).contains(tuning.union) || attempt == 4 { break }

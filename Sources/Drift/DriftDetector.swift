@@ -108,6 +108,10 @@ public final class DriftDetector: @unchecked Sendable {
     public let binner: SampleBinner
     let windows: [SlidingKL]
     let offsets: [Int]
+    // The signals' specs unpacked, for the per-sample loop.
+    private let thresholds: [Double]
+    private let aggregates: [Aggregate]
+    private let alarming: [Bool]
     public private(set) var state: DriftState = .ok
     /// Samples since the reference was set (or the last reset).
     public private(set) var samples = 0
@@ -127,6 +131,9 @@ public final class DriftDetector: @unchecked Sendable {
         offsets = reference.signals.map { binner.offsets[$0.source]! }
         scores = [Double](repeating: 0, count: reference.signals.count)
         quiet = reference.signals.filter(\.alarms).map(\.window).max() ?? 1
+        thresholds = reference.signals.map(\.threshold)
+        aggregates = reference.signals.map(\.aggregate)
+        alarming = reference.signals.map(\.alarms)
     }
 
     /// Feeds one binned sample; returns the state change it caused, if any.
@@ -134,14 +141,14 @@ public final class DriftDetector: @unchecked Sendable {
     public func observe(_ binned: UnsafePointer<UInt8>) -> DriftTransition? {
         samples &+= 1
         var worst = 0.0, worstSignal = -1
-        for i in windows.indices {
+        for i in 0..<windows.count {
             let w = windows[i]
             w.push(binned + offsets[i])
             guard w.isFull else { scores[i] = 0; continue }
-            let s = w.score(reference.signals[i].aggregate)
+            let s = w.score(aggregates[i])
             scores[i] = s
-            let ratio = s / reference.signals[i].threshold
-            if ratio > worst && reference.signals[i].alarms { worst = ratio; worstSignal = i }
+            let ratio = s / thresholds[i]
+            if ratio > worst && alarming[i] { worst = ratio; worstSignal = i }
         }
         switch state {
         case .drift:

@@ -8,6 +8,8 @@ public struct FeatureBins: Sendable, Equatable {
     public let edges: [Float]
     /// Bins in use per feature: one more than its finite edges.
     public let binCounts: [Int]
+    /// The edges again, each feature's padded with +∞ to whole 16-lane vectors, for binning.
+    private let packed: PackedEdges
 
     public init(features: Int, maxBins: Int, edges: [Float]) {
         precondition(features >= 1 && maxBins >= 2 && maxBins <= 256 && edges.count == features * (maxBins - 1))
@@ -15,6 +17,11 @@ public struct FeatureBins: Sendable, Equatable {
         self.maxBins = maxBins
         self.edges = edges
         binCounts = (0..<features).map { f in 1 + edges[(f * (maxBins - 1))..<((f + 1) * (maxBins - 1))].count { $0.isFinite } }
+        packed = PackedEdges(edges, features: features, width: maxBins - 1)
+    }
+
+    public static func == (a: FeatureBins, b: FeatureBins) -> Bool {
+        a.features == b.features && a.maxBins == b.maxBins && a.edges == b.edges
     }
 
     /// Edges at the data's quantiles (equal-mass bins); duplicates merged, so a feature with few
@@ -73,19 +80,20 @@ public struct FeatureBins: Sendable, Equatable {
         }
     }
 
-    /// Bins `features` values into `out`.
+    /// Bins `features` values into `out`: per feature, one 16-lane compare per 16 edges.
     @inline(__always)
     public func bin(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<UInt8>) {
-        let width = maxBins - 1
-        edges.withUnsafeBufferPointer { e in
-            var base = 0
-            for f in 0..<features {
-                let v = x[f]
-                var b = 0
-                for i in 0..<width { b &+= e[base + i] < v ? 1 : 0 }
-                out[f] = UInt8(truncatingIfNeeded: b)
-                base += width
+        let chunks = packed.chunks
+        var e = UnsafeRawPointer(packed.base)
+        let one = SIMD16<Int32>(repeating: 1), zero = SIMD16<Int32>(repeating: 0)
+        for f in 0..<features {
+            let v = SIMD16<Float>(repeating: x[f])
+            var below = zero
+            for _ in 0..<chunks {
+                below &+= zero.replacing(with: one, where: e.load(as: SIMD16<Float>.self) .< v)
+                e += 64
             }
+            out[f] = UInt8(truncatingIfNeeded: below.wrappedSum())
         }
     }
 
@@ -95,4 +103,23 @@ public struct FeatureBins: Sendable, Equatable {
         for (i, b) in binned.enumerated() { counts[(i % features) * maxBins + Int(b)] += 1 }
         return counts
     }
+}
+
+/// Edges in 64-byte aligned 16-lane groups, +∞ where a feature has fewer.
+final class PackedEdges: @unchecked Sendable {
+    let base: UnsafeMutablePointer<Float>
+    let chunks: Int
+
+    init(_ edges: [Float], features: Int, width: Int) {
+        chunks = (width + 15) / 16
+        let stride = chunks * 16
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(1, features * stride) * 4, alignment: 64)
+        base = raw.bindMemory(to: Float.self, capacity: features * stride)
+        base.initialize(repeating: .infinity, count: features * stride)
+        for f in 0..<features {
+            for i in 0..<width { base[f * stride + i] = edges[f * width + i] }
+        }
+    }
+
+    deinit { base.deallocate() }
 }

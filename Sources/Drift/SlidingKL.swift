@@ -22,13 +22,20 @@ public final class SlidingKL: @unchecked Sendable {
     public let binCounts: [Int]
     /// `[features, maxBins]`: log reference probabilities (smoothed).
     public let referenceLog: [Double]
-    private var counts: [Int32]
-    private var ring: [UInt8]
+    // Raw storage: the per-sample path touches nothing that could copy or check uniqueness.
+    private let counts: UnsafeMutablePointer<Int32>
+    private let ring: UnsafeMutablePointer<UInt8>
+    private let h: UnsafeMutablePointer<Double>
+    private let q: UnsafeMutablePointer<Double>
+    private let refLog: UnsafeMutablePointer<Double>
+    /// (c + α)·log(c + α) for c in 0...window, and its step h(c + 1) − h(c).
+    private let hTable: UnsafeMutablePointer<Double>
+    private let hStep: UnsafeMutablePointer<Double>
+    /// 1/Z and log Z of each feature once the window is full (Z = window + bins·α).
+    private let fullInverseZ: UnsafeMutablePointer<Double>
+    private let fullLogZ: UnsafeMutablePointer<Double>
     private var head = 0
     public private(set) var filled = 0
-    private var h: [Double], q: [Double]
-    /// (c + α)·log(c + α) for c in 0...window.
-    private let hTable: [Double]
     private var pushes = 0
 
     /// - Parameter referenceCounts: `[features, maxBins]` bin counts of the reference rows.
@@ -48,18 +55,43 @@ public final class SlidingKL: @unchecked Sendable {
             for b in 0..<used { logs[f * mb + b] = Foundation.log((Double(referenceCounts[f * mb + b]) + alpha) / total) }
         }
         referenceLog = logs
-        counts = [Int32](repeating: 0, count: features * maxBins)
-        ring = [UInt8](repeating: 0, count: window * features)
-        hTable = (0...window).map { (Double($0) + alpha) * Foundation.log(Double($0) + alpha) }
-        h = [Double](repeating: 0, count: features)
-        q = [Double](repeating: 0, count: features)
+        counts = .allocate(capacity: features * mb)
+        ring = .allocate(capacity: window * features)
+        ring.initialize(repeating: 0, count: window * features)
+        h = .allocate(capacity: features)
+        q = .allocate(capacity: features)
+        refLog = .allocate(capacity: features * mb)
+        refLog.initialize(from: logs, count: logs.count)
+        hTable = .allocate(capacity: window + 1)
+        for c in 0...window { hTable[c] = (Double(c) + alpha) * Foundation.log(Double(c) + alpha) }
+        hStep = .allocate(capacity: window)
+        for c in 0..<window { hStep[c] = hTable[c + 1] - hTable[c] }
+        fullInverseZ = .allocate(capacity: features)
+        fullLogZ = .allocate(capacity: features)
+        for f in 0..<features {
+            let z = Double(window) + Double(bins.binCounts[f]) * alpha
+            fullInverseZ[f] = 1 / z
+            fullLogZ[f] = Foundation.log(z)
+        }
         reset()
+    }
+
+    deinit {
+        counts.deallocate()
+        ring.deallocate()
+        h.deallocate()
+        q.deallocate()
+        refLog.deallocate()
+        hTable.deallocate()
+        hStep.deallocate()
+        fullInverseZ.deallocate()
+        fullLogZ.deallocate()
     }
 
     public var isFull: Bool { filled == window }
 
     public func reset() {
-        for i in counts.indices { counts[i] = 0 }
+        counts.initialize(repeating: 0, count: features * maxBins)
         head = 0
         filled = 0
         recompute()
@@ -69,35 +101,30 @@ public final class SlidingKL: @unchecked Sendable {
     @inline(__always)
     public func push(_ bins: UnsafePointer<UInt8>) {
         let f = features, mb = maxBins
-        counts.withUnsafeMutableBufferPointer { c in
-            ring.withUnsafeMutableBufferPointer { r in
-                h.withUnsafeMutableBufferPointer { h in
-                    q.withUnsafeMutableBufferPointer { q in
-                        hTable.withUnsafeBufferPointer { t in
-                            referenceLog.withUnsafeBufferPointer { ref in
-                                let slot = head * f
-                                if filled == window {
-                                    for i in 0..<f {
-                                        let b = i * mb + Int(r[slot + i])
-                                        let n = Int(c[b])
-                                        h[i] += t[n - 1] - t[n]
-                                        q[i] -= ref[b]
-                                        c[b] = Int32(n - 1)
-                                    }
-                                }
-                                for i in 0..<f {
-                                    let v = bins[i]
-                                    r[slot + i] = v
-                                    let b = i * mb + Int(v)
-                                    let n = Int(c[b])
-                                    h[i] += t[n + 1] - t[n]
-                                    q[i] += ref[b]
-                                    c[b] = Int32(n + 1)
-                                }
-                            }
-                        }
-                    }
-                }
+        let slot = ring + head * f
+        if filled == window {
+            // The leaving and the entering sample in one pass; a feature whose bin does not
+            // change (common: a background pixel) costs one compare.
+            for i in 0..<f {
+                let old = slot[i], new = bins[i]
+                if old == new { continue }
+                slot[i] = new
+                let bo = i &* mb &+ Int(old), bn = i &* mb &+ Int(new)
+                let no = Int(counts[bo]), nn = Int(counts[bn])
+                h[i] += hStep[nn] - hStep[no &- 1]
+                q[i] += refLog[bn] - refLog[bo]
+                counts[bo] = Int32(truncatingIfNeeded: no &- 1)
+                counts[bn] = Int32(truncatingIfNeeded: nn &+ 1)
+            }
+        } else {
+            for i in 0..<f {
+                let v = bins[i]
+                slot[i] = v
+                let b = i &* mb &+ Int(v)
+                let n = Int(counts[b])
+                h[i] += hStep[n]
+                q[i] += refLog[b]
+                counts[b] = Int32(truncatingIfNeeded: n &+ 1)
             }
         }
         head = head + 1 == window ? 0 : head + 1
@@ -113,7 +140,7 @@ public final class SlidingKL: @unchecked Sendable {
             for b in 0..<binCounts[i] {
                 let n = Int(counts[i * maxBins + b])
                 hs += hTable[n]
-                qs += (Double(n) + alpha) * referenceLog[i * maxBins + b]
+                qs += (Double(n) + alpha) * refLog[i * maxBins + b]
             }
             h[i] = hs
             q[i] = qs
@@ -123,13 +150,22 @@ public final class SlidingKL: @unchecked Sendable {
     /// KL(window ‖ reference) of one feature.
     @inline(__always)
     public func kl(feature i: Int) -> Double {
+        if filled == window { return (h[i] - q[i]) * fullInverseZ[i] - fullLogZ[i] }
         let z = Double(filled) + Double(binCounts[i]) * alpha
         return (h[i] - q[i]) / z - Foundation.log(z)
     }
 
     /// The signal's score: max or sum over features of their KL.
+    @inline(__always)
     public func score(_ aggregate: Aggregate) -> Double {
         var s = 0.0
+        if filled == window {
+            switch aggregate {
+            case .max: for i in 0..<features { s = Swift.max(s, (h[i] - q[i]) * fullInverseZ[i] - fullLogZ[i]) }
+            case .sum: for i in 0..<features { s += (h[i] - q[i]) * fullInverseZ[i] - fullLogZ[i] }
+            }
+            return s
+        }
         switch aggregate {
         case .max: for i in 0..<features { s = Swift.max(s, kl(feature: i)) }
         case .sum: for i in 0..<features { s += kl(feature: i) }
@@ -154,7 +190,7 @@ public final class SlidingKL: @unchecked Sendable {
         let start = filled == window ? head : 0
         for k in 0..<filled {
             let slot = (start + k) % window
-            out.append(contentsOf: ring[(slot * features)..<((slot + 1) * features)])
+            out.append(contentsOf: UnsafeBufferPointer(start: ring + slot * features, count: features))
         }
         return out
     }

@@ -53,7 +53,7 @@ import Testing
         #expect(monitor.snapshot().warmupRows == 150)
         Self.feed(monitor, net, Fixture.rows(50, seed: 2), worker: 1)
         // Built off the serving path: wait for it.
-        for _ in 0..<600 where monitor.snapshot().state == .warmingUp { try await Task.sleep(for: .milliseconds(50)) }
+        for _ in 0..<2400 where monitor.snapshot().state == .warmingUp { try await Task.sleep(for: .milliseconds(50)) }
         #expect(monitor.snapshot().state != .warmingUp)
         #expect(monitor.snapshot().referenceSource == "warmup")
         #expect(events.all.contains { if case .referenceReady = $0 { true } else { false } })

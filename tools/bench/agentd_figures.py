@@ -9,6 +9,8 @@
              (closed loop: every answer, refusal or not, waits its turn on the shared cores)
   feedback   the load run again with --feedback-rate labelled samples/s (default 200) sent
              alongside, twice each way: the p99 ratio shows whether feedback writes reach the hot path
+  drift      the load run with drift monitoring on (the model's reference) and off, alternated
+             three times (one agentd each): the throughput cost of watching every row
   shed       with --compute-model (a model whose compute, not HTTP, is the bottleneck): one
              worker, queue_capacity 4, 8 clients sending 64-row F32 requests keep the queue full
              while one probe client measures how fast its requests are refused
@@ -27,9 +29,10 @@ import tempfile
 import time
 
 
-def write_config(d, args, model=None, **serving):
+def write_config(d, args, model=None, drift=True, **serving):
     lines = ["[agent]", f'state_dir = "{d}/state"', f'socket = "{d}/agentd.sock"', 'socket_group = ""', 'log_level = "warning"',
              "", "[model]", f'initial = "{os.path.abspath(model or args.model)}"', f'calibration = "{os.path.abspath(args.calibration)}"',
+             "", "[drift]", f"enabled = {'true' if drift else 'false'}",
              "", "[serving]"] + [f"{k} = {v}" for k, v in serving.items()]
     with open(f"{d}/agentd.toml", "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -131,6 +134,17 @@ def main():
                                              "feedbackP99Ms": [r.get("feedbackP99Ms") for r in v]} for k, v in runs.items()}
         a.stop()
 
+        # Drift monitoring's cost: on and off alternated, a fresh agentd each (not reloadable).
+        drift = {"on": [], "off": []}
+        for _ in range(3):
+            for key, enabled in (("on", True), ("off", False)):
+                write_config(d, args, drift=enabled, max_batch_size=64)
+                a = Agentd(args, d)
+                drift[key].append(bench_load(args, d, extra))
+                a.stop()
+        figures["drift"] = {k: {"requestsPerS": sorted(r["requestsPerS"] for r in v), "p99Ms": sorted(r["p99Ms"] for r in v)}
+                            for k, v in drift.items()}
+
         if args.compute_model:
             write_config(d, args, model=args.compute_model, workers=1, queue_capacity=4)
             shutil.rmtree(f"{d}/state")
@@ -163,6 +177,10 @@ def main():
           f"with {args.feedback_rate:.0f} feedback/s {', '.join(f'{v:.2f}' for v in fa['with']['p99Ms'])} ms "
           f"(feedback stored {', '.join(f'{v:.0f}' for v in fa['with']['feedbackPerS'])}/s, p99 {', '.join(f'{v:.2f}' for v in fa['with']['feedbackP99Ms'])} ms): "
           f"ratio of medians {median(fa['with']['p99Ms']) / median(fa['without']['p99Ms']):.2f}")
+    dr = figures["drift"]
+    print(f"drift monitoring at {args.clients} clients: on {', '.join(f'{v:.0f}' for v in dr['on']['requestsPerS'])} req/s, "
+          f"off {', '.join(f'{v:.0f}' for v in dr['off']['requestsPerS'])} req/s: "
+          f"ratio of medians {median(dr['on']['requestsPerS']) / median(dr['off']['requestsPerS']):.3f}")
     print(f"batching gain at {args.clients} clients: {figures['batching']['requestsPerS'] / figures['batch_size_1']['requestsPerS']:.2f}x")
 
 

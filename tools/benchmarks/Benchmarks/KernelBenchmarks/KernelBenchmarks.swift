@@ -76,20 +76,28 @@ let benchmarks: @Sendable () -> Void = {
     let reference = try! DriftCalibration.build(values: values, rows: driftRows, classes: 10, scoresAreProbabilities: true,
                                                 embeddingLayer: 2, directions: Tensor(zeros: [8, 256]), options: options).reference
     let detector = DriftDetector(reference: reference, classes: 10, scoresAreProbabilities: true)
-    let sample = (0..<64).map { _ in Float(rng.next() % 17) }
-    let scores: [Float] = [0.01, 0.02, 0.9, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01]
-    let embedding = (0..<8).map { _ in rng.nextGaussian() }
+    // 256 different rows in turn: a repeated row would leave every window unchanged.
+    let samples = (0..<(256 * 64)).map { _ in Float(rng.next() % 17) }
+    let sampleScores = (0..<(256 * 10)).map { i in i % 10 == (i / 10) % 10 ? Float(0.91) : Float(0.01) }
+    let embeddings = (0..<(256 * 8)).map { _ in rng.nextGaussian() }
     let binned = UnsafeMutablePointer<UInt8>.allocate(capacity: detector.binner.width)
-    Benchmark("drift sample 64 features, 5 signals", configuration: config) { benchmark in
-        sample.withUnsafeBufferPointer { x in
-            scores.withUnsafeBufferPointer { s in
-                embedding.withUnsafeBufferPointer { e in
-                    for _ in benchmark.scaledIterations {
-                        detector.binner.bin(input: x.baseAddress!, scores: s.baseAddress!, embedding: e.baseAddress!, into: binned)
-                        blackHole(detector.observe(binned))
+    func driftBenchmark(_ name: String, observe: Bool) {
+        Benchmark(name, configuration: config) { benchmark in
+            samples.withUnsafeBufferPointer { x in
+                sampleScores.withUnsafeBufferPointer { s in
+                    embeddings.withUnsafeBufferPointer { e in
+                        var r = 0
+                        for _ in benchmark.scaledIterations {
+                            detector.binner.bin(input: x.baseAddress! + r * 64, scores: s.baseAddress! + r * 10,
+                                                embedding: e.baseAddress! + r * 8, into: binned)
+                            if observe { blackHole(detector.observe(binned)) }
+                            r = (r + 1) & 255
+                        }
                     }
                 }
             }
         }
     }
+    driftBenchmark("drift bin only, 64 features", observe: false)
+    driftBenchmark("drift sample 64 features, 5 signals", observe: true)
 }
