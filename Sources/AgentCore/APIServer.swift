@@ -99,8 +99,10 @@ enum APIServer {
         }
         router.post("/v1/models/rollback") { request, context in try await rollback(agent, request, context) }
         router.get("/v1/drift") { _, _ in json(await Blocking.run(on: Blocking.reads) { agent.driftResponse() }) }
-        router.post("/v1/drift/reset") { _, context in
+        router.post("/v1/drift/reset") { request, context in
             try await requireAdmin(agent, context, to: "reset drift monitoring")
+            // The body means nothing here, but it is read (and bounded) like any other.
+            _ = try await body(request, limit: 4096, limitName: "4096 bytes for a drift reset")
             do {
                 return json(try await Blocking.run(on: Blocking.control) { try agent.resetDrift() })
             } catch {

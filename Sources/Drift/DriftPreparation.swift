@@ -95,10 +95,22 @@ public enum DriftPreparation {
     /// collects each source's values, `[rows, features]` per source.
     public static func signalValues(plan: InferencePlan, rows: [Float], sources: [SignalSource], classes: Int,
                                     probabilities: Bool) -> [SignalSource: [Float]] {
-        let n = plan.inputCount
-        let count = rows.count / n
         var out: [SignalSource: [Float]] = [:]
         for s in sources { out[s] = [] }
+        forEachRow(plan: plan, rows: rows) { _, input, scores, embedding, k in
+            let v = SampleBinner.values(sources: sources, inputCount: plan.inputCount, classes: classes, probabilities: probabilities,
+                                        embeddingCount: k, input: input, scores: scores, embedding: embedding)
+            for (s, x) in v { out[s]!.append(contentsOf: x) }
+        }
+        return out
+    }
+
+    /// Runs `rows` through `plan` in batches and hands each row to `body` in order: its index,
+    /// its input, its scores, its projected embedding (nil without a projection) and k.
+    public static func forEachRow(plan: InferencePlan, rows: [Float],
+                                  _ body: (Int, UnsafePointer<Float>, UnsafePointer<Float>, UnsafePointer<Float>?, Int) -> Void) {
+        let n = plan.inputCount, classes = plan.outputCount
+        let count = rows.count / n
         rows.withUnsafeBufferPointer { buf in
             var start = 0
             while start < count {
@@ -107,15 +119,10 @@ public enum DriftPreparation {
                 let emb = plan.embeddings
                 let k = emb.map { $0.count / b } ?? 0
                 for r in 0..<b {
-                    let v = SampleBinner.values(sources: sources, inputCount: n, classes: classes, probabilities: probabilities,
-                                                embeddingCount: k, input: buf.baseAddress! + (start + r) * n,
-                                                scores: scores.baseAddress! + r * classes,
-                                                embedding: emb.map { $0.baseAddress! + r * k })
-                    for (s, x) in v { out[s]!.append(contentsOf: x) }
+                    body(start + r, buf.baseAddress! + (start + r) * n, scores.baseAddress! + r * classes, emb.map { $0.baseAddress! + r * k }, k)
                 }
                 start += b
             }
         }
-        return out
     }
 }

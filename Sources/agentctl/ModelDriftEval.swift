@@ -109,32 +109,18 @@ struct DriftEval: ParsableCommand {
                 var alarmedAtChange = false, inDrift = 0
                 var alarms: [(Int, String)] = []
                 var conf: [Float] = []
-                let count = x.count / n
-                x.withUnsafeBufferPointer { buf in
-                    var start = 0
-                    while start < count {
-                        let b = min(plan.batchCapacity, count - start)
-                        let scores = plan.run(buf.baseAddress! + start * n, batch: b)
-                        let emb = plan.embeddings
-                        let k = emb.map { $0.count / b } ?? 0
-                        for r in 0..<b {
-                            let t = start + r
-                            if t == change && detector.state == .drift { alarmedAtChange = true }
-                            let s = scores.baseAddress! + r * network.outputCount
-                            binned.withUnsafeMutableBufferPointer { out in
-                                detector.binner.bin(input: buf.baseAddress! + t * n, scores: s, embedding: emb.map { $0.baseAddress! + r * k },
-                                                    into: out.baseAddress!)
-                            }
-                            if export != nil {
-                                conf.append(SampleBinner.confidence(s, classes: network.outputCount, probabilities: network.endsWithSoftmax).confidence)
-                            }
-                            if case .detected(let signal, _, _, _) = binned.withUnsafeBufferPointer({ detector.observe($0.baseAddress!) }) {
-                                alarms.append((t, signal))
-                            }
-                            if detector.state == .drift { inDrift += 1 }
-                        }
-                        start += b
+                DriftPreparation.forEachRow(plan: plan, rows: x) { t, input, s, embedding, _ in
+                    if t == change && detector.state == .drift { alarmedAtChange = true }
+                    binned.withUnsafeMutableBufferPointer { out in
+                        detector.binner.bin(input: input, scores: s, embedding: embedding, into: out.baseAddress!)
                     }
+                    if export != nil {
+                        conf.append(SampleBinner.confidence(s, classes: network.outputCount, probabilities: network.endsWithSoftmax).confidence)
+                    }
+                    if case .detected(let signal, _, _, _) = binned.withUnsafeBufferPointer({ detector.observe($0.baseAddress!) }) {
+                        alarms.append((t, signal))
+                    }
+                    if detector.state == .drift { inDrift += 1 }
                 }
                 return (alarms, conf, alarmedAtChange, inDrift)
             }

@@ -122,6 +122,12 @@ func rawExchange(_ socketPath: String, _ request: [UInt8], halfClose: Bool = tru
         Case(name: "events limit 1e300", method: "GET", path: "/v1/events?limit=1e300", status: 400, code: "malformed"),
         Case(name: "events limit 5", method: "GET", path: "/v1/events?limit=5", status: 200),
         // Wrong method and path.
+        // Drift: reading takes no input; reset ignores any body (it is a control endpoint: root runs these tests).
+        Case(name: "drift with a query", method: "GET", path: "/v1/drift?state=drift&samples=-1", status: 200),
+        Case(name: "drift reset with garbage", path: "/v1/drift/reset", body: Data([0xff, 0x00, 0x7b]), contentType: "application/octet-stream", status: 200),
+        Case(name: "drift reset with a large body", path: "/v1/drift/reset", body: Data(repeating: 0x20, count: 5000), status: 413, code: "too_large"),
+        Case(name: "POST drift", path: "/v1/drift", body: Data("{}".utf8), status: 404, code: "not_found"),
+        Case(name: "GET drift reset", method: "GET", path: "/v1/drift/reset", status: 404, code: "not_found"),
         Case(name: "GET infer", method: "GET", path: "/v1/infer", status: 404, code: "not_found"),
         Case(name: "unknown path", method: "GET", path: "/v1/../../etc/passwd", status: 404, code: "not_found"),
     ]
