@@ -48,6 +48,8 @@ struct Prepare: ParsableCommand {
     @Option(help: "Samples between false alarms the drift monitor must reach on the check rows.") var falseAlarmRun: Int = 2_000
     @Option(help: "Histogram bins per feature (4...64; two of them catch values outside the data's range).") var bins: Int = 16
     @Option(help: "Principal directions of the penultimate activations for the embedding signal (1...64).") var embeddingDims: Int = 8
+    @Option(help: ArgumentHelp("A signal's window in samples, e.g. --window input=48 (repeatable; defaults: input 32, input_sum 128, output 32, confidence 64, embedding 64). Thresholds are calibrated for these windows.", valueName: "NAME=N"))
+    var window: [String] = []
     @Option(help: "Seed for the split and the calibration streams.") var seed: UInt64 = 1
     @Flag(help: "Print the report as JSON.") var json = false
 
@@ -55,6 +57,7 @@ struct Prepare: ParsableCommand {
         guard (100...10_000_000).contains(falseAlarmRun) else { throw ValidationError("--false-alarm-run must be 100...10000000") }
         guard (4...64).contains(bins) else { throw ValidationError("--bins must be 4...64") }
         guard (1...64).contains(embeddingDims) else { throw ValidationError("--embedding-dims must be 1...64") }
+        _ = try Self.windows(window)
     }
 
     struct SignalRow: Codable {
@@ -96,6 +99,8 @@ struct Prepare: ParsableCommand {
             options.bins = bins
             options.seed = seed
             options.referenceRows = referenceRows
+            let windows = try Self.windows(window)
+            options.signals = options.signals.map { var s = $0; s.window = windows[s.name] ?? s.window; return s }
             // Directions from the histogram rows only, like everything the reference holds.
             let histogramRows = DriftCalibration.split(rows: data.count, options: options).reference
             let projection = DriftPreparation.principalDirections(network: network, rows: data.rows(histogramRows).features,
@@ -137,6 +142,22 @@ struct Prepare: ParsableCommand {
             }
             print("wrote \(out)")
         }
+    }
+}
+
+extension Prepare {
+    /// `--window NAME=N` values by signal name.
+    static func windows(_ args: [String]) throws -> [String: Int] {
+        var out: [String: Int] = [:]
+        let names = SignalSpec.defaults.map(\.name)
+        for a in args {
+            let parts = a.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, names.contains(parts[0]), let n = Int(parts[1]), (4...4096).contains(n) else {
+                throw ValidationError("--window \(a): expected NAME=N with NAME one of \(names.joined(separator: ", ")) and N in 4...4096")
+            }
+            out[parts[0]] = n
+        }
+        return out
     }
 }
 

@@ -100,4 +100,28 @@ let benchmarks: @Sendable () -> Void = {
     }
     driftBenchmark("drift bin only, 64 features", observe: false)
     driftBenchmark("drift sample 64 features, 5 signals", observe: true)
+
+    // What an inference worker pays per batch of 64 rows: the copy into its staging ring and the
+    // drain into the detectors (the monitor's lock is free here).
+    var monitorSettings = DriftMonitor.Settings()
+    monitorSettings.workers = 1
+    let monitor = DriftMonitor(version: 1, network: net, fileReference: nil, settings: monitorSettings) { _ in }
+    let monitorReference = try! DriftCalibration.build(
+        values: values, rows: driftRows, classes: 10, scoresAreProbabilities: true, embeddingLayer: monitor.projection!.layer,
+        directions: monitor.projection!.directions, options: options).reference
+    let watched = DriftMonitor(version: 1, network: net, fileReference: monitorReference, settings: monitorSettings) { _ in }
+    Benchmark("drift monitor observe, 64 rows of 64 features", configuration: config) { benchmark in
+        samples.withUnsafeBufferPointer { x in
+            sampleScores.withUnsafeBufferPointer { s in
+                embeddings.withUnsafeBufferPointer { e in
+                    var r = 0
+                    for _ in benchmark.scaledIterations {
+                        watched.observe(worker: 0, input: x.baseAddress! + r * 64, scores: s.baseAddress! + r * 10,
+                                        embeddings: e.baseAddress! + r * 8, rows: 64)
+                        r = (r + 64) & 255
+                    }
+                }
+            }
+        }
+    }
 }
