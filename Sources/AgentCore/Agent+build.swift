@@ -1,4 +1,5 @@
 import AgentConfig
+import Drift
 import Foundation
 import Logging
 import Prometheus
@@ -41,6 +42,7 @@ public func buildAgent(config: AgentConfig, configPath: String? = nil, logger: L
     let slot = ModelSlot()
     let driftDirectory = state + "/drift"
     try FileManager.default.createDirectory(atPath: driftDirectory, withIntermediateDirectories: true)
+    DriftMonitor.removeLeftovers(in: driftDirectory)
     let models = ModelManager(database: database, store: store, slot: slot, events: writer, logger: logger,
                               drift: Agent.driftSettings(config), driftDirectory: driftDirectory,
                               onDriftEvent: Agent.driftEventHandler(writer: writer, logger: logger))

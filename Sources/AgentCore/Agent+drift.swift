@@ -63,8 +63,8 @@ extension Agent {
             metrics.drift.clear()
             return
         }
-        let s = monitor.snapshot()
-        metrics.drift.set(state: s.state, signals: s.signals.map { ($0.name, $0.score, $0.threshold) })
+        let g = monitor.gauges()
+        metrics.drift.set(state: g.state, signals: g.signals.map { ($0.name, $0.score, $0.threshold) })
     }
 
     /// Turns monitor events into stored events and log lines (called on whichever thread saw the row).

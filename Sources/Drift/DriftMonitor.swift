@@ -242,6 +242,22 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
             signals: d?.report() ?? [], lastAlarm: lastAlarm, dropped: droppedRows.load(ordering: .relaxed))
     }
 
+    /// State and each signal's score and threshold, for the gauges (no PSI, JS or top features:
+    /// a scrape holds the lock only as long as a sample does).
+    public func gauges() -> (state: DriftState, signals: [(name: String, score: Double, threshold: Double)]) {
+        lock.lock()
+        defer { lock.unlock() }
+        drainLocked()
+        guard let d = detector else { return (.warmingUp, []) }
+        return (d.state, zip(d.reference.signals, d.scores).map { ($0.name, $1, $0.threshold) })
+    }
+
+    /// Temporary files a save left behind when the process died mid-write.
+    public static func removeLeftovers(in directory: String) {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
+        for name in names where name.hasPrefix(".v") && name.contains(".json.tmp-") { unlink(directory + "/" + name) }
+    }
+
     /// State, samples, reference source and warm-up progress, without the per-signal report.
     public func summary() -> (state: DriftState, samples: Int, source: String, warmupRows: Int) {
         lock.lock()
