@@ -78,7 +78,7 @@ extension Agent {
                 logger.warning("drift detected", metadata: ["model.version": "\(version)", "drift.signal": "\(a.signal)",
                                                             "drift.score": "\(a.score)", "drift.threshold": "\(a.threshold)"])
             case .cleared(let a):
-                writer.appendEvent(kind: "drift_cleared", message: "version \(version): every signal back below half its threshold (alarm by \(a.signal) at \(a.at))")
+                writer.appendEvent(kind: "drift_cleared", message: "version \(version): every alarming score stayed at or below its threshold for a whole window (alarm by \(a.signal) at \(a.at))")
                 logger.notice("drift cleared", metadata: ["model.version": "\(version)", "drift.signal": "\(a.signal)"])
             case .referenceReady(let rows, let run):
                 writer.appendEvent(kind: "drift_reference_ready", message: "version \(version): drift reference learnt from live rows (\(rows) for the histograms); "

@@ -76,6 +76,7 @@ public enum DriftCalibration {
         // clears after the longest alarming window of quiet, as in the detector.
         let quiet = signals.filter(\.alarms).map(\.window).max() ?? 1
         var margin = 1.0
+        var attempts: [(signals: [SignalSpec], union: Double)] = []
         for attempt in 0..<5 {
             let perSignal = Double(options.falseAlarmRun) * Double(max(1, signals.count { $0.alarms })) * margin
             for (i, spec) in signals.enumerated() {
@@ -94,7 +95,14 @@ public enum DriftCalibration {
                                          scoresAreProbabilities: scoresAreProbabilities, length: max(60_000, 30 * options.falseAlarmRun),
                                          seed: options.seed &+ 5_555 &+ UInt64(attempt))
             let target = Double(options.falseAlarmRun)
-            if (1.2 * target...3 * target).contains(tuning.union) || attempt == 4 { break }
+            attempts.append((reference.signals, tuning.union))
+            if (1.2 * target...3 * target).contains(tuning.union) { break }
+            if attempt == 4 {
+                // None in range: the shortest run that still reaches the target, else the longest.
+                let reaching = attempts.filter { $0.union >= target }
+                reference.signals = (reaching.min { $0.union < $1.union } ?? attempts.max { $0.union < $1.union }!).signals
+                break
+            }
             progress("the union alarms every \(tuning.union.isFinite ? String(Int(tuning.union)) : "∞") samples on the calibration rows; recalibrating")
             margin *= min(4, max(0.25, 1.6 * target / tuning.union))
         }

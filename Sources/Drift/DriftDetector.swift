@@ -141,10 +141,15 @@ public final class DriftDetector: @unchecked Sendable {
     public func observe(_ binned: UnsafePointer<UInt8>) -> DriftTransition? {
         samples &+= 1
         var worst = 0.0, worstSignal = -1
+        var alarmingFull = true
         for i in 0..<windows.count {
             let w = windows[i]
             w.push(binned + offsets[i])
-            guard w.isFull else { scores[i] = 0; continue }
+            guard w.isFull else {
+                scores[i] = 0
+                if alarming[i] { alarmingFull = false }
+                continue
+            }
             let s = w.score(aggregates[i])
             scores[i] = s
             let ratio = s / thresholds[i]
@@ -152,7 +157,9 @@ public final class DriftDetector: @unchecked Sendable {
         }
         switch state {
         case .drift:
-            quietRun = worst > 1 ? 0 : quietRun + 1
+            // Quiet counts only while every alarming window is full (a restored alarm whose
+            // windows came back empty is not cleared by scores of 0).
+            quietRun = worst > 1 || !alarmingFull ? 0 : quietRun + 1
             if quietRun >= quiet { state = .ok; return .cleared }
             return nil
         default:

@@ -83,7 +83,7 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
     private var dirty = true
     private var samplesAtSave = -1
     private var lastEventAt: UInt64 = 0
-    private var suppressedEvents = 0
+    private var pendingEvent: DriftEvent?
 
     public init(version: Int, network: Network, fileReference: DriftReference?, settings: Settings,
                 onEvent: @escaping @Sendable (DriftEvent) -> Void) {
@@ -145,6 +145,7 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
 
     private func drainLocked() {
         for ring in rings { ring.drain { processLocked($0) } }
+        if pendingEvent != nil { flushEventLocked() }
     }
 
     @inline(__always)
@@ -178,18 +179,25 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
             event = .detected(alarm)
         case .cleared:
             lastAlarm?.cleared = now
-            event = lastAlarm.map { .cleared($0) }
+            // A restored alarm may have no record: the clear is still announced.
+            event = .cleared(lastAlarm ?? DriftAlarm(signal: "restored", score: 0, threshold: 0, top: [], at: now, sample: d.samples, cleared: now))
         }
         dirty = true
         // Inputs that swing in and out of drift would flood the event log: at most one alarm
-        // event per second (the state, the counts and `last_alarm` still follow every change).
+        // event per second. A change inside that second waits as `pendingEvent` (the latest
+        // one), so the log's last word always matches the state; the state, the counts and
+        // `last_alarm` follow every change at once.
+        pendingEvent = event
+        flushEventLocked()
+    }
+
+    private func flushEventLocked() {
+        guard let event = pendingEvent else { return }
         let t = DispatchTime.now().uptimeNanoseconds
-        if let event, t &- lastEventAt >= 1_000_000_000 || lastEventAt == 0 {
-            lastEventAt = t
-            onEvent(event)
-        } else {
-            suppressedEvents &+= 1
-        }
+        guard lastEventAt == 0 || t &- lastEventAt >= 1_000_000_000 else { return }
+        lastEventAt = t
+        pendingEvent = nil
+        onEvent(event)
     }
 
     /// Builds the warm-up reference on a background queue; rows arriving meanwhile are not kept.
@@ -277,6 +285,7 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
     public var hasUnsavedAlarm: Bool {
         lock.lock()
         defer { lock.unlock() }
+        drainLocked()  // also sends an alarm event held back by the one-a-second limit
         return dirty
     }
 
@@ -396,6 +405,10 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
             guard (saved.model ?? "") == settings.modelIdentity else {
                 throw ModelFileError(file: path, "belongs to model file '\(saved.model ?? "")', not '\(settings.modelIdentity)'")
             }
+            let windows = try saved.windows.map { s -> [UInt8] in
+                guard let data = Data(base64Encoded: s) else { throw ModelFileError(file: path, "a window is not base64") }
+                return Array(data)
+            }
             switch saved.source {
             case "warmup":
                 guard fileReference == nil else { return }  // the file has gained a reference: use it
@@ -416,10 +429,6 @@ public final class DriftMonitor: RowObserver, @unchecked Sendable {
                 throw ModelFileError(file: path, "unknown source '\(saved.source)'")
             }
             guard let d = detector else { return }
-            let windows = try saved.windows.map { s -> [UInt8] in
-                guard let data = Data(base64Encoded: s) else { throw ModelFileError(file: path, "a window is not base64") }
-                return Array(data)
-            }
             d.restore(windows: windows, state: saved.state, samples: saved.samples)
             lastAlarm = saved.lastAlarm
             samplesAtSave = d.samples

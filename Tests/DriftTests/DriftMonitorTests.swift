@@ -151,3 +151,22 @@ import Testing
         #expect(s.signals.allSatisfy { $0.filled == $0.window })
     }
 }
+
+@Suite struct DriftEventTests {
+    /// An alarm that clears within the same second: the clear is held back, then sent, so the
+    /// event log's last word matches the state.
+    @Test func aClearInsideTheSameSecondIsSentLater() async throws {
+        let net = Fixture.network(), dir = DriftMonitorTests.directory(), events = DriftMonitorTests.Events()
+        let (reference, _) = try Fixture.reference(net)
+        let monitor = DriftMonitor(version: 3, network: net, fileReference: reference, settings: DriftMonitorTests.settings(dir)) { events.add($0) }
+        DriftMonitorTests.feed(monitor, net, Fixture.rows(200, seed: 1) + Fixture.rows(100, seed: 2, shift: 4, feature: 3))
+        DriftMonitorTests.feed(monitor, net, Fixture.rows(400, seed: 3))
+        let s = monitor.snapshot()
+        #expect(s.lastAlarm?.cleared != nil && s.state != .drift)
+        func kinds() -> [String] { events.all.map { if case .detected = $0 { "detected" } else if case .cleared = $0 { "cleared" } else { "other" } } }
+        #expect(kinds() == ["detected"])
+        try await Task.sleep(for: .milliseconds(1100))
+        _ = monitor.hasUnsavedAlarm
+        #expect(kinds() == ["detected", "cleared"])
+    }
+}
