@@ -7,10 +7,12 @@ import Testing
 @Suite struct FuzzSeedTests {
     static let seeds = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../Fuzz/model").standardized
 
-    @Test(arguments: ["mlp", "cnn-batchnorm", "cnn-pools", "mlp-quantized"])
+    @Test(arguments: ["mlp", "cnn-batchnorm", "cnn-pools", "mlp-quantized", "mlp-prepared"])
     func seedIsAValidModel(_ name: String) throws {
         let model = try ModelFile.load(path: Self.seeds.appendingPathComponent("\(name).safetensors").path)
         #expect(!model.layers.isEmpty)
         #expect((name == "mlp-quantized") == (model.manifest.quantization != nil))
+        // The prepared seed (agentctl model prepare) carries a drift reference for the fuzzer to mutate.
+        #expect((name == "mlp-prepared") == (model.manifest.driftReference != nil))
     }
 }

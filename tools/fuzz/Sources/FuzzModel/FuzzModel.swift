@@ -1,3 +1,5 @@
+import Drift
+import Foundation
 import Inference
 import ModelFile
 import Quantization
@@ -19,8 +21,30 @@ public func fuzzModel(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     } catch {
         return 0
     }
+    // The drift reference, as agentd reads it; a valid one is watched through a plan as agentd does.
+    let penultimate = EmbeddingProjection.penultimateLayer(of: network).map { ($0, network.layers[$0].inputCount) }
+    let reference: DriftReference?
+    do {
+        reference = try DriftReference.load(file, inputCount: network.inputCount, classCount: network.outputCount, penultimate: penultimate)
+    } catch {
+        return 0
+    }
     // Inference time grows with the plan's size; small plans keep the fuzzer fast, larger ones are still built above.
     guard ExecutionPlan.memoryEstimate(network: network, batch: 1).total <= 8 << 20 else { return 0 }
+    if let reference {
+        var settings = DriftMonitor.Settings()
+        settings.ringBytes = 1 << 16
+        let monitor = DriftMonitor(version: 1, network: network, fileReference: reference, settings: settings) { _ in }
+        let plan = ExecutionPlan(network: network, batchCapacity: 2, embedding: monitor.projection)
+        let rows = [Float](repeating: 0.5, count: network.inputCount) + [Float](repeating: -1e30, count: network.inputCount)
+        rows.withUnsafeBufferPointer { x in
+            for _ in 0..<3 {
+                let scores = plan.run(x.baseAddress!, batch: 2)
+                monitor.observe(worker: 0, input: x.baseAddress!, scores: scores.baseAddress!, embeddings: plan.embeddings?.baseAddress, rows: 2)
+            }
+        }
+        precondition(monitor.snapshot().samples + monitor.snapshot().dropped == 6, "drift monitor lost rows")
+    }
     let input = [Float](repeating: 0.5, count: network.inputCount)
     let scores = ExecutionPlan(network: network, batchCapacity: 1).predict(input)
     precondition(scores.count == network.outputCount, "FP32 plan returned \(scores.count) scores, expected \(network.outputCount)")
