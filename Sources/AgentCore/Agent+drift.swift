@@ -107,14 +107,18 @@ struct DriftService: Service {
     let agent: Agent
     func run() async throws {
         let interval = agent.config.drift.saveIntervalS
-        var last = Date()
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(1))
-            guard let monitor = agent.driftMonitor else { continue }
-            let due = Date().timeIntervalSince(last) >= interval
-            if due || monitor.hasUnsavedAlarm {
-                await Blocking.run(on: Blocking.control) { agent.models.saveDrift(of: agent.models.slot.current) }
-                last = Date()
+        // Stops at once on shutdown (a sleeping loop would hold up the services after it); the
+        // last save happens in `Agent.run` once the queue has drained.
+        try? await cancelWhenGracefulShutdown {
+            var last = Date()
+            while !Task.isCancelled {
+                try await Task.sleep(for: .seconds(1))
+                guard let monitor = agent.driftMonitor else { continue }
+                let due = Date().timeIntervalSince(last) >= interval
+                if due || monitor.hasUnsavedAlarm {
+                    await Blocking.run(on: Blocking.control) { agent.models.saveDrift(of: agent.models.slot.current) }
+                    last = Date()
+                }
             }
         }
     }

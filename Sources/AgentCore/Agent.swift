@@ -224,10 +224,11 @@ public final class Agent: @unchecked Sendable {
         let app = try makeApplication()
         let group = ServiceGroup(configuration: .init(
             services: [
+                // First, so it stops last: shutdown runs the list in reverse.
+                .init(service: DriftService(agent: self)),
                 .init(service: app),
                 .init(service: SchedulerService(agent: self)),
                 .init(service: SupervisorService(agent: self)),
-                .init(service: DriftService(agent: self)),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))

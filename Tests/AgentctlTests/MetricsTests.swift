@@ -27,6 +27,9 @@ import Glibc
         "agentd_store_evicted_rows_total": "counter",
         "agentd_events_dropped_total": "counter",
         "agentd_store_write_errors_total": "counter",
+        // The model here has no drift reference and is warming up: the per-signal score and
+        // threshold gauges appear once it has one (DriftProcessTests checks those).
+        "agentd_drift_state": "gauge",
     ]
 
     /// A one-epoch digits MLP: unsure enough that adaptive precision re-runs some rows in FP32
