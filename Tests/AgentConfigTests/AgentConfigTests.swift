@@ -135,6 +135,9 @@ import Testing
         ("serving", "recent_inferences_bytes", "-4096"), ("api", "max_connections", "0"), ("api", "drain_timeout_s", "1e300"),
         ("api", "idle_timeout_s", "nan"), ("api", "max_body_bytes", "18446744073709551615"), ("store", "feedback_max_rows", "0"),
         ("store", "events_max_bytes", "-1"), ("store", "write_queue", "inf"),
+        ("drift", "warmup_rows", "99"), ("drift", "warmup_rows", "inf"), ("drift", "warmup_rows", "9223372036854775807"),
+        ("drift", "false_alarm_run", "-2000"), ("drift", "false_alarm_run", "1e300"), ("drift", "save_interval_s", "nan"),
+        ("drift", "save_interval_s", "0.0"), ("drift", "enabled", "1"),
     ])
     func hostileNumbersAreProblemsWithTheirKey(_ section: String, _ key: String, _ value: String) {
         do {
