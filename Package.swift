@@ -8,7 +8,7 @@ let package = Package(
         .executable(name: "agentctl", targets: ["agentctl"]),
         .executable(name: "agentd", targets: ["agentd"]),
         // The numeric engine as a library, for tools/benchmarks.
-        .library(name: "EdgeEngine", targets: ["Tensor", "ModelFile", "Inference", "Training", "Quantization", "Drift"]),
+        .library(name: "EdgeEngine", targets: ["Tensor", "ModelFile", "Inference", "Training", "Quantization", "Drift", "Learning"]),
         // The API bodies and the config reader on their own, for the fuzzers in tools/fuzz.
         .library(name: "AgentAPI", targets: ["AgentAPI"]),
         .library(name: "AgentConfig", targets: ["AgentConfig"]),
@@ -42,6 +42,7 @@ let package = Package(
         .target(name: "Quantization", dependencies: ["CKernels", "Tensor", "ModelFile", "Inference", "Training"]),
         .target(name: "Serving", dependencies: ["Inference", "Quantization"]),
         .target(name: "Drift", dependencies: ["Tensor", "ModelFile", "Inference"]),
+        .target(name: "Learning", dependencies: ["Tensor", "Inference", "Training", "Quantization"]),
         .target(name: "Store", dependencies: ["ModelFile", .product(name: "GRDB", package: "GRDB.swift")]),
         // Codable API types and the Unix-socket client: Foundation only, so any tool can link it.
         .target(name: "AgentAPI"),
@@ -49,7 +50,7 @@ let package = Package(
         .target(
             name: "AgentCore",
             dependencies: [
-                "Tensor", "ModelFile", "Inference", "Quantization", "Training", "Serving", "Store", "Drift", "AgentAPI", "AgentConfig",
+                "Tensor", "ModelFile", "Inference", "Quantization", "Training", "Serving", "Store", "Drift", "Learning", "AgentAPI", "AgentConfig",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -74,7 +75,7 @@ let package = Package(
         .executableTarget(
             name: "agentctl",
             dependencies: [
-                "CBLAS", "Tensor", "ModelFile", "Inference", "Training", "Quantization", "Drift", "AgentAPI", "AgentConfig",
+                "CBLAS", "Tensor", "ModelFile", "Inference", "Training", "Quantization", "Drift", "Learning", "AgentAPI", "AgentConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -85,6 +86,7 @@ let package = Package(
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization"]),
         .testTarget(name: "ServingTests", dependencies: ["Serving", "Training"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
+        .testTarget(name: "LearningTests", dependencies: ["Learning", "Training", "Inference", "ModelFile", "Tensor"]),
         .testTarget(name: "DriftTests", dependencies: ["Drift", "Inference", "ModelFile", "Tensor"]),
         .testTarget(name: "AgentConfigTests", dependencies: ["AgentConfig"]),
         .testTarget(name: "AgentAPITests", dependencies: ["AgentAPI"]),

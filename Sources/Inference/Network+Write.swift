@@ -29,6 +29,8 @@ extension Network {
         var m = Manifest(name: name, version: version, input: input, labels: labels, layers: specs, trainable: trainable)
         m.lineage = lineage
         m.driftReference = driftReference
+        m.ewc = ewc
+        m.replaySeed = replaySeed
         return m
     }
 

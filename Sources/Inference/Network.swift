@@ -137,6 +137,9 @@ public final class Network: @unchecked Sendable {
     /// The field sections (`drift_reference`) and their tensors, carried unchanged through every
     /// rewrite (quantize, training) until a stage that owns them renews them.
     public var driftReference: JSONValue?
+    /// The `ewc` and `replay_seed` sections (on-device learning), carried like `drift_reference`.
+    public var ewc: JSONValue?
+    public var replaySeed: JSONValue?
     public var fieldTensors: [TensorBlob] = []
 
     public var outputShape: [Int] { layers.last?.outputShape ?? inputShape }
@@ -201,6 +204,8 @@ public final class Network: @unchecked Sendable {
                   labels: model.labels, preprocessing: pre, layers: layers, trainable: model.manifest.trainable)
         self.lineage = model.manifest.lineage
         self.driftReference = model.manifest.driftReference
+        self.ewc = model.manifest.ewc
+        self.replaySeed = model.manifest.replaySeed
         self.fieldTensors = model.header.entries.filter { Manifest.isFieldTensor($0.name) }.map {
             TensorBlob(name: $0.name, dtype: $0.dtype, shape: $0.shape, bytes: Array(model.rawBytes($0)))
         }
@@ -238,6 +243,8 @@ public final class Network: @unchecked Sendable {
                         preprocessing: preprocessing, layers: layers, trainable: trainable)
         n.lineage = lineage
         n.driftReference = driftReference
+        n.ewc = ewc
+        n.replaySeed = replaySeed
         n.fieldTensors = fieldTensors
         return n
     }

@@ -12,11 +12,16 @@ public struct Manifest: Codable, Equatable, Sendable {
     // Sections written by later stages of the agent, kept as JSON here.
     public var quantization: JSONValue?
     public var driftReference: JSONValue?
+    /// The EWC anchor: which Fisher, how many samples, decay; tensors `ewc.fisher.*`, `ewc.anchor.*`.
+    public var ewc: JSONValue?
+    /// The labelled replay seed: tensors `replay.inputs`, `replay.labels`, `replay.logits`.
+    public var replaySeed: JSONValue?
     public var lineage: JSONValue?
 
     enum CodingKeys: String, CodingKey {
-        case name, version, input, labels, layers, trainable, quantization, lineage
+        case name, version, input, labels, layers, trainable, quantization, lineage, ewc
         case driftReference = "drift_reference"
+        case replaySeed = "replay_seed"
     }
 
     public init(name: String, version: Int = 1, input: InputSpec, labels: [String]?, layers: [LayerSpec],
@@ -34,8 +39,13 @@ public struct Manifest: Codable, Equatable, Sendable {
     public static let manifestKey = "edge.manifest"
     public static let formatVersion = "1"
 
-    /// Tensors that belong to a field section rather than to a layer: `drift.*` for `drift_reference`.
-    public static func isFieldTensor(_ name: String) -> Bool { name.hasPrefix("drift.") }
+    /// Tensors that belong to a field section rather than to a layer: `drift.*` for
+    /// `drift_reference`, `ewc.*` for `ewc`, `replay.*` for `replay_seed`.
+    public static func isFieldTensor(_ name: String) -> Bool {
+        fieldTensorPrefixes.contains { name.hasPrefix($0) }
+    }
+
+    public static let fieldTensorPrefixes = ["drift.", "ewc.", "replay."]
 
     public func jsonString() -> String {
         let encoder = JSONEncoder()

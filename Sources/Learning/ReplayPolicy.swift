@@ -1,0 +1,190 @@
+import Foundation
+import Tensor
+
+/// Where a replay sample came from.
+public enum ReplaySource: String, Codable, Sendable, CaseIterable {
+    /// The labelled seed `agentctl model prepare` put in the model file.
+    case seed
+    /// Labelled feedback an accepted update learnt from.
+    case feedback
+    /// An unlabelled live input with the serving model's logits (distillation only).
+    case live
+}
+
+/// How the labelled part of the replay memory chooses what to keep once it is full.
+public enum ReplayPolicyKind: String, Codable, Sendable, CaseIterable {
+    /// Class-balanced reservoir (Chrysakis & Moens, 2020): a newcomer of a class that is not the
+    /// largest replaces a random sample of the largest; one of the largest class is kept with
+    /// probability kept/seen of its class, in its own class's place.
+    case classBalanced = "class_balanced"
+    /// Plain reservoir sampling: every labelled sample seen is kept with equal probability.
+    case reservoir
+    /// Value-scored: each sample carries loss + entropy under the model that saw it (hard,
+    /// uncertain samples are worth more); a newcomer replaces the lowest-valued sample of the
+    /// largest class when it is worth more.
+    case valueScored = "value_scored"
+}
+
+/// One replay sample's bookkeeping (its input and logits live in storage, keyed by `id`).
+public struct ReplayEntry: Equatable, Sendable {
+    public var id: Int64
+    /// Class index, nil for a live (unlabelled) sample.
+    public var label: Int?
+    /// The class it counts under for balancing: its label, else the predicted class.
+    public var group: Int
+    public var source: ReplaySource
+    public var score: Float
+
+    public init(id: Int64, label: Int?, group: Int, source: ReplaySource, score: Float) {
+        self.id = id
+        self.label = label
+        self.group = group
+        self.source = source
+        self.score = score
+    }
+}
+
+/// The replay memory's index and admission policy, independent of where samples are stored:
+/// `offer` says whether a newcomer is kept and which samples it pushes out. Labelled samples and
+/// unlabelled live samples share `capacity`; live ones are a reservoir of at most
+/// `liveCapacity` and never push out a labelled sample, while a labelled newcomer pushes out a
+/// live sample before any labelled one.
+public struct ReplayIndex: Sendable {
+    public let kind: ReplayPolicyKind
+    public let capacity: Int
+    public let liveCapacity: Int
+    public private(set) var entries: [ReplayEntry] = []
+    /// Labelled samples offered so far, in total and per class (reservoir probabilities).
+    public private(set) var labelledSeen = 0
+    public private(set) var seenPerClass: [Int: Int] = [:]
+    public private(set) var liveSeen = 0
+    private var rng: SeededGenerator
+
+    public init(kind: ReplayPolicyKind, capacity: Int, liveShare: Double = 0.2, seed: UInt64 = 0x5EED) {
+        self.kind = kind
+        self.capacity = max(capacity, 1)
+        liveCapacity = min(self.capacity, Int((Double(self.capacity) * liveShare).rounded(.down)))
+        rng = SeededGenerator(seed: seed)
+    }
+
+    /// Restores the index from stored entries (the counts of samples seen start from what is kept).
+    public mutating func restore(_ stored: [ReplayEntry], labelledSeen: Int? = nil, liveSeen: Int? = nil) {
+        entries = stored
+        self.labelledSeen = max(labelledSeen ?? 0, stored.filter { $0.label != nil }.count)
+        self.liveSeen = max(liveSeen ?? 0, stored.filter { $0.label == nil }.count)
+        seenPerClass = [:]
+        for e in stored where e.label != nil { seenPerClass[e.group, default: 0] += 1 }
+    }
+
+    public var labelledCount: Int { entries.reduce(0) { $0 + ($1.label == nil ? 0 : 1) } }
+    public var liveCount: Int { entries.count - labelledCount }
+
+    /// Decides on a newcomer; when kept, the index already holds it (and not the evicted ones).
+    /// - Returns: nil when it is not kept, else the ids it pushed out.
+    public mutating func offer(_ e: ReplayEntry) -> [Int64]? {
+        if e.label == nil { return offerLive(e) }
+        labelledSeen += 1
+        seenPerClass[e.group, default: 0] += 1
+        if entries.count < capacity {
+            entries.append(e)
+            return []
+        }
+        // Full: a live sample makes room first.
+        if let live = randomIndex(where: { $0.label == nil }) {
+            return [replace(at: live, with: e)]
+        }
+        guard let victim = labelledVictim(for: e) else { return nil }
+        return [replace(at: victim, with: e)]
+    }
+
+    private mutating func offerLive(_ e: ReplayEntry) -> [Int64]? {
+        liveSeen += 1
+        guard liveCapacity > 0 else { return nil }
+        if liveCount < liveCapacity && entries.count < capacity {
+            entries.append(e)
+            return []
+        }
+        guard liveCount > 0 else { return nil }
+        // Reservoir over the live stream: kept with probability (live kept)/(live seen).
+        let keep = Double(liveCount) / Double(liveSeen)
+        guard Double(rng.nextUnitFloat()) < keep, let i = randomIndex(where: { $0.label == nil }) else { return nil }
+        return [replace(at: i, with: e)]
+    }
+
+    private mutating func labelledVictim(for e: ReplayEntry) -> Int? {
+        switch kind {
+        case .reservoir:
+            let kept = labelledCount
+            guard Double(rng.nextUnitFloat()) < Double(kept) / Double(labelledSeen) else { return nil }
+            return randomIndex(where: { $0.label != nil })
+        case .classBalanced:
+            let (largest, counts) = largestClasses()
+            if !largest.contains(e.group) {
+                return randomIndex(where: { $0.label != nil && largest.contains($0.group) })
+            }
+            let kept = counts[e.group] ?? 0, seen = seenPerClass[e.group] ?? 1
+            guard Double(rng.nextUnitFloat()) < Double(kept) / Double(seen) else { return nil }
+            return randomIndex(where: { $0.label != nil && $0.group == e.group })
+        case .valueScored:
+            let (largest, _) = largestClasses()
+            var best: Int? = nil
+            for (i, x) in entries.enumerated() where x.label != nil && largest.contains(x.group) {
+                if best == nil || x.score < entries[best!].score { best = i }
+            }
+            guard let best, entries[best].score < e.score || !largest.contains(e.group) else { return nil }
+            return best
+        }
+    }
+
+    /// The classes with the most labelled samples, and the counts.
+    private func largestClasses() -> (Set<Int>, [Int: Int]) {
+        var counts: [Int: Int] = [:]
+        for x in entries where x.label != nil { counts[x.group, default: 0] += 1 }
+        let top = counts.values.max() ?? 0
+        return (Set(counts.filter { $0.value == top }.keys), counts)
+    }
+
+    private mutating func randomIndex(where predicate: (ReplayEntry) -> Bool) -> Int? {
+        let candidates = entries.indices.filter { predicate(entries[$0]) }
+        guard !candidates.isEmpty else { return nil }
+        return candidates[Int(rng.next() % UInt64(candidates.count))]
+    }
+
+    private mutating func replace(at i: Int, with e: ReplayEntry) -> Int64 {
+        let old = entries[i].id
+        entries[i] = e
+        return old
+    }
+
+    /// Removes entries (a failed write is undone by restoring from storage instead).
+    public mutating func remove(ids: Set<Int64>) {
+        entries.removeAll { ids.contains($0.id) }
+    }
+
+    /// Samples kept per class (labelled) and per source.
+    public var fill: (perClass: [Int: Int], perSource: [ReplaySource: Int]) {
+        var c: [Int: Int] = [:], s: [ReplaySource: Int] = [:]
+        for e in entries {
+            if let l = e.label { c[l, default: 0] += 1 }
+            s[e.source, default: 0] += 1
+        }
+        return (c, s)
+    }
+}
+
+/// Loss + entropy of one row's logits (the value-scored policy's score): how much the model
+/// that saw the sample still had to learn from it. Unlabelled rows score their entropy only.
+public func replayValue(logits z: UnsafePointer<Float>, classes: Int, label: Int?) -> Float {
+    var m = -Float.infinity
+    for c in 0..<classes { m = max(m, z[c]) }
+    var sum: Float = 0
+    for c in 0..<classes { sum += expf(z[c] - m) }
+    let logSum = logf(sum)
+    var entropy: Float = 0
+    for c in 0..<classes {
+        let lp = z[c] - m - logSum
+        entropy -= expf(lp) * lp
+    }
+    guard let label, label >= 0, label < classes else { return entropy }
+    return entropy + (logSum - (z[label] - m))
+}
