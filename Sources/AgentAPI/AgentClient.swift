@@ -284,6 +284,21 @@ public struct AgentClient: Sendable {
     }
     public func drift() throws -> DriftResponse { try call("GET", "/v1/drift", as: DriftResponse.self) }
     public func driftReset() throws -> DriftResponse { try call("POST", "/v1/drift/reset", body: [String: String](), as: DriftResponse.self) }
+    public func learn(dryRun: Bool) throws -> LearnStarted {
+        try call("POST", "/v1/learn", body: LearnRequest(dryRun: dryRun), as: LearnStarted.self)
+    }
+    /// The running or last job; nil before any job ran.
+    public func learnJob() throws -> LearnJob? {
+        let r = try send("GET", "/v1/learn")
+        try Self.check(r)
+        if let none = try? JSONDecoder().decode(LearnNone.self, from: r.body), none.state == "none" { return nil }
+        do {
+            return try JSONDecoder().decode(LearnJob.self, from: r.body)
+        } catch {
+            throw AgentClientError.protocolError("GET /v1/learn: \(error)")
+        }
+    }
+    public func replay() throws -> ReplayResponse { try call("GET", "/v1/replay", as: ReplayResponse.self) }
     public func events(limit: Int = 50) throws -> EventsResponse { try call("GET", "/v1/events?limit=\(limit)", as: EventsResponse.self) }
     public func metrics() throws -> String {
         let r = try send("GET", "/metrics")

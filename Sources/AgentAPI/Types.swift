@@ -263,7 +263,10 @@ public struct ModelVersion: Codable, Sendable {
     public var precision: String
     public var created: String
     public var active: Bool
-    public init(version: Int, name: String, sha256: String, source: String, precision: String, created: String, active: Bool) {
+    /// Where a local update came from; nil for deployed files.
+    public var lineage: Lineage?
+    public init(version: Int, name: String, sha256: String, source: String, precision: String, created: String, active: Bool,
+                lineage: Lineage? = nil) {
         self.version = version
         self.name = name
         self.sha256 = sha256
@@ -271,6 +274,21 @@ public struct ModelVersion: Codable, Sendable {
         self.precision = precision
         self.created = created
         self.active = active
+        self.lineage = lineage
+    }
+}
+
+/// A local update's lineage: the version it was trained from, on how many labels, in how many steps.
+public struct Lineage: Codable, Sendable, Equatable {
+    public var base: Int
+    public var kind: String
+    public var labels: Int
+    public var steps: Int
+    public init(base: Int, kind: String, labels: Int, steps: Int) {
+        self.base = base
+        self.kind = kind
+        self.labels = labels
+        self.steps = steps
     }
 }
 
@@ -433,5 +451,115 @@ public struct DriftAlarmInfo: Codable, Sendable {
         self.at = at
         self.sample = sample
         self.cleared = cleared
+    }
+}
+
+
+/// `POST /v1/learn` body (optional).
+public struct LearnRequest: Codable, Sendable {
+    /// Run the whole job but register nothing: the decision and numbers only.
+    public var dryRun: Bool?
+    enum CodingKeys: String, CodingKey { case dryRun = "dry_run" }
+    public init(dryRun: Bool? = nil) { self.dryRun = dryRun }
+}
+
+/// `POST /v1/learn` → 202.
+public struct LearnStarted: Codable, Sendable {
+    public var job: String
+    public init(job: String) { self.job = job }
+}
+
+public struct LearnAccuracy: Codable, Sendable, Equatable {
+    public var newAccuracy: Double
+    public var oldAccuracy: Double
+    enum CodingKeys: String, CodingKey {
+        case newAccuracy = "new_accuracy"
+        case oldAccuracy = "old_accuracy"
+    }
+    public init(newAccuracy: Double, oldAccuracy: Double) {
+        self.newAccuracy = newAccuracy
+        self.oldAccuracy = oldAccuracy
+    }
+}
+
+/// `GET /v1/learn`: the running or last update job.
+public struct LearnJob: Codable, Sendable, Equatable {
+    public var job: String
+    /// running, finished, failed, cancelled, interrupted (agentd stopped or crashed mid-job).
+    public var state: String
+    /// api, drift, or mqtt.
+    public var trigger: String
+    public var dryRun: Bool
+    public var started: String
+    public var finished: String?
+    /// While running: loading, training, quantizing, registering.
+    public var phase: String?
+    public var step: Int?
+    /// accepted, rejected, not_needed (finished jobs).
+    public var decision: String?
+    /// One line with the numbers, or why the job failed.
+    public var reason: String?
+    /// The version the update registered (accepted, not a dry run), and the one it started from.
+    public var version: Int?
+    public var baseVersion: Int?
+    public var labels: Int?
+    public var before: LearnAccuracy?
+    public var after: LearnAccuracy?
+    public var steps: Int?
+    public var seconds: Double?
+    public var cpuSeconds: Double?
+    public var lambda: Double?
+    public var alpha: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case job, state, trigger, started, finished, phase, step, decision, reason, version, labels, before, after, steps, seconds, lambda, alpha
+        case dryRun = "dry_run"
+        case baseVersion = "base_version"
+        case cpuSeconds = "cpu_seconds"
+    }
+
+    public init(job: String, state: String, trigger: String, dryRun: Bool, started: String) {
+        self.job = job
+        self.state = state
+        self.trigger = trigger
+        self.dryRun = dryRun
+        self.started = started
+    }
+}
+
+/// `GET /v1/learn` before any job ran.
+public struct LearnNone: Codable, Sendable {
+    public var state: String
+    public init() { state = "none" }
+}
+
+/// `GET /v1/replay`: what the replay memory holds.
+public struct ReplayResponse: Codable, Sendable {
+    public var capacity: Int
+    public var policy: String
+    public var samples: Int
+    public var bytes: Int
+    /// Labelled samples per class label.
+    public var perClass: [String: Int]
+    /// seed, feedback, live.
+    public var perSource: [String: Int]
+    /// Labelled feedback waiting for the next update.
+    public var newLabels: Int
+
+    enum CodingKeys: String, CodingKey {
+        case capacity, policy, samples, bytes
+        case perClass = "per_class"
+        case perSource = "per_source"
+        case newLabels = "new_labels"
+    }
+
+    public init(capacity: Int, policy: String, samples: Int, bytes: Int, perClass: [String: Int], perSource: [String: Int], newLabels: Int) {
+        self.capacity = capacity
+        self.policy = policy
+        self.samples = samples
+        self.bytes = bytes
+        self.perClass = perClass
+        self.perSource = perSource
+        self.newLabels = newLabels
     }
 }

@@ -10,6 +10,8 @@ public struct AgentConfig: Equatable, Sendable {
     public var api = API()
     public var store = Store()
     public var drift = Drift()
+    public var learn = Learn()
+    public var replay = Replay()
 
     public struct Agent: Equatable, Sendable {
         public var stateDir = "/var/lib/agentd"
@@ -93,6 +95,30 @@ public struct AgentConfig: Equatable, Sendable {
         public var saveIntervalS = 30.0
     }
 
+    /// On-device learning (see the README's learning section).
+    public struct Learn: Equatable, Sendable {
+        /// Start an update on its own when drift is `drift` and `min_labels` new labels arrived.
+        public var auto = true
+        public var minLabels = 50
+        public var maxSteps = 1000
+        /// Gate: new-distribution accuracy must rise by this (0.01 = 1 point)…
+        public var minGain = 0.01
+        /// …and old accuracy may fall by at most this.
+        public var maxForgetting = 0.01
+        /// CPU seconds one update may use; training stops there and the gate judges what it has.
+        public var cpuBudgetS = 300.0
+    }
+
+    /// The replay memory (SQLite, in the state directory).
+    public struct Replay: Equatable, Sendable {
+        public var capacity = 500
+        public var maxBytes = 16 << 20
+        /// class_balanced, reservoir or value_scored.
+        public var policy = "class_balanced"
+        /// Share of the capacity unlabelled live samples may hold (for distillation).
+        public var liveShare = 0.2
+    }
+
     public init() {}
 }
 
@@ -118,7 +144,7 @@ extension AgentConfig {
         return try parse(text, file: path)
     }
 
-    static let sections = ["agent", "model", "serving", "api", "store", "drift"]
+    static let sections = ["agent", "model", "serving", "api", "store", "drift", "learn", "replay"]
     /// The most request-body bytes all connections together may hold while reading them.
     public static let maxBodyBytesInFlight = 1 << 30
 
@@ -158,6 +184,11 @@ extension AgentConfig {
         .of("store.write_queue", \.store.writeQueue),
         .of("drift.enabled", \.drift.enabled), .of("drift.warmup_rows", \.drift.warmupRows),
         .of("drift.false_alarm_run", \.drift.falseAlarmRun), .of("drift.save_interval_s", \.drift.saveIntervalS),
+        .of("learn.auto", \.learn.auto, reloadable: true), .of("learn.min_labels", \.learn.minLabels, reloadable: true),
+        .of("learn.max_steps", \.learn.maxSteps, reloadable: true), .of("learn.min_gain", \.learn.minGain, reloadable: true),
+        .of("learn.max_forgetting", \.learn.maxForgetting, reloadable: true), .of("learn.cpu_budget_s", \.learn.cpuBudgetS, reloadable: true),
+        .of("replay.capacity", \.replay.capacity), .of("replay.max_bytes", \.replay.maxBytes), .of("replay.policy", \.replay.policy),
+        .of("replay.live_share", \.replay.liveShare),
     ]
 
     /// The keys SIGHUP applies; a change to any other key is reported as needing a restart.
@@ -237,6 +268,20 @@ extension AgentConfig {
             reader.int(t, "drift", "warmup_rows", &c.drift.warmupRows, 100...1_000_000)
             reader.int(t, "drift", "false_alarm_run", &c.drift.falseAlarmRun, 100...10_000_000)
             reader.double(t, "drift", "save_interval_s", &c.drift.saveIntervalS, 1...86_400)
+        }
+        reader.section(table, "learn", ["auto", "min_labels", "max_steps", "min_gain", "max_forgetting", "cpu_budget_s"]) { t in
+            reader.bool(t, "learn", "auto", &c.learn.auto)
+            reader.int(t, "learn", "min_labels", &c.learn.minLabels, 5...1_000_000)
+            reader.int(t, "learn", "max_steps", &c.learn.maxSteps, 1...1_000_000)
+            reader.double(t, "learn", "min_gain", &c.learn.minGain, 0...1)
+            reader.double(t, "learn", "max_forgetting", &c.learn.maxForgetting, 0...1)
+            reader.double(t, "learn", "cpu_budget_s", &c.learn.cpuBudgetS, 0.1...86_400)
+        }
+        reader.section(table, "replay", ["capacity", "max_bytes", "policy", "live_share"]) { t in
+            reader.int(t, "replay", "capacity", &c.replay.capacity, 10...1_000_000)
+            reader.int(t, "replay", "max_bytes", &c.replay.maxBytes, 65_536...(1 << 40))
+            reader.string(t, "replay", "policy", &c.replay.policy, oneOf: ["class_balanced", "reservoir", "value_scored"])
+            reader.double(t, "replay", "live_share", &c.replay.liveShare, 0...0.5)
         }
         for key in table.keys where !Self.sections.contains(key) {
             reader.problem(key, "unknown section or key (known sections: \(Self.sections.joined(separator: ", ")))")

@@ -109,6 +109,33 @@ enum APIServer {
                 throw APIError(status: .internalServerError, code: "drift_not_saved", message: "drift state not saved: \(error)")
             }
         }
+        router.post("/v1/learn") { request, context in
+            try await requireAdmin(agent, context, to: "starting an update")
+            let data = try await body(request, limit: 4096, limitName: "4096 bytes for a learn request")
+            var dryRun = false
+            if !data.isEmpty {
+                guard let r = try? JSONDecoder().decode(LearnRequest.self, from: data) else {
+                    throw APIError.malformed("the body must be a JSON object like {\"dry_run\": true}, or empty")
+                }
+                dryRun = r.dryRun ?? false
+            }
+            do {
+                let asked = dryRun
+                let id = try await Blocking.run(on: Blocking.learner) { try agent.learner.startJob(trigger: "api", dryRun: asked) }
+                return json(LearnStarted(job: id), status: .accepted)
+            } catch let e as LearnRefusal {
+                switch e {
+                case .busy: throw APIError(status: .conflict, code: "busy", message: e.description)
+                case .noModel: throw APIError.noModel
+                case .store(let s): throw APIError.store(s, "the update was not started")
+                }
+            }
+        }
+        router.get("/v1/learn") { _, _ in
+            guard let job = agent.learner.currentJob else { return json(LearnNone()) }
+            return json(job)
+        }
+        router.get("/v1/replay") { _, _ in json(await Blocking.run(on: Blocking.reads) { agent.learner.replayResponse() }) }
         router.get("/v1/events") { request, _ in
             let text = request.uri.queryParameters.get("limit")
             guard let limit = text.map({ Int($0) }) ?? 50, (1...1000).contains(limit) else {

@@ -43,10 +43,19 @@ public func buildAgent(config: AgentConfig, configPath: String? = nil, logger: L
     let driftDirectory = state + "/drift"
     try FileManager.default.createDirectory(atPath: driftDirectory, withIntermediateDirectories: true)
     DriftMonitor.removeLeftovers(in: driftDirectory)
+    let sampler = LiveSampler()
     let models = ModelManager(database: database, store: store, slot: slot, events: writer, logger: logger,
                               drift: Agent.driftSettings(config), driftDirectory: driftDirectory,
-                              onDriftEvent: Agent.driftEventHandler(writer: writer, logger: logger))
+                              onDriftEvent: Agent.driftEventHandler(writer: writer, logger: logger), sampler: sampler)
     try models.start(config: config)
+    let learnSettings = LearnSettingsBox(config.learn)
+    let learner = Learner(database: database, writer: writer, models: models, logger: logger, sampler: sampler, replay: config.replay,
+                          settings: { learnSettings.value }, driftState: { (slot.current?.observer as? DriftMonitor)?.summary().state.rawValue })
+    do {
+        try learner.start()
+    } catch {
+        throw StartupError(message: "\(state)/agent.db: the replay memory could not be read: \(StoreError(error))", isConfiguration: false)
+    }
     let scheduler = BatchScheduler(slot: slot, settings: Agent.schedulerSettings(config))
     let metrics = AgentMetrics(registry: registry)
     scheduler.onBatch = { rows, waits in
@@ -55,8 +64,21 @@ public func buildAgent(config: AgentConfig, configPath: String? = nil, logger: L
     }
     logLevel.level = Logger.Level(rawValue: config.agent.logLevel) ?? .info
     writer.appendEvent(kind: "started", message: "agentd \(agentVersion) started (pid \(getpid()))")
-    return Agent(config: config, configPath: configPath, logger: logger, logLevel: logLevel, database: database, writer: writer,
-                 models: models, scheduler: scheduler, metrics: metrics, notifier: SystemdNotifier(), stateLock: lock)
+    let agent = Agent(config: config, configPath: configPath, logger: logger, logLevel: logLevel, database: database, writer: writer,
+                      models: models, learner: learner, learnSettings: learnSettings, scheduler: scheduler, metrics: metrics,
+                      notifier: SystemdNotifier(), stateLock: lock)
+    return agent
+}
+
+/// The `[learn]` settings in force, shared with the learner (SIGHUP replaces them).
+final class LearnSettingsBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var current: AgentConfig.Learn
+    init(_ value: AgentConfig.Learn) { current = value }
+    var value: AgentConfig.Learn {
+        get { lock.lock(); defer { lock.unlock() }; return current }
+        set { lock.lock(); current = newValue; lock.unlock() }
+    }
 }
 
 /// One agentd per state directory: a second would unlink the first's socket and sweep its

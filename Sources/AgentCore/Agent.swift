@@ -40,6 +40,8 @@ public final class Agent: @unchecked Sendable {
     public let database: AgentDatabase
     public let writer: StoreWriter
     public let models: ModelManager
+    let learner: Learner
+    let learnSettings: LearnSettingsBox
     public let scheduler: BatchScheduler
     public let recent: RecentInferences
     public let metrics: AgentMetrics
@@ -55,7 +57,7 @@ public final class Agent: @unchecked Sendable {
     let stateDirectoryLock: StateLock
 
     init(config: AgentConfig, configPath: String?, logger: Logger, logLevel: LogLevelControl, database: AgentDatabase, writer: StoreWriter,
-         models: ModelManager, scheduler: BatchScheduler, metrics: AgentMetrics, notifier: SystemdNotifier, stateLock: StateLock) {
+         models: ModelManager, learner: Learner, learnSettings: LearnSettingsBox, scheduler: BatchScheduler, metrics: AgentMetrics, notifier: SystemdNotifier, stateLock: StateLock) {
         self.stateDirectoryLock = stateLock
         self.currentConfig = config
         self.configPath = configPath
@@ -64,6 +66,8 @@ public final class Agent: @unchecked Sendable {
         self.database = database
         self.writer = writer
         self.models = models
+        self.learner = learner
+        self.learnSettings = learnSettings
         self.scheduler = scheduler
         self.recent = RecentInferences(limitBytes: config.serving.recentInferencesBytes)
         self.metrics = metrics
@@ -103,7 +107,8 @@ public final class Agent: @unchecked Sendable {
     func modelsResponse() throws -> ModelsResponse {
         ModelsResponse(models: try database.models().map {
             ModelVersion(version: $0.version, name: $0.name, sha256: $0.sha256, source: $0.source, precision: $0.precision,
-                         created: $0.created, active: $0.active)
+                         created: $0.created, active: $0.active,
+                         lineage: $0.lineage.flatMap { try? JSONDecoder().decode(Lineage.self, from: Data($0.utf8)) })
         })
     }
 
@@ -153,7 +158,7 @@ public final class Agent: @unchecked Sendable {
             serving: serving,
             feedbackSamples: store.feedback.rows,
             drift: driftComponent(),
-            learner: ComponentStatus(state: "idle", detail: "\(store.feedback.rows) labelled samples stored"),
+            learner: learner.component(),
             mqtt: ComponentStatus(state: "not-configured"),
             lastEvents: writer.recentEvents.map { Event(id: $0.id, ts: $0.ts, kind: $0.kind, message: $0.message) },
             store: StoreStatus(feedbackRows: store.feedback.rows, feedbackBytes: store.feedback.bytes, eventsRows: store.events.rows,
@@ -185,6 +190,7 @@ public final class Agent: @unchecked Sendable {
                 logLevel.level = Logger.Level(rawValue: running.agent.logLevel) ?? .info
                 stateLock.lock()
                 currentConfig = running
+                learnSettings.value = running.learn
                 stateLock.unlock()
             }
             var message = "configuration and model reloaded from \(configPath)"
@@ -226,6 +232,8 @@ public final class Agent: @unchecked Sendable {
             services: [
                 // First, so it stops last: shutdown runs the list in reverse.
                 .init(service: DriftService(agent: self)),
+                // Before the API in the list, so it stops after it: no job starts once it is gone.
+                .init(service: LearnService(agent: self)),
                 .init(service: app),
                 .init(service: SchedulerService(agent: self)),
                 .init(service: SupervisorService(agent: self)),

@@ -3,6 +3,7 @@ import Crypto
 import Drift
 import Foundation
 import Inference
+import Learning
 import Logging
 import ModelFile
 import Quantization
@@ -31,10 +32,13 @@ public final class ModelManager: @unchecked Sendable {
     let drift: DriftMonitor.Settings?
     let driftDirectory: String
     let onDriftEvent: @Sendable (Int, DriftEvent) -> Void
+    /// Sees every answered row of every serving model (the replay memory's live rows).
+    let sampler: (any RowObserver)?
     private let lock = NSLock()
 
     init(database: AgentDatabase, store: ModelStore, slot: ModelSlot, events: StoreWriter, logger: Logger,
-         drift: DriftMonitor.Settings? = nil, driftDirectory: String = "", onDriftEvent: @escaping @Sendable (Int, DriftEvent) -> Void = { _, _ in }) {
+         drift: DriftMonitor.Settings? = nil, driftDirectory: String = "", onDriftEvent: @escaping @Sendable (Int, DriftEvent) -> Void = { _, _ in },
+         sampler: (any RowObserver)? = nil) {
         self.database = database
         self.store = store
         self.slot = slot
@@ -43,6 +47,7 @@ public final class ModelManager: @unchecked Sendable {
         self.drift = drift
         self.driftDirectory = driftDirectory
         self.onDriftEvent = onDriftEvent
+        self.sampler = sampler
     }
 
     static func sha256Hex(_ bytes: UnsafeRawBufferPointer) -> String {
@@ -71,6 +76,13 @@ public final class ModelManager: @unchecked Sendable {
         let quantized = try QuantizedModel.load(file, network: network)
         let penultimate = EmbeddingProjection.penultimateLayer(of: network).map { ($0, network.layers[$0].inputCount) }
         let reference = try DriftReference.load(file, inputCount: network.inputCount, classCount: network.outputCount, penultimate: penultimate)
+        // The learning sections are checked now: a bad one refuses the file, not a later update.
+        do {
+            _ = try EWCAnchor.decode(network)
+            _ = try ReplaySeed.decode(network)
+        } catch {
+            throw ModelError(message: "\(path): \(error)")
+        }
         return LoadedFile(network: network, quantized: quantized, reference: reference, identity: (path as NSString).lastPathComponent)
     }
 
@@ -78,7 +90,8 @@ public final class ModelManager: @unchecked Sendable {
     /// is false for a file only being checked); `reusing` keeps a monitor of the same version.
     func serving(_ f: LoadedFile, version: Int, adaptive: Bool, monitor: Bool = true, reusing: DriftMonitor? = nil) -> ServingModel {
         guard monitor, var settings = drift else {
-            return ServingModel(version: version, network: f.network, quantized: f.quantized, useAdaptive: adaptive)
+            return ServingModel(version: version, network: f.network, quantized: f.quantized, useAdaptive: adaptive,
+                                sampler: monitor ? sampler : nil)
         }
         let drift: DriftMonitor
         if let reusing, reusing.version == version {
@@ -93,7 +106,7 @@ public final class ModelManager: @unchecked Sendable {
             }
         }
         return ServingModel(version: version, network: f.network, quantized: f.quantized, useAdaptive: adaptive,
-                            embedding: drift.projection, observer: drift)
+                            embedding: drift.projection, observer: drift, sampler: sampler)
     }
 
     /// Loads and validates a file into a serving model (no registry change).
@@ -233,17 +246,8 @@ public final class ModelManager: @unchecked Sendable {
             throw ModelError(message: "\(config.model.calibration): \(rows.count) rows; at least \(Quantizer.minimumCalibrationRows) are needed to calibrate")
         }
         let method = CalibrationMethod(rawValue: config.model.method) ?? .kl
-        let params = Quantizer.activationParams(Quantizer.histograms(network, rows), network: network, method: method)
         let precisions = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(network).map { ($0, LayerPrecision.int8) })
-        var adaptive: AdaptivePrecision? = nil
-        let model0 = Quantizer.build(network, activations: params, precisions: precisions, method: method, calibrationRows: rows.count)
-        if config.model.adaptive {
-            let q = QuantizedPlan(model: model0, batchCapacity: 64, adaptive: .off).predict(rows.features)
-            let f = ExecutionPlan(network: network, batchCapacity: 64).predict(rows.features)
-            adaptive = Sensitivity.adaptiveThreshold(quantized: q, reference: f, classes: network.outputCount)
-        }
-        return Quantizer.build(network, activations: params, precisions: precisions, method: method,
-                               calibrationRows: rows.count, adaptive: adaptive)
+        return Quantizer.calibrated(network, rows: rows, method: method, precisions: precisions, adaptive: config.model.adaptive)
     }
 
     /// Switches to a registered version (nil: the version before the active one). Throws
@@ -293,5 +297,26 @@ public final class ModelManager: @unchecked Sendable {
                              reusing: slot.current?.observer as? DriftMonitor)
         apply()
         slot.swap(model)
+    }
+
+    /// Installs a local update's file as a new active version — only if `base` still serves (a
+    /// rollback or another change during the update drops it). Order as every change: file
+    /// stored and synced, loaded and checked, then `commit` (the registry row and everything
+    /// that goes with it, one transaction), then the slot swapped.
+    func installLocalUpdate(bytes: [UInt8], base: Int, adaptive: Bool,
+                            commit: (_ sha256: String, _ precision: String) throws -> RegisteredModel) throws -> RegisteredModel {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let active = try database.activeModel(), active.version == base, slot.current?.version == base else {
+            throw ModelError(message: "version \(base) no longer serves (a rollback or another update came first); the update is dropped")
+        }
+        let sha = Self.sha256Hex(bytes)
+        let stored = try store.store(bytes, sha256: sha)
+        let loaded = try read(path: stored)
+        let check = serving(loaded, version: 0, adaptive: adaptive, monitor: false)
+        let row = try commit(sha, check.precision)
+        store.recordActive(sha256: sha)
+        saveDrift(of: slot.swap(serving(loaded, version: row.version, adaptive: adaptive)))
+        return row
     }
 }

@@ -97,6 +97,31 @@ public enum Quantizer {
         return QuantizedModel(network: network, spec: spec, int8: int8, int4: int4)
     }
 
+    /// Calibrates on `rows` and builds a model with the given precisions; with `adaptive`, the
+    /// adaptive-precision threshold is measured on the same rows against the FP32 network. What
+    /// agentd runs to quantize a file on first start and to re-quantize a local update.
+    public static func calibrated(_ network: Network, rows: DataSet, method: CalibrationMethod, precisions: [Int: LayerPrecision],
+                                  int4Group: Int = 32, adaptive: Bool) -> QuantizedModel {
+        let params = activationParams(histograms(network, rows), network: network, method: method)
+        let plain = build(network, activations: params, precisions: precisions, method: method, calibrationRows: rows.count, int4Group: int4Group)
+        guard adaptive else { return plain }
+        let q = QuantizedPlan(model: plain, batchCapacity: 64, adaptive: .off).predict(rows.features)
+        let f = ExecutionPlan(network: network, batchCapacity: 64).predict(rows.features)
+        let threshold = Sensitivity.adaptiveThreshold(quantized: q, reference: f, classes: network.outputCount)
+        return build(network, activations: params, precisions: precisions, method: method, calibrationRows: rows.count,
+                     int4Group: int4Group, adaptive: threshold)
+    }
+
+    /// Re-quantizes `network` as `like` was: its method, each layer's precision, its INT4 group
+    /// and whether it had an adaptive threshold, calibrated anew on `rows`.
+    public static func requantize(_ network: Network, like: QuantizedModel, rows: DataSet) -> QuantizedModel {
+        var precisions: [Int: LayerPrecision] = [:]
+        for e in like.spec.layers { precisions[e.layer] = e.precision }
+        let group = like.spec.layers.first { $0.precision == .int4 }?.group ?? 32
+        return calibrated(network, rows: rows, method: like.spec.method, precisions: precisions, int4Group: group,
+                          adaptive: like.spec.adaptive != nil)
+    }
+
     /// The weighted layers (dense, conv2d) of a network.
     public static func weightedLayers(_ network: Network) -> [Int] {
         network.layers.indices.filter { network.layers[$0].weight != nil }

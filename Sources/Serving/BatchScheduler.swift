@@ -407,6 +407,8 @@ public final class BatchScheduler: @unchecked Sendable {
                                 let scores = plan.run(buf.baseAddress! + s * n, batch: b)
                                 model.observer?.observe(worker: worker, input: buf.baseAddress! + s * n, scores: scores.baseAddress!,
                                                         embeddings: plan.embeddings?.baseAddress, rows: b)
+                                model.sampler?.observe(worker: worker, input: buf.baseAddress! + s * n, scores: scores.baseAddress!,
+                                                       embeddings: nil, rows: b)
                                 out.append(contentsOf: scores)
                                 s += b
                             }
@@ -428,6 +430,7 @@ public final class BatchScheduler: @unchecked Sendable {
                         let scores = plan.run(buf.baseAddress!, batch: chunkRows)
                         model.observer?.observe(worker: worker, input: buf.baseAddress!, scores: scores.baseAddress!,
                                                 embeddings: plan.embeddings?.baseAddress, rows: chunkRows)
+                        model.sampler?.observe(worker: worker, input: buf.baseAddress!, scores: scores.baseAddress!, embeddings: nil, rows: chunkRows)
                         return scores
                     }
                     var o = 0

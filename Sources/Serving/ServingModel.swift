@@ -15,12 +15,14 @@ public final class ServingModel: @unchecked Sendable {
     public let embedding: EmbeddingProjection?
     /// Sees every answered row of this model (the drift monitor), before the answer is sent.
     public let observer: (any RowObserver)?
+    /// Also sees every answered row, after the observer: the replay memory's live sampler.
+    public let sampler: (any RowObserver)?
     /// A plan's memory is fixed + perSample · batch; measured once here, when the model is loaded,
     /// so that sizing a batch on the serving path is arithmetic.
     private var planMemory: (fixed: Int, perSample: Int) = (0, 1)
 
     public init(version: Int, network: Network, quantized: QuantizedModel?, useAdaptive: Bool = true,
-                embedding: EmbeddingProjection? = nil, observer: (any RowObserver)? = nil) {
+                embedding: EmbeddingProjection? = nil, observer: (any RowObserver)? = nil, sampler: (any RowObserver)? = nil) {
         self.version = version
         self.name = network.name
         self.network = network
@@ -28,6 +30,7 @@ public final class ServingModel: @unchecked Sendable {
         self.useAdaptive = useAdaptive
         self.embedding = embedding
         self.observer = observer
+        self.sampler = sampler
         let one = makePlan(batch: 1).memory.total, two = makePlan(batch: 2).memory.total
         planMemory = (one - max(two - one, 1), max(two - one, 1))
     }

@@ -12,6 +12,8 @@ public struct RegisteredModel: Equatable, Sendable {
     public var precision: String
     public var created: String
     public var active: Bool
+    /// JSON: where a local update came from (`{"base", "kind", "labels", "steps"}`), else nil.
+    public var lineage: String? = nil
 }
 
 public struct StoredEvent: Equatable, Sendable {
@@ -139,6 +141,31 @@ public final class AgentDatabase: Sendable {
                 t.column("model_version", .integer)
             }
         }
+        m.registerMigration("v2: replay memory, learning jobs, lineage") { db in
+            try db.alter(table: "models") { t in t.add(column: "lineage", .text) }
+            try db.create(table: "replay") { t in
+                t.primaryKey("id", .integer)
+                t.column("ts", .text).notNull()
+                t.column("source", .text).notNull()
+                t.column("label", .integer)
+                t.column("grp", .integer).notNull()
+                t.column("score", .double).notNull()
+                t.column("input", .blob).notNull()
+                t.column("logits", .blob).notNull()
+                t.column("model_version", .integer)
+            }
+            try db.create(table: "learn_jobs") { t in
+                t.primaryKey("id", .text)
+                t.column("started", .text).notNull()
+                t.column("finished", .text)
+                t.column("state", .text).notNull()
+                t.column("result", .text).notNull()
+            }
+            try db.create(table: "learner") { t in
+                t.primaryKey("key", .text)
+                t.column("value", .integer).notNull()
+            }
+        }
         return m
     }
 
@@ -203,7 +230,7 @@ public final class AgentDatabase: Sendable {
 
     static func decode(_ row: Row) -> RegisteredModel {
         RegisteredModel(version: row["version"], name: row["name"], sha256: row["sha256"], source: row["source"],
-                        precision: row["precision"], created: row["created"], active: row["active"])
+                        precision: row["precision"], created: row["created"], active: row["active"], lineage: row["lineage"])
     }
 
     // MARK: events

@@ -13,7 +13,7 @@ struct Agentctl: ParsableCommand {
             Errors are one line on stderr and a non-zero exit status.
             """,
         version: agentVersion,
-        subcommands: [Status.self, Infer.self, Feedback.self, Models.self, Events.self, DriftCommand.self, MetricsCommand.self, ConfigCommand.self,
+        subcommands: [Status.self, Infer.self, Feedback.self, Models.self, Events.self, DriftCommand.self, LearnCommand.self, ReplayCommand.self, MetricsCommand.self, ConfigCommand.self,
                       ModelCommand.self, BenchLoad.self, Version.self]
     )
 }
@@ -50,8 +50,8 @@ func printJSON<T: Encodable>(_ value: T, pretty: Bool = true) {
     print(String(decoding: data, as: UTF8.self))
 }
 
-func printError(_ line: String) {
-    FileHandle.standardError.write(Data((line + "\n").utf8))
+func printError(_ line: String, terminator: String = "\n") {
+    FileHandle.standardError.write(Data((line + terminator).utf8))
 }
 
 /// A plain-text table with columns padded to their widest cell.

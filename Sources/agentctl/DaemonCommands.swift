@@ -58,7 +58,8 @@ struct Status: ParsableCommand {
             print("  serving: \(v.workers) workers, batches up to \(v.maxBatchSize)\(wait), \(String(format: "%.1f", v.throughputPerS)) samples/s over 10 s")
             print("  latency: p50 \(String(format: "%.2f", v.latencyP50Ms)) ms, p99 \(String(format: "%.2f", v.latencyP99Ms)) ms; mean batch \(String(format: "%.1f", v.meanBatchSize))")
             print(" requests: \(v.requests) (\(v.samples) samples), queue depth \(v.queueDepth), rejected \(v.rejectedQueueFull) (queue full), expired \(v.deadlineExpired) (deadline), fp32 re-runs \(v.escalations)")
-            print(" feedback: \(s.feedbackSamples) labelled samples; drift \(s.drift.state); learner \(s.learner.state); mqtt \(s.mqtt.state)")
+            print(" feedback: \(s.feedbackSamples) labelled samples; drift \(s.drift.state); mqtt \(s.mqtt.state)")
+            print("  learner: \(s.learner.state)\(s.learner.detail.map { " — \($0)" } ?? "")")
             if !s.lastEvents.isEmpty {
                 print("\nrecent events:")
                 for e in s.lastEvents { print("  \(e.ts)  \(e.kind): \(e.message)") }
@@ -122,18 +123,45 @@ struct Infer: ParsableCommand {
 struct Feedback: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Tell agentd the true label of an inference (by id) or of an input.",
-        discussion: "Examples: agentctl feedback --id 1-42 --label 3;  agentctl feedback --input '[0,1,...]' --label 7")
+        discussion: """
+            Examples:
+              agentctl feedback --id 1-42 --label 3
+              agentctl feedback --input '[0,1,...]' --label 7
+              agentctl feedback --data labelled.csv     # every row with its 'label' column
+            """)
     @OptionGroup var socket: SocketOption
     @Option(help: "An inference id from 'agentctl infer'.") var id: String?
     @Option(help: "The input row as a JSON array.") var input: String?
-    @Option(help: "The true label.") var label: String
+    @Option(help: "The true label.") var label: String?
+    @Option(help: ArgumentHelp("Send every row of a CSV file with its 'label' column.", valueName: "CSV")) var data: String?
     @Flag(help: "Print the answer as JSON.") var json = false
 
     func validate() throws {
-        if (id == nil) == (input == nil) { throw ValidationError("give --id or --input") }
+        if data != nil {
+            if id != nil || input != nil || label != nil { throw ValidationError("--data takes the labels from the file; give it alone") }
+            return
+        }
+        if (id == nil) == (input == nil) { throw ValidationError("give --id or --input (with --label), or --data") }
+        if label == nil { throw ValidationError("--label is needed with --id or --input") }
     }
 
     func run() throws {
+        if let data {
+            let rows = try DataSet.load(path: data)
+            try talkingToDaemon {
+                let client = socket.client
+                var last: FeedbackResponse?
+                for i in 0..<rows.count {
+                    let row = Array(rows.features[(i * rows.featureCount)..<((i + 1) * rows.featureCount)])
+                    last = try client.feedback(FeedbackRequest(id: nil, input: row, label: rows.classNames[rows.labels![i]]))
+                }
+                if json { printJSON(last.map { ["sent": rows.count, "samples": $0.samples] } ?? ["sent": 0]) } else {
+                    print("sent \(rows.count) labelled rows (\(last?.samples ?? 0) labelled samples stored)")
+                }
+            }
+            return
+        }
+        let label = self.label!
         try talkingToDaemon {
             let row = try input.map { text -> [Float] in
                 guard let r = try? JSONDecoder().decode([Float].self, from: Data(text.utf8)) else {
@@ -156,8 +184,11 @@ struct Models: ParsableCommand {
         try talkingToDaemon {
             let r = try socket.client.models()
             if json { printJSON(r); return }
-            print(table(["", "version", "name", "precision", "created", "sha256", "source"],
-                        r.models.map { [$0.active ? "*" : "", "\($0.version)", $0.name, $0.precision, $0.created, String($0.sha256.prefix(12)), $0.source] },
+            print(table(["", "version", "name", "precision", "created", "sha256", "source", "lineage"],
+                        r.models.map { m in
+                            let lineage = m.lineage.map { "\($0.kind) from v\($0.base): \($0.labels) labels, \($0.steps) steps" } ?? ""
+                            return [m.active ? "*" : "", "\(m.version)", m.name, m.precision, m.created, String(m.sha256.prefix(12)), m.source, lineage]
+                        },
                         rightAligned: [1]))
         }
     }

@@ -2,13 +2,15 @@ import ArgumentParser
 import Drift
 import Foundation
 import Inference
+import Learning
 import ModelFile
 import Quantization
+import Tensor
 import Training
 
 struct Prepare: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Ready a model for the field: add a calibrated drift reference to the file.",
+        abstract: "Ready a model for the field: a calibrated drift reference, the EWC anchor and a labelled replay seed.",
         discussion: """
             Give rows the model was not trained on (a validation set): the rows are shuffled and
             split three ways (or give --reference-data, e.g. the training rows, for the
@@ -31,6 +33,14 @@ struct Prepare: ParsableCommand {
               confidence  top-class probability          64
               embedding   penultimate projections, sum   64
 
+            On-device learning: a class-balanced sample of --replay-seed labelled rows (from
+            --reference-data when it has labels, else --data) is stored with the FP32 model's
+            logits as the replay memory's seed, and the diagonal Fisher information (exact over
+            the classes: weighted by the model's own probabilities, so no labels are needed) is
+            measured on up to 1000 rows and stored with the anchor weights θ* it was measured at.
+            The model's accuracy on the labelled --data rows is stored as what an update must
+            beat ('not_needed' below it). Without labels there is no seed (a warning says so).
+
             Works on FP32 and quantized files (a quantized file is measured as agentd serves it).
             The reference is written as the manifest's 'drift_reference' section plus 'drift.*'
             tensors; 'quantize' and every later rewrite keep it. Nothing is written on failure.
@@ -50,6 +60,7 @@ struct Prepare: ParsableCommand {
     @Option(help: "Principal directions of the penultimate activations for the embedding signal (1...64).") var embeddingDims: Int = 8
     @Option(help: ArgumentHelp("A signal's window in samples, e.g. --window input=48 (repeatable; defaults: input 32, input_sum 128, output 32, confidence 64, embedding 64). Thresholds are calibrated for these windows.", valueName: "NAME=N"))
     var window: [String] = []
+    @Option(help: "Labelled rows for the replay seed, class-balanced (0 for none; 0...100000).") var replaySeed: Int = 200
     @Option(help: "Seed for the split and the calibration streams.") var seed: UInt64 = 1
     @Flag(help: "Print the report as JSON.") var json = false
 
@@ -57,6 +68,7 @@ struct Prepare: ParsableCommand {
         guard (100...10_000_000).contains(falseAlarmRun) else { throw ValidationError("--false-alarm-run must be 100...10000000") }
         guard (4...64).contains(bins) else { throw ValidationError("--bins must be 4...64") }
         guard (1...64).contains(embeddingDims) else { throw ValidationError("--embedding-dims must be 1...64") }
+        guard (0...ReplaySeed.maxRows).contains(replaySeed) else { throw ValidationError("--replay-seed must be 0...\(ReplaySeed.maxRows)") }
         _ = try Self.windows(window)
     }
 
@@ -79,6 +91,9 @@ struct Prepare: ParsableCommand {
         var verifiedRunLength: Double
         var checkSamples: Int
         var signals: [SignalRow]
+        var replaySeedRows: Int
+        var expectedAccuracy: Float?
+        var fisherRows: Int
     }
 
     func run() throws {
@@ -87,8 +102,11 @@ struct Prepare: ParsableCommand {
             let network = loaded.network
             var data = try DataSet.load(path: data, featureCount: network.inputCount, classNames: network.labels, requireLabels: false)
             var referenceRows: Int?
+            var labelled: DataSet? = data.labels == nil ? nil : data
+            let heldOut = data
             if let path = referenceData {
                 let ref = try DataSet.load(path: path, featureCount: network.inputCount, classNames: network.labels, requireLabels: false)
+                if ref.labels != nil { labelled = ref }
                 guard ref.count >= 20, data.count >= 20 else { throw ValidationError("--reference-data and --data need at least 20 rows each") }
                 referenceRows = ref.count
                 data = DataSet(features: ref.features + data.features, featureCount: data.featureCount, labels: nil, classNames: data.classNames)
@@ -120,6 +138,11 @@ struct Prepare: ParsableCommand {
             let (section, tensors) = reference.encoded()
             network.driftReference = section
             network.fieldTensors = network.fieldTensors.filter { !$0.name.hasPrefix("drift.") } + tensors
+            let learning = Self.addLearningParts(network: network, plan: plan, labelled: labelled, heldOut: heldOut,
+                                                 all: data, seedRows: replaySeed, seed: seed)
+            if learning.seedRows == 0 && replaySeed > 0 && !json {
+                printError("warning: no labelled rows (a 'label' column in --data or --reference-data): no replay seed written")
+            }
             if let q = loaded.quantized { try q.write(to: out) } else { try network.write(to: out) }
 
             let report = Report(
@@ -129,7 +152,7 @@ struct Prepare: ParsableCommand {
                     SignalRow(name: s.name, source: s.source.rawValue, aggregate: s.aggregate.rawValue,
                               bins: reference.sources[s.source]!.bins.maxBins, window: s.window, threshold: s.threshold,
                               runLength: outcome.signalRunLengths[i])
-                })
+                }, replaySeedRows: learning.seedRows, expectedAccuracy: learning.expected, fisherRows: learning.fisherRows)
             if json { printJSON(report); return }
             print(table(["signal", "source", "aggregate", "bins", "window", "threshold", "run length (check)"],
                         report.signals.map { [$0.name, $0.source, $0.aggregate, String($0.bins), String($0.window),
@@ -140,8 +163,53 @@ struct Prepare: ParsableCommand {
             if report.verifiedRunLength < Double(falseAlarmRun) {
                 printError("warning: the check rows gave a shorter run length than asked; give more rows")
             }
+            print("learning: replay seed \(report.replaySeedRows) labelled rows, Fisher on \(report.fisherRows) rows"
+                  + (report.expectedAccuracy.map { String(format: ", held-out accuracy %.2f%%", $0 * 100) } ?? ""))
             print("wrote \(out)")
         }
+    }
+
+    /// The EWC anchor (exact Fisher on up to 1000 rows, θ* = the FP32 weights) and a
+    /// class-balanced labelled replay seed with the FP32 model's logits.
+    static func addLearningParts(network: Network, plan: InferencePlan, labelled: DataSet?, heldOut: DataSet, all: DataSet,
+                                 seedRows: Int, seed: UInt64) -> (seedRows: Int, expected: Float?, fisherRows: Int) {
+        var rng = SeededGenerator(seed: seed &+ 0x7EED)
+        let fisherSource = labelled ?? all
+        var order = Array(0..<fisherSource.count)
+        rng.shuffle(&order)
+        let fisherRows = fisherSource.rows(Array(order.prefix(1000)))
+        let fisher = fisherRows.features.withUnsafeBufferPointer {
+            FisherInformation.diagonal(network: network, rows: $0.baseAddress!, count: fisherRows.count)
+        }
+        var anchor: [String: [Float]] = [:]
+        for (name, t) in network.parameters { anchor[name] = Array(UnsafeBufferPointer(start: t.pointer, count: t.count)) }
+        EWCAnchor(fisher: fisher, anchor: anchor, samples: fisherRows.count, gamma: 0.9, updates: 0).encode(into: network)
+
+        var expected: Float? = nil
+        if let labels = heldOut.labels {
+            expected = Evaluation(scores: plan.predict(heldOut.features), classes: network.outputCount, labels: labels).accuracy
+        }
+        guard seedRows > 0, let labelled, let labels = labelled.labels else {
+            network.replaySeed = nil
+            network.fieldTensors.removeAll { $0.name.hasPrefix("replay.") }
+            return (0, expected, fisherRows.count)
+        }
+        // Class-balanced: round-robin over the classes, each class's rows in a seeded order.
+        var byClass: [Int: [Int]] = [:]
+        for (i, l) in labels.enumerated() { byClass[l, default: []].append(i) }
+        for k in byClass.keys { rng.shuffle(&byClass[k]!) }
+        var picked: [Int] = [], round = 0
+        let classes = byClass.keys.sorted()
+        while picked.count < min(seedRows, labelled.count) {
+            for c in classes where picked.count < seedRows {
+                if round < byClass[c]!.count { picked.append(byClass[c]![round]) }
+            }
+            round += 1
+        }
+        let rows = labelled.rows(picked)
+        let logits = Evaluator(network: network).logits(rows.features)
+        ReplaySeed(inputs: rows.features, labels: rows.labels!, logits: logits, expectedAccuracy: expected).encode(into: network)
+        return (picked.count, expected, fisherRows.count)
     }
 }
 

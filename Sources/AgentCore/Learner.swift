@@ -1,0 +1,522 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import AgentAPI
+import AgentConfig
+import Drift
+import Foundation
+import Inference
+import Learning
+import Logging
+import ModelFile
+import Quantization
+import Serving
+import Store
+import Synchronization
+import Training
+
+/// Why `POST /v1/learn` was refused.
+enum LearnRefusal: Error, CustomStringConvertible {
+    case busy(job: String)
+    case noModel
+    case store(StoreError)
+    var description: String {
+        switch self {
+        case .busy(let job): "update job \(job) is running; GET /v1/learn shows it (agentctl learn --wait waits for it)"
+        case .noModel: "no model is loaded"
+        case .store(let e): "the job could not be recorded: \(e)"
+        }
+    }
+}
+
+/// Takes a few of the answered rows for the replay memory's live part, off the hot path: a row
+/// counter, a try-lock and a small bounded buffer. The learner's loop drains the buffer and
+/// keeps the rows only while the drift state is `ok`.
+final class LiveSampler: RowObserver, @unchecked Sendable {
+    /// Every `stride`-th answered row is a candidate.
+    let stride: UInt64
+    let capacity = 64
+    private let counter = Atomic<UInt64>(0)
+    private let lock = NSLock()
+    private var pending: [(input: [Float], scores: [Float])] = []
+
+    init(stride: UInt64 = 16) { self.stride = max(stride, 1) }
+
+    func observe(worker: Int, input: UnsafePointer<Float>, scores: UnsafePointer<Float>, embeddings: UnsafePointer<Float>?, rows: Int) {
+        let first = counter.add(UInt64(rows), ordering: .relaxed).oldValue
+        // The row numbers first..<first+rows that are multiples of the stride.
+        var r = (stride - first % stride) % stride
+        guard r < UInt64(rows), lock.try() else { return }
+        defer { lock.unlock() }
+        // Widths are only known to the caller; the learner checks them against the model.
+        while r < UInt64(rows) && pending.count < capacity {
+            pending.append((Array(UnsafeBufferPointer(start: input + Int(r) * inputWidth, count: inputWidth)),
+                            Array(UnsafeBufferPointer(start: scores + Int(r) * scoreWidth, count: scoreWidth))))
+            r += stride
+        }
+    }
+
+    private var inputWidth = 0
+    private var scoreWidth = 0
+
+    /// Sets the row widths of the serving model (called before it serves) and drops pending rows.
+    func configure(inputs: Int, classes: Int) {
+        lock.lock()
+        inputWidth = inputs
+        scoreWidth = classes
+        pending.removeAll()
+        lock.unlock()
+    }
+
+    func drain() -> [(input: [Float], scores: [Float])] {
+        lock.lock()
+        defer { lock.unlock() }
+        let out = pending
+        pending.removeAll(keepingCapacity: true)
+        return out
+    }
+}
+
+/// The on-device learner: the replay memory (SQLite rows, indexed in memory), the update job on
+/// a thread of its own at idle priority, the automatic trigger, and the job's record.
+final class Learner: @unchecked Sendable {
+    let database: AgentDatabase
+    let writer: StoreWriter
+    let models: ModelManager
+    let logger: Logger
+    let sampler: LiveSampler
+    let replayConfig: AgentConfig.Replay
+    /// The learn settings in force (SIGHUP changes them).
+    let settings: @Sendable () -> AgentConfig.Learn
+    /// The drift state of the serving model ("ok", "drift", …).
+    let driftState: @Sendable () -> String?
+
+    private let lock = NSLock()
+    private var index: ReplayIndex
+    private var bytesPerSample = 1
+    private var replayBytes = 0
+    private var nextId: Int64 = 1
+    private var indexedVersion: Int?
+    private var job: LearnJob?
+    private var running = false
+    private var thread: Thread?
+    private let cancelled = Atomic<Bool>(false)
+    private let finished = NSCondition()
+    private var jobsStarted: UInt64 = 0
+
+    static let cursorKey = "feedback_cursor"
+    static let watermarkKey = "last_job_feedback"
+
+    init(database: AgentDatabase, writer: StoreWriter, models: ModelManager, logger: Logger, sampler: LiveSampler,
+         replay: AgentConfig.Replay, settings: @escaping @Sendable () -> AgentConfig.Learn, driftState: @escaping @Sendable () -> String?) {
+        self.database = database
+        self.writer = writer
+        self.models = models
+        self.logger = logger
+        self.sampler = sampler
+        replayConfig = replay
+        self.settings = settings
+        self.driftState = driftState
+        index = ReplayIndex(kind: ReplayPolicyKind(rawValue: replay.policy) ?? .classBalanced, capacity: replay.capacity, liveShare: replay.liveShare)
+    }
+
+    // MARK: start and the replay memory
+
+    /// At start: jobs a crash left running are marked interrupted; the replay memory is indexed
+    /// for the serving model and seeded from its file when it holds no seed yet.
+    func start() throws {
+        let interrupted = try database.markInterruptedJobs()
+        for id in interrupted {
+            writer.appendEvent(kind: "update_interrupted", message: "update job \(id) was running when agentd stopped; nothing of it was applied")
+            logger.warning("an update job was interrupted by a stop or crash; nothing of it was applied", metadata: ["job": "\(id)"])
+        }
+        if let row = try database.lastJob(), let data = row.result.data(using: .utf8), var j = try? JSONDecoder().decode(LearnJob.self, from: data) {
+            if interrupted.contains(row.id) {
+                j.state = "interrupted"
+                j.phase = nil
+                j.reason = "agentd stopped or crashed during the update; nothing was applied"
+            }
+            job = j
+        }
+        try syncWithServingModel()
+    }
+
+    /// Re-indexes the replay memory when the serving model's shape changed, drops rows of
+    /// another shape, and seeds from the model file when no seed rows are kept.
+    func syncWithServingModel() throws {
+        guard let model = models.slot.current else { return }
+        lock.lock()
+        defer { lock.unlock() }
+        guard indexedVersion != model.version else { return }
+        let network = model.network
+        sampler.configure(inputs: network.inputCount, classes: network.outputCount)
+        let (rows, stale) = try database.replayRows(inputs: network.inputCount, classes: network.outputCount)
+        if !stale.isEmpty { try database.applyReplay(.init(delete: stale)) }
+        bytesPerSample = AgentDatabase.ReplayRow(id: 0, source: "feedback", label: 0, group: 0, score: 0,
+                                                 input: [Float](repeating: 0, count: network.inputCount),
+                                                 logits: [Float](repeating: 0, count: network.outputCount), modelVersion: 0).bytes
+        let capacity = max(1, min(replayConfig.capacity, replayConfig.maxBytes / bytesPerSample))
+        var fresh = ReplayIndex(kind: index.kind, capacity: capacity, liveShare: replayConfig.liveShare)
+        fresh.restore(rows.map(Self.entry))
+        index = fresh
+        nextId = (rows.map(\.id).max() ?? 0) + 1
+        indexedVersion = model.version
+        if !rows.contains(where: { $0.source == ReplaySource.seed.rawValue }), let seed = try? ReplaySeed.decode(network) {
+            var change = AgentDatabase.ReplayChange()
+            var next = index
+            let classes = network.outputCount
+            for i in 0..<seed.rows {
+                let logits = Array(seed.logits[(i * classes)..<((i + 1) * classes)])
+                let score = logits.withUnsafeBufferPointer { replayValue(logits: $0.baseAddress!, classes: classes, label: seed.labels[i]) }
+                let row = AgentDatabase.ReplayRow(id: nextId + Int64(i), source: ReplaySource.seed.rawValue, label: seed.labels[i], group: seed.labels[i],
+                                                  score: score, input: Array(seed.inputs[(i * network.inputCount)..<((i + 1) * network.inputCount)]),
+                                                  logits: logits, modelVersion: model.version)
+                Self.offer(row, to: &next, change: &change)
+            }
+            try database.applyReplay(change)
+            index = next
+            nextId += Int64(seed.rows)
+            writer.appendEvent(kind: "replay_seeded", message: "replay memory seeded with \(change.insert.count) labelled rows from version \(model.version)'s file")
+        }
+        replayBytes = index.entries.count * bytesPerSample
+    }
+
+    static func entry(_ r: AgentDatabase.ReplayRow) -> ReplayEntry {
+        ReplayEntry(id: r.id, label: r.label, group: r.group, source: ReplaySource(rawValue: r.source) ?? .live, score: r.score)
+    }
+
+    /// Offers a row to `index`, folding the outcome into `change` (a row that comes and goes in
+    /// the same change is neither inserted nor deleted).
+    static func offer(_ row: AgentDatabase.ReplayRow, to index: inout ReplayIndex, change: inout AgentDatabase.ReplayChange) {
+        guard let evicted = index.offer(entry(row)) else { return }
+        change.insert.append(row)
+        for id in evicted {
+            if let i = change.insert.firstIndex(where: { $0.id == id }) { change.insert.remove(at: i) } else { change.delete.append(id) }
+        }
+    }
+
+    /// Live rows gathered since the last call go into the replay memory while drift is `ok`.
+    func flushLiveRows() {
+        let rows = sampler.drain()
+        guard !rows.isEmpty, driftState() == "ok", let model = models.slot.current else { return }
+        lock.lock()
+        defer { lock.unlock() }
+        guard indexedVersion == model.version, !running else { return }
+        let network = model.network, classes = network.outputCount
+        var next = index, change = AgentDatabase.ReplayChange(), id = nextId
+        for r in rows where r.input.count == network.inputCount && r.scores.count == classes {
+            // Scores of a softmax model are probabilities: their logs are logits up to a constant.
+            let logits = network.endsWithSoftmax ? r.scores.map { logf(max($0, 1e-12)) } : r.scores
+            guard r.input.allSatisfy(\.isFinite), logits.allSatisfy(\.isFinite) else { continue }
+            let predicted = logits.indices.max { logits[$0] < logits[$1] } ?? 0
+            let score = logits.withUnsafeBufferPointer { replayValue(logits: $0.baseAddress!, classes: classes, label: nil) }
+            Self.offer(.init(id: id, source: ReplaySource.live.rawValue, label: nil, group: predicted, score: score, input: r.input,
+                             logits: logits, modelVersion: model.version), to: &next, change: &change)
+            id += 1
+        }
+        do {
+            try database.applyReplay(change)
+            index = next
+            nextId = id
+            replayBytes = index.entries.count * bytesPerSample
+        } catch {
+            logger.warning("live replay rows not stored", metadata: ["error": "\(StoreError(error))"])
+        }
+    }
+
+    func replayResponse() -> ReplayResponse {
+        let labels = models.slot.current?.labels ?? []
+        lock.lock()
+        defer { lock.unlock() }
+        let fill = index.fill
+        var perClass: [String: Int] = [:]
+        for (c, n) in fill.perClass { perClass[c < labels.count ? labels[c] : String(c)] = n }
+        var perSource: [String: Int] = [:]
+        for s in ReplaySource.allCases { perSource[s.rawValue] = fill.perSource[s] ?? 0 }
+        let cursor = ((try? database.learnerValue(Self.cursorKey)) ?? nil) ?? 0
+        let waiting = (try? database.feedbackCount(after: cursor)) ?? 0
+        return ReplayResponse(capacity: index.capacity, policy: index.kind.rawValue, samples: index.entries.count, bytes: replayBytes,
+                              perClass: perClass, perSource: perSource, newLabels: waiting)
+    }
+
+    var replayFill: (samples: Int, capacity: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        return (index.entries.count, index.capacity)
+    }
+
+    // MARK: jobs
+
+    var currentJob: LearnJob? {
+        lock.lock()
+        defer { lock.unlock() }
+        return job
+    }
+
+    var isRunning: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return running
+    }
+
+    /// Starts an update on its own thread; the job is recorded before this returns.
+    func startJob(trigger: String, dryRun: Bool) throws -> String {
+        guard let model = models.slot.current else { throw LearnRefusal.noModel }
+        lock.lock()
+        defer { lock.unlock() }
+        if running, let job { throw LearnRefusal.busy(job: job.job) }
+        jobsStarted += 1
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let started = f.string(from: Date())
+        let id = "learn-" + String(format: "%08x%08x", UInt32(truncatingIfNeeded: Int(Date().timeIntervalSince1970)), UInt32.random(in: 0...UInt32.max))
+        var j = LearnJob(job: id, state: "running", trigger: trigger, dryRun: dryRun, started: started)
+        j.phase = "loading"
+        j.baseVersion = model.version
+        do {
+            try database.insertJob(id: id, state: "running", result: Self.json(j))
+        } catch {
+            throw LearnRefusal.store(StoreError(error))
+        }
+        job = j
+        running = true
+        cancelled.store(false, ordering: .relaxed)
+        let seed = jobsStarted
+        let t = Thread { [self] in
+            self.run(id: id, model: model, dryRun: dryRun, seed: seed)
+        }
+        t.name = "agentd-learn"
+        t.stackSize = 8 << 20
+        thread = t
+        t.start()
+        writer.appendEvent(kind: "update_started", message: "update job \(id) started (\(trigger)\(dryRun ? ", dry run" : "")) from version \(model.version)")
+        logger.notice("update started", metadata: ["job": "\(id)", "trigger": "\(trigger)", "dry_run": "\(dryRun)"])
+        return id
+    }
+
+    /// Cancels a running job and waits (up to `timeout` seconds) for its thread to record it.
+    func cancelAndWait(timeout: Double) {
+        cancelled.store(true, ordering: .relaxed)
+        let deadline = Date().addingTimeInterval(timeout)
+        finished.lock()
+        while isRunning && Date() < deadline { _ = finished.wait(until: min(deadline, Date().addingTimeInterval(0.05))) }
+        finished.unlock()
+    }
+
+    static func json<T: Encodable>(_ value: T) -> String {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        return String(decoding: (try? e.encode(value)) ?? Data("{}".utf8), as: UTF8.self)
+    }
+
+    private func update(_ body: (inout LearnJob) -> Void) {
+        lock.lock()
+        if job != nil { body(&job!) }
+        lock.unlock()
+    }
+
+    /// SCHED_IDLE for this thread (Linux: runs only when nothing else wants the CPU), else nice 19.
+    static func lowerPriority() -> String {
+        #if os(Linux)
+        var param = sched_param()
+        param.sched_priority = 0
+        // SCHED_IDLE is 5 in <sched.h>; Glibc does not export the macro to Swift.
+        if sched_setscheduler(0, 5, &param) == 0 { return "idle" }
+        if setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 19) == 0 { return "nice 19" }
+        #endif
+        return "normal"
+    }
+
+    private func run(id: String, model: ServingModel, dryRun: Bool, seed: UInt64) {
+        let priority = Self.lowerPriority()
+        let started = Date()
+        let cpu0 = ContinualLearner.threadCPUSeconds()
+        let learn = settings()
+        var final: LearnJob? = nil
+        var state = "finished"
+        do {
+            final = try execute(id: id, model: model, dryRun: dryRun, seed: seed, learn: learn, started: started, cpu0: cpu0)
+        } catch let e as LearnError where cancelled.load(ordering: .relaxed) {
+            state = "cancelled"
+            update { $0.reason = e.message }
+        } catch {
+            state = "failed"
+            update { $0.reason = "\(error)" }
+        }
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let end = f.string(from: Date())
+        update {
+            if let final { $0 = final }
+            $0.state = state
+            $0.phase = nil
+            $0.finished = end
+            $0.seconds = Date().timeIntervalSince(started)
+            $0.cpuSeconds = ContinualLearner.threadCPUSeconds() - cpu0
+        }
+        let done = currentJob!
+        if state != "finished" || done.decision != "accepted" || dryRun {
+            // An accepted update recorded its job in its own commit.
+            do {
+                try database.finishJob(id: id, state: state, result: Self.json(done))
+            } catch {
+                logger.error("update job result not stored", metadata: ["job": "\(id)", "error": "\(StoreError(error))"])
+            }
+        }
+        if state != "finished" {
+            writer.appendEvent(kind: "update_\(state)", message: "update job \(id) \(state): \(done.reason ?? "")")
+            logger.warning("update \(state)", metadata: ["job": "\(id)", "reason": "\(done.reason ?? "")"])
+        }
+        logger.info("update job ended", metadata: ["job": "\(id)", "priority": "\(priority)", "seconds": "\(done.seconds ?? 0)"])
+        finished.lock()
+        lock.lock()
+        running = false
+        lock.unlock()
+        finished.broadcast()
+        finished.unlock()
+    }
+
+    /// The job's work; returns the finished record (state set by the caller).
+    private func execute(id: String, model: ServingModel, dryRun: Bool, seed: UInt64, learn: AgentConfig.Learn,
+                         started: Date, cpu0: Double) throws -> LearnJob {
+        let network = model.network
+        let classes = network.outputCount
+        let anchor = try EWCAnchor.decode(network)
+        let replaySeed = try ReplaySeed.decode(network)
+        let cursor = try database.learnerValue(Self.cursorKey) ?? 0
+        let feedback = try database.feedback(after: cursor)
+        var classIndex: [String: Int] = [:]
+        for (i, l) in network.labels.enumerated() { classIndex[l] = i }
+        let newData = feedback.compactMap { f -> LearnSample? in
+            guard let c = classIndex[f.label], f.input.count == network.inputCount else { return nil }
+            return LearnSample(input: f.input, label: c, logits: nil)
+        }
+        let watermark = feedback.last?.id ?? cursor
+        let replayRows = try database.replayRows(inputs: network.inputCount, classes: classes).rows
+        let replay = replayRows.map { LearnSample(input: $0.input, label: $0.label, logits: $0.logits) }
+        var settings = LearnSettings()
+        settings.maxSteps = learn.maxSteps
+        settings.minGain = learn.minGain
+        settings.maxForgetting = learn.maxForgetting
+        settings.cpuBudgetSeconds = learn.cpuBudgetS
+        settings.seed = seed
+        update { $0.phase = "training"; $0.labels = newData.count }
+        let outcome = try ContinualLearner.run(
+            base: network, anchor: anchor, newData: newData, replay: replay, expectedAccuracy: replaySeed?.expectedAccuracy.map(Double.init),
+            settings: settings, isCancelled: { [unowned self] in self.cancelled.load(ordering: .relaxed) },
+            progress: { [weak self] step in self?.update { $0.step = step } })
+        var j = currentJob!
+        j.decision = outcome.decision.rawValue
+        j.reason = outcome.reason + (outcome.budgetExhausted ? " (training stopped at learn.cpu_budget_s)" : "")
+        j.before = LearnAccuracy(newAccuracy: outcome.before.newAccuracy, oldAccuracy: outcome.before.oldAccuracy)
+        j.after = outcome.after.map { LearnAccuracy(newAccuracy: $0.newAccuracy, oldAccuracy: $0.oldAccuracy) }
+        j.steps = outcome.steps
+        j.lambda = Double(outcome.lambda)
+        j.alpha = Double(outcome.alpha)
+        j.labels = newData.count
+        guard outcome.decision == .accepted, !dryRun, let trained = outcome.network else {
+            j.seconds = Date().timeIntervalSince(started)
+            try database.finishJob(id: id, state: "finished", result: Self.json(j), counters: [Self.watermarkKey: watermark])
+            let kind = "update_" + outcome.decision.rawValue
+            writer.appendEvent(kind: kind, message: "update job \(id)\(dryRun ? " (dry run)" : ""): \(outcome.decision.rawValue): \(j.reason ?? "")")
+            logger.notice("update decided", metadata: ["job": "\(id)", "decision": "\(outcome.decision.rawValue)", "dry_run": "\(dryRun)"])
+            update { $0 = j }
+            return j
+        }
+
+        update { $0.phase = "quantizing" }
+        // The anchor moves to the new weights and the Fisher of what the replay and the new labels
+        // now hold joins the decayed old one (online EWC).
+        var fisherRows: [Float] = []
+        for s in (replay + newData).prefix(1000) { fisherRows += s.input }
+        let count = fisherRows.count / network.inputCount
+        let fisher = fisherRows.withUnsafeBufferPointer { FisherInformation.diagonal(network: trained, rows: $0.baseAddress!, count: count) }
+        var weights: [String: [Float]] = [:]
+        for (name, t) in trained.parameters { weights[name] = Array(UnsafeBufferPointer(start: t.pointer, count: t.count)) }
+        let renewed = anchor?.updated(newFisher: fisher, samples: count, network: trained)
+            ?? EWCAnchor(fisher: fisher, anchor: weights, samples: count, gamma: 0.9, updates: 1)
+        renewed.encode(into: trained)
+        // The drift reference is reset: the new version warms one up from the traffic it serves.
+        trained.driftReference = nil
+        trained.fieldTensors.removeAll { $0.name.hasPrefix("drift.") }
+        let lineage = Lineage(base: model.version, kind: "local_update", labels: newData.count, steps: outcome.steps)
+        trained.lineage = .object(["base": .number(Double(lineage.base)), "kind": .string(lineage.kind),
+                                   "labels": .number(Double(lineage.labels)), "steps": .number(Double(lineage.steps)), "job": .string(id)])
+        var manifest = trained.manifest()
+        var tensors = trained.tensorBlobs()
+        if let q = model.quantized {
+            let rows = DataSet(features: fisherRows, featureCount: network.inputCount, labels: nil, classNames: network.labels)
+            guard rows.count >= Quantizer.minimumCalibrationRows else {
+                throw LearnError("only \(rows.count) rows to re-quantize on; \(Quantizer.minimumCalibrationRows) are needed")
+            }
+            let requantized = Quantizer.requantize(trained, like: q, rows: rows)
+            manifest.quantization = requantized.spec.json
+            tensors += requantized.tensorBlobs()
+        }
+        let bytes = ModelWriter.encode(manifest: manifest, tensors: tensors)
+
+        // The new labels join the replay memory with the new model's logits.
+        update { $0.phase = "registering" }
+        let logits = Evaluator(network: trained).logits(newData.flatMap(\.input))
+        lock.lock()
+        var next = index, change = AgentDatabase.ReplayChange(), nextReplay = nextId
+        lock.unlock()
+        for (i, s) in newData.enumerated() {
+            let l = Array(logits[(i * classes)..<((i + 1) * classes)])
+            let score = l.withUnsafeBufferPointer { replayValue(logits: $0.baseAddress!, classes: classes, label: s.label) }
+            Self.offer(.init(id: nextReplay, source: ReplaySource.feedback.rawValue, label: s.label, group: s.label!, score: score,
+                             input: s.input, logits: l, modelVersion: nil), to: &next, change: &change)
+            nextReplay += 1
+        }
+        let adaptive = model.useAdaptive
+        var record = j
+        let row = try models.installLocalUpdate(bytes: bytes, base: model.version, adaptive: adaptive) { sha, precision in
+            try database.commitLocalUpdate(
+                name: trained.name, sha256: sha, source: "local_update:\(id)", precision: precision, lineage: Self.json(lineage),
+                job: (id, "finished", { row in
+                    record.version = row.version
+                    record.state = "finished"
+                    record.phase = nil
+                    record.seconds = Date().timeIntervalSince(started)
+                    record.cpuSeconds = ContinualLearner.threadCPUSeconds() - cpu0
+                    return Self.json(record)
+                }),
+                replay: change, counters: [Self.cursorKey: watermark, Self.watermarkKey: watermark])
+        }
+        lock.lock()
+        index = next
+        nextId = nextReplay
+        indexedVersion = row.version
+        replayBytes = index.entries.count * bytesPerSample
+        lock.unlock()
+        sampler.configure(inputs: network.inputCount, classes: classes)
+        j.version = row.version
+        writer.appendEvent(kind: "update_accepted", message: "update job \(id): version \(row.version) from version \(model.version) on \(newData.count) labels in \(outcome.steps) steps (λ \(outcome.lambda), α \(outcome.alpha)): \(outcome.reason)")
+        logger.notice("update accepted", metadata: ["job": "\(id)", "model.version": "\(row.version)", "base": "\(model.version)"])
+        update { $0 = j }
+        return j
+    }
+
+    /// The automatic trigger: drift state `drift` and `learn.min_labels` labels since the last job.
+    func autoTrigger() {
+        let learn = settings()
+        guard learn.auto, !isRunning, driftState() == "drift" else { return }
+        do {
+            let watermark = max(try database.learnerValue(Self.watermarkKey) ?? 0, try database.learnerValue(Self.cursorKey) ?? 0)
+            guard try database.feedbackCount(after: watermark) >= learn.minLabels else { return }
+            _ = try startJob(trigger: "drift", dryRun: false)
+        } catch {
+            logger.warning("automatic update not started", metadata: ["error": "\(error)"])
+        }
+    }
+
+    func component() -> ComponentStatus {
+        lock.lock()
+        defer { lock.unlock() }
+        let fill = "replay \(index.entries.count)/\(index.capacity)"
+        guard let job else { return ComponentStatus(state: "idle", detail: fill) }
+        if running { return ComponentStatus(state: "running", detail: "job \(job.job): \(job.phase ?? "")\(job.step.map { " step \($0)" } ?? ""); \(fill)") }
+        let last = job.decision.map { "last update \($0)\(job.version.map { " (version \($0))" } ?? "")" } ?? "last job \(job.state)"
+        return ComponentStatus(state: "idle", detail: "\(last); \(fill)")
+    }
+}
