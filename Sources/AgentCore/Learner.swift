@@ -157,7 +157,7 @@ final class Learner: @unchecked Sendable {
                                                  logits: [Float](repeating: 0, count: network.outputCount), modelVersion: 0).bytes
         let capacity = max(1, min(replayConfig.capacity, replayConfig.maxBytes / bytesPerSample))
         var fresh = ReplayIndex(kind: index.kind, capacity: capacity, liveShare: replayConfig.liveShare)
-        fresh.restore(rows.map(Self.entry))
+        fresh.restore(rows.map(Self.entry), counters: try database.replayCounters())
         index = fresh
         nextId = (rows.map(\.id).max() ?? 0) + 1
         indexedVersion = model.version
@@ -173,7 +173,7 @@ final class Learner: @unchecked Sendable {
                                                   logits: logits, modelVersion: model.version)
                 Self.offer(row, to: &next, change: &change)
             }
-            try database.applyReplay(change)
+            try database.applyReplay(change, counters: next.counters)
             index = next
             nextId += Int64(seed.rows)
             writer.appendEvent(kind: "replay_seeded", message: "replay memory seeded with \(change.insert.count) labelled rows from version \(model.version)'s file")
@@ -215,7 +215,7 @@ final class Learner: @unchecked Sendable {
             id += 1
         }
         do {
-            try database.applyReplay(change)
+            try database.applyReplay(change, counters: next.counters)
             index = next
             nextId = id
             replayBytes = index.entries.count * bytesPerSample
@@ -425,12 +425,15 @@ final class Learner: @unchecked Sendable {
         }
 
         update { $0.phase = "quantizing" }
-        // The anchor moves to the new weights and the Fisher of what the replay and the new labels
-        // now hold joins the decayed old one (online EWC).
-        var fisherRows: [Float] = []
-        for s in (replay + newData).prefix(1000) { fisherRows += s.input }
-        let count = fisherRows.count / network.inputCount
-        let fisher = fisherRows.withUnsafeBufferPointer { FisherInformation.diagonal(network: trained, rows: $0.baseAddress!, count: count) }
+        // Online EWC (Schwarz et al., 2018): the anchor moves to the new weights, and the Fisher
+        // of the task just learnt (the new labels only: the older data is already in the decayed
+        // term) is added to γ·F.
+        let newRows = newData.flatMap(\.input)
+        let fisher = newRows.withUnsafeBufferPointer { FisherInformation.diagonal(network: trained, rows: $0.baseAddress!, count: newData.count) }
+        let count = newData.count
+        // Re-quantization calibrates on what the new version will see and what it must keep: the
+        // new labels' inputs first, then the replay memory.
+        let calibration = newRows + replay.prefix(max(0, 2000 - newData.count)).flatMap(\.input)
         var weights: [String: [Float]] = [:]
         for (name, t) in trained.parameters { weights[name] = Array(UnsafeBufferPointer(start: t.pointer, count: t.count)) }
         let renewed = anchor?.updated(newFisher: fisher, samples: count, network: trained)
@@ -445,7 +448,7 @@ final class Learner: @unchecked Sendable {
         var manifest = trained.manifest()
         var tensors = trained.tensorBlobs()
         if let q = model.quantized {
-            let rows = DataSet(features: fisherRows, featureCount: network.inputCount, labels: nil, classNames: network.labels)
+            let rows = DataSet(features: calibration, featureCount: network.inputCount, labels: nil, classNames: network.labels)
             guard rows.count >= Quantizer.minimumCalibrationRows else {
                 throw LearnError("only \(rows.count) rows to re-quantize on; \(Quantizer.minimumCalibrationRows) are needed")
             }
@@ -481,7 +484,8 @@ final class Learner: @unchecked Sendable {
                     record.cpuSeconds = ContinualLearner.threadCPUSeconds() - cpu0
                     return Self.json(record)
                 }),
-                replay: change, counters: [Self.cursorKey: watermark, Self.watermarkKey: watermark])
+                replay: change, counters: [Self.cursorKey: watermark, Self.watermarkKey: watermark].merging(
+                    next.counters.map { ("replay." + $0.key, $0.value) }, uniquingKeysWith: { a, _ in a }))
         }
         lock.lock()
         index = next

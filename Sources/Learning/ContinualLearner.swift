@@ -27,7 +27,7 @@ public enum LearnDecision: String, Codable, Sendable {
 public struct LearnAccuracies: Codable, Equatable, Sendable {
     /// Accuracy on the held-out share of the new labels.
     public var newAccuracy: Double
-    /// Accuracy on the labelled replay memory (the old distribution).
+    /// Accuracy on the held-out share of the labelled replay memory (the old distribution).
     public var oldAccuracy: Double
     enum CodingKeys: String, CodingKey {
         case newAccuracy = "new_accuracy"
@@ -61,15 +61,22 @@ public struct LearnSettings: Sendable {
     /// and keeps the best weights seen.
     public var evalEvery = 25
     public var patience = 6
-    /// The grid λ (EWC) and α (distillation) are chosen from on the validation share.
-    public var lambdas: [Float] = [0, 100]
+    /// The grid λ (EWC) and α (distillation) are chosen from on the validation share. The
+    /// Fisher is a mean over rows, so λ = 1 weighs the old data like one mean batch loss.
+    public var lambdas: [Float] = [0, 100, 1000]
     public var alphas: [Float] = [0.5, 1]
     public var temperature: Float = 2
     /// Gate: new accuracy must rise by `minGain`, old may fall by at most `maxForgetting`.
     public var minGain = 0.01
     public var maxForgetting = 0.01
     public var validationShare = 0.2
+    /// The gate's share of the new labels, and at least `minimumGate` of them (a third at most).
     public var gateShare = 0.2
+    public var minimumGate = 30
+    /// Share of the labelled replay never trained on: early stopping and the gate's old accuracy.
+    public var oldHoldoutShare = 0.2
+    /// One-sided z of the gate's tests (1.64: 5%).
+    public var z = 1.64
     public var method = LearnMethod.product
     public var seed: UInt64 = 1
     /// CPU seconds the job may use on its thread; training stops (best weights so far) past it.
@@ -102,6 +109,8 @@ public struct LearnOutcome: Sendable {
     public var network: Network?
     /// Lowest old accuracy seen at a validation check of the chosen run (the stability gap).
     public var lowestOldAccuracy: Double?
+    /// Lowest accuracy on `probe` seen at a validation check of the chosen run (harness).
+    public var lowestProbeAccuracy: Double?
     /// Labels used: train, validation, gate.
     public var labels: (train: Int, validation: Int, gate: Int)
     public var budgetExhausted: Bool
@@ -115,7 +124,7 @@ public enum ContinualLearner {
     public static let minimumLabels = 5
 
     public static func run(base: Network, anchor: EWCAnchor?, newData: [LearnSample], replay: [LearnSample],
-                           expectedAccuracy: Double?, settings: LearnSettings,
+                           expectedAccuracy: Double?, settings: LearnSettings, probe: [LearnSample] = [],
                            isCancelled: () -> Bool = { false }, progress: (Int) -> Void = { _ in }) throws -> LearnOutcome {
         let started = Date()
         let cpuStart = threadCPUSeconds()
@@ -127,32 +136,48 @@ public enum ContinualLearner {
         var order = Array(labelled.indices)
         rng.shuffle(&order)
         let n = labelled.count
-        let gateCount = max(1, Int((Double(n) * settings.gateShare).rounded()))
+        let gateCount = max(1, Int((Double(n) * settings.gateShare).rounded()), min(settings.minimumGate, n / 3))
         let valCount = max(1, Int((Double(n) * settings.validationShare).rounded()))
         let gate = order.prefix(gateCount).map { labelled[$0] }
         let validation = order.dropFirst(gateCount).prefix(valCount).map { labelled[$0] }
         let train = order.dropFirst(gateCount + valCount).map { labelled[$0] }
         guard !train.isEmpty else { throw LearnError("\(n) new labels leave none to train on after the gate and validation shares") }
-        let oldLabelled = replay.filter { $0.label != nil }
-        let replayRows = settings.method.replay ? replay : []
+        // Every fifth labelled replay row (at least one when there are five) is never trained on:
+        // it measures what the update costs the old distribution, for early stopping and the gate.
+        var oldHoldout: [LearnSample] = [], replayTrain: [LearnSample] = []
+        let holdoutEvery = max(2, Int((1 / max(settings.oldHoldoutShare, 0.01)).rounded()))
+        var labelledSeen = 0
+        for r in replay {
+            if r.label != nil {
+                labelledSeen += 1
+                if labelledSeen % holdoutEvery == 0 { oldHoldout.append(r); continue }
+            }
+            replayTrain.append(r)
+        }
+        let replayRows = settings.method.replay ? replayTrain : []
 
         let baseEval = Evaluator(network: base)
-        let before = LearnAccuracies(newAccuracy: baseEval.accuracy(gate), oldAccuracy: oldLabelled.isEmpty ? 1 : baseEval.accuracy(oldLabelled))
+        let before = LearnAccuracies(newAccuracy: baseEval.accuracy(gate), oldAccuracy: oldHoldout.isEmpty ? 1 : baseEval.accuracy(oldHoldout))
         let splits = (train: train.count, validation: validation.count, gate: gate.count)
 
         if !settings.alwaysTrain {
-            let reference = expectedAccuracy ?? before.oldAccuracy
-            let newAll = baseEval.accuracy(labelled)
-            if newAll + settings.minGain >= reference {
+            // Judged on the labels the gate does not use, against what the model scored on held-out
+            // rows when it was prepared: a deficit within min_gain plus sampling noise needs no update.
+            let reference = expectedAccuracy ?? (oldHoldout.isEmpty ? 1 : before.oldAccuracy)
+            let seen = train + validation
+            let accuracy = baseEval.accuracy(seen)
+            let noise = settings.z * (reference * (1 - reference) / Double(seen.count)).squareRoot()
+            if reference - accuracy <= settings.minGain + noise {
                 return LearnOutcome(
                     decision: .notNeeded,
-                    reason: String(format: "the serving model already scores %.1f%% on the %d new labels (%.1f%% expected); no update", newAll * 100, n, reference * 100),
+                    reason: String(format: "the serving model already scores %.1f%% on %d of the new labels (%.1f%% expected, %.1f pt of noise allowed); no update",
+                                   accuracy * 100, seen.count, reference * 100, (settings.minGain + noise) * 100),
                     before: before, after: nil, steps: 0, totalSteps: 0, seconds: Date().timeIntervalSince(started),
-                    lambda: 0, alpha: 0, network: nil, lowestOldAccuracy: nil, labels: splits, budgetExhausted: false)
+                    lambda: 0, alpha: 0, network: nil, lowestOldAccuracy: nil, lowestProbeAccuracy: nil, labels: splits, budgetExhausted: false)
             }
         }
 
-        let lambdas = settings.method.ewc && anchor != nil ? settings.lambdas.filter { $0 > 0 }.ifEmpty([0]) : [0]
+        let lambdas = settings.method.ewc && anchor != nil ? settings.lambdas.ifEmpty([0]) : [0]
         let hasLogits = replayRows.contains { $0.logits != nil }
         let alphas = settings.method.distillation && hasLogits ? settings.alphas.filter { $0 > 0 }.ifEmpty([0]) : [0]
         var best: (score: Double, run: Run, lambda: Float, alpha: Float)? = nil
@@ -161,30 +186,44 @@ public enum ContinualLearner {
         for lambda in lambdas {
             for alpha in alphas {
                 if exhausted || isCancelled() { break }
-                let run = train1(base: base, anchor: anchor, train: train, replay: replayRows, validation: validation, old: oldLabelled,
-                                 lambda: lambda, alpha: alpha, settings: settings, seed: settings.seed &+ UInt64(totalSteps),
+                let run = train1(base: base, anchor: anchor, train: train, replay: replayRows, validation: validation, old: oldHoldout,
+                                 lambda: lambda, alpha: alpha, settings: settings, seed: settings.seed &+ UInt64(totalSteps), probe: probe,
                                  cpuDeadline: cpuStart + settings.cpuBudgetSeconds, isCancelled: isCancelled,
                                  progress: { progress(totalSteps + $0) })
                 totalSteps += run.stepsRun
                 exhausted = run.budgetExhausted
-                if best == nil || run.bestScore > best!.score { best = (run.bestScore, run, lambda, alpha) }
+                if best == nil || run.bestScore > best!.score + 1e-12 { best = (run.bestScore, run, lambda, alpha) }
             }
         }
         if isCancelled() { throw LearnError("the update was cancelled") }
         guard let best else { throw LearnError("the CPU budget ran out before any training") }
         let trained = best.run.network
         let eval = Evaluator(network: trained)
-        let after = LearnAccuracies(newAccuracy: eval.accuracy(gate), oldAccuracy: oldLabelled.isEmpty ? 1 : eval.accuracy(oldLabelled))
+        let after = LearnAccuracies(newAccuracy: eval.accuracy(gate), oldAccuracy: oldHoldout.isEmpty ? 1 : eval.accuracy(oldHoldout))
         let gain = after.newAccuracy - before.newAccuracy, forgetting = before.oldAccuracy - after.oldAccuracy
-        let accepted = gain >= settings.minGain - 1e-9 && forgetting <= settings.maxForgetting + 1e-9
-        let numbers = String(format: "new %.1f%% → %.1f%% (gain %+.1f pt, %.1f needed), old %.1f%% → %.1f%% (forgetting %.1f pt, %.1f allowed)",
-                             before.newAccuracy * 100, after.newAccuracy * 100, gain * 100, settings.minGain * 100,
-                             before.oldAccuracy * 100, after.oldAccuracy * 100, forgetting * 100, settings.maxForgetting * 100)
+        // The gain must be real, not one lucky sample: of the gate rows whose answer changed, the
+        // fixes must outnumber the breaks by z·√(changed) (a one-sided sign test, as McNemar's).
+        let (fixes, breaks) = Self.changes(gate, before: baseEval, after: eval)
+        let significant = Double(fixes - breaks) >= settings.z * Double(fixes + breaks).squareRoot() && fixes > breaks
+        let accepted = gain >= settings.minGain - 1e-9 && significant && forgetting <= settings.maxForgetting + 1e-9
+        let numbers = String(format: "new %.1f%% → %.1f%% (gain %+.1f pt, %.1f needed; %d fixed, %d broken of %d%@), old %.1f%% → %.1f%% (forgetting %.1f pt, %.1f allowed)",
+                             before.newAccuracy * 100, after.newAccuracy * 100, gain * 100, settings.minGain * 100, fixes, breaks, gate.count,
+                             significant ? "" : ": not significant", before.oldAccuracy * 100, after.oldAccuracy * 100, forgetting * 100,
+                             settings.maxForgetting * 100)
         return LearnOutcome(
             decision: accepted ? .accepted : .rejected, reason: numbers, before: before, after: after,
             steps: best.run.bestStep, totalSteps: totalSteps, seconds: Date().timeIntervalSince(started),
             lambda: best.lambda, alpha: best.alpha, network: trained, lowestOldAccuracy: best.run.lowestOld,
+            lowestProbeAccuracy: probe.isEmpty ? nil : best.run.lowestProbe,
             labels: splits, budgetExhausted: exhausted)
+    }
+
+    /// Gate rows `after` answers right and `before` wrong (fixes), and the other way (breaks).
+    static func changes(_ rows: [LearnSample], before: Evaluator, after: Evaluator) -> (Int, Int) {
+        let b = before.correct(rows), a = after.correct(rows)
+        var fixes = 0, breaks = 0
+        for i in rows.indices where a[i] != b[i] { if a[i] { fixes += 1 } else { breaks += 1 } }
+        return (fixes, breaks)
     }
 
     struct Run {
@@ -193,12 +232,13 @@ public enum ContinualLearner {
         let bestStep: Int
         let stepsRun: Int
         let lowestOld: Double
+        let lowestProbe: Double
         let budgetExhausted: Bool
     }
 
     /// One training run from `base` at (λ, α), keeping the weights of its best validation check.
     static func train1(base: Network, anchor: EWCAnchor?, train: [LearnSample], replay: [LearnSample], validation: [LearnSample],
-                       old: [LearnSample], lambda: Float, alpha: Float, settings: LearnSettings, seed: UInt64,
+                       old: [LearnSample], lambda: Float, alpha: Float, settings: LearnSettings, seed: UInt64, probe: [LearnSample],
                        cpuDeadline: Double, isCancelled: () -> Bool, progress: (Int) -> Void) -> Run {
         let network = base.copy()
         let batch = settings.batchSize
@@ -219,11 +259,16 @@ public enum ContinualLearner {
         defer { x.deallocate(); labels.deallocate(); stored.deallocate(); has.deallocate(); dy.deallocate() }
         var rng = SeededGenerator(seed: seed)
         let evaluator = Evaluator(network: network)
+        let oldStart = old.isEmpty ? 1 : evaluator.accuracy(old)
+        // A checkpoint that forgets more than the gate allows is never chosen; among the others the
+        // best validation accuracy wins, then the better old accuracy (a tiny tie-breaker).
         func score() -> (Double, Double) {
             let o = old.isEmpty ? 1 : evaluator.accuracy(old)
-            return (evaluator.accuracy(validation) + o, o)
+            let eligible = oldStart - o <= settings.maxForgetting + 1e-9
+            return ((eligible ? 10 : 0) + evaluator.accuracy(validation) + 1e-3 * o, o)
         }
         var (bestScore, lowest) = score()
+        var lowestProbe = probe.isEmpty ? 0 : evaluator.accuracy(probe)
         var bestWeights = pairs.map { Array(UnsafeBufferPointer(start: $0.parameter.pointer, count: $0.parameter.count)) }
         var bestStep = 0, sinceBest = 0, step = 0, exhausted = false
         let replayShare = replay.isEmpty ? 0 : batch / 2
@@ -253,6 +298,7 @@ public enum ContinualLearner {
                     progress(step)
                     let (s, o) = score()
                     lowest = min(lowest, o)
+                    if !probe.isEmpty { lowestProbe = min(lowestProbe, evaluator.accuracy(probe)) }
                     if s > bestScore + 1e-9 {
                         bestScore = s
                         bestStep = step
@@ -267,7 +313,8 @@ public enum ContinualLearner {
             }
         }
         for (i, p) in pairs.enumerated() { bestWeights[i].withUnsafeBufferPointer { p.parameter.pointer.update(from: $0.baseAddress!, count: p.parameter.count) } }
-        return Run(network: network, bestScore: bestScore, bestStep: bestStep, stepsRun: step, lowestOld: lowest, budgetExhausted: exhausted)
+        return Run(network: network, bestScore: bestScore, bestStep: bestStep, stepsRun: step, lowestOld: lowest, lowestProbe: lowestProbe,
+                   budgetExhausted: exhausted)
     }
 
     /// CPU seconds the calling thread has used.
@@ -292,23 +339,29 @@ public final class Evaluator {
     deinit { x.deallocate() }
 
     public func accuracy(_ samples: [LearnSample]) -> Double {
-        let labelled = samples.filter { $0.label != nil }
-        guard !labelled.isEmpty else { return 0 }
+        let right = correct(samples.filter { $0.label != nil })
+        guard !right.isEmpty else { return 0 }
+        return Double(right.reduce(0) { $0 + ($1 ? 1 : 0) }) / Double(right.count)
+    }
+
+    /// Whether each labelled sample's top class is its label (unlabelled ones count as wrong).
+    public func correct(_ samples: [LearnSample]) -> [Bool] {
         let features = graph.network.inputCount, classes = graph.outputCount
-        var correct = 0, start = 0
-        while start < labelled.count {
-            let b = min(batch, labelled.count - start)
-            for r in 0..<b { labelled[start + r].input.withUnsafeBufferPointer { (x + r * features).update(from: $0.baseAddress!, count: features) } }
+        var out = [Bool](repeating: false, count: samples.count)
+        var start = 0
+        while start < samples.count {
+            let b = min(batch, samples.count - start)
+            for r in 0..<b { samples[start + r].input.withUnsafeBufferPointer { (x + r * features).update(from: $0.baseAddress!, count: features) } }
             graph.forward(x, batch: b)
             let z = graph.output(batch: b)
             for r in 0..<b {
                 var arg = 0
                 for c in 1..<classes where z[r * classes + c] > z[r * classes + arg] { arg = c }
-                if arg == labelled[start + r].label { correct += 1 }
+                out[start + r] = arg == samples[start + r].label
             }
             start += b
         }
-        return Double(correct) / Double(labelled.count)
+        return out
     }
 
     /// Logits of raw rows, `[rows, classes]`.

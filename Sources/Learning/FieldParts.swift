@@ -2,6 +2,7 @@ import Foundation
 import Inference
 import ModelFile
 import Tensor
+import Training
 
 /// Why a model file's learning sections were refused: names the section, the tensor and what.
 public struct LearningFileError: Error, CustomStringConvertible, Equatable, Sendable {
@@ -149,6 +150,34 @@ public struct ReplaySeed: Sendable {
             return Int(v)
         }
         return ReplaySeed(inputs: inputs, labels: labels, logits: logits, expectedAccuracy: expected)
+    }
+
+    /// A class-balanced sample of `count` labelled rows (round-robin over the classes, each
+    /// class's rows in a seeded order) with `network`'s logits.
+    public static func sample(_ data: DataSet, count: Int, network: Network, seed: UInt64, expectedAccuracy: Float? = nil) -> ReplaySeed? {
+        guard count > 0, let labels = data.labels, data.count > 0 else { return nil }
+        var rng = SeededGenerator(seed: seed)
+        var byClass: [Int: [Int]] = [:]
+        for (i, l) in labels.enumerated() { byClass[l, default: []].append(i) }
+        for k in byClass.keys { rng.shuffle(&byClass[k]!) }
+        var picked: [Int] = [], round = 0
+        let classes = byClass.keys.sorted()
+        let want = min(count, data.count)
+        while picked.count < want {
+            for c in classes where picked.count < want && round < byClass[c]!.count { picked.append(byClass[c]![round]) }
+            round += 1
+        }
+        let rows = data.rows(picked)
+        let logits = Evaluator(network: network).logits(rows.features)
+        return ReplaySeed(inputs: rows.features, labels: rows.labels!, logits: logits, expectedAccuracy: expectedAccuracy)
+    }
+
+    /// The rows as learner samples.
+    public var samples: [LearnSample] {
+        let n = inputs.count / max(rows, 1), k = logits.count / max(rows, 1)
+        return (0..<rows).map { i in
+            LearnSample(input: Array(inputs[(i * n)..<((i + 1) * n)]), label: labels[i], logits: Array(logits[(i * k)..<((i + 1) * k)]))
+        }
     }
 
     public func encode(into network: Network) {

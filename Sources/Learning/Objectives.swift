@@ -123,10 +123,11 @@ public struct EWCPenalty {
 /// The diagonal Fisher information F_i = E_x Σ_c p(c|x) (∂ log p(c|x)/∂θ_i)², exact over the
 /// classes (the model's own predictive distribution, not the labels: the empirical Fisher's
 /// gradients vanish on the rows the model already fits and it needs labels the live replay rows
-/// do not have). Classes with p(c|x) < `floor` are skipped (their terms are at most `floor` times
-/// a squared gradient). Every parameter of the network gets an entry (frozen ones zero).
+/// do not have). Every class is summed (`floor` > 0 would skip classes below it, but on a
+/// confident row the Fisher is mostly made of exactly those). Every parameter of the network
+/// gets an entry (frozen ones zero).
 public enum FisherInformation {
-    public static func diagonal(network: Network, rows: UnsafePointer<Float>, count: Int, floor: Float = 1e-3) -> [String: [Float]] {
+    public static func diagonal(network: Network, rows: UnsafePointer<Float>, count: Int, floor: Float = 0) -> [String: [Float]] {
         let graph = TrainingGraph(network: network, batchCapacity: 1, trainable: nil)
         let classes = graph.outputCount
         var fisher: [String: [Float]] = [:]
@@ -150,7 +151,7 @@ public enum FisherInformation {
                 var sum: Float = 0
                 for c in 0..<classes { q[c] = expf(z[c] - m); sum += q[c] }
                 for c in 0..<classes { q[c] /= sum }
-                for c in 0..<classes where q[c] >= floor {
+                for c in 0..<classes where q[c] >= floor && q[c] > 0 {
                     // ∂(−log p_c)/∂z = q − e_c; its square is the same with either sign.
                     for k in 0..<classes { dy[k] = q[k] }
                     dy[c] -= 1

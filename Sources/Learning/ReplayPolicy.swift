@@ -13,9 +13,10 @@ public enum ReplaySource: String, Codable, Sendable, CaseIterable {
 
 /// How the labelled part of the replay memory chooses what to keep once it is full.
 public enum ReplayPolicyKind: String, Codable, Sendable, CaseIterable {
-    /// Class-balanced reservoir (Chrysakis & Moens, 2020): a newcomer of a class that is not the
-    /// largest replaces a random sample of the largest; one of the largest class is kept with
-    /// probability kept/seen of its class, in its own class's place.
+    /// Class-balanced reservoir (Chrysakis & Moens, 2020): a newcomer of a class that is not
+    /// "full" (never the largest) replaces a random sample of the largest class, which becomes
+    /// full; one of a full class is kept with probability kept/seen of its class, in its own
+    /// class's place.
     case classBalanced = "class_balanced"
     /// Plain reservoir sampling: every labelled sample seen is kept with equal probability.
     case reservoir
@@ -58,6 +59,8 @@ public struct ReplayIndex: Sendable {
     public private(set) var labelledSeen = 0
     public private(set) var seenPerClass: [Int: Int] = [:]
     public private(set) var liveSeen = 0
+    /// Classes that are or have been the largest (class-balanced policy).
+    public private(set) var fullClasses: Set<Int> = []
     private var rng: SeededGenerator
 
     public init(kind: ReplayPolicyKind, capacity: Int, liveShare: Double = 0.2, seed: UInt64 = 0x5EED) {
@@ -67,13 +70,27 @@ public struct ReplayIndex: Sendable {
         rng = SeededGenerator(seed: seed)
     }
 
-    /// Restores the index from stored entries (the counts of samples seen start from what is kept).
-    public mutating func restore(_ stored: [ReplayEntry], labelledSeen: Int? = nil, liveSeen: Int? = nil) {
+    /// Restores the index from stored entries and its saved `counters` (without them the counts
+    /// of samples seen start from what is kept).
+    public mutating func restore(_ stored: [ReplayEntry], counters: [String: Int64] = [:]) {
         entries = stored
-        self.labelledSeen = max(labelledSeen ?? 0, stored.filter { $0.label != nil }.count)
-        self.liveSeen = max(liveSeen ?? 0, stored.filter { $0.label == nil }.count)
-        seenPerClass = [:]
-        for e in stored where e.label != nil { seenPerClass[e.group, default: 0] += 1 }
+        var perClass: [Int: Int] = [:]
+        for e in stored where e.label != nil { perClass[e.group, default: 0] += 1 }
+        for (k, v) in counters where k.hasPrefix("seen_class_") {
+            if let c = Int(k.dropFirst("seen_class_".count)) { perClass[c] = max(perClass[c] ?? 0, Int(v)) }
+        }
+        seenPerClass = perClass
+        labelledSeen = max(Int(counters["seen_labelled"] ?? 0), stored.filter { $0.label != nil }.count)
+        liveSeen = max(Int(counters["seen_live"] ?? 0), stored.filter { $0.label == nil }.count)
+        fullClasses = Set(counters.compactMap { k, v in k.hasPrefix("full_class_") && v == 1 ? Int(k.dropFirst("full_class_".count)) : nil })
+    }
+
+    /// What `restore` needs besides the entries, to be saved with every change.
+    public var counters: [String: Int64] {
+        var out: [String: Int64] = ["seen_labelled": Int64(labelledSeen), "seen_live": Int64(liveSeen)]
+        for (c, n) in seenPerClass { out["seen_class_\(c)"] = Int64(n) }
+        for c in fullClasses { out["full_class_\(c)"] = 1 }
+        return out
     }
 
     public var labelledCount: Int { entries.reduce(0) { $0 + ($1.label == nil ? 0 : 1) } }
@@ -119,7 +136,8 @@ public struct ReplayIndex: Sendable {
             return randomIndex(where: { $0.label != nil })
         case .classBalanced:
             let (largest, counts) = largestClasses()
-            if !largest.contains(e.group) {
+            fullClasses.formUnion(largest)
+            if !fullClasses.contains(e.group) {
                 return randomIndex(where: { $0.label != nil && largest.contains($0.group) })
             }
             let kept = counts[e.group] ?? 0, seen = seenPerClass[e.group] ?? 1

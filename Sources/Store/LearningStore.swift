@@ -76,9 +76,25 @@ extension AgentDatabase {
         }
     }
 
-    public func applyReplay(_ change: ReplayChange) throws {
-        guard !change.isEmpty else { return }
-        try pool.write { db in try Self.apply(db, change) }
+    /// Applies a change and sets `counters` (the policy's counts of samples seen), together.
+    public func applyReplay(_ change: ReplayChange, counters: [String: Int64] = [:]) throws {
+        guard !change.isEmpty || !counters.isEmpty else { return }
+        try pool.write { db in
+            try Self.apply(db, change)
+            for (k, v) in counters { try Self.setLearnerValue(db, "replay." + k, v) }
+        }
+    }
+
+    /// The replay policy's saved counters (keys without their `replay.` prefix).
+    public func replayCounters() throws -> [String: Int64] {
+        try pool.read { db in
+            var out: [String: Int64] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT key, value FROM learner WHERE key LIKE 'replay.%'") {
+                let k: String = row["key"]
+                out[String(k.dropFirst("replay.".count))] = row["value"]
+            }
+            return out
+        }
     }
 
     public func maxReplayId() throws -> Int64 {

@@ -189,27 +189,14 @@ struct Prepare: ParsableCommand {
         if let labels = heldOut.labels {
             expected = Evaluation(scores: plan.predict(heldOut.features), classes: network.outputCount, labels: labels).accuracy
         }
-        guard seedRows > 0, let labelled, let labels = labelled.labels else {
+        guard let labelled, let sample = ReplaySeed.sample(labelled, count: seedRows, network: network, seed: seed &+ 0x5EED,
+                                                          expectedAccuracy: expected) else {
             network.replaySeed = nil
             network.fieldTensors.removeAll { $0.name.hasPrefix("replay.") }
             return (0, expected, fisherRows.count)
         }
-        // Class-balanced: round-robin over the classes, each class's rows in a seeded order.
-        var byClass: [Int: [Int]] = [:]
-        for (i, l) in labels.enumerated() { byClass[l, default: []].append(i) }
-        for k in byClass.keys { rng.shuffle(&byClass[k]!) }
-        var picked: [Int] = [], round = 0
-        let classes = byClass.keys.sorted()
-        while picked.count < min(seedRows, labelled.count) {
-            for c in classes where picked.count < seedRows {
-                if round < byClass[c]!.count { picked.append(byClass[c]![round]) }
-            }
-            round += 1
-        }
-        let rows = labelled.rows(picked)
-        let logits = Evaluator(network: network).logits(rows.features)
-        ReplaySeed(inputs: rows.features, labels: rows.labels!, logits: logits, expectedAccuracy: expected).encode(into: network)
-        return (picked.count, expected, fisherRows.count)
+        sample.encode(into: network)
+        return (sample.rows, expected, fisherRows.count)
     }
 }
 

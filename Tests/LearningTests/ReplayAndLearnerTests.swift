@@ -74,6 +74,22 @@ let digitsPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         #expect(index.offer(entry(12, 1, score: 0.1)) == [1])
     }
 
+    @Test func countersRestoreTheReservoirProbabilities() {
+        var index = ReplayIndex(kind: .classBalanced, capacity: 10, liveShare: 0)
+        for i in 0..<500 { _ = index.offer(entry(Int64(i), i % 2)) }
+        var back = ReplayIndex(kind: .classBalanced, capacity: 10, liveShare: 0)
+        back.restore(index.entries, counters: index.counters)
+        #expect(back.labelledSeen == 500 && back.seenPerClass == index.seenPerClass && back.fullClasses == index.fullClasses)
+        // Without the counters a restart would keep the next sample of a class for sure.
+        var kept = 0
+        for trial in 0..<200 {
+            var copy = ReplayIndex(kind: .classBalanced, capacity: 10, liveShare: 0, seed: UInt64(trial + 1))
+            copy.restore(index.entries, counters: index.counters)
+            if copy.offer(entry(10_000, 0)) != nil { kept += 1 }
+        }
+        #expect(kept < 20, "kept \(kept) of 200 (expected about 2%)")
+    }
+
     @Test func valueIsLossPlusEntropy() {
         let z: [Float] = [2, 0, 0]
         let p = z.map { expf($0) / (expf(2) + 2) }
@@ -188,6 +204,25 @@ let digitsPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         #expect(newAfter > newBefore + 0.3, "new \(newBefore) → \(newAfter)")
         #expect(oldAfter > oldBefore - 0.05, "old \(oldBefore) → \(oldAfter)")
         #expect(outcome.steps <= settings.maxSteps && outcome.labels.gate == 40)
+    }
+
+    /// The gate's false accepts: updates on labels unrelated to the inputs, over many seeds.
+    @Test func theGateRarelyAcceptsLabelsThatCannotBeLearnt() throws {
+        let s = try Self.setting()
+        let replay = Self.replay(s.net, s.old, count: 100)
+        var accepted = 0
+        for seed in 0..<20 {
+            var rng = SeededGenerator(seed: UInt64(100 + seed))
+            let noise = s.shifted.shuffled(using: &rng).prefix(50).map { LearnSample(input: $0.input, label: Int(rng.next() % 10), logits: nil) }
+            var settings = LearnSettings()
+            settings.maxSteps = 200
+            settings.seed = UInt64(seed)
+            settings.alwaysTrain = true
+            if try ContinualLearner.run(base: s.net, anchor: nil, newData: noise, replay: replay, expectedAccuracy: nil, settings: settings).decision == .accepted {
+                accepted += 1
+            }
+        }
+        #expect(accepted <= 2, "\(accepted) of 20 updates on random labels accepted")
     }
 
     @Test func undriftedLabelsAreNotNeeded() throws {
