@@ -130,6 +130,9 @@ public final class Agent: @unchecked Sendable {
         metrics.eventsDropped.record(total: store.eventsDropped)
         metrics.storeWriteErrors.record(total: store.writeErrors)
         refreshDriftGauges()
+        metrics.replaySamples.set(Double(learner.replayFill.samples))
+        metrics.learnRunning.set(Double(learner.isRunning ? 1 : 0))
+        for (outcome, total) in learner.outcomeTotals { metrics.updates[outcome]?.record(total: total) }
     }
 
     /// From memory only (scheduler counters, the writer's counts, cached events): never SQLite.

@@ -26,6 +26,10 @@ public struct AgentMetrics: Sendable {
     let eventsDropped: CumulativeCounter
     let storeWriteErrors: CumulativeCounter
     let drift: DriftGauges
+    let replaySamples: Gauge
+    let learnRunning: Gauge
+    /// Update jobs by how they ended: accepted, rejected, not_needed, failed, cancelled.
+    let updates: [String: CumulativeCounter]
 
     public init(registry: PrometheusCollectorRegistry) {
         self.registry = registry
@@ -56,6 +60,12 @@ public struct AgentMetrics: Sendable {
         recentBytes = registry.makeGauge(name: "agentd_recent_inferences_bytes",
                                          help: "Bytes of inputs remembered by inference id for feedback (bounded by serving.recent_inferences_bytes).")
         let rowsHelp = "Rows in a bounded database table now (feedback, events)."
+        replaySamples = registry.makeGauge(name: "agentd_replay_samples", help: "Samples in the replay memory now (bounded by replay.capacity and replay.max_bytes).")
+        learnRunning = registry.makeGauge(name: "agentd_learn_running", help: "1 while an update job runs, else 0.")
+        let updatesHelp = "Update jobs by outcome: accepted, rejected, not_needed (decisions), failed, cancelled."
+        updates = Dictionary(uniqueKeysWithValues: ["accepted", "rejected", "not_needed", "failed", "cancelled"].map {
+            ($0, CumulativeCounter(registry.makeCounter(name: "agentd_learn_updates_total", labels: [("outcome", $0)], help: updatesHelp)))
+        })
         storeRows = (registry.makeGauge(name: "agentd_store_rows", labels: [("table", "feedback")], help: rowsHelp),
                      registry.makeGauge(name: "agentd_store_rows", labels: [("table", "events")], help: rowsHelp))
         let bytesHelp = "Bytes a bounded database table is counted as now (store.*_max_bytes)."

@@ -4,6 +4,7 @@ import Glibc
 import AgentAPI
 import AgentConfig
 import Drift
+import Crypto
 import Foundation
 import Inference
 import Learning
@@ -30,50 +31,63 @@ enum LearnRefusal: Error, CustomStringConvertible {
 }
 
 /// Takes a few of the answered rows for the replay memory's live part, off the hot path: a row
-/// counter, a try-lock and a small bounded buffer. The learner's loop drains the buffer and
-/// keeps the rows only while the drift state is `ok`.
-final class LiveSampler: RowObserver, @unchecked Sendable {
+/// counter, a try-lock and a small bounded buffer. Each serving model gets its own `LiveTap`
+/// (with that model's row widths and version), so a swap can never make a tap read rows with
+/// another model's widths. The learner's loop drains the buffer and keeps the rows of the
+/// version that serves, only while the drift state is `ok`.
+final class LiveSampler: @unchecked Sendable {
     /// Every `stride`-th answered row is a candidate.
     let stride: UInt64
     let capacity = 64
     private let counter = Atomic<UInt64>(0)
     private let lock = NSLock()
-    private var pending: [(input: [Float], scores: [Float])] = []
+    private var pending: [(version: Int, input: [Float], scores: [Float])] = []
 
     init(stride: UInt64 = 16) { self.stride = max(stride, 1) }
 
-    func observe(worker: Int, input: UnsafePointer<Float>, scores: UnsafePointer<Float>, embeddings: UnsafePointer<Float>?, rows: Int) {
+    /// The tap a serving model of `version` reports its rows through.
+    func tap(version: Int, inputs: Int, classes: Int) -> LiveTap {
+        LiveTap(sampler: self, version: version, inputs: inputs, classes: classes)
+    }
+
+    fileprivate func take(_ tap: LiveTap, input: UnsafePointer<Float>, scores: UnsafePointer<Float>, rows: Int) {
         let first = counter.add(UInt64(rows), ordering: .relaxed).oldValue
         // The row numbers first..<first+rows that are multiples of the stride.
         var r = (stride - first % stride) % stride
         guard r < UInt64(rows), lock.try() else { return }
         defer { lock.unlock() }
-        // Widths are only known to the caller; the learner checks them against the model.
         while r < UInt64(rows) && pending.count < capacity {
-            pending.append((Array(UnsafeBufferPointer(start: input + Int(r) * inputWidth, count: inputWidth)),
-                            Array(UnsafeBufferPointer(start: scores + Int(r) * scoreWidth, count: scoreWidth))))
+            pending.append((tap.version, Array(UnsafeBufferPointer(start: input + Int(r) * tap.inputs, count: tap.inputs)),
+                            Array(UnsafeBufferPointer(start: scores + Int(r) * tap.classes, count: tap.classes))))
             r += stride
         }
     }
 
-    private var inputWidth = 0
-    private var scoreWidth = 0
-
-    /// Sets the row widths of the serving model (called before it serves) and drops pending rows.
-    func configure(inputs: Int, classes: Int) {
-        lock.lock()
-        inputWidth = inputs
-        scoreWidth = classes
-        pending.removeAll()
-        lock.unlock()
-    }
-
-    func drain() -> [(input: [Float], scores: [Float])] {
+    func drain() -> [(version: Int, input: [Float], scores: [Float])] {
         lock.lock()
         defer { lock.unlock() }
         let out = pending
         pending.removeAll(keepingCapacity: true)
         return out
+    }
+}
+
+/// One serving model's view of the sampler: its widths are the plan's, fixed for its life.
+final class LiveTap: RowObserver, Sendable {
+    let sampler: LiveSampler
+    let version: Int
+    let inputs: Int
+    let classes: Int
+
+    init(sampler: LiveSampler, version: Int, inputs: Int, classes: Int) {
+        self.sampler = sampler
+        self.version = version
+        self.inputs = inputs
+        self.classes = classes
+    }
+
+    func observe(worker: Int, input: UnsafePointer<Float>, scores: UnsafePointer<Float>, embeddings: UnsafePointer<Float>?, rows: Int) {
+        sampler.take(self, input: input, scores: scores, rows: rows)
     }
 }
 
@@ -103,6 +117,14 @@ final class Learner: @unchecked Sendable {
     private let cancelled = Atomic<Bool>(false)
     private let finished = NSCondition()
     private var jobsStarted: UInt64 = 0
+    private var outcomes: [String: Int] = [:]
+
+    /// Jobs ended since start, by outcome (decision, or failed / cancelled).
+    var outcomeTotals: [String: Int] {
+        lock.lock()
+        defer { lock.unlock() }
+        return outcomes
+    }
 
     static let cursorKey = "feedback_cursor"
     static let watermarkKey = "last_job_feedback"
@@ -147,9 +169,22 @@ final class Learner: @unchecked Sendable {
         guard let model = models.slot.current else { return }
         lock.lock()
         defer { lock.unlock() }
-        guard indexedVersion != model.version else { return }
+        // A running job holds a copy of the index; it is re-read once the job is done.
+        guard indexedVersion != model.version, !running else { return }
         let network = model.network
-        sampler.configure(inputs: network.inputCount, classes: network.outputCount)
+        // The replay memory belongs to a model lineage: the models that share a replay seed (a
+        // prepared file and its quantized copies, local updates, rollbacks among them). Another
+        // lineage's rows would distil toward another model's logits under other label indices:
+        // a model of another lineage starts the memory anew from its own seed.
+        let lineage = Self.lineageId(network)
+        if let stored = try database.learnerValue("replay.lineage"), stored != lineage {
+            let (all, stale) = try database.replayRows(inputs: network.inputCount, classes: network.outputCount)
+            try database.resetReplay(ids: all.map(\.id) + stale, lineage: lineage)
+            writer.appendEvent(kind: "replay_reset", message: "version \(model.version) is of another model lineage (another replay seed or labels); "
+                               + "the replay memory's \(all.count + stale.count) samples were dropped")
+        } else if try database.learnerValue("replay.lineage") == nil {
+            try database.setLearnerValue("replay.lineage", lineage)
+        }
         let (rows, stale) = try database.replayRows(inputs: network.inputCount, classes: network.outputCount)
         if !stale.isEmpty { try database.applyReplay(.init(delete: stale)) }
         bytesPerSample = AgentDatabase.ReplayRow(id: 0, source: "feedback", label: 0, group: 0, score: 0,
@@ -158,9 +193,11 @@ final class Learner: @unchecked Sendable {
         let capacity = max(1, min(replayConfig.capacity, replayConfig.maxBytes / bytesPerSample))
         var fresh = ReplayIndex(kind: index.kind, capacity: capacity, liveShare: replayConfig.liveShare)
         fresh.restore(rows.map(Self.entry), counters: try database.replayCounters())
+        // A smaller replay.capacity or max_bytes (or larger rows) than the rows were kept for.
+        let excess = fresh.shrink()
+        if !excess.isEmpty { try database.applyReplay(.init(delete: excess), counters: fresh.counters) }
         index = fresh
         nextId = (rows.map(\.id).max() ?? 0) + 1
-        indexedVersion = model.version
         if !rows.contains(where: { $0.source == ReplaySource.seed.rawValue }), let seed = try? ReplaySeed.decode(network) {
             var change = AgentDatabase.ReplayChange()
             var next = index
@@ -179,6 +216,18 @@ final class Learner: @unchecked Sendable {
             writer.appendEvent(kind: "replay_seeded", message: "replay memory seeded with \(change.insert.count) labelled rows from version \(model.version)'s file")
         }
         replayBytes = index.entries.count * bytesPerSample
+        // Only now: a failure above is tried again on the next tick.
+        indexedVersion = model.version
+    }
+
+    /// 63 bits of SHA-256 over the file's replay seed (or, without one, its labels and input shape).
+    static func lineageId(_ network: Network) -> Int64 {
+        var h = SHA256()
+        h.update(data: Data(network.labels.joined(separator: "\u{1}").utf8))
+        h.update(data: Data(network.inputShape.map(String.init).joined(separator: "x").utf8))
+        for t in network.fieldTensors where t.name.hasPrefix("replay.") { h.update(data: Data(t.name.utf8)); h.update(data: Data(t.bytes)) }
+        let d = Array(h.finalize())
+        return Int64(bitPattern: d.prefix(8).reduce(0) { $0 << 8 | UInt64($1) }) & Int64.max
     }
 
     static func entry(_ r: AgentDatabase.ReplayRow) -> ReplayEntry {
@@ -204,7 +253,7 @@ final class Learner: @unchecked Sendable {
         guard indexedVersion == model.version, !running else { return }
         let network = model.network, classes = network.outputCount
         var next = index, change = AgentDatabase.ReplayChange(), id = nextId
-        for r in rows where r.input.count == network.inputCount && r.scores.count == classes {
+        for r in rows where r.version == model.version && r.input.count == network.inputCount && r.scores.count == classes {
             // Scores of a softmax model are probabilities: their logs are logits up to a constant.
             let logits = network.endsWithSoftmax ? r.scores.map { logf(max($0, 1e-12)) } : r.scores
             guard r.input.allSatisfy(\.isFinite), logits.allSatisfy(\.isFinite) else { continue }
@@ -295,6 +344,8 @@ final class Learner: @unchecked Sendable {
     }
 
     /// Cancels a running job and waits (up to `timeout` seconds) for its thread to record it.
+    /// Training checks for cancellation at every step and the later phases between them, so a
+    /// job ends within a phase (Fisher on ≤ 1000 rows, a re-quantization, the commit).
     func cancelAndWait(timeout: Double) {
         cancelled.store(true, ordering: .relaxed)
         let deadline = Date().addingTimeInterval(timeout)
@@ -355,10 +406,17 @@ final class Learner: @unchecked Sendable {
             $0.cpuSeconds = ContinualLearner.threadCPUSeconds() - cpu0
         }
         let done = currentJob!
+        lock.lock()
+        outcomes[state == "finished" ? (done.decision ?? state) : state, default: 0] += 1
+        lock.unlock()
         if state != "finished" || done.decision != "accepted" || dryRun {
-            // An accepted update recorded its job in its own commit.
+            // An accepted update recorded its job in its own commit. A failed or cancelled one
+            // moves the automatic trigger's count past the labels it saw, so the trigger waits
+            // for learn.min_labels more instead of failing again every tick.
+            var counters: [String: Int64] = [:]
+            if state != "finished" && !dryRun, let last = try? database.maxFeedbackId() { counters[Self.watermarkKey] = last }
             do {
-                try database.finishJob(id: id, state: state, result: Self.json(done))
+                try database.finishJob(id: id, state: state, result: Self.json(done), counters: counters)
             } catch {
                 logger.error("update job result not stored", metadata: ["job": "\(id)", "error": "\(StoreError(error))"])
             }
@@ -401,9 +459,27 @@ final class Learner: @unchecked Sendable {
         settings.cpuBudgetSeconds = learn.cpuBudgetS
         settings.seed = seed
         update { $0.phase = "training"; $0.labels = newData.count }
+        // The gate judges the candidate as it would serve: re-quantized like the serving model
+        // (calibrated on the new labels' inputs and the replay memory), through the same plan.
+        let newRows = newData.flatMap(\.input)
+        let calibration = newRows + replay.prefix(max(0, 2000 - newData.count)).flatMap(\.input)
+        var requantized: QuantizedModel? = nil
+        let served: (base: any Classifier, make: (Network) throws -> any Classifier) = (
+            PlanClassifier(plan: model.makePlan(batch: 64)),
+            { trained in
+                guard let q = model.quantized else { return Evaluator(network: trained) }
+                let rows = DataSet(features: calibration, featureCount: network.inputCount, labels: nil, classNames: network.labels)
+                guard rows.count >= Quantizer.minimumCalibrationRows else {
+                    throw LearnError("only \(rows.count) rows to re-quantize on; \(Quantizer.minimumCalibrationRows) are needed")
+                }
+                let m = Quantizer.requantize(trained, like: q, rows: rows)
+                requantized = m
+                return PlanClassifier(plan: ServingModel(version: 0, network: trained, quantized: m, useAdaptive: model.useAdaptive).makePlan(batch: 64))
+            })
+        let isCancelled: () -> Bool = { [unowned self] in self.cancelled.load(ordering: .relaxed) }
         let outcome = try ContinualLearner.run(
             base: network, anchor: anchor, newData: newData, replay: replay, expectedAccuracy: replaySeed?.expectedAccuracy.map(Double.init),
-            settings: settings, isCancelled: { [unowned self] in self.cancelled.load(ordering: .relaxed) },
+            settings: settings, served: served, isCancelled: isCancelled,
             progress: { [weak self] step in self?.update { $0.step = step } })
         var j = currentJob!
         j.decision = outcome.decision.rawValue
@@ -416,7 +492,8 @@ final class Learner: @unchecked Sendable {
         j.labels = newData.count
         guard outcome.decision == .accepted, !dryRun, let trained = outcome.network else {
             j.seconds = Date().timeIntervalSince(started)
-            try database.finishJob(id: id, state: "finished", result: Self.json(j), counters: [Self.watermarkKey: watermark])
+            // A dry run leaves the automatic trigger's count where it was.
+            try database.finishJob(id: id, state: "finished", result: Self.json(j), counters: dryRun ? [:] : [Self.watermarkKey: watermark])
             let kind = "update_" + outcome.decision.rawValue
             writer.appendEvent(kind: kind, message: "update job \(id)\(dryRun ? " (dry run)" : ""): \(outcome.decision.rawValue): \(j.reason ?? "")")
             logger.notice("update decided", metadata: ["job": "\(id)", "decision": "\(outcome.decision.rawValue)", "dry_run": "\(dryRun)"])
@@ -425,19 +502,17 @@ final class Learner: @unchecked Sendable {
         }
 
         update { $0.phase = "quantizing" }
+        if isCancelled() { throw LearnError("the update was cancelled") }
         // Online EWC (Schwarz et al., 2018): the anchor moves to the new weights, and the Fisher
         // of the task just learnt (the new labels only: the older data is already in the decayed
-        // term) is added to γ·F.
-        let newRows = newData.flatMap(\.input)
-        let fisher = newRows.withUnsafeBufferPointer { FisherInformation.diagonal(network: trained, rows: $0.baseAddress!, count: newData.count) }
-        let count = newData.count
-        // Re-quantization calibrates on what the new version will see and what it must keep: the
-        // new labels' inputs first, then the replay memory.
-        let calibration = newRows + replay.prefix(max(0, 2000 - newData.count)).flatMap(\.input)
+        // term; at most 1000 rows) is added to γ·F.
+        let fisherCount = min(newData.count, 1000)
+        let fisher = newRows.withUnsafeBufferPointer { FisherInformation.diagonal(network: trained, rows: $0.baseAddress!, count: fisherCount) }
+        if isCancelled() { throw LearnError("the update was cancelled") }
         var weights: [String: [Float]] = [:]
         for (name, t) in trained.parameters { weights[name] = Array(UnsafeBufferPointer(start: t.pointer, count: t.count)) }
-        let renewed = anchor?.updated(newFisher: fisher, samples: count, network: trained)
-            ?? EWCAnchor(fisher: fisher, anchor: weights, samples: count, gamma: 0.9, updates: 1)
+        let renewed = anchor?.updated(newFisher: fisher, samples: fisherCount, network: trained)
+            ?? EWCAnchor(fisher: fisher, anchor: weights, samples: fisherCount, gamma: 0.9, updates: 1)
         renewed.encode(into: trained)
         // The drift reference is reset: the new version warms one up from the traffic it serves.
         trained.driftReference = nil
@@ -447,12 +522,9 @@ final class Learner: @unchecked Sendable {
                                    "labels": .number(Double(lineage.labels)), "steps": .number(Double(lineage.steps)), "job": .string(id)])
         var manifest = trained.manifest()
         var tensors = trained.tensorBlobs()
-        if let q = model.quantized {
-            let rows = DataSet(features: calibration, featureCount: network.inputCount, labels: nil, classNames: network.labels)
-            guard rows.count >= Quantizer.minimumCalibrationRows else {
-                throw LearnError("only \(rows.count) rows to re-quantize on; \(Quantizer.minimumCalibrationRows) are needed")
-            }
-            let requantized = Quantizer.requantize(trained, like: q, rows: rows)
+        if model.quantized != nil {
+            // The model the gate judged.
+            guard let requantized else { throw LearnError("the re-quantized model the gate judged is missing") }
             manifest.quantization = requantized.spec.json
             tensors += requantized.tensorBlobs()
         }
@@ -493,7 +565,6 @@ final class Learner: @unchecked Sendable {
         indexedVersion = row.version
         replayBytes = index.entries.count * bytesPerSample
         lock.unlock()
-        sampler.configure(inputs: network.inputCount, classes: classes)
         j.version = row.version
         writer.appendEvent(kind: "update_accepted", message: "update job \(id): version \(row.version) from version \(model.version) on \(newData.count) labels in \(outcome.steps) steps (λ \(outcome.lambda), α \(outcome.alpha)): \(outcome.reason)")
         logger.notice("update accepted", metadata: ["job": "\(id)", "model.version": "\(row.version)", "base": "\(model.version)"])

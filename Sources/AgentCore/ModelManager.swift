@@ -33,12 +33,12 @@ public final class ModelManager: @unchecked Sendable {
     let driftDirectory: String
     let onDriftEvent: @Sendable (Int, DriftEvent) -> Void
     /// Sees every answered row of every serving model (the replay memory's live rows).
-    let sampler: (any RowObserver)?
+    let sampler: LiveSampler?
     private let lock = NSLock()
 
     init(database: AgentDatabase, store: ModelStore, slot: ModelSlot, events: StoreWriter, logger: Logger,
          drift: DriftMonitor.Settings? = nil, driftDirectory: String = "", onDriftEvent: @escaping @Sendable (Int, DriftEvent) -> Void = { _, _ in },
-         sampler: (any RowObserver)? = nil) {
+         sampler: LiveSampler? = nil) {
         self.database = database
         self.store = store
         self.slot = slot
@@ -89,9 +89,9 @@ public final class ModelManager: @unchecked Sendable {
     /// A serving model of a loaded file with its drift monitor (unless drift is off, or `monitor`
     /// is false for a file only being checked); `reusing` keeps a monitor of the same version.
     func serving(_ f: LoadedFile, version: Int, adaptive: Bool, monitor: Bool = true, reusing: DriftMonitor? = nil) -> ServingModel {
+        let tap = monitor ? sampler?.tap(version: version, inputs: f.network.inputCount, classes: f.network.outputCount) : nil
         guard monitor, var settings = drift else {
-            return ServingModel(version: version, network: f.network, quantized: f.quantized, useAdaptive: adaptive,
-                                sampler: monitor ? sampler : nil)
+            return ServingModel(version: version, network: f.network, quantized: f.quantized, useAdaptive: adaptive, sampler: tap)
         }
         let drift: DriftMonitor
         if let reusing, reusing.version == version {
@@ -106,7 +106,7 @@ public final class ModelManager: @unchecked Sendable {
             }
         }
         return ServingModel(version: version, network: f.network, quantized: f.quantized, useAdaptive: adaptive,
-                            embedding: drift.projection, observer: drift, sampler: sampler)
+                            embedding: drift.projection, observer: drift, sampler: tap)
     }
 
     /// Loads and validates a file into a serving model (no registry change).
@@ -311,10 +311,18 @@ public final class ModelManager: @unchecked Sendable {
             throw ModelError(message: "version \(base) no longer serves (a rollback or another update came first); the update is dropped")
         }
         let sha = Self.sha256Hex(bytes)
+        let existed = FileManager.default.fileExists(atPath: store.path(for: sha))
         let stored = try store.store(bytes, sha256: sha)
-        let loaded = try read(path: stored)
-        let check = serving(loaded, version: 0, adaptive: adaptive, monitor: false)
-        let row = try commit(sha, check.precision)
+        let row: RegisteredModel, loaded: LoadedFile
+        do {
+            loaded = try read(path: stored)
+            let check = serving(loaded, version: 0, adaptive: adaptive, monitor: false)
+            row = try commit(sha, check.precision)
+        } catch {
+            // Nothing registered: the file goes again (a restart would sweep it too).
+            if !existed { unlink(stored) }
+            throw error
+        }
         store.recordActive(sha256: sha)
         saveDrift(of: slot.swap(serving(loaded, version: row.version, adaptive: adaptive)))
         return row

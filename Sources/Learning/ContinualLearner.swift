@@ -125,6 +125,7 @@ public enum ContinualLearner {
 
     public static func run(base: Network, anchor: EWCAnchor?, newData: [LearnSample], replay: [LearnSample],
                            expectedAccuracy: Double?, settings: LearnSettings, probe: [LearnSample] = [],
+                           served: (base: any Classifier, make: (Network) throws -> any Classifier)? = nil,
                            isCancelled: () -> Bool = { false }, progress: (Int) -> Void = { _ in }) throws -> LearnOutcome {
         let started = Date()
         let cpuStart = threadCPUSeconds()
@@ -156,7 +157,10 @@ public enum ContinualLearner {
         }
         let replayRows = settings.method.replay ? replayTrain : []
 
-        let baseEval = Evaluator(network: base)
+        // The gate and the not-needed check judge the model as it serves (with `served`: its
+        // quantized plan); training and early stopping use the FP32 master.
+        let baseFP32 = Evaluator(network: base)
+        let baseEval: any Classifier = served?.base ?? baseFP32
         let before = LearnAccuracies(newAccuracy: baseEval.accuracy(gate), oldAccuracy: oldHoldout.isEmpty ? 1 : baseEval.accuracy(oldHoldout))
         let splits = (train: train.count, validation: validation.count, gate: gate.count)
 
@@ -198,7 +202,8 @@ public enum ContinualLearner {
         if isCancelled() { throw LearnError("the update was cancelled") }
         guard let best else { throw LearnError("the CPU budget ran out before any training") }
         let trained = best.run.network
-        let eval = Evaluator(network: trained)
+        if isCancelled() { throw LearnError("the update was cancelled") }
+        let eval: any Classifier = try served?.make(trained) ?? Evaluator(network: trained)
         let after = LearnAccuracies(newAccuracy: eval.accuracy(gate), oldAccuracy: oldHoldout.isEmpty ? 1 : eval.accuracy(oldHoldout))
         let gain = after.newAccuracy - before.newAccuracy, forgetting = before.oldAccuracy - after.oldAccuracy
         // The gain must be real, not one lucky sample: of the gate rows whose answer changed, the
@@ -219,7 +224,7 @@ public enum ContinualLearner {
     }
 
     /// Gate rows `after` answers right and `before` wrong (fixes), and the other way (breaks).
-    static func changes(_ rows: [LearnSample], before: Evaluator, after: Evaluator) -> (Int, Int) {
+    static func changes(_ rows: [LearnSample], before: any Classifier, after: any Classifier) -> (Int, Int) {
         let b = before.correct(rows), a = after.correct(rows)
         var fixes = 0, breaks = 0
         for i in rows.indices where a[i] != b[i] { if a[i] { fixes += 1 } else { breaks += 1 } }
@@ -325,8 +330,46 @@ public enum ContinualLearner {
     }
 }
 
+/// Answers whether a model gets each labelled sample right.
+public protocol Classifier {
+    func correct(_ samples: [LearnSample]) -> [Bool]
+}
+
+extension Classifier {
+    public func accuracy(_ samples: [LearnSample]) -> Double {
+        let right = correct(samples.filter { $0.label != nil })
+        guard !right.isEmpty else { return 0 }
+        return Double(right.reduce(0) { $0 + ($1 ? 1 : 0) }) / Double(right.count)
+    }
+}
+
+/// A model as it serves (a quantized plan, adaptive precision and all), for the gate.
+public final class PlanClassifier: Classifier {
+    let plan: InferencePlan
+    public init(plan: InferencePlan) { self.plan = plan }
+
+    public func correct(_ samples: [LearnSample]) -> [Bool] {
+        let n = plan.inputCount, k = plan.outputCount, batch = plan.batchCapacity
+        var out = [Bool](repeating: false, count: samples.count)
+        var x = [Float](repeating: 0, count: batch * n)
+        var start = 0
+        while start < samples.count {
+            let b = min(batch, samples.count - start)
+            for r in 0..<b { for i in 0..<n { x[r * n + i] = samples[start + r].input[i] } }
+            let scores = x.withUnsafeBufferPointer { plan.run($0.baseAddress!, batch: b) }
+            for r in 0..<b {
+                var arg = 0
+                for c in 1..<k where scores[r * k + c] > scores[r * k + arg] { arg = c }
+                out[start + r] = arg == samples[start + r].label
+            }
+            start += b
+        }
+        return out
+    }
+}
+
 /// Accuracy of a network (as it is now: training changes it in place) on labelled samples.
-public final class Evaluator {
+public final class Evaluator: Classifier {
     let graph: TrainingGraph
     let batch = 64
     private let x: UnsafeMutablePointer<Float>
@@ -337,12 +380,6 @@ public final class Evaluator {
     }
 
     deinit { x.deallocate() }
-
-    public func accuracy(_ samples: [LearnSample]) -> Double {
-        let right = correct(samples.filter { $0.label != nil })
-        guard !right.isEmpty else { return 0 }
-        return Double(right.reduce(0) { $0 + ($1 ? 1 : 0) }) / Double(right.count)
-    }
 
     /// Whether each labelled sample's top class is its label (unlabelled ones count as wrong).
     public func correct(_ samples: [LearnSample]) -> [Bool] {

@@ -143,6 +143,10 @@ public struct ReplaySeed: Sendable {
         let inputs = try network.fieldFloats("replay.inputs", shape: [rows, network.inputCount], section: section)
         let rawLabels = try network.fieldFloats("replay.labels", shape: [rows], section: section)
         let logits = try network.fieldFloats("replay.logits", shape: [rows, classes], section: section)
+        // Logits far beyond what a network produces would only overflow the softmaxes of training.
+        if let bad = logits.firstIndex(where: { abs($0) > 1e4 }) {
+            throw LearningFileError("replay_seed: tensor 'replay.logits' holds \(logits[bad]) at index \(bad), outside ±10000")
+        }
         let labels = try rawLabels.enumerated().map { i, v -> Int in
             guard v == v.rounded(), v >= 0, v < Float(classes) else {
                 throw LearningFileError("replay_seed: tensor 'replay.labels' row \(i) holds \(v), not a class index 0..<\(classes)")

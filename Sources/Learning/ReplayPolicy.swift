@@ -174,6 +174,24 @@ public struct ReplayIndex: Sendable {
         return old
     }
 
+    /// Evicts down to the capacity (live samples first, then from the largest classes); returns
+    /// the ids that went.
+    public mutating func shrink() -> [Int64] {
+        var gone: [Int64] = []
+        while entries.count > capacity || liveCount > liveCapacity {
+            let i: Int?
+            if liveCount > 0 && (liveCount > liveCapacity || entries.count > capacity) {
+                i = randomIndex(where: { $0.label == nil })
+            } else {
+                let (largest, _) = largestClasses()
+                i = randomIndex(where: { $0.label != nil && largest.contains($0.group) })
+            }
+            guard let i else { break }
+            gone.append(entries.remove(at: i).id)
+        }
+        return gone
+    }
+
     /// Removes entries (a failed write is undone by restoring from storage instead).
     public mutating func remove(ids: Set<Int64>) {
         entries.removeAll { ids.contains($0.id) }
@@ -195,14 +213,19 @@ public struct ReplayIndex: Sendable {
 public func replayValue(logits z: UnsafePointer<Float>, classes: Int, label: Int?) -> Float {
     var m = -Float.infinity
     for c in 0..<classes { m = max(m, z[c]) }
+    guard m.isFinite else { return 0 }
     var sum: Float = 0
     for c in 0..<classes { sum += expf(z[c] - m) }
     let logSum = logf(sum)
     var entropy: Float = 0
     for c in 0..<classes {
         let lp = z[c] - m - logSum
-        entropy -= expf(lp) * lp
+        // A class whose probability underflows adds nothing (0·log 0 = 0, not NaN).
+        let p = expf(lp)
+        if p > 0 && lp.isFinite { entropy -= p * lp }
     }
-    guard let label, label >= 0, label < classes else { return entropy }
-    return entropy + (logSum - (z[label] - m))
+    var value = entropy
+    if let label, label >= 0, label < classes { value += logSum - (z[label] - m) }
+    // Stored in a NOT NULL column: never NaN, never infinite.
+    return value.isFinite ? min(value, 1e6) : 1e6
 }

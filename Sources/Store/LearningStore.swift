@@ -85,6 +85,15 @@ extension AgentDatabase {
         }
     }
 
+    /// Empties the replay memory and its counters and records the lineage it now belongs to.
+    public func resetReplay(ids: [Int64], lineage: Int64) throws {
+        try pool.write { db in
+            try db.execute(sql: "DELETE FROM replay")
+            try db.execute(sql: "DELETE FROM learner WHERE key LIKE 'replay.%'")
+            try Self.setLearnerValue(db, "replay.lineage", lineage)
+        }
+    }
+
     /// The replay policy's saved counters (keys without their `replay.` prefix).
     public func replayCounters() throws -> [String: Int64] {
         try pool.read { db in
@@ -117,13 +126,17 @@ extension AgentDatabase {
 
     // MARK: feedback for the learner
 
-    /// Labelled feedback rows with an id above `after`, oldest first.
+    /// Labelled feedback rows with an id above `after`, oldest first: the newest `limit` of them.
     public func feedback(after: Int64, limit: Int = 100_000) throws -> [(id: Int64, label: String, input: [Float])] {
         try pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT id, label, input FROM feedback WHERE id > ? ORDER BY id LIMIT ?", arguments: [after, limit]).map {
+            try Row.fetchAll(db, sql: "SELECT id, label, input FROM feedback WHERE id > ? ORDER BY id DESC LIMIT ?", arguments: [after, limit]).reversed().map {
                 (id: $0["id"], label: $0["label"], input: Self.floats($0["input"]))
             }
         }
+    }
+
+    public func maxFeedbackId() throws -> Int64 {
+        try pool.read { db in try Int64.fetchOne(db, sql: "SELECT MAX(id) FROM feedback") ?? 0 }
     }
 
     public func feedbackCount(after: Int64) throws -> Int {

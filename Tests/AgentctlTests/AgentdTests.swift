@@ -269,6 +269,13 @@ import Glibc
         #expect(try agent.client.feedback(FeedbackRequest(id: id, label: "0")).stored)
         #expect(try agent.client.status().state == "serving")
         #expect(try agent.client.metrics().contains("agentd_infer_requests_total{outcome=\"ok\"} 3"))
+        // An update job lowers its thread to SCHED_IDLE: the unit allows that call by name.
+        for r in 0..<20 { _ = try agent.client.feedback(FeedbackRequest(input: Self.digitRow.map { 16 - $0 }, label: String(r % 10))) }
+        _ = try agent.client.learn(dryRun: true)
+        let until = Date(timeIntervalSinceNow: 60)
+        while try agent.client.learnJob()?.state == "running", Date() < until { usleep(20_000) }
+        #expect(try agent.client.learnJob()?.state == "finished")
+        #expect(agent.log.contains("priority=idle"), "\(agent.log)")
         let mark = agent.mark()
         agent.signal(SIGHUP)
         #expect(agent.waitForNotification("RELOADING=1", after: mark, timeout: 30) != nil)

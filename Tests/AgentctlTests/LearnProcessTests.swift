@@ -221,6 +221,14 @@ import Glibc
         #expect(r.status == 1 && r.json["state"] as? String == "failed", "\(r.json)")
         #expect((r.json["reason"] as? String)?.contains("at least 5 new labels") == true, "\(r.json)")
         #expect(try client.status().state == "serving")
+        // One huge (finite) row among the drifted labels must not leave a served model that is
+        // broken: the gate judges the re-quantized model as it would serve.
+        let heldOutOld = Array(Self.labelled[1200..<1500])
+        let oldBefore = try accuracy(agent, heldOutOld)
+        try sendFeedback(agent, Self.drifted(Self.labelled[10..<110]) + [([Float](repeating: 1e6, count: 64), 3)])
+        let outlier = try learn(agent)
+        #expect(outlier.status == 0, "\(outlier.json)")
+        #expect(try accuracy(agent, heldOutOld) >= oldBefore - 0.02, "\(outlier.json)")
         // Feedback with a label the model does not have, or a wrong-length input, is refused at the door.
         #expect(throws: AgentClientError.self) { try client.feedback(FeedbackRequest(input: Self.labelled[0].row, label: "11")) }
         #expect(throws: AgentClientError.self) { try client.feedback(FeedbackRequest(input: [1, 2, 3], label: "1")) }
