@@ -24,7 +24,7 @@ DEMO_MODEL := .agentd/digits-mlp.safetensors
 FUZZ_SECONDS ?= 60
 FUZZ_SCRATCH := .build-fuzz
 
-.PHONY: help drift-eval fuzz fuzz-build microbench check-unit promtool deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
+.PHONY: help drift-eval learn-eval fuzz fuzz-build microbench check-unit promtool deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
 
 help:
 	@echo "make run      build, install missing Debian packages, start agentd in the foreground with the demo model"
@@ -32,6 +32,7 @@ help:
 	@echo "make bench    compare against ONNX Runtime, FP32 and INT8 (tools/bench/compare_onnxruntime.py)"
 	@echo "make microbench  kernel, plan and drift micro-benchmarks (tools/benchmarks, ordo-one/benchmark)"
 	@echo "make drift-eval  the drift harness on digits, and River's ADWIN/KSWIN on the same streams (DRIFT_SEEDS=$(DRIFT_SEEDS))"
+	@echo "make learn-eval  the on-device learning harness on digits shifts: none, fine-tune, EWC, replay, distillation, product, joint (LEARN_SEEDS=$(LEARN_SEEDS))"
 	@echo "make bench-agentd  agentd start time, memory, idle CPU, load with and without batching (tools/bench/agentd_figures.py)"
 	@echo "make fuzz     build the libFuzzer targets (ASan) and run each FUZZ_SECONDS=$(FUZZ_SECONDS) with its seed corpus (README, \"Fuzzing\")"
 	@echo "make install  install agentd, agentctl, the unit, the config and the demo model (PREFIX=$(PREFIX) DESTDIR=$(DESTDIR))"
@@ -131,6 +132,20 @@ bench-agentd: dist $(DEMO_MODEL)
 	  --arch cnn:1x8x8-c32-c64-m2-f128-10 --epochs 3 --seed 1 --name digits-cnn --out .agentd/digits-cnn.safetensors
 	python3 tools/bench/agentd_figures.py --bin $(DIST) --model $(DEMO_MODEL) --compute-model .agentd/digits-cnn.safetensors \
 	  --calibration tools/data/digits.csv
+
+# The on-device learning harness (README, "On-device learning"): a digits MLP 64-128-10 trained on
+# the fixed training split (every row but each fifth), every method on every shift; then the
+# product's update time on a 64-256-256-10 MLP.
+LEARN_SEEDS ?= 5
+LEARN_DIR := .build/learn-eval
+learn-eval: dist
+	@mkdir -p $(LEARN_DIR)
+	$(DIST)/agentctl model train --data tools/data/digits.csv --arch mlp:64-128-10 --epochs 30 --seed 1 --name digits-mlp \
+	  --out $(LEARN_DIR)/mlp128.safetensors > /dev/null
+	$(DIST)/agentctl model learn-eval $(LEARN_DIR)/mlp128.safetensors --data tools/data/digits.csv --seeds $(LEARN_SEEDS)
+	$(DIST)/agentctl model train --data tools/data/digits.csv --arch mlp:64-256-256-10 --epochs 30 --seed 1 --name digits-mlp \
+	  --out $(LEARN_DIR)/mlp256.safetensors > /dev/null
+	$(DIST)/agentctl model learn-eval $(LEARN_DIR)/mlp256.safetensors --data tools/data/digits.csv --seeds 2 --methods product,joint --no-policies
 
 # The drift harness on digits (README, "Drift monitoring"): the model trained on half the rows,
 # the reference's histograms from those rows, thresholds and check on 30% the model never saw,

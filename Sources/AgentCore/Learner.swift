@@ -468,10 +468,8 @@ final class Learner: @unchecked Sendable {
             PlanClassifier(plan: model.makePlan(batch: 64)),
             { trained in
                 guard let q = model.quantized else { return Evaluator(network: trained) }
+                // Fewer rows than a calibration needs: the serving model's activation ranges are kept.
                 let rows = DataSet(features: calibration, featureCount: network.inputCount, labels: nil, classNames: network.labels)
-                guard rows.count >= Quantizer.minimumCalibrationRows else {
-                    throw LearnError("only \(rows.count) rows to re-quantize on; \(Quantizer.minimumCalibrationRows) are needed")
-                }
                 let m = Quantizer.requantize(trained, like: q, rows: rows)
                 requantized = m
                 return PlanClassifier(plan: ServingModel(version: 0, network: trained, quantized: m, useAdaptive: model.useAdaptive).makePlan(batch: 64))

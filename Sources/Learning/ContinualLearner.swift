@@ -63,8 +63,8 @@ public struct LearnSettings: Sendable {
     public var patience = 6
     /// The grid λ (EWC) and α (distillation) are chosen from on the validation share. The
     /// Fisher is a mean over rows, so λ = 1 weighs the old data like one mean batch loss.
-    public var lambdas: [Float] = [0, 100, 1000]
-    public var alphas: [Float] = [0.5, 1]
+    public var lambdas: [Float] = [0, 100]
+    public var alphas: [Float] = [1, 3]
     public var temperature: Float = 2
     /// Gate: new accuracy must rise by `minGain`, old may fall by at most `maxForgetting`.
     public var minGain = 0.01
@@ -73,8 +73,9 @@ public struct LearnSettings: Sendable {
     /// The gate's share of the new labels, and at least `minimumGate` of them (a third at most).
     public var gateShare = 0.2
     public var minimumGate = 30
-    /// Share of the labelled replay never trained on: early stopping and the gate's old accuracy.
-    public var oldHoldoutShare = 0.2
+    /// Labelled replay rows never trained on, for early stopping and the gate's old accuracy:
+    /// half of them, at most `oldHoldoutMax` (100: one sample is the gate's 1 point).
+    public var oldHoldoutMax = 100
     /// One-sided z of the gate's tests (1.64: 5%).
     public var z = 1.64
     public var method = LearnMethod.product
@@ -143,15 +144,18 @@ public enum ContinualLearner {
         let validation = order.dropFirst(gateCount).prefix(valCount).map { labelled[$0] }
         let train = order.dropFirst(gateCount + valCount).map { labelled[$0] }
         guard !train.isEmpty else { throw LearnError("\(n) new labels leave none to train on after the gate and validation shares") }
-        // Every fifth labelled replay row (at least one when there are five) is never trained on:
-        // it measures what the update costs the old distribution, for early stopping and the gate.
+        // Part of the labelled replay is never trained on: it measures what the update costs the
+        // old distribution, for early stopping and the gate. Every other labelled row, up to
+        // oldHoldoutMax, spread over the whole memory.
         var oldHoldout: [LearnSample] = [], replayTrain: [LearnSample] = []
-        let holdoutEvery = max(2, Int((1 / max(settings.oldHoldoutShare, 0.01)).rounded()))
+        let labelledCount = replay.reduce(0) { $0 + ($1.label == nil ? 0 : 1) }
+        let holdoutCount = min(labelledCount / 2, settings.oldHoldoutMax)
+        let every = holdoutCount == 0 ? Int.max : max(2, labelledCount / holdoutCount)
         var labelledSeen = 0
         for r in replay {
             if r.label != nil {
                 labelledSeen += 1
-                if labelledSeen % holdoutEvery == 0 { oldHoldout.append(r); continue }
+                if labelledSeen % every == 0 && oldHoldout.count < holdoutCount { oldHoldout.append(r); continue }
             }
             replayTrain.append(r)
         }
@@ -265,12 +269,16 @@ public enum ContinualLearner {
         var rng = SeededGenerator(seed: seed)
         let evaluator = Evaluator(network: network)
         let oldStart = old.isEmpty ? 1 : evaluator.accuracy(old)
-        // A checkpoint that forgets more than the gate allows is never chosen; among the others the
-        // best validation accuracy wins, then the better old accuracy (a tiny tie-breaker).
+        // A checkpoint that loses more old accuracy than the gate allows (or one holdout sample,
+        // whichever is more) is chosen only over nothing better: among the others the best
+        // validation accuracy wins, then the better old accuracy. (One new validation sample
+        // must never buy heavy forgetting; one flipped sample of a small holdout must not freeze
+        // training.)
+        let tolerance = max(settings.maxForgetting, old.isEmpty ? 0 : 1 / Double(old.count)) + 1e-9
         func score() -> (Double, Double) {
             let o = old.isEmpty ? 1 : evaluator.accuracy(old)
-            let eligible = oldStart - o <= settings.maxForgetting + 1e-9
-            return ((eligible ? 10 : 0) + evaluator.accuracy(validation) + 1e-3 * o, o)
+            let excess = max(0, oldStart - o - tolerance)
+            return ((excess == 0 ? 10 : 0) + evaluator.accuracy(validation) - 2 * excess + 1e-3 * o, o)
         }
         var (bestScore, lowest) = score()
         var lowestProbe = probe.isEmpty ? 0 : evaluator.accuracy(probe)

@@ -113,11 +113,17 @@ public enum Quantizer {
     }
 
     /// Re-quantizes `network` as `like` was: its method, each layer's precision, its INT4 group
-    /// and whether it had an adaptive threshold, calibrated anew on `rows`.
+    /// and whether it had an adaptive threshold, calibrated anew on `rows`. With fewer rows than
+    /// `minimumCalibrationRows` the weights are quantized anew and `like`'s activation ranges
+    /// (and adaptive threshold) are kept.
     public static func requantize(_ network: Network, like: QuantizedModel, rows: DataSet) -> QuantizedModel {
         var precisions: [Int: LayerPrecision] = [:]
         for e in like.spec.layers { precisions[e.layer] = e.precision }
         let group = like.spec.layers.first { $0.precision == .int4 }?.group ?? 32
+        guard rows.count >= minimumCalibrationRows else {
+            return build(network, activations: like.spec.activations, precisions: precisions, method: like.spec.method,
+                         calibrationRows: like.spec.calibrationRows, int4Group: group, adaptive: like.spec.adaptive)
+        }
         return calibrated(network, rows: rows, method: like.spec.method, precisions: precisions, int4Group: group,
                           adaptive: like.spec.adaptive != nil)
     }

@@ -274,7 +274,8 @@ import Glibc
         _ = try agent.client.learn(dryRun: true)
         let until = Date(timeIntervalSinceNow: 60)
         while try agent.client.learnJob()?.state == "running", Date() < until { usleep(20_000) }
-        #expect(try agent.client.learnJob()?.state == "finished")
+        let job = try agent.client.learnJob()
+        #expect(job?.state == "finished", "\(String(describing: job))")
         #expect(agent.log.contains("priority=idle"), "\(agent.log)")
         let mark = agent.mark()
         agent.signal(SIGHUP)

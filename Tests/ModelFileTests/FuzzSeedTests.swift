@@ -14,5 +14,7 @@ import Testing
         #expect((name == "mlp-quantized") == (model.manifest.quantization != nil))
         // The prepared seed (agentctl model prepare) carries a drift reference for the fuzzer to mutate.
         #expect((name == "mlp-prepared") == (model.manifest.driftReference != nil))
+        // …and the learning sections (EWC anchor, replay seed).
+        #expect((name == "mlp-prepared") == (model.manifest.ewc != nil && model.manifest.replaySeed != nil))
     }
 }

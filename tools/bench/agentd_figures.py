@@ -11,6 +11,9 @@
              alongside, twice each way: the p99 ratio shows whether feedback writes reach the hot path
   drift      the load run with drift monitoring on (the model's reference) and off, alternated
              three times (one agentd each): the throughput cost of watching every row
+  learning   p99 at 4 clients while update jobs run back to back (dry runs of `agentctl learn
+             --wait` on 200 labelled, pixel-permuted digits rows) against the same load idle,
+             alternated three times: what an update costs the serving path
   shed       with --compute-model (a model whose compute, not HTTP, is the bottleneck): one
              worker, queue_capacity 4, 8 clients sending 64-row F32 requests keep the queue full
              while one probe client measures how fast its requests are refused
@@ -32,7 +35,7 @@ import time
 def write_config(d, args, model=None, drift=True, **serving):
     lines = ["[agent]", f'state_dir = "{d}/state"', f'socket = "{d}/agentd.sock"', 'socket_group = ""', 'log_level = "warning"',
              "", "[model]", f'initial = "{os.path.abspath(model or args.model)}"', f'calibration = "{os.path.abspath(args.calibration)}"',
-             "", "[drift]", f"enabled = {'true' if drift else 'false'}",
+             "", "[drift]", f"enabled = {'true' if drift else 'false'}", "", "[learn]", "auto = false",
              "", "[serving]"] + [f"{k} = {v}" for k, v in serving.items()]
     with open(f"{d}/agentd.toml", "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -145,6 +148,40 @@ def main():
         figures["drift"] = {k: {"requestsPerS": sorted(r["requestsPerS"] for r in v), "p99Ms": sorted(r["p99Ms"] for r in v)}
                             for k, v in drift.items()}
 
+        # Serving while learning: 4 clients, idle against update jobs running back to back.
+        write_config(d, args, max_batch_size=64)
+        a = Agentd(args, d)
+        with open(args.calibration) as f:
+            rows = [line.rstrip("\n").split(",") for line in f]
+        header, body = rows[0], rows[1:201]
+        perm = list(range(len(header) - 1))
+        perm = perm[7::8] + [i for i in perm if i % 8 != 7]  # a fixed permutation of the pixels
+        with open(f"{d}/drifted.csv", "w") as f:
+            f.write(",".join(header) + "\n")
+            for r in body:
+                f.write(",".join([r[i] for i in perm] + [r[-1]]) + "\n")
+        subprocess.run([f"{args.bin}/agentctl", "feedback", "--socket", f"{d}/agentd.sock", "--data", f"{d}/drifted.csv"],
+                       check=True, capture_output=True)
+        learning = {"idle": [], "learning": [], "updates": [], "update_seconds": []}
+        for _ in range(3):
+            learning["idle"].append(bench_load(args, d, extra, clients=4))
+            stop = time.monotonic() + args.seconds + 1
+            learner = subprocess.Popen(["bash", "-c", f"while [ $(date +%s) -lt {int(time.time() + args.seconds + 1)} ]; do "
+                                        f"{args.bin}/agentctl learn --socket {d}/agentd.sock --dry-run --wait --json; done"],
+                                       stdout=subprocess.PIPE, text=True)
+            time.sleep(0.3)
+            learning["learning"].append(bench_load(args, d, extra, clients=4))
+            out = learner.communicate()[0]
+            jobs = [json.loads(chunk) for chunk in out.replace("}\n{", "}\x00{").split("\x00") if chunk.strip()]
+            learning["updates"].append(len(jobs))
+            learning["update_seconds"] += [j["seconds"] for j in jobs if j.get("seconds") is not None]
+        figures["learning"] = {"idleP99Ms": sorted(r["p99Ms"] for r in learning["idle"]),
+                               "learningP99Ms": sorted(r["p99Ms"] for r in learning["learning"]),
+                               "idleRequestsPerS": sorted(r["requestsPerS"] for r in learning["idle"]),
+                               "learningRequestsPerS": sorted(r["requestsPerS"] for r in learning["learning"]),
+                               "updates": learning["updates"], "updateSeconds": sorted(learning["update_seconds"])}
+        a.stop()
+
         if args.compute_model:
             write_config(d, args, model=args.compute_model, workers=1, queue_capacity=4)
             shutil.rmtree(f"{d}/state")
@@ -181,6 +218,12 @@ def main():
     print(f"drift monitoring at {args.clients} clients: on {', '.join(f'{v:.0f}' for v in dr['on']['requestsPerS'])} req/s, "
           f"off {', '.join(f'{v:.0f}' for v in dr['off']['requestsPerS'])} req/s: "
           f"ratio of medians {median(dr['on']['requestsPerS']) / median(dr['off']['requestsPerS']):.3f}")
+    ln = figures["learning"]
+    print(f"serving while learning at 4 clients: p99 idle {', '.join(f'{v:.2f}' for v in ln['idleP99Ms'])} ms, "
+          f"during updates {', '.join(f'{v:.2f}' for v in ln['learningP99Ms'])} ms: ratio of medians "
+          f"{median(ln['learningP99Ms']) / median(ln['idleP99Ms']):.2f}; req/s idle {median(ln['idleRequestsPerS']):.0f}, "
+          f"learning {median(ln['learningRequestsPerS']):.0f}; {sum(ln['updates'])} updates ran, "
+          f"{median(ln['updateSeconds']) if ln['updateSeconds'] else 0:.2f} s each (median)")
     print(f"batching gain at {args.clients} clients: {figures['batching']['requestsPerS'] / figures['batch_size_1']['requestsPerS']:.2f}x")
 
 

@@ -1,6 +1,7 @@
 import Drift
 import Foundation
 import Inference
+import Learning
 import ModelFile
 import Quantization
 import Tensor
@@ -28,6 +29,22 @@ public func fuzzModel(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         reference = try DriftReference.load(file, inputCount: network.inputCount, classCount: network.outputCount, penultimate: penultimate)
     } catch {
         return 0
+    }
+    // The learning sections, as agentd reads them (a bad one refuses the file); a valid seed's
+    // rows are scored as the replay memory scores them.
+    let seed: ReplaySeed?
+    do {
+        _ = try EWCAnchor.decode(network)
+        seed = try ReplaySeed.decode(network)
+    } catch {
+        return 0
+    }
+    if let seed {
+        let k = network.outputCount
+        for i in 0..<min(seed.rows, 16) {
+            let v = seed.logits.withUnsafeBufferPointer { replayValue(logits: $0.baseAddress! + i * k, classes: k, label: seed.labels[i]) }
+            precondition(v.isFinite, "replay value \(v) is not finite")
+        }
     }
     // Inference time grows with the plan's size; small plans keep the fuzzer fast, larger ones are still built above.
     guard ExecutionPlan.memoryEstimate(network: network, batch: 1).total <= 8 << 20 else { return 0 }
