@@ -148,7 +148,8 @@ public enum ContinualLearner {
         // old distribution, for early stopping and the gate. Every other labelled row, up to
         // oldHoldoutMax, spread over the whole memory.
         var oldHoldout: [LearnSample] = [], replayTrain: [LearnSample] = []
-        let labelledCount = replay.reduce(0) { $0 + ($1.label == nil ? 0 : 1) }
+        // A method without replay has no old data at all (the harness's fine-tune and EWC alone).
+        let labelledCount = settings.method.replay ? replay.reduce(0) { $0 + ($1.label == nil ? 0 : 1) } : 0
         let holdoutCount = min(labelledCount / 2, settings.oldHoldoutMax)
         let every = holdoutCount == 0 ? Int.max : max(2, labelledCount / holdoutCount)
         var labelledSeen = 0
