@@ -271,7 +271,7 @@ extension AgentConfig {
         }
         reader.section(table, "learn", ["auto", "min_labels", "max_steps", "min_gain", "max_forgetting", "cpu_budget_s"]) { t in
             reader.bool(t, "learn", "auto", &c.learn.auto)
-            reader.int(t, "learn", "min_labels", &c.learn.minLabels, 5...1_000_000)
+            reader.int(t, "learn", "min_labels", &c.learn.minLabels, 15...1_000_000)
             reader.int(t, "learn", "max_steps", &c.learn.maxSteps, 1...1_000_000)
             reader.double(t, "learn", "min_gain", &c.learn.minGain, 0...1)
             reader.double(t, "learn", "max_forgetting", &c.learn.maxForgetting, 0...1)

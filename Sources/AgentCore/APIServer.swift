@@ -127,6 +127,7 @@ enum APIServer {
                 switch e {
                 case .busy: throw APIError(status: .conflict, code: "busy", message: e.description)
                 case .noModel: throw APIError.noModel
+                case .notReady: throw APIError(status: .serviceUnavailable, code: "not_ready", message: e.description, retryAfter: 1)
                 case .store(let s): throw APIError.store(s, "the update was not started")
                 }
             }

@@ -20,11 +20,14 @@ import Training
 enum LearnRefusal: Error, CustomStringConvertible {
     case busy(job: String)
     case noModel
+    /// The replay memory is not yet the serving version's (a swap a moment ago).
+    case notReady
     case store(StoreError)
     var description: String {
         switch self {
         case .busy(let job): "update job \(job) is running; GET /v1/learn shows it (agentctl learn --wait waits for it)"
         case .noModel: "no model is loaded"
+        case .notReady: "the replay memory is being switched to the serving version; try again in a second"
         case .store(let e): "the job could not be recorded: \(e)"
         }
     }
@@ -118,6 +121,8 @@ final class Learner: @unchecked Sendable {
     private let finished = NSCondition()
     private var jobsStarted: UInt64 = 0
     private var outcomes: [String: Int] = [:]
+    /// The newest feedback id the running job read (a failed job moves the trigger past it).
+    private var jobWatermark: Int64?
 
     /// Jobs ended since start, by outcome (decision, or failed / cancelled).
     var outcomeTotals: [String: Int] {
@@ -197,7 +202,7 @@ final class Learner: @unchecked Sendable {
         let excess = fresh.shrink()
         if !excess.isEmpty { try database.applyReplay(.init(delete: excess), counters: fresh.counters) }
         index = fresh
-        nextId = (rows.map(\.id).max() ?? 0) + 1
+        nextId = max(rows.map(\.id).max() ?? 0, try database.maxReplayId()) + 1
         if !rows.contains(where: { $0.source == ReplaySource.seed.rawValue }), let seed = try? ReplaySeed.decode(network) {
             var change = AgentDatabase.ReplayChange()
             var next = index
@@ -311,10 +316,16 @@ final class Learner: @unchecked Sendable {
     /// Starts an update on its own thread; the job is recorded before this returns.
     func startJob(trigger: String, dryRun: Bool) throws -> String {
         guard let model = models.slot.current else { throw LearnRefusal.noModel }
+        if !isRunning {
+            // The replay memory must be the serving version's (a rollback or reload a moment ago).
+            do { try syncWithServingModel() } catch { throw LearnRefusal.store(StoreError(error)) }
+        }
         lock.lock()
         defer { lock.unlock() }
         if running, let job { throw LearnRefusal.busy(job: job.job) }
+        guard indexedVersion == model.version, models.slot.current === model else { throw LearnRefusal.notReady }
         jobsStarted += 1
+        jobWatermark = nil
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         let started = f.string(from: Date())
@@ -414,7 +425,7 @@ final class Learner: @unchecked Sendable {
             // moves the automatic trigger's count past the labels it saw, so the trigger waits
             // for learn.min_labels more instead of failing again every tick.
             var counters: [String: Int64] = [:]
-            if state != "finished" && !dryRun, let last = try? database.maxFeedbackId() { counters[Self.watermarkKey] = last }
+            if state == "failed" && !dryRun, let seen = jobWatermark { counters[Self.watermarkKey] = seen }
             do {
                 try database.finishJob(id: id, state: state, result: Self.json(done), counters: counters)
             } catch {
@@ -450,6 +461,9 @@ final class Learner: @unchecked Sendable {
             return LearnSample(input: f.input, label: c, logits: nil)
         }
         let watermark = feedback.last?.id ?? cursor
+        lock.lock()
+        jobWatermark = watermark
+        lock.unlock()
         let replayRows = try database.replayRows(inputs: network.inputCount, classes: classes).rows
         let replay = replayRows.map { LearnSample(input: $0.input, label: $0.label, logits: $0.logits) }
         var settings = LearnSettings()

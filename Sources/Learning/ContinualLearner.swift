@@ -310,6 +310,9 @@ public enum ContinualLearner {
                 step += 1
                 if step % settings.evalEvery == 0 || step == settings.maxSteps {
                     progress(step)
+                    // Weights that left the finite numbers (a huge input row, a hostile Fisher) end the
+                    // run: the best finite checkpoint so far is kept.
+                    if !pairs.allSatisfy({ p in (0..<p.parameter.count).allSatisfy { p.parameter.pointer[$0].isFinite } }) { break }
                     let (s, o) = score()
                     lowest = min(lowest, o)
                     if !probe.isEmpty { lowestProbe = min(lowestProbe, evaluator.accuracy(probe)) }

@@ -76,7 +76,9 @@ public struct EWCAnchor: Sendable {
         var fisher: [String: [Float]] = [:], anchor: [String: [Float]] = [:]
         for (name, t) in network.parameters {
             let f = try network.fieldFloats("ewc.fisher.\(name)", shape: t.shape, section: section)
-            if let bad = f.firstIndex(where: { $0 < 0 }) { throw LearningFileError("ewc: tensor 'ewc.fisher.\(name)' is negative at index \(bad)") }
+            if let bad = f.firstIndex(where: { $0 < 0 || $0 > 1e6 }) {
+                throw LearningFileError("ewc: tensor 'ewc.fisher.\(name)' holds \(f[bad]) at index \(bad), outside 0...1e6")
+            }
             fisher[name] = f
             anchor[name] = try network.fieldFloats("ewc.anchor.\(name)", shape: t.shape, section: section)
         }

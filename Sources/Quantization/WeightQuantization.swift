@@ -30,7 +30,9 @@ public struct Int8ChannelWeights: Sendable {
             scales[o] = s
             let inv = 1 / s
             for k in 0..<inputs {
-                q[o * inputs + k] = Int8(min(max((w[o * inputs + k] * inv).rounded(.toNearestOrEven), -127), 127))
+                // A NaN weight (only training can make one; files are checked) quantizes to 0, not a trap.
+                let x = (w[o * inputs + k] * inv).rounded(.toNearestOrEven)
+                q[o * inputs + k] = x.isNaN ? 0 : Int8(min(max(x, -127), 127))
             }
         }
         self.q = q
@@ -73,7 +75,8 @@ public struct Int4GroupWeights: Sendable {
                 guard s.isNormal else { continue }
                 scales[o * groups + g] = s
                 for k in k0..<k1 {
-                    q[o * inputs + k] = Int8(min(max((w[o * inputs + k] / s).rounded(.toNearestOrEven), -8), 7))
+                    let x = (w[o * inputs + k] / s).rounded(.toNearestOrEven)
+                    q[o * inputs + k] = x.isNaN ? 0 : Int8(min(max(x, -8), 7))
                 }
             }
         }

@@ -36,6 +36,11 @@ struct LearnCommand: ParsableCommand {
     @Flag(help: "Print as JSON (with --wait: one object with the decision and the numbers).") var json = false
     @Option(help: "Give up waiting after this many seconds (the job goes on).") var timeout: Double = 3600
 
+    func validate() throws {
+        guard timeout.isFinite, timeout > 0, timeout <= 1e7 else { throw ValidationError("--timeout must be a number of seconds above 0") }
+        if last && (wait || dryRun) { throw ValidationError("--last shows a job; it starts none (drop --wait and --dry-run)") }
+    }
+
     struct Outcome: Codable {
         var job: String
         var state: String

@@ -12,6 +12,9 @@ import Glibc
     /// The families the README's metric table lists, with their types.
     static let expected: [String: String] = [
         "agentd_infer_requests_total": "counter",
+        "agentd_replay_samples": "gauge",
+        "agentd_learn_running": "gauge",
+        "agentd_learn_updates_total": "counter",
         "agentd_infer_duration_seconds": "histogram",
         "agentd_queue_wait_seconds": "histogram",
         "agentd_batch_size": "histogram",

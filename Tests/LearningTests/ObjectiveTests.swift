@@ -119,6 +119,27 @@ func smallMLP(_ rng: inout SeededGenerator, labels: [String] = ["a", "b", "c"]) 
         let (ce, kd) = UpdateLoss.gradient(logits: z, rows: 2, classes: 3, labels: noLabels, stored: stored, hasStored: none,
                                            alpha: 1, temperature: 1, dy: &dy)
         #expect(ce == 0 && kd == 0 && dy.allSatisfy { $0 == 0 })
+        // Labels only: exactly the cross-entropy gradient (softmax − one-hot, over 2 rows).
+        let labels: [Int32] = [0, 2]
+        var dyCE = [Float](repeating: 9, count: 6)
+        let ceOnly = UpdateLoss.gradient(logits: z, rows: 2, classes: 3, labels: labels, stored: stored, hasStored: none,
+                                         alpha: 1, temperature: 1, dy: &dyCE)
+        for r in 0..<2 {
+            let row = z[(r * 3)..<(r * 3 + 3)].map { expf($0) }
+            let sum = row.reduce(0, +)
+            for c in 0..<3 {
+                let want = (row[c] / sum - (c == Int(labels[r]) ? 1 : 0)) / 2
+                #expect(abs(dyCE[r * 3 + c] - want) < 1e-6)
+            }
+        }
+        #expect(ceOnly.distillation == 0 && ceOnly.crossEntropy > 0)
+        // Stored logits only: no cross-entropy, and each row's gradient sums to zero (q − p).
+        var dyKD = [Float](repeating: 9, count: 6)
+        let teacher: [Float] = [2, 0, 0, 0, 0, 2]
+        let kdOnly = UpdateLoss.gradient(logits: z, rows: 2, classes: 3, labels: noLabels, stored: teacher, hasStored: [true, true],
+                                         alpha: 1, temperature: 2, dy: &dyKD)
+        #expect(kdOnly.crossEntropy == 0 && kdOnly.distillation > 0)
+        for r in 0..<2 { #expect(abs(dyKD[(r * 3)..<(r * 3 + 3)].reduce(0, +)) < 1e-6) }
         // Stored logits at the live rows' floor (log 1e-12) stay finite.
         let floorLogits: [Float] = [logf(1e-12), 0, logf(1e-12), 0, logf(1e-12), logf(1e-12)]
         let r = UpdateLoss.gradient(logits: z, rows: 2, classes: 3, labels: noLabels, stored: floorLogits, hasStored: [true, true],
@@ -133,11 +154,12 @@ func smallMLP(_ rng: inout SeededGenerator, labels: [String] = ["a", "b", "c"]) 
         for (n, t) in net.parameters {
             fisher[n] = [Float](repeating: 2, count: t.count)
             anchor[n] = [Float](repeating: 0, count: t.count)
-            newFisher[n] = [Float](repeating: 1, count: t.count)
+            newFisher[n] = [Float](repeating: 3, count: t.count)
         }
         let a = EWCAnchor(fisher: fisher, anchor: anchor, samples: 10, gamma: 0.5, updates: 0)
         let b = a.updated(newFisher: newFisher, samples: 7, network: net)
-        #expect(b.fisher["fc1.weight"]!.allSatisfy { $0 == 2 } && b.updates == 1 && b.samples == 7)
+        // γ·F + F_new = 0.5·2 + 3.
+        #expect(b.fisher["fc1.weight"]!.allSatisfy { $0 == 4 } && b.updates == 1 && b.samples == 7)
         #expect(b.anchor["fc2.bias"]! == net.parameters.first { $0.name == "fc2.bias" }!.tensor.values)
     }
 
@@ -233,5 +255,17 @@ func smallMLP(_ rng: inout SeededGenerator, labels: [String] = ["a", "b", "c"]) 
         #expect(fisher["fc2.weight"]!.contains { $0 > 0 })
         let graph = TrainingGraph(network: net, batchCapacity: 2)
         #expect(graph.weightGrads[0] == nil)
+        // Even with a Fisher on the frozen layer, the penalty touches only what trains.
+        var f: [String: [Float]] = [:], a: [String: [Float]] = [:]
+        for (n, t) in net.parameters { f[n] = [Float](repeating: 5, count: t.count); a[n] = [Float](repeating: 0, count: t.count) }
+        let penalty = EWCPenalty(graph: graph, anchor: EWCAnchor(fisher: f, anchor: a, samples: 1, gamma: 0.9, updates: 0))
+        let before = net.parameters.first { $0.name == "fc1.weight" }!.tensor.values
+        graph.weightGrads[2]!.fill(0)
+        penalty.addGradient(lambda: 1)
+        #expect(graph.weightGrads[2]!.values.contains { $0 != 0 })
+        #expect(net.parameters.first { $0.name == "fc1.weight" }!.tensor.values == before)
+        let trainable = Set(net.trainable!)
+        let expected = net.parameters.filter { trainable.contains($0.name) }.reduce(Float(0)) { acc, p in acc + p.tensor.values.reduce(0) { $0 + 2.5 * $1 * $1 } }
+        #expect(abs(penalty.penalty(lambda: 1) - expected) < 1e-3 * max(1, expected))
     }
 }
