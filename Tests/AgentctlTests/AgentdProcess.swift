@@ -69,10 +69,42 @@ final class AgentdProcess: @unchecked Sendable {
         process.standardOutput = log
         process.standardError = log
         try process.run()
+        Self.track(process.processIdentifier)
+    }
+
+    /// Daemons still running when the test process exits (a shared `static let` agent is never
+    /// deinitialised) are killed then, so no test run leaves an agentd behind.
+    private static let running = RunningDaemons()
+    private static func track(_ pid: Int32) { running.add(pid) }
+
+    final class RunningDaemons: @unchecked Sendable {
+        private let lock = NSLock()
+        private var pids: Set<Int32> = []
+        private var registered = false
+        func add(_ pid: Int32) {
+            lock.lock()
+            pids.insert(pid)
+            if !registered {
+                registered = true
+                atexit { AgentdProcess.running.killAll() }
+            }
+            lock.unlock()
+        }
+        func remove(_ pid: Int32) {
+            lock.lock()
+            pids.remove(pid)
+            lock.unlock()
+        }
+        func killAll() {
+            lock.lock()
+            for pid in pids { kill(pid, SIGKILL) }
+            lock.unlock()
+        }
     }
 
     deinit {
         if process.isRunning { process.terminate(); process.waitUntilExit() }
+        Self.running.remove(process.processIdentifier)
         close(notifyFD)
     }
 
