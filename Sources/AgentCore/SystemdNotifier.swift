@@ -5,7 +5,9 @@ import Glibc
 #endif
 
 /// sd_notify(3) without libsystemd: one datagram per message to $NOTIFY_SOCKET. A no-op when the
-/// variable is unset (not started by systemd, or a test that does not listen).
+/// variable is unset (not started by systemd, or a test that does not listen). Never blocks: a
+/// receiver that does not read (its queue full) loses the message instead of stopping agentd — a
+/// blocking send held up shutdown (STOPPING=1) for good under a slow test build.
 public struct SystemdNotifier: Sendable {
     public let socketPath: String?
 
@@ -37,7 +39,7 @@ public struct SystemdNotifier: Sendable {
         let length = socklen_t(MemoryLayout<sa_family_t>.size + path.count + (path.first == 0 ? 0 : 1))
         let bytes = Array(message.utf8)
         let sent = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL), $0, length) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT), $0, length) }
         }
         return sent == bytes.count
     }
