@@ -33,18 +33,11 @@ enum LearnRefusal: Error, CustomStringConvertible {
     }
 }
 
-/// Takes a few of the answered rows for the replay memory's live part, off the hot path: a row
-/// counter, a try-lock and a small bounded buffer. Each serving model gets its own `LiveTap`
-/// (with that model's row widths and version), so a swap can never make a tap read rows with
-/// another model's widths. The learner's loop drains the buffer and keeps the rows of the
-/// version that serves, only while the drift state is `ok`.
-final class LiveSampler: @unchecked Sendable {
-    /// Every `stride`-th answered row is a candidate.
+/// Picks a few of the answered rows for the replay memory's live part: every `stride`-th row,
+/// counted across all workers. The rows are copied by each serving model's `LiveTap`.
+final class LiveSampler: Sendable {
     let stride: UInt64
-    let capacity = 64
     private let counter = Atomic<UInt64>(0)
-    private let lock = NSLock()
-    private var pending: [(version: Int, input: [Float], scores: [Float])] = []
 
     init(stride: UInt64 = 16) { self.stride = max(stride, 1) }
 
@@ -53,44 +46,62 @@ final class LiveSampler: @unchecked Sendable {
         LiveTap(sampler: self, version: version, inputs: inputs, classes: classes)
     }
 
-    fileprivate func take(_ tap: LiveTap, input: UnsafePointer<Float>, scores: UnsafePointer<Float>, rows: Int) {
+    /// The first of `rows` rows (just answered) that is a multiple of the stride, if any.
+    fileprivate func firstPick(rows: Int) -> Int? {
         let first = counter.add(UInt64(rows), ordering: .relaxed).oldValue
-        // The row numbers first..<first+rows that are multiples of the stride.
-        var r = (stride - first % stride) % stride
-        guard r < UInt64(rows), lock.try() else { return }
-        defer { lock.unlock() }
-        while r < UInt64(rows) && pending.count < capacity {
-            pending.append((tap.version, Array(UnsafeBufferPointer(start: input + Int(r) * tap.inputs, count: tap.inputs)),
-                            Array(UnsafeBufferPointer(start: scores + Int(r) * tap.classes, count: tap.classes))))
-            r += stride
-        }
-    }
-
-    func drain() -> [(version: Int, input: [Float], scores: [Float])] {
-        lock.lock()
-        defer { lock.unlock() }
-        let out = pending
-        pending.removeAll(keepingCapacity: true)
-        return out
+        let r = (stride - first % stride) % stride
+        return r < UInt64(rows) ? Int(r) : nil
     }
 }
 
-/// One serving model's view of the sampler: its widths are the plan's, fixed for its life.
-final class LiveTap: RowObserver, Sendable {
+/// One serving model's copy of the picked rows, off the hot path's allocations: buffers for
+/// `capacity` rows sized once for this model's widths, filled under a try-lock (a worker never
+/// waits: a busy tap drops the row), emptied by the learner's loop once a second.
+final class LiveTap: RowObserver, @unchecked Sendable {
     let sampler: LiveSampler
     let version: Int
     let inputs: Int
     let classes: Int
+    let capacity = 64
+    private let lock = NSLock()
+    private var inputBuffer: [Float]
+    private var scoreBuffer: [Float]
+    private var count = 0
 
     init(sampler: LiveSampler, version: Int, inputs: Int, classes: Int) {
         self.sampler = sampler
         self.version = version
         self.inputs = inputs
         self.classes = classes
+        inputBuffer = [Float](repeating: 0, count: capacity * inputs)
+        scoreBuffer = [Float](repeating: 0, count: capacity * classes)
     }
 
     func observe(worker: Int, input: UnsafePointer<Float>, scores: UnsafePointer<Float>, embeddings: UnsafePointer<Float>?, rows: Int) {
-        sampler.take(self, input: input, scores: scores, rows: rows)
+        guard var r = sampler.firstPick(rows: rows), lock.try() else { return }
+        defer { lock.unlock() }
+        let (n, k) = (inputs, classes)
+        inputBuffer.withUnsafeMutableBufferPointer { xb in
+            scoreBuffer.withUnsafeMutableBufferPointer { sb in
+                while r < rows && count < capacity {
+                    (xb.baseAddress! + count * n).update(from: input + r * n, count: n)
+                    (sb.baseAddress! + count * k).update(from: scores + r * k, count: k)
+                    count += 1
+                    r += Int(sampler.stride)
+                }
+            }
+        }
+    }
+
+    /// The rows taken since the last call.
+    func drain() -> [(input: [Float], scores: [Float])] {
+        lock.lock()
+        defer { lock.unlock() }
+        let out = (0..<count).map { i in
+            (Array(inputBuffer[(i * inputs)..<((i + 1) * inputs)]), Array(scoreBuffer[(i * classes)..<((i + 1) * classes)]))
+        }
+        count = 0
+        return out
     }
 }
 
@@ -111,7 +122,6 @@ final class Learner: @unchecked Sendable {
     private let lock = NSLock()
     private var index: ReplayIndex
     private var bytesPerSample = 1
-    private var replayBytes = 0
     private var nextId: Int64 = 1
     private var indexedVersion: Int?
     private var job: LearnJob?
@@ -220,7 +230,6 @@ final class Learner: @unchecked Sendable {
             nextId += Int64(seed.rows)
             writer.appendEvent(kind: "replay_seeded", message: "replay memory seeded with \(change.insert.count) labelled rows from version \(model.version)'s file")
         }
-        replayBytes = index.entries.count * bytesPerSample
         // Only now: a failure above is tried again on the next tick.
         indexedVersion = model.version
     }
@@ -251,14 +260,16 @@ final class Learner: @unchecked Sendable {
 
     /// Live rows gathered since the last call go into the replay memory while drift is `ok`.
     func flushLiveRows() {
-        let rows = sampler.drain()
-        guard !rows.isEmpty, driftState() == "ok", let model = models.slot.current else { return }
+        // Only the serving model's tap: rows a swapped-out model answered are not its.
+        guard let model = models.slot.current, let tap = model.sampler as? LiveTap else { return }
+        let rows = tap.drain()
+        guard !rows.isEmpty, driftState() == "ok" else { return }
         lock.lock()
         defer { lock.unlock() }
         guard indexedVersion == model.version, !running else { return }
         let network = model.network, classes = network.outputCount
         var next = index, change = AgentDatabase.ReplayChange(), id = nextId
-        for r in rows where r.version == model.version && r.input.count == network.inputCount && r.scores.count == classes {
+        for r in rows where tap.version == model.version && r.input.count == network.inputCount && r.scores.count == classes {
             // Scores of a softmax model are probabilities: their logs are logits up to a constant.
             let logits = network.endsWithSoftmax ? r.scores.map { logf(max($0, 1e-12)) } : r.scores
             guard r.input.allSatisfy(\.isFinite), logits.allSatisfy(\.isFinite) else { continue }
@@ -272,8 +283,7 @@ final class Learner: @unchecked Sendable {
             try database.applyReplay(change, counters: next.counters)
             index = next
             nextId = id
-            replayBytes = index.entries.count * bytesPerSample
-        } catch {
+            } catch {
             logger.warning("live replay rows not stored", metadata: ["error": "\(StoreError(error))"])
         }
     }
@@ -289,7 +299,7 @@ final class Learner: @unchecked Sendable {
         for s in ReplaySource.allCases { perSource[s.rawValue] = fill.perSource[s] ?? 0 }
         let cursor = ((try? database.learnerValue(Self.cursorKey)) ?? nil) ?? 0
         let waiting = (try? database.feedbackCount(after: cursor)) ?? 0
-        return ReplayResponse(capacity: index.capacity, policy: index.kind.rawValue, samples: index.entries.count, bytes: replayBytes,
+        return ReplayResponse(capacity: index.capacity, policy: index.kind.rawValue, samples: index.entries.count, bytes: index.entries.count * bytesPerSample,
                               perClass: perClass, perSource: perSource, newLabels: waiting)
     }
 
@@ -326,9 +336,7 @@ final class Learner: @unchecked Sendable {
         guard indexedVersion == model.version, models.slot.current === model else { throw LearnRefusal.notReady }
         jobsStarted += 1
         jobWatermark = nil
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        let started = f.string(from: Date())
+        let started = AgentDatabase.now()
         let id = "learn-" + String(format: "%08x%08x", UInt32(truncatingIfNeeded: Int(Date().timeIntervalSince1970)), UInt32.random(in: 0...UInt32.max))
         var j = LearnJob(job: id, state: "running", trigger: trigger, dryRun: dryRun, started: started)
         j.phase = "loading"
@@ -365,11 +373,8 @@ final class Learner: @unchecked Sendable {
         finished.unlock()
     }
 
-    static func json<T: Encodable>(_ value: T) -> String {
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys]
-        return String(decoding: (try? e.encode(value)) ?? Data("{}".utf8), as: UTF8.self)
-    }
+    /// The API's JSON (a job record is stored as `GET /v1/learn` shows it).
+    static func json<T: Encodable>(_ value: T) -> String { String(decoding: APIServer.encode(value), as: UTF8.self) }
 
     private func update(_ body: (inout LearnJob) -> Void) {
         lock.lock()
@@ -405,9 +410,7 @@ final class Learner: @unchecked Sendable {
             state = "failed"
             update { $0.reason = "\(error)" }
         }
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        let end = f.string(from: Date())
+        let end = AgentDatabase.now()
         update {
             if let final { $0 = final }
             $0.state = state
@@ -575,7 +578,6 @@ final class Learner: @unchecked Sendable {
         index = next
         nextId = nextReplay
         indexedVersion = row.version
-        replayBytes = index.entries.count * bytesPerSample
         lock.unlock()
         j.version = row.version
         writer.appendEvent(kind: "update_accepted", message: "update job \(id): version \(row.version) from version \(model.version) on \(newData.count) labels in \(outcome.steps) steps (λ \(outcome.lambda), α \(outcome.alpha)): \(outcome.reason)")
