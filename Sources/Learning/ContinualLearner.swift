@@ -361,23 +361,33 @@ public final class PlanClassifier: Classifier {
     public init(plan: InferencePlan) { self.plan = plan }
 
     public func correct(_ samples: [LearnSample]) -> [Bool] {
-        let n = plan.inputCount, k = plan.outputCount, batch = plan.batchCapacity
-        var out = [Bool](repeating: false, count: samples.count)
-        var x = [Float](repeating: 0, count: batch * n)
-        var start = 0
-        while start < samples.count {
-            let b = min(batch, samples.count - start)
-            for r in 0..<b { for i in 0..<n { x[r * n + i] = samples[start + r].input[i] } }
-            let scores = x.withUnsafeBufferPointer { plan.run($0.baseAddress!, batch: b) }
-            for r in 0..<b {
-                var arg = 0
-                for c in 1..<k where scores[r * k + c] > scores[r * k + arg] { arg = c }
-                out[start + r] = arg == samples[start + r].label
+        var x = [Float](repeating: 0, count: plan.batchCapacity * plan.inputCount)
+        return x.withUnsafeMutableBufferPointer { buffer in
+            topClassIsLabel(samples, batch: plan.batchCapacity, inputs: plan.inputCount, classes: plan.outputCount, staging: buffer.baseAddress!) {
+                plan.run(buffer.baseAddress!, batch: $0)
             }
-            start += b
         }
-        return out
     }
+}
+
+/// Runs `samples` in batches through `run` (scores of the rows staged in `staging`) and says
+/// whether each one's top class is its label (unlabelled ones count as wrong).
+func topClassIsLabel(_ samples: [LearnSample], batch: Int, inputs n: Int, classes k: Int, staging x: UnsafeMutablePointer<Float>,
+                     run: (Int) -> UnsafeBufferPointer<Float>) -> [Bool] {
+    var out = [Bool](repeating: false, count: samples.count)
+    var start = 0
+    while start < samples.count {
+        let b = min(batch, samples.count - start)
+        for r in 0..<b { samples[start + r].input.withUnsafeBufferPointer { (x + r * n).update(from: $0.baseAddress!, count: n) } }
+        let scores = run(b)
+        for r in 0..<b {
+            var arg = 0
+            for c in 1..<k where scores[r * k + c] > scores[r * k + arg] { arg = c }
+            out[start + r] = arg == samples[start + r].label
+        }
+        start += b
+    }
+    return out
 }
 
 /// Accuracy of a network (as it is now: training changes it in place) on labelled samples.
@@ -395,22 +405,10 @@ public final class Evaluator: Classifier {
 
     /// Whether each labelled sample's top class is its label (unlabelled ones count as wrong).
     public func correct(_ samples: [LearnSample]) -> [Bool] {
-        let features = graph.network.inputCount, classes = graph.outputCount
-        var out = [Bool](repeating: false, count: samples.count)
-        var start = 0
-        while start < samples.count {
-            let b = min(batch, samples.count - start)
-            for r in 0..<b { samples[start + r].input.withUnsafeBufferPointer { (x + r * features).update(from: $0.baseAddress!, count: features) } }
+        topClassIsLabel(samples, batch: batch, inputs: graph.network.inputCount, classes: graph.outputCount, staging: x) { b in
             graph.forward(x, batch: b)
-            let z = graph.output(batch: b)
-            for r in 0..<b {
-                var arg = 0
-                for c in 1..<classes where z[r * classes + c] > z[r * classes + arg] { arg = c }
-                out[start + r] = arg == samples[start + r].label
-            }
-            start += b
+            return graph.output(batch: b)
         }
-        return out
     }
 
     /// Logits of raw rows, `[rows, classes]`.

@@ -169,7 +169,8 @@ public final class AgentDatabase: Sendable {
         return m
     }
 
-    static func now() -> String {
+    /// The timestamp every stored row carries (ISO 8601, milliseconds, UTC).
+    public static func now() -> String {
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         return f.string(from: Date())
