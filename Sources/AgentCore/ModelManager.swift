@@ -223,16 +223,12 @@ public final class ModelManager: @unchecked Sendable {
         } else {
             bytes = Array(UnsafeRawBufferPointer(file.storage.bytes))
         }
-        let sha = Self.sha256Hex(bytes)
-        let stored = try store.store(bytes, sha256: sha)
-        let loaded = try read(path: stored)
-        let serving = self.serving(loaded, version: 0, adaptive: config.model.adaptive, monitor: false)
-        let row = try database.register(name: network.name, sha256: sha, source: "initial:\(path)#\(sourceHash)", precision: serving.precision)
-        store.recordActive(sha256: sha)
-        saveDrift(of: slot.swap(self.serving(loaded, version: row.version, adaptive: config.model.adaptive)))
-        events.appendEvent(kind: "model_deployed", message: "\(network.name) registered as version \(row.version) (\(serving.precision)) from \(path)")
+        let row = try install(bytes: bytes, adaptive: config.model.adaptive) { sha, precision in
+            try database.register(name: network.name, sha256: sha, source: "initial:\(path)#\(sourceHash)", precision: precision)
+        }
+        events.appendEvent(kind: "model_deployed", message: "\(network.name) registered as version \(row.version) (\(row.precision)) from \(path)")
         logger.info("registered initial model", metadata: ["model.name": "\(network.name)", "model.version": "\(row.version)",
-                                                           "model.precision": "\(serving.precision)"])
+                                                           "model.precision": "\(row.precision)"])
     }
 
     /// INT8 on `model.calibration`'s rows, with the adaptive threshold when `model.adaptive`.
@@ -310,6 +306,13 @@ public final class ModelManager: @unchecked Sendable {
         guard let active = try database.activeModel(), active.version == base, slot.current?.version == base else {
             throw ModelError(message: "version \(base) no longer serves (a rollback or another update came first); the update is dropped")
         }
+        return try install(bytes: bytes, adaptive: adaptive, commit: commit)
+    }
+
+    /// Every new file's way in (the caller holds the lock): stored and synced, loaded and
+    /// checked, then `commit` (the registry row, one transaction), then the slot swapped. A
+    /// failure before the commit removes a file this call stored.
+    private func install(bytes: [UInt8], adaptive: Bool, commit: (_ sha256: String, _ precision: String) throws -> RegisteredModel) throws -> RegisteredModel {
         let sha = Self.sha256Hex(bytes)
         let existed = FileManager.default.fileExists(atPath: store.path(for: sha))
         let stored = try store.store(bytes, sha256: sha)
@@ -319,7 +322,6 @@ public final class ModelManager: @unchecked Sendable {
             let check = serving(loaded, version: 0, adaptive: adaptive, monitor: false)
             row = try commit(sha, check.precision)
         } catch {
-            // Nothing registered: the file goes again (a restart would sweep it too).
             if !existed { unlink(stored) }
             throw error
         }
