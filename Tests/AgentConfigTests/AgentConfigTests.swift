@@ -138,6 +138,12 @@ import Testing
         ("drift", "warmup_rows", "99"), ("drift", "warmup_rows", "inf"), ("drift", "warmup_rows", "9223372036854775807"),
         ("drift", "false_alarm_run", "-2000"), ("drift", "false_alarm_run", "1e300"), ("drift", "save_interval_s", "nan"),
         ("drift", "save_interval_s", "0.0"), ("drift", "enabled", "1"),
+        ("learn", "min_labels", "14"), ("learn", "min_labels", "9223372036854775807"), ("learn", "max_steps", "0"),
+        ("learn", "max_steps", "-1"), ("learn", "min_gain", "nan"), ("learn", "min_gain", "1e300"), ("learn", "max_forgetting", "-0.01"),
+        ("learn", "cpu_budget_s", "inf"), ("learn", "cpu_budget_s", "0.0"), ("learn", "auto", "1"),
+        ("replay", "capacity", "9"), ("replay", "capacity", "1e300"), ("replay", "max_bytes", "-1"), ("replay", "max_bytes", "65535"),
+        ("replay", "live_share", "nan"), ("replay", "live_share", "0.51"), ("replay", "live_share", "-inf"), ("replay", "policy", "\"lru\""),
+        ("replay", "policy", "3"),
     ])
     func hostileNumbersAreProblemsWithTheirKey(_ section: String, _ key: String, _ value: String) {
         do {
