@@ -33,6 +33,11 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
+        .systemLibrary(
+            name: "CMosquitto",
+            pkgConfig: "libmosquitto",
+            providers: [.apt(["libmosquitto-dev"])]
+        ),
         // C micro-kernels for instructions Swift cannot select per function (AVX-512, AVX2, VNNI, NEON dot).
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "Tensor", dependencies: ["CBLAS", "CKernels"]),
@@ -43,6 +48,8 @@ let package = Package(
         .target(name: "Serving", dependencies: ["Inference", "Quantization"]),
         .target(name: "Drift", dependencies: ["Tensor", "ModelFile", "Inference"]),
         .target(name: "Learning", dependencies: ["Tensor", "Inference", "Training", "Quantization"]),
+        // MQTT client (libmosquitto), topics, payloads, signed deployments: no agent types.
+        .target(name: "Fleet", dependencies: ["CMosquitto", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Store", dependencies: ["ModelFile", .product(name: "GRDB", package: "GRDB.swift")]),
         // Codable API types and the Unix-socket client: Foundation only, so any tool can link it.
         .target(name: "AgentAPI"),
@@ -50,7 +57,7 @@ let package = Package(
         .target(
             name: "AgentCore",
             dependencies: [
-                "Tensor", "ModelFile", "Inference", "Quantization", "Training", "Serving", "Store", "Drift", "Learning", "AgentAPI", "AgentConfig",
+                "Tensor", "ModelFile", "Inference", "Quantization", "Training", "Serving", "Store", "Drift", "Learning", "AgentAPI", "AgentConfig", "Fleet",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -76,6 +83,7 @@ let package = Package(
             name: "agentctl",
             dependencies: [
                 "CBLAS", "Tensor", "ModelFile", "Inference", "Training", "Quantization", "Drift", "Learning", "AgentAPI", "AgentConfig",
+                "Fleet", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -88,6 +96,7 @@ let package = Package(
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
         .testTarget(name: "LearningTests", dependencies: ["Learning", "Training", "Inference", "ModelFile", "Tensor"]),
         .testTarget(name: "DriftTests", dependencies: ["Drift", "Inference", "ModelFile", "Tensor"]),
+        .testTarget(name: "FleetTests", dependencies: ["Fleet", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "AgentConfigTests", dependencies: ["AgentConfig"]),
         .testTarget(name: "AgentAPITests", dependencies: ["AgentAPI"]),
         .testTarget(name: "AgentCoreTests", dependencies: [
@@ -96,6 +105,6 @@ let package = Package(
             .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
         ]),
         // Runs the built agentctl and agentd binaries; raw HTTP through AgentAPI's socket client only.
-        .testTarget(name: "AgentctlTests", dependencies: ["AgentAPI"]),
+        .testTarget(name: "AgentctlTests", dependencies: ["AgentAPI", "Fleet", .product(name: "Crypto", package: "swift-crypto")]),
     ]
 )

@@ -224,11 +224,13 @@ public struct StatusResponse: Codable, Sendable {
     public var drift: ComponentStatus
     public var learner: ComponentStatus
     public var mqtt: ComponentStatus
+    /// The fleet link: connection, outbox, last deployment (absent from older agents).
+    public var fleet: FleetLinkStatus?
     public var lastEvents: [Event]
     public var store: StoreStatus?
 
     enum CodingKeys: String, CodingKey {
-        case state, version, pid, socket, model, serving, drift, learner, mqtt, store
+        case state, version, pid, socket, model, serving, drift, learner, mqtt, store, fleet
         case uptimeS = "uptime_s"
         case inputSize = "input_size"
         case feedbackSamples = "feedback_samples"
@@ -237,8 +239,9 @@ public struct StatusResponse: Codable, Sendable {
 
     public init(state: String, version: String, pid: Int32, uptimeS: Double, socket: String, model: ModelRef?, inputSize: Int? = nil,
                 serving: ServingStatus, feedbackSamples: Int, drift: ComponentStatus, learner: ComponentStatus, mqtt: ComponentStatus,
-                lastEvents: [Event], store: StoreStatus? = nil) {
+                fleet: FleetLinkStatus? = nil, lastEvents: [Event], store: StoreStatus? = nil) {
         self.store = store
+        self.fleet = fleet
         self.inputSize = inputSize
         self.state = state
         self.version = version
@@ -252,6 +255,42 @@ public struct StatusResponse: Codable, Sendable {
         self.learner = learner
         self.mqtt = mqtt
         self.lastEvents = lastEvents
+    }
+}
+
+/// `status.fleet`: the MQTT link as the agent sees it.
+public struct FleetLinkStatus: Codable, Sendable {
+    /// not-configured, connecting, connected, disconnected.
+    public var state: String
+    public var broker: String
+    public var device: String
+    public var protocolVersion: String?
+    public var outboxRows: Int
+    public var outboxBytes: Int
+    public var outboxDropped: Int64
+    public var bytesSent: Int64
+    public var lastError: String?
+    /// The last deployment's outcome: `{deployment} v{version}: applied|refused|rolled_back (reason)`.
+    public var lastDeployment: String?
+
+    enum CodingKeys: String, CodingKey {
+        case state, broker, device
+        case protocolVersion = "protocol", outboxRows = "outbox_rows", outboxBytes = "outbox_bytes", outboxDropped = "outbox_dropped"
+        case bytesSent = "bytes_sent", lastError = "last_error", lastDeployment = "last_deployment"
+    }
+
+    public init(state: String, broker: String, device: String, protocolVersion: String?, outboxRows: Int, outboxBytes: Int,
+                outboxDropped: Int64, bytesSent: Int64, lastError: String?, lastDeployment: String?) {
+        self.state = state
+        self.broker = broker
+        self.device = device
+        self.protocolVersion = protocolVersion
+        self.outboxRows = outboxRows
+        self.outboxBytes = outboxBytes
+        self.outboxDropped = outboxDropped
+        self.bytesSent = bytesSent
+        self.lastError = lastError
+        self.lastDeployment = lastDeployment
     }
 }
 

@@ -12,6 +12,8 @@ public struct AgentConfig: Equatable, Sendable {
     public var drift = Drift()
     public var learn = Learn()
     public var replay = Replay()
+    public var mqtt = MQTT()
+    public var deploy = Deploy()
 
     public struct Agent: Equatable, Sendable {
         public var stateDir = "/var/lib/agentd"
@@ -119,6 +121,47 @@ public struct AgentConfig: Equatable, Sendable {
         public var liveShare = 0.2
     }
 
+    /// The fleet link (see the README's fleet section). An empty broker keeps the agent fully local.
+    public struct MQTT: Equatable, Sendable {
+        /// `mqtt://host:port` or `mqtts://host:port` (TLS); empty: no broker.
+        public var broker = ""
+        public var prefix = "edge"
+        public var fleet = "default"
+        /// This device's name in topics; empty: the machine id (/etc/machine-id).
+        public var device = ""
+        public var groups: [String] = []
+        public var username = ""
+        /// A file holding the password (`credential:NAME` reads $CREDENTIALS_DIRECTORY/NAME, systemd's LoadCredential=).
+        public var passwordFile = ""
+        /// TLS (mqtts://): the CA bundle, and a client certificate and key; each also as `credential:NAME`.
+        public var caFile = ""
+        public var certFile = ""
+        public var keyFile = ""
+        /// auto (MQTT 5, falling back to 3.1.1), 5 or 3.1.1.
+        public var protocolVersion = "auto"
+        public var keepaliveS = 30
+        public var telemetryIntervalS = 60.0
+        /// The outbox's bound: telemetry goes first (oldest first), events last. Reloadable.
+        public var outboxBytes = 4 << 20
+        /// Bytes a day on the link beyond which telemetry thins out to one in ten (events still go); 0: no limit. Reloadable.
+        public var dailyBytes = 0
+        /// Commands older than this (by their `ts`) are refused. Reloadable.
+        public var commandTtlS = 3600.0
+    }
+
+    /// Signed model deployments over MQTT.
+    public struct Deploy: Equatable, Sendable {
+        /// Ed25519 public key files (`NAME.pub`, as `agentctl keys generate` writes them).
+        public var trustedKeys: [String] = []
+        /// After activation: the self-test, then this long watching the error rate, before the deployment is kept.
+        public var healthSeconds = 30.0
+        /// The self-test's limit: accuracy on the labelled replay memory may fall by at most this much.
+        public var maxAccuracyDrop = 0.05
+        /// The health window's limit: the share of requests answered with an error (deadline passed).
+        public var maxErrorRate = 0.05
+        public var maxModelBytes = 64 << 20
+    }
+
     public init() {}
 }
 
@@ -144,7 +187,7 @@ extension AgentConfig {
         return try parse(text, file: path)
     }
 
-    static let sections = ["agent", "model", "serving", "api", "store", "drift", "learn", "replay"]
+    static let sections = ["agent", "model", "serving", "api", "store", "drift", "learn", "replay", "mqtt", "deploy"]
     /// The most request-body bytes all connections together may hold while reading them.
     public static let maxBodyBytesInFlight = 1 << 30
 
@@ -189,6 +232,16 @@ extension AgentConfig {
         .of("learn.max_forgetting", \.learn.maxForgetting, reloadable: true), .of("learn.cpu_budget_s", \.learn.cpuBudgetS, reloadable: true),
         .of("replay.capacity", \.replay.capacity), .of("replay.max_bytes", \.replay.maxBytes), .of("replay.policy", \.replay.policy),
         .of("replay.live_share", \.replay.liveShare),
+        .of("mqtt.broker", \.mqtt.broker), .of("mqtt.prefix", \.mqtt.prefix), .of("mqtt.fleet", \.mqtt.fleet), .of("mqtt.device", \.mqtt.device),
+        .of("mqtt.groups", \.mqtt.groups), .of("mqtt.username", \.mqtt.username), .of("mqtt.password_file", \.mqtt.passwordFile),
+        .of("mqtt.ca_file", \.mqtt.caFile), .of("mqtt.cert_file", \.mqtt.certFile), .of("mqtt.key_file", \.mqtt.keyFile),
+        .of("mqtt.protocol", \.mqtt.protocolVersion), .of("mqtt.keepalive_s", \.mqtt.keepaliveS),
+        .of("mqtt.telemetry_interval_s", \.mqtt.telemetryIntervalS), .of("mqtt.outbox_bytes", \.mqtt.outboxBytes, reloadable: true),
+        .of("mqtt.daily_bytes", \.mqtt.dailyBytes, reloadable: true), .of("mqtt.command_ttl_s", \.mqtt.commandTtlS, reloadable: true),
+        .of("deploy.trusted_keys", \.deploy.trustedKeys), .of("deploy.health_seconds", \.deploy.healthSeconds, reloadable: true),
+        .of("deploy.max_accuracy_drop", \.deploy.maxAccuracyDrop, reloadable: true),
+        .of("deploy.max_error_rate", \.deploy.maxErrorRate, reloadable: true),
+        .of("deploy.max_model_bytes", \.deploy.maxModelBytes, reloadable: true),
     ]
 
     /// The keys SIGHUP applies; a change to any other key is reported as needing a restart.
@@ -283,6 +336,40 @@ extension AgentConfig {
             reader.string(t, "replay", "policy", &c.replay.policy, oneOf: ["class_balanced", "reservoir", "value_scored"])
             reader.double(t, "replay", "live_share", &c.replay.liveShare, 0...0.5)
         }
+        reader.section(table, "mqtt", ["broker", "prefix", "fleet", "device", "groups", "username", "password_file", "ca_file", "cert_file",
+                                       "key_file", "protocol", "keepalive_s", "telemetry_interval_s", "outbox_bytes", "daily_bytes",
+                                       "command_ttl_s"]) { t in
+            reader.string(t, "mqtt", "broker", &c.mqtt.broker)
+            if !c.mqtt.broker.isEmpty && !c.mqtt.broker.hasPrefix("mqtt://") && !c.mqtt.broker.hasPrefix("mqtts://") {
+                reader.problem("mqtt.broker", "'\(c.mqtt.broker.prefix(200))' must be mqtt://host:port or mqtts://host:port (or empty: no broker)")
+            }
+            reader.string(t, "mqtt", "prefix", &c.mqtt.prefix, nonEmpty: true)
+            reader.string(t, "mqtt", "fleet", &c.mqtt.fleet, nonEmpty: true)
+            reader.string(t, "mqtt", "device", &c.mqtt.device)
+            reader.strings(t, "mqtt", "groups", &c.mqtt.groups, maxCount: 64)
+            for (key, value) in [("prefix", c.mqtt.prefix), ("fleet", c.mqtt.fleet), ("device", c.mqtt.device)] + c.mqtt.groups.map({ ("groups", $0) })
+            where !(key == "device" && value.isEmpty) {
+                if let problem = Self.topicLevelProblem(value, device: key == "device") { reader.problem("mqtt.\(key)", problem) }
+            }
+            reader.string(t, "mqtt", "username", &c.mqtt.username)
+            reader.string(t, "mqtt", "password_file", &c.mqtt.passwordFile)
+            reader.string(t, "mqtt", "ca_file", &c.mqtt.caFile)
+            reader.string(t, "mqtt", "cert_file", &c.mqtt.certFile)
+            reader.string(t, "mqtt", "key_file", &c.mqtt.keyFile)
+            reader.string(t, "mqtt", "protocol", &c.mqtt.protocolVersion, oneOf: ["auto", "5", "3.1.1"])
+            reader.int(t, "mqtt", "keepalive_s", &c.mqtt.keepaliveS, 5...3600)
+            reader.double(t, "mqtt", "telemetry_interval_s", &c.mqtt.telemetryIntervalS, 0.1...86_400)
+            reader.int(t, "mqtt", "outbox_bytes", &c.mqtt.outboxBytes, 65_536...(1 << 40))
+            reader.int(t, "mqtt", "daily_bytes", &c.mqtt.dailyBytes, 0...(1 << 50))
+            reader.double(t, "mqtt", "command_ttl_s", &c.mqtt.commandTtlS, 1...31_536_000)
+        }
+        reader.section(table, "deploy", ["trusted_keys", "health_seconds", "max_accuracy_drop", "max_error_rate", "max_model_bytes"]) { t in
+            reader.strings(t, "deploy", "trusted_keys", &c.deploy.trustedKeys, maxCount: 64)
+            reader.double(t, "deploy", "health_seconds", &c.deploy.healthSeconds, 0...86_400)
+            reader.double(t, "deploy", "max_accuracy_drop", &c.deploy.maxAccuracyDrop, 0...1)
+            reader.double(t, "deploy", "max_error_rate", &c.deploy.maxErrorRate, 0...1)
+            reader.int(t, "deploy", "max_model_bytes", &c.deploy.maxModelBytes, 1024...(1 << 32))
+        }
         for key in table.keys where !Self.sections.contains(key) {
             reader.problem(key, "unknown section or key (known sections: \(Self.sections.joined(separator: ", ")))")
         }
@@ -296,6 +383,17 @@ extension AgentConfig {
         }
         guard reader.problems.isEmpty else { throw ConfigErrors(problems: reader.problems) }
         return c
+    }
+
+    /// A name that becomes an MQTT topic level (fleet, device, group).
+    public static func topicLevelProblem(_ level: String, device: Bool = false) -> String? {
+        if level.isEmpty { return "must not be empty" }
+        if level.utf8.count > 128 { return "is longer than 128 bytes" }
+        if level.contains(where: { "/+#".contains($0) }) || level.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
+            return "'\(level.prefix(64))' holds '/', '+', '#' or a control character (it becomes an MQTT topic level)"
+        }
+        if device && (level == "all" || level == "group") { return "must not be 'all' or 'group' (fleet-wide addresses)" }
+        return nil
     }
 
     private final class Reader {
@@ -337,6 +435,18 @@ extension AgentConfig {
             guard let x = v.double ?? v.int.map(Double.init) else { problem("\(s).\(k)", "expected a number, found \(Self.kind(v))"); return }
             guard range.contains(x) else { problem("\(s).\(k)", "\(x) is out of range \(range.lowerBound)...\(range.upperBound)"); return }
             out = x
+        }
+
+        func strings(_ t: TOMLTable, _ s: String, _ k: String, _ out: inout [String], maxCount: Int) {
+            guard let v = t[k] else { return }
+            guard let a = v.array else { problem("\(s).\(k)", "expected an array of strings, found \(Self.kind(v))"); return }
+            guard a.count <= maxCount else { problem("\(s).\(k)", "\(a.count) entries; at most \(maxCount)"); return }
+            var values: [String] = []
+            for (i, item) in a.enumerated() {
+                guard let x = item.string, !x.isEmpty else { problem("\(s).\(k)", "entry \(i + 1) is not a non-empty string"); return }
+                values.append(x)
+            }
+            out = values
         }
 
         func bool(_ t: TOMLTable, _ s: String, _ k: String, _ out: inout Bool) {

@@ -323,6 +323,19 @@ enum APIServer {
         guard let f = try? JSONDecoder().decode(FeedbackRequest.self, from: data) else {
             throw APIError.malformed("expected {\"id\": \"...\", \"label\": \"...\"} or {\"input\": [...], \"label\": \"...\"}")
         }
+        let sample = try feedbackSample(agent, f, model: model)
+        switch await agent.writer.storeFeedback(sample) {
+        case .success(let stored):
+            agent.metrics.feedback.increment()
+            return json(FeedbackResponse(stored: true, sampleId: stored.id, samples: stored.count))
+        case .failure(let e):
+            throw APIError.store(e, "the feedback was not stored")
+        }
+    }
+
+    /// A labelled sample from a feedback request (the local API's and the MQTT `feedback` command's):
+    /// a known label, and the input by inference id or given, of the model's shape and finite.
+    static func feedbackSample(_ agent: Agent, _ f: FeedbackRequest, model: ServingModel) throws(APIError) -> AgentDatabase.Feedback {
         guard model.labels.contains(f.label) else {
             throw APIError(status: .unprocessableContent, code: "unknown_label",
                            message: "label '\(f.label.prefix(64))' is not one of the model's labels (\(model.labels.prefix(12).joined(separator: ", ")))")
@@ -347,14 +360,7 @@ enum APIServer {
         } else {
             throw APIError.malformed("give 'id' or 'input'")
         }
-        let sample = AgentDatabase.Feedback(inferenceId: f.id, label: f.label, input: input, modelVersion: version)
-        switch await agent.writer.storeFeedback(sample) {
-        case .success(let stored):
-            agent.metrics.feedback.increment()
-            return json(FeedbackResponse(stored: true, sampleId: stored.id, samples: stored.count))
-        case .failure(let e):
-            throw APIError.store(e, "the feedback was not stored")
-        }
+        return AgentDatabase.Feedback(inferenceId: f.id, label: f.label, input: input, modelVersion: version)
     }
 
     static func describe(_ error: Error) -> String {

@@ -67,6 +67,7 @@ public func buildAgent(config: AgentConfig, configPath: String? = nil, logger: L
     let agent = Agent(config: config, configPath: configPath, logger: logger, logLevel: logLevel, database: database, writer: writer,
                       models: models, learner: learner, learnSettings: learnSettings, scheduler: scheduler, metrics: metrics,
                       notifier: SystemdNotifier(), stateLock: lock)
+    agent.fleet = try FleetLink(agent: agent, config: config, device: try FleetLink.deviceName(config))
     return agent
 }
 

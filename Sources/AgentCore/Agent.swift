@@ -55,6 +55,8 @@ public final class Agent: @unchecked Sendable {
     private var group: ServiceGroup?
     private var drain: Task<Void, Never>?
     let stateDirectoryLock: StateLock
+    /// The fleet link; set once by `buildAgent` before anything runs.
+    var fleet: FleetLink?
 
     init(config: AgentConfig, configPath: String?, logger: Logger, logLevel: LogLevelControl, database: AgentDatabase, writer: StoreWriter,
          models: ModelManager, learner: Learner, learnSettings: LearnSettingsBox, scheduler: BatchScheduler, metrics: AgentMetrics, notifier: SystemdNotifier, stateLock: StateLock) {
@@ -162,7 +164,8 @@ public final class Agent: @unchecked Sendable {
             feedbackSamples: store.feedback.rows,
             drift: driftComponent(),
             learner: learner.component(),
-            mqtt: ComponentStatus(state: "not-configured"),
+            mqtt: fleet?.component() ?? ComponentStatus(state: "not-configured"),
+            fleet: fleet?.status(),
             lastEvents: writer.recentEvents.map { Event(id: $0.id, ts: $0.ts, kind: $0.kind, message: $0.message) },
             store: StoreStatus(feedbackRows: store.feedback.rows, feedbackBytes: store.feedback.bytes, eventsRows: store.events.rows,
                                eventsBytes: store.events.bytes, feedbackEvicted: store.feedbackEvicted, eventsEvicted: store.eventsEvicted,
@@ -233,7 +236,8 @@ public final class Agent: @unchecked Sendable {
         let app = try makeApplication()
         let group = ServiceGroup(configuration: .init(
             services: [
-                // First, so it stops last: shutdown runs the list in reverse.
+                // First, so it stops last: shutdown runs the list in reverse, and the goodbye goes out after the rest.
+                .init(service: FleetService(agent: self)),
                 .init(service: DriftService(agent: self)),
                 // Before the API in the list, so it stops after it: no job starts once it is gone.
                 .init(service: LearnService(agent: self)),

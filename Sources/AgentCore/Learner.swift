@@ -143,6 +143,22 @@ final class Learner: @unchecked Sendable {
 
     static let cursorKey = "feedback_cursor"
     static let watermarkKey = "last_job_feedback"
+    static let pausedKey = "auto_paused"
+
+    /// Automatic updates paused by the operator (`pause-learning` over MQTT); kept across restarts.
+    /// An update asked for explicitly still runs.
+    private(set) var autoPaused: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return paused }
+        set { lock.lock(); paused = newValue; lock.unlock() }
+    }
+    private var paused = false
+
+    func setAutoPaused(_ value: Bool) throws {
+        try database.setLearnerValue(Self.pausedKey, value ? 1 : 0)
+        autoPaused = value
+        writer.appendEvent(kind: value ? "learning_paused" : "learning_resumed",
+                           message: value ? "automatic updates paused by the operator" : "automatic updates resumed by the operator")
+    }
 
     init(database: AgentDatabase, writer: StoreWriter, models: ModelManager, logger: Logger, sampler: LiveSampler,
          replay: AgentConfig.Replay, settings: @escaping @Sendable () -> AgentConfig.Learn, driftState: @escaping @Sendable () -> String?) {
@@ -162,6 +178,7 @@ final class Learner: @unchecked Sendable {
     /// At start: jobs a crash left running are marked interrupted; the replay memory is indexed
     /// for the serving model and seeded from its file when it holds no seed yet.
     func start() throws {
+        autoPaused = (try database.learnerValue(Self.pausedKey) ?? 0) != 0
         let interrupted = try database.markInterruptedJobs()
         for id in interrupted {
             writer.appendEvent(kind: "update_interrupted", message: "update job \(id) was running when agentd stopped; nothing of it was applied")
@@ -589,7 +606,7 @@ final class Learner: @unchecked Sendable {
     /// The automatic trigger: drift state `drift` and `learn.min_labels` labels since the last job.
     func autoTrigger() {
         let learn = settings()
-        guard learn.auto, !isRunning, driftState() == "drift" else { return }
+        guard learn.auto, !autoPaused, !isRunning, driftState() == "drift" else { return }
         do {
             let watermark = max(try database.learnerValue(Self.watermarkKey) ?? 0, try database.learnerValue(Self.cursorKey) ?? 0)
             guard try database.feedbackCount(after: watermark) >= learn.minLabels else { return }
@@ -602,7 +619,7 @@ final class Learner: @unchecked Sendable {
     func component() -> ComponentStatus {
         lock.lock()
         defer { lock.unlock() }
-        let fill = "replay \(index.entries.count)/\(index.capacity)"
+        let fill = "replay \(index.entries.count)/\(index.capacity)" + (paused ? "; automatic updates paused" : "")
         guard let job else { return ComponentStatus(state: "idle", detail: fill) }
         if running { return ComponentStatus(state: "running", detail: "job \(job.job): \(job.phase ?? "")\(job.step.map { " step \($0)" } ?? ""); \(fill)") }
         let last = job.decision.map { "last update \($0)\(job.version.map { " (version \($0))" } ?? "")" } ?? "last job \(job.state)"

@@ -309,6 +309,20 @@ public final class ModelManager: @unchecked Sendable {
         return try install(bytes: bytes, adaptive: adaptive, commit: commit)
     }
 
+    /// Installs a verified deployment's file as the new active version; returns it and the version
+    /// it replaced (for the health gate's rollback). A file that does not load changes nothing.
+    func installDeployment(bytes: [UInt8], source: String, adaptive: Bool) throws -> (installed: RegisteredModel, previous: Int?) {
+        lock.lock()
+        defer { lock.unlock() }
+        let previous = try database.activeModel()?.version
+        let row = try install(bytes: bytes, adaptive: adaptive) { sha, precision in
+            let name = (try? ModelFile.load(path: store.path(for: sha)).manifest.name) ?? "model"
+            return try database.register(name: name, sha256: sha, source: source, precision: precision)
+        }
+        events.appendEvent(kind: "model_deployed", message: "\(row.name) registered as version \(row.version) (\(row.precision)) from \(source)")
+        return (row, previous)
+    }
+
     /// Every new file's way in (the caller holds the lock): stored and synced, loaded and
     /// checked, then `commit` (the registry row, one transaction), then the slot swapped. A
     /// failure before the commit removes a file this call stored.

@@ -166,6 +166,7 @@ public final class AgentDatabase: Sendable {
                 t.column("value", .integer).notNull()
             }
         }
+        registerFleetMigration(&m)
         return m
     }
 

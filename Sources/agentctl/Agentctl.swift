@@ -14,7 +14,7 @@ struct Agentctl: ParsableCommand {
             """,
         version: agentVersion,
         subcommands: [Status.self, Infer.self, Feedback.self, Models.self, Events.self, DriftCommand.self, LearnCommand.self, ReplayCommand.self, MetricsCommand.self, ConfigCommand.self,
-                      ModelCommand.self, BenchLoad.self, Version.self]
+                      ModelCommand.self, KeysCommand.self, FleetCommand.self, BenchLoad.self, Version.self]
     )
 }
 

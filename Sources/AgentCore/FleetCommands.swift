@@ -1,0 +1,339 @@
+import AgentAPI
+@preconcurrency import Crypto
+import Fleet
+import Foundation
+import Learning
+import Serving
+import Store
+
+/// Commands (`cmd/{verb}`) and signed deployments (`model/deploy`).
+extension FleetLink {
+    static let verbs = ["status", "learn", "pause-learning", "resume-learning", "rollback", "drift-reset", "reload", "feedback"]
+
+    // MARK: commands (on `queue`)
+
+    func command(verb: String, _ m: MQTTMessage) {
+        let config = agent.config
+        func answer(_ reply: FleetReply) -> [UInt8] {
+            let bytes = [UInt8](APIServer.encode(reply))
+            send(reply: bytes, verb: verb, to: m)
+            return bytes
+        }
+        guard m.payload.count <= Self.maxCommandBytes else {
+            _ = answer(FleetReply(inReplyTo: "", device: topics.device, verb: verb, status: "refused",
+                                  reason: "malformed: \(m.payload.count) bytes; a command is at most \(Self.maxCommandBytes)"))
+            return
+        }
+        guard let cmd = try? JSONDecoder().decode(FleetCommand.self, from: Data(m.payload)), !cmd.msgId.isEmpty, cmd.msgId.utf8.count <= 128 else {
+            _ = answer(FleetReply(inReplyTo: "", device: topics.device, verb: verb, status: "refused",
+                                  reason: "malformed: expected {\"msg_id\": \"...\" (1 to 128 bytes), \"ts\": \"ISO 8601\", \"args\": {...}}"))
+            return
+        }
+        guard let ts = FleetTime.parse(cmd.ts) else {
+            _ = answer(FleetReply(inReplyTo: cmd.msgId, device: topics.device, verb: verb, status: "refused",
+                                  reason: "malformed: ts '\(cmd.ts.prefix(64))' is not an ISO 8601 time"))
+            return
+        }
+        let age = Date().timeIntervalSince(ts)
+        guard abs(age) <= config.mqtt.commandTtlS else {
+            _ = answer(FleetReply(inReplyTo: cmd.msgId, device: topics.device, verb: verb, status: "refused",
+                                  reason: "stale: sent \(Int(age)) s ago; commands older than mqtt.command_ttl_s (\(Int(config.mqtt.commandTtlS)) s) are not run"))
+            return
+        }
+        guard Self.verbs.contains(verb) else {
+            _ = answer(FleetReply(inReplyTo: cmd.msgId, device: topics.device, verb: verb, status: "refused",
+                                  reason: "unknown verb '\(verb.prefix(64))' (known: \(Self.verbs.joined(separator: ", ")))"))
+            return
+        }
+        let claim: AgentDatabase.CommandClaim
+        do {
+            claim = try agent.database.claimCommand(msgId: cmd.msgId, verb: verb)
+        } catch {
+            _ = answer(FleetReply(inReplyTo: cmd.msgId, device: topics.device, verb: verb, status: "failed",
+                                  reason: "not run: \(StoreError(error))"))
+            return
+        }
+        switch claim {
+        case .answered(let bytes):
+            // A redelivery (QoS 1) of a command already run: its first answer, marked, not a second run.
+            var reply = (try? JSONDecoder().decode(FleetReply.self, from: Data(bytes)))
+                ?? FleetReply(inReplyTo: cmd.msgId, device: topics.device, verb: verb, status: "ok")
+            reply.duplicate = true
+            _ = answer(reply)
+            return
+        case .interrupted:
+            var reply = FleetReply(inReplyTo: cmd.msgId, device: topics.device, verb: verb, status: "failed",
+                                   reason: "agentd stopped while this command ran; it is not run again")
+            reply.duplicate = true
+            _ = answer(reply)
+            return
+        case .new:
+            break
+        }
+        let reply = run(verb: verb, cmd)
+        let bytes = answer(reply)
+        do {
+            try agent.database.recordReply(msgId: cmd.msgId, reply: bytes)
+        } catch {
+            logger.warning("command reply not recorded; a redelivery will be answered as interrupted", metadata: ["error": "\(error)"])
+        }
+        agent.writer.appendEvent(kind: "command", message: "\(verb) (\(cmd.msgId.prefix(40))): \(reply.status)\(reply.reason.map { ": \($0)" } ?? "")")
+    }
+
+    /// The MQTT 5 response topic when the command gave a usable one, else `{root}/cmd/{verb}/reply`.
+    private func send(reply: [UInt8], verb: String, to m: MQTTMessage) {
+        var topic = topics.reply(verb: verb)
+        if let r = m.responseTopic, !r.isEmpty, r.utf8.count <= 1024, !r.contains("+"), !r.contains("#"), !r.contains("\0") { topic = r }
+        guard let client else { return }
+        if (try? client.publish(topic: topic, payload: reply, qos: 1, correlationData: m.correlationData)) != nil {
+            publishBytes(reply.count + topic.utf8.count)
+        }
+    }
+
+    private func run(verb: String, _ cmd: FleetCommand) -> FleetReply {
+        func ok(_ result: FleetValue? = nil) -> FleetReply {
+            FleetReply(inReplyTo: cmd.msgId, device: topics.device, verb: verb, status: "ok", result: result)
+        }
+        func refused(_ reason: String) -> FleetReply {
+            FleetReply(inReplyTo: cmd.msgId, device: topics.device, verb: verb, status: "refused", reason: reason)
+        }
+        func failed(_ reason: String) -> FleetReply {
+            FleetReply(inReplyTo: cmd.msgId, device: topics.device, verb: verb, status: "failed", reason: reason)
+        }
+        let args = cmd.args ?? [:]
+        let agent = self.agent
+        switch verb {
+        case "status":
+            return ok(.of(agent.status()))
+        case "learn":
+            let dryRun: Bool
+            switch args["dry_run"] {
+            case nil: dryRun = false
+            case .bool(let b)?: dryRun = b
+            default: return refused("malformed: args.dry_run must be true or false")
+            }
+            do {
+                let id = try Blocking.learner.sync { try agent.learner.startJob(trigger: "mqtt", dryRun: dryRun) }
+                return ok(.of(LearnStarted(job: id)))
+            } catch let e as LearnRefusal {
+                return refused(e.description)
+            } catch {
+                return failed("\(error)")
+            }
+        case "pause-learning", "resume-learning":
+            do {
+                try agent.learner.setAutoPaused(verb == "pause-learning")
+                return ok(.object(["auto_paused": .bool(verb == "pause-learning")]))
+            } catch {
+                return failed("not saved: \(StoreError(error))")
+            }
+        case "rollback":
+            var version: Int?
+            if let v = args["version"] {
+                guard let n = v.number, n.rounded() == n, n >= 1, n <= 1e9 else { return refused("malformed: args.version must be a positive integer") }
+                version = Int(n)
+            }
+            let adaptive = agent.config.model.adaptive
+            do {
+                let row = try Blocking.control.sync { try agent.models.rollback(to: version, adaptive: adaptive) }
+                return ok(.object(["version": .number(Double(row.version)), "name": .string(row.name)]))
+            } catch let e as ModelError {
+                return refused(e.message)
+            } catch {
+                return failed("\(error)")
+            }
+        case "drift-reset":
+            do {
+                return ok(.of(try Blocking.control.sync { try agent.resetDrift() }))
+            } catch {
+                return failed("drift state not saved: \(error)")
+            }
+        case "reload":
+            guard agent.configPath != nil else { return refused("agentd was started without a configuration file") }
+            Blocking.control.sync { agent.reload() }
+            // reload() records its outcome as the newest event.
+            let last = agent.writer.recentEvents.last
+            if last?.kind == "reload_failed" { return failed(last?.message ?? "reload failed") }
+            return ok(.object(["message": .string(last?.message ?? "reloaded")]))
+        case "feedback":
+            guard let model = agent.models.slot.current else { return refused("no model is loaded") }
+            guard let data = try? JSONEncoder().encode(args), let f = try? JSONDecoder().decode(FeedbackRequest.self, from: data) else {
+                return refused("malformed: args must be {\"label\": \"...\", \"input\": [...]} or {\"label\": \"...\", \"id\": \"...\"}")
+            }
+            let sample: AgentDatabase.Feedback
+            do {
+                sample = try APIServer.feedbackSample(agent, f, model: model)
+            } catch {
+                return refused(error.message)
+            }
+            let done = DispatchSemaphore(value: 0)
+            nonisolated(unsafe) var outcome: StoreWriter.FeedbackResult = .failure(.closed)
+            agent.writer.storeFeedback(sample) { result in
+                outcome = result
+                done.signal()
+            }
+            done.wait()
+            switch outcome {
+            case .success(let stored):
+                agent.metrics.feedback.increment()
+                return ok(.of(FeedbackResponse(stored: true, sampleId: stored.id, samples: stored.count)))
+            case .failure(let e):
+                return failed("not stored: \(e)")
+            }
+        default:
+            return refused("unknown verb")
+        }
+    }
+
+    // MARK: deployments (on the control queue)
+
+    func deploy(_ m: MQTTMessage) {
+        let config = agent.config
+        let limit = config.deploy.maxModelBytes / 3 * 4 + (64 << 10)
+        guard m.payload.count <= limit else {
+            finish(DeployResult(device: topics.device, deployment: nil, status: "refused",
+                                reason: "oversize: the message is \(m.payload.count) bytes; a deployment of at most deploy.max_model_bytes (\(config.deploy.maxModelBytes)) is \(limit)",
+                                version: nil, modelVersion: agent.models.slot.current?.version))
+            return
+        }
+        let lastVersion = Int((try? agent.database.fleetValue(AgentDatabase.deployVersionKey)) ?? nil ?? "0") ?? 0
+        lock.lock()
+        let keys = trusted
+        lock.unlock()
+        let verifier = DeploymentVerifier(trusted: keys, lastVersion: lastVersion, device: topics.device, groups: topics.groups,
+                                          hardware: DeploymentVerifier.machineHardware, agentVersion: agentVersion,
+                                          maxModelBytes: config.deploy.maxModelBytes)
+        let manifest: DeploymentManifest, model: [UInt8]
+        do {
+            (manifest, model) = try verifier.verify(m.payload)
+        } catch {
+            finish(DeployResult(device: topics.device, deployment: Self.deploymentName(m.payload), status: "refused", reason: error.description,
+                                version: nil, modelVersion: agent.models.slot.current?.version))
+            return
+        }
+        func result(_ status: String, _ reason: String?) -> DeployResult {
+            DeployResult(device: topics.device, deployment: manifest.deployment, status: status, reason: reason, version: manifest.version,
+                         modelVersion: agent.models.slot.current?.version)
+        }
+        if manifest.kind == "keyset" {
+            let keys = manifest.keys ?? [:]
+            let text = String(decoding: APIServer.encode(keys), as: UTF8.self)
+            do {
+                guard try agent.database.advanceDeployVersion(to: manifest.version, extra: [Self.trustedKeysKey: text]) else {
+                    finish(result("refused", "not_newer: another deployment took version \(manifest.version) first"))
+                    return
+                }
+            } catch {
+                finish(result("refused", "failed: the key set was not saved: \(StoreError(error))"))
+                return
+            }
+            lock.lock()
+            trusted = keys.compactMapValues { SigningKey.publicKey(base64: $0) }
+            lock.unlock()
+            finish(result("applied", "trusted keys now: \(keys.keys.sorted().joined(separator: ", "))"))
+            return
+        }
+        // The self-test's rows, and the serving model's accuracy on them, before anything changes.
+        let before = selfTestRows()
+        let beforeAccuracy = agent.models.slot.current.map { accuracy(of: $0, on: before) } ?? 0
+        let installed: RegisteredModel, previous: Int?
+        do {
+            (installed, previous) = try agent.models.installDeployment(bytes: model, source: "mqtt:\(manifest.deployment)",
+                                                                      adaptive: config.model.adaptive)
+        } catch let e as ModelError {
+            finish(result("refused", "invalid_model: \(e.message)"))
+            return
+        } catch {
+            if let s = StoreError.from(error) {
+                finish(result("refused", "failed: \(s)"))
+            } else {
+                finish(result("refused", "invalid_model: \(error)"))
+            }
+            return
+        }
+        // Counted now: a deployment that then fails its health gate is not taken again.
+        _ = try? agent.database.advanceDeployVersion(to: manifest.version)
+        if let why = healthGate(installed: installed, rows: before, beforeAccuracy: beforeAccuracy, seconds: config.deploy.healthSeconds) {
+            var reason = "health_gate: \(why)"
+            if let previous {
+                do {
+                    _ = try agent.models.rollback(to: previous, adaptive: agent.config.model.adaptive)
+                } catch {
+                    reason += "; the rollback to version \(previous) failed: \(error)"
+                }
+            }
+            finish(result("rolled_back", reason))
+            return
+        }
+        finish(result("applied", nil))
+    }
+
+    /// The deployment name from a payload that did not verify (for the result), if it can be read.
+    static func deploymentName(_ payload: [UInt8]) -> String? {
+        guard let e = try? JSONDecoder().decode(DeploymentEnvelope.self, from: Data(payload)), let bytes = Data(base64Encoded: e.manifest),
+              let m = try? JSONDecoder().decode(DeploymentManifest.self, from: bytes) else { return nil }
+        return String(m.deployment.prefix(128))
+    }
+
+    /// Records the outcome: the result through the outbox, an event, the status line.
+    private func finish(_ r: DeployResult) {
+        let line = "\(r.deployment ?? "?")\(r.version.map { " v\($0)" } ?? ""): \(r.status)\(r.reason.map { " (\($0))" } ?? "")"
+        do {
+            try agent.database.outboxAppend(kind: "model/deploy/result", payload: [UInt8](APIServer.encode(r)))
+            try agent.database.setFleetValue(Self.lastDeploymentKey, line)
+        } catch {
+            logger.error("deployment result not stored", metadata: ["error": "\(error)"])
+        }
+        lock.lock()
+        lastDeployment = line
+        lock.unlock()
+        agent.writer.appendEvent(kind: r.status == "applied" ? "deploy_applied" : r.status == "rolled_back" ? "deploy_rolled_back" : "deploy_refused",
+                                 message: line)
+        logger.notice("deployment", metadata: ["outcome": "\(line)"])
+        queue.async { self.publishStatus(force: true); self.pump() }
+    }
+
+    /// Labelled rows of the replay memory (at most 500): what the self-test scores.
+    private func selfTestRows() -> [LearnSample] {
+        guard let model = agent.models.slot.current,
+              let rows = try? agent.database.replayRows(inputs: model.inputCount, classes: model.outputCount).rows else { return [] }
+        return rows.compactMap { r in r.label.map { LearnSample(input: r.input, label: $0, logits: nil) } }.suffix(500)
+    }
+
+    private func accuracy(of model: ServingModel, on rows: [LearnSample]) -> Double {
+        guard !rows.isEmpty, rows.allSatisfy({ $0.input.count == model.inputCount && ($0.label ?? -1) < model.outputCount }) else { return 0 }
+        let correct = PlanClassifier(plan: model.makePlan(batch: 64)).correct(rows)
+        return Double(correct.filter { $0 }.count) / Double(rows.count)
+    }
+
+    /// The health gate: the self-test on the replay memory's labelled rows (accuracy may fall by at
+    /// most `deploy.max_accuracy_drop`), then `seconds` of serving with at most
+    /// `deploy.max_error_rate` of requests answered with an error. nil when it passes.
+    private func healthGate(installed: RegisteredModel, rows: [LearnSample], beforeAccuracy: Double, seconds: Double) -> String? {
+        guard let model = agent.models.slot.current, model.version == installed.version else { return "another change replaced the version" }
+        let config = agent.config
+        if rows.count >= 20 {
+            guard rows.allSatisfy({ $0.input.count == model.inputCount && ($0.label ?? -1) < model.outputCount }) else {
+                return "the self-test rows do not fit the deployed model (\(model.inputCount) inputs, \(model.outputCount) classes)"
+            }
+            let after = accuracy(of: model, on: rows)
+            if after < beforeAccuracy - config.deploy.maxAccuracyDrop {
+                return String(format: "self-test accuracy %.3f on %d labelled replay rows; the model it replaced had %.3f (deploy.max_accuracy_drop %.3f)",
+                              after, rows.count, beforeAccuracy, config.deploy.maxAccuracyDrop)
+            }
+        }
+        let start = agent.scheduler.snapshot
+        let until = Date().addingTimeInterval(seconds)
+        while Date() < until {
+            Thread.sleep(forTimeInterval: min(0.25, max(0, until.timeIntervalSinceNow)))
+            guard agent.models.slot.current?.version == installed.version else { return "another change replaced the version during the health window" }
+        }
+        let end = agent.scheduler.snapshot
+        let requests = end.requests - start.requests
+        let errors = (end.deadlineExpired - start.deadlineExpired)
+        if requests >= 20 && Double(errors) / Double(requests) > config.deploy.maxErrorRate {
+            return "\(errors) of \(requests) requests failed in the \(Int(seconds)) s health window (deploy.max_error_rate \(config.deploy.maxErrorRate))"
+        }
+        return nil
+    }
+}
