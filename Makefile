@@ -12,7 +12,7 @@ BIN := .build/$(CONFIG)
 DIST := .build-static/$(CONFIG)
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := libopenblas-dev libsqlite3-dev libmosquitto-dev mosquitto pkg-config
+DEBIAN_PACKAGES := libopenblas-dev libsqlite3-dev libmosquitto-dev mosquitto mosquitto-clients pkg-config
 # Only for `make test`: aarch64 headers so the NEON kernels are compiled on every run; python3-seccomp
 # for the confinement test; systemd for systemd-analyze (check-unit).
 TEST_PACKAGES := libc6-dev-arm64-cross linux-libc-dev-arm64-cross python3-seccomp systemd
@@ -23,16 +23,19 @@ DEMO_MODEL := .agentd/digits-mlp.safetensors
 # libFuzzer targets (tools/fuzz): seconds per target, and their own scratch path and working corpora (.fuzz/).
 FUZZ_SECONDS ?= 60
 FUZZ_SCRATCH := .build-fuzz
+# tools/fleet-sim: agentd processes on one broker.
+FLEET_AGENTS ?= 50
 
-.PHONY: help drift-eval learn-eval fuzz fuzz-build microbench check-unit promtool deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
+.PHONY: help fleet-sim drift-eval learn-eval fuzz fuzz-build microbench check-unit promtool deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
 
 help:
-	@echo "make run      build, install missing Debian packages, start agentd in the foreground with the demo model"
+	@echo "make run      build, install missing Debian packages, start a private mosquitto and agentd in the foreground with the demo model"
 	@echo "make test     install missing Debian packages, build, run every test"
 	@echo "make bench    compare against ONNX Runtime, FP32 and INT8 (tools/bench/compare_onnxruntime.py)"
 	@echo "make microbench  kernel, plan and drift micro-benchmarks (tools/benchmarks, ordo-one/benchmark)"
 	@echo "make drift-eval  the drift harness on digits, and River's ADWIN/KSWIN on the same streams (DRIFT_SEEDS=$(DRIFT_SEEDS))"
 	@echo "make learn-eval  the on-device learning harness on digits shifts: none, fine-tune, EWC, replay, distillation, product, joint (LEARN_SEEDS=$(LEARN_SEEDS))"
+	@echo "make fleet-sim  FLEET_AGENTS=$(FLEET_AGENTS) agentd processes on one mosquitto: a signed deployment to all, time to converge, broker CPU, idle traffic"
 	@echo "make bench-agentd  agentd start time, memory, idle CPU, load with and without batching (tools/bench/agentd_figures.py)"
 	@echo "make fuzz     build the libFuzzer targets (ASan) and run each FUZZ_SECONDS=$(FUZZ_SECONDS) with its seed corpus (README, \"Fuzzing\")"
 	@echo "make install  install agentd, agentctl, the unit, the config and the demo model (PREFIX=$(PREFIX) DESTDIR=$(DESTDIR))"
@@ -104,18 +107,11 @@ $(DEMO_MODEL): | dist
 	$(DIST)/agentctl model train --data tools/data/digits.csv --arch mlp:64-256-256-10 --epochs 30 --seed 1 --name digits-mlp --out .agentd/digits-mlp-trained.safetensors
 	$(DIST)/agentctl model prepare .agentd/digits-mlp-trained.safetensors --data tools/data/digits.csv --out $(DEMO_MODEL)
 
-# Development config: state and socket under ./.agentd/, the demo model quantized to INT8 at first start.
-.agentd/agentd.toml:
-	@mkdir -p .agentd
-	@printf '[agent]\nstate_dir = "%s/.agentd/state"\nsocket = "%s/.agentd/agentd.sock"\nsocket_group = ""\n\n[model]\ninitial = "%s/$(DEMO_MODEL)"\ncalibration = "%s/tools/data/digits.csv"\nadaptive = true\n' \
-	  "$(CURDIR)" "$(CURDIR)" "$(CURDIR)" "$(CURDIR)" > $@
-
-run: dist $(DEMO_MODEL) .agentd/agentd.toml
-	@echo "agentd starting in the foreground (Ctrl-C drains and stops it). In another terminal:"
-	@echo "  $(DIST)/agentctl status --socket $(CURDIR)/.agentd/agentd.sock"
-	@echo "  $(DIST)/agentctl infer --socket $(CURDIR)/.agentd/agentd.sock --input tools/data/digits.csv"
-	@echo "  $(DIST)/agentctl bench-load --socket $(CURDIR)/.agentd/agentd.sock --clients 64 --seconds 5"
-	$(DIST)/agentd --config .agentd/agentd.toml
+# A private mosquitto on a free loopback port, the development config (state and socket under
+# ./.agentd/, the demo model quantized to INT8 at first start, the fleet link to that broker) and
+# a development signing key; then agentd in the foreground (tools/dev/run.sh).
+run: dist $(DEMO_MODEL)
+	@tools/dev/run.sh $(DIST) $(DEMO_MODEL)
 
 # Compiles the C kernels for aarch64 (NEON dot-product path) with the toolchain's clang.
 check-aarch64:
@@ -126,6 +122,9 @@ check-aarch64:
 
 bench: build venv
 	$(PY) tools/bench/compare_onnxruntime.py --agentctl $(BIN)/agentctl
+
+fleet-sim: dist
+	python3 tools/fleet-sim/fleet_sim.py --bin $(DIST) --agents $(FLEET_AGENTS)
 
 bench-agentd: dist $(DEMO_MODEL)
 	@test -f .agentd/digits-cnn.safetensors || $(DIST)/agentctl model train --data tools/data/digits.csv \

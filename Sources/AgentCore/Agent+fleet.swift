@@ -22,6 +22,9 @@ final class FleetLink: @unchecked Sendable {
     let broker: String
     let client: MQTTClient?
     let queue = DispatchQueue(label: "agentd.fleet")
+    /// Deployments, one at a time; installs and rollbacks inside them go through the control queue.
+    let deployQueue = DispatchQueue(label: "agentd.deploy")
+    var deploysPending = 0
     let logger: Logger
     let lock = NSLock()
     // Under `lock`: what status reads.
@@ -76,6 +79,8 @@ final class FleetLink: @unchecked Sendable {
         let (host, port, tls) = try Self.parse(broker)
         var settings = MQTTSettings(host: host, port: port, tls: tls, clientId: "\(config.mqtt.prefix)-\(config.mqtt.fleet)-\(device)")
         settings.keepalive = config.mqtt.keepaliveS
+        // MQTT 5: the broker sends nothing larger than the largest deployment this device takes.
+        settings.maximumPacketSize = UInt32(clamping: config.deploy.maxModelBytes / 3 * 4 + (1 << 20))
         settings.protocolChoice = config.mqtt.protocolVersion == "5" ? .v5 : config.mqtt.protocolVersion == "3.1.1" ? .v311 : .auto
         settings.username = config.mqtt.username
         do {
@@ -214,8 +219,22 @@ final class FleetLink: @unchecked Sendable {
             switch topics.classify(m.topic) {
             case .command(let verb)?: command(verb: verb, m)
             case .deploy?:
-                // Not on this queue: the health gate takes `deploy.health_seconds`.
-                Blocking.control.async { self.deploy(m) }
+                // Not on this queue: the health gate takes `deploy.health_seconds`. At most two wait
+                // (each may hold a model's bytes); more are refused at once.
+                lock.lock()
+                let admitted = deploysPending < 2
+                if admitted { deploysPending += 1 }
+                lock.unlock()
+                guard admitted else {
+                    refuseBusy(m)
+                    return
+                }
+                deployQueue.async {
+                    self.deploy(m)
+                    self.lock.lock()
+                    self.deploysPending -= 1
+                    self.lock.unlock()
+                }
             case nil: break
             }
         }
@@ -364,9 +383,13 @@ struct FleetService: Service {
     func run() async throws {
         guard let link = agent.fleet else { return }
         guard let client = link.client else {
+            // No broker: only the outbox's bound and its size for status, every 5 s (in 1 s steps, so
+            // a stop is not held up).
+            var second = 0
             while !Task.isShuttingDownGracefully && !Task.isCancelled {
-                await Blocking.run(on: link.queue) { link.tick() }
-                try? await Task.sleep(for: .seconds(30))
+                if second % 5 == 0 { await Blocking.run(on: link.queue) { link.tick() } }
+                second += 1
+                try? await Task.sleep(for: .seconds(1))
             }
             return
         }

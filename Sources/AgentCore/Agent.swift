@@ -135,6 +135,12 @@ public final class Agent: @unchecked Sendable {
         metrics.replaySamples.set(Double(learner.replayFill.samples))
         metrics.learnRunning.set(Double(learner.isRunning ? 1 : 0))
         for (outcome, total) in learner.outcomeTotals { metrics.updates[outcome]?.record(total: total) }
+        if let f = fleet?.status() {
+            metrics.mqttConnected.set(Double(f.state == "connected" ? 1 : 0))
+            metrics.outboxMessages.set(Double(f.outboxRows))
+            metrics.outboxDropped.record(total: Int(f.outboxDropped))
+            metrics.mqttBytesSent.record(total: Int(f.bytesSent))
+        }
     }
 
     /// From memory only (scheduler counters, the writer's counts, cached events): never SQLite.

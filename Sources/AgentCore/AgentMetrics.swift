@@ -30,6 +30,10 @@ public struct AgentMetrics: Sendable {
     let learnRunning: Gauge
     /// Update jobs by how they ended: accepted, rejected, not_needed, failed, cancelled.
     let updates: [String: CumulativeCounter]
+    let mqttConnected: Gauge
+    let outboxMessages: Gauge
+    let outboxDropped: CumulativeCounter
+    let mqttBytesSent: CumulativeCounter
 
     public init(registry: PrometheusCollectorRegistry) {
         self.registry = registry
@@ -62,6 +66,13 @@ public struct AgentMetrics: Sendable {
         let rowsHelp = "Rows in a bounded database table now (feedback, events)."
         replaySamples = registry.makeGauge(name: "agentd_replay_samples", help: "Samples in the replay memory now (bounded by replay.capacity and replay.max_bytes).")
         learnRunning = registry.makeGauge(name: "agentd_learn_running", help: "1 while an update job runs, else 0.")
+        mqttConnected = registry.makeGauge(name: "agentd_mqtt_connected", help: "1 while the fleet link to the MQTT broker is up, else 0.")
+        outboxMessages = registry.makeGauge(name: "agentd_outbox_messages",
+                                            help: "Telemetry, events and deployment results waiting in the outbox for the broker's acknowledgement.")
+        outboxDropped = CumulativeCounter(registry.makeCounter(
+            name: "agentd_outbox_dropped_total", help: "Outbox messages dropped to keep it within mqtt.outbox_bytes (telemetry first), ever."))
+        mqttBytesSent = CumulativeCounter(registry.makeCounter(
+            name: "agentd_mqtt_sent_bytes_total", help: "Payload and topic bytes published to the broker, ever."))
         let updatesHelp = "Update jobs by outcome: accepted, rejected, not_needed (decisions), failed, cancelled."
         updates = Dictionary(uniqueKeysWithValues: ["accepted", "rejected", "not_needed", "failed", "cancelled"].map {
             ($0, CumulativeCounter(registry.makeCounter(name: "agentd_learn_updates_total", labels: [("outcome", $0)], help: updatesHelp)))

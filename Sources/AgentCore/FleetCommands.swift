@@ -185,7 +185,13 @@ extension FleetLink {
         }
     }
 
-    // MARK: deployments (on the control queue)
+    // MARK: deployments (on `deployQueue`)
+
+    func refuseBusy(_ m: MQTTMessage) {
+        finish(DeployResult(device: topics.device, deployment: Self.deploymentName(m.payload), status: "refused",
+                            reason: "busy: two deployments are already waiting; send it again later", version: nil,
+                            modelVersion: agent.models.slot.current?.version))
+    }
 
     func deploy(_ m: MQTTMessage) {
         let config = agent.config
@@ -238,8 +244,9 @@ extension FleetLink {
         let beforeAccuracy = agent.models.slot.current.map { accuracy(of: $0, on: before) } ?? 0
         let installed: RegisteredModel, previous: Int?
         do {
-            (installed, previous) = try agent.models.installDeployment(bytes: model, source: "mqtt:\(manifest.deployment)",
-                                                                      adaptive: config.model.adaptive)
+            (installed, previous) = try Blocking.control.sync {
+                try agent.models.installDeployment(bytes: model, source: "mqtt:\(manifest.deployment)", adaptive: config.model.adaptive)
+            }
         } catch let e as ModelError {
             finish(result("refused", "invalid_model: \(e.message)"))
             return
@@ -257,7 +264,8 @@ extension FleetLink {
             var reason = "health_gate: \(why)"
             if let previous {
                 do {
-                    _ = try agent.models.rollback(to: previous, adaptive: agent.config.model.adaptive)
+                    let adaptive = agent.config.model.adaptive
+                    _ = try Blocking.control.sync { try agent.models.rollback(to: previous, adaptive: adaptive) }
                 } catch {
                     reason += "; the rollback to version \(previous) failed: \(error)"
                 }
@@ -276,7 +284,7 @@ extension FleetLink {
     }
 
     /// Records the outcome: the result through the outbox, an event, the status line.
-    private func finish(_ r: DeployResult) {
+    func finish(_ r: DeployResult) {
         let line = "\(r.deployment ?? "?")\(r.version.map { " v\($0)" } ?? ""): \(r.status)\(r.reason.map { " (\($0))" } ?? "")"
         do {
             try agent.database.outboxAppend(kind: "model/deploy/result", payload: [UInt8](APIServer.encode(r)))

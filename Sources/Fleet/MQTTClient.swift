@@ -23,6 +23,8 @@ public struct MQTTSettings: Sendable {
     /// the agent is away (MQTT 5: for `sessionExpiry` seconds).
     public var cleanSession = false
     public var sessionExpiry: UInt32 = 86_400
+    /// MQTT 5: the largest packet the broker may send this client (0: no limit). Larger ones it drops.
+    public var maximumPacketSize: UInt32 = 0
     public var protocolChoice = ProtocolChoice.auto
     public var caFile = ""
     public var certFile = ""
@@ -106,7 +108,10 @@ public enum MQTTEvent: Sendable {
 /// libmosquitto's own unbounded queue — the caller's outbox keeps it instead.
 public final class MQTTClient: @unchecked Sendable {
     public let events: AsyncStream<MQTTEvent>
-    let continuation: AsyncStream<MQTTEvent>.Continuation
+    private let continuation: AsyncStream<MQTTEvent>.Continuation
+    /// Set before `start` to take events on the owner thread instead of through `events` (for
+    /// callers that block threads, like a command-line tool; it must not block).
+    public var eventHandler: (@Sendable (MQTTEvent) -> Void)?
     public let settings: MQTTSettings
     private let mosq: OpaquePointer
     private let lock = NSLock()
@@ -186,6 +191,10 @@ public final class MQTTClient: @unchecked Sendable {
         }
     }
 
+    private func emit(_ e: MQTTEvent) {
+        if let eventHandler { eventHandler(e) } else { continuation.yield(e) }
+    }
+
     static func describe(_ rc: Int32) -> String { String(cString: mosquitto_strerror(rc)) }
 
     public var isConnected: Bool {
@@ -210,7 +219,7 @@ public final class MQTTClient: @unchecked Sendable {
             attempts = 0
             let version = speaking == MQTT_PROTOCOL_V5 ? 5 : 4
             lock.unlock()
-            continuation.yield(.connected(protocolVersion: version, sessionPresent: flags & 1 == 1))
+            emit(.connected(protocolVersion: version, sessionPresent: flags & 1 == 1))
             return
         }
         // 0x84 (MQTT 5 "unsupported protocol version") or 1 (3.1.1 "unacceptable protocol version").
@@ -220,7 +229,7 @@ public final class MQTTClient: @unchecked Sendable {
         lock.unlock()
         if fallBack { mosquitto_int_option(mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311) }
         let why = rc < 6 ? String(cString: mosquitto_connack_string(rc)) : String(cString: mosquitto_reason_string(rc))
-        continuation.yield(.connectFailed("the broker refused the connection: \(why)" + (fallBack ? "; retrying with MQTT 3.1.1" : "")))
+        emit(.connectFailed("the broker refused the connection: \(why)" + (fallBack ? "; retrying with MQTT 3.1.1" : "")))
     }
 
     private var goodbyeMid: Int32 = -1
@@ -230,7 +239,7 @@ public final class MQTTClient: @unchecked Sendable {
         lock.lock()
         if mid == goodbyeMid { goodbyeAcked = true }
         lock.unlock()
-        continuation.yield(.acknowledged(mid: mid))
+        emit(.acknowledged(mid: mid))
     }
 
     private func onDisconnect(rc: Int32) {
@@ -238,7 +247,7 @@ public final class MQTTClient: @unchecked Sendable {
         let was = connected
         connected = false
         lock.unlock()
-        if was { continuation.yield(.disconnected(rc == 0 ? "disconnected" : "connection lost (\(Self.describe(rc)))")) }
+        if was { emit(.disconnected(rc == 0 ? "disconnected" : "connection lost (\(Self.describe(rc)))")) }
     }
 
     private func onMessage(_ m: mosquitto_message, props: OpaquePointer?) {
@@ -262,7 +271,7 @@ public final class MQTTClient: @unchecked Sendable {
                 free(bytes)
             }
         }
-        continuation.yield(.message(MQTTMessage(topic: topic, payload: payload, retained: m.retain, responseTopic: response,
+        emit(.message(MQTTMessage(topic: topic, payload: payload, retained: m.retain, responseTopic: response,
                                                 correlationData: correlation)))
     }
 
@@ -298,7 +307,7 @@ public final class MQTTClient: @unchecked Sendable {
                 // No CONNACK within a keepalive: give up on this attempt.
                 mosquitto_disconnect(mosq)
                 socketOpen = false
-                continuation.yield(.connectFailed("no answer from the broker within \(settings.keepalive) s"))
+                emit(.connectFailed("no answer from the broker within \(settings.keepalive) s"))
                 backoff()
             }
         }
@@ -317,6 +326,9 @@ public final class MQTTClient: @unchecked Sendable {
         if protocolVersion == 5 && !settings.cleanSession {
             mosquitto_property_add_int32(&props, Int32(MQTT_PROP_SESSION_EXPIRY_INTERVAL.rawValue), settings.sessionExpiry)
         }
+        if protocolVersion == 5 && settings.maximumPacketSize > 0 {
+            mosquitto_property_add_int32(&props, Int32(MQTT_PROP_MAXIMUM_PACKET_SIZE.rawValue), settings.maximumPacketSize)
+        }
         let rc = mosquitto_connect_bind_v5(mosq, settings.host, Int32(settings.port), Int32(settings.keepalive), nil, props)
         mosquitto_property_free_all(&props)
         if rc == MOSQ_ERR_SUCCESS.rawValue {
@@ -324,7 +336,7 @@ public final class MQTTClient: @unchecked Sendable {
             connectStarted = Date()
         } else {
             let why = rc == MOSQ_ERR_ERRNO.rawValue ? String(cString: strerror(errno)) : Self.describe(rc)
-            continuation.yield(.connectFailed("\(settings.host):\(settings.port): \(why)"))
+            emit(.connectFailed("\(settings.host):\(settings.port): \(why)"))
             backoff()
         }
     }

@@ -60,6 +60,12 @@ struct Status: ParsableCommand {
             print(" requests: \(v.requests) (\(v.samples) samples), queue depth \(v.queueDepth), rejected \(v.rejectedQueueFull) (queue full), expired \(v.deadlineExpired) (deadline), fp32 re-runs \(v.escalations)")
             print(" feedback: \(s.feedbackSamples) labelled samples; drift \(s.drift.state); mqtt \(s.mqtt.state)")
             print("  learner: \(s.learner.state)\(s.learner.detail.map { " — \($0)" } ?? "")")
+            if let f = s.fleet {
+                let link = f.broker.isEmpty ? "no broker" : "\(f.state) to \(f.broker) as \(f.device)\(f.protocolVersion.map { " (MQTT \($0))" } ?? "")"
+                print("    fleet: \(link); outbox \(f.outboxRows) messages (\(f.outboxBytes) bytes), \(f.outboxDropped) dropped; \(f.bytesSent) bytes sent")
+                if f.state != "connected", !f.broker.isEmpty, let e = f.lastError { print("           last error: \(e)") }
+                print("           last deployment: \(f.lastDeployment ?? "none")")
+            }
             if !s.lastEvents.isEmpty {
                 print("\nrecent events:")
                 for e in s.lastEvents { print("  \(e.ts)  \(e.kind): \(e.message)") }

@@ -73,7 +73,7 @@ struct FleetConfig: ParsableArguments {
 
     var root: String { "\(prefix)/\(fleet)" }
 
-    func connect() throws -> OperatorLink {
+    func connect() throws -> MQTTSession {
         let (host, port, tls) = try MQTTSettings.parseBroker(broker)
         var s = MQTTSettings(host: host, port: port, tls: tls, clientId: "agentctl-\(getpid())-\(FleetTime.messageId().prefix(8))")
         s.cleanSession = true
@@ -86,84 +86,8 @@ struct FleetConfig: ParsableArguments {
         s.certFile = certFile
         s.keyFile = keyFile
         s.backoffMax = 2
-        return try OperatorLink(settings: s, broker: broker)
+        return try MQTTSession(settings: s, broker: broker)
     }
-}
-
-/// A blocking view of the MQTT client for a command-line tool: wait for the connection, publish
-/// and wait for the acknowledgement, take received messages one by one.
-final class OperatorLink: @unchecked Sendable {
-    let client: MQTTClient
-    private let condition = NSCondition()
-    private var connected = false
-    private var lastError = ""
-    private var acked = Set<Int32>()
-    private var messages: [MQTTMessage] = []
-
-    init(settings: MQTTSettings, broker: String, timeout: Double = 10) throws {
-        client = try MQTTClient(settings: settings)
-        client.start()
-        let events = client.events
-        Thread.detachNewThread { [self] in
-            let done = DispatchSemaphore(value: 0)
-            Task {
-                for await e in events { self.take(e) }
-                done.signal()
-            }
-            done.wait()
-        }
-        condition.lock()
-        let until = Date().addingTimeInterval(timeout)
-        while !connected && condition.wait(until: until) {}
-        let ok = connected, why = lastError
-        condition.unlock()
-        guard ok else {
-            client.stop(timeout: 1)
-            throw MQTTError("\(broker): no connection within \(Int(timeout)) s\(why.isEmpty ? "" : " (\(why))")")
-        }
-    }
-
-    private func take(_ e: MQTTEvent) {
-        condition.lock()
-        switch e {
-        case .connected: connected = true
-        case .connectFailed(let why), .disconnected(let why): lastError = why
-        case .acknowledged(let mid): acked.insert(mid)
-        case .message(let m): messages.append(m)
-        }
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    func subscribe(_ topics: [String]) throws {
-        try client.subscribe(topics)
-        // SUBACK is not surfaced; one round trip through a QoS 1 publish to nowhere stands in for it.
-        try publish(topic: "agentctl/sync/\(client.settings.clientId)", payload: [], retain: false)
-    }
-
-    func publish(topic: String, payload: [UInt8], retain: Bool = false, responseTopic: String? = nil, correlation: [UInt8]? = nil,
-                 timeout: Double = 10) throws {
-        let mid = try client.publish(topic: topic, payload: payload, qos: 1, retain: retain, responseTopic: responseTopic, correlationData: correlation)
-        condition.lock()
-        defer { condition.unlock() }
-        let until = Date().addingTimeInterval(timeout)
-        while !acked.contains(mid) {
-            guard condition.wait(until: until) else { throw MQTTError("\(topic): the broker did not acknowledge within \(Int(timeout)) s") }
-        }
-        acked.remove(mid)
-    }
-
-    /// The next message, waiting until `deadline`; nil when none came.
-    func next(until deadline: Date) -> MQTTMessage? {
-        condition.lock()
-        defer { condition.unlock() }
-        while messages.isEmpty {
-            guard condition.wait(until: deadline) else { return nil }
-        }
-        return messages.removeFirst()
-    }
-
-    func close() { client.stop(timeout: 3) }
 }
 
 struct FleetCommand: ParsableCommand {
@@ -178,7 +102,7 @@ struct FleetCommand: ParsableCommand {
 }
 
 /// Reads the retained status of every device for `seconds`.
-func collectStatus(_ link: OperatorLink, root: String, seconds: Double) throws -> [String: FleetStatus] {
+func collectStatus(_ link: MQTTSession, root: String, seconds: Double) throws -> [String: FleetStatus] {
     try link.subscribe(["\(root)/+/status"])
     var devices: [String: FleetStatus] = [:]
     let until = Date().addingTimeInterval(seconds)
@@ -346,8 +270,15 @@ struct FleetDeploy: ParsableCommand {
         var deployment: String
         var version: Int
         var halted: Bool
+        /// From the first deployment sent to the last result received.
+        var rolloutSeconds: Double
+        /// With connecting and discovering the devices.
         var seconds: Double
         var devices: [Outcome]
+        enum CodingKeys: String, CodingKey {
+            case deployment, version, halted, seconds, devices
+            case rolloutSeconds = "rollout_seconds"
+        }
     }
 
     func run() throws {
@@ -374,10 +305,12 @@ struct FleetDeploy: ParsableCommand {
             try link.subscribe(["\(fleet.root)/+/model/deploy/result"])
             var outcomes: [String: Outcome] = [:]
             var failures = 0, halted = false
+            var firstSent: Date?, lastResult = Date()
             let waves = [Array(devices.prefix(canary))].filter { !$0.isEmpty } + [Array(devices.dropFirst(canary))].filter { !$0.isEmpty }
             for (w, wave) in waves.enumerated() {
                 if !json { print("wave \(w + 1): \(wave.joined(separator: ", "))") }
                 for device in wave {
+                    if firstSent == nil { firstSent = Date() }
                     let manifest = DeploymentManifest(deployment: deployment, version: version, name: (model as NSString).lastPathComponent, sha256: sha,
                                                       size: bytes.count, target: "device:\(device)", hardware: hardware, minAgentVersion: minAgentVersion,
                                                       expires: FleetTime.string(Date().addingTimeInterval(expiresIn)))
@@ -390,6 +323,7 @@ struct FleetDeploy: ParsableCommand {
                     guard let r = try? JSONDecoder().decode(DeployResult.self, from: Data(m.payload)), r.deployment == deployment,
                           pending.contains(r.device) else { continue }
                     pending.remove(r.device)
+                    lastResult = Date()
                     outcomes[r.device] = Outcome(device: r.device, status: r.status, reason: r.reason, modelVersion: r.modelVersion)
                     if r.status != "applied" { failures += 1 }
                     if !json { print("  \(r.device): \(r.status)\(r.reason.map { " — \($0)" } ?? "")") }
@@ -408,7 +342,8 @@ struct FleetDeploy: ParsableCommand {
                     break
                 }
             }
-            let report = Report(deployment: deployment, version: version, halted: halted, seconds: Date().timeIntervalSince(started),
+            let report = Report(deployment: deployment, version: version, halted: halted,
+                                rolloutSeconds: max(0, lastResult.timeIntervalSince(firstSent ?? lastResult)), seconds: Date().timeIntervalSince(started),
                                 devices: devices.map { outcomes[$0]! })
             if json {
                 printJSON(report)

@@ -144,6 +144,15 @@ import Testing
         ("replay", "capacity", "9"), ("replay", "capacity", "1e300"), ("replay", "max_bytes", "-1"), ("replay", "max_bytes", "65535"),
         ("replay", "live_share", "nan"), ("replay", "live_share", "0.51"), ("replay", "live_share", "-inf"), ("replay", "policy", "\"lru\""),
         ("replay", "policy", "3"),
+        ("mqtt", "broker", "\"tcp://host:1883\""), ("mqtt", "broker", "1883"), ("mqtt", "prefix", "\"\""), ("mqtt", "prefix", "\"a/b\""),
+        ("mqtt", "fleet", "\"f#\""), ("mqtt", "device", "\"all\""), ("mqtt", "device", "\"d+1\""), ("mqtt", "device", "\"a\\u0007b\""),
+        ("mqtt", "groups", "\"north\""), ("mqtt", "groups", "[\"a/b\"]"), ("mqtt", "groups", "[1]"), ("mqtt", "groups", "[\"\"]"),
+        ("mqtt", "protocol", "\"4\""), ("mqtt", "keepalive_s", "0"), ("mqtt", "keepalive_s", "9223372036854775807"),
+        ("mqtt", "telemetry_interval_s", "nan"), ("mqtt", "telemetry_interval_s", "inf"), ("mqtt", "telemetry_interval_s", "0.0"),
+        ("mqtt", "outbox_bytes", "65535"), ("mqtt", "outbox_bytes", "1e300"), ("mqtt", "daily_bytes", "-1"), ("mqtt", "command_ttl_s", "-inf"),
+        ("deploy", "trusted_keys", "\"/k.pub\""), ("deploy", "trusted_keys", "[true]"), ("deploy", "health_seconds", "-1"),
+        ("deploy", "health_seconds", "nan"), ("deploy", "max_accuracy_drop", "1.5"), ("deploy", "max_error_rate", "inf"),
+        ("deploy", "max_model_bytes", "1023"), ("deploy", "max_model_bytes", "9223372036854775807"),
     ])
     func hostileNumbersAreProblemsWithTheirKey(_ section: String, _ key: String, _ value: String) {
         do {
