@@ -159,7 +159,9 @@ public struct AgentConfig: Equatable, Sendable {
         public var maxAccuracyDrop = 0.05
         /// The health window's limit: the share of requests answered with an error (deadline passed).
         public var maxErrorRate = 0.05
-        public var maxModelBytes = 64 << 20
+        /// A deployment's message (base64) and its decoded bytes are held at once: 16 MiB keeps a
+        /// deployment well inside the unit's MemoryMax=256M.
+        public var maxModelBytes = 16 << 20
     }
 
     public init() {}

@@ -96,6 +96,13 @@ final class FleetLink: @unchecked Sendable {
         var will = FleetStatus(msgId: FleetTime.messageId(), ts: FleetTime.string(), state: "offline", device: device)
         will.agentVersion = agentVersion
         settings.will = (topics.status, [UInt8](APIServer.encode(will)))
+        // Each connection's will carries its own msg_id and ts (consumers de-duplicate by msg_id).
+        let deviceName = device
+        settings.willFactory = {
+            var w = FleetStatus(msgId: FleetTime.messageId(), ts: FleetTime.string(), state: "offline", device: deviceName)
+            w.agentVersion = agentVersion
+            return [UInt8](APIServer.encode(w))
+        }
         do {
             client = try MQTTClient(settings: settings)
         } catch {
@@ -215,7 +222,26 @@ final class FleetLink: @unchecked Sendable {
                 logger.warning("outbox row not deleted after its acknowledgement; it will be sent again", metadata: ["error": "\(error)"])
             }
             pump()
+        case .rejected(let mid, let reason):
+            // The broker will not take this row (not authorised, quota): it is dropped and counted,
+            // or it would hold a place in the window for ever.
+            guard let id = inflight.removeValue(forKey: mid) else { return }
+            logger.error("the broker refused an outbox message; dropped", metadata: ["reason": "\(reason)", "row": "\(id)"])
+            do {
+                try agent.database.outboxDelete(ids: [id])
+                try agent.database.countOutboxDrop()
+            } catch {
+                logger.warning("refused outbox row not deleted", metadata: ["error": "\(error)"])
+            }
+            pump()
+        case .droppedOversize(let topic, let bytes):
+            logger.warning("a message larger than the largest deployment was dropped unread", metadata: ["topic": "\(topic)", "bytes": "\(bytes)"])
         case .message(let m):
+            // A retained command or deployment would run again at every reconnect: never taken.
+            if m.retained, topics.classify(m.topic) != nil {
+                logger.warning("retained command or deployment ignored", metadata: ["topic": "\(m.topic.prefix(256))"])
+                return
+            }
             switch topics.classify(m.topic) {
             case .command(let verb)?: command(verb: verb, m)
             case .deploy?:
@@ -408,7 +434,11 @@ struct FleetService: Service {
             // Whatever the other services logged while stopping leaves now, if it can.
             agent.writer.flush()
             await Blocking.run(on: link.queue) { link.pump() }
-            let goodbye = await Blocking.run(on: link.queue) { link.offlineMessage() }
+            // From here nothing else is published (a deployment finishing now must not say online).
+            let goodbye = await Blocking.run(on: link.queue) { () -> (topic: String, payload: [UInt8]) in
+                link.linkUp = false
+                return link.offlineMessage()
+            }
             await Blocking.run(on: DispatchQueue.global()) { client.stop(goodbye: goodbye, timeout: 5) }
             tasks.cancelAll()
         }

@@ -81,13 +81,21 @@ extension FleetLink {
     }
 
     /// The MQTT 5 response topic when the command gave a usable one, else `{root}/cmd/{verb}/reply`.
+    /// A response topic inside the fleet's tree is taken only under `{prefix}/{fleet}/operator/`:
+    /// otherwise a reply could be aimed at `all/cmd/...` and arrive at every device as a command.
     private func send(reply: [UInt8], verb: String, to m: MQTTMessage) {
         var topic = topics.reply(verb: verb)
-        if let r = m.responseTopic, !r.isEmpty, r.utf8.count <= 1024, !r.contains("+"), !r.contains("#"), !r.contains("\0") { topic = r }
+        if let r = m.responseTopic, Self.usableResponseTopic(r, fleetRoot: topics.fleetRoot, prefix: topics.prefix) { topic = r }
         guard let client else { return }
         if (try? client.publish(topic: topic, payload: reply, qos: 1, correlationData: m.correlationData)) != nil {
             publishBytes(reply.count + topic.utf8.count)
         }
+    }
+
+    static func usableResponseTopic(_ r: String, fleetRoot: String, prefix: String) -> Bool {
+        guard !r.isEmpty, r.utf8.count <= 1024, !r.contains("+"), !r.contains("#"), !r.contains("\0"), !r.hasPrefix("$") else { return false }
+        if r.hasPrefix(prefix + "/") { return r.hasPrefix(fleetRoot + "/operator/") }
+        return true
     }
 
     private func run(verb: String, _ cmd: FleetCommand) -> FleetReply {
@@ -128,14 +136,39 @@ extension FleetLink {
                 return failed("not saved: \(StoreError(error))")
             }
         case "rollback":
-            var version: Int?
-            if let v = args["version"] {
-                guard let n = v.number, n.rounded() == n, n >= 1, n <= 1e9 else { return refused("malformed: args.version must be a positive integer") }
-                version = Int(n)
+            // Signed like a deployment (kind "rollback", with the anti-rollback counter): an
+            // unsigned command must not bring back a version the counter keeps out.
+            guard case .string(let manifest)? = args["manifest"] else {
+                return refused("unsigned: a rollback carries args {\"manifest\", \"signature\", \"key\"} signed like a deployment (agentctl fleet cmd DEVICE rollback --key KEY)")
+            }
+            let envelope = DeploymentEnvelope(msgId: cmd.msgId, ts: cmd.ts, manifest: manifest, signature: args["signature"]?.string,
+                                              key: args["key"]?.string, model: nil)
+            let lastVersion: Int
+            do {
+                lastVersion = Int(try agent.database.fleetValue(AgentDatabase.deployVersionKey) ?? "0") ?? 0
+            } catch {
+                return failed("the anti-rollback counter could not be read: \(StoreError(error))")
+            }
+            lock.lock()
+            let keys = trusted
+            lock.unlock()
+            let verifier = DeploymentVerifier(trusted: keys, lastVersion: lastVersion, device: topics.device, groups: topics.groups,
+                                              hardware: DeploymentVerifier.machineHardware, agentVersion: agentVersion, maxModelBytes: 0)
+            let signed: DeploymentManifest
+            do {
+                (signed, _) = try verifier.verify([UInt8](APIServer.encode(envelope)))
+            } catch {
+                return refused(error.description)
+            }
+            guard signed.kind == "rollback" else { return refused("malformed: the signed manifest is a \(signed.kind.prefix(32)), not a rollback") }
+            do {
+                guard try agent.database.advanceDeployVersion(to: signed.version) else { return refused("not_newer: version \(signed.version) was taken first") }
+            } catch {
+                return failed("the anti-rollback counter could not be written: \(StoreError(error))")
             }
             let adaptive = agent.config.model.adaptive
             do {
-                let row = try Blocking.control.sync { try agent.models.rollback(to: version, adaptive: adaptive) }
+                let row = try Blocking.control.sync { try agent.models.rollback(to: signed.rollbackTo, adaptive: adaptive) }
                 return ok(.object(["version": .number(Double(row.version)), "name": .string(row.name)]))
             } catch let e as ModelError {
                 return refused(e.message)
@@ -202,7 +235,16 @@ extension FleetLink {
                                 version: nil, modelVersion: agent.models.slot.current?.version))
             return
         }
-        let lastVersion = Int((try? agent.database.fleetValue(AgentDatabase.deployVersionKey)) ?? nil ?? "0") ?? 0
+        let lastVersion: Int
+        do {
+            lastVersion = Int(try agent.database.fleetValue(AgentDatabase.deployVersionKey) ?? "0") ?? 0
+        } catch {
+            // Fail closed: without the counter an old deployment could be replayed.
+            finish(DeployResult(device: topics.device, deployment: Self.deploymentName(m.payload), status: "refused",
+                                reason: "failed: the anti-rollback counter could not be read: \(StoreError(error))", version: nil,
+                                modelVersion: agent.models.slot.current?.version))
+            return
+        }
         lock.lock()
         let keys = trusted
         lock.unlock()
@@ -239,6 +281,17 @@ extension FleetLink {
             finish(result("applied", "trusted keys now: \(keys.keys.sorted().joined(separator: ", "))"))
             return
         }
+        // The counter moves first, checked and moved in one transaction: a redelivery or a replay
+        // racing this one is refused, and a crash from here on never lets this version in twice.
+        do {
+            guard try agent.database.advanceDeployVersion(to: manifest.version) else {
+                finish(result("refused", "not_newer: version \(manifest.version) was taken by another deployment first"))
+                return
+            }
+        } catch {
+            finish(result("refused", "failed: the anti-rollback counter could not be written: \(StoreError(error))"))
+            return
+        }
         // The self-test's rows, and the serving model's accuracy on them, before anything changes.
         let before = selfTestRows()
         let beforeAccuracy = agent.models.slot.current.map { accuracy(of: $0, on: before) } ?? 0
@@ -258,17 +311,22 @@ extension FleetLink {
             }
             return
         }
-        // Counted now: a deployment that then fails its health gate is not taken again.
-        _ = try? agent.database.advanceDeployVersion(to: manifest.version)
         if let why = healthGate(installed: installed, rows: before, beforeAccuracy: beforeAccuracy, seconds: config.deploy.healthSeconds) {
-            var reason = "health_gate: \(why)"
-            if let previous {
-                do {
-                    let adaptive = agent.config.model.adaptive
-                    _ = try Blocking.control.sync { try agent.models.rollback(to: previous, adaptive: adaptive) }
-                } catch {
-                    reason += "; the rollback to version \(previous) failed: \(error)"
-                }
+            if case .superseded(let detail) = why {
+                // Another change (an operator's rollback, a local update) replaced it: that change stands.
+                finish(result("applied", "superseded: \(detail)"))
+                return
+            }
+            var reason = "health_gate: \(why.description)"
+            guard let previous else {
+                finish(result("applied", "\(reason); there is no earlier version to roll back to, so it keeps serving"))
+                return
+            }
+            do {
+                let adaptive = agent.config.model.adaptive
+                _ = try Blocking.control.sync { try agent.models.rollback(to: previous, adaptive: adaptive) }
+            } catch {
+                reason += "; the rollback to version \(previous) failed: \(error)"
             }
             finish(result("rolled_back", reason))
             return
@@ -317,30 +375,44 @@ extension FleetLink {
     /// The health gate: the self-test on the replay memory's labelled rows (accuracy may fall by at
     /// most `deploy.max_accuracy_drop`), then `seconds` of serving with at most
     /// `deploy.max_error_rate` of requests answered with an error. nil when it passes.
-    private func healthGate(installed: RegisteredModel, rows: [LearnSample], beforeAccuracy: Double, seconds: Double) -> String? {
-        guard let model = agent.models.slot.current, model.version == installed.version else { return "another change replaced the version" }
+    enum GateFailure: CustomStringConvertible {
+        case failed(String)
+        case superseded(String)
+        var description: String {
+            switch self {
+            case .failed(let s), .superseded(let s): s
+            }
+        }
+    }
+
+    private func healthGate(installed: RegisteredModel, rows: [LearnSample], beforeAccuracy: Double, seconds: Double) -> GateFailure? {
+        guard let model = agent.models.slot.current, model.version == installed.version else {
+            return .superseded("version \(agent.models.slot.current?.version ?? 0) replaced it before the health gate")
+        }
         let config = agent.config
         if rows.count >= 20 {
             guard rows.allSatisfy({ $0.input.count == model.inputCount && ($0.label ?? -1) < model.outputCount }) else {
-                return "the self-test rows do not fit the deployed model (\(model.inputCount) inputs, \(model.outputCount) classes)"
+                return .failed("the self-test rows do not fit the deployed model (\(model.inputCount) inputs, \(model.outputCount) classes)")
             }
             let after = accuracy(of: model, on: rows)
             if after < beforeAccuracy - config.deploy.maxAccuracyDrop {
-                return String(format: "self-test accuracy %.3f on %d labelled replay rows; the model it replaced had %.3f (deploy.max_accuracy_drop %.3f)",
-                              after, rows.count, beforeAccuracy, config.deploy.maxAccuracyDrop)
+                return .failed(String(format: "self-test accuracy %.3f on %d labelled replay rows; the model it replaced had %.3f (deploy.max_accuracy_drop %.3f)",
+                                      after, rows.count, beforeAccuracy, config.deploy.maxAccuracyDrop))
             }
         }
         let start = agent.scheduler.snapshot
         let until = Date().addingTimeInterval(seconds)
         while Date() < until {
             Thread.sleep(forTimeInterval: min(0.25, max(0, until.timeIntervalSinceNow)))
-            guard agent.models.slot.current?.version == installed.version else { return "another change replaced the version during the health window" }
+            guard let now = agent.models.slot.current?.version, now == installed.version else {
+                return .superseded("version \(agent.models.slot.current?.version ?? 0) replaced it during the health window")
+            }
         }
         let end = agent.scheduler.snapshot
         let requests = end.requests - start.requests
         let errors = (end.deadlineExpired - start.deadlineExpired)
         if requests >= 20 && Double(errors) / Double(requests) > config.deploy.maxErrorRate {
-            return "\(errors) of \(requests) requests failed in the \(Int(seconds)) s health window (deploy.max_error_rate \(config.deploy.maxErrorRate))"
+            return .failed("\(errors) of \(requests) requests passed their deadline in the \(Int(seconds)) s health window (deploy.max_error_rate \(config.deploy.maxErrorRate))")
         }
         return nil
     }

@@ -22,10 +22,12 @@ public struct DeploymentManifest: Codable, Equatable, Sendable {
     public var expires: String
     /// Key rotation only: key name → base64 of the raw 32-byte Ed25519 public key.
     public var keys: [String: String]?
+    /// An operator's rollback only: the registry version to serve (absent: the one before the active one).
+    public var rollbackTo: Int?
 
     enum CodingKeys: String, CodingKey {
         case kind, deployment, version, name, sha256, size, target, hardware, keys, expires
-        case minAgentVersion = "min_agent_version"
+        case minAgentVersion = "min_agent_version", rollbackTo = "rollback_to"
     }
 
     public init(kind: String = "model", deployment: String, version: Int, name: String, sha256: String, size: Int, target: String,
@@ -205,7 +207,9 @@ public struct DeploymentVerifier: Sendable {
         } catch {
             throw DeploymentRefusal(.malformed, "the signed manifest is not a deployment manifest")
         }
-        guard manifest.kind == "model" || manifest.kind == "keyset" else { throw DeploymentRefusal(.malformed, "kind '\(manifest.kind.prefix(32))' is not model or keyset") }
+        guard ["model", "keyset", "rollback"].contains(manifest.kind) else {
+            throw DeploymentRefusal(.malformed, "kind '\(manifest.kind.prefix(32))' is not model, keyset or rollback")
+        }
         guard manifest.version > lastVersion else {
             throw DeploymentRefusal(.notNewer, "version \(manifest.version) is not above \(lastVersion), the last this device accepted")
         }
@@ -220,6 +224,10 @@ public struct DeploymentVerifier: Sendable {
         }
         guard !have.lexicographicallyPrecedes(needed) else {
             throw DeploymentRefusal(.agentTooOld, "needs agent \(manifest.minAgentVersion); this is \(agentVersion)")
+        }
+        if manifest.kind == "rollback" {
+            guard manifest.rollbackTo.map({ $0 >= 1 }) ?? true else { throw DeploymentRefusal(.malformed, "rollback_to must be a version ≥ 1") }
+            return (manifest, [])
         }
         if manifest.kind == "keyset" {
             guard let keys = manifest.keys, !keys.isEmpty, keys.values.allSatisfy({ SigningKey.publicKey(base64: $0) != nil }) else {

@@ -23,8 +23,11 @@ public struct MQTTSettings: Sendable {
     /// the agent is away (MQTT 5: for `sessionExpiry` seconds).
     public var cleanSession = false
     public var sessionExpiry: UInt32 = 86_400
-    /// MQTT 5: the largest packet the broker may send this client (0: no limit). Larger ones it drops.
+    /// MQTT 5: the largest packet the broker may send this client (0: no limit). Larger ones it
+    /// drops; under 3.1.1 the client drops them itself, before copying (`maximumPacketSize` too).
     public var maximumPacketSize: UInt32 = 0
+    /// Makes the last will's payload anew before each connection (a fresh `msg_id` and `ts`).
+    public var willFactory: (@Sendable () -> [UInt8])? = nil
     public var protocolChoice = ProtocolChoice.auto
     public var caFile = ""
     public var certFile = ""
@@ -97,6 +100,10 @@ public enum MQTTEvent: Sendable {
     case disconnected(String)
     /// The broker acknowledged the QoS 1 publish with this message id (PUBACK).
     case acknowledged(mid: Int32)
+    /// The broker refused the QoS 1 publish (MQTT 5 PUBACK reason ≥ 0x80, e.g. not authorised): it will not be taken later either.
+    case rejected(mid: Int32, reason: String)
+    /// A message larger than `maximumPacketSize`, dropped without being copied.
+    case droppedOversize(topic: String, bytes: Int)
     case message(MQTTMessage)
 }
 
@@ -139,12 +146,7 @@ public final class MQTTClient: @unchecked Sendable {
         mosquitto_int_option(m, MOSQ_OPT_PROTOCOL_VERSION, speaking)
         mosquitto_threaded_set(m, true)
         mosquitto_user_data_set(m, Unmanaged.passUnretained(self).toOpaque())
-        do {
-            try configure()
-        } catch {
-            mosquitto_destroy(m)
-            throw error
-        }
+        try configure()
         mosquitto_connect_v5_callback_set(m) { _, obj, rc, flags, _ in
             guard let obj else { return }
             Unmanaged<MQTTClient>.fromOpaque(obj).takeUnretainedValue().onConnect(rc: rc, flags: flags)
@@ -155,9 +157,13 @@ public final class MQTTClient: @unchecked Sendable {
         }
         mosquitto_publish_v5_callback_set(m) { _, obj, mid, reason, _ in
             guard let obj else { return }
-            // A QoS 1 PUBACK with a failure reason (MQTT 5) is not an acknowledgement: the row stays.
-            guard reason < 0x80 else { return }
-            Unmanaged<MQTTClient>.fromOpaque(obj).takeUnretainedValue().onPublished(mid: mid)
+            let client = Unmanaged<MQTTClient>.fromOpaque(obj).takeUnretainedValue()
+            // A QoS 1 PUBACK with a failure reason (MQTT 5) is not an acknowledgement.
+            guard reason < 0x80 else {
+                client.emit(.rejected(mid: mid, reason: String(cString: mosquitto_reason_string(reason))))
+                return
+            }
+            client.onPublished(mid: mid)
         }
         mosquitto_message_v5_callback_set(m) { _, obj, message, props in
             guard let obj, let message else { return }
@@ -191,7 +197,7 @@ public final class MQTTClient: @unchecked Sendable {
         }
     }
 
-    private func emit(_ e: MQTTEvent) {
+    fileprivate func emit(_ e: MQTTEvent) {
         if let eventHandler { eventHandler(e) } else { continuation.yield(e) }
     }
 
@@ -252,6 +258,10 @@ public final class MQTTClient: @unchecked Sendable {
 
     private func onMessage(_ m: mosquitto_message, props: OpaquePointer?) {
         let topic = m.topic.map { String(cString: $0) } ?? ""
+        if settings.maximumPacketSize > 0 && Int(m.payloadlen) > Int(settings.maximumPacketSize) {
+            emit(.droppedOversize(topic: String(topic.prefix(256)), bytes: Int(m.payloadlen)))
+            return
+        }
         var payload: [UInt8] = []
         if let p = m.payload, m.payloadlen > 0 {
             payload = Array(UnsafeRawBufferPointer(start: p, count: Int(m.payloadlen)))
@@ -322,6 +332,10 @@ public final class MQTTClient: @unchecked Sendable {
     private var isConnectedOrConnecting: Bool { socketOpen }
 
     private func connectOnce() {
+        if let make = settings.willFactory, let will = settings.will {
+            let payload = make()
+            _ = payload.withUnsafeBytes { mosquitto_will_set_v5(mosq, will.topic, Int32($0.count), $0.baseAddress, 1, true, nil) }
+        }
         var props: OpaquePointer?
         if protocolVersion == 5 && !settings.cleanSession {
             mosquitto_property_add_int32(&props, Int32(MQTT_PROP_SESSION_EXPIRY_INTERVAL.rawValue), settings.sessionExpiry)

@@ -8,10 +8,15 @@ public final class MQTTSession: @unchecked Sendable {
     private var connected = false
     private var lastError = ""
     private var acked = Set<Int32>()
+    private var refused: [Int32: String] = [:]
+    /// Where `subscribe` publishes its round-trip marker (an operator account may write it; the
+    /// default suits an open broker).
+    public var syncTopic: String
     private var messages: [MQTTMessage] = []
 
     public init(settings: MQTTSettings, broker: String, timeout: Double = 10) throws {
         client = try MQTTClient(settings: settings)
+        syncTopic = "agentctl/sync/\(settings.clientId)"
         client.eventHandler = { [weak self] e in self?.take(e) }
         client.start()
         condition.lock()
@@ -40,6 +45,8 @@ public final class MQTTSession: @unchecked Sendable {
         case .connected: connected = true
         case .connectFailed(let why), .disconnected(let why): lastError = why
         case .acknowledged(let mid): acked.insert(mid)
+        case .rejected(let mid, let reason): refused[mid] = reason
+        case .droppedOversize: break
         case .message(let m): messages.append(m)
         }
         condition.broadcast()
@@ -49,7 +56,7 @@ public final class MQTTSession: @unchecked Sendable {
     public func subscribe(_ topics: [String]) throws {
         try client.subscribe(topics)
         // SUBACK is not surfaced; one round trip through a QoS 1 publish to nowhere stands in for it.
-        try publish(topic: "agentctl/sync/\(client.settings.clientId)", payload: [], retain: false)
+        try publish(topic: syncTopic, payload: [], retain: false)
     }
 
     public func publish(topic: String, payload: [UInt8], retain: Bool = false, responseTopic: String? = nil, correlation: [UInt8]? = nil,
@@ -59,6 +66,7 @@ public final class MQTTSession: @unchecked Sendable {
         defer { condition.unlock() }
         let until = Date().addingTimeInterval(timeout)
         while !acked.contains(mid) {
+            if let why = refused.removeValue(forKey: mid) { throw MQTTError("\(topic): the broker refused the message: \(why)") }
             guard condition.wait(until: until) else { throw MQTTError("\(topic): the broker did not acknowledge within \(Int(timeout)) s") }
         }
         acked.remove(mid)

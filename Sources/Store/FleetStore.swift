@@ -111,6 +111,14 @@ extension AgentDatabase {
         }
     }
 
+    /// One more message dropped (the broker refused it).
+    public func countOutboxDrop() throws {
+        try pool.write { db in
+            let dropped = Int64(try String.fetchOne(db, sql: "SELECT value FROM fleet_state WHERE key = ?", arguments: [Self.outboxDroppedKey]) ?? "0") ?? 0
+            try Self.setFleetValue(db, Self.outboxDroppedKey, String(dropped + 1))
+        }
+    }
+
     // MARK: fleet state
 
     public func fleetValue(_ key: String) throws -> String? {

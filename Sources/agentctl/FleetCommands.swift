@@ -86,7 +86,10 @@ struct FleetConfig: ParsableArguments {
         s.certFile = certFile
         s.keyFile = keyFile
         s.backoffMax = 2
-        return try MQTTSession(settings: s, broker: broker)
+        let session = try MQTTSession(settings: s, broker: broker)
+        // Under the fleet's operator/ subtree, which an operator account may write (README, "Beyond one broker").
+        session.syncTopic = "\(root)/operator/\(s.clientId)/sync"
+        return session
     }
 }
 
@@ -146,7 +149,8 @@ struct FleetCmd: ParsableCommand {
         abstract: "Send a command to a device (or all, or group:NAME) and print the replies.",
         discussion: """
             Verbs: status, learn, pause-learning, resume-learning, rollback, drift-reset, reload, feedback.
-            Arguments as JSON with --args, e.g. rollback --args '{"version": 3}', learn --args '{"dry_run": true}',
+            rollback is signed like a deployment: --key DIR/NAME.key [--to VERSION]. Other arguments
+            as JSON with --args, e.g. learn --args '{"dry_run": true}',
             feedback --args '{"label": "3", "input": [...]}'. Replies come back on an MQTT 5 response topic
             (or DEVICE/cmd/VERB/reply from 3.1.1 devices).
             """)
@@ -154,6 +158,9 @@ struct FleetCmd: ParsableCommand {
     @Argument(help: "A device name, `all`, or `group:NAME`.") var device: String
     @Argument(help: "The verb.") var verb: String
     @Option(help: "The command's arguments as a JSON object.") var args: String?
+    @Option(help: "rollback: the private key that signs it (NAME.key).") var key: String?
+    @Option(help: "rollback: the registry version to serve (default: the one before the active one).") var to: Int?
+    @Option(help: "rollback: the anti-rollback version (default: the Unix time).") var version: Int?
     @Option(help: "Seconds to wait for replies (for one device: until its reply).") var timeout = 10.0
     @Flag(help: "Print each reply as a JSON line.") var json = false
 
@@ -167,6 +174,22 @@ struct FleetCmd: ParsableCommand {
                 parsed = v
             }
             let address = device == "all" ? "all" : device.hasPrefix("group:") ? "group/\(device.dropFirst(6))" : device
+            if verb == "rollback" {
+                // Signed like a deployment, so it moves the devices' anti-rollback counter.
+                guard let key else { throw ValidationError("rollback is signed: give --key DIR/NAME.key") }
+                let target = device == "all" ? "all" : device.hasPrefix("group:") ? device : "device:\(device)"
+                let m = DeploymentManifest(kind: "rollback", deployment: "rollback@\(version ?? Int(Date().timeIntervalSince1970))",
+                                           version: version ?? Int(Date().timeIntervalSince1970), name: "", sha256: "", size: 0, target: target,
+                                           expires: FleetTime.string(Date().addingTimeInterval(600)))
+                var withTarget = m
+                withTarget.rollbackTo = to
+                let e = try DeploymentEnvelope.signed(withTarget, model: nil, key: try SigningKey.load(path: key))
+                var a = parsed ?? [:]
+                a["manifest"] = .string(e.manifest)
+                a["signature"] = e.signature.map(FleetValue.string)
+                a["key"] = e.key.map(FleetValue.string)
+                parsed = a
+            }
             let link = try fleet.connect()
             defer { link.close() }
             let cmd = Fleet.FleetCommand(args: parsed)
@@ -320,8 +343,11 @@ struct FleetDeploy: ParsableCommand {
                 let until = Date().addingTimeInterval(wait)
                 var pending = Set(wave)
                 while !pending.isEmpty, let m = link.next(until: until) {
-                    guard let r = try? JSONDecoder().decode(DeployResult.self, from: Data(m.payload)), r.deployment == deployment,
-                          pending.contains(r.device) else { continue }
+                    // The device is the topic's, not what the payload claims.
+                    let fromTopic = String(m.topic.dropFirst(fleet.root.count + 1).dropLast("/model/deploy/result".count))
+                    guard m.topic.hasPrefix(fleet.root + "/"), m.topic.hasSuffix("/model/deploy/result"),
+                          let r = try? JSONDecoder().decode(DeployResult.self, from: Data(m.payload)), r.deployment == deployment,
+                          r.device == fromTopic, pending.contains(r.device) else { continue }
                     pending.remove(r.device)
                     lastResult = Date()
                     outcomes[r.device] = Outcome(device: r.device, status: r.status, reason: r.reason, modelVersion: r.modelVersion)

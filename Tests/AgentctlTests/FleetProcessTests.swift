@@ -105,10 +105,13 @@ import Glibc
         defer { session.close() }
         try session.subscribe(["edge/\(fleet)/d1/status"])
         #expect(session.wait(for: "edge/\(fleet)/d1/status") { session.json($0)["state"] as? String == "online" } != nil)
+        usleep(1_100_000)
+        let stopped = FleetTime.string(Date().addingTimeInterval(-0.5))
         agent.signal(SIGTERM)
         #expect(agent.waitForExit() == 0)
         let last = session.wait(for: "edge/\(fleet)/d1/status", seconds: 10) { session.json($0)["state"] as? String == "offline" }
-        #expect(last != nil)
+        // The goodbye, not the last will: made at the stop (the will's ts is the connection's).
+        #expect(last.map { (session.json($0)["ts"] as? String ?? "") >= stopped } == true, "the offline message is not the goodbye")
         // The retained message a newcomer reads is the goodbye.
         let later = try broker.session()
         defer { later.close() }
@@ -220,13 +223,21 @@ import Glibc
             let r = try ask("status", Array(bad.utf8))
             #expect(r?["status"] as? String == "refused" && (r?["reason"] as? String)?.hasPrefix("malformed") == true, "\(bad.prefix(20))")
         }
-        #expect(try ask("self-destruct", [UInt8](try JSONEncoder().encode(Fleet.FleetCommand())))?["status"] as? String == "refused")
+        #expect((try ask("self-destruct", [UInt8](try JSONEncoder().encode(Fleet.FleetCommand())))?["reason"] as? String)?.hasPrefix("unknown verb") == true)
         let badRollback = Fleet.FleetCommand(args: ["version": .string("latest")])
-        #expect(try ask("rollback", [UInt8](try JSONEncoder().encode(badRollback)))?["status"] as? String == "refused")
+        #expect((try ask("rollback", [UInt8](try JSONEncoder().encode(badRollback)))?["reason"] as? String)?.hasPrefix("unsigned") == true)
         let badFeedback = Fleet.FleetCommand(args: ["label": .string("3"), "input": .array([.number(1)])])
-        #expect(try ask("feedback", [UInt8](try JSONEncoder().encode(badFeedback)))?["status"] as? String == "refused")
+        #expect((try ask("feedback", [UInt8](try JSONEncoder().encode(badFeedback)))?["reason"] as? String)?.contains("64") == true)
         // A huge payload is refused before it is parsed.
-        #expect(try ask("status", [UInt8](repeating: 0x20, count: 300_000))?["status"] as? String == "refused")
+        #expect((try ask("status", [UInt8](repeating: 0x20, count: 300_000))?["reason"] as? String)?.hasPrefix("malformed: 300000 bytes") == true)
+        // A response topic aimed at the fleet's own command topics is not used: the reply goes to the reply topic.
+        try session.subscribe(["edge/\(fleet)/d1/cmd/status/reply", "edge/\(fleet)/all/cmd/drift-reset"])
+        let relay = Fleet.FleetCommand()
+        try session.publish(topic: "edge/\(fleet)/d1/cmd/status", payload: [UInt8](try JSONEncoder().encode(relay)),
+                            responseTopic: "edge/\(fleet)/all/cmd/drift-reset")
+        let landed = session.wait(for: "edge/\(fleet)/d1/cmd/status/reply") { session.json($0)["in_reply_to"] as? String == relay.msgId }
+        #expect(landed != nil)
+        #expect(session.drain().allSatisfy { !$0.topic.hasSuffix("/all/cmd/drift-reset") })
         // Still serving, and the operator's CLI gets the same answers.
         let r = try Agentctl.run(["fleet", "cmd", "d1", "status", "--broker", broker.url, "--fleet", fleet, "--json"])
         #expect(r.status == 0, "\(r.stderr)")
@@ -271,12 +282,24 @@ import Glibc
         // The same deployment again is not newer.
         let again = try Self.deploy(session, fleet: fleet, device: "d1", e, deployment: "good")
         #expect((again?["reason"] as? String)?.hasPrefix("not_newer") == true)
+        // An operator's rollback is signed; unsigned it is refused.
+        let unsigned = try Agentctl.run(["fleet", "cmd", "d1", "rollback", "--args", "{\"version\": 1}", "--broker", broker.url, "--fleet", fleet])
+        #expect(unsigned.status == 1)
+        #expect(unsigned.stdout.contains("unsigned"), "\(unsigned.stdout)")
+        let rolled = try Agentctl.run(["fleet", "cmd", "d1", "rollback", "--key", Self.keys.key, "--to", "1", "--version", "11",
+                                       "--broker", broker.url, "--fleet", fleet])
+        #expect(rolled.status == 0, "\(rolled.stdout) \(rolled.stderr)")
+        #expect(try Self.status(agent).model?.version == 1)
+        // Signed with the same counter value again: refused.
+        let replayed = try Agentctl.run(["fleet", "cmd", "d1", "rollback", "--key", Self.keys.key, "--to", "2", "--version", "11",
+                                         "--broker", broker.url, "--fleet", fleet])
+        #expect(replayed.status == 1 && replayed.stdout.contains("not_newer"), "\(replayed.stdout)")
         // The counter survives a restart.
         agent.signal(SIGTERM)
         #expect(agent.waitForExit() == 0)
         let restarted = try AgentdProcess(config: Self.config(broker, fleet: fleet, device: "d1"), dir: agent.dir)
         #expect(restarted.waitForNotification("READY=1") != nil)
-        let replay = try Self.envelope(Self.otherModel, device: "d1", deployment: "replayed", version: 10)
+        let replay = try Self.envelope(Self.otherModel, device: "d1", deployment: "replayed", version: 11)
         #expect((try Self.deploy(session, fleet: fleet, device: "d1", replay, deployment: "replayed")?["reason"] as? String)?.hasPrefix("not_newer") == true)
     }
 
