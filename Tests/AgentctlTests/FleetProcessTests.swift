@@ -164,7 +164,7 @@ import Glibc
         #expect(events1.filter { _ in true }.count >= 20)
         let maxSeq = seqs.max() ?? 0
         let missingSeq = Set(1...max(maxSeq, 1)).subtracting(seqs)
-        #expect(maxSeq > 20 && missingSeq.isEmpty, "telemetry seq never received: \(missingSeq.sorted().prefix(20)) of \(maxSeq)")
+        #expect(maxSeq >= 10 && missingSeq.isEmpty, "telemetry seq never received: \(missingSeq.sorted().prefix(20)) of \(maxSeq)")
         #expect(try Self.status(agent).fleet?.outboxDropped == 0)
     }
 
@@ -191,7 +191,7 @@ import Glibc
         #expect(agent.waitForNotification("READY=1") != nil)
         let session = try broker.session()
         defer { session.close() }
-        let replies = "edge/\(fleet)/ops/replies"
+        let replies = "edge/\(fleet)/operator/test-replies"
         try session.subscribe([replies, "edge/\(fleet)/d1/status"])
         #expect(session.wait(for: "edge/\(fleet)/d1/status") { session.json($0)["state"] as? String == "online" } != nil)
         let before = try Self.status(agent).feedbackSamples
@@ -285,7 +285,7 @@ import Glibc
         // An operator's rollback is signed; unsigned it is refused.
         let unsigned = try Agentctl.run(["fleet", "cmd", "d1", "rollback", "--args", "{\"version\": 1}", "--broker", broker.url, "--fleet", fleet])
         #expect(unsigned.status == 1)
-        #expect(unsigned.stdout.contains("unsigned"), "\(unsigned.stdout)")
+        #expect(unsigned.stderr.contains("--key"), "\(unsigned.stderr)")
         let rolled = try Agentctl.run(["fleet", "cmd", "d1", "rollback", "--key", Self.keys.key, "--to", "1", "--version", "11",
                                        "--broker", broker.url, "--fleet", fleet])
         #expect(rolled.status == 0, "\(rolled.stdout) \(rolled.stderr)")
