@@ -143,17 +143,12 @@ extension FleetLink {
             }
             let envelope = DeploymentEnvelope(msgId: cmd.msgId, ts: cmd.ts, manifest: manifest, signature: args["signature"]?.string,
                                               key: args["key"]?.string, model: nil)
-            let lastVersion: Int
+            let verifier: DeploymentVerifier
             do {
-                lastVersion = Int(try agent.database.fleetValue(AgentDatabase.deployVersionKey) ?? "0") ?? 0
+                verifier = try makeVerifier(maxModelBytes: 0)
             } catch {
                 return failed("the anti-rollback counter could not be read: \(StoreError(error))")
             }
-            lock.lock()
-            let keys = trusted
-            lock.unlock()
-            let verifier = DeploymentVerifier(trusted: keys, lastVersion: lastVersion, device: topics.device, groups: topics.groups,
-                                              hardware: DeploymentVerifier.machineHardware, agentVersion: agentVersion, maxModelBytes: 0)
             let signed: DeploymentManifest
             do {
                 (signed, _) = try verifier.verify([UInt8](APIServer.encode(envelope)))
@@ -218,6 +213,17 @@ extension FleetLink {
         }
     }
 
+    /// The verifier for this device now: the trusted keys and the anti-rollback counter (throws when
+    /// the counter cannot be read: the caller refuses, never assumes 0).
+    func makeVerifier(maxModelBytes: Int) throws -> DeploymentVerifier {
+        let lastVersion = Int(try agent.database.fleetValue(AgentDatabase.deployVersionKey) ?? "0") ?? 0
+        lock.lock()
+        let keys = trusted
+        lock.unlock()
+        return DeploymentVerifier(trusted: keys, lastVersion: lastVersion, device: topics.device, groups: topics.groups,
+                                  hardware: DeploymentVerifier.machineHardware, agentVersion: agentVersion, maxModelBytes: maxModelBytes)
+    }
+
     // MARK: deployments (on `deployQueue`)
 
     func refuseBusy(_ m: MQTTMessage) {
@@ -235,9 +241,9 @@ extension FleetLink {
                                 version: nil, modelVersion: agent.models.slot.current?.version))
             return
         }
-        let lastVersion: Int
+        let verifier: DeploymentVerifier
         do {
-            lastVersion = Int(try agent.database.fleetValue(AgentDatabase.deployVersionKey) ?? "0") ?? 0
+            verifier = try makeVerifier(maxModelBytes: config.deploy.maxModelBytes)
         } catch {
             // Fail closed: without the counter an old deployment could be replayed.
             finish(DeployResult(device: topics.device, deployment: Self.deploymentName(m.payload), status: "refused",
@@ -245,12 +251,6 @@ extension FleetLink {
                                 modelVersion: agent.models.slot.current?.version))
             return
         }
-        lock.lock()
-        let keys = trusted
-        lock.unlock()
-        let verifier = DeploymentVerifier(trusted: keys, lastVersion: lastVersion, device: topics.device, groups: topics.groups,
-                                          hardware: DeploymentVerifier.machineHardware, agentVersion: agentVersion,
-                                          maxModelBytes: config.deploy.maxModelBytes)
         let manifest: DeploymentManifest, model: [UInt8]
         do {
             (manifest, model) = try verifier.verify(m.payload)
