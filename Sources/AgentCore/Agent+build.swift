@@ -68,6 +68,8 @@ public func buildAgent(config: AgentConfig, configPath: String? = nil, logger: L
                       models: models, learner: learner, learnSettings: learnSettings, scheduler: scheduler, metrics: metrics,
                       notifier: SystemdNotifier(), stateLock: lock)
     agent.fleet = try FleetLink(agent: agent, config: config, device: try FleetLink.deviceName(config))
+    // Before any service runs (nothing else can change the registry meanwhile).
+    agent.fleet?.recoverInterruptedDeployment()
     return agent
 }
 

@@ -409,13 +409,13 @@ struct FleetService: Service {
     func run() async throws {
         guard let link = agent.fleet else { return }
         guard let client = link.client else {
-            // No broker: only the outbox's bound and its size for status, every 5 s (in 1 s steps, so
-            // a stop is not held up).
-            var second = 0
+            // No broker: only the outbox's bound and its size for status, every 5 s (in 0.1 s steps:
+            // a sleep does not end at a graceful stop, and a stop must not wait a second for it).
+            var step = 0
             while !Task.isShuttingDownGracefully && !Task.isCancelled {
-                if second % 5 == 0 { await Blocking.run(on: link.queue) { link.tick() } }
-                second += 1
-                try? await Task.sleep(for: .seconds(1))
+                if step % 50 == 0 { await Blocking.run(on: link.queue) { link.tick() } }
+                step += 1
+                try? await Task.sleep(for: .milliseconds(100))
             }
             return
         }

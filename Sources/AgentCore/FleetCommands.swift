@@ -283,8 +283,11 @@ extension FleetLink {
         }
         // The counter moves first, checked and moved in one transaction: a redelivery or a replay
         // racing this one is refused, and a crash from here on never lets this version in twice.
+        var pending = PendingDeployment(deployment: manifest.deployment, version: manifest.version,
+                                        previous: (try? agent.database.activeModel())?.version, installed: nil)
+        var record = String(decoding: APIServer.encode(pending), as: UTF8.self)
         do {
-            guard try agent.database.advanceDeployVersion(to: manifest.version) else {
+            guard try agent.database.advanceDeployVersion(to: manifest.version, extra: [AgentDatabase.deployPendingKey: record]) else {
                 finish(result("refused", "not_newer: version \(manifest.version) was taken by another deployment first"))
                 return
             }
@@ -292,6 +295,8 @@ extension FleetLink {
             finish(result("refused", "failed: the anti-rollback counter could not be written: \(StoreError(error))"))
             return
         }
+        // From here every outcome also clears this deployment's pending record.
+        func done(_ status: String, _ reason: String?) { finish(result(status, reason), pending: record) }
         // The self-test's rows, and the serving model's accuracy on them, before anything changes.
         let before = selfTestRows()
         let beforeAccuracy = agent.models.slot.current.map { accuracy(of: $0, on: before) } ?? 0
@@ -301,25 +306,30 @@ extension FleetLink {
                 try agent.models.installDeployment(bytes: model, source: "mqtt:\(manifest.deployment)", adaptive: config.model.adaptive)
             }
         } catch let e as ModelError {
-            finish(result("refused", "invalid_model: \(e.message)"))
+            done("refused", "invalid_model: \(e.message)")
             return
         } catch {
             if let s = StoreError.from(error) {
-                finish(result("refused", "failed: \(s)"))
+                done("refused", "failed: \(s)")
             } else {
-                finish(result("refused", "invalid_model: \(error)"))
+                done("refused", "invalid_model: \(error)")
             }
             return
         }
+        // The installed version, so a restart during the gate undoes exactly this install.
+        pending.installed = installed.version
+        pending.previous = previous
+        let installedRecord = String(decoding: APIServer.encode(pending), as: UTF8.self)
+        if (try? agent.database.setFleetValue(AgentDatabase.deployPendingKey, installedRecord)) != nil { record = installedRecord }
         if let why = healthGate(installed: installed, rows: before, beforeAccuracy: beforeAccuracy, seconds: config.deploy.healthSeconds) {
             if case .superseded(let detail) = why {
                 // Another change (an operator's rollback, a local update) replaced it: that change stands.
-                finish(result("applied", "superseded: \(detail)"))
+                done("applied", "superseded: \(detail)")
                 return
             }
             var reason = "health_gate: \(why.description)"
             guard let previous else {
-                finish(result("applied", "\(reason); there is no earlier version to roll back to, so it keeps serving"))
+                done("applied", "\(reason); there is no earlier version to roll back to, so it keeps serving")
                 return
             }
             do {
@@ -328,10 +338,63 @@ extension FleetLink {
             } catch {
                 reason += "; the rollback to version \(previous) failed: \(error)"
             }
-            finish(result("rolled_back", reason))
+            done("rolled_back", reason)
             return
         }
-        finish(result("applied", nil))
+        done("applied", nil)
+    }
+
+    /// A deployment between its counter move and its outcome, kept in `fleet_state` so a crash
+    /// in between is settled at the next start.
+    struct PendingDeployment: Codable {
+        var deployment: String
+        var version: Int
+        /// The registry version active when it arrived: what a rollback restores.
+        var previous: Int?
+        /// The registry version it was installed as, once it is.
+        var installed: Int?
+    }
+
+    /// At start, before any service runs: a deployment whose health gate never finished (agentd
+    /// was killed or lost power during it) never passed, so it is undone, as an update that was
+    /// never committed is undone at the next boot (Mender, RAUC); one that never got installed
+    /// is reported refused. Either way the device publishes a result, so no rollout waits for it.
+    func recoverInterruptedDeployment() {
+        guard let text = try? agent.database.fleetValue(AgentDatabase.deployPendingKey) else { return }
+        guard let p = try? JSONDecoder().decode(PendingDeployment.self, from: Data(text.utf8)) else {
+            logger.error("unreadable pending deployment record; cleared", metadata: ["record": "\(text.prefix(200))"])
+            finish(DeployResult(device: topics.device, deployment: nil, status: "refused", reason: "interrupted: its record was unreadable",
+                                version: nil, modelVersion: agent.models.slot.current?.version), pending: text)
+            return
+        }
+        func settle(_ status: String, _ reason: String) {
+            finish(DeployResult(device: topics.device, deployment: p.deployment, status: status, reason: reason, version: p.version,
+                                modelVersion: agent.models.slot.current?.version), pending: text)
+        }
+        let models = (try? agent.database.models()) ?? []
+        let active = models.first(where: \.active)
+        // Installed before the record said so (a crash between the two): the newest registration from it.
+        let installed = p.installed ?? models.last(where: { $0.source == "mqtt:\(p.deployment)" && $0.version > (p.previous ?? 0) })?.version
+        guard let installed, let active else {
+            settle("refused", "interrupted: agentd stopped before the model was installed")
+            return
+        }
+        guard active.version == installed else {
+            settle(active.version == p.previous ? "rolled_back" : "applied",
+                   "interrupted: agentd stopped after version \(installed) was installed; version \(active.version) is active")
+            return
+        }
+        guard let previous = p.previous, previous != installed else {
+            settle("applied", "interrupted: agentd stopped during the health gate; there is no earlier version to roll back to, so it keeps serving")
+            return
+        }
+        do {
+            let adaptive = agent.config.model.adaptive
+            _ = try Blocking.control.sync { try agent.models.rollback(to: previous, adaptive: adaptive) }
+            settle("rolled_back", "interrupted: agentd stopped during the health gate; version \(previous) restored")
+        } catch {
+            settle("applied", "interrupted: agentd stopped during the health gate and the rollback to version \(previous) failed: \(error)")
+        }
     }
 
     /// The deployment name from a payload that did not verify (for the result), if it can be read.
@@ -342,11 +405,12 @@ extension FleetLink {
     }
 
     /// Records the outcome: the result through the outbox, an event, the status line.
-    func finish(_ r: DeployResult) {
+    /// `pending`: the pending record this outcome settles (cleared with it), nil for a message
+    /// refused before it moved the counter.
+    func finish(_ r: DeployResult, pending: String? = nil) {
         let line = "\(r.deployment ?? "?")\(r.version.map { " v\($0)" } ?? ""): \(r.status)\(r.reason.map { " (\($0))" } ?? "")"
         do {
-            try agent.database.outboxAppend(kind: "model/deploy/result", payload: [UInt8](APIServer.encode(r)))
-            try agent.database.setFleetValue(Self.lastDeploymentKey, line)
+            try agent.database.finishDeployment(result: [UInt8](APIServer.encode(r)), line: line, lineKey: Self.lastDeploymentKey, pending: pending)
         } catch {
             logger.error("deployment result not stored", metadata: ["error": "\(error)"])
         }

@@ -55,11 +55,13 @@ extension AgentDatabase {
 
     @discardableResult
     public func outboxAppend(kind: String, payload: [UInt8]) throws -> Int64 {
-        try pool.write { db in
-            try db.execute(sql: "INSERT INTO outbox (kind, payload, bytes, created) VALUES (?, ?, ?, ?)",
-                           arguments: [kind, Data(payload), payload.count + Self.outboxRowOverhead, Self.now()])
-            return db.lastInsertedRowID
-        }
+        try pool.write { db in try Self.outboxInsert(db, kind: kind, payload: payload) }
+    }
+
+    static func outboxInsert(_ db: Database, kind: String, payload: [UInt8]) throws -> Int64 {
+        try db.execute(sql: "INSERT INTO outbox (kind, payload, bytes, created) VALUES (?, ?, ?, ?)",
+                       arguments: [kind, Data(payload), payload.count + Self.outboxRowOverhead, Self.now()])
+        return db.lastInsertedRowID
     }
 
     /// The oldest rows after `id`, in order.
@@ -132,6 +134,23 @@ extension AgentDatabase {
 
     public func setFleetValue(_ key: String, _ value: String) throws {
         try pool.write { db in try Self.setFleetValue(db, key, value) }
+    }
+
+    /// The deployment between its counter move and its outcome (JSON), cleared with the result.
+    public static let deployPendingKey = "deploy_pending"
+
+    /// A deployment's outcome in one transaction: the result queued for the broker, the status
+    /// line kept, the pending record cleared. A crash leaves either all of it or none.
+    /// `pending`: the record this deployment wrote (cleared only if it is still that one; a
+    /// refusal of another message while a deployment runs leaves that deployment's record alone).
+    public func finishDeployment(result: [UInt8], line: String, lineKey: String, pending: String?) throws {
+        try pool.write { db in
+            _ = try Self.outboxInsert(db, kind: "model/deploy/result", payload: result)
+            try Self.setFleetValue(db, lineKey, line)
+            if let pending {
+                try db.execute(sql: "DELETE FROM fleet_state WHERE key = ? AND value = ?", arguments: [Self.deployPendingKey, pending])
+            }
+        }
     }
 
     public static let deployVersionKey = "deploy_version"

@@ -20,7 +20,9 @@ import Glibc
 
     /// A model far worse than the served one: its self-test on the replay memory fails.
     static let poorModel = Agentctl.trainedModel(name: "digits-poor", arch: "mlp:64-2-10", epochs: 1)
-    static let otherModel = Agentctl.trainedModel(name: "digits-other", arch: "mlp:64-32-10", epochs: 8)
+    /// A good new model (as accurate as the served one: the health gate lets it through; a
+    /// weaker one sat at the edge of deploy.max_accuracy_drop and was rolled back under load).
+    static let otherModel = Agentctl.trainedModel(name: "digits-other", arch: "mlp:64-64-10", epochs: 16)
 
     static func config(_ broker: Broker, fleet: String, device: String, extra: String = "", keys: [String] = [FleetProcessTests.keys.pub]) -> String {
         """
@@ -159,6 +161,8 @@ import Glibc
             usleep(200_000)
         }
         collector.close()
+        // Every acknowledged row left the outbox.
+        #expect(try Self.status(agent).fleet?.outboxRows == 0)
         let missingEvents = Set(events1).subtracting(events)
         #expect(missingEvents.isEmpty, "events never received: \(missingEvents.sorted())")
         #expect(events1.filter { _ in true }.count >= 20)
@@ -166,6 +170,33 @@ import Glibc
         let missingSeq = Set(1...max(maxSeq, 1)).subtracting(seqs)
         #expect(maxSeq >= 10 && missingSeq.isEmpty, "telemetry seq never received: \(missingSeq.sorted().prefix(20)) of \(maxSeq)")
         #expect(try Self.status(agent).fleet?.outboxDropped == 0)
+    }
+
+    /// Events made while the broker is away, then kill -9: the restarted agent sends every one.
+    @Test func queuedEventsSurviveKill9() throws {
+        let broker = try Broker()
+        let fleet = Self.fleetName()
+        let collector = try broker.session(clientId: "collector-\(fleet)")
+        defer { collector.close() }
+        try collector.subscribe(["edge/\(fleet)/d1/events"])
+        let config = Self.config(broker, fleet: fleet, device: "d1")
+        let agent = try AgentdProcess(config: config)
+        #expect(agent.waitForNotification("READY=1") != nil)
+        broker.stop()
+        for _ in 0..<10 { _ = try agent.agentctl(["drift", "reset"]) }
+        let made = Set(try agent.client.events(limit: 1000).events.map { Int($0.id) })
+        agent.signal(SIGKILL)
+        _ = agent.waitForExit()
+        let restarted = try AgentdProcess(config: config, dir: agent.dir)
+        #expect(restarted.waitForNotification("READY=1") != nil)
+        try broker.restart()
+        var received = Set<Int>()
+        let until = Date().addingTimeInterval(60)
+        while !made.isSubset(of: received), let m = collector.next(until: until) {
+            if let id = collector.json(m)["id"] as? Int { received.insert(id) }
+        }
+        #expect(made.count >= 10)
+        #expect(made.subtracting(received).isEmpty, "events lost across kill -9: \(made.subtracting(received).sorted())")
     }
 
     @Test func withoutABrokerTheOutboxKeepsEventsAndBoundsItself() throws {
@@ -394,6 +425,64 @@ import Glibc
         #expect(s.model?.version == 1)
         let kinds = try agent.client.events(limit: 50).events.map(\.kind)
         #expect(kinds.contains("rollback") && kinds.contains("deploy_rolled_back"))
+    }
+
+    /// kill -9 while the health gate runs: the deployment never passed it, so the next start
+    /// rolls it back and publishes the outcome; the counter stays moved and a newer one goes in.
+    @Test func aKill9DuringTheHealthGateRollsBackAtTheNextStart() throws {
+        let broker = try Broker()
+        let fleet = Self.fleetName()
+        let config = Self.config(broker, fleet: fleet, device: "d1")
+        let agent = try AgentdProcess(config: config.replacingOccurrences(of: "health_seconds = 1", with: "health_seconds = 120"),
+                                      model: LearnProcessTests.prepared)
+        #expect(agent.waitForNotification("READY=1") != nil)
+        let session = try broker.session()
+        defer { session.close() }
+        let resultTopic = "edge/\(fleet)/d1/model/deploy/result"
+        try session.subscribe([resultTopic])
+        let e = try Self.envelope(Self.otherModel, device: "d1", deployment: "cut")
+        try session.publish(topic: "edge/\(fleet)/d1/model/deploy", payload: [UInt8](try JSONEncoder().encode(e)))
+        let until = Date().addingTimeInterval(60)
+        while (try? Self.status(agent).model?.version) != 2 && Date() < until { usleep(50_000) }
+        #expect(try Self.status(agent).model?.version == 2, "the deployment was not installed")
+        agent.signal(SIGKILL)
+        _ = agent.waitForExit()
+        let restarted = try AgentdProcess(config: config, model: LearnProcessTests.prepared, dir: agent.dir)
+        #expect(restarted.waitForNotification("READY=1") != nil)
+        let result = session.wait(for: resultTopic, seconds: 60) { session.json($0)["deployment"] as? String == "cut" }.map { session.json($0) }
+        #expect(result?["status"] as? String == "rolled_back", "\(String(describing: result))")
+        #expect((result?["reason"] as? String)?.hasPrefix("interrupted") == true)
+        #expect(try Self.status(restarted).model?.version == 1)
+        #expect((try Self.deploy(session, fleet: fleet, device: "d1", e, deployment: "cut")?["reason"] as? String)?.hasPrefix("not_newer") == true)
+        let newer = try Self.envelope(Self.otherModel, device: "d1", deployment: "after", version: 11)
+        #expect(try Self.deploy(session, fleet: fleet, device: "d1", newer, deployment: "after")?["status"] as? String == "applied")
+    }
+
+    /// kill -9 at several points of a deployment: the agent always comes back serving, on the old
+    /// model or the new one, and a newer deployment still goes in.
+    @Test func aKill9AnywhereInADeploymentLeavesAServingAgent() throws {
+        let broker = try Broker()
+        let fleet = Self.fleetName()
+        let config = Self.config(broker, fleet: fleet, device: "d1")
+        var agent = try AgentdProcess(config: config, model: LearnProcessTests.prepared)
+        #expect(agent.waitForNotification("READY=1") != nil)
+        let session = try broker.session()
+        defer { session.close() }
+        for (i, delay) in [0, 20_000, 80_000, 200_000, 600_000].enumerated() {
+            let e = try Self.envelope(i % 2 == 0 ? Self.otherModel : LearnProcessTests.prepared, device: "d1", deployment: "k\(i)", version: 20 + i)
+            try session.publish(topic: "edge/\(fleet)/d1/model/deploy", payload: [UInt8](try JSONEncoder().encode(e)))
+            usleep(useconds_t(delay))
+            agent.signal(SIGKILL)
+            _ = agent.waitForExit()
+            agent = try AgentdProcess(config: config, model: LearnProcessTests.prepared, dir: agent.dir)
+            #expect(agent.waitForNotification("READY=1") != nil, "no READY after a kill \(delay) µs into deployment \(i)")
+            let s = try Self.status(agent)
+            #expect(s.state == "serving" && s.model != nil, "after a kill \(delay) µs into deployment \(i): \(s.state)")
+            let models = try agent.client.models().models
+            #expect(models.filter(\.active).count == 1 && models.first(where: \.active)?.version == s.model?.version)
+        }
+        let last = try Self.envelope(Self.otherModel, device: "d1", deployment: "final", version: 40)
+        #expect(try Self.deploy(session, fleet: fleet, device: "d1", last, deployment: "final")?["status"] as? String == "applied")
     }
 
     /// Three agents; the first (the canary) does not trust the operator's key: the rollout halts

@@ -63,4 +63,21 @@ import Testing
         #expect(try reopened.fleetValue(AgentDatabase.deployVersionKey) == "5")
         #expect(try reopened.advanceDeployVersion(to: 6))
     }
+
+    @Test func aDeploymentsOutcomeClearsItsPendingRecordInOneTransaction() throws {
+        let db = try AgentDatabase(path: temporaryState() + "/agent.db")
+        #expect(try db.advanceDeployVersion(to: 3, extra: [AgentDatabase.deployPendingKey: "{\"deployment\":\"d\",\"version\":3}"]))
+        #expect(try db.fleetValue(AgentDatabase.deployPendingKey) != nil)
+        let before = try db.outboxSize().rows
+        // Another message's outcome (a refusal while this deployment runs) leaves the record alone.
+        try db.finishDeployment(result: Array("{}".utf8), line: "x: refused", lineKey: "last_deployment", pending: nil)
+        try db.finishDeployment(result: Array("{}".utf8), line: "y: refused", lineKey: "last_deployment", pending: "{}")
+        #expect(try db.fleetValue(AgentDatabase.deployPendingKey) != nil)
+        try db.finishDeployment(result: Array("{}".utf8), line: "d v3: applied", lineKey: "last_deployment",
+                                pending: "{\"deployment\":\"d\",\"version\":3}")
+        #expect(try db.fleetValue(AgentDatabase.deployPendingKey) == nil)
+        #expect(try db.fleetValue("last_deployment") == "d v3: applied")
+        let rows = try db.outboxPending(after: 0, limit: 100)
+        #expect(rows.count == before + 3 && rows.last?.kind == "model/deploy/result")
+    }
 }
