@@ -29,8 +29,10 @@ public enum CalibrationMethod: String, CaseIterable, Codable, Sendable {
 }
 
 public enum Calibration {
-    /// Levels available on one side of zero: 256 for an unsigned tensor, 128 for a signed one.
-    static func levels(_ h: ActivationHistogram) -> Int { h.isNonNegative ? 256 : 128 }
+    /// Quantization levels between 0 and the threshold T, as the quantizer will use them: 256 for
+    /// a tensor that is never negative ([0, T] over 255 steps), 127.5 for a signed one ([−T, T]
+    /// over 255 steps: half of them on each side).
+    static func levels(_ h: ActivationHistogram) -> Double { h.isNonNegative ? 256 : 127.5 }
 
     public static func percentileThreshold(_ h: ActivationHistogram, percentile: Double) -> Float {
         let total = h.counts.reduce(0, +)
@@ -43,43 +45,46 @@ public enum Calibration {
         return h.maxAbs
     }
 
-    /// KL(P‖Q) search over thresholds i = levels … bins (every bin is a candidate).
-    /// P is the histogram cut at i with the clipped mass added to its last bin; Q merges the
-    /// first i bins into `levels` levels with fractional bin boundaries (no integer truncation of
-    /// i / levels) and spreads each level back over the non-empty source bins it covers.
+    /// KL(P‖Q) search over thresholds i = ⌈levels⌉ … bins (every bin is a candidate), as
+    /// TensorRT's entropy calibrator does it (onnxruntime's calibrate.py has the reference code):
+    /// P is the histogram cut at i with the clipped mass added to its last bin; Q merges the first
+    /// i bins into `levels` levels with fractional edges (no integer truncation of i / levels; a
+    /// signed tensor's 127.5 levels give a half-width last level) and spreads each level's mass
+    /// evenly over the bins that are non-empty in P. Both are smoothed on counts, then compared.
     public static func entropyThreshold(_ h: ActivationHistogram) -> Float {
         let hist = h.counts, bins = hist.count, levels = Self.levels(h)
-        guard bins > levels else { return h.maxAbs }
+        let slots = Int(levels.rounded(.up))
+        guard bins > slots else { return h.maxAbs }
         var suffix = [Double](repeating: 0, count: bins + 1)
         for b in stride(from: bins - 1, through: 0, by: -1) { suffix[b] = suffix[b + 1] + hist[b] }
         var best = (kl: Double.infinity, i: bins)
         var p = [Double](repeating: 0, count: bins), q = [Double](repeating: 0, count: bins)
-        var mass = [Double](repeating: 0, count: levels), cover = [Double](repeating: 0, count: levels)
-        for i in levels...bins {
+        var mass = [Double](repeating: 0, count: slots), cover = [Double](repeating: 0, count: slots)
+        for i in slots...bins {
             for b in 0..<i { p[b] = hist[b] }
             p[i - 1] += suffix[i]
-            for j in 0..<levels { mass[j] = 0; cover[j] = 0 }
-            let width = Double(i) / Double(levels)
-            // Each source bin [b, b+1) overlaps at most two levels.
+            for j in 0..<slots { mass[j] = 0; cover[j] = 0 }
+            let width = Double(i) / levels
+            // Each source bin [b, b+1) overlaps at most two levels (width ≥ 1).
+            @inline(__always) func split(_ b: Int) -> (j: Int, first: Double) {
+                let j = min(Int(Double(b) / width), slots - 1)
+                return (j, min(1, max(0, Double(j + 1) * width - Double(b))))
+            }
             for b in 0..<i {
-                let j0 = min(Int(Double(b) / width), levels - 1)
-                let edge = Double(j0 + 1) * width
-                let inFirst = min(1, max(0, edge - Double(b)))
-                let nonEmpty: Double = hist[b] > 0 ? 1 : 0
-                mass[j0] += hist[b] * inFirst
-                cover[j0] += nonEmpty * inFirst
-                if inFirst < 1, j0 + 1 < levels {
-                    mass[j0 + 1] += hist[b] * (1 - inFirst)
-                    cover[j0 + 1] += nonEmpty * (1 - inFirst)
+                let (j, first) = split(b)
+                let nonEmpty: Double = p[b] > 0 ? 1 : 0
+                mass[j] += hist[b] * first
+                cover[j] += nonEmpty * first
+                if first < 1, j + 1 < slots {
+                    mass[j + 1] += hist[b] * (1 - first)
+                    cover[j + 1] += nonEmpty * (1 - first)
                 }
             }
             for b in 0..<i {
-                guard hist[b] > 0 else { q[b] = 0; continue }
-                let j0 = min(Int(Double(b) / width), levels - 1)
-                let edge = Double(j0 + 1) * width
-                let inFirst = min(1, max(0, edge - Double(b)))
-                var v = inFirst * (cover[j0] > 0 ? mass[j0] / cover[j0] : 0)
-                if inFirst < 1, j0 + 1 < levels, cover[j0 + 1] > 0 { v += (1 - inFirst) * mass[j0 + 1] / cover[j0 + 1] }
+                guard p[b] > 0 else { q[b] = 0; continue }
+                let (j, first) = split(b)
+                var v = first * (cover[j] > 0 ? mass[j] / cover[j] : 0)
+                if first < 1, j + 1 < slots, cover[j + 1] > 0 { v += (1 - first) * mass[j + 1] / cover[j + 1] }
                 q[b] = v
             }
             let kl = divergence(p, q, count: i)
@@ -88,24 +93,24 @@ public enum Calibration {
         return Float(best.i) * h.binWidth
     }
 
-    /// KL(P‖Q) of two unnormalised distributions after normalising and smoothing zeros (ε = 1e-4,
-    /// taken from the non-zero entries so the total stays 1).
+    /// KL(P‖Q) of two histograms of counts: each smoothed on its counts (ε = 1e-4 added to every
+    /// empty bin and taken evenly from the others, as the reference does), then normalised.
     public static func divergence(_ p: [Double], _ q: [Double], count n: Int) -> Double {
-        func normalisedSmoothed(_ x: [Double]) -> [Double]? {
-            let total = x[0..<n].reduce(0, +)
-            guard total > 0 else { return nil }
-            var y = x[0..<n].map { $0 / total }
-            let zeros = y.filter { $0 == 0 }.count
-            guard zeros > 0 else { return y }
+        func smoothed(_ x: [Double]) -> (values: [Double], total: Double)? {
+            let zeros = x[0..<n].reduce(0) { $0 + ($1 == 0 ? 1 : 0) }
             let nonZeros = n - zeros
             guard nonZeros > 0 else { return nil }
             let eps = 1e-4, take = eps * Double(zeros) / Double(nonZeros)
-            for k in 0..<n { y[k] += y[k] == 0 ? eps : -take }
-            return y.map { max($0, 1e-12) }
+            // A non-empty bin below `take` (a sliver of a level's mass) stays just above zero.
+            let y = x[0..<n].map { $0 == 0 ? eps : max($0 - take, 1e-12) }
+            return (y, y.reduce(0, +))
         }
-        guard let ps = normalisedSmoothed(p), let qs = normalisedSmoothed(q) else { return .infinity }
+        guard let (ps, pt) = smoothed(p), let (qs, qt) = smoothed(q), pt > 0, qt > 0 else { return .infinity }
         var kl = 0.0
-        for k in 0..<n where ps[k] > 0 { kl += ps[k] * log(ps[k] / qs[k]) }
+        for k in 0..<n {
+            let a = ps[k] / pt
+            kl += a * log(a / (qs[k] / qt))
+        }
         return kl
     }
 

@@ -35,6 +35,9 @@ public final class QuantizedModel: @unchecked Sendable {
             }
         }
         var int8: [Int: Int8ChannelWeights] = [:], int4: [Int: Int4GroupWeights] = [:]
+        if let twice = Dictionary(grouping: spec.layers, by: \.layer).first(where: { $0.value.count > 1 })?.key {
+            throw fail("quantization layer \(twice)", "is listed more than once")
+        }
         for entry in spec.layers {
             let at = "quantization layer \(entry.layer)"
             guard entry.layer >= 0, entry.layer < network.layers.count, let w = network.layers[entry.layer].weight else {
@@ -73,14 +76,34 @@ public final class QuantizedModel: @unchecked Sendable {
                 let s = try floats(try tensor(entry.weightScale, "weight_scale", .f32, [outputs, groups]), "weight_scale")
                 int4[entry.layer] = Int4GroupWeights(nibbles: Array(n), scales: s, outputs: outputs, inputs: inputs, group: group)
             }
-            if entry.precision != .fp32 {
+            if entry.precision == .int8 {
                 // The tensors feeding and leaving an integer layer must have parameters.
-                guard spec.activation(entry.layer) != nil || entry.precision == .int4 else {
+                guard spec.activation(entry.layer) != nil else {
                     throw fail(at, "no activation parameters for its input (tensor \(entry.layer))")
+                }
+                if let t = uint8OutputTensor(of: entry.layer, network: network, precision: { spec.precision(ofLayer: $0) }),
+                   spec.activation(t) == nil {
+                    throw fail(at, "no activation parameters for its output (tensor \(t)), which the next INT8 layer reads as UINT8")
                 }
             }
         }
         return QuantizedModel(network: network, spec: spec, int8: int8, int4: int4)
+    }
+
+    /// The tensor an INT8 layer `l` writes as UINT8: its output (after a fused activation) when
+    /// the next layer with weights is INT8 too; nil when it writes FP32.
+    static func uint8OutputTensor(of l: Int, network: Network, precision: (Int) -> LayerPrecision) -> Int? {
+        let layers = network.layers
+        let output = network.fusedActivation(at: l) == .none ? l + 1 : l + 2
+        var j = output
+        while j < layers.count {
+            switch layers[j].kind {
+            case .dense, .conv2d: return precision(j) == .int8 ? output : nil
+            case .softmax: return nil
+            default: j += 1
+            }
+        }
+        return nil
     }
 
     /// Extra tensors a file needs for this model's quantized layers.

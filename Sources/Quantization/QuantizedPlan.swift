@@ -133,6 +133,31 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         gatherIndex?.deallocate()
     }
 
+    /// The compiled steps, one name each ("int8 dense", "fp32 conv2d", "quantize", …): what
+    /// actually runs, for `inspect` and for tests that a layer ran in the precision it was given.
+    public var stepNames: [String] {
+        steps.map { step in
+            switch step {
+            case .quantize: "quantize"
+            case .dequantize: "dequantize"
+            case .int8Dense(_, _, let f): "int8 dense" + (f ? " -> fp32" : "")
+            case .int8Conv(_, _, _, _, let f): "int8 conv2d" + (f ? " -> fp32" : "")
+            case .int4Dense: "int4 dense"
+            case .floatDense: "fp32 dense"
+            case .floatConv: "fp32 conv2d"
+            case .maxpoolU8: "uint8 maxpool"
+            case .avgpoolU8: "uint8 avgpool"
+            case .globalAveragePoolU8: "uint8 global average pool"
+            case .clampU8: "uint8 clamp"
+            case .maxpool: "fp32 maxpool"
+            case .avgpool: "fp32 avgpool"
+            case .globalAveragePool: "fp32 global average pool"
+            case .activation(let a, _): "fp32 \(a)"
+            case .softmax: "softmax"
+            }
+        }
+    }
+
     public var memory: MemoryEstimate {
         var m = MemoryEstimate(weights: weightBytes, workspace: workspaceBytes, activations: 2 * bufferBytes)
         if let fallback { m.weights += fallback.memory.weights; m.activations += fallback.memory.activations }
@@ -152,18 +177,6 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             if model.int4[l] != nil { return .int4 }
             return .fp32
         }
-        /// Whether the next layer with weights (after l) consumes UINT8.
-        func nextIsInt8(after l: Int) -> Bool {
-            var j = l + 1
-            while j < layers.count {
-                switch layers[j].kind {
-                case .dense, .conv2d: return precision(j) == .int8
-                case .softmax: return false
-                default: j += 1
-                }
-            }
-            return false
-        }
         func toFloat() {
             if let p = domain {
                 steps.append(.dequantize(p, count: 0))
@@ -174,7 +187,6 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         while l < layers.count {
             let layer = layers[l]
             let fused = net.fusedActivation(at: l)
-            let outputTensor = fused == .none ? l + 1 : l + 2
             switch layer.kind {
             case .dense, .conv2d:
                 switch precision(l) {
@@ -186,8 +198,9 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                         steps.append(.quantize(input, count: 0))
                         domain = input
                     }
-                    let floatOut = !nextIsInt8(after: fused == .none ? l : l + 1)
-                    let out = floatOut ? nil : spec.activation(outputTensor)
+                    let uint8Out = QuantizedModel.uint8OutputTensor(of: l, network: net, precision: precision)
+                    let out = uint8Out.flatMap { spec.activation($0) }
+                    let floatOut = out == nil
                     let ep = epilogue(q, bias: layer.bias, input: input, output: out, activation: fused)
                     let packed = q.packed()
                     bytes += packed.byteCount + ep.count * 8
@@ -197,6 +210,10 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                         steps.append(.int8Dense(packed, ep, floatOutput: floatOut))
                     }
                     domain = out
+                    if floatOut, fused == .relu6 {
+                        // The FP32 epilogue applies ReLU only; the upper clamp at 6 follows.
+                        steps.append(.activation(.relu6, count: layers[l + 1].outputCount))
+                    }
                 case .int4:
                     toFloat()
                     let q = model.int4[l]!.packed(bias: layer.bias)

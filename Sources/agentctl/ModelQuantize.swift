@@ -25,7 +25,8 @@ struct Quantize: ParsableCommand {
             Methods: minmax, percentile (--percentile, 99.99), kl (TensorRT-style entropy search
             over a 2048-bin histogram), mse (least expected squared error).
             --precision auto keeps the most sensitive layers in FP32, one at a time, until the
-            held-out accuracy is within --budget points of FP32.
+            held-out accuracy is within --budget points of FP32. It chooses on every other
+            held-out row and reports accuracy on the rest, never on the rows that chose.
             --adaptive chooses a top-1 margin threshold on the calibration rows reaching 99.5%
             agreement with FP32 while re-running at most 10% of samples in FP32.
 
@@ -73,6 +74,8 @@ struct Quantize: ParsableCommand {
         var precision: String
         var calibrationRows: Int
         var heldOutRows: Int
+        /// With --precision auto: the held-out rows that chose the FP32 layers (not counted in heldOutRows).
+        var selectionRows: Int?
         var fp32Accuracy: Float?
         var quantizedAccuracy: Float?
         var agreement: Float
@@ -89,7 +92,14 @@ struct Quantize: ParsableCommand {
             let loaded = try LoadedModel(path: input)
             let network = loaded.network
             let all = try DataSet.load(path: calib, featureCount: network.inputCount, classNames: network.labels, requireLabels: false)
-            let (calibration, heldOut) = all.split()
+            let (calibration, allHeldOut) = all.split()
+            // --precision auto chooses its FP32 layers on every other held-out row and reports on
+            // the rest: accuracy measured on the rows that made the choice would be optimistic.
+            // The halves by a hash of the row index, not alternate rows: a file ordered in cycles of
+            // classes (digits.csv repeats 0–9) would give each half a different class mix.
+            let half = { (i: Int) -> Bool in (UInt32(truncatingIfNeeded: i &* 2_654_435_761) >> 16) & 1 == 0 }
+            let selection = precision == .auto ? allHeldOut.rows((0..<allHeldOut.count).filter(half)) : allHeldOut
+            let heldOut = precision == .auto ? allHeldOut.rows((0..<allHeldOut.count).filter { !half($0) }) : allHeldOut
             guard calibration.count >= Quantizer.minimumCalibrationRows else {
                 throw DataSetError(file: calib, "has \(calibration.count) calibration rows after holding out every 5th; at least \(Quantizer.minimumCalibrationRows) are needed")
             }
@@ -102,7 +112,7 @@ struct Quantize: ParsableCommand {
             var precisions = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(network).map { ($0, preferred($0)) })
             let sensitivity: [Int: (sqnr: Double, drop: Float)]
             if precision == .auto {
-                let r = Sensitivity.autoPrecision(network, activations: activations, heldOut: heldOut, budget: budget, preferred: preferred,
+                let r = Sensitivity.autoPrecision(network, activations: activations, heldOut: selection, budget: budget, preferred: preferred,
                                                   method: method, calibrationRows: calibration.count)
                 precisions = r.precisions
                 sensitivity = r.sensitivity
@@ -146,11 +156,12 @@ struct Quantize: ParsableCommand {
                                 sqnrDB: sensitivity[l]?.sqnr, accuracyDropAlone: sensitivity[l]?.drop, note: entry?.note)
             }
             let report = Report(model: network.name, method: method.rawValue, precision: model.precisionName, calibrationRows: calibration.count,
-                                heldOutRows: heldOut.count, fp32Accuracy: fp32.accuracy, quantizedAccuracy: quant.accuracy,
+                                heldOutRows: heldOut.count, selectionRows: precision == .auto ? selection.count : nil, fp32Accuracy: fp32.accuracy, quantizedAccuracy: quant.accuracy,
                                 agreement: quant.agreement, sqnrDB: quant.sqnr, adaptive: adaptiveSpec,
                                 adaptiveAccuracy: adaptiveResult?.accuracy, adaptiveAgreement: adaptiveResult?.agreement, layers: rows, out: output)
             if json { printJSON(report); return }
-            print("\(network.name): \(method.rawValue) calibration on \(calibration.count) rows, \(heldOut.count) held out\n")
+            let chose = precision == .auto ? " (\(selection.count) more held out chose the FP32 layers)" : ""
+            print("\(network.name): \(method.rawValue) calibration on \(calibration.count) rows, \(heldOut.count) held out\(chose)\n")
             func f(_ x: Float?, _ format: String = "%.3g") -> String { x.map { String(format: format, Double($0)) } ?? "-" }
             print(table(["layer", "op", "precision", "weight scale", "input scale", "out threshold", "SQNR dB", "drop alone", "note"],
                         rows.map { r in

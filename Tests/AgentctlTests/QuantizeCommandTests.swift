@@ -46,6 +46,9 @@ import Testing
                                   "--budget", "0.3", "--adaptive", "--json"])
         #expect(r.status == 0, "\(r.stderr)")
         let report = try json(r.stdout)
+        // The layers are chosen on half of the held-out rows and the accuracy reported on the other half.
+        let chose = report["selectionRows"] as? Int ?? 0, reported = report["heldOutRows"] as? Int ?? 0
+        #expect(chose > 0 && reported > 0 && abs(chose - reported) <= chose / 5, "\(chose) chose, \(reported) reported")
         let adaptive = try #require(report["adaptive"] as? [String: Any])
         #expect((adaptive["escalation_rate"] as? Double ?? 1) <= 0.10)
         #expect((report["adaptiveAgreement"] as? Double ?? 0) >= 0.99)

@@ -28,7 +28,9 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
 }
 
 @Suite struct QuantizedPlanTests {
-    /// One dense layer: the plan's output equals the integer definition computed here by hand.
+    /// One dense layer: the plan's output equals the definition of a quantized dense layer in
+    /// real arithmetic, scale · Σ (x_q − zero point) · w_q + bias, up to the bias's rounding to
+    /// a whole accumulator step (half a step) and FP32 rounding.
     @Test func denseLayerEqualsTheIntegerDefinition() {
         var rng = SeededGenerator(seed: 1)
         let w = randomTensor([5, 7], &rng), b = randomTensor([5], &rng)
@@ -42,15 +44,12 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         for r in 0..<40 {
             let x = (0..<7).map { inParams.quantize(data.features[r * 7 + $0]) }
             for o in 0..<5 {
-                let accScale = inParams.scale * q.scales[o]
-                var colSum: Int64 = 0, acc: Int32 = 0
-                for k in 0..<7 {
-                    colSum += Int64(q.q[o * 7 + k])
-                    acc += Int32(x[k]) * Int32(q.q[o * 7 + k])
-                }
-                let bias = Int32(Int64((Double(b[o]) / Double(accScale)).rounded()) - Int64(inParams.zeroPoint) * colSum)
-                let expected = Float(acc + bias) * accScale
-                #expect(y[r * 5 + o] == expected, "row \(r) output \(o)")
+                let accScale = Double(inParams.scale) * Double(q.scales[o])
+                var dot = 0.0
+                for k in 0..<7 { dot += Double(Int(x[k]) - Int(inParams.zeroPoint)) * Double(q.q[o * 7 + k]) }
+                let expected = accScale * dot + Double(b[o])
+                let tolerance = accScale * 0.5 + abs(expected) * 1e-6 + 1e-7
+                #expect(abs(Double(y[r * 5 + o]) - expected) <= tolerance, "row \(r) output \(o): \(y[r * 5 + o]) vs \(expected)")
             }
         }
     }
@@ -93,7 +92,12 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         let model = Quantizer.build(net, activations: params, precisions: [0: .int8, 2: .fp32, 4: .int8], method: .minmax,
                                     calibrationRows: 100)
         #expect(model.precisionName == "mixed")
-        let q = QuantizedPlan(model: model, batchCapacity: 8).predict(data.features)
+        let plan = QuantizedPlan(model: model, batchCapacity: 8)
+        // The middle layer runs FP32 between a dequantize and a quantize; the others integer.
+        #expect(plan.stepNames.filter { $0.hasSuffix("dense") || $0.hasSuffix("-> fp32") }
+                == ["int8 dense -> fp32", "fp32 dense", "int8 dense -> fp32"], "\(plan.stepNames)")
+        #expect(plan.stepNames.contains("quantize"))
+        let q = plan.predict(data.features)
         let f = ExecutionPlan(network: net, batchCapacity: 8).predict(data.features)
         #expect(Sensitivity.compare(q, reference: f, classes: 3, labels: nil).sqnr > 25)
         _ = rng.next()
@@ -126,6 +130,27 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         #expect(never.escalations == 0)
     }
 
+    /// A threshold at the median margin: the rows below it get the FP32 answer, in their own
+    /// places, and the others keep the integer answer.
+    @Test func adaptivePlanScattersBackOnlyTheEscalatedRows() throws {
+        let net = try Architecture.build("mlp:8-16-4", seed: 7)
+        let data = rows(64, features: 8, seed: 8)
+        let plain = quantize(net, data)
+        let integer = QuantizedPlan(model: plain, batchCapacity: 64, adaptive: .off).predict(data.features)
+        let exact = ExecutionPlan(network: net, batchCapacity: 64).predict(data.features)
+        let margins = (0..<64).map { r in integer.withUnsafeBufferPointer { QuantizedPlan.margin($0.baseAddress! + r * 4, 4) } }
+        let threshold = margins.sorted()[32]
+        let model = quantize(net, data, adaptive: AdaptivePrecision(mode: .fixed, threshold: threshold))
+        let plan = QuantizedPlan(model: model, batchCapacity: 64)
+        let out = plan.predict(data.features)
+        let low = (0..<64).filter { margins[$0] < threshold }
+        #expect(low.count == 32 && plan.escalations == 32)
+        for r in 0..<64 {
+            let expected = low.contains(r) ? exact[(r * 4)..<(r * 4 + 4)] : integer[(r * 4)..<(r * 4 + 4)]
+            #expect(Array(out[(r * 4)..<(r * 4 + 4)]) == Array(expected), "row \(r) (margin \(margins[r]), threshold \(threshold))")
+        }
+    }
+
     @Test func badQuantizationSectionsAreRefusedWithOneLine() throws {
         let net = try Architecture.build("mlp:4-4-2", seed: 1)
         let model = quantize(net, rows(40, features: 4, seed: 1))
@@ -150,6 +175,33 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         try check({ $0.layers[0].layer = 1 }, "is not a dense or conv2d layer")
         try check({ $0.activations["0"] = QuantParams(scale: -1, zeroPoint: 0) }, "out of range")
         try check({ $0.layers[0].weight = "fc1.weight" }, "is F32, expected I8")
+        // The first layer's ReLU output feeds the second INT8 layer as UINT8: it needs parameters
+        // (without them the second layer once quantized the UINT8 buffer as if it held floats).
+        try check({ $0.activations["2"] = nil }, "no activation parameters for its output (tensor 2)")
+        try check({ $0.activations["0"] = nil }, "no activation parameters for its input (tensor 0)")
+        try check({ $0.layers.append($0.layers[0]) }, "is listed more than once")
+    }
+
+    /// An INT8 layer with ReLU6 whose output is FP32 (the next layer FP32 or INT4) keeps the
+    /// upper clamp: the epilogue applies ReLU, a clamp at 6 follows.
+    @Test(arguments: [LayerPrecision.fp32, .int4])
+    func relu6AfterAnInt8LayerWritingFP32KeepsItsUpperClamp(_ next: LayerPrecision) {
+        var rng = SeededGenerator(seed: 21)
+        let net = Network(name: "r6", inputShape: [8], labels: (0..<4).map(String.init), layers: [
+            NetworkLayer(kind: .dense, inputShape: [8], outputShape: [32], weight: randomTensor([32, 8], &rng, limit: 3),
+                         bias: randomTensor([32], &rng), weightName: "w1", biasName: "b1"),
+            NetworkLayer(kind: .relu6, inputShape: [32], outputShape: [32]),
+            NetworkLayer(kind: .dense, inputShape: [32], outputShape: [4], weight: randomTensor([4, 32], &rng), bias: nil,
+                         weightName: "w2", biasName: nil),
+        ])
+        let data = rows(200, features: 8, seed: 22, limit: 4)
+        let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .minmax)
+        let model = Quantizer.build(net, activations: params, precisions: [0: .int8, 2: next], method: .minmax, calibrationRows: 200)
+        let q = QuantizedPlan(model: model, batchCapacity: 16).predict(data.features)
+        let f = ExecutionPlan(network: net, batchCapacity: 16).predict(data.features)
+        let c = Sensitivity.compare(q, reference: f, classes: 4, labels: nil)
+        // INT4 weights alone cost about 20 dB here; an unclamped ReLU6 costs far more (under 10 dB).
+        #expect(c.sqnr > (next == .int4 ? 15 : 25), "\(next): SQNR \(c.sqnr) dB")
     }
 
     /// A huge bias over a small accumulator scale, and a ReLU6 after a zero-width activation range

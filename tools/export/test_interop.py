@@ -125,3 +125,90 @@ def test_exporter_refuses_unsupported_activation():
     clf = MLPClassifier(hidden_layer_sizes=(8,), activation="tanh", max_iter=5, random_state=0).fit(x[:200], y[:200])
     with pytest.raises(ValueError, match="tanh"):
         from_sklearn_mlp(clf)
+
+
+def read_manifest(path):
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return json.loads(header["__metadata__"]["edge.manifest"])
+
+
+def smooth_counts(c, eps=1e-4):
+    """The reference smoothing (TensorRT's entropy calibrator as onnxruntime's calibrate.py has it):
+    on counts, eps to every empty bin, taken evenly from the others."""
+    zeros = c == 0
+    nonzero = c.size - zeros.sum()
+    if nonzero == 0:
+        return None
+    return c + np.where(zeros, eps, -eps * zeros.sum() / nonzero)
+
+
+def reference_entropy_bin(hist, levels):
+    """The KL threshold search, written from its description: P is the histogram cut at bin i with
+    the clipped mass added to its last bin; Q merges the first i bins into `levels` levels (level j
+    covers [j·i/levels, (j+1)·i/levels), fractional edges; a fractional level count gives a
+    narrower last level) and spreads each level's mass evenly over the bins that are non-empty in P.
+    Both smoothed on counts, then KL(P‖Q). Returns the best i (the first, on a tie)."""
+    from scipy.stats import entropy
+    bins = hist.size
+    slots = int(np.ceil(levels))
+    best_kl, best_i = np.inf, bins
+    for i in range(slots, bins + 1):
+        p = hist[:i].copy()
+        p[-1] += hist[i:].sum()
+        width = i / levels
+        b = np.arange(i, dtype=np.float64)
+        j0 = np.minimum(np.floor(b / width).astype(np.int64), slots - 1)
+        first = np.clip((j0 + 1) * width - b, 0, 1)
+        second_j = np.minimum(j0 + 1, slots - 1)
+        second = np.where(j0 + 1 < slots, 1 - first, 0)
+        nonempty = (p > 0).astype(np.float64)
+        mass = np.bincount(j0, hist[:i] * first, slots) + np.bincount(second_j, hist[:i] * second, slots)
+        cover = np.bincount(j0, nonempty * first, slots) + np.bincount(second_j, nonempty * second, slots)
+        per = np.divide(mass, cover, out=np.zeros(slots), where=cover > 0)
+        q = (first * per[j0] + second * per[second_j]) * nonempty
+        ps, qs = smooth_counts(p), smooth_counts(q)
+        kl = np.inf if ps is None or qs is None else entropy(ps, np.maximum(qs, 1e-12))
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return best_i
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_kl_threshold_equals_the_reference_search(tmp_path, signed):
+    """The input tensor's KL range in a quantized file equals the reference search on the same
+    2048-bin histogram (float32 arithmetic as the agent bins, the rows it calibrates on)."""
+    rng = np.random.default_rng(11)
+    n, f = 1500, 64
+    x = rng.laplace(0, 1, (n, f)).astype(np.float32)
+    x[rng.random((n, f)) < 0.002] *= 12  # a sparse tail
+    if not signed:
+        x = np.abs(x)
+    y = rng.integers(0, 4, n)
+    sd = {"fc.weight": rng.normal(0, 0.2, (4, f)), "fc.bias": np.zeros(4)}
+    layers = [{"op": "dense", "weight": "fc.weight", "bias": "fc.bias"}, {"op": "softmax"}]
+    manifest, tensors = from_state_dict(sd, layers, [f], list("abcd"), name="kl-ref")
+    model, out, csv = (str(tmp_path / n) for n in ("m.safetensors", "q.safetensors", "x.csv"))
+    write_model(model, manifest, tensors)
+    with open(csv, "w") as fh:
+        fh.write(",".join(f"f{i}" for i in range(f)) + ",label\n")
+        for row, label in zip(x, y):
+            fh.write(",".join(repr(float(v)) for v in row) + "," + "abcd"[label] + "\n")
+    subprocess.run([AGENTCTL, "model", "quantize", model, out, "--calib", csv, "--method", "kl"],
+                   capture_output=True, text=True, check=True)
+    params = read_manifest(out)["quantization"]["activations"]["0"]
+
+    calib = x[np.arange(n) % 5 != 4].ravel()
+    lo, hi = calib.min(), calib.max()
+    top = np.float32(max(abs(lo), abs(hi)))
+    width = np.float32(top / np.float32(2048))
+    v = np.abs(calib) * np.float32(np.float32(2048) / top)
+    index = np.where(v < np.float32(2047), v, np.float32(2047)).astype(np.int64)
+    hist = np.bincount(index, minlength=2048).astype(np.float64)
+    i = reference_entropy_bin(hist, 256 if lo >= 0 else 127.5)
+    t = np.float32(np.float32(i) * width)
+    r_lo, r_hi = (np.float32(0), min(t, hi)) if lo >= 0 else (max(lo, -t), min(hi, t))
+    r_lo, r_hi = min(r_lo, np.float32(0)), max(r_hi, np.float32(0))
+    scale = np.float32(np.float32(r_hi - r_lo) / np.float32(255))
+    assert params["scale"] == pytest.approx(float(scale), rel=1e-6), f"threshold bin {i} of 2048"
