@@ -26,7 +26,7 @@ FUZZ_SCRATCH := .build-fuzz
 # tools/fleet-sim: agentd processes on one broker.
 FLEET_AGENTS ?= 50
 
-.PHONY: help fleet-sim drift-eval learn-eval fuzz fuzz-build microbench check-unit promtool deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
+.PHONY: help kernel-bench fleet-sim drift-eval learn-eval fuzz fuzz-build microbench check-unit promtool deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
 
 help:
 	@echo "make run      build, install missing Debian packages, start a private mosquitto and agentd in the foreground with the demo model"
@@ -61,9 +61,10 @@ dist: deps
 	$(SWIFT) build -c $(CONFIG) --static-swift-stdlib --scratch-path .build-static --product agentd
 	$(SWIFT) build -c $(CONFIG) --static-swift-stdlib --scratch-path .build-static --product agentctl
 
+# One build: `swift test` builds every target, agentd and agentctl included, with testing enabled
+# (a separate `swift build` first would build everything twice, the flags differing).
 test: deps
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(TEST_PACKAGES)"
-	$(SWIFT) build -c $(CONFIG)
 	@$(MAKE) --no-print-directory check-aarch64
 	@$(MAKE) --no-print-directory check-unit
 	@$(MAKE) --no-print-directory promtool
@@ -120,17 +121,20 @@ check-aarch64:
 	    -I Sources/CKernels/include $$f -o /dev/null || exit 1; \
 	done; echo "CKernels compile for aarch64 (neon-dot path included)"
 
-bench: build venv
-	$(PY) tools/bench/compare_onnxruntime.py --agentctl $(BIN)/agentctl
+bench: dist venv
+	$(PY) tools/bench/compare_onnxruntime.py --agentctl $(DIST)/agentctl
 
 fleet-sim: dist
 	python3 tools/fleet-sim/fleet_sim.py --bin $(DIST) --agents $(FLEET_AGENTS)
 
-bench-agentd: dist $(DEMO_MODEL)
+bench-agentd: dist $(DEMO_MODEL) venv
 	@test -f .agentd/digits-cnn.safetensors || $(DIST)/agentctl model train --data tools/data/digits.csv \
 	  --arch cnn:1x8x8-c32-c64-m2-f128-10 --epochs 3 --seed 1 --name digits-cnn --out .agentd/digits-cnn.safetensors
+	@test -f .agentd/digits28.csv || $(PY) tools/bench/digits28.py .agentd/digits28.csv
+	@test -f .agentd/cnn28.safetensors || $(DIST)/agentctl model train --data .agentd/digits28.csv \
+	  --arch cnn:1x28x28-c16k5-m2-c32k5-m2-f64-10 --epochs 3 --seed 1 --name cnn28 --out .agentd/cnn28.safetensors
 	python3 tools/bench/agentd_figures.py --bin $(DIST) --model $(DEMO_MODEL) --compute-model .agentd/digits-cnn.safetensors \
-	  --calibration tools/data/digits.csv
+	  --calibration tools/data/digits.csv --cnn-model .agentd/cnn28.safetensors --cnn-calibration .agentd/digits28.csv
 
 # The on-device learning harness (README, "On-device learning"): a digits MLP 64-128-10 trained on
 # the fixed training split (every row but each fifth), every method on every shift; then the
@@ -172,6 +176,13 @@ fuzz-build: deps
 # Each target for FUZZ_SECONDS, one after another (FUZZ_TARGETS="model config" for some); a crash, leak or timeout fails the run.
 fuzz: fuzz-build
 	tools/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_SCRATCH)/release $(FUZZ_TARGETS)
+
+# The GEMM kernels alone, per ISA path, built from Sources/CKernels with clang as SwiftPM builds them (no Swift build).
+kernel-bench:
+	@mkdir -p .build
+	$$(command -v clang || echo $(CC)) -O2 -ISources/CKernels/include tools/bench/gemm_bench.c Sources/CKernels/qgemm.c Sources/CKernels/sgemm.c \
+	  Sources/CKernels/cpu.c -o .build/gemm-bench -lm
+	.build/gemm-bench
 
 # Micro-benchmarks (ordo-one/benchmark sub-package): GEMM kernels per ISA and whole plans.
 microbench: deps

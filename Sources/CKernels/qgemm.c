@@ -12,27 +12,58 @@
 #define PANEL 16
 #define ROUND4(n) (((n) + 3) & ~3)
 
-size_t edge_q8_packed_bytes(int outputs, int inputs) {
-    size_t panels = (size_t)(outputs + PANEL - 1) / PANEL;
-    return panels * PANEL * (size_t)ROUND4(inputs) + panels * PANEL * sizeof(int32_t);
+/// The path that runs for `isa`: AUTO is the best here, and a path this CPU cannot run (or this
+/// build has no kernel for) is the portable one, so a pack and a multiply always agree.
+static edge_isa resolve(edge_isa isa) {
+    if (isa == EDGE_ISA_AUTO) return edge_isa_best();
+    return edge_isa_supported(isa) ? isa : EDGE_ISA_PORTABLE;
 }
 
-const int32_t *edge_q8_column_sums(const void *packed, int outputs, int inputs) {
-    size_t panels = (size_t)(outputs + PANEL - 1) / PANEL;
-    return (const int32_t *)((const int8_t *)packed + panels * PANEL * (size_t)ROUND4(inputs));
+/// 1 when `isa` packs INT8 weights as INT16 k-pairs (the vpmaddwd kernels), 0 for k-quads.
+static int pairs_layout(edge_isa isa) {
+    isa = resolve(isa);
+    return isa == EDGE_ISA_AVX2 || isa == EDGE_ISA_AVX512;
 }
 
-void edge_q8_pack(const int8_t *w, int outputs, int inputs, void *packed) {
+/// Bytes of the weight panels alone (the column sums follow them).
+static size_t panel_bytes(edge_isa isa, int outputs, int inputs) {
+    size_t panels = (size_t)(outputs + PANEL - 1) / PANEL;
+    return panels * PANEL * (size_t)ROUND4(inputs) * (pairs_layout(isa) ? 2 : 1);
+}
+
+size_t edge_q8_packed_bytes(edge_isa isa, int outputs, int inputs) {
+    size_t panels = (size_t)(outputs + PANEL - 1) / PANEL;
+    return panel_bytes(isa, outputs, inputs) + panels * PANEL * sizeof(int32_t);
+}
+
+const int32_t *edge_q8_column_sums(edge_isa isa, const void *packed, int outputs, int inputs) {
+    return (const int32_t *)((const int8_t *)packed + panel_bytes(isa, outputs, inputs));
+}
+
+void edge_q8_pack(edge_isa isa, const int8_t *w, int outputs, int inputs, void *packed) {
     int panels = (outputs + PANEL - 1) / PANEL, kp = ROUND4(inputs);
-    int8_t *dst = (int8_t *)packed;
-    for (int p = 0; p < panels; p++)
-        for (int kq = 0; kq < kp / 4; kq++)
-            for (int j = 0; j < PANEL; j++)
-                for (int t = 0; t < 4; t++) {
-                    int o = p * PANEL + j, k = kq * 4 + t;
-                    *dst++ = (o < outputs && k < inputs) ? w[(size_t)o * inputs + k] : 0;
-                }
-    int32_t *sums = (int32_t *)edge_q8_column_sums(packed, outputs, inputs);
+    if (pairs_layout(isa)) {
+        // [panel][k/2][16 outputs][2] int16: one k-pair of 8 outputs is one 256-bit vpmaddwd operand.
+        int16_t *dst = (int16_t *)packed;
+        for (int p = 0; p < panels; p++)
+            for (int kq = 0; kq < kp / 2; kq++)
+                for (int j = 0; j < PANEL; j++)
+                    for (int t = 0; t < 2; t++) {
+                        int o = p * PANEL + j, k = kq * 2 + t;
+                        *dst++ = (o < outputs && k < inputs) ? w[(size_t)o * inputs + k] : 0;
+                    }
+    } else {
+        // [panel][k/4][16 outputs][4] int8: one k-quad of 16 outputs is one 512-bit vpdpbusd operand.
+        int8_t *dst = (int8_t *)packed;
+        for (int p = 0; p < panels; p++)
+            for (int kq = 0; kq < kp / 4; kq++)
+                for (int j = 0; j < PANEL; j++)
+                    for (int t = 0; t < 4; t++) {
+                        int o = p * PANEL + j, k = kq * 4 + t;
+                        *dst++ = (o < outputs && k < inputs) ? w[(size_t)o * inputs + k] : 0;
+                    }
+    }
+    int32_t *sums = (int32_t *)edge_q8_column_sums(isa, packed, outputs, inputs);
     for (int o = 0; o < panels * PANEL; o++) {
         int32_t s = 0;
         if (o < outputs)
@@ -205,60 +236,170 @@ static TVNNI void q8_vnni(int rows, int outputs, int inputs, const uint8_t *x, i
     }
 }
 
-// ---- AVX2 -------------------------------------------------------------------------------------
+// ---- AVX2 (and AVX-512 without VNNI): vpmaddwd ---------------------------------------------
 // No vpmaddubsw: it sums two u8·s8 products into int16 and saturates (2·255·127 > 32767).
-// Both operands are widened to int16 and vpmaddwd sums pairs into int32 instead.
+// The weights are widened to int16 once, at pack time, in k-pairs; each tile widens its input
+// rows once per block of k into a small stack buffer, so the inner loop is one broadcast and two
+// vpmaddwd + vpaddd per row and k-pair, with 6 rows × 16 outputs held in 12 accumulators.
 
 #define TAVX2 __attribute__((target("avx2,fma")))
+#define XBLOCK 1024  // input values per row widened at a time (a multiple of 16)
+#define MR_AVX2 6
 
-static inline TAVX2 __attribute__((always_inline)) void tile_avx2(const int MR, int kq, const uint8_t *x, int ldx,
-                                                                 const int8_t *w, int o0, int cols,
-                                                                 const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
-    // acc[r][i] holds outputs 4i … 4i+3 as pairs of partial sums.
-    __m256i acc[2][4];
-    for (int r = 0; r < MR; r++)
-        for (int i = 0; i < 4; i++) acc[r][i] = _mm256_setzero_si256();
-    for (int q = 0; q < kq; q++) {
-        const int8_t *wq = w + (size_t)q * 64;
-        __m256i w16[4];
-        for (int i = 0; i < 4; i++) w16[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wq + 16 * i)));
-        for (int r = 0; r < MR; r++) {
-            const uint8_t *xq = x + (size_t)r * ldx + (size_t)q * 4;
-            int64_t four = (int64_t)xq[0] | ((int64_t)xq[1] << 16) | ((int64_t)xq[2] << 32) | ((int64_t)xq[3] << 48);
-            __m256i xv = _mm256_set1_epi64x(four);
-            for (int i = 0; i < 4; i++) acc[r][i] = _mm256_add_epi32(acc[r][i], _mm256_madd_epi16(w16[i], xv));
-        }
-    }
-    int n = cols < PANEL ? cols : PANEL;
-    for (int r = 0; r < MR; r++) {
-        int32_t sums[PANEL];
-        for (int h = 0; h < 2; h++) {
-            __m256i s = _mm256_hadd_epi32(acc[r][2 * h], acc[r][2 * h + 1]);
-            s = _mm256_permute4x64_epi64(s, 0xD8);
-            _mm256_storeu_si256((__m256i *)(sums + 8 * h), s);
-        }
-        finish_row(sums, o0, n, ep, yu ? yu + (size_t)r * ldy : 0, yf ? yf + (size_t)r * ldy : 0);
+/// Widens rows [0, mr) of x, values [k0, k0 + kb), into xw (rows XBLOCK int16 apart).
+static inline TAVX2 __attribute__((always_inline)) void widen_rows(int mr, const uint8_t *x, int ldx, int k0, int kb, int16_t *xw) {
+    for (int r = 0; r < mr; r++) {
+        const uint8_t *src = x + (size_t)r * ldx + k0;
+        int16_t *dst = xw + r * XBLOCK;
+        int k = 0;
+        for (; k + 16 <= kb; k += 16)
+            _mm256_storeu_si256((__m256i *)(dst + k), _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(src + k))));
+        for (; k < kb; k++) dst[k] = src[k];
     }
 }
 
-static TAVX2 void qtile2_1(int kq, const uint8_t *x, int ldx, const int8_t *w, int o0, int cols, const edge_q8_epilogue *ep,
-                           uint8_t *yu, float *yf, int ldy) { tile_avx2(1, kq, x, ldx, w, o0, cols, ep, yu, yf, ldy); }
-static TAVX2 void qtile2_2(int kq, const uint8_t *x, int ldx, const int8_t *w, int o0, int cols, const edge_q8_epilogue *ep,
-                           uint8_t *yu, float *yf, int ldy) { tile_avx2(2, kq, x, ldx, w, o0, cols, ep, yu, yf, ldy); }
+/// The epilogue for 16 outputs from two vectors of 8 INT32 sums (bit-identical to finish_row).
+static inline TAVX2 __attribute__((always_inline)) void finish_avx2(__m256i a0, __m256i a1, int o0, int n, const edge_q8_epilogue *ep,
+                                                                   uint8_t *yu, float *yf) {
+    if (n < PANEL) {
+        int32_t sums[PANEL];
+        _mm256_storeu_si256((__m256i *)sums, a0);
+        _mm256_storeu_si256((__m256i *)(sums + 8), a1);
+        finish_row(sums, o0, n, ep, yu, yf);
+        return;
+    }
+    __m256 v0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a0, _mm256_loadu_si256((const __m256i *)(ep->bias + o0)))),
+                              _mm256_loadu_ps(ep->scale + o0));
+    __m256 v1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a1, _mm256_loadu_si256((const __m256i *)(ep->bias + o0 + 8)))),
+                              _mm256_loadu_ps(ep->scale + o0 + 8));
+    if (ep->leaky) {
+        __m256 zero = _mm256_setzero_ps(), alpha = _mm256_set1_ps(ep->alpha);
+        v0 = _mm256_blendv_ps(v0, _mm256_mul_ps(v0, alpha), _mm256_cmp_ps(v0, zero, _CMP_LT_OQ));
+        v1 = _mm256_blendv_ps(v1, _mm256_mul_ps(v1, alpha), _mm256_cmp_ps(v1, zero, _CMP_LT_OQ));
+    }
+    if (yf) {
+        _mm256_storeu_ps(yf + o0, v0);
+        _mm256_storeu_ps(yf + o0 + 8, v1);
+        return;
+    }
+    __m256 lo = _mm256_set1_ps(-1073741824.0f), hi = _mm256_set1_ps(1073741824.0f);
+    __m256i zp = _mm256_set1_epi32(ep->zero_point), qmin = _mm256_set1_epi32(ep->qmin), qmax = _mm256_set1_epi32(ep->qmax);
+    // cvtps rounds half to even (MXCSR default), as nearbyintf does.
+    __m256i q0 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v0, lo), hi)), zp);
+    __m256i q1 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v1, lo), hi)), zp);
+    q0 = _mm256_min_epi32(_mm256_max_epi32(q0, qmin), qmax);
+    q1 = _mm256_min_epi32(_mm256_max_epi32(q1, qmin), qmax);
+    __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);  // 16 int16 in order
+    __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    _mm_storeu_si128((__m128i *)(yu + o0), b);
+}
 
-static void q8_avx2(int rows, int outputs, int inputs, const uint8_t *x, int ldx, const void *packed,
-                    const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
-    int panels = (outputs + PANEL - 1) / PANEL, kq = ROUND4(inputs) / 4;
-    size_t ps = (size_t)kq * 64;
-    const int8_t *w = (const int8_t *)packed;
-    for (int p = 0; p < panels; p++) {
-        int cols = outputs - p * PANEL;
-        for (int m = 0; m < rows; m += 2) {
-            uint8_t *ym = yu ? yu + (size_t)m * ldy : 0;
-            float *fm = yf ? yf + (size_t)m * ldy : 0;
-            if (rows - m >= 2) qtile2_2(kq, x + (size_t)m * ldx, ldx, w + p * ps, p * PANEL, cols, ep, ym, fm, ldy);
-            else qtile2_1(kq, x + (size_t)m * ldx, ldx, w + p * ps, p * PANEL, cols, ep, ym, fm, ldy);
+/// MR rows × 16 outputs over kb values (k-pairs) of widened input: accp holds MR × 2 vectors of
+/// INT32 sums, loaded before and stored after so the loop keeps all twelve in registers.
+static inline TAVX2 __attribute__((always_inline)) void block_avx2(const int MR, int kb, const int16_t *xw, const int16_t *w,
+                                                                  __m256i *accp) {
+    __m256i a[MR_AVX2][2];
+    for (int r = 0; r < MR; r++) { a[r][0] = accp[2 * r]; a[r][1] = accp[2 * r + 1]; }
+    for (int k = 0; k < kb; k += 2) {
+        __m256i w0 = _mm256_load_si256((const __m256i *)(w + (size_t)k * PANEL));
+        __m256i w1 = _mm256_load_si256((const __m256i *)(w + (size_t)k * PANEL + 16));
+        for (int r = 0; r < MR; r++) {
+            int32_t pair;
+            memcpy(&pair, xw + r * XBLOCK + k, 4);
+            __m256i xv = _mm256_set1_epi32(pair);
+            a[r][0] = _mm256_add_epi32(a[r][0], _mm256_madd_epi16(w0, xv));
+            a[r][1] = _mm256_add_epi32(a[r][1], _mm256_madd_epi16(w1, xv));
         }
+    }
+    for (int r = 0; r < MR; r++) { accp[2 * r] = a[r][0]; accp[2 * r + 1] = a[r][1]; }
+}
+
+/// MR rows × one 16-output panel over all k; xw holds the rows widened when `widened`, else
+/// each block is widened here.
+static inline TAVX2 __attribute__((always_inline)) void tile_avx2(const int MR, int kp, const uint8_t *x, int ldx, int widened,
+                                                                 int16_t *xw, const int16_t *w, int o0, int cols,
+                                                                 const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
+    __m256i acc[2 * MR_AVX2];
+    for (int i = 0; i < 2 * MR; i++) acc[i] = _mm256_setzero_si256();
+    for (int k0 = 0; k0 < kp; k0 += XBLOCK) {
+        int kb = kp - k0 < XBLOCK ? kp - k0 : XBLOCK;
+        if (!widened) widen_rows(MR, x, ldx, k0, kb, xw);
+        block_avx2(MR, kb, xw, w + (size_t)k0 * PANEL, acc);
+    }
+    int n = cols < PANEL ? cols : PANEL;
+    for (int r = 0; r < MR; r++)
+        finish_avx2(acc[2 * r], acc[2 * r + 1], o0, n, ep, yu ? yu + (size_t)r * ldy : 0, yf ? yf + (size_t)r * ldy : 0);
+}
+
+/// One row, four panels at once (eight independent accumulator chains), the row widened once.
+static inline TAVX2 __attribute__((always_inline)) void gemv_avx2(const int NP, int kp, const int16_t *xw, const int16_t *w,
+                                                                 size_t pstride, int o0, int cols, const edge_q8_epilogue *ep,
+                                                                 uint8_t *yu, float *yf) {
+    __m256i acc[4][2];
+    for (int p = 0; p < NP; p++) acc[p][0] = acc[p][1] = _mm256_setzero_si256();
+    for (int k = 0; k < kp; k += 2) {
+        int32_t pair;
+        memcpy(&pair, xw + k, 4);
+        __m256i xv = _mm256_set1_epi32(pair);
+        for (int p = 0; p < NP; p++) {
+            const int16_t *wk = w + p * pstride + (size_t)k * PANEL;
+            acc[p][0] = _mm256_add_epi32(acc[p][0], _mm256_madd_epi16(_mm256_load_si256((const __m256i *)wk), xv));
+            acc[p][1] = _mm256_add_epi32(acc[p][1], _mm256_madd_epi16(_mm256_load_si256((const __m256i *)(wk + 16)), xv));
+        }
+    }
+    for (int p = 0; p < NP; p++) {
+        int n = cols - p * PANEL;
+        if (n <= 0) break;
+        finish_avx2(acc[p][0], acc[p][1], o0 + p * PANEL, n < PANEL ? n : PANEL, ep, yu, yf);
+    }
+}
+
+#define ATILE(MR) \
+    static TAVX2 void atile_##MR(int kp, const uint8_t *x, int ldx, int widened, int16_t *xw, const int16_t *w, int o0, int cols, \
+                                 const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) { \
+        tile_avx2(MR, kp, x, ldx, widened, xw, w, o0, cols, ep, yu, yf, ldy); \
+    }
+ATILE(1) ATILE(2) ATILE(3) ATILE(4) ATILE(5) ATILE(6)
+typedef void (*atile_fn)(int, const uint8_t *, int, int, int16_t *, const int16_t *, int, int, const edge_q8_epilogue *, uint8_t *,
+                         float *, int);
+
+#define AGEMV(NP) \
+    static TAVX2 void agemv_##NP(int kp, const int16_t *xw, const int16_t *w, size_t ps, int o0, int cols, \
+                                 const edge_q8_epilogue *ep, uint8_t *yu, float *yf) { \
+        gemv_avx2(NP, kp, xw, w, ps, o0, cols, ep, yu, yf); \
+    }
+AGEMV(1) AGEMV(2) AGEMV(3) AGEMV(4)
+
+static TAVX2 void q8_avx2(int rows, int outputs, int inputs, const uint8_t *x, int ldx, const void *packed,
+                          const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
+    static const atile_fn tiles[MR_AVX2] = {atile_1, atile_2, atile_3, atile_4, atile_5, atile_6};
+    int panels = (outputs + PANEL - 1) / PANEL, kp = ROUND4(inputs);
+    size_t ps = (size_t)kp * PANEL;  // int16 per panel
+    const int16_t *w = (const int16_t *)packed;
+    _Alignas(32) int16_t xw[MR_AVX2 * XBLOCK];
+    int fits = kp <= XBLOCK;
+    if (rows == 1 && fits) {
+        widen_rows(1, x, ldx, 0, kp, xw);
+        for (int p = 0; p < panels; p += 4) {
+            int np = panels - p < 4 ? panels - p : 4, cols = outputs - p * PANEL;
+            const int16_t *wp = w + p * ps;
+            switch (np) {
+            case 1: agemv_1(kp, xw, wp, ps, p * PANEL, cols, ep, yu, yf); break;
+            case 2: agemv_2(kp, xw, wp, ps, p * PANEL, cols, ep, yu, yf); break;
+            case 3: agemv_3(kp, xw, wp, ps, p * PANEL, cols, ep, yu, yf); break;
+            default: agemv_4(kp, xw, wp, ps, p * PANEL, cols, ep, yu, yf); break;
+            }
+        }
+        return;
+    }
+    for (int m = 0; m < rows; m += MR_AVX2) {
+        int mr = rows - m < MR_AVX2 ? rows - m : MR_AVX2;
+        const uint8_t *xm = x + (size_t)m * ldx;
+        // Inputs that fit one block are widened once for every panel.
+        if (fits) widen_rows(mr, xm, ldx, 0, kp, xw);
+        for (int p = 0; p < panels; p++)
+            tiles[mr - 1](kp, xm, ldx, fits, xw, w + p * ps, p * PANEL, outputs - p * PANEL, ep,
+                          yu ? yu + (size_t)m * ldy : 0, yf ? yf + (size_t)m * ldy : 0, ldy);
     }
 }
 #endif
@@ -274,7 +415,7 @@ static void q8_neondot(int rows, int outputs, int inputs, const uint8_t *x, int 
                        const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
     int panels = (outputs + PANEL - 1) / PANEL, kq = ROUND4(inputs) / 4;
     const int8_t *w0 = (const int8_t *)packed;
-    const int32_t *sums = edge_q8_column_sums(packed, outputs, inputs);
+    const int32_t *sums = edge_q8_column_sums(EDGE_ISA_NEONDOT, packed, outputs, inputs);
     for (int m = 0; m < rows; m++) {
         const uint8_t *xr = x + (size_t)m * ldx;
         for (int p = 0; p < panels; p++) {
@@ -301,10 +442,11 @@ static void q8_neondot(int rows, int outputs, int inputs, const uint8_t *x, int 
 void edge_q8_gemm(edge_isa isa, int rows, int outputs, int inputs, const uint8_t *x, int ldx, const void *packed,
                   const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
     if (rows <= 0 || outputs <= 0) return;
-    if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
+    isa = resolve(isa);
     switch (isa) {
 #if defined(__x86_64__)
     case EDGE_ISA_AVX512VNNI: q8_vnni(rows, outputs, inputs, x, ldx, packed, ep, yu, yf, ldy); return;
+    // AVX-512 without VNNI runs the 256-bit vpmaddwd kernel (no 512-bit one yet): edge_q8_kernel_name says so.
     case EDGE_ISA_AVX512:
     case EDGE_ISA_AVX2: q8_avx2(rows, outputs, inputs, x, ldx, packed, ep, yu, yf, ldy); return;
 #endif
@@ -312,6 +454,21 @@ void edge_q8_gemm(edge_isa isa, int rows, int outputs, int inputs, const uint8_t
     case EDGE_ISA_NEONDOT: q8_neondot(rows, outputs, inputs, x, ldx, packed, ep, yu, yf, ldy); return;
 #endif
     default: q8_portable(rows, outputs, inputs, x, ldx, packed, ep, yu, yf, ldy); return;
+    }
+}
+
+const char *edge_q8_kernel_name(edge_isa isa) {
+    isa = resolve(isa);
+    switch (isa) {
+#if defined(__x86_64__)
+    case EDGE_ISA_AVX512VNNI: return "avx512-vnni vpdpbusd";
+    case EDGE_ISA_AVX512: return "avx2 vpmaddwd (on an avx512 cpu without vnni)";
+    case EDGE_ISA_AVX2: return "avx2 vpmaddwd";
+#endif
+#if defined(__aarch64__)
+    case EDGE_ISA_NEONDOT: return "neon sdot";
+#endif
+    default: return "portable c";
     }
 }
 

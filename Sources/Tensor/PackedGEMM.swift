@@ -19,6 +19,9 @@ public enum KernelISA: String, CaseIterable, Sendable {
 
     public var isSupported: Bool { edge_isa_supported(c) != 0 }
 
+    /// What the INT8 GEMM runs on this path, named as it is ("avx2 vpmaddwd", "avx512-vnni vpdpbusd").
+    public var int8Kernel: String { String(cString: edge_q8_kernel_name(c)) }
+
     /// What `.auto` resolves to here.
     public static var best: KernelISA {
         switch edge_isa_best() {

@@ -1,35 +1,40 @@
 import CKernels
 
-/// INT8 weights `[outputs, inputs]` (values in −127…127) packed once for the INT8 kernels, with
-/// their column sums (used to fold the input zero point into the bias).
+/// INT8 weights `[outputs, inputs]` (values in −127…127) packed once for the INT8 kernel of one
+/// ISA (k-quads of INT8, or k-pairs widened to INT16 for AVX2), with their column sums (used to
+/// fold the input zero point into the bias).
 public final class PackedInt8Weights: @unchecked Sendable {
     public let outputs: Int
     public let inputs: Int
+    /// The path these weights are packed for, and run on.
+    public let isa: KernelISA
     /// Input rows must have at least this many readable bytes (inputs rounded up to 4).
     public let paddedInputs: Int
     private let storage: UnsafeMutableRawPointer
     public let byteCount: Int
 
-    public init(weight: UnsafePointer<Int8>, outputs: Int, inputs: Int) {
+    /// - Parameter isa: `.auto` packs for the best path here (or the one `EDGE_ISA` forces).
+    public init(weight: UnsafePointer<Int8>, outputs: Int, inputs: Int, isa: KernelISA = .auto) {
         self.outputs = outputs
         self.inputs = inputs
+        self.isa = isa == .auto ? .best : isa
         paddedInputs = (inputs + 3) & ~3
-        byteCount = edge_q8_packed_bytes(Int32(outputs), Int32(inputs))
+        byteCount = edge_q8_packed_bytes(self.isa.c, Int32(outputs), Int32(inputs))
         storage = .allocate(byteCount: byteCount, alignment: 64)
-        edge_q8_pack(weight, Int32(outputs), Int32(inputs), storage)
+        edge_q8_pack(self.isa.c, weight, Int32(outputs), Int32(inputs), storage)
     }
 
     deinit { storage.deallocate() }
 
     /// Σₖ W[o, k] per output.
     public func columnSum(_ o: Int) -> Int32 {
-        edge_q8_column_sums(storage, Int32(outputs), Int32(inputs))[o]
+        edge_q8_column_sums(isa.c, storage, Int32(outputs), Int32(inputs))[o]
     }
 
     /// `rows` rows of UINT8 input → INT32 accumulators → `epilogue`, into UINT8 or FP32 rows.
     @inline(__always)
     public func multiply(rows: Int, _ x: UnsafePointer<UInt8>, ldx: Int, epilogue: QuantizedEpilogue,
-                         output: QuantizedOutput, ldy: Int, isa: KernelISA = .auto) {
+                         output: QuantizedOutput, ldy: Int) {
         epilogue.withC { ep in
             switch output {
             case .uint8(let y):

@@ -14,6 +14,8 @@ import Testing
         Case(rows: 1, outputs: 256, inputs: 64), Case(rows: 1, outputs: 10, inputs: 257), Case(rows: 1, outputs: 70, inputs: 5),
         Case(rows: 2, outputs: 16, inputs: 4), Case(rows: 3, outputs: 17, inputs: 9), Case(rows: 8, outputs: 32, inputs: 32),
         Case(rows: 9, outputs: 33, inputs: 30), Case(rows: 64, outputs: 10, inputs: 256), Case(rows: 17, outputs: 48, inputs: 288),
+        // Past one widened block of inputs (1024), with row tiles of 6 and a partial last one.
+        Case(rows: 1, outputs: 70, inputs: 2100), Case(rows: 13, outputs: 40, inputs: 2100), Case(rows: 7, outputs: 64, inputs: 1024),
     ]
 
     func exactAccumulators(_ x: [UInt8], ldx: Int, _ w: [Int8], rows: Int, outputs: Int, inputs: Int) -> [Int32] {
@@ -28,8 +30,8 @@ import Testing
         return acc
     }
 
-    func packed(_ w: [Int8], outputs: Int, inputs: Int) -> PackedInt8Weights {
-        w.withUnsafeBufferPointer { PackedInt8Weights(weight: $0.baseAddress!, outputs: outputs, inputs: inputs) }
+    func packed(_ w: [Int8], outputs: Int, inputs: Int, isa: KernelISA) -> PackedInt8Weights {
+        w.withUnsafeBufferPointer { PackedInt8Weights(weight: $0.baseAddress!, outputs: outputs, inputs: inputs, isa: isa) }
     }
 
     @Test(arguments: paths, cases)
@@ -38,7 +40,7 @@ import Testing
         let ldx = ((c.inputs + 3) & ~3) + 4, ldy = c.outputs + 3
         let x = (0..<(c.rows * ldx + 8)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
         let w = (0..<(c.outputs * c.inputs)).map { _ in Int8(Int(rng.next() % 255) - 127) }
-        let weights = packed(w, outputs: c.outputs, inputs: c.inputs)
+        let weights = packed(w, outputs: c.outputs, inputs: c.inputs, isa: isa)
         #expect(weights.columnSum(0) == w[0..<c.inputs].reduce(Int32(0)) { $0 + Int32($1) })
         let acc = exactAccumulators(x, ldx: ldx, w, rows: c.rows, outputs: c.outputs, inputs: c.inputs)
         let ep = QuantizedEpilogue(outputs: c.outputs)
@@ -53,7 +55,7 @@ import Testing
             ep.leakyAlpha = leaky
             var y = [UInt8](repeating: 7, count: c.rows * ldy)
             x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in
-                weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .uint8(yp.baseAddress!), ldy: ldy, isa: isa)
+                weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .uint8(yp.baseAddress!), ldy: ldy)
             } }
             var mismatches = 0
             for r in 0..<c.rows {
@@ -63,7 +65,7 @@ import Testing
             #expect(mismatches == 0, "\(isa) \(c.testDescription) zp \(zp): \(mismatches) outputs differ from the reference")
             var f = [Float](repeating: 0, count: c.rows * ldy)
             x.withUnsafeBufferPointer { xp in f.withUnsafeMutableBufferPointer { fp in
-                weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .float(fp.baseAddress!), ldy: ldy, isa: isa)
+                weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .float(fp.baseAddress!), ldy: ldy)
             } }
             for r in 0..<c.rows {
                 for o in 0..<c.outputs {
@@ -81,12 +83,12 @@ import Testing
         let x: [UInt8] = (0..<k).map { _ in 255 } + (0..<k).map { _ in 255 } + (0..<k).map { _ in 0 } + (0..<k).map { $0 % 2 == 0 ? 255 : 0 }
         let w: [Int8] = (0..<k).map { _ in 127 } + (0..<k).map { _ in -128 } + (0..<k).map { $0 % 2 == 0 ? 127 : -128 }
             + (0..<k).map { $0 % 2 == 0 ? -128 : 127 }
-        let weights = packed(w, outputs: outputs, inputs: k)
+        let weights = packed(w, outputs: outputs, inputs: k, isa: isa)
         let ep = QuantizedEpilogue(outputs: outputs)
         for o in 0..<outputs { ep.scale[o] = 1 }
         var y = [Float](repeating: 0, count: rows * outputs)
         x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in
-            weights.multiply(rows: rows, xp.baseAddress!, ldx: k, epilogue: ep, output: .float(yp.baseAddress!), ldy: outputs, isa: isa)
+            weights.multiply(rows: rows, xp.baseAddress!, ldx: k, epilogue: ep, output: .float(yp.baseAddress!), ldy: outputs)
         } }
         let exact = exactAccumulators(x, ldx: k, w, rows: rows, outputs: outputs, inputs: k)
         #expect(exact[0] == 255 * 127 * 512)

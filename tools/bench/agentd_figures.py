@@ -14,6 +14,9 @@
   learning   p99 at 4 clients while update jobs run back to back (dry runs of `agentctl learn
              --wait` on 200 labelled, pixel-permuted digits rows) against the same load idle,
              alternated three times: what an update costs the serving path
+  cnn        with --cnn-model (a compute-bound CNN, e.g. the 28x28 one of `make bench-agentd`) and
+             --cnn-calibration: --clients clients sending one row each, with dynamic batching
+             (max_batch_size 64) and with max_batch_size 1: throughput and p99 of both
   shed       with --compute-model (a model whose compute, not HTTP, is the bottleneck): one
              worker, queue_capacity 4, 8 clients sending 64-row F32 requests keep the queue full
              while one probe client measures how fast its requests are refused
@@ -32,9 +35,10 @@ import tempfile
 import time
 
 
-def write_config(d, args, model=None, drift=True, **serving):
+def write_config(d, args, model=None, drift=True, calibration=None, **serving):
     lines = ["[agent]", f'state_dir = "{d}/state"', f'socket = "{d}/agentd.sock"', 'socket_group = ""', 'log_level = "warning"',
-             "", "[model]", f'initial = "{os.path.abspath(model or args.model)}"', f'calibration = "{os.path.abspath(args.calibration)}"',
+             "", "[model]", f'initial = "{os.path.abspath(model or args.model)}"',
+             f'calibration = "{os.path.abspath(calibration or args.calibration)}"',
              "", "[drift]", f"enabled = {'true' if drift else 'false'}", "", "[learn]", "auto = false",
              "", "[serving]"] + [f"{k} = {v}" for k, v in serving.items()]
     with open(f"{d}/agentd.toml", "w") as f:
@@ -92,6 +96,8 @@ def main():
     p.add_argument("--idle-seconds", type=float, default=10)
     p.add_argument("--binary", action="store_true", help="bench-load sends F32 rows instead of JSON")
     p.add_argument("--compute-model", help="a slower model for the load-shedding probe (e.g. the digits CNN)")
+    p.add_argument("--cnn-model", help="a compute-bound CNN for the batching run (e.g. the 28x28 CNN)")
+    p.add_argument("--cnn-calibration", help="calibration rows of --cnn-model's input shape")
     p.add_argument("--feedback-rate", type=float, default=200, help="feedback samples/s sent alongside the load in the feedback run")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
@@ -182,6 +188,17 @@ def main():
                                "updates": learning["updates"], "updateSeconds": sorted(learning["update_seconds"])}
         a.stop()
 
+        if args.cnn_model:
+            # Dynamic batching on a model whose compute is the bottleneck: the batched convolution
+            # is what lets a batch of 64 cost less than 64 single rows.
+            for name, serving in [("cnn_batching", {"max_batch_size": 64}), ("cnn_batch_size_1", {"max_batch_size": 1})]:
+                write_config(d, args, model=args.cnn_model, calibration=args.cnn_calibration, **serving)
+                shutil.rmtree(f"{d}/state", ignore_errors=True)
+                a = Agentd(args, d)
+                figures[name] = bench_load(args, d, ["--binary"])
+                figures[name]["rss_after_mb"] = a.rss_mb()
+                a.stop()
+
         if args.compute_model:
             write_config(d, args, model=args.compute_model, workers=1, queue_capacity=4)
             shutil.rmtree(f"{d}/state")
@@ -200,7 +217,7 @@ def main():
         return
     print(f"start to READY=1: {', '.join(f'{s:.0f}' for s in figures['start_ms'])} ms (first start with calibration {figures['first_start_ms']:.0f} ms)")
     print(f"idle: VmRSS {figures['idle_rss_mb']:.1f} MB, CPU {figures['idle_cpu_percent']:.2f}% over {args.idle_seconds:.0f} s")
-    for name in ("batching", "batch_size_1", "queue_full", "shed"):
+    for name in ("batching", "batch_size_1", "queue_full", "cnn_batching", "cnn_batch_size_1", "shed"):
         if name not in figures:
             continue
         r = figures[name]
@@ -225,6 +242,11 @@ def main():
           f"learning {median(ln['learningRequestsPerS']):.0f}; {sum(ln['updates'])} updates ran, "
           f"{median(ln['updateSeconds']) if ln['updateSeconds'] else 0:.2f} s each (median)")
     print(f"batching gain at {args.clients} clients: {figures['batching']['requestsPerS'] / figures['batch_size_1']['requestsPerS']:.2f}x")
+    if "cnn_batching" in figures:
+        b, one = figures["cnn_batching"], figures["cnn_batch_size_1"]
+        print(f"compute-bound CNN at {args.clients} clients: batching {b['requestsPerS']:.0f} req/s p99 {b['p99Ms']:.2f} ms, "
+              f"max_batch_size 1 {one['requestsPerS']:.0f} req/s p99 {one['p99Ms']:.2f} ms: "
+              f"gain {b['requestsPerS'] / one['requestsPerS']:.2f}x")
 
 
 if __name__ == "__main__":

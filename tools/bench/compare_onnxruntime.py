@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
 """Compare `agentctl model bench` with ONNX Runtime on the same weights, in one run.
 
-For each model (by default the digits MLP 64-256-256-10 and the 8x8 CNN, trained here with
-agentctl) the script exports the model file to ONNX with the `onnx` package, checks that ONNX
-Runtime and the agent give the same scores on digits, then measures both single-threaded:
+For each model (by default the digits MLP 64-256-256-10, the 8x8 digits CNN, and a 28x28 CNN
+with 5x5 kernels trained on digits upsampled to 28x28; all trained here with agentctl) the script
+exports the model file to ONNX with the `onnx` package, checks that ONNX Runtime and the agent give
+the same scores, then measures both single-threaded:
 
-  * ONNX Runtime: CPU provider, intra_op_num_threads=1, all graph optimisations, called through
-    IO binding with preallocated inputs and outputs (the cheapest Python call path);
+  * ONNX Runtime: CPU provider, intra_op_num_threads=1, all graph optimisations, denormals as
+    zero (`session.set_denormal_as_zero`, as the agent flushes them), called through IO binding
+    with preallocated inputs and outputs (the cheapest Python call path). Its per-call overhead
+    is measured with a model of the same input and output shapes that computes nothing (Flatten
+    and a Slice): it is printed beside each ratio, and the ratio with it taken off;
   * the agent: `agentctl model bench FILE --batch ... --threads 1 --json` (in-process plan calls).
 
-Both report the median latency per call after warm-up and samples per second. It also times one
+Each figure is the median latency per call after warm-up, measured in 5 runs (engines alternating);
+the tables give the median of the 5 and their range. The optimised ORT graphs are saved and their
+node types counted, so a QDQ model that ORT did not fuse into integer ops shows. It also times one
 training epoch of the MLP (batch 32) from `agentctl model train --json`.
 
 Quantized: the same FP32 weights quantized by ONNX Runtime's `quantize_static` (QDQ, per-channel
@@ -33,6 +39,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from safetensors import safe_open
+
+sys.path.insert(0, os.path.dirname(__file__))
+import digits28  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DIGITS = os.path.join(ROOT, "tools", "data", "digits.csv")
@@ -133,13 +142,42 @@ def to_onnx(manifest, tensors):
     return model
 
 
-def ort_session(model):
+RUNS = 5
+
+
+def ort_session(model, optimized_path=None):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def node_counts(path):
+    """Node types of an optimised graph ORT saved: integer ops (QLinear*, *Integer) mean it fused QDQ."""
+    counts = {}
+    for node in onnx.load(path).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def overhead_model(shape, classes):
+    """Same input and output shapes as the model, no work: ORT's own cost of one call."""
+    flat = int(np.prod(shape))
+    inits = [numpy_helper.from_array(np.array(v, dtype=np.int64), n)
+             for v, n in (([0], "starts"), ([classes], "ends"), ([1], "axes"))]
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1),
+             helper.make_node("Slice", ["f", "starts", "ends", "axes"], ["y"])]
+    graph = helper.make_graph(nodes, "overhead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"] + shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", classes])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert flat >= classes
+    return model
 
 
 def bench_ort(sess, shape, classes, batch, seconds):
@@ -161,6 +199,11 @@ def bench_ort(sess, shape, classes, batch, seconds):
     return {"batch": batch, "latency_us": median_us, "samples_per_s": batch / median_us * 1e6}
 
 
+def spread(values):
+    """Median of the runs and their range."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def bench_agent(agentctl, model_path, batches, seconds):
     out = subprocess.run([agentctl, "model", "bench", model_path, "--batch", ",".join(map(str, batches)),
                           "--threads", "1", "--seconds", str(seconds), "--json"],
@@ -168,21 +211,21 @@ def bench_agent(agentctl, model_path, batches, seconds):
     return [json.loads(line) for line in out.splitlines()]
 
 
-def agent_scores(agentctl, model_path):
-    out = subprocess.run([agentctl, "model", "predict", model_path, "--data", DIGITS, "--json"],
+def agent_scores(agentctl, model_path, data):
+    out = subprocess.run([agentctl, "model", "predict", model_path, "--data", data, "--json"],
                          check=True, capture_output=True, text=True).stdout
     return np.array([json.loads(line)["scores"] for line in out.splitlines()], dtype=np.float32)
 
 
-def train(agentctl, arch, epochs, out):
-    res = subprocess.run([agentctl, "model", "train", "--data", DIGITS, "--arch", arch, "--epochs", str(epochs),
+def train(agentctl, arch, epochs, out, data=DIGITS):
+    res = subprocess.run([agentctl, "model", "train", "--data", data, "--arch", arch, "--epochs", str(epochs),
                           "--seed", "1", "--out", out, "--json"], check=True, capture_output=True, text=True).stdout
     lines = [json.loads(line) for line in res.splitlines()]
     return lines[:-1], lines[-1]
 
 
-def load_digits():
-    data = np.loadtxt(DIGITS, delimiter=",", skiprows=1, dtype=np.float32)
+def load_digits(path=DIGITS):
+    data = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float32)
     return data[:, :-1], data[:, -1].astype(int)
 
 
@@ -211,32 +254,34 @@ def ort_quantize(model, shape, calib_rows, work, name):
     return onnx.load(dst)
 
 
-def agent_quantize(agentctl, src, dst, precision):
-    out = subprocess.run([agentctl, "model", "quantize", src, dst, "--calib", DIGITS, "--method", "kl",
+def agent_quantize(agentctl, src, dst, precision, data):
+    out = subprocess.run([agentctl, "model", "quantize", src, dst, "--calib", data, "--method", "kl",
                           "--precision", precision, "--json"], check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
 
-def compare(agentctl, label, model_path, batches, seconds, work):
+def compare(agentctl, label, model_path, batches, seconds, work, data=DIGITS):
     manifest, tensors = read_model(model_path)
     model = to_onnx(manifest, tensors)
-    sess = ort_session(model)
-    x, y = load_digits()
+    stem = os.path.splitext(os.path.basename(model_path))[0]
+    sess = ort_session(model, os.path.join(work, f"{stem}.optimized.onnx"))
+    x, y = load_digits(data)
     train_rows, test_rows = split(len(x))
     shape = manifest["input"]["shape"]
     classes = len(manifest["labels"])
     ort_scores = sess.run(None, {"x": x.reshape([-1] + shape)})[0]
-    max_diff = float(np.abs(ort_scores - agent_scores(agentctl, model_path)).max())
+    max_diff = float(np.abs(ort_scores - agent_scores(agentctl, model_path, data)).max())
 
     # Quantized: ORT static QDQ vs agentctl quantize, same calibration rows (the training split).
-    stem = os.path.splitext(os.path.basename(model_path))[0]
-    qsess = ort_session(ort_quantize(model, shape, x[train_rows], work, stem))
+    qpath = os.path.join(work, f"{stem}.int8.optimized.onnx")
+    qsess = ort_session(ort_quantize(model, shape, x[train_rows], work, stem), qpath)
+    fused = {"fp32": node_counts(os.path.join(work, f"{stem}.optimized.onnx")), "int8": node_counts(qpath)}
     q_scores = qsess.run(None, {"x": x[test_rows].reshape([-1] + shape)})[0]
     fp32_test = ort_scores[test_rows]
     int8_path = os.path.join(work, f"{stem}-int8.safetensors")
     int4_path = os.path.join(work, f"{stem}-int4.safetensors")
-    int8_report = agent_quantize(agentctl, model_path, int8_path, "int8")
-    int4_report = agent_quantize(agentctl, model_path, int4_path, "int4")
+    int8_report = agent_quantize(agentctl, model_path, int8_path, "int8", data)
+    int4_report = agent_quantize(agentctl, model_path, int4_path, "int4", data)
     accuracy = {
         "fp32": float((fp32_test.argmax(1) == y[test_rows]).mean()),
         "ort_int8": float((q_scores.argmax(1) == y[test_rows]).mean()),
@@ -245,76 +290,105 @@ def compare(agentctl, label, model_path, batches, seconds, work):
         "agent_int4": int4_report["quantizedAccuracy"], "agent_int4_agreement": int4_report["agreement"],
     }
 
-    agent = {r["batch"]: r for r in bench_agent(agentctl, model_path, batches, seconds)}
-    agent_q = {r["batch"]: r for r in bench_agent(agentctl, int8_path, batches, seconds)}
+    overhead = ort_session(overhead_model(shape, classes))
+    runs = {k: {b: [] for b in batches} for k in ("ort", "ort_int8", "ort_overhead", "agent", "agent_int8", "agent_int4")}
+    for _ in range(RUNS):
+        for b in batches:
+            runs["ort"][b].append(bench_ort(sess, shape, classes, b, seconds / RUNS)["latency_us"])
+            runs["ort_int8"][b].append(bench_ort(qsess, shape, classes, b, seconds / RUNS)["latency_us"])
+            runs["ort_overhead"][b].append(bench_ort(overhead, shape, classes, b, seconds / RUNS)["latency_us"])
+        for key, path in (("agent", model_path), ("agent_int8", int8_path), ("agent_int4", int4_path)):
+            for r in bench_agent(agentctl, path, batches, seconds / RUNS):
+                runs[key][r["batch"]].append(r["latency_us"])
     rows = []
     for b in batches:
-        o = bench_ort(sess, shape, classes, b, seconds)
-        oq = bench_ort(qsess, shape, classes, b, seconds)
-        a, aq = agent[b], agent_q[b]
+        m = {k: spread(v[b]) for k, v in runs.items()}
+        med = {k: v["median"] for k, v in m.items()}
+        over = med["ort_overhead"]
         rows.append({
-            "model": label, "batch": b,
-            "ort_latency_us": o["latency_us"], "agent_latency_us": a["latency_us"],
-            "latency_ratio": a["latency_us"] / o["latency_us"],
-            "ort_samples_per_s": o["samples_per_s"], "agent_samples_per_s": a["samples_per_s"],
-            "throughput_ratio": a["samples_per_s"] / o["samples_per_s"],
-            "ort_int8_latency_us": oq["latency_us"], "agent_int8_latency_us": aq["latency_us"],
-            "int8_latency_ratio": aq["latency_us"] / oq["latency_us"],
-            "ort_int8_samples_per_s": oq["samples_per_s"], "agent_int8_samples_per_s": aq["samples_per_s"],
-            "int8_throughput_ratio": aq["samples_per_s"] / oq["samples_per_s"],
-            "agent_int8_over_fp32": aq["samples_per_s"] / a["samples_per_s"],
+            "model": label, "batch": b, "runs": RUNS, "latency_us": m,
+            "ort_overhead_us": over,
+            "latency_ratio": med["agent"] / med["ort"],
+            "latency_ratio_without_ort_overhead": med["agent"] / max(med["ort"] - over, 1e-9),
+            "throughput_ratio": med["ort"] / med["agent"],
+            "int8_latency_ratio": med["agent_int8"] / med["ort_int8"],
+            "int8_latency_ratio_without_ort_overhead": med["agent_int8"] / max(med["ort_int8"] - over, 1e-9),
+            "int8_throughput_ratio": med["ort_int8"] / med["agent_int8"],
+            "agent_int8_over_fp32": med["agent"] / med["agent_int8"],
+            "agent_int4_over_int8": med["agent_int8"] / med["agent_int4"],
+            "agent_samples_per_s": b / med["agent"] * 1e6, "agent_int8_samples_per_s": b / med["agent_int8"] * 1e6,
+            "ort_samples_per_s": b / med["ort"] * 1e6, "ort_int8_samples_per_s": b / med["ort_int8"] * 1e6,
         })
-    return rows, max_diff, accuracy
+    return rows, max_diff, accuracy, fused
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agentctl", default=os.path.join(ROOT, ".build", "release", "agentctl"))
     ap.add_argument("--batch", default="1,8,64")
-    ap.add_argument("--seconds", type=float, default=1.0, help="measuring time per batch size and engine")
+    ap.add_argument("--seconds", type=float, default=2.0, help="measuring time per batch size and engine, over the 5 runs")
+    ap.add_argument("--models", default="mlp,cnn8,cnn28", help="any of mlp, cnn8, cnn28")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     batches = [int(b) for b in args.batch.split(",")]
     work = tempfile.mkdtemp(prefix="edge-bench-")
+    wanted = args.models.split(",")
 
     mlp = os.path.join(work, "mlp.safetensors")
     epochs, summary = train(args.agentctl, "mlp:64-256-256-10", 30, mlp)
-    cnn = os.path.join(work, "cnn.safetensors")
-    train(args.agentctl, "cnn:1x8x8-c32-c64-m2-f128-10", 20, cnn)
+    models = []
+    if "mlp" in wanted:
+        models.append(("mlp 64-256-256-10", mlp, DIGITS))
+    if "cnn8" in wanted:
+        cnn = os.path.join(work, "cnn.safetensors")
+        train(args.agentctl, "cnn:1x8x8-c32-c64-m2-f128-10", 20, cnn)
+        models.append(("cnn 1x8x8-c32-c64-m2-f128-10", cnn, DIGITS))
+    if "cnn28" in wanted:
+        data28 = digits28.write(os.path.join(work, "digits28.csv"))
+        cnn28 = os.path.join(work, "cnn28.safetensors")
+        train(args.agentctl, "cnn:1x28x28-c16k5-m2-c32k5-m2-f64-10", 3, cnn28, data28)
+        models.append(("cnn 1x28x28-c16k5-m2-c32k5-m2-f64-10", cnn28, data28))
 
-    results, diffs, accuracy = [], {}, {}
-    for label, path in (("mlp 64-256-256-10", mlp), ("cnn 1x8x8-c32-c64-m2-f128-10", cnn)):
-        rows, diffs[label], accuracy[label] = compare(args.agentctl, label, path, batches, args.seconds, work)
+    results, diffs, accuracy, fused = [], {}, {}, {}
+    for label, path, data in models:
+        rows, diffs[label], accuracy[label], fused[label] = compare(args.agentctl, label, path, batches, args.seconds, work, data)
         results += rows
     epoch_s = statistics.median(e["seconds"] for e in epochs)
     report = {
-        "onnxruntime": ort.__version__, "threads": 1, "results": results, "max_abs_score_diff": diffs,
-        "held_out_accuracy": accuracy,
+        "onnxruntime": ort.__version__, "threads": 1, "runs": RUNS, "results": results, "max_abs_score_diff": diffs,
+        "held_out_accuracy": accuracy, "ort_optimized_nodes": fused,
         "mlp_train_epoch_s_median": epoch_s, "mlp_train_rows": summary["trainRows"], "mlp_train_batch": 32,
     }
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"ONNX Runtime {ort.__version__} vs agentctl, 1 thread, median per call after warm-up")
-    print(f"{'model':30} {'batch':>5} {'ORT us':>9} {'agent us':>9} {'lat ratio':>9} {'ORT samp/s':>11} {'agent samp/s':>12} {'thr ratio':>9}")
+
+    def cell(r, key):
+        m = r["latency_us"][key]
+        return f"{m['median']:.1f} ({m['min']:.1f}-{m['max']:.1f})"
+
+    print(f"ONNX Runtime {ort.__version__} vs agentctl, 1 thread; latency per call in us: median of {RUNS} runs (range)")
+    print("ratios are agent / ORT for latency (< 1: the agent is faster) and ORT / agent for throughput (> 1: the agent is faster);")
+    print("'-ovh': with ORT's per-call overhead (a model that computes nothing) taken off ORT's latency")
+    for prec, a, o in (("FP32", "agent", "ort"), ("INT8", "agent_int8", "ort_int8")):
+        print(f"\n{prec}")
+        print(f"{'model':38} {'batch':>5} {'ORT us':>22} {'agent us':>22} {'ORT ovh':>8} {'lat ratio':>9} {'-ovh':>6} {'thr ratio':>9}")
+        lat = "latency_ratio" if prec == "FP32" else "int8_latency_ratio"
+        for r in results:
+            print(f"{r['model']:38} {r['batch']:5d} {cell(r, o):>22} {cell(r, a):>22} {r['ort_overhead_us']:8.1f} "
+                  f"{r[lat]:9.2f} {r[lat + '_without_ort_overhead']:6.2f} {r[('' if prec == 'FP32' else 'int8_') + 'throughput_ratio']:9.2f}")
+    print("\nagent INT8 over its FP32 (throughput), INT4 over INT8:")
     for r in results:
-        print(f"{r['model']:30} {r['batch']:5d} {r['ort_latency_us']:9.2f} {r['agent_latency_us']:9.2f} "
-              f"{r['latency_ratio']:9.2f} {r['ort_samples_per_s']:11.0f} {r['agent_samples_per_s']:12.0f} "
-              f"{r['throughput_ratio']:9.2f}")
-    print()
-    print("INT8: ONNX Runtime quantize_static (QDQ, per-channel, entropy) vs agentctl model quantize --method kl")
-    print(f"{'model':30} {'batch':>5} {'ORT us':>9} {'agent us':>9} {'lat ratio':>9} {'ORT samp/s':>11} {'agent samp/s':>12} {'thr ratio':>9} {'int8/fp32':>9}")
-    for r in results:
-        print(f"{r['model']:30} {r['batch']:5d} {r['ort_int8_latency_us']:9.2f} {r['agent_int8_latency_us']:9.2f} "
-              f"{r['int8_latency_ratio']:9.2f} {r['ort_int8_samples_per_s']:11.0f} {r['agent_int8_samples_per_s']:12.0f} "
-              f"{r['int8_throughput_ratio']:9.2f} {r['agent_int8_over_fp32']:9.2f}")
+        print(f"  {r['model']:38} batch {r['batch']:3d}: int8/fp32 {r['agent_int8_over_fp32']:.2f}, int4/int8 {r['agent_int4_over_int8']:.2f}")
     print()
     for label, a in accuracy.items():
         print(f"{label}: held-out accuracy fp32 {a['fp32']:.2%}; ORT int8 {a['ort_int8']:.2%} (agreement {a['ort_int8_agreement']:.2%}); "
               f"agent int8 {a['agent_int8']:.2%} (agreement {a['agent_int8_agreement']:.2%}); "
               f"agent int4 {a['agent_int4']:.2%} (agreement {a['agent_int4_agreement']:.2%})")
+    for label, f in fused.items():
+        print(f"ORT optimised graph, {label}: fp32 {f['fp32']}; int8 {f['int8']}")
     for label, d in diffs.items():
-        print(f"max |score difference| on digits, {label}: {d:.2e}")
+        print(f"max |score difference|, {label}: {d:.2e}")
     print(f"MLP training: median epoch {epoch_s * 1000:.1f} ms over {summary['trainRows']} rows, batch 32 (target <= 100 ms)")
 
 

@@ -32,7 +32,9 @@ typedef enum {
 
 /// Whether the running CPU (and OS) can execute `isa`.
 int edge_isa_supported(edge_isa isa);
-/// The ISA that `EDGE_ISA_AUTO` resolves to on this CPU.
+/// The ISA that `EDGE_ISA_AUTO` resolves to on this CPU: the best it supports, or the one the
+/// `EDGE_ISA` environment variable names (portable, avx2, avx512, vnni, neon-dot) when the CPU
+/// supports it, for benchmarks and tests. Read once.
 edge_isa edge_isa_best(void);
 const char *edge_isa_name(edge_isa isa);
 
@@ -56,16 +58,23 @@ void edge_sgemm_packed(edge_isa isa, int rows, int outputs, int inputs,
 /// Accumulation is INT32 and never saturates: u8·s8 products summed in INT32 (vpdpbusd, or
 /// int16 × int16 → int32 madd on AVX2), never through int16 sums.
 
-size_t edge_q8_packed_bytes(int outputs, int inputs);
-void edge_q8_pack(const int8_t *weight, int outputs, int inputs, void *packed);
+/// The layout depends on the ISA that will run it (`EDGE_ISA_AUTO`: the best one, resolved at
+/// pack time): k-quads of INT8 for vpdpbusd, sdot and the portable path; k-pairs of INT16
+/// ([panel][in/2][16][2], widened once here) for the AVX2 vpmaddwd kernel. A block packed for
+/// one ISA must be multiplied with the same ISA.
+size_t edge_q8_packed_bytes(edge_isa isa, int outputs, int inputs);
+void edge_q8_pack(edge_isa isa, const int8_t *weight, int outputs, int inputs, void *packed);
 /// Σ_k W[o][k] for each output, as stored in the packed block.
-const int32_t *edge_q8_column_sums(const void *packed, int outputs, int inputs);
+const int32_t *edge_q8_column_sums(edge_isa isa, const void *packed, int outputs, int inputs);
+/// What the INT8 GEMM runs for `isa`, named as it is (e.g. "avx2 vpmaddwd").
+const char *edge_q8_kernel_name(edge_isa isa);
 
 /// What happens to each INT32 accumulator `acc[m][o]`:
 ///   v = (float)(acc + bias[o]) * scale[o];  if leaky and v < 0: v *= alpha
 ///   u8 output:  y = clamp(round_half_even(v) + zero_point, qmin, qmax)
 ///   f32 output: y = v
-/// `bias` and `scale` hold at least round_up(outputs, 16) entries.
+/// `bias` and `scale` hold at least round_up(outputs, 16) entries; 0 <= qmin <= qmax <= 255 (the
+/// vector paths saturate when packing to bytes and equal the scalar definition only in that range).
 typedef struct {
     const int32_t *bias;
     const float *scale;
@@ -76,7 +85,8 @@ typedef struct {
     float alpha;
 } edge_q8_epilogue;
 
-/// Y = epilogue(X · Wᵀ) for `rows` rows; exactly one of y_u8 / y_f32 is non-null.
+/// Y = epilogue(X · Wᵀ) for `rows` rows; exactly one of y_u8 / y_f32 is non-null. `isa` must be
+/// the one the block was packed for (an ISA this CPU cannot run means the portable path, in both).
 void edge_q8_gemm(edge_isa isa, int rows, int outputs, int inputs, const uint8_t *x, int ldx, const void *packed,
                   const edge_q8_epilogue *epilogue, uint8_t *y_u8, float *y_f32, int ldy);
 

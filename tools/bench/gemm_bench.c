@@ -1,0 +1,83 @@
+// The INT8 and FP32 GEMM kernels of Sources/CKernels, timed per path (`make kernel-bench`):
+// GMAC/s for rows × n × n at batch 1, 64 and 256, each INT8 path checked against the portable
+// path bit for bit first. Built straight from the kernel sources with the system C compiler, so
+// it needs no Swift build; `make microbench` has the same GEMMs inside the Swift benchmarks.
+#include "ckernels.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static unsigned long long state = 88172645463325252ull;
+static unsigned next(void) { state ^= state << 13; state ^= state >> 7; state ^= state << 17; return (unsigned)state; }
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+static void *aligned(size_t bytes) { return aligned_alloc(64, (bytes + 63) & ~(size_t)63); }
+
+static double time_int8(edge_isa isa, int rows, int n, const uint8_t *x, const int8_t *w, const edge_q8_epilogue *ep, uint8_t *y) {
+    void *packed = aligned(edge_q8_packed_bytes(isa, n, n));
+    edge_q8_pack(isa, w, n, n, packed);
+    double best = 1e30;
+    for (int run = 0; run < 5; run++) {
+        int it = 0;
+        double t0 = now(), t;
+        do { edge_q8_gemm(isa, rows, n, n, x, n, packed, ep, y, 0, n); it++; } while ((t = now() - t0) < 0.1);
+        if (t / it < best) best = t / it;
+    }
+    free(packed);
+    return (double)rows * n * n / best / 1e9;
+}
+
+static double time_fp32(edge_isa isa, int rows, int n, const float *x, const float *w, float *y) {
+    float *packed = aligned(edge_sgemm_packed_floats(n, n) * sizeof(float));
+    edge_sgemm_pack(w, 0, n, n, packed);
+    double best = 1e30;
+    for (int run = 0; run < 5; run++) {
+        int it = 0;
+        double t0 = now(), t;
+        do { edge_sgemm_packed(isa, rows, n, n, x, n, packed, y, n, EDGE_ACT_NONE, 0); it++; } while ((t = now() - t0) < 0.1);
+        if (t / it < best) best = t / it;
+    }
+    free(packed);
+    return (double)rows * n * n / best / 1e9;
+}
+
+int main(void) {
+    const edge_isa paths[] = {EDGE_ISA_PORTABLE, EDGE_ISA_AVX2, EDGE_ISA_AVX512, EDGE_ISA_AVX512VNNI, EDGE_ISA_NEONDOT};
+    const int sizes[] = {256, 1024}, batches[] = {1, 64, 256};
+    int failed = 0;
+    for (int s = 0; s < 2; s++) {
+        int n = sizes[s], maxrows = 256;
+        uint8_t *x8 = malloc((size_t)maxrows * n), *y8 = malloc((size_t)maxrows * n), *ref = malloc((size_t)maxrows * n);
+        int8_t *w8 = malloc((size_t)n * n);
+        float *xf = malloc(sizeof(float) * maxrows * n), *wf = malloc(sizeof(float) * n * n), *yf = malloc(sizeof(float) * maxrows * n);
+        int32_t *bias = calloc(n, 4);
+        float *scale = malloc(sizeof(float) * n);
+        for (size_t i = 0; i < (size_t)maxrows * n; i++) { x8[i] = next(); xf[i] = (float)(next() % 1000) / 1000; }
+        for (size_t i = 0; i < (size_t)n * n; i++) { w8[i] = (int8_t)((int)(next() % 255) - 127); wf[i] = (float)(next() % 1000) / 1000 - 0.5f; }
+        for (int o = 0; o < n; o++) { bias[o] = (int)(next() % 2001) - 1000; scale[o] = 0.0002f; }
+        edge_q8_epilogue ep = {bias, scale, 128, 0, 255, 0, 0};
+        void *pref = aligned(edge_q8_packed_bytes(EDGE_ISA_PORTABLE, n, n));
+        edge_q8_pack(EDGE_ISA_PORTABLE, w8, n, n, pref);
+        edge_q8_gemm(EDGE_ISA_PORTABLE, maxrows, n, n, x8, n, pref, &ep, ref, 0, n);
+        for (int b = 0; b < 3; b++) {
+            int rows = batches[b];
+            printf("%4d x %4d x %4d  fp32 %-12s %6.1f GMAC/s\n", rows, n, n, edge_isa_supported(EDGE_ISA_AVX2) ? "avx2" : "portable",
+                   time_fp32(edge_isa_supported(EDGE_ISA_AVX2) ? EDGE_ISA_AVX2 : EDGE_ISA_PORTABLE, rows, n, xf, wf, yf));
+            for (unsigned p = 0; p < sizeof paths / sizeof paths[0]; p++) {
+                edge_isa isa = paths[p];
+                if (!edge_isa_supported(isa) || (isa == EDGE_ISA_PORTABLE && n > 256 && rows > 1)) continue;
+                void *packed = aligned(edge_q8_packed_bytes(isa, n, n));
+                edge_q8_pack(isa, w8, n, n, packed);
+                memset(y8, 0, (size_t)maxrows * n);
+                edge_q8_gemm(isa, maxrows, n, n, x8, n, packed, &ep, y8, 0, n);
+                int same = memcmp(y8, ref, (size_t)maxrows * n) == 0;
+                failed += !same;
+                free(packed);
+                printf("%4d x %4d x %4d  int8 %-12s %6.1f GMAC/s  (%s)%s\n", rows, n, n, edge_isa_name(isa),
+                       time_int8(isa, rows, n, x8, w8, &ep, y8), edge_q8_kernel_name(isa), same ? "" : "  DIFFERS FROM PORTABLE");
+            }
+        }
+        free(pref);
+    }
+    return failed != 0;
+}
