@@ -15,10 +15,9 @@ void edge_transpose(const float *src, int rows, int cols, float *dst) {
     }
 }
 
-void edge_im2row(const float *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
-                 float *hwc, float *rows) {
-    // Channels last first, so that each (ky, kx) tap of a patch is one contiguous copy of C floats.
-    edge_transpose(x, channels, height * width, hwc);
+void edge_im2row_nhwc(const float *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
+                      float *rows) {
+    // Channels last: each (ky, kx) tap of a patch is one contiguous copy of C floats.
     int oh = (height + 2 * ph - kh) / sh + 1, ow = (width + 2 * pw - kw) / sw + 1;
     float *d = rows;
     for (int oy = 0; oy < oh; oy++) {
@@ -30,7 +29,7 @@ void edge_im2row(const float *x, int channels, int height, int width, int kh, in
                     if (iy < 0 || iy >= height || ix < 0 || ix >= width) {
                         for (int c = 0; c < channels; c++) d[c] = 0.0f;
                     } else {
-                        const float *s = hwc + ((size_t)iy * width + ix) * channels;
+                        const float *s = x + ((size_t)iy * width + ix) * channels;
                         for (int c = 0; c < channels; c++) d[c] = s[c];  // inlined: a call per tap costs more
                     }
                     d += channels;
@@ -52,9 +51,8 @@ void edge_transpose_u8(const uint8_t *src, int rows, int cols, uint8_t *dst) {
     }
 }
 
-void edge_im2row_u8(const uint8_t *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
-                    uint8_t pad, uint8_t *hwc, uint8_t *rows, int ldrow) {
-    edge_transpose_u8(x, channels, height * width, hwc);
+void edge_im2row_nhwc_u8(const uint8_t *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
+                         uint8_t pad, uint8_t *rows, int ldrow) {
     int oh = (height + 2 * ph - kh) / sh + 1, ow = (width + 2 * pw - kw) / sw + 1;
     int patch = kh * kw * channels;
     for (int oy = 0; oy < oh; oy++) {
@@ -65,10 +63,9 @@ void edge_im2row_u8(const uint8_t *x, int channels, int height, int width, int k
                 for (int kx = 0; kx < kw; kx++) {
                     int ix = ox * sw - pw + kx;
                     if (iy < 0 || iy >= height || ix < 0 || ix >= width) {
-                        for (int c = 0; c < channels; c++) d[c] = pad;
+                        memset(d, pad, (size_t)channels);
                     } else {
-                        const uint8_t *s = hwc + ((size_t)iy * width + ix) * channels;
-                        for (int c = 0; c < channels; c++) d[c] = s[c];
+                        memcpy(d, x + ((size_t)iy * width + ix) * channels, (size_t)channels);
                     }
                     d += channels;
                 }
@@ -146,4 +143,76 @@ void edge_pool_u8(const uint8_t *x, int planes, int height, int width, int kh, i
                 *y++ = (uint8_t)(average ? (acc + n / 2) / n : acc);
             }
     }
+}
+
+// ---- channels last (NHWC) pooling -------------------------------------------------------------
+// Each output pixel reduces its window channel by channel over contiguous runs of C values.
+// Average rounds as the CHW versions do (FP32: sum · 1/n; UINT8: half up).
+
+void edge_pool_nhwc_f32(const float *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
+                        int average, float *y) {
+    int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1;
+    float inv = 1.0f / (float)(kh * kw);
+    for (int b = 0; b < batch; b++) {
+        const float *xb = x + (size_t)b * height * width * channels;
+        for (int oy = 0; oy < oh; oy++)
+            for (int ox = 0; ox < ow; ox++) {
+                float *d = y + (((size_t)b * oh + oy) * ow + ox) * channels;
+                const float *first = xb + ((size_t)oy * sh * width + (size_t)ox * sw) * channels;
+                for (int c = 0; c < channels; c++) d[c] = average ? 0.0f : first[c];
+                for (int ky = 0; ky < kh; ky++)
+                    for (int kx = 0; kx < kw; kx++) {
+                        const float *s = xb + ((size_t)(oy * sh + ky) * width + (size_t)(ox * sw + kx)) * channels;
+                        if (average) for (int c = 0; c < channels; c++) d[c] += s[c];
+                        else for (int c = 0; c < channels; c++) d[c] = s[c] > d[c] ? s[c] : d[c];
+                    }
+                if (average) for (int c = 0; c < channels; c++) d[c] *= inv;
+            }
+    }
+}
+
+void edge_pool_nhwc_u8(const uint8_t *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
+                       int average, uint8_t *y) {
+    int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1, n = kh * kw;
+    enum { CB = 256 };
+    int acc[CB];
+    for (int b = 0; b < batch; b++) {
+        const uint8_t *xb = x + (size_t)b * height * width * channels;
+        for (int oy = 0; oy < oh; oy++)
+            for (int ox = 0; ox < ow; ox++) {
+                uint8_t *d = y + (((size_t)b * oh + oy) * ow + ox) * channels;
+                for (int c0 = 0; c0 < channels; c0 += CB) {
+                    int cn = channels - c0 < CB ? channels - c0 : CB;
+                    for (int c = 0; c < cn; c++) acc[c] = 0;
+                    for (int ky = 0; ky < kh; ky++)
+                        for (int kx = 0; kx < kw; kx++) {
+                            const uint8_t *s = xb + ((size_t)(oy * sh + ky) * width + (size_t)(ox * sw + kx)) * channels + c0;
+                            if (average) for (int c = 0; c < cn; c++) acc[c] += s[c];
+                            else for (int c = 0; c < cn; c++) acc[c] = s[c] > acc[c] ? s[c] : acc[c];
+                        }
+                    for (int c = 0; c < cn; c++) d[c0 + c] = (uint8_t)(average ? (acc[c] + n / 2) / n : acc[c]);
+                }
+            }
+    }
+}
+
+void edge_global_pool_nhwc_f32(const float *x, int batch, int pixels, int channels, float *y) {
+    float inv = 1.0f / (float)pixels;
+    for (int b = 0; b < batch; b++) {
+        float *d = y + (size_t)b * channels;
+        const float *xb = x + (size_t)b * pixels * channels;
+        for (int c = 0; c < channels; c++) d[c] = 0.0f;
+        for (int p = 0; p < pixels; p++)
+            for (int c = 0; c < channels; c++) d[c] += xb[(size_t)p * channels + c];
+        for (int c = 0; c < channels; c++) d[c] *= inv;
+    }
+}
+
+void edge_global_pool_nhwc_u8(const uint8_t *x, int batch, int pixels, int channels, uint8_t *y) {
+    for (int b = 0; b < batch; b++)
+        for (int c = 0; c < channels; c++) {
+            int s = 0;
+            for (int p = 0; p < pixels; p++) s += x[((size_t)b * pixels + p) * channels + c];
+            y[(size_t)b * channels + c] = (uint8_t)((s + pixels / 2) / pixels);
+        }
 }

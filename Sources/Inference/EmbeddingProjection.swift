@@ -30,10 +30,22 @@ public final class EmbeddingTap {
     private let scratch: UnsafeMutablePointer<Float>?
     private(set) var rows = 0
 
-    public init(_ projection: EmbeddingProjection, batchCapacity: Int, quantizedInput: Bool = false) {
+    /// The directions as the plan holds the tapped input: the projection's own, or re-ordered
+    /// for an input the plan keeps channels last.
+    private let directions: Tensor
+
+    /// - Parameter channelsLast: the tapped input's (channels, pixels) when the plan holds it
+    ///   channels last (HWC) while the projection was made for the file's CHW order.
+    public init(_ projection: EmbeddingProjection, batchCapacity: Int, quantizedInput: Bool = false,
+                channelsLast: (channels: Int, pixels: Int)? = nil) {
         self.projection = projection
         output = allocateAlignedFloats(batchCapacity * projection.count)
         scratch = quantizedInput ? allocateAlignedFloats(batchCapacity * projection.inputCount) : nil
+        if let c = channelsLast {
+            directions = Kernels.channelsLastColumns(projection.directions, channels: c.channels, pixels: c.pixels)
+        } else {
+            directions = projection.directions
+        }
     }
 
     deinit {
@@ -43,7 +55,7 @@ public final class EmbeddingTap {
 
     public func capture(_ h: UnsafePointer<Float>, batch: Int) {
         let k = projection.count, d = projection.inputCount
-        BLAS.gemm(transB: true, m: batch, n: k, k: d, a: h, lda: d, b: projection.directions.pointer, ldb: d, c: output, ldc: k)
+        BLAS.gemm(transB: true, m: batch, n: k, k: d, a: h, lda: d, b: directions.pointer, ldb: d, c: output, ldc: k)
         rows = batch
     }
 

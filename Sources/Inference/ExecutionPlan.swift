@@ -1,3 +1,4 @@
+import CKernels
 import ModelFile
 import Tensor
 
@@ -22,10 +23,14 @@ public struct MemoryEstimate: Sendable, Equatable, Codable {
 public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
     enum Step {
         case dense(PackedWeights, activation: FusedActivation)
-        case conv2d(PackedWeights, geometry: Kernels.ConvGeometry, activation: FusedActivation)
+        /// Channels last in and out, `chunk` samples per GEMM.
+        case conv2d(PackedWeights, geometry: Kernels.ConvGeometry, activation: FusedActivation, chunk: Int)
         case maxpool2d(Kernels.ConvGeometry)
         case avgpool2d(Kernels.ConvGeometry)
-        case globalAveragePool(channels: Int, planeSize: Int)
+        case globalAveragePool(channels: Int, pixels: Int)
+        /// CHW → HWC per sample (before the first spatial layer, when there is more than one channel), and back.
+        case toChannelsLast(channels: Int, pixels: Int)
+        case toChannelsFirst(channels: Int, pixels: Int)
         case activation(Kernels.Activation, count: Int)
         case softmax(columns: Int)
 
@@ -55,17 +60,17 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         precondition(batchCapacity >= 1, "batch capacity must be at least 1")
         self.network = network
         self.batchCapacity = batchCapacity
-        self.steps = Self.compile(network)
+        self.steps = Self.compile(network, batch: batchCapacity)
         if let embedding {
             precondition(embedding.layer == EmbeddingProjection.penultimateLayer(of: network)
                          && embedding.inputCount == network.layers[embedding.layer].inputCount, "projection does not fit the network")
-            tap = EmbeddingTap(embedding, batchCapacity: batchCapacity)
             tapStep = steps.lastIndex { if case .dense = $0 { true } else if case .conv2d = $0 { true } else { false } }!
+            tap = EmbeddingTap(embedding, batchCapacity: batchCapacity, channelsLast: Self.channelsLastInput(network, layer: embedding.layer))
         } else {
             tap = nil
             tapStep = -1
         }
-        let sizes = Self.bufferSizes(network)
+        let sizes = Self.bufferSizes(network, batch: batchCapacity)
         self.activationFloats = sizes.activation * batchCapacity
         self.workspaceFloats = sizes.workspace
         bufferA = allocateAlignedFloats(activationFloats)
@@ -87,7 +92,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
 
     /// What a plan for `batch` samples would hold, without building it.
     public static func memoryEstimate(network: Network, batch: Int) -> MemoryEstimate {
-        let sizes = bufferSizes(network)
+        let sizes = bufferSizes(network, batch: batch)
         let packed = network.layers.reduce(0) { total, layer in
             guard let w = layer.weight else { return total }
             return total + edgePackedFloats(outputs: w.shape[0], inputs: w.count / w.shape[0]) * 4
@@ -96,42 +101,94 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
                               activations: 2 * sizes.activation * batch * 4)
     }
 
-    static func bufferSizes(_ network: Network) -> (activation: Int, workspace: Int) {
+    /// Activation floats per sample, and workspace floats (the batched im2row rows) for `batch`.
+    static func bufferSizes(_ network: Network, batch: Int) -> (activation: Int, workspace: Int) {
         var activation = network.inputCount
         var workspace = 0
         for layer in network.layers {
             activation = max(activation, layer.outputCount)
             if case .conv2d = layer.kind, let g = layer.geometry {
-                workspace = max(workspace, Kernels.conv2dWorkspace(g))
+                let perSample = g.outH * g.outW * g.patch
+                workspace = max(workspace, Kernels.convChunk(bytesPerSample: perSample * 4, batch: batch) * perSample)
             }
         }
         return (activation, workspace)
     }
 
-    static func compile(_ network: Network) -> [Step] {
+    /// The (channels, pixels) of layer `l`'s input when the plan holds it channels last, nil when
+    /// it is flat or channels first: what a tap on that input must re-order for.
+    static func channelsLastInput(_ network: Network, layer l: Int) -> (channels: Int, pixels: Int)? {
+        var spatial: (channels: Int, pixels: Int)? = nil
+        for (i, layer) in network.layers.enumerated() {
+            if i == l { return spatial.flatMap { $0.channels > 1 ? $0 : nil } }
+            switch layer.kind {
+            case .conv2d, .maxpool2d, .avgpool2d:
+                spatial = (layer.outputShape[0], layer.outputShape[1] * layer.outputShape[2])
+            case .globalavgpool, .dense, .softmax:
+                spatial = nil
+            default:
+                break
+            }
+        }
+        return nil
+    }
+
+    /// Activations are channels last (HWC) from the first spatial layer on: convolutions unfold
+    /// a chunk of samples straight into one GEMM whose output is already HWC, and the first dense
+    /// layer after them has its columns re-ordered at compile time. The file stays CHW.
+    static func compile(_ network: Network, batch: Int) -> [Step] {
         var steps: [Step] = []
         let layers = network.layers
+        var channelsLast: (channels: Int, pixels: Int)? = nil
+        func toChannelsLast(_ shape: [Int]) {
+            guard channelsLast == nil else { return }
+            let c = shape[0], p = shape[1] * shape[2]
+            if c > 1 { steps.append(.toChannelsLast(channels: c, pixels: p)) }
+            channelsLast = (c, p)
+        }
+        func toChannelsFirst() {
+            if let l = channelsLast, l.channels > 1 { steps.append(.toChannelsFirst(channels: l.channels, pixels: l.pixels)) }
+            channelsLast = nil
+        }
         var i = 0
         while i < layers.count {
             let layer = layers[i]
             let fused = network.fusedActivation(at: i)
             switch layer.kind {
             case .dense:
-                steps.append(.dense(PackedWeights(weight: layer.weight!, bias: layer.bias), activation: fused.fused))
+                var w = layer.weight!
+                if let l = channelsLast {
+                    if l.channels > 1 { w = Kernels.channelsLastColumns(w, channels: l.channels, pixels: l.pixels) }
+                    channelsLast = nil
+                }
+                steps.append(.dense(PackedWeights(weight: w, bias: layer.bias), activation: fused.fused))
             case .conv2d:
-                steps.append(.conv2d(PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias), geometry: layer.geometry!,
-                                     activation: fused.fused))
-            case .maxpool2d: steps.append(.maxpool2d(layer.geometry!))
-            case .avgpool2d: steps.append(.avgpool2d(layer.geometry!))
+                let g = layer.geometry!
+                toChannelsLast(layer.inputShape)
+                let chunk = Kernels.convChunk(bytesPerSample: g.outH * g.outW * g.patch * 4, batch: batch)
+                steps.append(.conv2d(PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias), geometry: g,
+                                     activation: fused.fused, chunk: chunk))
+                channelsLast = (g.outChannels, g.outH * g.outW)
+            case .maxpool2d, .avgpool2d:
+                let g = layer.geometry!
+                toChannelsLast(layer.inputShape)
+                if case .maxpool2d = layer.kind { steps.append(.maxpool2d(g)) } else { steps.append(.avgpool2d(g)) }
+                channelsLast = (g.channels, g.outH * g.outW)
             case .globalavgpool:
-                steps.append(.globalAveragePool(channels: layer.inputShape[0], planeSize: layer.inputShape[1] * layer.inputShape[2]))
+                toChannelsLast(layer.inputShape)
+                steps.append(.globalAveragePool(channels: layer.inputShape[0], pixels: layer.inputShape[1] * layer.inputShape[2]))
+                channelsLast = nil
             case .flatten: break
             case .relu, .relu6, .leakyrelu:
                 steps.append(.activation(layer.kind.activation!, count: layer.outputCount))
-            case .softmax: steps.append(.softmax(columns: layer.outputCount))
+            case .softmax:
+                toChannelsFirst()
+                steps.append(.softmax(columns: layer.outputCount))
             }
             i += fused == .none ? 1 : 2
         }
+        // A network that ends on a spatial tensor answers in the file's order.
+        toChannelsFirst()
         return steps
     }
 
@@ -147,11 +204,18 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
             switch step {
             case .dense(let w, let act):
                 w.multiply(rows: batch, current, ldx: w.inputs, other, ldy: w.outputs, activation: act)
-            case .conv2d(let w, let g, let act):
-                Kernels.conv2dPacked(current, batch: batch, g, weights: w, activation: act, workspace: workspace, other)
-            case .maxpool2d(let g): Kernels.maxpool2d(current, batch: batch, g, other)
-            case .avgpool2d(let g): Kernels.avgpool2d(current, batch: batch, g, other)
-            case .globalAveragePool(let c, let p): Kernels.globalAveragePool(current, planes: batch * c, planeSize: p, other)
+            case .conv2d(let w, let g, let act, let chunk):
+                Kernels.conv2dNHWC(current, batch: batch, g, weights: w, activation: act, chunk: chunk, workspace: workspace, other)
+            case .maxpool2d(let g), .avgpool2d(let g):
+                var average: Int32 = 0
+                if case .avgpool2d = step { average = 1 }
+                edge_pool_nhwc_f32(current, Int32(batch), Int32(g.height), Int32(g.width), Int32(g.channels), Int32(g.kernelH),
+                                   Int32(g.kernelW), Int32(g.strideH), Int32(g.strideW), average, other)
+            case .globalAveragePool(let c, let p): edge_global_pool_nhwc_f32(current, Int32(batch), Int32(p), Int32(c), other)
+            case .toChannelsLast(let c, let p):
+                for s in 0..<batch { edge_transpose(current + s * c * p, Int32(c), Int32(p), other + s * c * p) }
+            case .toChannelsFirst(let c, let p):
+                for s in 0..<batch { edge_transpose(current + s * c * p, Int32(p), Int32(c), other + s * c * p) }
             case .activation(let a, let count): Kernels.activate(current, count: batch * count, a)
             case .softmax(let columns): Kernels.softmax(current, rows: batch, columns: columns)
             }

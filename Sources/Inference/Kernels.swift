@@ -138,26 +138,46 @@ public enum Kernels {
         return t
     }
 
-    /// Floats of workspace `conv2dPacked` needs for one sample.
-    public static func conv2dWorkspace(_ g: ConvGeometry) -> Int {
-        let pixels = g.outH * g.outW
-        return pixels * (g.patch + g.outChannels) + g.channels * g.height * g.width
+    /// Samples unfolded into one batched convolution GEMM: as many as keep the im2row rows
+    /// (`bytesPerSample` each) within 1 MiB, at least 1, at most `batch`.
+    public static func convChunk(bytesPerSample: Int, batch: Int) -> Int {
+        max(1, min(batch, (1 << 20) / max(bytesPerSample, 1)))
     }
 
-    /// conv2d through the packed kernels: im2row (channels-last taps), `rows · Wᵀ` with bias and
-    /// activation fused, then a transpose from `[pixels, out]` into NCHW. `weights` must be packed
-    /// from `tapMajor(weight)`; `workspace` holds `conv2dWorkspace(g)` floats.
-    public static func conv2dPacked(
+    /// A dense weight `[O, C·H·W]` whose columns follow a CHW-flattened input, re-ordered for the
+    /// same input flattened channels last (HWC): column p·C + c takes column c·P + p.
+    public static func channelsLastColumns(_ w: Tensor, channels c: Int, pixels: Int) -> Tensor {
+        let o = w.shape[0], d = w.count / o
+        precondition(d == c * pixels, "the dense layer's input is not the flattened tensor")
+        var out = [Float](repeating: 0, count: w.count)
+        let src = UnsafePointer(w.pointer)
+        for r in 0..<o {
+            let s = r * d
+            for ch in 0..<c {
+                for p in 0..<pixels { out[s + p * c + ch] = src[s + ch * pixels + p] }
+            }
+        }
+        return Tensor(shape: w.shape, values: out)
+    }
+
+    /// Convolution of `batch` channels-last samples: the im2row rows of `chunk` samples at a time
+    /// (no transposes) into one GEMM whose output rows are already channels last; `workspace`
+    /// holds `chunk` × outH·outW × patch floats, `weights` come from `tapMajor(weight)`.
+    public static func conv2dNHWC(
         _ x: UnsafePointer<Float>, batch: Int, _ g: ConvGeometry, weights: PackedWeights, activation: FusedActivation,
-        workspace: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>
+        chunk: Int, workspace: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>
     ) {
         let plane = g.outH * g.outW, inCount = g.channels * g.height * g.width, outCount = g.outChannels * plane
-        let rows = workspace, product = workspace + plane * g.patch, hwc = product + plane * g.outChannels
-        for s in 0..<batch {
-            edge_im2row(x + s * inCount, Int32(g.channels), Int32(g.height), Int32(g.width), Int32(g.kernelH), Int32(g.kernelW),
-                        Int32(g.strideH), Int32(g.strideW), Int32(g.padH), Int32(g.padW), hwc, rows)
-            weights.multiply(rows: plane, rows, ldx: g.patch, product, ldy: g.outChannels, activation: activation)
-            edge_transpose(product, Int32(plane), Int32(g.outChannels), y + s * outCount)
+        var s0 = 0
+        while s0 < batch {
+            let n = min(chunk, batch - s0)
+            for s in 0..<n {
+                edge_im2row_nhwc(x + (s0 + s) * inCount, Int32(g.channels), Int32(g.height), Int32(g.width), Int32(g.kernelH),
+                                 Int32(g.kernelW), Int32(g.strideH), Int32(g.strideW), Int32(g.padH), Int32(g.padW),
+                                 workspace + s * plane * g.patch)
+            }
+            weights.multiply(rows: n * plane, workspace, ldx: g.patch, y + s0 * outCount, ldy: g.outChannels, activation: activation)
+            s0 += n
         }
     }
 

@@ -14,10 +14,11 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         case quantize(QuantParams, count: Int)
         case dequantize(QuantParams, count: Int)
         case int8Dense(PackedInt8Weights, QuantizedEpilogue, floatOutput: Bool)
-        case int8Conv(PackedInt8Weights, QuantizedEpilogue, Kernels.ConvGeometry, inputZeroPoint: UInt8, floatOutput: Bool)
+        /// Channels last in and out, `chunk` samples per GEMM.
+        case int8Conv(PackedInt8Weights, QuantizedEpilogue, Kernels.ConvGeometry, inputZeroPoint: UInt8, floatOutput: Bool, chunk: Int)
         case int4Dense(PackedInt4Weights, FusedActivation)
         case floatDense(PackedWeights, FusedActivation)
-        case floatConv(PackedWeights, Kernels.ConvGeometry, FusedActivation)
+        case floatConv(PackedWeights, Kernels.ConvGeometry, FusedActivation, chunk: Int)
         case maxpoolU8(Kernels.ConvGeometry)
         case avgpoolU8(Kernels.ConvGeometry)
         case globalAveragePoolU8(channels: Int, planeSize: Int)
@@ -25,6 +26,9 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         case maxpool(Kernels.ConvGeometry)
         case avgpool(Kernels.ConvGeometry)
         case globalAveragePool(channels: Int, planeSize: Int)
+        /// CHW → HWC per sample before the first spatial layer (more than one channel), and back.
+        case toChannelsLast(channels: Int, pixels: Int, uint8: Bool)
+        case toChannelsFirst(channels: Int, pixels: Int, uint8: Bool)
         case activation(Kernels.Activation, count: Int)
         case softmax(columns: Int)
 
@@ -70,7 +74,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         precondition(batchCapacity >= 1)
         self.model = model
         self.batchCapacity = batchCapacity
-        let compiled = Self.compile(model)
+        let compiled = Self.compile(model, batch: batchCapacity)
         steps = compiled.steps
         if let embedding {
             precondition(embedding.layer == EmbeddingProjection.penultimateLayer(of: model.network)
@@ -86,7 +90,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .int8Dense, .int8Conv: tapInput = model.spec.activation(embedding.layer)
             default: tapInput = nil
             }
-            tap = EmbeddingTap(embedding, batchCapacity: batchCapacity, quantizedInput: tapInput != nil)
+            tap = EmbeddingTap(embedding, batchCapacity: batchCapacity, quantizedInput: tapInput != nil, channelsLast: compiled.tapChannelsLast)
         } else {
             tap = nil
             tapStep = -1
@@ -98,9 +102,12 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         var work = 16
         for l in net.layers {
             maxActivation = max(maxActivation, l.outputCount)
-            if case .conv2d = l.kind, let g = l.geometry {
-                let pixels = g.outH * g.outW
-                work = max(work, Kernels.conv2dWorkspace(g) * 4, pixels * ((g.patch + 3) & ~3) + pixels * g.outChannels + g.channels * g.height * g.width + 64)
+        }
+        for step in compiled.steps {
+            switch step {
+            case .int8Conv(let w, _, let g, _, _, let chunk): work = max(work, chunk * g.outH * g.outW * w.paddedInputs + 64)
+            case .floatConv(_, let g, _, let chunk): work = max(work, chunk * g.outH * g.outW * g.patch * 4)
+            default: break
             }
         }
         // 64 spare bytes: INT8 kernels read rows in 4-byte quads.
@@ -141,7 +148,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .quantize: "quantize"
             case .dequantize: "dequantize"
             case .int8Dense(_, _, let f): "int8 dense" + (f ? " -> fp32" : "")
-            case .int8Conv(_, _, _, _, let f): "int8 conv2d" + (f ? " -> fp32" : "")
+            case .int8Conv(_, _, _, _, let f, _): "int8 conv2d" + (f ? " -> fp32" : "")
             case .int4Dense: "int4 dense"
             case .floatDense: "fp32 dense"
             case .floatConv: "fp32 conv2d"
@@ -152,6 +159,8 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .maxpool: "fp32 maxpool"
             case .avgpool: "fp32 avgpool"
             case .globalAveragePool: "fp32 global average pool"
+            case .toChannelsLast(_, _, let u): (u ? "uint8" : "fp32") + " to channels last"
+            case .toChannelsFirst(_, _, let u): (u ? "uint8" : "fp32") + " to channels first"
             case .activation(let a, _): "fp32 \(a)"
             case .softmax: "softmax"
             }
@@ -166,11 +175,32 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
 
     // MARK: compile
 
-    static func compile(_ model: QuantizedModel) -> (steps: [Step], weightBytes: Int) {
+    /// As the FP32 plan: activations channels last (HWC) from the first spatial layer on,
+    /// convolutions batched over chunks of samples, the first dense layer after them with its
+    /// columns re-ordered (an INT4 layer, whose groups follow the file's order, gets CHW back).
+    static func compile(_ model: QuantizedModel, batch: Int) -> (steps: [Step], weightBytes: Int, tapChannelsLast: (channels: Int, pixels: Int)?) {
         let net = model.network, spec = model.spec
         var steps: [Step] = []
         var bytes = 0
         var domain: QuantParams? = nil  // nil: FP32
+        var channelsLast: (channels: Int, pixels: Int)? = nil
+        /// The layout of the last weighted step's input (the embedding tap's).
+        var tapChannelsLast: (channels: Int, pixels: Int)? = nil
+        func toChannelsLast(_ shape: [Int]) {
+            guard channelsLast == nil else { return }
+            let c = shape[0], p = shape[1] * shape[2]
+            if c > 1 { steps.append(.toChannelsLast(channels: c, pixels: p, uint8: domain != nil)) }
+            channelsLast = (c, p)
+        }
+        func toChannelsFirst() {
+            if let l = channelsLast, l.channels > 1 { steps.append(.toChannelsFirst(channels: l.channels, pixels: l.pixels, uint8: domain != nil)) }
+            channelsLast = nil
+        }
+        /// Entering a dense layer: its columns follow the HWC order when the input is channels last.
+        func denseInput() -> (channels: Int, pixels: Int)? {
+            defer { channelsLast = nil }
+            return channelsLast.flatMap { $0.channels > 1 ? $0 : nil }
+        }
         let layers = net.layers
         func precision(_ l: Int) -> LayerPrecision {
             if model.int8[l] != nil { return .int8 }
@@ -189,9 +219,15 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             let fused = net.fusedActivation(at: l)
             switch layer.kind {
             case .dense, .conv2d:
+                if case .conv2d = layer.kind { toChannelsLast(layer.inputShape) }
+                if case .dense = layer.kind, precision(l) == .int4 {
+                    toFloat()
+                    toChannelsFirst()
+                }
+                tapChannelsLast = channelsLast.flatMap { $0.channels > 1 ? $0 : nil }
                 switch precision(l) {
                 case .int8:
-                    let q = model.int8[l]!
+                    var q = model.int8[l]!
                     let input = spec.activation(l)!
                     if domain != input {
                         toFloat()
@@ -202,11 +238,17 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                     let out = uint8Out.flatMap { spec.activation($0) }
                     let floatOut = out == nil
                     let ep = epilogue(q, bias: layer.bias, input: input, output: out, activation: fused)
-                    let packed = q.packed()
-                    bytes += packed.byteCount + ep.count * 8
                     if case .conv2d = layer.kind {
-                        steps.append(.int8Conv(packed, ep, layer.geometry!, inputZeroPoint: UInt8(input.zeroPoint), floatOutput: floatOut))
+                        let g = layer.geometry!
+                        let packed = q.packed()
+                        bytes += packed.byteCount + ep.count * 8
+                        let chunk = Kernels.convChunk(bytesPerSample: g.outH * g.outW * packed.paddedInputs, batch: batch)
+                        steps.append(.int8Conv(packed, ep, g, inputZeroPoint: UInt8(input.zeroPoint), floatOutput: floatOut, chunk: chunk))
+                        channelsLast = (g.outChannels, g.outH * g.outW)
                     } else {
+                        if let c = denseInput() { q = q.channelsLast(channels: c.channels, pixels: c.pixels) }
+                        let packed = q.packed()
+                        bytes += packed.byteCount + ep.count * 8
                         steps.append(.int8Dense(packed, ep, floatOutput: floatOut))
                     }
                     domain = out
@@ -222,22 +264,36 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                 case .fp32:
                     toFloat()
                     if case .conv2d = layer.kind {
+                        let g = layer.geometry!
                         let p = PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias)
                         bytes += p.byteCount
-                        steps.append(.floatConv(p, layer.geometry!, fused.fused))
+                        let chunk = Kernels.convChunk(bytesPerSample: g.outH * g.outW * g.patch * 4, batch: batch)
+                        steps.append(.floatConv(p, g, fused.fused, chunk: chunk))
+                        channelsLast = (g.outChannels, g.outH * g.outW)
                     } else {
-                        let p = PackedWeights(weight: layer.weight!, bias: layer.bias)
+                        var w = layer.weight!
+                        if let c = denseInput() { w = Kernels.channelsLastColumns(w, channels: c.channels, pixels: c.pixels) }
+                        let p = PackedWeights(weight: w, bias: layer.bias)
                         bytes += p.byteCount
                         steps.append(.floatDense(p, fused.fused))
                     }
                 }
                 l += fused == .none ? 1 : 2
                 continue
-            case .maxpool2d: steps.append(domain == nil ? .maxpool(layer.geometry!) : .maxpoolU8(layer.geometry!))
-            case .avgpool2d: steps.append(domain == nil ? .avgpool(layer.geometry!) : .avgpoolU8(layer.geometry!))
+            case .maxpool2d, .avgpool2d:
+                let g = layer.geometry!
+                toChannelsLast(layer.inputShape)
+                if case .maxpool2d = layer.kind {
+                    steps.append(domain == nil ? .maxpool(g) : .maxpoolU8(g))
+                } else {
+                    steps.append(domain == nil ? .avgpool(g) : .avgpoolU8(g))
+                }
+                channelsLast = (g.channels, g.outH * g.outW)
             case .globalavgpool:
+                toChannelsLast(layer.inputShape)
                 let c = layer.inputShape[0], p = layer.inputShape[1] * layer.inputShape[2]
                 steps.append(domain == nil ? .globalAveragePool(channels: c, planeSize: p) : .globalAveragePoolU8(channels: c, planeSize: p))
+                channelsLast = nil
             case .flatten: break
             case .relu, .relu6, .leakyrelu:
                 let a = layer.kind.activation!
@@ -257,13 +313,16 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                 }
             case .softmax:
                 toFloat()
+                toChannelsFirst()
                 steps.append(.softmax(columns: layer.outputCount))
             }
             l += 1
         }
         toFloat()
+        // A network that ends on a spatial tensor answers in the file's order.
+        toChannelsFirst()
         // Fill in element counts for the boundary steps from the shapes they sit between.
-        return (resolveCounts(steps, net), bytes)
+        return (resolveCounts(steps, net), bytes, tapChannelsLast)
     }
 
     /// Boundary steps were emitted with count 0; give each the element count of its tensor.
@@ -278,10 +337,10 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             }
             switch step {
             case .int8Dense(let w, _, _): count = w.outputs
-            case .int8Conv(let w, _, let g, _, _): count = w.outputs * g.outH * g.outW
+            case .int8Conv(let w, _, let g, _, _, _): count = w.outputs * g.outH * g.outW
             case .int4Dense(let w, _): count = w.outputs
             case .floatDense(let w, _): count = w.outputs
-            case .floatConv(let w, let g, _): count = w.outputs * g.outH * g.outW
+            case .floatConv(let w, let g, _, _): count = w.outputs * g.outH * g.outW
             case .maxpoolU8(let g), .avgpoolU8(let g), .maxpool(let g), .avgpool(let g): count = g.channels * g.outH * g.outW
             case .globalAveragePoolU8(let c, _), .globalAveragePool(let c, _): count = c
             default: break
@@ -343,25 +402,32 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .dequantize(let p, let count): Quantization.dequantize(u, count: batch * count, p, of)
             case .int8Dense(let w, let ep, let floatOut):
                 w.multiply(rows: batch, u, ldx: w.inputs, epilogue: ep, output: floatOut ? .float(of) : .uint8(ou), ldy: w.outputs)
-            case .int8Conv(let w, let ep, let g, let zp, let floatOut):
-                int8Conv(u, batch: batch, g, w, ep, zp, floatOut ? nil : ou, floatOut ? of : nil)
+            case .int8Conv(let w, let ep, let g, let zp, let floatOut, let chunk):
+                int8Conv(u, batch: batch, g, w, ep, zp, chunk: chunk, floatOut ? nil : ou, floatOut ? of : nil)
             case .int4Dense(let w, let act): w.multiply(rows: batch, f, ldx: w.inputs, of, ldy: w.outputs, activation: act)
             case .floatDense(let w, let act): w.multiply(rows: batch, f, ldx: w.inputs, of, ldy: w.outputs, activation: act)
-            case .floatConv(let w, let g, let act):
-                Kernels.conv2dPacked(f, batch: batch, g, weights: w, activation: act, workspace: workspace.assumingMemoryBound(to: Float.self), of)
+            case .floatConv(let w, let g, let act, let chunk):
+                Kernels.conv2dNHWC(f, batch: batch, g, weights: w, activation: act, chunk: chunk,
+                                   workspace: workspace.assumingMemoryBound(to: Float.self), of)
             case .maxpoolU8(let g): poolU8(u, batch: batch, g, ou, average: false)
             case .avgpoolU8(let g): poolU8(u, batch: batch, g, ou, average: true)
-            case .globalAveragePoolU8(let c, let p):
-                for plane in 0..<(batch * c) {
-                    var s = 0
-                    for i in 0..<p { s &+= Int(u[plane * p + i]) }
-                    ou[plane] = UInt8((s + p / 2) / p)
-                }
+            case .globalAveragePoolU8(let c, let p): edge_global_pool_nhwc_u8(u, Int32(batch), Int32(p), Int32(c), ou)
             case .clampU8(let lo, let hi, let count):
                 for i in 0..<(batch * count) { u[i] = min(max(u[i], lo), hi) }
-            case .maxpool(let g): Kernels.maxpool2d(f, batch: batch, g, of)
-            case .avgpool(let g): Kernels.avgpool2d(f, batch: batch, g, of)
-            case .globalAveragePool(let c, let p): Kernels.globalAveragePool(f, planes: batch * c, planeSize: p, of)
+            case .maxpool(let g), .avgpool(let g):
+                var average: Int32 = 0
+                if case .avgpool = step { average = 1 }
+                edge_pool_nhwc_f32(f, Int32(batch), Int32(g.height), Int32(g.width), Int32(g.channels), Int32(g.kernelH), Int32(g.kernelW),
+                                   Int32(g.strideH), Int32(g.strideW), average, of)
+            case .globalAveragePool(let c, let p): edge_global_pool_nhwc_f32(f, Int32(batch), Int32(p), Int32(c), of)
+            case .toChannelsLast(let c, let p, let uint8):
+                for s in 0..<batch {
+                    if uint8 { edge_transpose_u8(u + s * c * p, Int32(c), Int32(p), ou + s * c * p) } else { edge_transpose(f + s * c * p, Int32(c), Int32(p), of + s * c * p) }
+                }
+            case .toChannelsFirst(let c, let p, let uint8):
+                for s in 0..<batch {
+                    if uint8 { edge_transpose_u8(u + s * c * p, Int32(p), Int32(c), ou + s * c * p) } else { edge_transpose(f + s * c * p, Int32(p), Int32(c), of + s * c * p) }
+                }
             case .activation(let a, let count): Kernels.activate(f, count: batch * count, a)
             case .softmax(let columns): Kernels.softmax(f, rows: batch, columns: columns)
             }
@@ -373,31 +439,32 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         return UnsafeBufferPointer(start: scores, count: batch * net.outputCount)
     }
 
+    /// `chunk` channels-last samples at a time: their im2row rows (each `paddedInputs` bytes, the
+    /// padding taps at the input zero point) into one INT8 GEMM whose output rows are channels last.
     private func int8Conv(_ x: UnsafePointer<UInt8>, batch: Int, _ g: Kernels.ConvGeometry, _ w: PackedInt8Weights,
-                          _ ep: QuantizedEpilogue, _ zp: UInt8, _ yu: UnsafeMutablePointer<UInt8>?, _ yf: UnsafeMutablePointer<Float>?) {
+                          _ ep: QuantizedEpilogue, _ zp: UInt8, chunk: Int, _ yu: UnsafeMutablePointer<UInt8>?, _ yf: UnsafeMutablePointer<Float>?) {
         let pixels = g.outH * g.outW, ld = w.paddedInputs
         let inCount = g.channels * g.height * g.width, outCount = g.outChannels * pixels
         let rows = workspace.assumingMemoryBound(to: UInt8.self)
-        let product = workspace + pixels * ld   // UINT8 or FP32 [pixels, out]
-        let hwc = (product + pixels * g.outChannels * (yf == nil ? 1 : 4)).assumingMemoryBound(to: UInt8.self)
-        for s in 0..<batch {
-            edge_im2row_u8(x + s * inCount, Int32(g.channels), Int32(g.height), Int32(g.width), Int32(g.kernelH), Int32(g.kernelW),
-                           Int32(g.strideH), Int32(g.strideW), Int32(g.padH), Int32(g.padW), zp, hwc, rows, Int32(ld))
-            if let yu {
-                let p = product.assumingMemoryBound(to: UInt8.self)
-                w.multiply(rows: pixels, rows, ldx: ld, epilogue: ep, output: .uint8(p), ldy: g.outChannels)
-                edge_transpose_u8(p, Int32(pixels), Int32(g.outChannels), yu + s * outCount)
-            } else if let yf {
-                let p = product.assumingMemoryBound(to: Float.self)
-                w.multiply(rows: pixels, rows, ldx: ld, epilogue: ep, output: .float(p), ldy: g.outChannels)
-                edge_transpose(p, Int32(pixels), Int32(g.outChannels), yf + s * outCount)
+        var s0 = 0
+        while s0 < batch {
+            let n = min(chunk, batch - s0)
+            for s in 0..<n {
+                edge_im2row_nhwc_u8(x + (s0 + s) * inCount, Int32(g.channels), Int32(g.height), Int32(g.width), Int32(g.kernelH), Int32(g.kernelW),
+                                    Int32(g.strideH), Int32(g.strideW), Int32(g.padH), Int32(g.padW), zp, rows + s * pixels * ld, Int32(ld))
             }
+            if let yu {
+                w.multiply(rows: n * pixels, rows, ldx: ld, epilogue: ep, output: .uint8(yu + s0 * outCount), ldy: g.outChannels)
+            } else if let yf {
+                w.multiply(rows: n * pixels, rows, ldx: ld, epilogue: ep, output: .float(yf + s0 * outCount), ldy: g.outChannels)
+            }
+            s0 += n
         }
     }
 
     private func poolU8(_ x: UnsafePointer<UInt8>, batch: Int, _ g: Kernels.ConvGeometry, _ y: UnsafeMutablePointer<UInt8>, average: Bool) {
-        edge_pool_u8(x, Int32(batch * g.channels), Int32(g.height), Int32(g.width), Int32(g.kernelH), Int32(g.kernelW),
-                     Int32(g.strideH), Int32(g.strideW), average ? 1 : 0, y)
+        edge_pool_nhwc_u8(x, Int32(batch), Int32(g.height), Int32(g.width), Int32(g.channels), Int32(g.kernelH), Int32(g.kernelW),
+                          Int32(g.strideH), Int32(g.strideW), average ? 1 : 0, y)
     }
 
     /// Re-runs, in FP32, the samples whose top-1 margin is below `threshold`.

@@ -39,6 +39,19 @@ public struct Int8ChannelWeights: Sendable {
         self.scales = scales
     }
 
+    /// The same weights for an input flattened channels last (see `Kernels.channelsLastColumns`).
+    public func channelsLast(channels c: Int, pixels: Int) -> Int8ChannelWeights {
+        precondition(inputs == c * pixels, "the dense layer's input is not the flattened tensor")
+        var out = [Int8](repeating: 0, count: q.count)
+        for r in 0..<outputs {
+            let s = r * inputs
+            for ch in 0..<c {
+                for p in 0..<pixels { out[s + p * c + ch] = q[s + ch * pixels + p] }
+            }
+        }
+        return Int8ChannelWeights(q: out, scales: scales, outputs: outputs, inputs: inputs)
+    }
+
     public func packed() -> PackedInt8Weights {
         q.withUnsafeBufferPointer { PackedInt8Weights(weight: $0.baseAddress!, outputs: outputs, inputs: inputs) }
     }

@@ -42,6 +42,9 @@ struct Bench: ParsableCommand {
         var samples_per_s: Double
         var calls: Int
         var precision: String
+        /// The kernel path (best here, or forced by EDGE_ISA) and the INT8 kernel it runs, named as it is.
+        var isa: String = KernelISA.best.rawValue
+        var int8_kernel: String = KernelISA.best.int8Kernel
     }
 
     func run() throws {
@@ -85,7 +88,8 @@ struct Bench: ParsableCommand {
                 return results
             }
             if !json {
-                print("\(network.name) v\(network.version), \(results.first?.precision ?? "fp32"), kernels \(KernelISA.best.rawValue), \(threads) thread\(threads == 1 ? "" : "s")")
+                print("\(network.name) v\(network.version), \(results.first?.precision ?? "fp32"), kernels \(KernelISA.best.rawValue) " +
+                      "(INT8: \(KernelISA.best.int8Kernel)), \(threads) thread\(threads == 1 ? "" : "s")")
                 print(table(["batch", "latency (us)", "samples/s"],
                             results.map { ["\($0.batch)", String(format: "%.2f", $0.latency_us), String(format: "%.0f", $0.samples_per_s)] },
                             rightAligned: [0, 1, 2]))

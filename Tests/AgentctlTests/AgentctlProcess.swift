@@ -21,7 +21,8 @@ struct Agentctl {
     static let digits = repoRoot + "/tools/data/digits.csv"
 
     /// Output goes to files, not pipes, so a chatty child can never block on a full pipe.
-    static func run(_ arguments: [String]) throws -> Result {
+    /// `environment`: variables set for the child on top of this process's.
+    static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> Result {
         let dir = temporaryDirectory("run")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let outPath = dir + "/stdout", errPath = dir + "/stderr"
@@ -32,6 +33,7 @@ struct Agentctl {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         process.standardOutput = out
         process.standardError = err
         try process.run()

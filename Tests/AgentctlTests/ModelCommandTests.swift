@@ -104,6 +104,25 @@ import Testing
         }
     }
 
+    /// EDGE_ISA forces a kernel path; bench names the INT8 kernel that ran, as it is. An ISA the
+    /// CPU cannot run (or an unknown name) leaves the best one.
+    @Test func edgeIsaForcesAKernelPathAndBenchNamesIt() throws {
+        func kernel(_ isa: String?) throws -> (String?, String?) {
+            let r = try Agentctl.run(["model", "bench", Self.trained.mlp, "--batch", "1", "--seconds", "0.02", "--json"],
+                                     environment: isa.map { ["EDGE_ISA": $0] } ?? [:])
+            #expect(r.status == 0, "\(r.stderr)")
+            let row = try json(r.stdout.split(separator: "\n")[0])
+            return (row["isa"] as? String, row["int8_kernel"] as? String)
+        }
+        #expect(try kernel("portable") == ("portable", "portable c"))
+        let best = try kernel(nil)
+        #expect(try kernel("no-such-isa") == best)
+        let flags = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        if flags.contains(" avx2 ") && flags.contains(" fma ") {
+            #expect(try kernel("avx2") == ("avx2", "avx2 vpmaddwd"))
+        }
+    }
+
     @Test func helpTeachesTheArchGrammar() throws {
         let r = try Agentctl.run(["model", "train", "--help"])
         #expect(r.status == 0)

@@ -86,8 +86,10 @@ import Glibc
         #expect(statuses.allSatisfy { $0 == 200 || $0 == 503 }, "\(statuses)")
         #expect(statuses.contains(503), "nothing was left for the drain timeout to refuse: \(statuses)")
         #expect(statuses.contains(200))
-        // 24 requests take several seconds to compute; the drain bounds the stop well below that.
-        #expect(took < 3, "stopping took \(took) s")
+        // The drain, not the work, ended the stop: some requests were refused (above) and the log
+        // says so. The time is only a bound against a hang: under the full parallel suite on two
+        // cores the stop itself takes 3-4 s, so a tighter bound measured the machine, not agentd.
+        #expect(took < 10, "stopping took \(took) s")
         #expect(agent.log.contains("drained=false"), "\(agent.log)")
     }
 }

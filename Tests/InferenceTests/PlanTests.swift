@@ -37,8 +37,9 @@ import Testing
         let m8 = ExecutionPlan(network: net, batchCapacity: 8).memory
         // Weights as packed for the kernels (16-output panels plus the padded bias).
         #expect(m1.weights == (edgePackedFloats(outputs: 4, inputs: 9) + edgePackedFloats(outputs: 5, inputs: 16)) * 4)
-        // One sample's im2row matrix, its [pixels, out] product, and the channels-last copy of the input.
-        #expect(m1.workspace == ((9 + 4) * 16 + 16) * 4)
+        // The im2row rows of the samples batched into one GEMM (here all of them): pixels × patch each.
+        #expect(m1.workspace == 16 * 9 * 4)
+        #expect(m8.workspace == 8 * 16 * 9 * 4)
         #expect(m1.activations == 2 * 64 * 4)           // two buffers of the largest activation
         #expect(m8.activations == 8 * m1.activations)
         #expect(m8.total == m8.weights + m8.workspace + m8.activations)

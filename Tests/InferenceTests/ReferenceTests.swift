@@ -120,6 +120,63 @@ func convOut(_ n: Int, _ k: Int, _ s: Int, _ p: Int) -> Int { (n + 2 * p - k) / 
         close(y, ref, tolerance: 1e-5)
     }
 
+    /// Three channels in, two convolutions, both poolings and a dense head, at a batch that needs
+    /// three im2row chunks (32×32 with 5×5 taps: 307 KB of rows per sample, 1 MiB per chunk): the
+    /// channels-last plan equals the channels-first scalar reference, and so does its embedding tap.
+    @Test func channelsLastCNNEqualsTheChannelsFirstReference() {
+        var rng = SeededGenerator(seed: 31)
+        let w1 = randomTensor([6, 3, 5, 5], &rng), b1 = randomTensor([6], &rng)
+        let w2 = randomTensor([4, 6, 3, 3], &rng), b2 = randomTensor([4], &rng)
+        let w3 = randomTensor([5, 4 * 8 * 8], &rng, limit: 0.2), b3 = randomTensor([5], &rng)
+        let net = Network(name: "cnn3", inputShape: [3, 32, 32], labels: (0..<5).map(String.init), layers: [
+            NetworkLayer(kind: .conv2d(stride: Window(1, 1), padding: Window(2, 2)), inputShape: [3, 32, 32], outputShape: [6, 32, 32],
+                         weight: w1, bias: b1, weightName: "c1", biasName: "c1b"),
+            NetworkLayer(kind: .relu, inputShape: [6, 32, 32], outputShape: [6, 32, 32]),
+            NetworkLayer(kind: .maxpool2d(kernel: Window(2, 2), stride: Window(2, 2)), inputShape: [6, 32, 32], outputShape: [6, 16, 16]),
+            NetworkLayer(kind: .conv2d(stride: Window(1, 1), padding: Window(1, 1)), inputShape: [6, 16, 16], outputShape: [4, 16, 16],
+                         weight: w2, bias: b2, weightName: "c2", biasName: "c2b"),
+            NetworkLayer(kind: .avgpool2d(kernel: Window(2, 2), stride: Window(2, 2)), inputShape: [4, 16, 16], outputShape: [4, 8, 8]),
+            NetworkLayer(kind: .flatten, inputShape: [4, 8, 8], outputShape: [256]),
+            NetworkLayer(kind: .dense, inputShape: [256], outputShape: [5], weight: w3, bias: b3, weightName: "fc", biasName: "fcb"),
+        ])
+        let batch = 7, n = 3 * 32 * 32
+        let x = (0..<(batch * n)).map { _ in rng.nextFloat(limit: 1) }
+        let directions = randomTensor([3, 256], &rng)
+        let projection = EmbeddingProjection(layer: 6, directions: directions)
+        let plan = ExecutionPlan(network: net, batchCapacity: batch, embedding: projection)
+        let y = plan.predict(x)
+        var ref: [Float] = [], embedded: [Float] = []
+        for s in 0..<batch {
+            var h = Reference.conv2d(Array(x[(s * n)..<((s + 1) * n)]), c: 3, h: 32, w: 32, weight: w1, bias: b1,
+                                     stride: Window(1, 1), padding: Window(2, 2)).map { max($0, 0) }
+            h = Reference.pool(h, c: 6, h: 32, w: 32, kernel: Window(2, 2), stride: Window(2, 2), average: false)
+            h = Reference.conv2d(h, c: 6, h: 16, w: 16, weight: w2, bias: b2, stride: Window(1, 1), padding: Window(1, 1))
+            h = Reference.pool(h, c: 4, h: 16, w: 16, kernel: Window(2, 2), stride: Window(2, 2), average: true)
+            ref += Reference.dense(h, weight: w3, bias: b3)
+            embedded += Reference.dense(h, weight: directions, bias: nil)
+        }
+        close(y, ref, tolerance: 1e-4)
+        close(Array(plan.embeddings!), embedded, tolerance: 1e-4)
+    }
+
+    @Test func globalAveragePoolOverChannelsLast() {
+        var rng = SeededGenerator(seed: 32)
+        let w1 = randomTensor([5, 2, 3, 3], &rng), b1 = randomTensor([5], &rng)
+        let net = Network(name: "gap", inputShape: [2, 6, 7], labels: [], layers: [
+            NetworkLayer(kind: .conv2d(stride: Window(1, 1), padding: Window(1, 1)), inputShape: [2, 6, 7], outputShape: [5, 6, 7],
+                         weight: w1, bias: b1, weightName: "c1", biasName: "c1b"),
+            NetworkLayer(kind: .globalavgpool, inputShape: [5, 6, 7], outputShape: [5]),
+        ])
+        let x = (0..<(3 * 84)).map { _ in rng.nextFloat(limit: 1) }
+        let y = ExecutionPlan(network: net, batchCapacity: 3).predict(x)
+        let ref = (0..<3).flatMap { s -> [Float] in
+            let h = Reference.conv2d(Array(x[(s * 84)..<((s + 1) * 84)]), c: 2, h: 6, w: 7, weight: w1, bias: b1,
+                                     stride: Window(1, 1), padding: Window(1, 1))
+            return (0..<5).map { c in h[(c * 42)..<((c + 1) * 42)].reduce(0, +) / 42 }
+        }
+        close(y, ref, tolerance: 1e-5)
+    }
+
     @Test(arguments: [(2, 2, false), (3, 2, false), (2, 1, true), (3, 3, true)])
     func poolingMatchesReference(kernel: Int, stride: Int, average: Bool) {
         var rng = SeededGenerator(seed: 8)

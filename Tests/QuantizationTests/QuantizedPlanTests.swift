@@ -84,6 +84,36 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         #expect(c.agreement >= 0.9, "\(method): agreement \(c.agreement)")
     }
 
+    /// Three input channels, an INT8 conv, an FP32 conv, pooling and an INT4 head: the
+    /// channels-last plan tracks FP32, turns the input channels last once and goes back only before the INT4 layer
+    /// (whose groups follow the file's order), and a batch of 20 (two im2row chunks) equals the
+    /// same rows one at a time bit for bit.
+    @Test func channelsLastQuantizedCNNWithAnInt4Head() {
+        var rng = SeededGenerator(seed: 41)
+        let net = Network(name: "q3", inputShape: [3, 32, 32], labels: (0..<4).map(String.init), layers: [
+            NetworkLayer(kind: .conv2d(stride: Window(1, 1), padding: Window(2, 2)), inputShape: [3, 32, 32], outputShape: [8, 32, 32],
+                         weight: randomTensor([8, 3, 5, 5], &rng), bias: randomTensor([8], &rng), weightName: "c1", biasName: "c1b"),
+            NetworkLayer(kind: .relu, inputShape: [8, 32, 32], outputShape: [8, 32, 32]),
+            NetworkLayer(kind: .maxpool2d(kernel: Window(2, 2), stride: Window(2, 2)), inputShape: [8, 32, 32], outputShape: [8, 16, 16]),
+            NetworkLayer(kind: .conv2d(stride: Window(2, 2), padding: Window(1, 1)), inputShape: [8, 16, 16], outputShape: [4, 8, 8],
+                         weight: randomTensor([4, 8, 3, 3], &rng), bias: randomTensor([4], &rng), weightName: "c2", biasName: "c2b"),
+            NetworkLayer(kind: .flatten, inputShape: [4, 8, 8], outputShape: [256]),
+            NetworkLayer(kind: .dense, inputShape: [256], outputShape: [4], weight: randomTensor([4, 256], &rng, limit: 0.2),
+                         bias: randomTensor([4], &rng), weightName: "f", biasName: "fb"),
+            NetworkLayer(kind: .softmax, inputShape: [4], outputShape: [4]),
+        ])
+        let calib = rows(64, features: 3072, seed: 42), test = rows(20, features: 3072, seed: 43)
+        let params = Quantizer.activationParams(Quantizer.histograms(net, calib), network: net, method: .minmax)
+        let model = Quantizer.build(net, activations: params, precisions: [0: .int8, 3: .fp32, 5: .int4], method: .minmax, calibrationRows: 64)
+        let plan = QuantizedPlan(model: model, batchCapacity: 20)
+        #expect(plan.stepNames.filter { $0.contains("channels") } == ["fp32 to channels last", "fp32 to channels first"], "\(plan.stepNames)")
+        let q = plan.predict(test.features)
+        let f = ExecutionPlan(network: net, batchCapacity: 20).predict(test.features)
+        #expect(Sensitivity.compare(q, reference: f, classes: 4, labels: nil).sqnr > 15)
+        let one = QuantizedPlan(model: model, batchCapacity: 1).predict(test.features)
+        #expect(q == one)
+    }
+
     @Test func mixedPrecisionRunsFP32LayersBetweenIntegerOnes() {
         var rng = SeededGenerator(seed: 8)
         let net = try! Architecture.build("mlp:12-16-16-3", seed: 8)

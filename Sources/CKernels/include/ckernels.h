@@ -98,19 +98,27 @@ void edge_q8_gemm(edge_isa isa, int rows, int outputs, int inputs, const uint8_t
 void edge_q4_gemm(int rows, int outputs, int inputs, int group, const float *x, int ldx, const uint8_t *nibbles,
                   const float *scales, const float *bias, float *y, int ldy, edge_activation act, float alpha);
 
-/// dst[c][r] = src[r][c] for a rows × cols matrix.
+/// dst[c][r] = src[r][c] for a rows × cols matrix (CHW ↔ HWC of one sample).
 void edge_transpose(const float *src, int rows, int cols, float *dst);
-
-/// Unfolds one CHW sample into rows[oh·ow][kh·kw·C], taps ordered (ky, kx, c), so a convolution
-/// is rows · Wᵀ with W permuted to [out][kh][kw][C]. `hwc` is scratch of C·H·W floats.
-void edge_im2row(const float *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
-                 float *hwc, float *rows);
-
-/// UINT8 versions for the INT8 convolution; padded taps get `pad` (the input zero point, i.e.
-/// real 0) and each row is `ldrow` bytes (>= kh·kw·C rounded up to 4).
 void edge_transpose_u8(const uint8_t *src, int rows, int cols, uint8_t *dst);
-void edge_im2row_u8(const uint8_t *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
-                    uint8_t pad, uint8_t *hwc, uint8_t *rows, int ldrow);
+
+/// Unfolds one channels-last (HWC) sample into rows[oh·ow][kh·kw·C], taps ordered (ky, kx, c), so
+/// a convolution is rows · Wᵀ with W permuted to [out][kh][kw][C]; zero where the window hangs
+/// over the padding. The UINT8 version pads with `pad` (the input zero point, i.e. real 0) and
+/// writes rows `ldrow` bytes apart (>= kh·kw·C rounded up to 4, the extra bytes `pad` too).
+void edge_im2row_nhwc(const float *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
+                      float *rows);
+void edge_im2row_nhwc_u8(const uint8_t *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
+                         uint8_t pad, uint8_t *rows, int ldrow);
+
+/// Channels-last pooling of `batch` HWC samples (no padding, floor output size), and global
+/// average pooling of `batch` samples of `pixels` × `channels` into [batch][channels].
+void edge_pool_nhwc_f32(const float *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
+                        int average, float *y);
+void edge_pool_nhwc_u8(const uint8_t *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
+                       int average, uint8_t *y);
+void edge_global_pool_nhwc_f32(const float *x, int batch, int pixels, int channels, float *y);
+void edge_global_pool_nhwc_u8(const uint8_t *x, int batch, int pixels, int channels, uint8_t *y);
 
 /// q = clamp(round_half_even(x · inv_scale) + zero_point, 0, 255); and back: y = scale · (q − zero_point).
 void edge_quantize_u8(const float *x, size_t n, float inv_scale, int32_t zero_point, uint8_t *y);
