@@ -15,28 +15,39 @@ void edge_transpose(const float *src, int rows, int cols, float *dst) {
     }
 }
 
+/// One patch row's taps at kernel row `ky` for output column ox: the kw taps are kw·C contiguous
+/// values of input row iy (channels last), less what hangs over the left or right padding.
+#define IM2ROW_NHWC_BODY(T, ZERO)                                                                         \
+    int oh = (height + 2 * ph - kh) / sh + 1, ow = (width + 2 * pw - kw) / sw + 1;                       \
+    size_t run = (size_t)kw * channels;                                                                   \
+    for (int oy = 0; oy < oh; oy++) {                                                                     \
+        for (int ox = 0; ox < ow; ox++) {                                                                 \
+            T *d = rows + (size_t)(oy * ow + ox) * ldrow;                                                 \
+            int ix0 = ox * sw - pw;                                                                       \
+            int left = ix0 < 0 ? -ix0 : 0;                                                                \
+            int right = ix0 + kw > width ? ix0 + kw - width : 0;                                         \
+            if (left > kw) left = kw;                                                                     \
+            if (right > kw - left) right = kw - left;                                                     \
+            for (int ky = 0; ky < kh; ky++, d += run) {                                                   \
+                int iy = oy * sh - ph + ky;                                                               \
+                if (iy < 0 || iy >= height) {                                                             \
+                    for (size_t i = 0; i < run; i++) d[i] = ZERO;                                          \
+                    continue;                                                                             \
+                }                                                                                         \
+                size_t lz = (size_t)left * channels, n = (size_t)(kw - left - right) * channels;          \
+                for (size_t i = 0; i < lz; i++) d[i] = ZERO;                                              \
+                const T *s = x + ((size_t)iy * width + (size_t)(ix0 + left)) * channels;                  \
+                for (size_t i = 0; i < n; i++) d[lz + i] = s[i];                                          \
+                for (size_t i = lz + n; i < run; i++) d[i] = ZERO;                                        \
+            }                                                                                             \
+            for (int c = kh * kw * channels; c < ldrow; c++) *d++ = ZERO;                                 \
+        }                                                                                                 \
+    }
+
 void edge_im2row_nhwc(const float *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
                       float *rows) {
-    // Channels last: each (ky, kx) tap of a patch is one contiguous copy of C floats.
-    int oh = (height + 2 * ph - kh) / sh + 1, ow = (width + 2 * pw - kw) / sw + 1;
-    float *d = rows;
-    for (int oy = 0; oy < oh; oy++) {
-        for (int ox = 0; ox < ow; ox++) {
-            for (int ky = 0; ky < kh; ky++) {
-                int iy = oy * sh - ph + ky;
-                for (int kx = 0; kx < kw; kx++) {
-                    int ix = ox * sw - pw + kx;
-                    if (iy < 0 || iy >= height || ix < 0 || ix >= width) {
-                        for (int c = 0; c < channels; c++) d[c] = 0.0f;
-                    } else {
-                        const float *s = x + ((size_t)iy * width + ix) * channels;
-                        for (int c = 0; c < channels; c++) d[c] = s[c];  // inlined: a call per tap costs more
-                    }
-                    d += channels;
-                }
-            }
-        }
-    }
+    int ldrow = kh * kw * channels;
+    IM2ROW_NHWC_BODY(float, 0.0f)
 }
 
 void edge_transpose_u8(const uint8_t *src, int rows, int cols, uint8_t *dst) {
@@ -53,27 +64,7 @@ void edge_transpose_u8(const uint8_t *src, int rows, int cols, uint8_t *dst) {
 
 void edge_im2row_nhwc_u8(const uint8_t *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
                          uint8_t pad, uint8_t *rows, int ldrow) {
-    int oh = (height + 2 * ph - kh) / sh + 1, ow = (width + 2 * pw - kw) / sw + 1;
-    int patch = kh * kw * channels;
-    for (int oy = 0; oy < oh; oy++) {
-        for (int ox = 0; ox < ow; ox++) {
-            uint8_t *d = rows + (size_t)(oy * ow + ox) * ldrow;
-            for (int ky = 0; ky < kh; ky++) {
-                int iy = oy * sh - ph + ky;
-                for (int kx = 0; kx < kw; kx++) {
-                    int ix = ox * sw - pw + kx;
-                    if (iy < 0 || iy >= height || ix < 0 || ix >= width) {
-                        memset(d, pad, (size_t)channels);
-                    } else {
-                        memcpy(d, x + ((size_t)iy * width + ix) * channels, (size_t)channels);
-                    }
-                    d += channels;
-                }
-            }
-            // The row's padding up to ldrow meets zero weights; keep it defined.
-            for (int c = patch; c < ldrow; c++) *d++ = pad;
-        }
-    }
+    IM2ROW_NHWC_BODY(uint8_t, pad)
 }
 
 // ---- pooling ----------------------------------------------------------------------------------
@@ -152,6 +143,21 @@ void edge_pool_u8(const uint8_t *x, int planes, int height, int width, int kh, i
 void edge_pool_nhwc_f32(const float *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
                         int average, float *y) {
     int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1;
+    if (!average && kh == 2 && kw == 2 && sh == 2 && sw == 2) {  // the common case: four runs of C values
+        size_t rowStride = (size_t)width * channels;
+        for (int b = 0; b < batch; b++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++) {
+                    const float *a = x + (size_t)b * height * rowStride + (size_t)(2 * oy) * rowStride + (size_t)(2 * ox) * channels;
+                    const float *c0 = a + channels, *r = a + rowStride, *r1 = r + channels;
+                    float *d = y + (((size_t)b * oh + oy) * ow + ox) * channels;
+                    for (int c = 0; c < channels; c++) {
+                        float m0 = a[c] > c0[c] ? a[c] : c0[c], m1 = r[c] > r1[c] ? r[c] : r1[c];
+                        d[c] = m0 > m1 ? m0 : m1;
+                    }
+                }
+        return;
+    }
     float inv = 1.0f / (float)(kh * kw);
     for (int b = 0; b < batch; b++) {
         const float *xb = x + (size_t)b * height * width * channels;
@@ -174,6 +180,21 @@ void edge_pool_nhwc_f32(const float *x, int batch, int height, int width, int ch
 void edge_pool_nhwc_u8(const uint8_t *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
                        int average, uint8_t *y) {
     int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1, n = kh * kw;
+    if (!average && kh == 2 && kw == 2 && sh == 2 && sw == 2) {
+        size_t rowStride = (size_t)width * channels;
+        for (int b = 0; b < batch; b++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++) {
+                    const uint8_t *a = x + (size_t)b * height * rowStride + (size_t)(2 * oy) * rowStride + (size_t)(2 * ox) * channels;
+                    const uint8_t *c0 = a + channels, *r = a + rowStride, *r1 = r + channels;
+                    uint8_t *d = y + (((size_t)b * oh + oy) * ow + ox) * channels;
+                    for (int c = 0; c < channels; c++) {
+                        uint8_t m0 = a[c] > c0[c] ? a[c] : c0[c], m1 = r[c] > r1[c] ? r[c] : r1[c];
+                        d[c] = m0 > m1 ? m0 : m1;
+                    }
+                }
+        return;
+    }
     enum { CB = 256 };
     int acc[CB];
     for (int b = 0; b < batch; b++) {
