@@ -140,22 +140,26 @@ void edge_pool_u8(const uint8_t *x, int planes, int height, int width, int kh, i
 // Each output pixel reduces its window channel by channel over contiguous runs of C values.
 // Average rounds as the CHW versions do (FP32: sum · 1/n; UINT8: half up).
 
+/// 2×2 max pooling with stride 2, the common case: four runs of C values per output pixel.
+#define MAXPOOL2X2_NHWC_BODY(T)                                                                           \
+    size_t rowStride = (size_t)width * channels;                                                          \
+    for (int b = 0; b < batch; b++)                                                                       \
+        for (int oy = 0; oy < oh; oy++)                                                                   \
+            for (int ox = 0; ox < ow; ox++) {                                                             \
+                const T *a = x + ((size_t)b * height + (size_t)(2 * oy)) * rowStride + (size_t)(2 * ox) * channels; \
+                const T *a1 = a + channels, *r = a + rowStride, *r1 = r + channels;                       \
+                T *d = y + (((size_t)b * oh + oy) * ow + ox) * channels;                                  \
+                for (int c = 0; c < channels; c++) {                                                      \
+                    T m0 = a[c] > a1[c] ? a[c] : a1[c], m1 = r[c] > r1[c] ? r[c] : r1[c];                  \
+                    d[c] = m0 > m1 ? m0 : m1;                                                             \
+                }                                                                                         \
+            }
+
 void edge_pool_nhwc_f32(const float *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
                         int average, float *y) {
     int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1;
-    if (!average && kh == 2 && kw == 2 && sh == 2 && sw == 2) {  // the common case: four runs of C values
-        size_t rowStride = (size_t)width * channels;
-        for (int b = 0; b < batch; b++)
-            for (int oy = 0; oy < oh; oy++)
-                for (int ox = 0; ox < ow; ox++) {
-                    const float *a = x + (size_t)b * height * rowStride + (size_t)(2 * oy) * rowStride + (size_t)(2 * ox) * channels;
-                    const float *c0 = a + channels, *r = a + rowStride, *r1 = r + channels;
-                    float *d = y + (((size_t)b * oh + oy) * ow + ox) * channels;
-                    for (int c = 0; c < channels; c++) {
-                        float m0 = a[c] > c0[c] ? a[c] : c0[c], m1 = r[c] > r1[c] ? r[c] : r1[c];
-                        d[c] = m0 > m1 ? m0 : m1;
-                    }
-                }
+    if (!average && kh == 2 && kw == 2 && sh == 2 && sw == 2) {
+        MAXPOOL2X2_NHWC_BODY(float)
         return;
     }
     float inv = 1.0f / (float)(kh * kw);
@@ -181,18 +185,7 @@ void edge_pool_nhwc_u8(const uint8_t *x, int batch, int height, int width, int c
                        int average, uint8_t *y) {
     int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1, n = kh * kw;
     if (!average && kh == 2 && kw == 2 && sh == 2 && sw == 2) {
-        size_t rowStride = (size_t)width * channels;
-        for (int b = 0; b < batch; b++)
-            for (int oy = 0; oy < oh; oy++)
-                for (int ox = 0; ox < ow; ox++) {
-                    const uint8_t *a = x + (size_t)b * height * rowStride + (size_t)(2 * oy) * rowStride + (size_t)(2 * ox) * channels;
-                    const uint8_t *c0 = a + channels, *r = a + rowStride, *r1 = r + channels;
-                    uint8_t *d = y + (((size_t)b * oh + oy) * ow + ox) * channels;
-                    for (int c = 0; c < channels; c++) {
-                        uint8_t m0 = a[c] > c0[c] ? a[c] : c0[c], m1 = r[c] > r1[c] ? r[c] : r1[c];
-                        d[c] = m0 > m1 ? m0 : m1;
-                    }
-                }
+        MAXPOOL2X2_NHWC_BODY(uint8_t)
         return;
     }
     enum { CB = 256 };
