@@ -36,8 +36,10 @@ void edge_transpose(const float *src, int rows, int cols, float *dst) {
                 }                                                                                         \
                 size_t lz = (size_t)left * channels, n = (size_t)(kw - left - right) * channels;          \
                 for (size_t i = 0; i < lz; i++) d[i] = ZERO;                                              \
-                const T *s = x + ((size_t)iy * width + (size_t)(ix0 + left)) * channels;                  \
-                for (size_t i = 0; i < n; i++) d[lz + i] = s[i];                                          \
+                if (n > 0) {  /* a window wholly in the padding forms no input pointer */                \
+                    const T *s = x + ((size_t)iy * width + (size_t)(ix0 + left)) * channels;              \
+                    for (size_t i = 0; i < n; i++) d[lz + i] = s[i];                                      \
+                }                                                                                         \
                 for (size_t i = lz + n; i < run; i++) d[i] = ZERO;                                        \
             }                                                                                             \
             for (int c = kh * kw * channels; c < ldrow; c++) *d++ = ZERO;                                 \
@@ -225,7 +227,7 @@ void edge_global_pool_nhwc_f32(const float *x, int batch, int pixels, int channe
 void edge_global_pool_nhwc_u8(const uint8_t *x, int batch, int pixels, int channels, uint8_t *y) {
     for (int b = 0; b < batch; b++)
         for (int c = 0; c < channels; c++) {
-            int s = 0;
+            int64_t s = 0;  // 2^24 pixels of 255 overflow an int
             for (int p = 0; p < pixels; p++) s += x[((size_t)b * pixels + p) * channels + c];
             y[(size_t)b * channels + c] = (uint8_t)((s + pixels / 2) / pixels);
         }

@@ -60,12 +60,13 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         precondition(batchCapacity >= 1, "batch capacity must be at least 1")
         self.network = network
         self.batchCapacity = batchCapacity
-        self.steps = Self.compile(network, batch: batchCapacity)
+        let compiled = Self.compile(network, batch: batchCapacity)
+        self.steps = compiled.steps
         if let embedding {
             precondition(embedding.layer == EmbeddingProjection.penultimateLayer(of: network)
                          && embedding.inputCount == network.layers[embedding.layer].inputCount, "projection does not fit the network")
             tapStep = steps.lastIndex { if case .dense = $0 { true } else if case .conv2d = $0 { true } else { false } }!
-            tap = EmbeddingTap(embedding, batchCapacity: batchCapacity, channelsLast: Self.channelsLastInput(network, layer: embedding.layer))
+            tap = EmbeddingTap(embedding, batchCapacity: batchCapacity, channelsLast: compiled.tapChannelsLast)
         } else {
             tap = nil
             tapStep = -1
@@ -115,29 +116,14 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         return (activation, workspace)
     }
 
-    /// The (channels, pixels) of layer `l`'s input when the plan holds it channels last, nil when
-    /// it is flat or channels first: what a tap on that input must re-order for.
-    static func channelsLastInput(_ network: Network, layer l: Int) -> (channels: Int, pixels: Int)? {
-        var spatial: (channels: Int, pixels: Int)? = nil
-        for (i, layer) in network.layers.enumerated() {
-            if i == l { return spatial.flatMap { $0.channels > 1 ? $0 : nil } }
-            switch layer.kind {
-            case .conv2d, .maxpool2d, .avgpool2d:
-                spatial = (layer.outputShape[0], layer.outputShape[1] * layer.outputShape[2])
-            case .globalavgpool, .dense, .softmax:
-                spatial = nil
-            default:
-                break
-            }
-        }
-        return nil
-    }
-
     /// Activations are channels last (HWC) from the first spatial layer on: convolutions unfold
     /// a chunk of samples straight into one GEMM whose output is already HWC, and the first dense
     /// layer after them has its columns re-ordered at compile time. The file stays CHW.
-    static func compile(_ network: Network, batch: Int) -> [Step] {
+    /// `tapChannelsLast`: the layout of the last weighted step's input (the embedding tap's), when
+    /// it is channels last with more than one channel.
+    static func compile(_ network: Network, batch: Int) -> (steps: [Step], tapChannelsLast: (channels: Int, pixels: Int)?) {
         var steps: [Step] = []
+        var tapChannelsLast: (channels: Int, pixels: Int)? = nil
         let layers = network.layers
         var channelsLast: (channels: Int, pixels: Int)? = nil
         func toChannelsLast(_ shape: [Int]) {
@@ -157,6 +143,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
             switch layer.kind {
             case .dense:
                 var w = layer.weight!
+                tapChannelsLast = channelsLast.flatMap { $0.channels > 1 ? $0 : nil }
                 if let l = channelsLast {
                     if l.channels > 1 { w = Kernels.channelsLastColumns(w, channels: l.channels, pixels: l.pixels) }
                     channelsLast = nil
@@ -165,6 +152,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
             case .conv2d:
                 let g = layer.geometry!
                 toChannelsLast(layer.inputShape)
+                tapChannelsLast = channelsLast.flatMap { $0.channels > 1 ? $0 : nil }
                 let chunk = Kernels.convChunk(bytesPerSample: g.outH * g.outW * g.patch * 4, batch: batch)
                 steps.append(.conv2d(PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias), geometry: g,
                                      activation: fused.fused, chunk: chunk))
@@ -189,7 +177,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         }
         // A network that ends on a spatial tensor answers in the file's order.
         toChannelsFirst()
-        return steps
+        return (steps, tapChannelsLast)
     }
 
     /// Runs `batch` samples of raw input (before preprocessing) and returns the scores, valid until

@@ -169,7 +169,11 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
 
     public var memory: MemoryEstimate {
         var m = MemoryEstimate(weights: weightBytes, workspace: workspaceBytes, activations: 2 * bufferBytes)
-        if let fallback { m.weights += fallback.memory.weights; m.activations += fallback.memory.activations }
+        if let fallback {
+            m.weights += fallback.memory.weights
+            m.workspace += fallback.memory.workspace
+            m.activations += fallback.memory.activations
+        }
         return m
     }
 

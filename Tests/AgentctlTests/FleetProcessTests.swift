@@ -62,10 +62,19 @@ import Glibc
         return try JSONDecoder().decode(StatusResponse.self, from: Data(r.stdout.utf8))
     }
 
-    /// Publishes `envelope` and returns the device's result for it.
+    /// Waits for the device's retained status to say online: it subscribes to its topics before it
+    /// says so, so a message published after this reaches it (one published before may not).
+    static func waitOnline(_ session: MQTTSession, fleet: String, device: String) throws {
+        let statusTopic = "edge/\(fleet)/\(device)/status"
+        try session.subscribe([statusTopic])
+        #expect(session.wait(for: statusTopic, seconds: 60) { session.json($0)["state"] as? String == "online" } != nil, "\(device) never online")
+    }
+
+    /// Publishes `envelope` once the device is online and returns the device's result for it.
     static func deploy(_ session: MQTTSession, fleet: String, device: String, _ e: DeploymentEnvelope, payload: [UInt8]? = nil,
                        deployment: String) throws -> [String: Any]? {
         let resultTopic = "edge/\(fleet)/\(device)/model/deploy/result"
+        try waitOnline(session, fleet: fleet, device: device)
         try session.subscribe([resultTopic])
         try session.publish(topic: "edge/\(fleet)/\(device)/model/deploy", payload: payload ?? [UInt8](try JSONEncoder().encode(e)))
         let m = session.wait(for: resultTopic, seconds: 60) { m in (session.json(m)["deployment"] as? String) == deployment }
@@ -441,6 +450,7 @@ import Glibc
         let resultTopic = "edge/\(fleet)/d1/model/deploy/result"
         try session.subscribe([resultTopic])
         let e = try Self.envelope(Self.otherModel, device: "d1", deployment: "cut")
+        try Self.waitOnline(session, fleet: fleet, device: "d1")
         try session.publish(topic: "edge/\(fleet)/d1/model/deploy", payload: [UInt8](try JSONEncoder().encode(e)))
         let until = Date().addingTimeInterval(60)
         while (try? Self.status(agent).model?.version) != 2 && Date() < until { usleep(50_000) }

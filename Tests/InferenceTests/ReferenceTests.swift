@@ -159,6 +159,24 @@ func convOut(_ n: Int, _ k: Int, _ s: Int, _ p: Int) -> Int { (n + 2 * p - k) / 
         close(Array(plan.embeddings!), embedded, tolerance: 1e-4)
     }
 
+    /// The tapped layer is the first convolution of a 3-channel input (whose input the plan turns
+    /// channels last): the embeddings still equal the projection of the CHW input.
+    @Test func embeddingTapOnTheFirstConvolutionOfAMultiChannelInput() {
+        var rng = SeededGenerator(seed: 33)
+        let w1 = randomTensor([4, 3, 3, 3], &rng), b1 = randomTensor([4], &rng)
+        let net = Network(name: "tap", inputShape: [3, 5, 6], labels: (0..<4).map(String.init), layers: [
+            NetworkLayer(kind: .conv2d(stride: Window(1, 1), padding: Window(1, 1)), inputShape: [3, 5, 6], outputShape: [4, 5, 6],
+                         weight: w1, bias: b1, weightName: "c1", biasName: "c1b"),
+            NetworkLayer(kind: .globalavgpool, inputShape: [4, 5, 6], outputShape: [4]),
+        ])
+        let x = (0..<(3 * 90)).map { _ in rng.nextFloat(limit: 1) }
+        let directions = randomTensor([2, 90], &rng)
+        let plan = ExecutionPlan(network: net, batchCapacity: 3, embedding: EmbeddingProjection(layer: 0, directions: directions))
+        _ = plan.predict(x)
+        let expected = (0..<3).flatMap { s in Reference.dense(Array(x[(s * 90)..<((s + 1) * 90)]), weight: directions, bias: nil) }
+        close(Array(plan.embeddings!), expected, tolerance: 1e-5)
+    }
+
     @Test func globalAveragePoolOverChannelsLast() {
         var rng = SeededGenerator(seed: 32)
         let w1 = randomTensor([5, 2, 3, 3], &rng), b1 = randomTensor([5], &rng)

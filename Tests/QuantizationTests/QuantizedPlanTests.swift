@@ -114,6 +114,40 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         #expect(q == one)
     }
 
+    /// INT8 (and FP32) dense layers after a multi-channel convolution read the flattened tensor in
+    /// the file's CHW order: with one-hot weight rows each output is one named element of the
+    /// conv's output, so a wrong column order shows as a different element, not as noise. The
+    /// plan's embedding tap on that dense layer equals the FP32 plan's.
+    @Test(arguments: [LayerPrecision.int8, .fp32])
+    func denseAfterAMultiChannelConvReadsTheFileOrder(_ head: LayerPrecision) {
+        var rng = SeededGenerator(seed: 51)
+        let picks = [0, 5, 17, 23, 40, 47]
+        var w2 = [Float](repeating: 0, count: 6 * 48)
+        for (o, k) in picks.enumerated() { w2[o * 48 + k] = 1 }
+        let net = Network(name: "perm", inputShape: [2, 4, 4], labels: (0..<6).map(String.init), layers: [
+            NetworkLayer(kind: .conv2d(stride: Window(1, 1), padding: Window(1, 1)), inputShape: [2, 4, 4], outputShape: [3, 4, 4],
+                         weight: randomTensor([3, 2, 3, 3], &rng), bias: randomTensor([3], &rng), weightName: "c", biasName: "cb"),
+            NetworkLayer(kind: .flatten, inputShape: [3, 4, 4], outputShape: [48]),
+            NetworkLayer(kind: .dense, inputShape: [48], outputShape: [6], weight: Tensor(shape: [6, 48], values: w2), bias: nil,
+                         weightName: "d", biasName: nil),
+        ])
+        let data = rows(64, features: 32, seed: 52)
+        let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .minmax)
+        let model = Quantizer.build(net, activations: params, precisions: [0: .int8, 2: head], method: .minmax, calibrationRows: 64)
+        let directions = randomTensor([2, 48], &rng)
+        let projection = EmbeddingProjection(layer: 2, directions: directions)
+        let plan = QuantizedPlan(model: model, batchCapacity: 64, embedding: projection)
+        let q = plan.predict(data.features)
+        let fp32 = ExecutionPlan(network: net, batchCapacity: 64, embedding: projection)
+        let f = fp32.predict(data.features)
+        let step = params["1"]!.scale
+        let worst = zip(q, f).map { abs($0 - $1) }.max()!
+        #expect(worst <= 3 * step, "\(head): worst |quantized - fp32| \(worst), activation step \(step)")
+        let eq = Array(plan.embeddings!), ef = Array(fp32.embeddings!)
+        let scale = ef.map(abs).max()!
+        #expect(zip(eq, ef).allSatisfy { abs($0 - $1) <= 0.05 * scale }, "embeddings differ beyond quantization")
+    }
+
     @Test func mixedPrecisionRunsFP32LayersBetweenIntegerOnes() {
         var rng = SeededGenerator(seed: 8)
         let net = try! Architecture.build("mlp:12-16-16-3", seed: 8)
