@@ -31,12 +31,13 @@ FLEET_AGENTS ?= 50
 help:
 	@echo "make run      build, install missing Debian packages, start a private mosquitto and agentd in the foreground with the demo model"
 	@echo "make test     install missing Debian packages, build, run every test"
-	@echo "make bench    compare against ONNX Runtime, FP32 and INT8 (tools/bench/compare_onnxruntime.py)"
+	@echo "make bench    compare against ONNX Runtime, FP32 and INT8: MLP, 8x8 and 28x28 CNNs, 5 runs with ranges (tools/bench/compare_onnxruntime.py)"
 	@echo "make microbench  kernel, plan and drift micro-benchmarks (tools/benchmarks, ordo-one/benchmark)"
+	@echo "make kernel-bench  the INT8 and FP32 GEMM kernels per ISA path, each checked against the portable one (no Swift build; EDGE_ISA forces a path elsewhere)"
 	@echo "make drift-eval  the drift harness on digits, and River's ADWIN/KSWIN on the same streams (DRIFT_SEEDS=$(DRIFT_SEEDS))"
 	@echo "make learn-eval  the on-device learning harness on digits shifts: none, fine-tune, EWC, replay, distillation, product, joint (LEARN_SEEDS=$(LEARN_SEEDS))"
 	@echo "make fleet-sim  FLEET_AGENTS=$(FLEET_AGENTS) agentd processes on one mosquitto: a signed deployment to all, time to converge, broker CPU, idle traffic"
-	@echo "make bench-agentd  agentd start time, memory, idle CPU, load with and without batching (tools/bench/agentd_figures.py)"
+	@echo "make bench-agentd  agentd start time, memory, idle CPU, load with and without batching, also on a 28x28 CNN (tools/bench/agentd_figures.py)"
 	@echo "make fuzz     build the libFuzzer targets (ASan) and run each FUZZ_SECONDS=$(FUZZ_SECONDS) with its seed corpus (README, \"Fuzzing\")"
 	@echo "make install  install agentd, agentctl, the unit, the config and the demo model (PREFIX=$(PREFIX) DESTDIR=$(DESTDIR))"
 
