@@ -76,7 +76,10 @@ import Glibc
     }
 
     @Test func driftedLabelsGiveANewVersionBetterOnNewRowsAndNoWorseOnOld() throws {
-        let agent = try AgentdProcess(config: Self.config, model: Self.prepared)
+        // No live rows in the replay memory: which of the accuracy probes' rows the sampler keeps
+        // depends on thread timing, and with them the update came out 1 row of 100 either side of
+        // the forgetting allowance under the full parallel suite (2.0 pt against 1.0 allowed).
+        let agent = try AgentdProcess(config: Self.config + "\n[replay]\nlive_share = 0", model: Self.prepared)
         try #require(agent.waitForNotification("READY=1") != nil, "log:\n\(agent.log)")
         // The seed from the file fills the replay memory at start.
         var replay = try agent.client.replay()
