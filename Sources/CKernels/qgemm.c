@@ -474,8 +474,17 @@ const char *edge_q8_kernel_name(edge_isa isa) {
 
 // ---- INT4 weight-only -------------------------------------------------------------------------
 
-void edge_q4_gemm(int rows, int outputs, int inputs, int group, const float *x, int ldx, const uint8_t *nibbles,
-                  const float *scales, const float *bias, float *y, int ldy, edge_activation act, float alpha) {
+static inline float q4_activate(float v, edge_activation act, float alpha) {
+    switch (act) {
+    case EDGE_ACT_RELU: return v > 0 ? v : 0;
+    case EDGE_ACT_RELU6: return v > 0 ? (v < 6 ? v : 6) : 0;
+    case EDGE_ACT_LEAKY: return v > 0 ? v : v * alpha;
+    default: return v;
+    }
+}
+
+static void q4_portable(int rows, int outputs, int inputs, int group, const float *x, int ldx, const uint8_t *nibbles,
+                        const float *scales, const float *bias, float *y, int ldy, edge_activation act, float alpha) {
     int groups = (inputs + group - 1) / group;
     float wf[256];  // one group widened to FP32 (group <= 256)
     for (int o = 0; o < outputs; o++) {
@@ -496,17 +505,78 @@ void edge_q4_gemm(int rows, int outputs, int inputs, int group, const float *x, 
                 y[(size_t)m * ldy + o] += s * acc;
             }
         }
-        for (int m = 0; m < rows; m++) {
-            float v = y[(size_t)m * ldy + o];
-            switch (act) {
-            case EDGE_ACT_RELU: v = v > 0 ? v : 0; break;
-            case EDGE_ACT_RELU6: v = v > 0 ? (v < 6 ? v : 6) : 0; break;
-            case EDGE_ACT_LEAKY: v = v > 0 ? v : v * alpha; break;
-            default: break;
+        for (int m = 0; m < rows; m++) y[(size_t)m * ldy + o] = q4_activate(y[(size_t)m * ldy + o], act, alpha);
+    }
+}
+
+#if defined(__x86_64__)
+// AVX2 + FMA, still weight-only FP32 arithmetic: per output and group, 16 bytes of nibbles are
+// widened once to 32 floats (shared by a block of 8 rows); each row's group dot product is 8-wide
+// FMAs, scaled into an 8-wide running sum per row, summed across lanes once per output.
+#define Q4_ROWS 8
+
+static inline TAVX2 __attribute__((always_inline)) void q4_widen32(const uint8_t *b, float *wf) {
+    __m128i bytes = _mm_loadu_si128((const __m128i *)b);
+    __m128i mask = _mm_set1_epi8(15);
+    __m128i lo = _mm_and_si128(bytes, mask), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+    __m128i first = _mm_unpacklo_epi8(lo, hi), second = _mm_unpackhi_epi8(lo, hi);  // k0..15, k16..31
+    __m256 eight = _mm256_set1_ps(8.0f);
+    _mm256_storeu_ps(wf, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(first)), eight));
+    _mm256_storeu_ps(wf + 8, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(first, 8))), eight));
+    _mm256_storeu_ps(wf + 16, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(second)), eight));
+    _mm256_storeu_ps(wf + 24, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(second, 8))), eight));
+}
+
+static TAVX2 void q4_avx2(int rows, int outputs, int inputs, int group, const float *x, int ldx, const uint8_t *nibbles,
+                          const float *scales, const float *bias, float *y, int ldy, edge_activation act, float alpha) {
+    int groups = (inputs + group - 1) / group;
+    _Alignas(32) float wf[256];
+    for (int o = 0; o < outputs; o++) {
+        const uint8_t *row = nibbles + (size_t)o * (inputs / 2);
+        for (int m0 = 0; m0 < rows; m0 += Q4_ROWS) {
+            int mr = rows - m0 < Q4_ROWS ? rows - m0 : Q4_ROWS;
+            __m256 acc[Q4_ROWS];
+            float tail[Q4_ROWS] = {0};
+            for (int r = 0; r < mr; r++) acc[r] = _mm256_setzero_ps();
+            for (int g = 0; g < groups; g++) {
+                int k0 = g * group, n = (k0 + group < inputs ? k0 + group : inputs) - k0, n8 = n & ~7, k;
+                for (k = 0; k + 32 <= n; k += 32) q4_widen32(row + (k0 + k) / 2, wf + k);
+                for (; k < n; k++) {
+                    uint8_t byte = row[(k0 + k) / 2];
+                    wf[k] = (float)((((k0 + k) & 1) ? (byte >> 4) : (byte & 15)) - 8);
+                }
+                __m256 s = _mm256_set1_ps(scales[(size_t)o * groups + g]);
+                for (int r = 0; r < mr; r++) {
+                    const float *xm = x + (size_t)(m0 + r) * ldx + k0;
+                    __m256 p = _mm256_setzero_ps();
+                    for (k = 0; k < n8; k += 8) p = _mm256_fmadd_ps(_mm256_loadu_ps(xm + k), _mm256_load_ps(wf + k), p);
+                    acc[r] = _mm256_fmadd_ps(p, s, acc[r]);
+                    float t = 0;
+                    for (; k < n; k++) t += xm[k] * wf[k];
+                    tail[r] += scales[(size_t)o * groups + g] * t;
+                }
             }
-            y[(size_t)m * ldy + o] = v;
+            for (int r = 0; r < mr; r++) {
+                __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+                h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                h = _mm_add_ss(h, _mm_movehdup_ps(h));
+                float v = _mm_cvtss_f32(h) + tail[r] + (bias ? bias[o] : 0.0f);
+                y[(size_t)(m0 + r) * ldy + o] = q4_activate(v, act, alpha);
+            }
         }
     }
+}
+#endif
+
+void edge_q4_gemm(int rows, int outputs, int inputs, int group, const float *x, int ldx, const uint8_t *nibbles,
+                  const float *scales, const float *bias, float *y, int ldy, edge_activation act, float alpha) {
+#if defined(__x86_64__)
+    if (edge_isa_best() != EDGE_ISA_PORTABLE && edge_isa_supported(EDGE_ISA_AVX2)) {
+        q4_avx2(rows, outputs, inputs, group, x, ldx, nibbles, scales, bias, y, ldy, act, alpha);
+        return;
+    }
+#endif
+    q4_portable(rows, outputs, inputs, group, x, ldx, nibbles, scales, bias, y, ldy, act, alpha);
 }
 
 // ---- quantize / dequantize --------------------------------------------------------------------
