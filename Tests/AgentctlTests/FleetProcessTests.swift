@@ -486,10 +486,19 @@ import Glibc
             _ = agent.waitForExit()
             agent = try AgentdProcess(config: config, model: LearnProcessTests.prepared, dir: agent.dir)
             #expect(agent.waitForNotification("READY=1") != nil, "no READY after a kill \(delay) µs into deployment \(i)")
-            let s = try Self.status(agent)
+            var s = try Self.status(agent)
             #expect(s.state == "serving" && s.model != nil, "after a kill \(delay) µs into deployment \(i): \(s.state)")
-            let models = try agent.client.models().models
-            #expect(models.filter(\.active).count == 1 && models.first(where: \.active)?.version == s.model?.version)
+            // One active version, and the one served. A deployment the broker redelivers to the
+            // restarted agent may land between the two reads, so they must agree within a while.
+            var models = try agent.client.models().models
+            let until = Date().addingTimeInterval(20)
+            while models.first(where: \.active)?.version != s.model?.version && Date() < until {
+                usleep(100_000)
+                s = try Self.status(agent)
+                models = try agent.client.models().models
+            }
+            #expect(models.filter(\.active).count == 1 && models.first(where: \.active)?.version == s.model?.version,
+                    "registry \(models.map { "\($0.version)\($0.active ? "*" : "")" }), serving \(s.model?.version ?? -1)")
         }
         let last = try Self.envelope(Self.otherModel, device: "d1", deployment: "final", version: 40)
         #expect(try Self.deploy(session, fleet: fleet, device: "d1", last, deployment: "final")?["status"] as? String == "applied")
