@@ -165,9 +165,11 @@ public struct ReplaySeed: Sendable {
         var rng = SeededGenerator(seed: seed)
         var byClass: [Int: [Int]] = [:]
         for (i, l) in labels.enumerated() { byClass[l, default: []].append(i) }
-        for k in byClass.keys { rng.shuffle(&byClass[k]!) }
-        var picked: [Int] = [], round = 0
+        // Classes in order: a Dictionary's key order changes from process to process, and with it
+        // which shuffle each class got from the generator (the seed picked other rows every run).
         let classes = byClass.keys.sorted()
+        for k in classes { rng.shuffle(&byClass[k]!) }
+        var picked: [Int] = [], round = 0
         let want = min(count, data.count)
         while picked.count < want {
             for c in classes where picked.count < want && round < byClass[c]!.count { picked.append(byClass[c]![round]) }

@@ -123,6 +123,19 @@ import Testing
         }
     }
 
+    /// `prepare` is seeded: two runs write the same bytes. (Its replay seed once took each class's
+    /// shuffle in a Dictionary's key order, which changes from process to process, so every run
+    /// kept other rows and the learner's gate judged on other old rows.)
+    @Test func prepareWritesTheSameBytesEveryRun() throws {
+        let dir = temporaryDirectory("prepare-twice")
+        for i in 1...2 {
+            let r = try Agentctl.run(["model", "prepare", Self.trained.mlp, "--data", Agentctl.digits, "--out", dir + "/p\(i).safetensors"])
+            #expect(r.status == 0, "\(r.stderr)")
+        }
+        let a = FileManager.default.contents(atPath: dir + "/p1.safetensors"), b = FileManager.default.contents(atPath: dir + "/p2.safetensors")
+        #expect(a != nil && a == b, "two prepare runs wrote different files")
+    }
+
     @Test func helpTeachesTheArchGrammar() throws {
         let r = try Agentctl.run(["model", "train", "--help"])
         #expect(r.status == 0)
