@@ -6,6 +6,7 @@
 // scalar reference agree bit for bit.
 
 #include "ckernels.h"
+#include "scalar.h"
 #include <math.h>
 #include <string.h>
 
@@ -474,15 +475,6 @@ const char *edge_q8_kernel_name(edge_isa isa) {
 
 // ---- INT4 weight-only -------------------------------------------------------------------------
 
-static inline float q4_activate(float v, edge_activation act, float alpha) {
-    switch (act) {
-    case EDGE_ACT_RELU: return v > 0 ? v : 0;
-    case EDGE_ACT_RELU6: return v > 0 ? (v < 6 ? v : 6) : 0;
-    case EDGE_ACT_LEAKY: return v > 0 ? v : v * alpha;
-    default: return v;
-    }
-}
-
 static void q4_portable(int rows, int outputs, int inputs, int group, const float *x, int ldx, const uint8_t *nibbles,
                         const float *scales, const float *bias, float *y, int ldy, edge_activation act, float alpha) {
     int groups = (inputs + group - 1) / group;
@@ -505,7 +497,7 @@ static void q4_portable(int rows, int outputs, int inputs, int group, const floa
                 y[(size_t)m * ldy + o] += s * acc;
             }
         }
-        for (int m = 0; m < rows; m++) y[(size_t)m * ldy + o] = q4_activate(y[(size_t)m * ldy + o], act, alpha);
+        for (int m = 0; m < rows; m++) y[(size_t)m * ldy + o] = edge_activate_scalar(y[(size_t)m * ldy + o], act, alpha);
     }
 }
 
@@ -561,7 +553,7 @@ static TAVX2 void q4_avx2(int rows, int outputs, int inputs, int group, const fl
                 h = _mm_add_ps(h, _mm_movehl_ps(h, h));
                 h = _mm_add_ss(h, _mm_movehdup_ps(h));
                 float v = _mm_cvtss_f32(h) + tail[r] + (bias ? bias[o] : 0.0f);
-                y[(size_t)(m0 + r) * ldy + o] = q4_activate(v, act, alpha);
+                y[(size_t)(m0 + r) * ldy + o] = edge_activate_scalar(v, act, alpha);
             }
         }
     }

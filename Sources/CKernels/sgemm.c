@@ -7,6 +7,7 @@
 // Row/column counts are template-like compile-time constants through always_inline helpers.
 
 #include "ckernels.h"
+#include "scalar.h"
 #include <string.h>
 
 #define PANEL 16
@@ -42,15 +43,6 @@ void edge_sgemm_pack(const float *w, const float *bias, int outputs, int inputs,
     for (int o = 0; o < panels * PANEL; o++) b[o] = (bias && o < outputs) ? bias[o] : 0.0f;
 }
 
-static inline float activate(float v, edge_activation act, float alpha) {
-    switch (act) {
-    case EDGE_ACT_RELU: return v > 0 ? v : 0;
-    case EDGE_ACT_RELU6: return v > 0 ? (v < 6 ? v : 6) : 0;
-    case EDGE_ACT_LEAKY: return v > 0 ? v : v * alpha;
-    default: return v;
-    }
-}
-
 // ---- portable ---------------------------------------------------------------------------------
 
 static void sgemm_portable(int rows, int outputs, int inputs, const float *x, int ldx, const float *packed,
@@ -69,7 +61,7 @@ static void sgemm_portable(int rows, int outputs, int inputs, const float *x, in
                 for (int j = 0; j < PANEL; j++) acc[j] += xv * w[(size_t)k * ks + j];
             }
             int n = outputs - p * PANEL < PANEL ? outputs - p * PANEL : PANEL;
-            for (int j = 0; j < n; j++) y[(size_t)m * ldy + p * PANEL + j] = activate(acc[j], act, alpha);
+            for (int j = 0; j < n; j++) y[(size_t)m * ldy + p * PANEL + j] = edge_activate_scalar(acc[j], act, alpha);
         }
     }
 }
