@@ -109,7 +109,7 @@ public final class PackedInt4Weights: @unchecked Sendable {
 
     /// `q` holds values in −8…7, `[outputs, inputs]`; `scales` `[outputs, groups]`.
     public init(q: [Int8], scales: [Float], bias: [Float]?, outputs: Int, inputs: Int, group: Int) {
-        precondition(inputs % 2 == 0 && group <= 256 && group % 2 == 0)
+        precondition(inputs % 2 == 0 && group > 0 && group <= 256 && group % 2 == 0, "INT4 needs an even input count and an even group of at most 256")
         self.outputs = outputs
         self.inputs = inputs
         self.group = group
@@ -126,6 +126,8 @@ public final class PackedInt4Weights: @unchecked Sendable {
     }
 
     public init(nibbles: [UInt8], scales: [Float], bias: [Float]?, outputs: Int, inputs: Int, group: Int) {
+        // The kernels widen a group at a time into 256 floats and read a group from a whole byte.
+        precondition(inputs % 2 == 0 && group > 0 && group <= 256 && group % 2 == 0, "INT4 needs an even input count and an even group of at most 256")
         self.outputs = outputs
         self.inputs = inputs
         self.group = group
