@@ -263,18 +263,23 @@ extension FleetLink {
             DeployResult(device: topics.device, deployment: manifest.deployment, status: status, reason: reason, version: manifest.version,
                          modelVersion: agent.models.slot.current?.version)
         }
+        /// Moves the anti-rollback counter to the manifest's version with `extra` in the same
+        /// transaction; false (the refusal already sent) when another took it or the store failed.
+        func advanceCounter(extra: [String: String]) -> Bool {
+            do {
+                guard try agent.database.advanceDeployVersion(to: manifest.version, extra: extra) else {
+                    finish(result("refused", "not_newer: version \(manifest.version) was taken by another deployment first"))
+                    return false
+                }
+                return true
+            } catch {
+                finish(result("refused", "failed: the anti-rollback counter could not be written: \(StoreError(error))"))
+                return false
+            }
+        }
         if manifest.kind == "keyset" {
             let keys = manifest.keys ?? [:]
-            let text = String(decoding: APIServer.encode(keys), as: UTF8.self)
-            do {
-                guard try agent.database.advanceDeployVersion(to: manifest.version, extra: [Self.trustedKeysKey: text]) else {
-                    finish(result("refused", "not_newer: another deployment took version \(manifest.version) first"))
-                    return
-                }
-            } catch {
-                finish(result("refused", "failed: the key set was not saved: \(StoreError(error))"))
-                return
-            }
+            guard advanceCounter(extra: [Self.trustedKeysKey: String(decoding: APIServer.encode(keys), as: UTF8.self)]) else { return }
             lock.lock()
             trusted = keys.compactMapValues { SigningKey.publicKey(base64: $0) }
             lock.unlock()
@@ -286,15 +291,7 @@ extension FleetLink {
         var pending = PendingDeployment(deployment: manifest.deployment, version: manifest.version,
                                         previous: (try? agent.database.activeModel())?.version, installed: nil)
         var record = String(decoding: APIServer.encode(pending), as: UTF8.self)
-        do {
-            guard try agent.database.advanceDeployVersion(to: manifest.version, extra: [AgentDatabase.deployPendingKey: record]) else {
-                finish(result("refused", "not_newer: version \(manifest.version) was taken by another deployment first"))
-                return
-            }
-        } catch {
-            finish(result("refused", "failed: the anti-rollback counter could not be written: \(StoreError(error))"))
-            return
-        }
+        guard advanceCounter(extra: [AgentDatabase.deployPendingKey: record]) else { return }
         // From here every outcome also clears this deployment's pending record.
         func done(_ status: String, _ reason: String?) { finish(result(status, reason), pending: record) }
         // The self-test's rows, and the serving model's accuracy on them, before anything changes.
