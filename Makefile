@@ -26,7 +26,7 @@ FUZZ_SCRATCH := .build-fuzz
 # tools/fleet-sim: agentd processes on one broker.
 FLEET_AGENTS ?= 50
 
-.PHONY: help kernel-bench fleet-sim drift-eval learn-eval fuzz fuzz-build microbench check-unit promtool deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
+.PHONY: help onnx-proto kernel-bench fleet-sim drift-eval learn-eval fuzz fuzz-build microbench check-unit promtool deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
 
 help:
 	@echo "make run      build, install missing Debian packages, start a private mosquitto and agentd in the foreground with the demo model"
@@ -184,6 +184,17 @@ kernel-bench:
 	$$(command -v clang || echo $(CC)) -O2 -ISources/CKernels/include tools/bench/gemm_bench.c Sources/CKernels/qgemm.c Sources/CKernels/sgemm.c \
 	  Sources/CKernels/cpu.c -o .build/gemm-bench -lm
 	.build/gemm-bench
+
+# Regenerates Sources/ONNXImport/onnx-subset.pb.swift from its .proto (committed, so no build needs
+# this): protoc from Debian, swift-protobuf's plugin built once into .build-protoc (about 3-10 minutes).
+PROTOBUF_VERSION := 1.39.0
+onnx-proto:
+	@$(MAKE) --no-print-directory install-packages PACKAGES="protobuf-compiler"
+	@test -x .build-protoc/src/.build/release/protoc-gen-swift || { rm -rf .build-protoc/src && \
+	  git clone -q --depth 1 --branch $(PROTOBUF_VERSION) https://github.com/apple/swift-protobuf .build-protoc/src && \
+	  $(SWIFT) build -c release --package-path .build-protoc/src --product protoc-gen-swift; }
+	protoc --plugin=protoc-gen-swift=.build-protoc/src/.build/release/protoc-gen-swift --swift_out=Sources/ONNXImport \
+	  --proto_path=Sources/ONNXImport/proto onnx-subset.proto
 
 # Micro-benchmarks (ordo-one/benchmark sub-package): GEMM kernels per ISA and whole plans.
 microbench: deps

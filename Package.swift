@@ -8,7 +8,7 @@ let package = Package(
         .executable(name: "agentctl", targets: ["agentctl"]),
         .executable(name: "agentd", targets: ["agentd"]),
         // The numeric engine as a library, for tools/benchmarks.
-        .library(name: "EdgeEngine", targets: ["Tensor", "ModelFile", "Inference", "Training", "Quantization", "Drift", "Learning"]),
+        .library(name: "EdgeEngine", targets: ["Tensor", "ModelFile", "Inference", "Training", "Quantization", "Drift", "Learning", "ONNXImport"]),
         // The API bodies and the config reader on their own, for the fuzzers in tools/fuzz.
         .library(name: "AgentAPI", targets: ["AgentAPI"]),
         .library(name: "AgentConfig", targets: ["AgentConfig"]),
@@ -26,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         .systemLibrary(
@@ -48,6 +49,9 @@ let package = Package(
         .target(name: "Serving", dependencies: ["Inference", "Quantization"]),
         .target(name: "Drift", dependencies: ["Tensor", "ModelFile", "Inference"]),
         .target(name: "Learning", dependencies: ["Tensor", "Inference", "Training", "Quantization"]),
+        // ONNX models into the agent's model file; the protobuf code is generated from proto/ and committed.
+        .target(name: "ONNXImport", dependencies: ["ModelFile", "Tensor", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                exclude: ["proto"]),
         // MQTT client (libmosquitto), topics, payloads, signed deployments: no agent types.
         .target(name: "Fleet", dependencies: ["CMosquitto", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Store", dependencies: ["ModelFile", .product(name: "GRDB", package: "GRDB.swift")]),
@@ -83,7 +87,7 @@ let package = Package(
             name: "agentctl",
             dependencies: [
                 "CBLAS", "Tensor", "ModelFile", "Inference", "Training", "Quantization", "Drift", "Learning", "AgentAPI", "AgentConfig",
-                "Fleet", .product(name: "Crypto", package: "swift-crypto"),
+                "Fleet", "ONNXImport", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -96,6 +100,7 @@ let package = Package(
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
         .testTarget(name: "LearningTests", dependencies: ["Learning", "Training", "Inference", "ModelFile", "Tensor"]),
         .testTarget(name: "DriftTests", dependencies: ["Drift", "Inference", "ModelFile", "Tensor"]),
+        .testTarget(name: "ONNXImportTests", dependencies: ["ONNXImport", "ModelFile", "Inference", "Tensor"]),
         .testTarget(name: "FleetTests", dependencies: ["Fleet", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "AgentConfigTests", dependencies: ["AgentConfig"]),
         .testTarget(name: "AgentAPITests", dependencies: ["AgentAPI"]),

@@ -23,8 +23,8 @@ let agentVersion = "0.1.0"
 struct ModelCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "model",
-        abstract: "Train, evaluate, inspect, quantize, run and benchmark model files offline; roll agentd back.",
-        subcommands: [Train.self, Eval.self, Inspect.self, Predict.self, Bench.self, Quantize.self, Prepare.self, DriftEval.self, LearnEval.self, Rollback.self]
+        abstract: "Train, import (ONNX), evaluate, inspect, quantize, run and benchmark model files offline; roll agentd back.",
+        subcommands: [Train.self, Import.self, Eval.self, Inspect.self, Predict.self, Bench.self, Quantize.self, Prepare.self, DriftEval.self, LearnEval.self, Rollback.self]
     )
 }
 

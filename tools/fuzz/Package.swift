@@ -16,6 +16,8 @@ let package = Package(
     targets: [
         .executableTarget(name: "FuzzModel", dependencies: [.product(name: "EdgeEngine", package: "edge-agent")],
                           swiftSettings: fuzzer),
+        .executableTarget(name: "FuzzONNX", dependencies: [.product(name: "EdgeEngine", package: "edge-agent")],
+                          swiftSettings: fuzzer),
         .executableTarget(name: "FuzzInferCodec", dependencies: [.product(name: "AgentAPI", package: "edge-agent")],
                           swiftSettings: fuzzer),
         .executableTarget(name: "FuzzAPIBodies", dependencies: [.product(name: "AgentAPI", package: "edge-agent")],

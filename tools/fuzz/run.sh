@@ -9,8 +9,8 @@ bin=$2
 shift 2
 # name:executable:max_len:dictionary:detect_leaks. The config target does not check leaks: TOMLKit's
 # TOMLTable(string:) never frees its error record (a few bytes per parse, more on a parse error).
-all="model:FuzzModel:65536:model:1 infer-codec:FuzzInferCodec:16384:json:1 api-bodies:FuzzAPIBodies:16384:json:1 config:FuzzConfig:16384:toml:0"
-wanted=${*:-model infer-codec api-bodies config}
+all="model:FuzzModel:65536:model:1 onnx:FuzzONNX:65536:onnx:1 infer-codec:FuzzInferCodec:16384:json:1 api-bodies:FuzzAPIBodies:16384:json:1 config:FuzzConfig:16384:toml:0"
+wanted=${*:-model onnx infer-codec api-bodies config}
 failed=0
 summary=""
 for spec in $all; do
