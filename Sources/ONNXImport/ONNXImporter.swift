@@ -60,9 +60,23 @@ public enum ONNXImporter {
         } catch {
             throw ModelFileError(file: file, "not an ONNX model: the protobuf does not decode (\(error))")
         }
-        var converter = try Converter(model: model, file: file, output: output)
-        try converter.run()
-        return try converter.result(name: name, labels: labels)
+        do {
+            var converter = try Converter(model: model, file: file, output: output)
+            try converter.run()
+            var result = try converter.result(name: name, labels: labels)
+            result.steps = result.steps.map { .init(node: printable($0.node), opType: printable($0.opType), becomes: $0.becomes) }
+            result.producer = printable(result.producer)
+            return result
+        } catch let error as ModelFileError {
+            // Names come from the file: no control character reaches a terminal or splits the line.
+            throw ModelFileError(file: error.file, location: error.location.map(printable), printable(error.message))
+        }
+    }
+
+    /// `text` with control characters written as \u{…} escapes.
+    static func printable(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else { return text }
+        return text.unicodeScalars.map { $0.properties.generalCategory == .control ? "\\u{\(String($0.value, radix: 16))}" : String($0) }.joined()
     }
 }
 
@@ -82,6 +96,13 @@ struct Converter {
 
     var constants: [String: Constant] = [:]
     var integerConstants: [String: [Int64]] = [:]
+    /// Constants of a type the importer does not read (float16, int8, ...), by name.
+    var skippedTypes: [String: String] = [:]
+    /// Weights already given to a layer: a shared initializer is refused rather than copied again.
+    var usedWeights: Set<String> = []
+    /// After GlobalAveragePool the ONNX value is [N, C, 1, 1] while the agent holds [C]: only a
+    /// flatten (or an element-wise op) may come before anything that depends on the rank.
+    var pooledToOnes = false
     let inputName: String
     let outputName: String
     let inputShape: [Int]
@@ -110,6 +131,9 @@ struct Converter {
         let standard = model.opsetImport.filter { $0.domain.isEmpty || $0.domain == "ai.onnx" }
         guard let version = standard.map(\.version).max() else {
             throw ModelFileError(file: file, "the model imports no version of the standard ONNX operator set")
+        }
+        guard model.irVersion >= 3 else {
+            throw ModelFileError(file: file, "IR version \(model.irVersion) is older than 3, the oldest the importer reads; re-export with a newer exporter")
         }
         opset = Int(clamping: version)
         guard opset >= 6 else {
@@ -170,6 +194,10 @@ struct Converter {
             throw ModelFileError(file: file, location: at, "has shape \(Converter.format(dims)); the importer reads [batch, features] or [batch, C, H, W]")
         }
         inputShape = Array(dims.dropFirst())
+        let elements = inputShape.reduce(1) { $0.multipliedReportingOverflow(by: $1).overflow ? Int.max : $0 * $1 }
+        guard elements <= Converter.maxSampleElements else {
+            throw ModelFileError(file: file, location: at, "one sample of \(Converter.format(dims)) has more than \(Converter.maxSampleElements) values")
+        }
         current = inputName
         shape = inputShape
 
@@ -177,6 +205,9 @@ struct Converter {
             try addConstant(tensor, at: "initializer '\(tensor.name)'")
         }
     }
+
+    /// The model loader's own bound on the values of one sample at any layer.
+    static let maxSampleElements = 1 << 24
 
     static func typeName(_ t: Int32) -> String {
         let names = [1: "float", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string",
@@ -238,14 +269,15 @@ struct Converter {
                 throw ModelFileError(file: file, location: at, "element \(bad) is \(values[bad]), not a finite number")
             }
             constants[name] = Constant(dims: dims, values: values)
-        case 6, 7:  // int32, int64: shapes and axes
+        case 6, 7, 9:  // int32, int64: shapes and axes; bool: Dropout's training_mode
             var values: [Int64]
             if t.hasRawData {
-                let width = t.dataType == 7 ? 8 : 4
+                let width = t.dataType == 7 ? 8 : t.dataType == 9 ? 1 : 4
                 guard t.rawData.count == count * width else { throw sizeError(t.rawData.count / width) }
                 values = t.rawData.withUnsafeBytes { raw in
                     (0..<count).map { i in
                         width == 8 ? Int64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self))
+                            : width == 1 ? Int64(raw[i])
                             : Int64(Int32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self)))
                     }
                 }
@@ -258,8 +290,8 @@ struct Converter {
             }
             integerConstants[name] = values
         default:
-            // Kept out: an op that reads it is refused when it asks for it.
-            break
+            // Kept out: an op that reads it is refused, naming the type, when it asks for it.
+            skippedTypes[name] = Converter.typeName(t.dataType)
         }
     }
 
@@ -298,6 +330,14 @@ struct Converter {
 
     /// Refuses attributes the conversion would silently ignore.
     func onlyAttributes(_ node: Onnx_NodeProto, _ index: Int, _ known: Set<String>) throws {
+        var seen = Set<String>()
+        if let twice = node.attribute.first(where: { !seen.insert($0.name).inserted }) {
+            throw fail(node, index: index, "attribute '\(twice.name)' is given twice")
+        }
+        // Before opset 7, is_test=0 asked for training behaviour.
+        if opset < 7, let test = attribute(node, "is_test"), test.i == 0 {
+            throw fail(node, index: index, "is_test=0 asks for training behaviour")
+        }
         if let extra = node.attribute.first(where: { !known.contains($0.name) }) {
             throw fail(node, index: index, "attribute '\(extra.name)' is not supported")
         }
@@ -311,6 +351,9 @@ struct Converter {
         let name = node.input[position]
         guard let c = constants[name] else {
             if integerConstants[name] != nil { throw fail(node, index: index, "\(role) '\(name)' is an integer tensor, expected float") }
+            if let type = skippedTypes[name] {
+                throw fail(node, index: index, "\(role) '\(name)' is \(type); only float and double constants are imported (convert the model to float32 first)")
+            }
             throw fail(node, index: index, "\(role) '\(name)' is not a constant (an initializer or a Constant node); the agent's layers hold their weights")
         }
         return c
@@ -332,9 +375,10 @@ struct Converter {
     mutating func run() throws {
         let kept = neededNodes()
         unusedNodes = graph.node.count - kept.count
+        let lastNonIdentity = kept.lastIndex { graph.node[$0].opType != "Identity" } ?? -1
         for (position, index) in kept.enumerated() {
             let node = graph.node[index]
-            onlyIdentityFollows = kept[(position + 1)...].allSatisfy { graph.node[$0].opType == "Identity" }
+            onlyIdentityFollows = position >= lastNonIdentity
             let label = node.name.isEmpty ? "node \(index)" : node.name
             guard node.domain.isEmpty || node.domain == "ai.onnx" else {
                 throw fail(node, index: index, "is from operator domain '\(node.domain)'; only standard ONNX operators are imported")
@@ -344,6 +388,15 @@ struct Converter {
             }
             if node.opType == "Constant" {
                 try constantNode(node, index)
+                steps.append(.init(node: label, opType: node.opType, becomes: "constant"))
+                continue
+            }
+            // PyTorch names a shared parameter through an Identity of the initializer.
+            if node.opType == "Identity", node.input.count == 1, let out = node.output.first, !out.isEmpty, node.input[0] != current {
+                let source = node.input[0]
+                if let c = constants[source] { constants[out] = c } else if let c = integerConstants[source] { integerConstants[out] = c }
+                else if let t = skippedTypes[source] { skippedTypes[out] = t }
+                else { throw fail(node, index: index, "does not read the running activation '\(current)' or a constant") }
                 steps.append(.init(node: label, opType: node.opType, becomes: "constant"))
                 continue
             }
@@ -399,17 +452,27 @@ struct Converter {
     /// Converts one node that reads the activation; returns what it became.
     mutating func convert(_ node: Onnx_NodeProto, _ index: Int, activationAt position: Int) throws -> String {
         // A MatMul's bias must come right after it.
-        if let pending = pendingBias {
+        if let pending = pendingBias, !["Identity", "Dropout"].contains(node.opType) {
             pendingBias = nil
             if node.opType == "Add" {
                 let bias = try constant(node, index, input: 1 - position, "bias")
-                guard bias.count == pending.outputs, bias.dims.dropLast().allSatisfy({ $0 == 1 }) else {
+                guard bias.count == pending.outputs, bias.dims.count <= 2, bias.dims.dropLast().allSatisfy({ $0 == 1 }) else {
                     throw fail(node, index: index, "bias has shape \(Converter.format(bias.dims)); expected [\(pending.outputs)]")
                 }
                 let name = "l\(pending.layer).bias"
                 tensors.append(TensorBlob(name: name, floats: bias.values, shape: [pending.outputs]))
                 layers[pending.layer].bias = name
                 return "bias of layer \(pending.layer)"
+            }
+        }
+        if pooledToOnes {
+            switch node.opType {
+            case "Flatten", "Reshape":
+                pooledToOnes = false
+            case "Identity", "Dropout", "Relu", "Clip", "LeakyRelu", "Cast":
+                break
+            default:
+                throw fail(node, index: index, "reads GlobalAveragePool's [N, \(shape[0]), 1, 1] output; add Flatten before it")
             }
         }
         switch node.opType {
@@ -434,11 +497,12 @@ struct Converter {
         case "Add", "Sub", "Mul", "Div":
             return try preprocessing(node, index, activationAt: position)
         case "Gemm":
-            try onlyAttributes(node, index, ["alpha", "beta", "transA", "transB"])
+            try onlyAttributes(node, index, opset < 7 ? ["alpha", "beta", "transA", "transB", "broadcast"] : ["alpha", "beta", "transA", "transB"])
             guard try int(node, index, "transA", default: 0) == 0 else { throw fail(node, index: index, "transA=1 is not supported") }
             let transB = try int(node, index, "transB", default: 0) != 0
             let alpha = try float(node, index, "alpha", default: 1), beta = try float(node, index, "beta", default: 1)
             let b = try constant(node, index, input: 1, "weight")
+            try claimWeight(node, index, input: 1)
             guard shape.count == 1 else {
                 throw fail(node, index: index, "needs a flat input but gets \(Converter.format(shape)); add Flatten before it")
             }
@@ -453,6 +517,9 @@ struct Converter {
             if node.input.count > 2, !node.input[2].isEmpty {
                 let c = try constant(node, index, input: 2, "bias")
                 let values: [Float]
+                guard c.dims.count <= 2 else {
+                    throw fail(node, index: index, "bias has shape \(Converter.format(c.dims)); Gemm's C has at most 2 dimensions")
+                }
                 if c.count == outputs, c.dims.dropLast().allSatisfy({ $0 == 1 }) {
                     values = c.values
                 } else if c.count == 1 {
@@ -469,6 +536,7 @@ struct Converter {
             try onlyAttributes(node, index, [])
             guard position == 0 else { throw fail(node, index: index, "multiplies a constant by the activation; only activation × weight is supported") }
             let b = try constant(node, index, input: 1, "weight")
+            try claimWeight(node, index, input: 1)
             guard shape.count == 1 else {
                 throw fail(node, index: index, "needs a flat input but gets \(Converter.format(shape)); add Flatten before it")
             }
@@ -498,11 +566,13 @@ struct Converter {
             guard shape.count == 3 else { throw fail(node, index: index, "needs an image input [C, H, W] but gets \(Converter.format(shape))") }
             layers.append(LayerSpec(op: "globalavgpool"))
             shape = [shape[0]]
+            pooledToOnes = true
             return "globalavgpool"
         case "Flatten":
             try onlyAttributes(node, index, ["axis"])
             let axis = try int(node, index, "axis", default: 1)
-            guard axis == 1 || axis == -shape.count else {
+            let rank = shape.count == 1 && layers.last?.op == "globalavgpool" ? 4 : shape.count + 1
+            guard axis == 1 || axis == 1 - rank else {
                 throw fail(node, index: index, "axis=\(axis) would fold the batch or keep spatial axes; only axis=1 is supported")
             }
             return flatten()
@@ -512,6 +582,9 @@ struct Converter {
                 throw fail(node, index: index, "target shape is not a constant int64 tensor")
             }
             let features = shape.reduce(1, *)
+            if try int(node, index, "allowzero", default: 0) != 0, target.contains(0) {
+                throw fail(node, index: index, "allowzero=1 with a 0 in the target shape makes an empty tensor")
+            }
             let flattens = target.count == 2 && (target[0] == 0 || target[0] == -1) && (target[1] == -1 || target[1] == Int64(features))
                 && !(target[0] == -1 && target[1] == -1)
             guard flattens else {
@@ -555,6 +628,13 @@ struct Converter {
             return "softmax"
         default:
             throw fail(node, index: index, "is not an operator the agent runs")
+        }
+    }
+
+    /// Each layer owns its weights: a weight shared by several nodes would be copied per layer.
+    mutating func claimWeight(_ node: Onnx_NodeProto, _ index: Int, input position: Int) throws {
+        guard usedWeights.insert(node.input[position]).inserted else {
+            throw fail(node, index: index, "weight '\(node.input[position])' is shared with an earlier layer; the agent's layers own their weights")
         }
     }
 
@@ -620,6 +700,7 @@ struct Converter {
         try onlyAttributes(node, index, ["auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"])
         guard shape.count == 3 else { throw fail(node, index: index, "needs an image input [C, H, W] but gets \(Converter.format(shape))") }
         let w = try constant(node, index, input: 1, "weight")
+        try claimWeight(node, index, input: 1)
         guard w.dims.count == 4 else { throw fail(node, index: index, "weight has shape \(Converter.format(w.dims)); only 2-D convolution is supported") }
         let group = try int(node, index, "group", default: 1)
         guard group == 1 else { throw fail(node, index: index, "group=\(group): grouped and depthwise convolution are not supported") }
@@ -638,7 +719,9 @@ struct Converter {
         var biasName: String?
         if node.input.count > 2, !node.input[2].isEmpty {
             let b = try constant(node, index, input: 2, "bias")
-            guard b.count == w.dims[0] else { throw fail(node, index: index, "bias has \(b.count) values for \(w.dims[0]) output channels") }
+            guard b.count == w.dims[0], b.dims.count == 1 else {
+                throw fail(node, index: index, "bias has shape \(Converter.format(b.dims)); expected [\(w.dims[0])]")
+            }
             biasName = "l\(layers.count).bias"
             tensors.append(TensorBlob(name: biasName!, floats: b.values, shape: [w.dims[0]]))
         }
@@ -709,6 +792,9 @@ struct Converter {
         let c = try constant(node, index, input: 1 - position, "operand")
         // Broadcast the constant over one sample; a leading batch dimension must be 1.
         let sample = shape
+        guard c.dims.count <= sample.count + 1 else {
+            throw fail(node, index: index, "operand of shape \(Converter.format(c.dims)) has more dimensions than the input; it would change the output's rank")
+        }
         var dims = c.dims
         while dims.count > sample.count {
             guard dims.first == 1 else { throw fail(node, index: index, "operand of shape \(Converter.format(c.dims)) does not broadcast over one sample") }
@@ -773,10 +859,14 @@ struct Converter {
         } else {
             // (x − mean) / std = x·a + b with std = 1/a and mean = −b/a.
             guard let zero = preScale.firstIndex(of: 0) else {
+                let mean = zip(preScale, preShift).map { -$1 / $0 }, std = preScale.map { 1 / $0 }
+                if let bad = (0..<mean.count).first(where: { !mean[$0].isFinite || !std[$0].isFinite }) {
+                    throw ModelFileError(file: file, "the input preprocessing of element \(bad) (x·\(preScale[bad]) + \(preShift[bad])) is out of float range as a mean and standard deviation")
+                }
                 input.mean = "input.mean"
                 input.std = "input.std"
-                blobs.append(TensorBlob(name: "input.mean", floats: zip(preScale, preShift).map { -$1 / $0 }, shape: inputShape))
-                blobs.append(TensorBlob(name: "input.std", floats: preScale.map { 1 / $0 }, shape: inputShape))
+                blobs.append(TensorBlob(name: "input.mean", floats: mean, shape: inputShape))
+                blobs.append(TensorBlob(name: "input.std", floats: std, shape: inputShape))
                 return try finish(input: input, blobs: blobs, name: name, labels: labels)
             }
             throw ModelFileError(file: file, "the input preprocessing multiplies element \(zero) by zero")

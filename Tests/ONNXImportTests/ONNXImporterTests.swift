@@ -127,6 +127,7 @@ func onnxModel(_ nodes: [Onnx_NodeProto], _ initializers: [Onnx_TensorProto], in
 
     @Test func nodesTheOutputDoesNotNeedAreLeftOut() throws {
         var m = Onnx_ModelProto()
+        m.irVersion = 8
         var o = Onnx_OperatorSetIdProto(); o.version = 17
         m.opsetImport = [o]
         m.graph.node = [node("Gemm", ["x", "w"], ["y"], int: ["transB": 1]), node("ArgMax", ["y"], ["label"])]
@@ -215,6 +216,7 @@ func onnxModel(_ nodes: [Onnx_NodeProto], _ initializers: [Onnx_TensorProto], in
                 var a = Onnx_AttributeProto(); a.name = "auto_pad"; a.type = .string; a.s = Data(auto.utf8); c.attribute.append(a)
             }
             var m = Onnx_ModelProto()
+            m.irVersion = 8
             var o = Onnx_OperatorSetIdProto(); o.version = 17
             m.opsetImport = [o]
             m.graph.node = [c, node("Flatten", ["c"], ["y"])]
@@ -232,5 +234,85 @@ func onnxModel(_ nodes: [Onnx_NodeProto], _ initializers: [Onnx_TensorProto], in
         #expect(refusal(conv(["dilations": [2, 2]]))?.contains("dilated") == true)
         #expect(refusal(conv(["kernel_shape": [5, 5]]))?.contains("disagrees") == true)
         #expect(refusal(conv([:], auto: "BOGUS"))?.contains("auto_pad") == true)
+    }
+}
+
+/// What a cold reading of the importer found; each failed (or hung, or crashed) before its fix.
+@Suite struct ONNXImporterHostileTests {
+    func refusal(_ bytes: [UInt8]) -> String? {
+        do { _ = try ONNXImporter.convert(bytes: bytes, file: "t.onnx", name: "t"); return nil } catch { return "\(error)" }
+    }
+
+    @Test func hugeInputsAreRefusedBeforeAnyWork() {
+        // Flatten of 2^72 values overflowed; a per-element Mul allocated petabytes.
+        let flatten = onnxModel([node("Flatten", ["x"], ["f"]), node("Gemm", ["f", "w"], ["y"], int: ["transB": 1])],
+                                [tensor("w", [2, 4], [Float](repeating: 0, count: 8))], input: [nil, 1 << 24, 1 << 24, 1 << 24])
+        #expect(refusal(flatten)?.contains("more than 16777216 values") == true)
+        let mul = onnxModel([node("Mul", ["x", "c"], ["a"]), node("Flatten", ["a"], ["y"])],
+                            [tensor("c", [1, 1, 4], [1, 2, 3, 4])], input: [nil, 1 << 22, 1 << 22, 4])
+        #expect(refusal(mul)?.contains("more than 16777216 values") == true)
+    }
+
+    @Test func aLongChainOfIdentitiesIsLinear() throws {
+        let chain = (0..<20000).map { node("Identity", [$0 == 0 ? "x" : "i\($0 - 1)"], ["i\($0)"]) }
+        let bytes = onnxModel(chain + [node("Gemm", ["i19999", "w"], ["y"], int: ["transB": 1])], [tensor("w", [3, 4], ONNXImporterTests.w)])
+        let started = Date()
+        _ = try ONNXImporter.convert(bytes: bytes, file: "t.onnx", name: "t")
+        #expect(Date().timeIntervalSince(started) < 5)
+    }
+
+    @Test func rankChangesAndSharedWeightsAreRefused() {
+        // GlobalAveragePool leaves [N, C, 1, 1]: a softmax or Gemm on it is not what the agent would compute.
+        func gap(_ then: [Onnx_NodeProto]) -> [UInt8] {
+            var m = Onnx_ModelProto()
+            m.irVersion = 8
+            var o = Onnx_OperatorSetIdProto(); o.version = 13
+            m.opsetImport = [o]
+            m.graph.node = [node("Conv", ["x", "k"], ["c"]), node("GlobalAveragePool", ["c"], ["g"])] + then
+            m.graph.initializer = [tensor("k", [3, 1, 3, 3], [Float](repeating: 0.1, count: 27)), tensor("w", [2, 3], [1, 2, 3, 4, 5, 6])]
+            m.graph.input = [valueInfo("x", [nil, 1, 5, 5])]
+            m.graph.output = [valueInfo("y", [nil, 3])]
+            return try! m.serializedBytes()
+        }
+        #expect(refusal(gap([node("Softmax", ["g"], ["y"])]))?.contains("add Flatten") == true)
+        #expect(refusal(gap([node("Gemm", ["g", "w"], ["y"], int: ["transB": 1])]))?.contains("add Flatten") == true)
+        #expect(refusal(gap([node("Flatten", ["g"], ["y"], int: ["axis": -1])]))?.contains("axis=-1") == true)
+        #expect(refusal(gap([node("Flatten", ["g"], ["f"]), node("Gemm", ["f", "w"], ["y"], int: ["transB": 1])])) == nil)
+        // A constant of higher rank than the input changes the output's rank.
+        let rank = onnxModel([node("Mul", ["x", "c"], ["a"]), node("Gemm", ["a", "w"], ["y"], int: ["transB": 1])],
+                             [tensor("c", [1, 1, 4], [1, 2, 3, 4]), tensor("w", [3, 4], ONNXImporterTests.w)])
+        #expect(refusal(rank)?.contains("more dimensions than the input") == true)
+        // One initializer used by two layers would be copied for each.
+        let shared = onnxModel([node("MatMul", ["x", "w"], ["a"]), node("MatMul", ["a", "w"], ["y"])], [tensor("w", [4, 4], [Float](repeating: 1, count: 16))])
+        #expect(refusal(shared)?.contains("shared with an earlier layer") == true)
+        // Duplicated attributes.
+        var twice = node("Gemm", ["x", "w"], ["y"], int: ["transB": 1])
+        twice.attribute.append(twice.attribute[0])
+        #expect(refusal(onnxModel([twice], [tensor("w", [3, 4], ONNXImporterTests.w)]))?.contains("given twice") == true)
+    }
+
+    @Test func namesFromTheFileCannotSplitTheErrorLine() {
+        let bytes = onnxModel([node("Gemm", ["x", "w"], ["h"], int: ["transB": 1]), node("Tanh", ["h"], ["y"], name: "evil\n\u{1b}[31mred")],
+                              [tensor("w", [3, 4], ONNXImporterTests.w)])
+        let line = refusal(bytes) ?? ""
+        #expect(!line.contains("\n") && !line.contains("\u{1b}") && line.contains("evil\\u{a}\\u{1b}[31mred"))
+    }
+
+    @Test func boolTrainingModeAndPyTorchIdentityWeightsImport() throws {
+        var mode = Onnx_TensorProto()
+        mode.name = "t"
+        mode.dataType = 9
+        mode.rawData = Data([0])
+        let bytes = onnxModel([node("Identity", ["w"], ["w_shared"]), node("Gemm", ["x", "w_shared"], ["h"], int: ["transB": 1]),
+                               node("Dropout", ["h", "", "t"], ["y"])], [tensor("w", [3, 4], ONNXImporterTests.w), mode])
+        #expect(refusal(bytes) == nil)
+        mode.rawData = Data([1])
+        let training = onnxModel([node("Gemm", ["x", "w"], ["h"], int: ["transB": 1]), node("Dropout", ["h", "", "t"], ["y"])],
+                                 [tensor("w", [3, 4], ONNXImporterTests.w), mode])
+        #expect(refusal(training)?.contains("training mode") == true)
+        var half = tensor("w", [3, 4], [])
+        half.dataType = 10
+        half.rawData = Data(count: 24)
+        #expect(refusal(onnxModel([node("Gemm", ["x", "w"], ["y"], int: ["transB": 1])], [half]))?.contains("is float16") == true)
     }
 }
