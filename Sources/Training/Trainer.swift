@@ -22,6 +22,8 @@ public final class Trainer: @unchecked Sendable {
     private let batchInput: UnsafeMutablePointer<Float>
     private let batchLabels: UnsafeMutablePointer<Int32>
     private var order: [Int] = []
+    /// Called after every optimizer step (pruning masks re-zero the weights they removed).
+    public var afterStep: (() -> Void)?
 
     /// - Parameters:
     ///   - network: trained in place (pass a copy to keep the original).
@@ -64,6 +66,7 @@ public final class Trainer: @unchecked Sendable {
                 }
                 let result = graph.lossAndGradients(batchInput, labels: batchLabels, batch: b)
                 optimizer.step()
+                afterStep?()
                 lossSum += result.loss * Float(b)
                 correct += result.correct
                 start += b

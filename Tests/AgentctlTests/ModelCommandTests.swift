@@ -52,6 +52,45 @@ import Testing
         #expect(r.stdout.contains("wrote \(dir)/m.safetensors"))
     }
 
+    /// The README's pruning target on digits: 30% of the parameters or fewer, within 1 point, a
+    /// genuinely smaller file; every round reported; bad options refused with one line.
+    @Test func structuredPruningMakesASmallerModelWithinOnePoint() throws {
+        let dir = temporaryDirectory("prune")
+        let pruned = dir + "/pruned.safetensors"
+        let r = try Agentctl.run(["model", "prune", Self.trained.mlp, "--data", Agentctl.digits, "--out", pruned, "--sparsity", "0.72",
+                                  "--structured", "--rounds", "4", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let rows = try r.stdout.split(separator: "\n").map { try json($0) }
+        #expect(rows.map { $0["round"] as? Int } == [0, 1, 2, 3, 4])
+        let first = try #require(rows.first), last = try #require(rows.last)
+        let share = try #require(last["parametersShare"] as? Double)
+        #expect(share <= 0.30, "parameters left \(share)")
+        let drop = try #require(first["accuracy"] as? Double) - (try #require(last["accuracy"] as? Double))
+        #expect(drop <= 0.01, "accuracy drop \(drop)")
+        #expect((last["widths"] as? [Int])?.last == 10)
+        let inspect = try json(Substring(try Agentctl.run(["model", "inspect", pruned, "--json"]).stdout))
+        #expect((inspect["parameters"] as? Int) == (last["parameters"] as? Int))
+        let before = try #require(try FileManager.default.attributesOfItem(atPath: Self.trained.mlp)[.size] as? Int)
+        let after = try #require(try FileManager.default.attributesOfItem(atPath: pruned)[.size] as? Int)
+        #expect(Double(after) < 0.32 * Double(before))
+        // Unstructured: as many weights zeroed, the same shapes.
+        let sparse = dir + "/sparse.safetensors"
+        let u = try Agentctl.run(["model", "prune", Self.trained.mlp, "--data", Agentctl.digits, "--out", sparse, "--sparsity", "0.5",
+                                  "--rounds", "2", "--epochs", "1", "--json"])
+        #expect(u.status == 0, "\(u.stderr)")
+        let uLast = try json(try #require(u.stdout.split(separator: "\n").last))
+        #expect((uLast["widths"] as? [Int]) == [256, 256, 10])
+        #expect(try #require(uLast["parametersShare"] as? Double) < 0.6)
+        for bad in [["--sparsity", "1.5"], ["--sparsity", "0.5", "--rounds", "0"], ["--sparsity", "0.5", "--importance", "magic"]] {
+            let b = try Agentctl.run(["model", "prune", Self.trained.mlp, "--data", Agentctl.digits, "--out", dir + "/x.safetensors", "--structured"] + bad)
+            #expect(b.status != 0 && !FileManager.default.fileExists(atPath: dir + "/x.safetensors"), "\(bad)")
+        }
+        let single = dir + "/single.safetensors"
+        #expect(try Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", "mlp:64-10", "--epochs", "1", "--out", single]).status == 0)
+        let none = try Agentctl.run(["model", "prune", single, "--data", Agentctl.digits, "--out", dir + "/x.safetensors", "--sparsity", "0.5", "--structured"])
+        #expect(none.status == 1 && none.stderrLines.count == 1 && none.stderr.contains("no layer can be pruned"))
+    }
+
     @Test func fineTuningKeepsFrozenTensorsAndBumpsTheVersion() throws {
         let dir = temporaryDirectory("tune")
         let tuned = dir + "/tuned.safetensors"
