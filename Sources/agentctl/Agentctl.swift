@@ -24,7 +24,7 @@ struct ModelCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "model",
         abstract: "Train, import (ONNX), evaluate, inspect, quantize, run and benchmark model files offline; roll agentd back.",
-        subcommands: [Train.self, Import.self, Prune.self, Eval.self, Inspect.self, Predict.self, Bench.self, Quantize.self, Prepare.self, DriftEval.self, LearnEval.self, Rollback.self]
+        subcommands: [Train.self, Import.self, Prune.self, Distill.self, Eval.self, Inspect.self, Predict.self, Bench.self, Quantize.self, Prepare.self, DriftEval.self, LearnEval.self, Rollback.self]
     )
 }
 

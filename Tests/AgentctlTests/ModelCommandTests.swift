@@ -91,6 +91,26 @@ import Testing
         #expect(none.status == 1 && none.stderrLines.count == 1 && none.stderr.contains("no layer can be pruned"))
     }
 
+    @Test func distillWritesAStudentAndComparesItWithLabelsAlone() throws {
+        let dir = temporaryDirectory("distill")
+        let student = dir + "/student.safetensors"
+        let r = try Agentctl.run(["model", "distill", "--teacher", Self.trained.mlp, "--arch", "mlp:64-32-10", "--data", Agentctl.digits,
+                                  "--out", student, "--epochs", "8", "--compare", "--seeds", "2", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let out = try json(Substring(r.stdout))
+        #expect((out["studentParameters"] as? Int) == 64 * 32 + 32 + 32 * 10 + 10)
+        #expect((out["perSeed"] as? [[String: Any]])?.count == 2)
+        #expect(try #require(out["studentAccuracy"] as? Double) > 0.85)
+        #expect(out["labelsOnlyAccuracy"] is Double)
+        let inspect = try json(Substring(try Agentctl.run(["model", "inspect", student, "--json"]).stdout))
+        #expect((inspect["labels"] as? [String])?.count == 10)
+        for (bad, message) in [(["--arch", "mlp:64-32-10", "--alpha", "2"], "--alpha"), (["--arch", "mlp:30-10"], "takes 30 inputs"),
+                               (["--arch", "mlp:64-32-10", "--seeds", "3"], "--seeds needs --compare")] {
+            let b = try Agentctl.run(["model", "distill", "--teacher", Self.trained.mlp, "--data", Agentctl.digits, "--out", dir + "/x.safetensors"] + bad)
+            #expect(b.status != 0 && b.stderr.contains(message) && !FileManager.default.fileExists(atPath: dir + "/x.safetensors"), "\(bad): \(b.stderr)")
+        }
+    }
+
     @Test func fineTuningKeepsFrozenTensorsAndBumpsTheVersion() throws {
         let dir = temporaryDirectory("tune")
         let tuned = dir + "/tuned.safetensors"
