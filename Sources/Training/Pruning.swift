@@ -11,12 +11,13 @@ public enum Pruning {
     /// How a unit's importance is scored.
     public enum Importance: String, Sendable, CaseIterable, Codable {
         /// Σ|w| over the unit's incoming weights (Li et al., "Pruning Filters for Efficient
-        /// ConvNets"): no data needed, blind to what the next layer does with the unit.
+        /// ConvNets"): no data needed, blind to what the next layer does with the unit. The
+        /// default: on digits it did as well as Taylor or better.
         case l1
         /// (Σ g·w)² over the unit's weights and bias, summed over mini-batches of training data
         /// (Molchanov et al., "Importance Estimation for Neural Network Pruning", 2019): the
         /// first-order estimate of the loss change when the unit is removed, which sees the whole
-        /// network downstream. The default.
+        /// network downstream.
         case taylor
     }
 

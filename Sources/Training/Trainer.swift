@@ -24,6 +24,11 @@ public final class Trainer: @unchecked Sendable {
     private var order: [Int] = []
     /// Called after every optimizer step (pruning masks re-zero the weights they removed).
     public var afterStep: (() -> Void)?
+    /// Called before every forward pass and before every optimizer step: quantization-aware
+    /// training puts fake-quantized weights in for the forward and backward passes and the FP32
+    /// master weights back for the update (the straight-through estimator).
+    public var beforeForward: (() -> Void)?
+    public var beforeStep: (() -> Void)?
 
     /// - Parameters:
     ///   - network: trained in place (pass a copy to keep the original).
@@ -64,7 +69,9 @@ public final class Trainer: @unchecked Sendable {
                     (batchInput + j * n).update(from: features.baseAddress! + row * n, count: n)
                     batchLabels[j] = Int32(labels[row])
                 }
+                beforeForward?()
                 let result = graph.lossAndGradients(batchInput, labels: batchLabels, batch: b)
+                beforeStep?()
                 optimizer.step()
                 afterStep?()
                 lossSum += result.loss * Float(b)

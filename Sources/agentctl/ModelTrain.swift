@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Inference
 import ModelFile
+import Quantization
 import Tensor
 import Training
 
@@ -16,6 +17,12 @@ struct Train: ParsableCommand {
 
             Inputs are scaled by 1/max|x| of the training rows (written to the manifest as
             input.scale). One progress line per epoch goes to stderr.
+
+            --qat int4 (quantization-aware training): every step computes with the
+            dense layers' weights as 'quantize --precision int4 --group G' will store
+            them and updates the FP32 weights behind them (straight-through
+            estimator); then 'agentctl model quantize ... --precision int4 --group G'
+            stores exactly the weights the training ended with.
 
             ARCH grammar:
             \(Architecture.grammar)
@@ -66,6 +73,14 @@ struct Train: ParsableCommand {
     @Option(help: "Model name written to the manifest (default: the output file's stem).")
     var name: String?
 
+    @Option(help: ArgumentHelp("Quantization-aware training: int4 trains the dense layers' weights as 'quantize --precision int4' stores them.", valueName: "int4"))
+    var qat: QATMode?
+
+    @Option(help: "INT4 group size for --qat int4 (give 'quantize' the same --group): 32, 64 or 128.")
+    var group: Int = 32
+
+    enum QATMode: String, ExpressibleByArgument { case int4 }
+
     @Flag(help: "Print per-epoch lines and the summary as JSON (one object per line).")
     var json = false
 
@@ -75,6 +90,7 @@ struct Train: ParsableCommand {
         if epochs < 1 { throw ValidationError("--epochs must be at least 1") }
         if batchSize < 1 { throw ValidationError("--batch-size must be at least 1") }
         if !["adam", "sgd"].contains(optimizer) { throw ValidationError("--optimizer must be adam or sgd") }
+        if ![32, 64, 128].contains(group) { throw ValidationError("--group must be 32, 64 or 128") }
     }
 
     struct Summary: Codable {
@@ -126,6 +142,11 @@ struct Train: ParsableCommand {
                 ? .sgd(learningRate: lr ?? 0.05, momentum: momentum, weightDecay: weightDecay)
                 : .adam(learningRate: lr ?? 0.002, weightDecay: weightDecay)
             let trainer = Trainer(network: network, optimizer: kind, batchSize: batchSize, seed: seed, trainable: names)
+            if qat == .int4 {
+                let fake = Int4WeightFakeQuantizer(network: network, group: group)
+                fake.attach(to: trainer)
+                if !json { printError("quantization-aware: \(fake.layers.count) dense layers trained through INT4 weights, groups of \(group)") }
+            }
             if !json {
                 printError("training \(network.name): \(network.parameterCount) parameters, \(train.count) training rows, \(test.count) test rows")
             }

@@ -21,10 +21,11 @@ func rows(_ count: Int, features: Int, seed: UInt64, limit: Float = 1) -> DataSe
 }
 
 func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minmax, precision: LayerPrecision = .int8,
-              adaptive: AdaptivePrecision? = nil) -> QuantizedModel {
+              adaptive: AdaptivePrecision? = nil, group: Int = 32) -> QuantizedModel {
     let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: method)
     let p = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(net).map { ($0, precision) })
-    return Quantizer.build(net, activations: params, precisions: p, method: method, calibrationRows: data.count, adaptive: adaptive)
+    return Quantizer.build(net, activations: params, precisions: p, method: method, calibrationRows: data.count, int4Group: group,
+                           adaptive: adaptive)
 }
 
 @Suite struct QuantizedPlanTests {
