@@ -80,7 +80,7 @@ public enum Distillation {
                         if scale != 1 { for i in 0..<(b * classes) { dy[i] *= scale } }
                         graph.backward(dy, batch: b)
                         optimizer.step()
-                        lossSum += Double(scale * (ce + kdWeight * kd)) * Double(b)
+                        lossSum += Double(scale * (ce + kdWeight * kd)) * Double(real)
                         start += real
                     }
                 }

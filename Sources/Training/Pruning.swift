@@ -78,9 +78,12 @@ public enum Pruning {
             }
         case .taylor:
             guard let data, let labels = data.labels, data.count > 0 else { return importance(network, sites: sites, method: .l1, data: nil) }
-            let graph = TrainingGraph(network: network, batchCapacity: batchSize)
+            // Every layer's gradient, whatever the file's `trainable` list freezes.
+            let graph = TrainingGraph(network: network, batchCapacity: batchSize, trainable: Set(network.parameters.map(\.name)))
             var scores = sites.map { [Double](repeating: 0, count: $0.units) }
             let rows = min(data.count, maxRows)
+            // Rows spread evenly over the file, so a class-sorted CSV is sampled across its classes.
+            let picked = (0..<rows).map { $0 * data.count / rows }
             let input = UnsafeMutablePointer<Float>.allocate(capacity: batchSize * data.featureCount)
             let y = UnsafeMutablePointer<Int32>.allocate(capacity: batchSize)
             defer { input.deallocate(); y.deallocate() }
@@ -88,9 +91,11 @@ public enum Pruning {
             while start < rows {
                 let b = min(batchSize, rows - start)
                 data.features.withUnsafeBufferPointer { f in
-                    input.update(from: f.baseAddress! + start * data.featureCount, count: b * data.featureCount)
+                    for j in 0..<b {
+                        (input + j * data.featureCount).update(from: f.baseAddress! + picked[start + j] * data.featureCount, count: data.featureCount)
+                    }
                 }
-                for j in 0..<b { y[j] = Int32(labels[start + j]) }
+                for j in 0..<b { y[j] = Int32(labels[picked[start + j]]) }
                 _ = graph.lossAndGradients(input, labels: y, batch: b)
                 for (s, site) in sites.enumerated() {
                     let layer = network.layers[site.layer]
@@ -150,7 +155,7 @@ public enum Pruning {
             layers[site.consumer] = c
         }
         let pruned = Network(name: network.name, version: network.version, inputShape: network.inputShape, labels: network.labels,
-                             preprocessing: network.preprocessing, layers: layers, trainable: nil)
+                             preprocessing: network.preprocessing, layers: layers, trainable: network.trainable)
         // The loader derives every shape from the tensors and checks the result.
         let bytes = ModelWriter.encode(manifest: pruned.manifest(), tensors: pruned.tensorBlobs())
         let storage = Storage(byteCount: bytes.count)
@@ -176,14 +181,16 @@ public enum Pruning {
         return Int(total.rounded())
     }
 
-    /// The fraction of units every site keeps so the network has about `target` parameters.
+    /// The fraction of units every site keeps so the network has as close to `target` parameters
+    /// as whole units allow (the count just under the target or the one just over, the nearer).
     public static func fraction(_ network: Network, sites: [Site], target: Int) -> Double {
         var low = 0.0, high = 1.0
         for _ in 0..<40 {
             let mid = (low + high) / 2
             if parameters(network, sites: sites, fraction: mid) > target { high = mid } else { low = mid }
         }
-        return max(low, 1e-9)
+        let under = parameters(network, sites: sites, fraction: low), over = parameters(network, sites: sites, fraction: high)
+        return max(abs(over - target) < abs(target - under) ? high : low, 1e-9)
     }
 
     /// One pruning step: score, keep the best `fraction` of each site's units (at least one), rebuild.
@@ -197,6 +204,19 @@ public enum Pruning {
             return ranked.prefix(n).sorted()
         }
         return try apply(network, sites: sites, keep: keep)
+    }
+
+    /// The layers unstructured pruning masks: every weighted layer but the last.
+    public static func maskableLayers(_ network: Network) -> [Int] {
+        Array(network.layers.indices.filter { network.layers[$0].weight != nil }.dropLast())
+    }
+
+    /// The share of the maskable weights to zero so that `left` of all parameters stay non-zero.
+    public static func maskSparsity(_ network: Network, left: Double) -> Double {
+        let maskable = maskableLayers(network).reduce(0) { $0 + network.layers[$1].weight!.count }
+        guard maskable > 0 else { return 0 }
+        let zeros = Double(network.parameterCount) * (1 - left)
+        return min(max(zeros / Double(maskable), 0), 0.999)
     }
 
     /// Unstructured magnitude pruning: the smallest |w| of every weighted layer but the last set

@@ -13,7 +13,7 @@ struct Distill: ParsableCommand {
             The student (a new --arch) learns (1 - ALPHA) x cross-entropy on the labels
             plus ALPHA x T^2 x KL(softmax(teacher/T) || softmax(student/T)) on the
             training split (every 5th row held out, as 'train' splits); the
-            teacher's logits are computed once. A higher T shows the student more
+            teacher's logits are computed on every row the student sees. A higher T shows the student more
             of how the teacher ranks the wrong classes. The student takes the
             teacher's input preprocessing and labels.
             Each batch of real rows is joined by --mixup blends of two training rows
@@ -33,7 +33,8 @@ struct Distill: ParsableCommand {
     )
 
     @Option(help: ArgumentHelp("The teacher model file.", valueName: "FILE")) var teacher: String
-    @Option(help: ArgumentHelp("The student's architecture (the ARCH grammar of 'train').", valueName: "ARCH")) var arch: String
+    @Option(help: ArgumentHelp("The student's architecture (the ARCH grammar of 'train').", valueName: "ARCH")) var arch: String?
+    @Option(help: ArgumentHelp("Start the student from this model file instead (a pruned model, say); not with --arch.", valueName: "FILE")) var from: String?
     @Option(help: ArgumentHelp("Training data (CSV with a 'label' column).", valueName: "CSV")) var data: String
     @Option(help: ArgumentHelp("Where to write the student.", valueName: "FILE")) var out: String
     @Option(help: "Softmax temperature T for the soft targets.") var temperature: Float = 4
@@ -48,6 +49,7 @@ struct Distill: ParsableCommand {
     @Flag(help: "Print the summary as JSON.") var json = false
 
     func validate() throws {
+        guard (arch == nil) != (from == nil) else { throw ValidationError("give --arch ARCH for a new student or --from FILE to start from a model, one of them") }
         guard temperature.isFinite, temperature >= 1, temperature <= 100 else { throw ValidationError("--temperature must be between 1 and 100") }
         guard alpha.isFinite, alpha >= 0, alpha <= 1 else { throw ValidationError("--alpha must be between 0 and 1") }
         guard (1...10_000).contains(epochs) else { throw ValidationError("--epochs must be between 1 and 10000") }
@@ -80,16 +82,32 @@ struct Distill: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let teacherNet = try LoadedModel(path: teacher).network
+            let teacherModel = try LoadedModel(path: teacher)
+            let teacherNet = teacherModel.network
+            if teacherModel.quantized != nil && !json {
+                printError("note: \(teacher) is quantized; the teacher runs (and is scored) in FP32 here")
+            }
             let dataSet = try DataSet.load(path: data, featureCount: teacherNet.inputCount, classNames: teacherNet.labels)
             let (train, test) = dataSet.split()
             guard train.count > 0, test.count > 0 else { throw ValidationError("\(data): too few rows to split into training and held-out rows") }
             let stem = URL(fileURLWithPath: out).deletingPathExtension().lastPathComponent
+            let start = try from.map { try LoadedModel(path: $0).network }
+            let described = arch ?? from!
             func build(seed: UInt64) throws -> Network {
-                let net = try Architecture.build(arch, seed: seed, name: name ?? stem, labels: teacherNet.labels,
-                                                 preprocessing: teacherNet.preprocessing)
+                let net: Network
+                if let start {
+                    net = start.copy()
+                    net.name = name ?? stem
+                    net.version = 1
+                    net.driftReference = nil
+                    net.ewc = nil
+                    net.replaySeed = nil
+                    net.fieldTensors = []
+                } else {
+                    net = try Architecture.build(arch!, seed: seed, name: name ?? stem, labels: teacherNet.labels, preprocessing: teacherNet.preprocessing)
+                }
                 guard net.inputCount == teacherNet.inputCount, net.outputCount == teacherNet.outputCount else {
-                    throw ArchitectureError(arch: arch, message: "takes \(net.inputCount) inputs and gives \(net.outputCount) outputs; the teacher takes \(teacherNet.inputCount) and gives \(teacherNet.outputCount)")
+                    throw ArchitectureError(arch: described, message: "takes \(net.inputCount) inputs and gives \(net.outputCount) outputs; the teacher takes \(teacherNet.inputCount) and gives \(teacherNet.outputCount)")
                 }
                 return net
             }
@@ -101,7 +119,7 @@ struct Distill: ParsableCommand {
             settings.learningRate = lr
             settings.seed = seed
             if !json {
-                printError("distilling \(teacherNet.name) (\(teacherNet.parameterCount) parameters) into \(arch) (\(student.parameterCount) parameters), T \(temperature), alpha \(alpha)")
+                printError("distilling \(teacherNet.name) (\(teacherNet.parameterCount) parameters) into \(described) (\(student.parameterCount) parameters), T \(temperature), alpha \(alpha)")
             }
             settings.mixup = mixup
             Distillation.train(student: student, teacher: teacherNet, data: train, settings: settings) { epoch, loss in

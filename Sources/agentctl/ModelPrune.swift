@@ -54,7 +54,7 @@ struct Prune: ParsableCommand {
         guard sparsity > 0, sparsity < 1 else { throw ValidationError("--sparsity must be between 0 and 1 (0.7 removes 70% of the parameters)") }
         guard (1...100).contains(rounds) else { throw ValidationError("--rounds must be between 1 and 100") }
         guard (0...1000).contains(epochs) else { throw ValidationError("--epochs must be between 0 and 1000") }
-        guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be positive") }
+        guard lr > 0, lr <= 1 else { throw ValidationError("--lr must be in (0, 1]") }
     }
 
     struct Row: Codable {
@@ -78,7 +78,14 @@ struct Prune: ParsableCommand {
             if structured && sites.isEmpty {
                 throw ValidationError("\(input): no layer can be pruned (a single weighted layer, or none that feeds another)")
             }
+            if !structured && Pruning.maskableLayers(network).isEmpty {
+                throw ValidationError("\(input): no layer can be pruned (the only weighted layer is the class layer)")
+            }
+            if loaded.quantized != nil && !json {
+                printError("note: \(input) is quantized; pruning works on its FP32 weights and writes an FP32 model (run 'agentctl model quantize' on it again); the table is FP32 throughout")
+            }
             let original = network.parameterCount
+            let unpruned = network.copy()
             var rows: [Row] = []
             func record(_ round: Int, _ net: Network, nonZero: Int) {
                 let row = Row(round: round, parameters: nonZero, parametersShare: Double(nonZero) / Double(original),
@@ -104,7 +111,7 @@ struct Prune: ParsableCommand {
                     let fraction = Pruning.fraction(network, sites: current, target: target)
                     network = try Pruning.prune(network, fraction: fraction, method: importance, data: train)
                 } else {
-                    masks = Pruning.magnitudeMasks(network, sparsity: 1 - left)
+                    masks = Pruning.magnitudeMasks(network, sparsity: Pruning.maskSparsity(network, left: left))
                     Pruning.applyMasks(network, masks)
                 }
                 if epochs > 0 {
@@ -120,27 +127,47 @@ struct Prune: ParsableCommand {
                 }
                 record(round, network, nonZero: nonZero)
             }
+            if let bad = network.parameters.first(where: { p in p.tensor.buffer.contains { !$0.isFinite } }) {
+                throw ValidationError("fine-tuning diverged ('\(bad.name)' holds a non-finite value); nothing written: try a lower --lr")
+            }
+            if structured, let last = rows.last, abs(last.parametersShare - (1 - sparsity)) > 0.05, !json {
+                printError(String(format: "note: whole units left %.1f%% of the parameters against the %.1f%% asked: the layers are too narrow to come closer",
+                                  last.parametersShare * 100, (1 - sparsity) * 100))
+            }
             network.version = loaded.network.version + 1
             network.driftReference = nil
             network.ewc = nil
             network.replaySeed = nil
             network.fieldTensors = []
             try network.write(to: out)
+            // The speed-up is measured again at the end, the two plans alternating, so that a busy
+            // moment of the machine does not fall on one side only.
+            let (before, after) = Self.interleavedLatency(unpruned, network, rows: test, batch: 64)
             if !json, let first = rows.first, let last = rows.last {
                 print(table(["round", "parameters", "share", "FLOPs", "accuracy", "batch 64 (us)", "widths"],
                             rows.map { ["\($0.round)", "\($0.parameters)", String(format: "%.1f%%", $0.parametersShare * 100), "\($0.flops)",
                                         percent($0.accuracy), String(format: "%.1f", $0.latencyBatch64Us),
                                         $0.widths.map(String.init).joined(separator: "-")] },
                             rightAligned: [0, 1, 2, 3, 4, 5]))
-                print(String(format: "wrote %@: %@ parameters, accuracy %@ (%+.2f points), FLOPs %.2fx fewer, batch 64 %.2fx faster",
+                print(String(format: "wrote %@: %@ parameters, accuracy %@ (%+.2f points), FLOPs %.2fx fewer, batch 64 %.1f -> %.1f us (%.2fx, alternating runs)",
                              out, "\(last.parameters)", percent(last.accuracy), Double(last.accuracy - first.accuracy) * 100,
-                             Double(first.flops) / Double(max(last.flops, 1)), first.latencyBatch64Us / max(last.latencyBatch64Us, 1e-9)))
+                             Double(first.flops) / Double(max(last.flops, 1)), before, after, before / max(after, 1e-9)))
             }
         }
     }
 
+    /// Median batch latency of two networks over 7 alternating windows (median of the windows' medians).
+    static func interleavedLatency(_ a: Network, _ b: Network, rows: DataSet, batch: Int) -> (Double, Double) {
+        var la: [Double] = [], lb: [Double] = []
+        for _ in 0..<7 {
+            la.append(latency(a, rows: rows, batch: batch, window: 0.1))
+            lb.append(latency(b, rows: rows, batch: batch, window: 0.1))
+        }
+        return (la.sorted()[3], lb.sorted()[3])
+    }
+
     /// Median FP32 latency of one batch-64 call, in microseconds.
-    static func latency(_ network: Network, rows: DataSet, batch: Int) -> Double {
+    static func latency(_ network: Network, rows: DataSet, batch: Int, window: Double = 0.3) -> Double {
         let plan = ExecutionPlan(network: network, batchCapacity: batch)
         var input = [Float](repeating: 0, count: batch * network.inputCount)
         for i in 0..<input.count { input[i] = rows.features[i % rows.features.count] }
@@ -148,7 +175,7 @@ struct Prune: ParsableCommand {
             input.withUnsafeBufferPointer { x in
                 for _ in 0..<5 { _ = plan.run(x.baseAddress!, batch: batch) }
                 var samples: [UInt64] = []
-                let deadline = monotonicNanoseconds() + 300_000_000
+                let deadline = monotonicNanoseconds() + UInt64(window * 1e9)
                 while samples.count < 15 || (monotonicNanoseconds() < deadline && samples.count < 2000) {
                     let t0 = monotonicNanoseconds()
                     _ = plan.run(x.baseAddress!, batch: batch)

@@ -118,4 +118,31 @@ import Testing
             #expect((0..<w.count).allSatisfy { mask[$0] == 1 || w[$0] == 0 })
         }
     }
+
+    /// From a cold reading: a file's `trainable` list froze gradients that Taylor scoring read (a
+    /// crash) and pruning dropped the list; a narrow layer overshot its target.
+    @Test func trainableListsSurviveAndTaylorScoresFrozenLayers() throws {
+        let net = try randomized("mlp:6-8-5-3", seed: 8)
+        net.trainable = ["fc3.weight", "fc3.bias"]
+        var rng = SeededGenerator(seed: 1)
+        let data = DataSet(features: (0..<(32 * 6)).map { _ in rng.nextUnitFloat() }, featureCount: 6,
+                           labels: (0..<32).map { $0 % 3 }, classNames: ["a", "b", "c"])
+        let scores = Pruning.importance(net, sites: Pruning.sites(net), method: .taylor, data: data)
+        #expect(scores.allSatisfy { $0.contains { $0 > 0 } })
+        let pruned = try Pruning.prune(net, fraction: 0.5, method: .taylor, data: data)
+        #expect(pruned.trainable == ["fc3.weight", "fc3.bias"])
+    }
+
+    @Test func wholeUnitsComeAsCloseToTheTargetAsTheyCan() throws {
+        // 4 channels of a strided conv into 10 classes: keeping 2 is 5 over a 50% target, keeping 1 is 170 under.
+        let net = try randomized("cnn:1x8x8-c4s2-10", seed: 2)
+        let sites = Pruning.sites(net)
+        let f = Pruning.fraction(net, sites: sites, target: net.parameterCount / 2)
+        #expect(Pruning.parameters(net, sites: sites, fraction: f) == Pruning.parameters(net, sites: sites, fraction: 0.5))
+        // Unstructured: the masks reach the share of all parameters asked for.
+        let mlp = try randomized("mlp:8-16-16-3", seed: 4)
+        let masks = Pruning.magnitudeMasks(mlp, sparsity: Pruning.maskSparsity(mlp, left: 0.5))
+        let zeros = masks.values.reduce(0) { $0 + $1.filter { $0 == 0 }.count }
+        #expect(abs(Double(mlp.parameterCount - zeros) / Double(mlp.parameterCount) - 0.5) < 0.01)
+    }
 }
