@@ -26,12 +26,13 @@ FUZZ_SCRATCH := .build-fuzz
 # tools/fleet-sim: agentd processes on one broker.
 FLEET_AGENTS ?= 50
 
-.PHONY: help onnx-proto kernel-bench fleet-sim drift-eval learn-eval fuzz fuzz-build microbench check-unit promtool deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
+.PHONY: help bench-compress onnx-proto kernel-bench fleet-sim drift-eval learn-eval fuzz fuzz-build microbench check-unit promtool deps install-packages check-aarch64 build dist test interop-test interop-test-run run bench bench-agentd venv install clean
 
 help:
 	@echo "make run      build, install missing Debian packages, start a private mosquitto and agentd in the foreground with the demo model"
 	@echo "make test     install missing Debian packages, build, run every test"
 	@echo "make bench    compare against ONNX Runtime, FP32 and INT8: MLP, 8x8 and 28x28 CNNs, 5 runs with ranges (tools/bench/compare_onnxruntime.py)"
+	@echo "make bench-compress  the compression pipeline on digits: FP32, pruned, distilled, INT8, QAT INT4 (also part of make bench)"
 	@echo "make microbench  kernel, plan and drift micro-benchmarks (tools/benchmarks, ordo-one/benchmark)"
 	@echo "make kernel-bench  the INT8 and FP32 GEMM kernels per ISA path, each checked against the portable one (no Swift build; EDGE_ISA forces a path elsewhere)"
 	@echo "make drift-eval  the drift harness on digits, and River's ADWIN/KSWIN on the same streams (DRIFT_SEEDS=$(DRIFT_SEEDS))"
@@ -124,6 +125,11 @@ check-aarch64:
 
 bench: dist venv
 	$(PY) tools/bench/compare_onnxruntime.py --agentctl $(DIST)/agentctl
+	python3 tools/bench/compress_pipeline.py --agentctl $(DIST)/agentctl
+
+# The compression pipeline alone (README, "Compression"): baseline, pruned, distilled, INT8, QAT INT4.
+bench-compress: dist
+	python3 tools/bench/compress_pipeline.py --agentctl $(DIST)/agentctl
 
 fleet-sim: dist
 	python3 tools/fleet-sim/fleet_sim.py --bin $(DIST) --agents $(FLEET_AGENTS)

@@ -41,6 +41,13 @@ public final class ModelFile: @unchecked Sendable {
         self.weights = validated.weights
     }
 
+    /// Validates a model file held in memory: the bytes `ModelWriter.encode` produced, say.
+    public convenience init(bytes: [UInt8], path: String) throws {
+        let storage = Storage(byteCount: bytes.count)
+        bytes.withUnsafeBytes { if let base = $0.baseAddress { storage.base.copyMemory(from: base, byteCount: bytes.count) } }
+        try self.init(storage: storage, path: path)
+    }
+
     public func weight(_ name: String) -> Tensor {
         guard let t = weights[name] else { preconditionFailure("tensor '\(name)' was validated but is missing") }
         return t

@@ -882,10 +882,8 @@ struct Converter {
         let manifest = Manifest(name: name, input: input, labels: labels ?? (0..<classes).map(String.init), layers: layers)
         // The loader's own validation, on the bytes that would be written.
         let bytes = ModelWriter.encode(manifest: manifest, tensors: blobs)
-        let storage = Storage(byteCount: bytes.count)
-        bytes.withUnsafeBytes { storage.base.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
         do {
-            _ = try ModelFile(storage: storage, path: file)
+            _ = try ModelFile(bytes: bytes, path: file)
         } catch let error as ModelFileError {
             throw ModelFileError(file: file, "the converted model is refused by the loader: \(error.location.map { "\($0): " } ?? "")\(error.message)")
         }

@@ -158,9 +158,7 @@ public enum Pruning {
                              preprocessing: network.preprocessing, layers: layers, trainable: network.trainable)
         // The loader derives every shape from the tensors and checks the result.
         let bytes = ModelWriter.encode(manifest: pruned.manifest(), tensors: pruned.tensorBlobs())
-        let storage = Storage(byteCount: bytes.count)
-        bytes.withUnsafeBytes { storage.base.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
-        let reloaded = Network(model: try ModelFile(storage: storage, path: network.name)).copy()
+        let reloaded = Network(model: try ModelFile(bytes: bytes, path: network.name)).copy()
         reloaded.lineage = network.lineage
         return reloaded
     }

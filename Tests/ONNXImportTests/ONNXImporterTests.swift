@@ -73,9 +73,7 @@ func onnxModel(_ nodes: [Onnx_NodeProto], _ initializers: [Onnx_TensorProto], in
 
     func network(_ result: ONNXImporter.Result) throws -> Network {
         let bytes = ModelWriter.encode(manifest: result.manifest, tensors: result.tensors)
-        let storage = Storage(byteCount: bytes.count)
-        bytes.withUnsafeBytes { storage.base.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
-        return Network(model: try ModelFile(storage: storage, path: "t"))
+        return Network(model: try ModelFile(bytes: bytes, path: "t"))
     }
 
     // W is [3, 4] as Gemm with transB=1 reads it.

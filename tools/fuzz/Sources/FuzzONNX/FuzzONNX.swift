@@ -12,11 +12,9 @@ public func fuzzONNX(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = [UInt8](UnsafeBufferPointer(start: data, count: size))
     guard let result = try? ONNXImporter.convert(bytes: bytes, file: "fuzz.onnx", name: "fuzz") else { return 0 }
     let encoded = ModelWriter.encode(manifest: result.manifest, tensors: result.tensors)
-    let storage = Storage(byteCount: encoded.count)
-    encoded.withUnsafeBytes { storage.base.copyMemory(from: $0.baseAddress!, byteCount: encoded.count) }
     let file: ModelFile
     do {
-        file = try ModelFile(storage: storage, path: "fuzz.safetensors")
+        file = try ModelFile(bytes: encoded, path: "fuzz.safetensors")
     } catch {
         preconditionFailure("an imported model was refused on reload: \(error)")
     }

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""The compression pipeline on digits, measured stage by stage (README, "Compression").
+
+FP32 baseline -> structured pruning (75% of the parameters removed, 5 rounds) -> distillation
+from the baseline into the pruned model -> INT8 (post-training, KL) and INT4 (after QAT fine-tuning).
+For each stage: parameters, file bytes, plan memory at batch 64, batch-1 and batch-64 latency
+(`agentctl model bench`, one thread), held-out accuracy. Prints one Markdown table per model.
+
+    python3 tools/bench/compress_pipeline.py --agentctl .build-static/release/agentctl
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+DIGITS = os.path.join(ROOT, "tools", "data", "digits.csv")
+
+MODELS = {
+    "MLP 64-256-256-10": ("mlp:64-256-256-10", 30),
+    "CNN 1x8x8-c32-c64-m2-f128-10": ("cnn:1x8x8-c32-c64-m2-f128-10", 20),
+}
+
+
+def run(agentctl, *args):
+    proc = subprocess.run([agentctl, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"agentctl {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def measure(agentctl, path, seconds):
+    inspect = json.loads(run(agentctl, "model", "inspect", path, "--json"))
+    accuracy = json.loads(run(agentctl, "model", "eval", path, "--data", DIGITS, "--test-split", "--json"))["accuracy"]
+    bench = [json.loads(line) for line in run(agentctl, "model", "bench", path, "--batch", "1,64", "--seconds", str(seconds),
+                                               "--json").splitlines()]
+    memory = inspect["memoryBatch64"]
+    return {
+        "parameters": inspect["parameters"],
+        "file_bytes": inspect["fileBytes"],
+        "plan_bytes": memory["weights"] + memory["workspace"] + memory["activations"],
+        "b1_us": bench[0]["latency_us"],
+        "b64_us": bench[1]["latency_us"],
+        "precision": bench[0]["precision"],
+        "accuracy": accuracy,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agentctl", default=os.path.join(ROOT, ".build-static", "release", "agentctl"))
+    parser.add_argument("--seconds", type=float, default=1.0, help="bench time per batch size")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    a = args.agentctl
+    results = {}
+    with tempfile.TemporaryDirectory() as d:
+        for title, (arch, epochs) in MODELS.items():
+            p = lambda name: os.path.join(d, f"{arch.split(':')[0]}-{name}.safetensors")  # noqa: E731
+            print(f"{title}: training, pruning, distilling, quantizing ...", file=sys.stderr)
+            run(a, "model", "train", "--data", DIGITS, "--arch", arch, "--epochs", str(epochs), "--seed", "1", "--out", p("fp32"))
+            run(a, "model", "prune", p("fp32"), "--data", DIGITS, "--out", p("pruned"), "--sparsity", "0.75", "--structured",
+                "--rounds", "5")
+            run(a, "model", "distill", "--teacher", p("fp32"), "--from", p("pruned"), "--data", DIGITS, "--out", p("distilled"),
+                "--epochs", "30", "--lr", "0.0005")
+            run(a, "model", "quantize", p("distilled"), p("int8"), "--calib", DIGITS, "--method", "kl", "--precision", "int8")
+            run(a, "model", "train", "--data", DIGITS, "--from", p("distilled"), "--qat", "int4", "--group", "32", "--epochs", "10",
+                "--lr", "0.0005", "--out", p("qat"))
+            run(a, "model", "quantize", p("qat"), p("int4"), "--calib", DIGITS, "--precision", "int4", "--group", "32")
+            run(a, "model", "quantize", p("fp32"), p("fp32-int8"), "--calib", DIGITS, "--method", "kl", "--precision", "int8")
+            stages = [("FP32 baseline", "fp32"), ("baseline, INT8 (PTQ)", "fp32-int8"), ("pruned to 25%", "pruned"),
+                      ("pruned + distilled", "distilled"), ("... + INT8 (PTQ, KL)", "int8"), ("... + QAT INT4", "int4")]
+            results[title] = [(label, measure(a, p(name), args.seconds)) for label, name in stages]
+    if args.json:
+        print(json.dumps({t: [dict(stage=l, **m) for l, m in rows] for t, rows in results.items()}, indent=2))
+        return
+    for title, rows in results.items():
+        base = rows[0][1]
+        print(f"\n{title}\n")
+        print("| stage | precision | parameters | file bytes | plan memory (b64) | batch 1 | batch 64 | b64 vs FP32 | accuracy |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for label, m in rows:
+            print(f"| {label} | {m['precision']} | {m['parameters']:,} | {m['file_bytes']:,} ({m['file_bytes'] / base['file_bytes']:.0%}) "
+                  f"| {m['plan_bytes']:,} ({m['plan_bytes'] / base['plan_bytes']:.0%}) | {m['b1_us']:.1f} µs | {m['b64_us']:.1f} µs "
+                  f"| {base['b64_us'] / m['b64_us']:.2f}× | {m['accuracy'] * 100:.2f}% ({(m['accuracy'] - base['accuracy']) * 100:+.2f}) |")
+
+
+if __name__ == "__main__":
+    main()
