@@ -163,11 +163,20 @@ public enum Pruning {
         return reloaded
     }
 
+    /// Units a site of `units` keeps at `fraction`: rounded to a multiple of `multiple` (whole
+    /// SIMD panels for the kernels), at least one multiple (or every unit), never more than it has.
+    public static func keptUnits(_ units: Int, fraction: Double, multiple: Int = 1) -> Int {
+        let n = Int((Double(units) * fraction).rounded())
+        let m = max(1, multiple)
+        let rounded = m == 1 ? n : (n + m / 2) / m * m
+        return min(units, max(rounded, min(m, units), 1))
+    }
+
     /// Parameter count if each site kept `fraction` of its units (at least one).
-    public static func parameters(_ network: Network, sites: [Site], fraction: Double) -> Int {
+    public static func parameters(_ network: Network, sites: [Site], fraction: Double, multiple: Int = 1) -> Int {
         var outScale = [Int: Double](), inScale = [Int: Double]()
         for s in sites {
-            let kept = Double(max(1, Int((Double(s.units) * fraction).rounded())))
+            let kept = Double(keptUnits(s.units, fraction: fraction, multiple: multiple))
             outScale[s.layer] = kept / Double(s.units)
             inScale[s.consumer] = kept / Double(s.units)
         }
@@ -181,22 +190,23 @@ public enum Pruning {
 
     /// The fraction of units every site keeps so the network has as close to `target` parameters
     /// as whole units allow (the count just under the target or the one just over, the nearer).
-    public static func fraction(_ network: Network, sites: [Site], target: Int) -> Double {
+    public static func fraction(_ network: Network, sites: [Site], target: Int, multiple: Int = 1) -> Double {
         var low = 0.0, high = 1.0
         for _ in 0..<40 {
             let mid = (low + high) / 2
-            if parameters(network, sites: sites, fraction: mid) > target { high = mid } else { low = mid }
+            if parameters(network, sites: sites, fraction: mid, multiple: multiple) > target { high = mid } else { low = mid }
         }
-        let under = parameters(network, sites: sites, fraction: low), over = parameters(network, sites: sites, fraction: high)
+        let under = parameters(network, sites: sites, fraction: low, multiple: multiple)
+        let over = parameters(network, sites: sites, fraction: high, multiple: multiple)
         return max(abs(over - target) < abs(target - under) ? high : low, 1e-9)
     }
 
     /// One pruning step: score, keep the best `fraction` of each site's units (at least one), rebuild.
-    public static func prune(_ network: Network, fraction: Double, method: Importance, data: DataSet?) throws -> Network {
+    public static func prune(_ network: Network, fraction: Double, method: Importance, data: DataSet?, multiple: Int = 1) throws -> Network {
         let sites = sites(network)
         let scores = importance(network, sites: sites, method: method, data: data)
         let keep = zip(sites, scores).map { site, score -> [Int] in
-            let n = max(1, min(site.units, Int((Double(site.units) * fraction).rounded())))
+            let n = keptUnits(site.units, fraction: fraction, multiple: multiple)
             // Highest scores kept; ties broken by index so the result is reproducible.
             let ranked = (0..<site.units).sorted { score[$0] != score[$1] ? score[$0] > score[$1] : $0 < $1 }
             return ranked.prefix(n).sorted()

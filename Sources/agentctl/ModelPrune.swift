@@ -48,10 +48,12 @@ struct Prune: ParsableCommand {
     @Option(help: "l1 or taylor (structured only).") var importance: Pruning.Importance = .l1
     @Option(help: "Fine-tuning learning rate (AdamW, cosine decay within each round).") var lr: Float = 0.001
     @Option(help: "Seed for shuffling.") var seed: UInt64 = 1
+    @Option(help: "Keep a multiple of this many units per layer (8 or 16 fills the kernels' SIMD panels; structured only).") var multiple: Int = 1
     @Flag(help: "Print the table as JSON lines.") var json = false
 
     func validate() throws {
         guard sparsity > 0, sparsity < 1 else { throw ValidationError("--sparsity must be between 0 and 1 (0.7 removes 70% of the parameters)") }
+        guard (1...64).contains(multiple) else { throw ValidationError("--multiple must be between 1 and 64") }
         guard (1...100).contains(rounds) else { throw ValidationError("--rounds must be between 1 and 100") }
         guard (0...1000).contains(epochs) else { throw ValidationError("--epochs must be between 0 and 1000") }
         guard lr > 0, lr <= 1 else { throw ValidationError("--lr must be in (0, 1]") }
@@ -108,8 +110,8 @@ struct Prune: ParsableCommand {
                 if structured {
                     let target = Int((Double(original) * left).rounded())
                     let current = Pruning.sites(network)
-                    let fraction = Pruning.fraction(network, sites: current, target: target)
-                    network = try Pruning.prune(network, fraction: fraction, method: importance, data: train)
+                    let fraction = Pruning.fraction(network, sites: current, target: target, multiple: multiple)
+                    network = try Pruning.prune(network, fraction: fraction, method: importance, data: train, multiple: multiple)
                 } else {
                     masks = Pruning.magnitudeMasks(network, sparsity: Pruning.maskSparsity(network, left: left))
                     Pruning.applyMasks(network, masks)

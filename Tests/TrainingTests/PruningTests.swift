@@ -145,4 +145,15 @@ import Testing
         let zeros = masks.values.reduce(0) { $0 + $1.filter { $0 == 0 }.count }
         #expect(abs(Double(mlp.parameterCount - zeros) / Double(mlp.parameterCount) - 0.5) < 0.01)
     }
+
+    @Test func keptUnitsRoundToWholePanels() throws {
+        #expect(Pruning.keptUnits(256, fraction: 0.44, multiple: 16) == 112)
+        #expect(Pruning.keptUnits(32, fraction: 0.1, multiple: 8) == 8)
+        #expect(Pruning.keptUnits(6, fraction: 0.5, multiple: 8) == 6)
+        #expect(Pruning.keptUnits(10, fraction: 0.01) == 1)
+        let net = try randomized("cnn:1x8x8-c32-c48-m2-f40-5", seed: 3)
+        let pruned = try Pruning.prune(net, fraction: 0.4, method: .l1, data: nil, multiple: 8)
+        #expect(pruned.layers.filter { $0.weight != nil }.map { $0.outputShape[0] } == [16, 16, 16, 5])
+        #expect(Pruning.parameters(net, sites: Pruning.sites(net), fraction: 0.4, multiple: 8) == pruned.parameterCount)
+    }
 }
