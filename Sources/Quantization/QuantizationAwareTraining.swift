@@ -7,8 +7,9 @@ import Training
 /// groups of G inputs, scale max|w|/7, round half to even), and the update goes to the FP32 master
 /// weights with the gradient taken at the quantized ones (straight-through estimator: with the
 /// scale at max|w| nothing is clipped, so the estimator's derivative is 1 everywhere).
-/// The quantizer later computes the same groups from the final master weights, so the INT4 file
-/// holds exactly the weights training ended with.
+/// The quantizer later computes the same groups from the final master weights: the INT4 file holds
+/// the final weights on the grid that training ran on (the last update, at the end of the cosine
+/// schedule, moves the masters a little past the quantized weights the last step saw).
 public final class Int4WeightFakeQuantizer {
     public let network: Network
     public let group: Int
@@ -17,6 +18,7 @@ public final class Int4WeightFakeQuantizer {
     private var masters: [Int: [Float]] = [:]
 
     public init(network: Network, group: Int) {
+        precondition(group >= 2 && group % 2 == 0, "INT4 groups are even and at least 2")
         self.network = network
         self.group = group
         layers = network.layers.indices.filter { i in
@@ -50,5 +52,8 @@ public final class Int4WeightFakeQuantizer {
     public func attach(to trainer: Trainer) {
         trainer.beforeForward = { self.quantizeWeights() }
         trainer.beforeStep = { self.restoreWeights() }
+        // The test accuracy printed per epoch is the INT4 network's, as `quantize` will make it.
+        trainer.beforeEvaluation = { self.quantizeWeights() }
+        trainer.afterEvaluation = { self.restoreWeights() }
     }
 }

@@ -29,6 +29,9 @@ public final class Trainer: @unchecked Sendable {
     /// master weights back for the update (the straight-through estimator).
     public var beforeForward: (() -> Void)?
     public var beforeStep: (() -> Void)?
+    /// Around the per-epoch test evaluation of `fit` (QAT evaluates the quantized weights).
+    public var beforeEvaluation: (() -> Void)?
+    public var afterEvaluation: (() -> Void)?
 
     /// - Parameters:
     ///   - network: trained in place (pass a copy to keep the original).
@@ -90,7 +93,11 @@ public final class Trainer: @unchecked Sendable {
             let started = Date()
             let (loss, accuracy) = BLAS.withDenormalsFlushedToZero { trainEpoch(train) }
             let seconds = Date().timeIntervalSince(started)
-            let testAccuracy = test.map { Evaluation(network: network, data: $0).accuracy }
+            let testAccuracy = test.map { data -> Float in
+                beforeEvaluation?()
+                defer { afterEvaluation?() }
+                return Evaluation(network: network, data: data).accuracy
+            }
             progress(EpochReport(epoch: epoch, loss: loss, trainAccuracy: accuracy, testAccuracy: testAccuracy, seconds: seconds))
         }
     }

@@ -91,14 +91,30 @@ struct Distill: ParsableCommand {
             let (train, test) = dataSet.split()
             guard train.count > 0, test.count > 0 else { throw ValidationError("\(data): too few rows to split into training and held-out rows") }
             let stem = URL(fileURLWithPath: out).deletingPathExtension().lastPathComponent
-            let start = try from.map { try LoadedModel(path: $0).network }
+            let startModel = try from.map { try LoadedModel(path: $0) }
+            let start = startModel?.network
+            if let start, let from {
+                guard start.labels == teacherNet.labels, start.inputShape == teacherNet.inputShape else {
+                    throw ValidationError("\(from) has labels \(start.labels.prefix(12)) and input \(start.inputShape); the teacher has \(teacherNet.labels.prefix(12)) and \(teacherNet.inputShape): the student must answer the teacher's classes in its order")
+                }
+                if startModel?.quantized != nil && !json {
+                    printError("note: \(from) is quantized; the student starts from its FP32 weights and is written FP32 (run 'agentctl model quantize' on it again)")
+                }
+                let weights = start.parameters.filter { $0.name.hasSuffix("weight") }
+                let zeros = weights.reduce(0) { $0 + $1.tensor.buffer.filter { $0 == 0 }.count }
+                let total = weights.reduce(0) { $0 + $1.tensor.count }
+                if total > 0, zeros * 10 >= total * 3, !json {
+                    printError("note: \(zeros * 100 / total)% of \(from)'s weights are zero (unstructured pruning?); distillation trains them all, so they will not stay zero")
+                }
+            }
             let described = arch ?? from!
             func build(seed: UInt64) throws -> Network {
                 let net: Network
                 if let start {
                     net = start.copy()
                     net.name = name ?? stem
-                    net.version = 1
+                    net.version = start.version + 1
+                    net.trainable = nil
                     net.driftReference = nil
                     net.ewc = nil
                     net.replaySeed = nil

@@ -91,6 +91,7 @@ struct Train: ParsableCommand {
         if batchSize < 1 { throw ValidationError("--batch-size must be at least 1") }
         if !["adam", "sgd"].contains(optimizer) { throw ValidationError("--optimizer must be adam or sgd") }
         if ![32, 64, 128].contains(group) { throw ValidationError("--group must be 32, 64 or 128") }
+        if group != 32 && qat == nil { throw ValidationError("--group is for --qat int4") }
     }
 
     struct Summary: Codable {

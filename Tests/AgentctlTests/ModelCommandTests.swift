@@ -104,8 +104,13 @@ import Testing
         #expect(out["labelsOnlyAccuracy"] is Double)
         let inspect = try json(Substring(try Agentctl.run(["model", "inspect", student, "--json"]).stdout))
         #expect((inspect["labels"] as? [String])?.count == 10)
+        // A student started from a file must answer the teacher's classes on the teacher's input.
+        let cnn = dir + "/cnn.safetensors"
+        #expect(try Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", "cnn:1x8x8-c4-10", "--epochs", "1", "--out", cnn]).status == 0)
         for (bad, message) in [(["--arch", "mlp:64-32-10", "--alpha", "2"], "--alpha"), (["--arch", "mlp:30-10"], "takes 30 inputs"),
-                               (["--arch", "mlp:64-32-10", "--seeds", "3"], "--seeds needs --compare")] {
+                               (["--arch", "mlp:64-32-10", "--seeds", "3"], "--seeds needs --compare"),
+                               (["--from", cnn], "the student must answer the teacher's classes"),
+                               (["--arch", "mlp:64-32-10", "--from", cnn], "one of them")] {
             let b = try Agentctl.run(["model", "distill", "--teacher", Self.trained.mlp, "--data", Agentctl.digits, "--out", dir + "/x.safetensors"] + bad)
             #expect(b.status != 0 && b.stderr.contains(message) && !FileManager.default.fileExists(atPath: dir + "/x.safetensors"), "\(bad): \(b.stderr)")
         }

@@ -19,8 +19,10 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DIGITS = os.path.join(ROOT, "tools", "data", "digits.csv")
 
 MODELS = {
-    "MLP 64-256-256-10": ("mlp:64-256-256-10", 30),
-    "CNN 1x8x8-c32-c64-m2-f128-10": ("cnn:1x8x8-c32-c64-m2-f128-10", 20),
+    "MLP 64-256-256-10": ("mlp:64-256-256-10", 30, None),
+    "CNN 1x8x8-c32-c64-m2-f128-10": ("cnn:1x8x8-c32-c64-m2-f128-10", 20, None),
+    # With --digits28: digits upsampled to 28x28 (tools/bench/digits28.py), the large CNN of `make bench`.
+    "CNN 1x28x28-c16k5-m2-c32k5-m2-f64-10": ("cnn:1x28x28-c16k5-m2-c32k5-m2-f64-10", 10, "digits28"),
 }
 
 
@@ -31,9 +33,9 @@ def run(agentctl, *args):
     return proc.stdout
 
 
-def measure(agentctl, path, seconds):
+def measure(agentctl, path, seconds, data):
     inspect = json.loads(run(agentctl, "model", "inspect", path, "--json"))
-    accuracy = json.loads(run(agentctl, "model", "eval", path, "--data", DIGITS, "--test-split", "--json"))["accuracy"]
+    accuracy = json.loads(run(agentctl, "model", "eval", path, "--data", data, "--test-split", "--json"))["accuracy"]
     bench = [json.loads(line) for line in run(agentctl, "model", "bench", path, "--batch", "1,64", "--seconds", str(seconds),
                                                "--json").splitlines()]
     memory = inspect["memoryBatch64"]
@@ -53,26 +55,34 @@ def main():
     parser.add_argument("--agentctl", default=os.path.join(ROOT, ".build-static", "release", "agentctl"))
     parser.add_argument("--seconds", type=float, default=1.0, help="bench time per batch size")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--digits28", help="digits at 28x28 (tools/bench/digits28.py OUT.csv): adds the 28x28 CNN")
     args = parser.parse_args()
     a = args.agentctl
     results = {}
     with tempfile.TemporaryDirectory() as d:
-        for title, (arch, epochs) in MODELS.items():
-            p = lambda name: os.path.join(d, f"{arch.split(':')[0]}-{name}.safetensors")  # noqa: E731
+        for title, (arch, epochs, source) in MODELS.items():
+            if source == "digits28" and not args.digits28:
+                continue
+            DIGITS = args.digits28 if source == "digits28" else globals()["DIGITS"]  # noqa: N806
+            p = lambda name: os.path.join(d, f"{arch.replace(':', '-')}-{name}.safetensors")  # noqa: E731
             print(f"{title}: training, pruning, distilling, quantizing ...", file=sys.stderr)
             run(a, "model", "train", "--data", DIGITS, "--arch", arch, "--epochs", str(epochs), "--seed", "1", "--out", p("fp32"))
+            # Even widths: INT4 layers need an even input count (an odd one stays INT8).
             run(a, "model", "prune", p("fp32"), "--data", DIGITS, "--out", p("pruned"), "--sparsity", "0.75", "--structured",
-                "--rounds", "5")
+                "--rounds", "5", "--multiple", "2")
             run(a, "model", "distill", "--teacher", p("fp32"), "--from", p("pruned"), "--data", DIGITS, "--out", p("distilled"),
                 "--epochs", "30", "--lr", "0.0005")
             run(a, "model", "quantize", p("distilled"), p("int8"), "--calib", DIGITS, "--method", "kl", "--precision", "int8")
             run(a, "model", "train", "--data", DIGITS, "--from", p("distilled"), "--qat", "int4", "--group", "32", "--epochs", "10",
                 "--lr", "0.0005", "--out", p("qat"))
             run(a, "model", "quantize", p("qat"), p("int4"), "--calib", DIGITS, "--precision", "int4", "--group", "32")
+            # The control for QAT: the same distilled model quantized to INT4 without it.
+            run(a, "model", "quantize", p("distilled"), p("ptq4"), "--calib", DIGITS, "--precision", "int4", "--group", "32")
             run(a, "model", "quantize", p("fp32"), p("fp32-int8"), "--calib", DIGITS, "--method", "kl", "--precision", "int8")
             stages = [("FP32 baseline", "fp32"), ("baseline, INT8 (PTQ)", "fp32-int8"), ("pruned to 25%", "pruned"),
-                      ("pruned + distilled", "distilled"), ("... + INT8 (PTQ, KL)", "int8"), ("... + QAT INT4", "int4")]
-            results[title] = [(label, measure(a, p(name), args.seconds)) for label, name in stages]
+                      ("pruned + distilled", "distilled"), ("... + INT8 (PTQ, KL)", "int8"), ("... + INT4 (PTQ)", "ptq4"),
+                      ("... + QAT INT4", "int4")]
+            results[title] = [(label, measure(a, p(name), args.seconds, DIGITS)) for label, name in stages]
     if args.json:
         print(json.dumps({t: [dict(stage=l, **m) for l, m in rows] for t, rows in results.items()}, indent=2))
         return
