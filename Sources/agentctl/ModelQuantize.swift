@@ -25,8 +25,9 @@ struct Quantize: ParsableCommand {
             Methods: minmax, percentile (--percentile, 99.99), kl (TensorRT-style entropy search
             over a 2048-bin histogram), mse (least expected squared error).
             --precision auto keeps the most sensitive layers in FP32, one at a time, until the
-            held-out accuracy is within --budget points of FP32. It chooses on every other
-            held-out row and reports accuracy on the rest, never on the rows that chose.
+            held-out accuracy is within --budget points of FP32. It chooses on half of the
+            held-out rows (split by a hash of the row index) and reports accuracy on the
+            other half, never on the rows that chose.
             --adaptive chooses a top-1 margin threshold on the calibration rows reaching 99.5%
             agreement with FP32 while re-running at most 10% of samples in FP32.
 
@@ -93,8 +94,8 @@ struct Quantize: ParsableCommand {
             let network = loaded.network
             let all = try DataSet.load(path: calib, featureCount: network.inputCount, classNames: network.labels, requireLabels: false)
             let (calibration, allHeldOut) = all.split()
-            // --precision auto chooses its FP32 layers on every other held-out row and reports on
-            // the rest: accuracy measured on the rows that made the choice would be optimistic.
+            // --precision auto chooses its FP32 layers on half of the held-out rows and reports on
+            // the other half: accuracy measured on the rows that made the choice would be optimistic.
             // The halves by a hash of the row index, not alternate rows: a file ordered in cycles of
             // classes (digits.csv repeats 0–9) would give each half a different class mix.
             let half = { (i: Int) -> Bool in (UInt32(truncatingIfNeeded: i &* 2_654_435_761) >> 16) & 1 == 0 }
