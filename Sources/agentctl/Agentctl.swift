@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Tensor
+import Inference
 
 @main
 struct Agentctl: ParsableCommand {
@@ -67,6 +68,26 @@ func table(_ header: [String], _ rows: [[String]], rightAligned: Set<Int> = []) 
 }
 
 func percent(_ x: Float) -> String { String(format: "%.2f%%", Double(x) * 100) }
+
+/// The median time of one `plan.run` over `input` (warmed up first), in microseconds: calls for
+/// `seconds`, at least `minimumCalls`, at most a million.
+func medianLatency(_ plan: InferencePlan, input: [Float], batch: Int, seconds: Double, warmUp: Int,
+                   minimumCalls: Int) -> (microseconds: Double, calls: Int) {
+    input.withUnsafeBufferPointer { buf in
+        let p = buf.baseAddress!
+        for _ in 0..<warmUp { plan.run(p, batch: batch) }
+        var samples: [UInt64] = []
+        samples.reserveCapacity(4096)
+        let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+        while samples.count < minimumCalls || (monotonicNanoseconds() < deadline && samples.count < 1_000_000) {
+            let t0 = monotonicNanoseconds()
+            plan.run(p, batch: batch)
+            samples.append(monotonicNanoseconds() - t0)
+        }
+        samples.sort()
+        return (Double(samples[samples.count / 2]) / 1000, samples.count)
+    }
+}
 
 /// Monotonic time in nanoseconds.
 func monotonicNanoseconds() -> UInt64 {

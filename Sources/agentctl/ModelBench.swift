@@ -66,22 +66,9 @@ struct Bench: ParsableCommand {
                 for b in sizes {
                     let plan = try loaded.plan(batch: b, precision: precision, adaptive: false)
                     let input = (0..<(b * network.inputCount)).map { _ in rng.nextUnitFloat() * 16 }
-                    let r = try input.withUnsafeBufferPointer { buf -> Result in
-                        let p = buf.baseAddress!
-                        for _ in 0..<20 { plan.run(p, batch: b) }
-                        var samples: [UInt64] = []
-                        samples.reserveCapacity(100_000)
-                        let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
-                        while samples.count < 20 || (monotonicNanoseconds() < deadline && samples.count < 1_000_000) {
-                            let t0 = monotonicNanoseconds()
-                            plan.run(p, batch: b)
-                            samples.append(monotonicNanoseconds() - t0)
-                        }
-                        samples.sort()
-                        let median = Double(samples[samples.count / 2]) / 1000
-                        return Result(batch: b, latency_us: median, samples_per_s: Double(b) / median * 1e6, calls: samples.count,
-                                      precision: plan.precision)
-                    }
+                    let (median, calls) = medianLatency(plan, input: input, batch: b, seconds: seconds, warmUp: 20, minimumCalls: 20)
+                    let r = Result(batch: b, latency_us: median, samples_per_s: Double(b) / median * 1e6, calls: calls,
+                                   precision: plan.precision)
                     results.append(r)
                     if json { printJSON(r, pretty: false) }
                 }

@@ -174,18 +174,7 @@ struct Prune: ParsableCommand {
         var input = [Float](repeating: 0, count: batch * network.inputCount)
         for i in 0..<input.count { input[i] = rows.features[i % rows.features.count] }
         return BLAS.withDenormalsFlushedToZero {
-            input.withUnsafeBufferPointer { x in
-                for _ in 0..<5 { _ = plan.run(x.baseAddress!, batch: batch) }
-                var samples: [UInt64] = []
-                let deadline = monotonicNanoseconds() + UInt64(window * 1e9)
-                while samples.count < 15 || (monotonicNanoseconds() < deadline && samples.count < 2000) {
-                    let t0 = monotonicNanoseconds()
-                    _ = plan.run(x.baseAddress!, batch: batch)
-                    samples.append(monotonicNanoseconds() - t0)
-                }
-                samples.sort()
-                return Double(samples[samples.count / 2]) / 1000
-            }
+            medianLatency(plan, input: input, batch: batch, seconds: window, warmUp: 5, minimumCalls: 15).microseconds
         }
     }
 }
