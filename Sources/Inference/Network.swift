@@ -249,6 +249,15 @@ public final class Network: @unchecked Sendable {
         return n
     }
 
+    /// Drops the field sections (drift reference, EWC anchor, replay seed) and their tensors: after
+    /// a change of the layers' shapes or meaning they describe a network that is gone.
+    public func dropFieldSections() {
+        driftReference = nil
+        ewc = nil
+        replaySeed = nil
+        fieldTensors = []
+    }
+
     /// Every named parameter tensor, in layer order.
     public var parameters: [(name: String, tensor: Tensor)] {
         layers.flatMap { l -> [(name: String, tensor: Tensor)] in

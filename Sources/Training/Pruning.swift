@@ -118,12 +118,7 @@ public enum Pruning {
     /// the model loader. Field sections (drift reference, EWC anchor, replay seed) are dropped:
     /// they describe the old layers.
     public static func apply(_ network: Network, sites: [Site], keep: [[Int]]) throws -> Network {
-        var layers = network.layers.map { l -> NetworkLayer in
-            var c = l
-            c.weight = l.weight?.copy()
-            c.bias = l.bias?.copy()
-            return c
-        }
+        var layers = network.copy().layers
         // Rows first (each site's own layer), then the consumer's columns; a layer may be both.
         for (site, kept) in zip(sites, keep) {
             precondition(!kept.isEmpty && kept.allSatisfy { $0 >= 0 && $0 < site.units }, "keep indices out of range")

@@ -115,10 +115,7 @@ struct Distill: ParsableCommand {
                     net.name = name ?? stem
                     net.version = start.version + 1
                     net.trainable = nil
-                    net.driftReference = nil
-                    net.ewc = nil
-                    net.replaySeed = nil
-                    net.fieldTensors = []
+                    net.dropFieldSections()
                 } else {
                     net = try Architecture.build(arch!, seed: seed, name: name ?? stem, labels: teacherNet.labels, preprocessing: teacherNet.preprocessing)
                 }

@@ -137,10 +137,7 @@ struct Prune: ParsableCommand {
                                   last.parametersShare * 100, (1 - sparsity) * 100))
             }
             network.version = loaded.network.version + 1
-            network.driftReference = nil
-            network.ewc = nil
-            network.replaySeed = nil
-            network.fieldTensors = []
+            network.dropFieldSections()
             try network.write(to: out)
             // The speed-up is measured again at the end, the two plans alternating, so that a busy
             // moment of the machine does not fall on one side only.
