@@ -81,7 +81,9 @@ import Testing
         let uLast = try json(try #require(u.stdout.split(separator: "\n").last))
         #expect((uLast["widths"] as? [Int]) == [256, 256, 10])
         #expect(abs(try #require(uLast["parametersShare"] as? Double) - 0.5) < 0.02)
-        for bad in [["--sparsity", "1.5"], ["--sparsity", "0.5", "--rounds", "0"], ["--sparsity", "0.5", "--importance", "magic"]] {
+        for bad in [["--sparsity", "1.5"], ["--sparsity", "0.5", "--rounds", "0"], ["--sparsity", "0.5", "--importance", "magic"],
+                    ["--sparsity", "nan"], ["--sparsity", "-0.5"], ["--sparsity", "0.5", "--lr", "inf"], ["--sparsity", "0.5", "--lr", "1e300"],
+                    ["--sparsity", "0.5", "--multiple", "-8"], ["--sparsity", "0.5", "--epochs", "99999999999"]] {
             let b = try Agentctl.run(["model", "prune", Self.trained.mlp, "--data", Agentctl.digits, "--out", dir + "/x.safetensors", "--structured"] + bad)
             #expect(b.status != 0 && !FileManager.default.fileExists(atPath: dir + "/x.safetensors"), "\(bad)")
         }
@@ -107,7 +109,9 @@ import Testing
         // A student started from a file must answer the teacher's classes on the teacher's input.
         let cnn = dir + "/cnn.safetensors"
         #expect(try Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", "cnn:1x8x8-c4-10", "--epochs", "1", "--out", cnn]).status == 0)
-        for (bad, message) in [(["--arch", "mlp:64-32-10", "--alpha", "2"], "--alpha"), (["--arch", "mlp:30-10"], "takes 30 inputs"),
+        for (bad, message) in [(["--arch", "mlp:64-32-10", "--alpha", "2"], "--alpha"), (["--arch", "mlp:64-32-10", "--alpha", "nan"], "--alpha"),
+                               (["--arch", "mlp:64-32-10", "--temperature", "inf"], "--temperature"),
+                               (["--arch", "mlp:64-32-10", "--lr", "-1"], "--lr"), (["--arch", "mlp:64-32-10", "--mixup", "1000000"], "--mixup"), (["--arch", "mlp:30-10"], "takes 30 inputs"),
                                (["--arch", "mlp:64-32-10", "--seeds", "3"], "--seeds needs --compare"),
                                (["--from", cnn], "the student must answer the teacher's classes"),
                                (["--arch", "mlp:64-32-10", "--from", cnn], "one of them")] {
