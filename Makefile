@@ -14,8 +14,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := libopenblas-dev libsqlite3-dev libmosquitto-dev mosquitto mosquitto-clients pkg-config
 # Only for `make test`: aarch64 headers so the NEON kernels are compiled on every run; python3-seccomp
-# for the confinement test; systemd for systemd-analyze (check-unit).
-TEST_PACKAGES := libc6-dev-arm64-cross linux-libc-dev-arm64-cross python3-seccomp systemd
+# for the confinement test; systemd for systemd-analyze (check-unit); gdb for the stacks of a hung test run.
+TEST_PACKAGES := libc6-dev-arm64-cross linux-libc-dev-arm64-cross python3-seccomp systemd gdb
 # promtool for MetricsTests, taken out of Debian's prometheus package rather than installing it: the
 # package (96 MB, 37 packages with recommends) enables and starts a Prometheus server and node exporter.
 PROMTOOL_DIR := .build/promtool
@@ -23,6 +23,9 @@ DEMO_MODEL := .agentd/digits-mlp.safetensors
 # libFuzzer targets (tools/fuzz): seconds per target, and their own scratch path and working corpora (.fuzz/).
 FUZZ_SECONDS ?= 60
 FUZZ_SCRATCH := .build-fuzz
+# `swift test` (build included) is stopped after this many seconds with every thread's stack
+# printed (tools/dev/watchdog.sh): a hang ends well inside CI's 90 minutes with the place it hung.
+TEST_TIME_LIMIT ?= 3600
 # tools/fleet-sim: agentd processes on one broker.
 FLEET_AGENTS ?= 50
 
@@ -70,7 +73,7 @@ test: deps
 	@$(MAKE) --no-print-directory check-aarch64
 	@$(MAKE) --no-print-directory check-unit
 	@$(MAKE) --no-print-directory promtool
-	PROMTOOL=$$(command -v promtool || echo $(CURDIR)/$(PROMTOOL_DIR)/usr/bin/promtool) $(SWIFT) test -c $(CONFIG)
+	PROMTOOL=$$(command -v promtool || echo $(CURDIR)/$(PROMTOOL_DIR)/usr/bin/promtool) tools/dev/watchdog.sh $(TEST_TIME_LIMIT) $(SWIFT) test -c $(CONFIG)
 	@$(MAKE) --no-print-directory interop-test-run
 
 # promtool on PATH, else usr/bin/promtool unpacked from the prometheus .deb into $(PROMTOOL_DIR).

@@ -36,13 +36,46 @@ struct Agentctl {
         if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         process.standardOutput = out
         process.standardError = err
-        try process.run()
-        process.waitUntilExit()
+        try process.runToExit()
         try out.close()
         try err.close()
         return Result(status: process.terminationStatus,
                       stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
                       stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
+    }
+}
+
+/// A child that has not exited after this long is killed and its test fails: a hang in one test
+/// must end as a failure with a name, not as a CI run that never finishes.
+let childTimeLimit: Double = 900
+
+struct ChildTimedOut: Error, CustomStringConvertible {
+    var command: String
+    var description: String { "\(command) did not exit within \(Int(childTimeLimit)) s; killed" }
+}
+
+extension Process {
+    /// `run()`, then `meanwhile` (reading a pipe to its end, say), then waits for the exit through
+    /// the termination handler, at most `seconds` from the start.
+    func runToExit(seconds: Double = childTimeLimit, meanwhile: () -> Void = {}) throws {
+        let exited = DispatchSemaphore(value: 0)
+        terminationHandler = { _ in exited.signal() }
+        try run()
+        meanwhile()
+        if exited.wait(timeout: .now() + seconds) == .timedOut {
+            kill(processIdentifier, SIGKILL)
+            _ = exited.wait(timeout: .now() + 10)
+            throw ChildTimedOut(command: ([executableURL?.path ?? "?"] + (arguments ?? [])).joined(separator: " "))
+        }
+    }
+
+    /// SIGTERM, up to `seconds` for the exit, then SIGKILL (a deinit must never wait forever).
+    func terminateBounded(seconds: Double = 30) {
+        guard isRunning else { return }
+        terminate()
+        let until = Date(timeIntervalSinceNow: seconds)
+        while isRunning && Date() < until { usleep(20_000) }
+        if isRunning { kill(processIdentifier, SIGKILL) }
     }
 }
 

@@ -74,36 +74,11 @@ final class AgentdProcess: @unchecked Sendable {
 
     /// Daemons still running when the test process exits (a shared `static let` agent is never
     /// deinitialised) are killed then, so no test run leaves an agentd behind.
-    private static let running = RunningDaemons()
+    static let running = RunningChildren()
     private static func track(_ pid: Int32) { running.add(pid) }
 
-    final class RunningDaemons: @unchecked Sendable {
-        private let lock = NSLock()
-        private var pids: Set<Int32> = []
-        private var registered = false
-        func add(_ pid: Int32) {
-            lock.lock()
-            pids.insert(pid)
-            if !registered {
-                registered = true
-                atexit { AgentdProcess.running.killAll() }
-            }
-            lock.unlock()
-        }
-        func remove(_ pid: Int32) {
-            lock.lock()
-            pids.remove(pid)
-            lock.unlock()
-        }
-        func killAll() {
-            lock.lock()
-            for pid in pids { kill(pid, SIGKILL) }
-            lock.unlock()
-        }
-    }
-
     deinit {
-        if process.isRunning { process.terminate(); process.waitUntilExit() }
+        process.terminateBounded()
         Self.running.remove(process.processIdentifier)
         close(notifyFD)
     }
@@ -156,5 +131,32 @@ final class AgentdProcess: @unchecked Sendable {
 
     func agentctl(_ args: [String]) throws -> Agentctl.Result {
         try Agentctl.run(args + ["--socket", socket])
+    }
+}
+
+/// Children that a shared `static let` (an agentd, a broker) keeps alive until the test process
+/// exits: killed then, so no test run leaves one behind.
+final class RunningChildren: @unchecked Sendable {
+    private let lock = NSLock()
+    private var pids: Set<Int32> = []
+    private var registered = false
+    func add(_ pid: Int32) {
+        lock.lock()
+        pids.insert(pid)
+        if !registered {
+            registered = true
+            atexit { AgentdProcess.running.killAll() }
+        }
+        lock.unlock()
+    }
+    func remove(_ pid: Int32) {
+        lock.lock()
+        pids.remove(pid)
+        lock.unlock()
+    }
+    func killAll() {
+        lock.lock()
+        for pid in pids { kill(pid, SIGKILL) }
+        lock.unlock()
     }
 }

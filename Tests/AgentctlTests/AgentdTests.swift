@@ -230,8 +230,7 @@ import Glibc
         p.arguments = ["--config", dir + "/bad.toml"]
         let err = Pipe()
         p.standardError = err
-        try p.run()
-        p.waitUntilExit()
+        try p.runToExit()
         #expect(p.terminationStatus == 78)
         #expect(String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("max_batchsize"))
 

@@ -47,6 +47,7 @@ final class Broker: @unchecked Sendable {
 
     func start() throws {
         pid = try Self.spawn([Self.binary, "-c", configPath])
+        AgentdProcess.running.add(pid)
         // Listening once a TCP connect succeeds.
         let until = Date().addingTimeInterval(10)
         while Date() < until {
@@ -61,6 +62,18 @@ final class Broker: @unchecked Sendable {
     /// posix_spawn with an empty signal mask and default dispositions: the test process blocks
     /// SIGTERM, and a child started by Foundation's Process inherits that (mosquitto would never
     /// see the SIGTERM that makes it save its sessions).
+    ///
+    /// Every descriptor above stderr is closed in the child. Foundation learns that a child it
+    /// started has exited when the end of a socket pair that only that child holds is closed;
+    /// a broker spawned while another test was starting agentctl inherited that end, and the
+    /// other test's wait then lasted as long as the broker (stop 19's CI run never finished).
+    /// glibc's posix_spawn_file_actions_addclosefrom_np (2.34), which Swift's Glibc module does
+    /// not declare: looked up by name.
+    private static let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
+        guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+    }()
+
     static func spawn(_ argv: [String]) throws -> pid_t {
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
@@ -78,6 +91,8 @@ final class Broker: @unchecked Sendable {
         defer { posix_spawn_file_actions_destroy(&files) }
         posix_spawn_file_actions_addopen(&files, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&files, 2, "/dev/null", O_WRONLY, 0)
+        guard let closeFrom = Self.addCloseFrom else { throw MQTTError("posix_spawn_file_actions_addclosefrom_np: not in this C library (glibc 2.34 or later)") }
+        closeFrom(&files, 3)
         let cArgs = argv.map { strdup($0) } + [nil]
         defer { for a in cArgs { free(a) } }
         var pid: pid_t = 0
@@ -100,6 +115,7 @@ final class Broker: @unchecked Sendable {
             }
             usleep(10_000)
         }
+        AgentdProcess.running.remove(pid)
         pid = 0
     }
 

@@ -26,9 +26,12 @@ func shell(_ command: String) -> (status: Int32, output: String) {
     let out = Pipe()
     p.standardOutput = out
     p.standardError = out
-    try? p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
+    var data = Data()
+    do {
+        try p.runToExit { data = out.fileHandleForReading.readDataToEndOfFile() }
+    } catch {
+        return (-1, "\(error)")
+    }
     return (p.terminationStatus, String(decoding: data, as: UTF8.self))
 }
 

@@ -552,8 +552,7 @@ import Glibc
             p.currentDirectoryURL = URL(fileURLWithPath: dir)
             p.standardOutput = FileHandle.nullDevice
             p.standardError = FileHandle.nullDevice
-            try p.run()
-            p.waitUntilExit()
+            try p.runToExit()
             #expect(p.terminationStatus == 0, "openssl \(args.joined(separator: " "))")
         }
         try sh(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=test-ca"])

@@ -147,8 +147,7 @@ import Glibc
         process.standardInput = try FileHandle(forReadingFrom: URL(fileURLWithPath: dir + "/in"))
         process.standardOutput = out
         process.standardError = out
-        try process.run()
-        process.waitUntilExit()
+        try process.runToExit()
         try out.close()
         return (process.terminationStatus, (try? String(contentsOfFile: dir + "/out", encoding: .utf8)) ?? "")
     }
