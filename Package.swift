@@ -87,7 +87,7 @@ let package = Package(
             name: "agentctl",
             dependencies: [
                 "CBLAS", "Tensor", "ModelFile", "Inference", "Training", "Quantization", "Drift", "Learning", "AgentAPI", "AgentConfig",
-                "Fleet", "ONNXImport", .product(name: "Crypto", package: "swift-crypto"),
+                "Fleet", "ONNXImport", "Serving", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

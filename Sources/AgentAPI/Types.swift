@@ -210,6 +210,38 @@ public struct StoreStatus: Codable, Sendable {
     }
 }
 
+/// What the served model holds in memory with every worker's plan at its largest batch.
+public struct ModelMemoryStatus: Codable, Equatable, Sendable {
+    /// The model file as read (the FP32 weights are views into it).
+    public var fileBytes: Int
+    /// INT8/INT4 weights decoded from the quantization section, one byte a weight, with scales.
+    public var decodedBytes: Int
+    /// Weights packed for the kernels, shared by every plan.
+    public var packedBytes: Int
+    /// One plan's activation buffers and workspace.
+    public var planBufferBytes: Int
+    /// Plans counted (one per worker) and their batch capacity.
+    public var plans: Int
+    public var batch: Int
+    public var totalBytes: Int
+
+    enum CodingKeys: String, CodingKey {
+        case plans, batch
+        case fileBytes = "file_bytes", decodedBytes = "decoded_bytes", packedBytes = "packed_bytes"
+        case planBufferBytes = "plan_buffer_bytes", totalBytes = "total_bytes"
+    }
+
+    public init(fileBytes: Int, decodedBytes: Int, packedBytes: Int, planBufferBytes: Int, plans: Int, batch: Int, totalBytes: Int) {
+        self.fileBytes = fileBytes
+        self.decodedBytes = decodedBytes
+        self.packedBytes = packedBytes
+        self.planBufferBytes = planBufferBytes
+        self.plans = plans
+        self.batch = batch
+        self.totalBytes = totalBytes
+    }
+}
+
 public struct StatusResponse: Codable, Sendable {
     public var state: String
     public var version: String
@@ -217,6 +249,8 @@ public struct StatusResponse: Codable, Sendable {
     public var uptimeS: Double
     public var socket: String
     public var model: ModelRef?
+    /// The served model's memory (absent from older agents and without a model).
+    public var modelMemory: ModelMemoryStatus?
     /// Values per input row the served model takes (what `/v1/infer` rows must have).
     public var inputSize: Int?
     public var serving: ServingStatus
@@ -233,6 +267,7 @@ public struct StatusResponse: Codable, Sendable {
         case state, version, pid, socket, model, serving, drift, learner, mqtt, store, fleet
         case uptimeS = "uptime_s"
         case inputSize = "input_size"
+        case modelMemory = "model_memory"
         case feedbackSamples = "feedback_samples"
         case lastEvents = "last_events"
     }

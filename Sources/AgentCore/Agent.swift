@@ -162,7 +162,7 @@ public final class Agent: @unchecked Sendable {
         case .stopping: stateName = "stopping"
         }
         stateLock.unlock()
-        return StatusResponse(
+        var response = StatusResponse(
             state: stateName, version: agentVersion, pid: getpid(),
             uptimeS: Date().timeIntervalSince(started), socket: config.agent.socket,
             model: model.map { ModelRef(name: $0.name, version: $0.version, precision: $0.precision) }, inputSize: model?.inputCount,
@@ -177,6 +177,13 @@ public final class Agent: @unchecked Sendable {
                                eventsBytes: store.events.bytes, feedbackEvicted: store.feedbackEvicted, eventsEvicted: store.eventsEvicted,
                                eventsDropped: store.eventsDropped, writeErrors: store.writeErrors, writeQueue: store.queued,
                                lastError: store.lastError))
+        if let model {
+            let batch = scheduler.largestPlan(for: model)
+            let m = model.memory(plans: s.workers, batch: batch)
+            response.modelMemory = ModelMemoryStatus(fileBytes: m.file, decodedBytes: m.decoded, packedBytes: m.packed,
+                                                     planBufferBytes: m.planBuffers, plans: m.plans, batch: batch, totalBytes: m.total)
+        }
+        return response
     }
 
     static func monotonicMicroseconds() -> UInt64 {

@@ -1,4 +1,5 @@
 import Foundation
+import Serving
 
 #if canImport(Glibc)
 import Glibc
@@ -49,16 +50,6 @@ enum MemoryTrim {
         return outcome
     }
 
-    /// glibc's malloc_trim (not in the Glibc module's headers; absent from musl, where nothing happens).
-    static func mallocTrim() {
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return }
-        typealias Trim = @convention(c) (Int) -> Int32
-        _ = unsafeBitCast(symbol, to: Trim.self)(0)
-    }
-
-    static func residentKB() -> Int {
-        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
-        return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0
-    }
+    static func mallocTrim() { ProcessMemory.mallocTrim() }
+    static func residentKB() -> Int { ProcessMemory.residentBytes() / 1024 }
 }

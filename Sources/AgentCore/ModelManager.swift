@@ -67,6 +67,8 @@ public final class ModelManager: @unchecked Sendable {
         let reference: DriftReference?
         /// The file's name in the store: its SHA-256.
         let identity: String
+        /// Bytes read (held as long as the network is).
+        let fileBytes: Int
     }
 
     /// Reads and validates a file, its quantization and its drift reference.
@@ -83,7 +85,8 @@ public final class ModelManager: @unchecked Sendable {
         } catch {
             throw ModelError(message: "\(path): \(error)")
         }
-        return LoadedFile(network: network, quantized: quantized, reference: reference, identity: (path as NSString).lastPathComponent)
+        return LoadedFile(network: network, quantized: quantized, reference: reference, identity: (path as NSString).lastPathComponent,
+                          fileBytes: file.fileSize)
     }
 
     /// A serving model of a loaded file with its drift monitor (unless drift is off, or `monitor`
@@ -91,7 +94,8 @@ public final class ModelManager: @unchecked Sendable {
     func serving(_ f: LoadedFile, version: Int, adaptive: Bool, monitor: Bool = true, reusing: DriftMonitor? = nil) -> ServingModel {
         let tap = monitor ? sampler?.tap(version: version, inputs: f.network.inputCount, classes: f.network.outputCount) : nil
         guard monitor, var settings = drift else {
-            return ServingModel(version: version, network: f.network, quantized: f.quantized, useAdaptive: adaptive, sampler: tap)
+            return ServingModel(version: version, network: f.network, quantized: f.quantized, useAdaptive: adaptive, sampler: tap,
+                                fileBytes: f.fileBytes)
         }
         let drift: DriftMonitor
         if let reusing, reusing.version == version {
@@ -106,7 +110,7 @@ public final class ModelManager: @unchecked Sendable {
             }
         }
         return ServingModel(version: version, network: f.network, quantized: f.quantized, useAdaptive: adaptive,
-                            embedding: drift.projection, observer: drift, sampler: tap)
+                            embedding: drift.projection, observer: drift, sampler: tap, fileBytes: f.fileBytes)
     }
 
     /// Loads and validates a file into a serving model (no registry change).

@@ -56,11 +56,12 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
     /// Index in `steps` of the step whose input the tap projects.
     private let tapStep: Int
 
-    public init(network: Network, batchCapacity: Int, embedding: EmbeddingProjection? = nil) {
+    /// `weights`: packed weights shared with the other plans of the same immutable model.
+    public init(network: Network, batchCapacity: Int, embedding: EmbeddingProjection? = nil, weights: PackedWeightCache? = nil) {
         precondition(batchCapacity >= 1, "batch capacity must be at least 1")
         self.network = network
         self.batchCapacity = batchCapacity
-        let compiled = Self.compile(network, batch: batchCapacity)
+        let compiled = Self.compile(network, batch: batchCapacity, weights: weights)
         self.steps = compiled.steps
         if let embedding {
             precondition(embedding.layer == EmbeddingProjection.penultimateLayer(of: network)
@@ -86,6 +87,16 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
     }
 
     public var memory: MemoryEstimate { Self.memoryEstimate(network: network, batch: batchCapacity) }
+
+    /// The packed weights' object identities, step by step (tests: which plans share them).
+    public var packedWeightIdentities: [ObjectIdentifier] {
+        steps.compactMap {
+            switch $0 {
+            case .dense(let w, _), .conv2d(let w, _, _, _): ObjectIdentifier(w)
+            default: nil
+            }
+        }
+    }
     public var inputCount: Int { network.inputCount }
     public var outputCount: Int { network.outputCount }
     public var precision: String { "fp32" }
@@ -121,7 +132,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
     /// layer after them has its columns re-ordered at compile time. The file stays CHW.
     /// `tapChannelsLast`: the layout of the last weighted step's input (the embedding tap's), when
     /// it is channels last with more than one channel.
-    static func compile(_ network: Network, batch: Int) -> (steps: [Step], tapChannelsLast: (channels: Int, pixels: Int)?) {
+    static func compile(_ network: Network, batch: Int, weights: PackedWeightCache? = nil) -> (steps: [Step], tapChannelsLast: (channels: Int, pixels: Int)?) {
         var steps: [Step] = []
         var tapChannelsLast: (channels: Int, pixels: Int)? = nil
         let layers = network.layers
@@ -142,19 +153,24 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
             let fused = network.fusedActivation(at: i)
             switch layer.kind {
             case .dense:
-                var w = layer.weight!
                 tapChannelsLast = channelsLast.flatMap { $0.channels > 1 ? $0 : nil }
-                if let l = channelsLast {
-                    if l.channels > 1 { w = Kernels.channelsLastColumns(w, channels: l.channels, pixels: l.pixels) }
-                    channelsLast = nil
+                let columns = channelsLast
+                channelsLast = nil
+                let packed = weights.value("fp32.\(i)", bytes: { $0.byteCount }) { () -> PackedWeights in
+                    var w = layer.weight!
+                    if let l = columns, l.channels > 1 { w = Kernels.channelsLastColumns(w, channels: l.channels, pixels: l.pixels) }
+                    return PackedWeights(weight: w, bias: layer.bias)
                 }
-                steps.append(.dense(PackedWeights(weight: w, bias: layer.bias), activation: fused.fused))
+                steps.append(.dense(packed, activation: fused.fused))
             case .conv2d:
                 let g = layer.geometry!
                 toChannelsLast(layer.inputShape)
                 tapChannelsLast = channelsLast.flatMap { $0.channels > 1 ? $0 : nil }
                 let chunk = Kernels.convChunk(bytesPerSample: g.outH * g.outW * g.patch * 4, batch: batch)
-                steps.append(.conv2d(PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias), geometry: g,
+                let packed = weights.value("fp32.\(i)", bytes: { $0.byteCount }) {
+                    PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias)
+                }
+                steps.append(.conv2d(packed, geometry: g,
                                      activation: fused.fused, chunk: chunk))
                 channelsLast = (g.outChannels, g.outH * g.outW)
             case .maxpool2d, .avgpool2d:

@@ -69,12 +69,13 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
     /// The tapped layer's input parameters when that input is UINT8.
     private let tapInput: QuantParams?
 
+    /// `weights`: packed weights shared with the other plans of the same model (and the fallback's).
     public init(model: QuantizedModel, batchCapacity: Int, adaptive: AdaptivePrecision.Mode? = nil,
-                embedding: EmbeddingProjection? = nil) {
+                embedding: EmbeddingProjection? = nil, weights: PackedWeightCache? = nil) {
         precondition(batchCapacity >= 1)
         self.model = model
         self.batchCapacity = batchCapacity
-        let compiled = Self.compile(model, batch: batchCapacity)
+        let compiled = Self.compile(model, batch: batchCapacity, weights: weights)
         steps = compiled.steps
         if let embedding {
             precondition(embedding.layer == EmbeddingProjection.penultimateLayer(of: model.network)
@@ -122,7 +123,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         let mode = adaptive ?? model.spec.adaptive?.mode ?? .off
         if mode != .off, let threshold = model.spec.adaptive?.threshold {
             adaptiveThreshold = threshold
-            fallback = ExecutionPlan(network: net, batchCapacity: batchCapacity)
+            fallback = ExecutionPlan(network: net, batchCapacity: batchCapacity, weights: weights)
             gather = allocateAlignedFloats(batchCapacity * net.inputCount)
             gatherIndex = .allocate(capacity: batchCapacity)
         } else {
@@ -182,7 +183,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
     /// As the FP32 plan: activations channels last (HWC) from the first spatial layer on,
     /// convolutions batched over chunks of samples, the first dense layer after them with its
     /// columns re-ordered (an INT4 layer, whose groups follow the file's order, gets CHW back).
-    static func compile(_ model: QuantizedModel, batch: Int) -> (steps: [Step], weightBytes: Int, tapChannelsLast: (channels: Int, pixels: Int)?) {
+    static func compile(_ model: QuantizedModel, batch: Int, weights: PackedWeightCache? = nil) -> (steps: [Step], weightBytes: Int, tapChannelsLast: (channels: Int, pixels: Int)?) {
         let net = model.network, spec = model.spec
         var steps: [Step] = []
         var bytes = 0
@@ -231,7 +232,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                 tapChannelsLast = channelsLast.flatMap { $0.channels > 1 ? $0 : nil }
                 switch precision(l) {
                 case .int8:
-                    var q = model.int8[l]!
+                    let q = model.int8[l]!
                     let input = spec.activation(l)!
                     if domain != input {
                         toFloat()
@@ -244,14 +245,17 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                     let ep = epilogue(q, bias: layer.bias, input: input, output: out, activation: fused)
                     if case .conv2d = layer.kind {
                         let g = layer.geometry!
-                        let packed = q.packed()
+                        let packed = weights.value("int8.\(l)", bytes: { $0.byteCount }) { q.packed() }
                         bytes += packed.byteCount + ep.count * 8
                         let chunk = Kernels.convChunk(bytesPerSample: g.outH * g.outW * packed.paddedInputs, batch: batch)
                         steps.append(.int8Conv(packed, ep, g, inputZeroPoint: UInt8(input.zeroPoint), floatOutput: floatOut, chunk: chunk))
                         channelsLast = (g.outChannels, g.outH * g.outW)
                     } else {
-                        if let c = denseInput() { q = q.channelsLast(channels: c.channels, pixels: c.pixels) }
-                        let packed = q.packed()
+                        let columns = denseInput()
+                        let packed = weights.value("int8.\(l)", bytes: { $0.byteCount }) { () -> PackedInt8Weights in
+                            guard let c = columns else { return q.packed() }
+                            return q.channelsLast(channels: c.channels, pixels: c.pixels).packed()
+                        }
                         bytes += packed.byteCount + ep.count * 8
                         steps.append(.int8Dense(packed, ep, floatOutput: floatOut))
                     }
@@ -262,22 +266,27 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                     }
                 case .int4:
                     toFloat()
-                    let q = model.int4[l]!.packed(bias: layer.bias)
+                    let q = weights.value("int4.\(l)", bytes: { $0.byteCount }) { model.int4[l]!.packed(bias: layer.bias) }
                     bytes += q.byteCount
                     steps.append(.int4Dense(q, fused.fused))
                 case .fp32:
                     toFloat()
                     if case .conv2d = layer.kind {
                         let g = layer.geometry!
-                        let p = PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias)
+                        let p = weights.value("quantized.fp32.\(l)", bytes: { $0.byteCount }) {
+                            PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias)
+                        }
                         bytes += p.byteCount
                         let chunk = Kernels.convChunk(bytesPerSample: g.outH * g.outW * g.patch * 4, batch: batch)
                         steps.append(.floatConv(p, g, fused.fused, chunk: chunk))
                         channelsLast = (g.outChannels, g.outH * g.outW)
                     } else {
-                        var w = layer.weight!
-                        if let c = denseInput() { w = Kernels.channelsLastColumns(w, channels: c.channels, pixels: c.pixels) }
-                        let p = PackedWeights(weight: w, bias: layer.bias)
+                        let columns = denseInput()
+                        let p = weights.value("quantized.fp32.\(l)", bytes: { $0.byteCount }) { () -> PackedWeights in
+                            var w = layer.weight!
+                            if let c = columns { w = Kernels.channelsLastColumns(w, channels: c.channels, pixels: c.pixels) }
+                            return PackedWeights(weight: w, bias: layer.bias)
+                        }
                         bytes += p.byteCount
                         steps.append(.floatDense(p, fused.fused))
                     }

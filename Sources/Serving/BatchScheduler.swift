@@ -148,6 +148,14 @@ public final class BatchScheduler: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// The batch capacity of the largest plan a worker builds for `model`: max_batch_size, or less
+    /// when the memory budget allows less.
+    public func largestPlan(for model: ServingModel) -> Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return model.batchLimit(budgetBytes: settings.memoryBudgetBytes, limit: settings.maxBatchSize)
+    }
+
     /// SIGHUP: the reloadable settings (`workers` and `memoryBudgetBytes` need a restart).
     public func update(_ new: SchedulerSettings) {
         condition.lock()

@@ -20,10 +20,17 @@ public final class ServingModel: @unchecked Sendable {
     /// A plan's memory is fixed + perSample · batch; measured once here, when the model is loaded,
     /// so that sizing a batch on the serving path is arithmetic.
     private var planMemory: (fixed: Int, perSample: Int) = (0, 1)
+    /// Packed weights, once for all the plans of this model (workers, larger batches, fallback).
+    public let packedWeights = PackedWeightCache()
+
+    /// Bytes of the model file as read, which the network's tensors point into.
+    public let fileBytes: Int
 
     public init(version: Int, network: Network, quantized: QuantizedModel?, useAdaptive: Bool = true,
-                embedding: EmbeddingProjection? = nil, observer: (any RowObserver)? = nil, sampler: (any RowObserver)? = nil) {
+                embedding: EmbeddingProjection? = nil, observer: (any RowObserver)? = nil, sampler: (any RowObserver)? = nil,
+                fileBytes: Int = 0) {
         self.version = version
+        self.fileBytes = fileBytes
         self.name = network.name
         self.network = network
         self.quantized = quantized
@@ -41,14 +48,41 @@ public final class ServingModel: @unchecked Sendable {
 
     public func makePlan(batch: Int) -> InferencePlan {
         if let quantized {
-            return QuantizedPlan(model: quantized, batchCapacity: batch, adaptive: useAdaptive ? nil : .off, embedding: embedding)
+            return QuantizedPlan(model: quantized, batchCapacity: batch, adaptive: useAdaptive ? nil : .off, embedding: embedding,
+                                 weights: packedWeights)
         }
-        return ExecutionPlan(network: network, batchCapacity: batch, embedding: embedding)
+        return ExecutionPlan(network: network, batchCapacity: batch, embedding: embedding, weights: packedWeights)
     }
 
     public var precision: String {
         guard let quantized else { return "fp32" }
         return quantized.precisionName + (useAdaptive && quantized.spec.adaptive.map { $0.mode != .off } == true ? "+adaptive" : "")
+    }
+
+    /// What this model holds in memory when `plans` plans of `batch` samples serve it (one per
+    /// worker): the file as read (the FP32 weights are views into it), the integer weights the
+    /// quantization section decodes to, the packed weights the plans share, and each plan's own
+    /// buffers. The plans' buffers are measured by building one such plan (the first call for a
+    /// batch size; remembered after).
+    public func memory(plans: Int, batch: Int) -> ModelMemory {
+        let buffers = planBuffers(batch: max(1, batch))
+        var decoded = 0
+        if let quantized {
+            for w in quantized.int8.values { decoded += w.q.count + w.scales.count * 4 }
+            for w in quantized.int4.values { decoded += w.q.count + w.scales.count * 4 }
+        }
+        return ModelMemory(file: fileBytes, decoded: decoded, packed: packedWeights.bytes, planBuffers: buffers, plans: plans)
+    }
+
+    private let buffersLock = NSLock()
+    private var buffersByBatch: [Int: Int] = [:]
+    private func planBuffers(batch: Int) -> Int {
+        buffersLock.lock()
+        defer { buffersLock.unlock() }
+        if let known = buffersByBatch[batch] { return known }
+        let m = makePlan(batch: batch).memory
+        buffersByBatch[batch] = m.workspace + m.activations
+        return m.workspace + m.activations
     }
 
     /// The largest batch whose plan fits `budgetBytes` (at least 1), up to `limit`.
@@ -81,6 +115,20 @@ public final class ModelSlot: @unchecked Sendable {
         model = new
         return old
     }
+}
+
+/// A serving model's memory, by what holds it.
+public struct ModelMemory: Sendable, Equatable, Codable {
+    /// The model file as read (the FP32 weights are views into it).
+    public var file: Int
+    /// INT8 and INT4 weights decoded from the quantization section (one byte a weight) and their scales.
+    public var decoded: Int
+    /// Weights packed for the kernels, once for all plans.
+    public var packed: Int
+    /// One plan's activation buffers and workspace (its fallback's included).
+    public var planBuffers: Int
+    public var plans: Int
+    public var total: Int { file + decoded + packed + planBuffers * plans }
 }
 
 extension QuantizedPlan: EscalationCounting {

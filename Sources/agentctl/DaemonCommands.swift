@@ -53,6 +53,11 @@ struct Status: ParsableCommand {
             print("\(dot) agentd \(s.version) — \(s.state)")
             print("      pid: \(s.pid), up \(age(s.uptimeS)), socket \(s.socket)")
             if let m = s.model { print("    model: \(m.name) version \(m.version) (\(m.precision))") } else { print("    model: none loaded") }
+            if let m = s.modelMemory {
+                func mb(_ bytes: Int) -> String { String(format: "%.1f MB", Double(bytes) / 1_048_576) }
+                print("   memory: \(mb(m.totalBytes)) for the model: file \(mb(m.fileBytes)), integer weights \(mb(m.decodedBytes)), "
+                      + "packed \(mb(m.packedBytes)), \(m.plans) plans of \(m.batch) × \(mb(m.planBufferBytes))")
+            }
             let v = s.serving
             let wait = v.batchWaitMs.map { String(format: " (wait %.2g ms)", $0) } ?? ""
             print("  serving: \(v.workers) workers, batches up to \(v.maxBatchSize)\(wait), \(String(format: "%.1f", v.throughputPerS)) samples/s over 10 s")

@@ -25,6 +25,13 @@ import Glibc
         #expect(status["state"] as? String == "serving")
         let model = try #require(status["model"] as? [String: Any])
         #expect(model["name"] as? String == "digits-mlp" && model["precision"] as? String == "int8")
+        // The model's memory with every worker's plan at its largest batch, by what holds it.
+        let memory = try #require(status["model_memory"] as? [String: Int])
+        let serving = try #require(status["serving"] as? [String: Any])
+        #expect(memory["plans"] == serving["workers"] as? Int && memory["batch"] == 64)
+        #expect(memory["file_bytes"]! > 0 && memory["decoded_bytes"]! > 0 && memory["packed_bytes"]! > 0 && memory["plan_buffer_bytes"]! > 0)
+        #expect(memory["total_bytes"] == memory["file_bytes"]! + memory["decoded_bytes"]! + memory["packed_bytes"]!
+                + memory["plans"]! * memory["plan_buffer_bytes"]!)
 
         let text = try agent.agentctl(["status"])
         #expect(text.stdout.contains("● agentd") && text.stdout.contains("digits-mlp version 1 (int8)"))

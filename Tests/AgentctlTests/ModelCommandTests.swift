@@ -17,6 +17,25 @@ import Testing
         try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
     }
 
+    /// inspect's model memory (the figure agentd's status reports) against the growth of the
+    /// resident set of a process that loads the model as agentd does and runs its plans: FP32,
+    /// INT8 with its FP32 fallback, and INT4.
+    @Test func modelMemoryMatchesTheMeasuredGrowth() throws {
+        let dir = temporaryDirectory("memory")
+        let fp32 = dir + "/wide.safetensors", int8 = dir + "/wide-int8.safetensors", int4 = dir + "/wide-int4.safetensors"
+        let r = try Agentctl.run(["model", "train", "--data", Agentctl.digits, "--arch", "mlp:64-768-768-10", "--epochs", "1", "--out", fp32])
+        try #require(r.status == 0, "\(r.stderr)")
+        #expect(try Agentctl.run(["model", "quantize", fp32, int8, "--calib", Agentctl.digits, "--adaptive"]).status == 0)
+        #expect(try Agentctl.run(["model", "quantize", fp32, int4, "--calib", Agentctl.digits, "--precision", "int4"]).status == 0)
+        for file in [fp32, int8, int4] {
+            let m = try Agentctl.run(["model", "inspect", file, "--measure", "--workers", "2", "--json"])
+            try #require(m.status == 0, "\(m.stderr)")
+            let out = try json(Substring(m.stdout))
+            let estimate = try #require(out["modelMemoryBytes"] as? Int), measured = try #require(out["measuredBytes"] as? Int)
+            #expect(abs(Double(estimate) / Double(measured) - 1) <= 0.10, "\(file): estimate \(estimate), measured \(measured)")
+        }
+    }
+
     @Test func mlpReachesTheAccuracyTheReadmePromises() throws {
         let r = try Agentctl.run(["model", "eval", Self.trained.mlp, "--data", Agentctl.digits, "--test-split", "--json"])
         #expect(r.status == 0, "\(r.stderr)")

@@ -147,6 +147,29 @@ func settings(workers: Int = 1, maxBatch: Int = 8, delay: Double = 0.005, capaci
         #expect(model.batchLimit(budgetBytes: 1 << 30, limit: 64) == 64)
     }
 
+    /// Every plan of one serving model points at the same packed weights (a worker's plan, a
+    /// larger batch's, the adaptive fallback's), counted once; outputs are those of a plan packed alone.
+    @Test func plansOfOneModelSharePackedWeights() throws {
+        let net = try Architecture.build("cnn:1x8x8-c4-m2-f16-10", seed: 3)
+        let model = ServingModel(version: 1, network: net, quantized: nil, fileBytes: 1000)
+        let packedAtLoad = model.packedWeights.bytes
+        #expect(packedAtLoad > 0)
+        let a = try #require(model.makePlan(batch: 4) as? ExecutionPlan)
+        let b = try #require(model.makePlan(batch: 16) as? ExecutionPlan)
+        #expect(model.packedWeights.bytes == packedAtLoad)
+        #expect(a.packedWeightIdentities == b.packedWeightIdentities)
+        let alone = ExecutionPlan(network: net, batchCapacity: 4)
+        #expect(Set(alone.packedWeightIdentities).isDisjoint(with: a.packedWeightIdentities))
+        let rows = (0..<(4 * 64)).map { Float($0 % 17) / 17 }
+        let shared = rows.withUnsafeBufferPointer { Array(a.run($0.baseAddress!, batch: 4)) }
+        let own = rows.withUnsafeBufferPointer { Array(alone.run($0.baseAddress!, batch: 4)) }
+        #expect(shared == own)
+        let m = model.memory(plans: 3, batch: 16)
+        #expect(m.packed == packedAtLoad && m.file == 1000 && m.decoded == 0)
+        #expect(m.planBuffers == b.memory.workspace + b.memory.activations)
+        #expect(m.total == 1000 + packedAtLoad + 3 * m.planBuffers)
+    }
+
     @Test func recentInferencesForgetTheOldestBeyondTheirBytes() {
         let entry = 2 * 4 + RecentInferences.overheadBytes
         let ring = RecentInferences(limitBytes: 2 * entry)
