@@ -17,7 +17,10 @@ public final class PackedWeightCache: @unchecked Sendable {
     public func value<T: AnyObject>(_ key: String, bytes: (T) -> Int, make: () -> T) -> T {
         lock.lock()
         defer { lock.unlock() }
-        if let hit = entries[key] as? T { return hit }
+        if let hit = entries[key] {
+            guard let typed = hit as? T else { preconditionFailure("packed weight cache: \(key) holds a \(type(of: hit)), not a \(T.self)") }
+            return typed
+        }
         let made = make()
         entries[key] = made
         total += bytes(made)

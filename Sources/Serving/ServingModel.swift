@@ -78,10 +78,14 @@ public final class ServingModel: @unchecked Sendable {
     private var buffersByBatch: [Int: Int] = [:]
     private func planBuffers(batch: Int) -> Int {
         buffersLock.lock()
-        defer { buffersLock.unlock() }
-        if let known = buffersByBatch[batch] { return known }
+        let known = buffersByBatch[batch]
+        buffersLock.unlock()
+        if let known { return known }
+        // Built outside the lock (concurrent first calls may each build one; they agree).
         let m = makePlan(batch: batch).memory
+        buffersLock.lock()
         buffersByBatch[batch] = m.workspace + m.activations
+        buffersLock.unlock()
         return m.workspace + m.activations
     }
 

@@ -55,14 +55,16 @@ struct ChildTimedOut: Error, CustomStringConvertible {
 }
 
 extension Process {
-    /// `run()`, then `meanwhile` (reading a pipe to its end, say), then waits for the exit through
-    /// the termination handler, at most `seconds` from the start.
-    func runToExit(seconds: Double = childTimeLimit, meanwhile: () -> Void = {}) throws {
+    /// `run()`, then waits for the exit through the termination handler, at most `seconds`; a child
+    /// still running then is killed with its process group. Give it files, not pipes, for its
+    /// output: a pipe read to its end waits for every holder of the write end, which no time limit
+    /// here bounds.
+    func runToExit(seconds: Double = childTimeLimit) throws {
         let exited = DispatchSemaphore(value: 0)
         terminationHandler = { _ in exited.signal() }
         try run()
-        meanwhile()
         if exited.wait(timeout: .now() + seconds) == .timedOut {
+            kill(-processIdentifier, SIGKILL)
             kill(processIdentifier, SIGKILL)
             _ = exited.wait(timeout: .now() + 10)
             throw ChildTimedOut(command: ([executableURL?.path ?? "?"] + (arguments ?? [])).joined(separator: " "))

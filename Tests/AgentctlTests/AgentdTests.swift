@@ -235,11 +235,13 @@ import Glibc
         let p = Process()
         p.executableURL = URL(fileURLWithPath: AgentdProcess.binary)
         p.arguments = ["--config", dir + "/bad.toml"]
-        let err = Pipe()
+        _ = FileManager.default.createFile(atPath: dir + "/stderr", contents: nil)
+        let err = try FileHandle(forWritingTo: URL(fileURLWithPath: dir + "/stderr"))
         p.standardError = err
         try p.runToExit()
+        try err.close()
         #expect(p.terminationStatus == 78)
-        #expect(String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("max_batchsize"))
+        #expect(try String(contentsOfFile: dir + "/stderr", encoding: .utf8).contains("max_batchsize"))
 
         let corrupt = dir + "/corrupt.safetensors"
         try Data([1, 2, 3, 4, 5, 6, 7, 8, 9]).write(to: URL(fileURLWithPath: corrupt))

@@ -53,7 +53,12 @@ final class Broker: @unchecked Sendable {
         while Date() < until {
             if Self.canConnect(port) { return }
             var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid { break }
+            if waitpid(pid, &status, WNOHANG) == pid {
+                // Reaped: its pid may be reused, so it is no longer ours to kill.
+                AgentdProcess.running.remove(pid)
+                pid = 0
+                break
+            }
             usleep(20_000)
         }
         throw MQTTError("mosquitto did not start on port \(port): \((try? String(contentsOfFile: dir + "/mosquitto.log", encoding: .utf8)) ?? "")")
@@ -92,7 +97,7 @@ final class Broker: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&files, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&files, 2, "/dev/null", O_WRONLY, 0)
         guard let closeFrom = Self.addCloseFrom else { throw MQTTError("posix_spawn_file_actions_addclosefrom_np: not in this C library (glibc 2.34 or later)") }
-        closeFrom(&files, 3)
+        guard closeFrom(&files, 3) == 0 else { throw MQTTError("posix_spawn_file_actions_addclosefrom_np failed") }
         let cArgs = argv.map { strdup($0) } + [nil]
         defer { for a in cArgs { free(a) } }
         var pid: pid_t = 0

@@ -13,7 +13,7 @@ import Glibc
     /// once this process closes its write end, whatever Broker.spawn started in between.
     @Test func aSpawnedBrokerHoldsNoDescriptorOfTheTestProcess() throws {
         var fds: [Int32] = [0, 0]
-        #expect(pipe(&fds) == 0)
+        try #require(pipe(&fds) == 0)
         let pid = try Broker.spawn(["/bin/sleep", "30"])
         defer {
             kill(pid, SIGKILL)
@@ -35,7 +35,7 @@ import Glibc
         let began = Date()
         #expect(throws: ChildTimedOut.self) { try p.runToExit(seconds: 1) }
         #expect(Date().timeIntervalSince(began) < 15)
-        #expect(!p.isRunning)
+        try #require(!p.isRunning)
         #expect(p.terminationReason == .uncaughtSignal)
     }
 }

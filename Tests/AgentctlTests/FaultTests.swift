@@ -20,19 +20,23 @@ func requireRoot(_ what: String) -> Bool {
 
 @discardableResult
 func shell(_ command: String) -> (status: Int32, output: String) {
+    let dir = temporaryDirectory("shell")
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let path = dir + "/out"
+    _ = FileManager.default.createFile(atPath: path, contents: nil)
+    guard let out = try? FileHandle(forWritingTo: URL(fileURLWithPath: path)) else { return (-1, "cannot create \(path)") }
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/bin/sh")
     p.arguments = ["-c", command]
-    let out = Pipe()
     p.standardOutput = out
     p.standardError = out
-    var data = Data()
     do {
-        try p.runToExit { data = out.fileHandleForReading.readDataToEndOfFile() }
+        try p.runToExit()
     } catch {
         return (-1, "\(error)")
     }
-    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    try? out.close()
+    return (p.terminationStatus, (try? String(contentsOfFile: path, encoding: .utf8)) ?? "")
 }
 
 /// Faults made for real: a damaged or lost database, a bad new model file, a full disk.
