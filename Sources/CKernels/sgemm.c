@@ -66,6 +66,82 @@ static void sgemm_portable(int rows, int outputs, int inputs, const float *x, in
     }
 }
 
+// ---- INT4 weight-only, 16-output panels ------------------------------------------------------
+//
+// Per panel: for each k, 8 bytes holding the panel's 16 nibbles (byte j: output 2j low, 2j+1
+// high, q + 8); then, per group, the panel's 16 scales; then its 16 biases. A call widens one
+// panel at a time into `scratch` ([k][16] FP32, the group scales applied) and runs the FP32
+// panel kernel over every row: the weights stay INT4 in memory, the arithmetic is FP32.
+
+#define Q4_NIBBLE_BYTES 8
+
+size_t edge_q4_packed_bytes(int outputs, int inputs, int group) {
+    size_t panels = (size_t)(outputs + PANEL - 1) / PANEL, groups = (size_t)(inputs + group - 1) / group;
+    return panels * (size_t)inputs * Q4_NIBBLE_BYTES + panels * groups * PANEL * 4 + panels * PANEL * 4;
+}
+
+size_t edge_q4_scratch_floats(int inputs) { return (size_t)PANEL * (size_t)(inputs > 0 ? inputs : 0); }
+
+void edge_q4_pack(const int8_t *q, const float *scales, const float *bias, int outputs, int inputs, int group, void *packed) {
+    int panels = (outputs + PANEL - 1) / PANEL, groups = (inputs + group - 1) / group;
+    uint8_t *nib = packed;
+    float *sc = (float *)(nib + (size_t)panels * inputs * Q4_NIBBLE_BYTES);
+    float *b = sc + (size_t)panels * groups * PANEL;
+    for (int p = 0; p < panels; p++) {
+        for (int k = 0; k < inputs; k++) {
+            uint8_t *dst = nib + ((size_t)p * inputs + k) * Q4_NIBBLE_BYTES;
+            for (int j = 0; j < PANEL; j += 2) {
+                int o = p * PANEL + j;
+                int lo = o < outputs ? q[(size_t)o * inputs + k] + 8 : 8;
+                int hi = o + 1 < outputs ? q[(size_t)(o + 1) * inputs + k] + 8 : 8;
+                dst[j / 2] = (uint8_t)(lo | (hi << 4));
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            for (int j = 0; j < PANEL; j++) {
+                int o = p * PANEL + j;
+                sc[((size_t)p * groups + g) * PANEL + j] = o < outputs ? scales[(size_t)o * groups + g] : 0.0f;
+            }
+        }
+        for (int j = 0; j < PANEL; j++) {
+            int o = p * PANEL + j;
+            b[(size_t)p * PANEL + j] = bias && o < outputs ? bias[o] : 0.0f;
+        }
+    }
+}
+
+static void q4_widen_panel_portable(const uint8_t *nib, const float *sc, int inputs, int group, float *dst) {
+    for (int k = 0; k < inputs; k++) {
+        const float *s = sc + (size_t)(k / group) * PANEL;
+        for (int j = 0; j < PANEL; j++) {
+            uint8_t byte = nib[(size_t)k * Q4_NIBBLE_BYTES + j / 2];
+            dst[(size_t)k * PANEL + j] = (float)(((j & 1) ? byte >> 4 : byte & 15) - 8) * s[j];
+        }
+    }
+}
+
+static void q4_gemm_portable(int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
+                             float *y, int ldy, edge_activation act, float alpha, float *scratch) {
+    int panels = (outputs + PANEL - 1) / PANEL, groups = (inputs + group - 1) / group;
+    const uint8_t *nib = packed;
+    const float *sc = (const float *)(nib + (size_t)panels * inputs * Q4_NIBBLE_BYTES);
+    const float *b = sc + (size_t)panels * groups * PANEL;
+    for (int p = 0; p < panels; p++) {
+        q4_widen_panel_portable(nib + (size_t)p * inputs * Q4_NIBBLE_BYTES, sc + (size_t)p * groups * PANEL, inputs, group, scratch);
+        int n = outputs - p * PANEL < PANEL ? outputs - p * PANEL : PANEL;
+        for (int m = 0; m < rows; m++) {
+            const float *xr = x + (size_t)m * ldx;
+            float acc[PANEL];
+            for (int j = 0; j < PANEL; j++) acc[j] = b[(size_t)p * PANEL + j];
+            for (int k = 0; k < inputs; k++) {
+                float xv = xr[k];
+                for (int j = 0; j < PANEL; j++) acc[j] += xv * scratch[(size_t)k * PANEL + j];
+            }
+            for (int j = 0; j < n; j++) y[(size_t)m * ldy + p * PANEL + j] = edge_activate_scalar(acc[j], act, alpha);
+        }
+    }
+}
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 
@@ -263,7 +339,63 @@ static T256 void sgemm_avx2(int rows, int outputs, int inputs, const float *x, i
         }
     }
 }
+
+/// A panel's nibbles widened: per k, 8 bytes → 16 floats, times the group's 16 scales.
+static T256 void q4_widen_panel_avx2(const uint8_t *nib, const float *sc, int inputs, int group, float *dst) {
+    __m128i mask = _mm_set1_epi8(15);
+    __m256 eight = _mm256_set1_ps(8.0f);
+    for (int k0 = 0; k0 < inputs; k0 += group) {
+        int k1 = k0 + group < inputs ? k0 + group : inputs;
+        const float *s = sc + (size_t)(k0 / group) * PANEL;
+        __m256 s0 = _mm256_loadu_ps(s), s1 = _mm256_loadu_ps(s + 8);
+        for (int k = k0; k < k1; k++) {
+            __m128i b = _mm_loadl_epi64((const __m128i *)(nib + (size_t)k * Q4_NIBBLE_BYTES));
+            __m128i v = _mm_unpacklo_epi8(_mm_and_si128(b, mask), _mm_and_si128(_mm_srli_epi16(b, 4), mask));  // outputs 0..15
+            __m256 f0 = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), eight);
+            __m256 f1 = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))), eight);
+            _mm256_storeu_ps(dst + (size_t)k * PANEL, _mm256_mul_ps(f0, s0));
+            _mm256_storeu_ps(dst + (size_t)k * PANEL + 8, _mm256_mul_ps(f1, s1));
+        }
+    }
+}
+
+static T256 void q4_gemm_avx2(int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
+                              float *y, int ldy, edge_activation act, float alpha, float *scratch) {
+    int panels = (outputs + PANEL - 1) / PANEL, groups = (inputs + group - 1) / group;
+    const uint8_t *nib = packed;
+    const float *sc = (const float *)(nib + (size_t)panels * inputs * Q4_NIBBLE_BYTES);
+    const float *bias = sc + (size_t)panels * groups * PANEL;
+    __m256 av = _mm256_set1_ps(alpha);
+    for (int p = 0; p < panels; p++) {
+        q4_widen_panel_avx2(nib + (size_t)p * inputs * Q4_NIBBLE_BYTES, sc + (size_t)p * groups * PANEL, inputs, group, scratch);
+        int cols = outputs - p * PANEL;
+        for (int m = 0; m < rows; m += 4) {
+            int mr = rows - m < 4 ? rows - m : 4;
+            const float *xm = x + (size_t)m * ldx;
+            float *ym = y + (size_t)m * ldy + p * PANEL;
+            switch (mr) {
+            case 1: tile256_1(inputs, xm, ldx, scratch, PANEL, bias + p * PANEL, ym, ldy, cols, act, av); break;
+            case 2: tile256_2(inputs, xm, ldx, scratch, PANEL, bias + p * PANEL, ym, ldy, cols, act, av); break;
+            case 3: tile256_3(inputs, xm, ldx, scratch, PANEL, bias + p * PANEL, ym, ldy, cols, act, av); break;
+            default: tile256_4(inputs, xm, ldx, scratch, PANEL, bias + p * PANEL, ym, ldy, cols, act, av); break;
+            }
+        }
+    }
+}
 #endif
+
+void edge_q4_gemm(edge_isa isa, int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
+                  float *y, int ldy, edge_activation act, float alpha, float *scratch) {
+    if (rows <= 0 || outputs <= 0) return;
+    if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
+#if defined(__x86_64__)
+    if (isa != EDGE_ISA_PORTABLE && edge_isa_supported(EDGE_ISA_AVX2)) {
+        q4_gemm_avx2(rows, outputs, inputs, group, x, ldx, packed, y, ldy, act, alpha, scratch);
+        return;
+    }
+#endif
+    q4_gemm_portable(rows, outputs, inputs, group, x, ldx, packed, y, ldy, act, alpha, scratch);
+}
 
 void edge_sgemm_packed(edge_isa isa, int rows, int outputs, int inputs, const float *x, int ldx, const float *packed,
                        float *y, int ldy, edge_activation act, float alpha) {

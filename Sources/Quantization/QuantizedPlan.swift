@@ -108,6 +108,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             switch step {
             case .int8Conv(let w, _, let g, _, _, let chunk): work = max(work, chunk * g.outH * g.outW * w.paddedInputs + 64)
             case .floatConv(_, let g, _, let chunk): work = max(work, chunk * g.outH * g.outW * g.patch * 4)
+            case .int4Dense(let w, _): work = max(work, w.scratchFloats * 4)
             default: break
             }
         }
@@ -417,7 +418,9 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                 w.multiply(rows: batch, u, ldx: w.inputs, epilogue: ep, output: floatOut ? .float(of) : .uint8(ou), ldy: w.outputs)
             case .int8Conv(let w, let ep, let g, let zp, let floatOut, let chunk):
                 int8Conv(u, batch: batch, g, w, ep, zp, chunk: chunk, floatOut ? nil : ou, floatOut ? of : nil)
-            case .int4Dense(let w, let act): w.multiply(rows: batch, f, ldx: w.inputs, of, ldy: w.outputs, activation: act)
+            case .int4Dense(let w, let act):
+                w.multiply(rows: batch, f, ldx: w.inputs, of, ldy: w.outputs, activation: act,
+                           scratch: workspace.assumingMemoryBound(to: Float.self))
             case .floatDense(let w, let act): w.multiply(rows: batch, f, ldx: w.inputs, of, ldy: w.outputs, activation: act)
             case .floatConv(let w, let g, let act, let chunk):
                 Kernels.conv2dNHWC(f, batch: batch, g, weights: w, activation: act, chunk: chunk,

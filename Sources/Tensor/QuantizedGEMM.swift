@@ -98,61 +98,51 @@ public final class QuantizedEpilogue: @unchecked Sendable {
     }
 }
 
-/// INT4 weight-only dense: FP32 activations, group-wise INT4 weights widened in the kernel.
+/// INT4 weight-only dense: FP32 activations and arithmetic, group-wise INT4 weights packed in
+/// 16-output panels (half a byte a weight) and widened a panel at a time in the kernel.
 public final class PackedInt4Weights: @unchecked Sendable {
     public let outputs: Int
     public let inputs: Int
     public let group: Int
-    public let nibbles: [UInt8]
-    public let scales: [Float]
-    public let bias: [Float]?
+    /// The path these weights run on (the layout is the same for every path).
+    public let isa: KernelISA
+    private let storage: UnsafeMutableRawPointer
+    public let byteCount: Int
 
     /// `q` holds values in −8…7, `[outputs, inputs]`; `scales` `[outputs, groups]`.
-    public init(q: [Int8], scales: [Float], bias: [Float]?, outputs: Int, inputs: Int, group: Int) {
+    public init(q: [Int8], scales: [Float], bias: [Float]?, outputs: Int, inputs: Int, group: Int, isa: KernelISA = .auto) {
+        // The file stores two nibbles a byte along the inputs, a group read from whole bytes.
         precondition(inputs % 2 == 0 && group > 0 && group <= 256 && group % 2 == 0, "INT4 needs an even input count and an even group of at most 256")
+        let groups = (inputs + group - 1) / group
+        precondition(q.count == outputs * inputs && scales.count == outputs * groups && (bias?.count ?? outputs) == outputs)
         self.outputs = outputs
         self.inputs = inputs
         self.group = group
-        var packed = [UInt8](repeating: 0, count: outputs * inputs / 2)
-        for o in 0..<outputs {
-            for k in stride(from: 0, to: inputs, by: 2) {
-                let lo = UInt8(Int(q[o * inputs + k]) + 8), hi = UInt8(Int(q[o * inputs + k + 1]) + 8)
-                packed[(o * inputs + k) / 2] = lo | (hi << 4)
-            }
-        }
-        nibbles = packed
-        self.scales = scales
-        self.bias = bias
-    }
-
-    public init(nibbles: [UInt8], scales: [Float], bias: [Float]?, outputs: Int, inputs: Int, group: Int) {
-        // The kernels widen a group at a time into 256 floats and read a group from a whole byte.
-        precondition(inputs % 2 == 0 && group > 0 && group <= 256 && group % 2 == 0, "INT4 needs an even input count and an even group of at most 256")
-        self.outputs = outputs
-        self.inputs = inputs
-        self.group = group
-        self.nibbles = nibbles
-        self.scales = scales
-        self.bias = bias
-    }
-
-    public var byteCount: Int { nibbles.count + scales.count * 4 + (bias?.count ?? 0) * 4 }
-
-    public func multiply(rows: Int, _ x: UnsafePointer<Float>, ldx: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int,
-                         activation: FusedActivation) {
-        let (act, alpha) = activation.c
-        nibbles.withUnsafeBufferPointer { n in
-            scales.withUnsafeBufferPointer { s in
+        self.isa = isa == .auto ? .best : isa
+        byteCount = edge_q4_packed_bytes(Int32(outputs), Int32(inputs), Int32(group))
+        storage = .allocate(byteCount: byteCount, alignment: 64)
+        q.withUnsafeBufferPointer { qp in
+            scales.withUnsafeBufferPointer { sp in
                 if let bias {
-                    bias.withUnsafeBufferPointer { b in
-                        edge_q4_gemm(Int32(rows), Int32(outputs), Int32(inputs), Int32(group), x, Int32(ldx), n.baseAddress!,
-                                     s.baseAddress!, b.baseAddress!, y, Int32(ldy), act, alpha)
-                    }
+                    bias.withUnsafeBufferPointer { edge_q4_pack(qp.baseAddress!, sp.baseAddress!, $0.baseAddress!, Int32(outputs), Int32(inputs), Int32(group), storage) }
                 } else {
-                    edge_q4_gemm(Int32(rows), Int32(outputs), Int32(inputs), Int32(group), x, Int32(ldx), n.baseAddress!,
-                                 s.baseAddress!, nil, y, Int32(ldy), act, alpha)
+                    edge_q4_pack(qp.baseAddress!, sp.baseAddress!, nil, Int32(outputs), Int32(inputs), Int32(group), storage)
                 }
             }
         }
+    }
+
+    deinit { storage.deallocate() }
+
+    /// Floats of per-thread scratch `multiply` needs: one panel's weights widened.
+    public var scratchFloats: Int { edge_q4_scratch_floats(Int32(inputs)) }
+
+    /// `scratch`: `scratchFloats` floats owned by the calling thread (these weights are shared
+    /// between plans).
+    public func multiply(rows: Int, _ x: UnsafePointer<Float>, ldx: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int,
+                         activation: FusedActivation, scratch: UnsafeMutablePointer<Float>) {
+        let (act, alpha) = activation.c
+        edge_q4_gemm(isa.c, Int32(rows), Int32(outputs), Int32(inputs), Int32(group), x, Int32(ldx), storage, y, Int32(ldy),
+                     act, alpha, scratch)
     }
 }

@@ -99,20 +99,24 @@ import Testing
 
     /// Shapes for the vectorised path's edges: row blocks of 8 and a partial one, groups of 32,
     /// 64 and 128, and an input count that leaves a short last group.
-    @Test(arguments: [(3, 5, 64, 32), (19, 7, 100, 32), (9, 33, 200, 128), (8, 16, 128, 64), (1, 3, 6, 32)])
-    func int4WeightOnlyMatchesReference(_ shape: (Int, Int, Int, Int)) {
+    /// Row tiles of 4 and a partial one, partial and several 16-output panels, a short last group,
+    /// a group of 2, on the portable path and the best one here.
+    @Test(arguments: [(3, 5, 64, 32), (19, 7, 100, 32), (9, 33, 200, 128), (8, 16, 128, 64), (1, 3, 6, 32), (4, 1, 2, 2), (64, 40, 256, 256)],
+          [KernelISA.portable, .auto])
+    func int4WeightOnlyMatchesReference(_ shape: (Int, Int, Int, Int), isa: KernelISA) {
         var rng = SeededGenerator(seed: 44)
         let (rows, outputs, inputs, group) = shape
         let groups = (inputs + group - 1) / group
         let q = (0..<(outputs * inputs)).map { _ in Int8(Int(rng.next() % 16) - 8) }
         let scales = (0..<(outputs * groups)).map { _ in rng.nextUnitFloat() }
         let bias = (0..<outputs).map { _ in rng.nextFloat(limit: 1) }
-        let w = PackedInt4Weights(q: q, scales: scales, bias: bias, outputs: outputs, inputs: inputs, group: group)
+        let w = PackedInt4Weights(q: q, scales: scales, bias: bias, outputs: outputs, inputs: inputs, group: group, isa: isa)
         let x = (0..<(rows * inputs)).map { _ in rng.nextFloat(limit: 1) }
         var y = [Float](repeating: 0, count: rows * outputs)
-        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in
-            w.multiply(rows: rows, xp.baseAddress!, ldx: inputs, yp.baseAddress!, ldy: outputs, activation: .relu)
-        } }
+        var scratch = [Float](repeating: .nan, count: w.scratchFloats)
+        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in scratch.withUnsafeMutableBufferPointer { sp in
+            w.multiply(rows: rows, xp.baseAddress!, ldx: inputs, yp.baseAddress!, ldy: outputs, activation: .relu, scratch: sp.baseAddress!)
+        } } }
         for r in 0..<rows {
             for o in 0..<outputs {
                 var acc = Double(bias[o])

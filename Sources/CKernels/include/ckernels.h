@@ -92,13 +92,19 @@ void edge_q8_gemm(edge_isa isa, int rows, int outputs, int inputs, const uint8_t
 
 /// ---- INT4 (weight-only, group-wise) ---------------------------------------------------------
 ///
-/// Weights as unsigned nibbles q + 8 (q in [-8, 7]), two per byte (low nibble first), row-major
-/// [out][in/2] with `in` even; one FP32 scale per (output, group of `group` inputs).
-/// y[m][o] = Σ_g scale[o][g] · Σ_{k in g} x[m][k] · q[o][k] + bias[o]; FP32 activations.
-/// `group` is even and at most 256. The AVX2 path sums in another order than the portable one
-/// (results agree to about 2e-7 relative, not bit for bit).
-void edge_q4_gemm(int rows, int outputs, int inputs, int group, const float *x, int ldx, const uint8_t *nibbles,
-                  const float *scales, const float *bias, float *y, int ldy, edge_activation act, float alpha);
+/// Weights q in [-8, 7] with one FP32 scale per (output, group of `group` inputs), packed by
+/// edge_q4_pack into 16-output panels: per k, the panel's 16 nibbles (q + 8) in 8 bytes; then the
+/// panel's scales per group and its biases (edge_q4_packed_bytes in all, half a byte a weight
+/// plus the scales). y[m][o] = act(Σ_g scale[o][g] · Σ_{k in g} x[m][k] · q[o][k] + bias[o]):
+/// FP32 activations and arithmetic on INT4 storage (weight-only). Each call widens one panel at a
+/// time into `scratch` (edge_q4_scratch_floats floats, owned by the calling thread: the packed
+/// weights are shared) and runs the FP32 panel kernel over all rows. `group` is even and at most
+/// 256. The AVX2 and portable paths agree to about 1e-6 relative, not bit for bit.
+size_t edge_q4_packed_bytes(int outputs, int inputs, int group);
+size_t edge_q4_scratch_floats(int inputs);
+void edge_q4_pack(const int8_t *q, const float *scales, const float *bias, int outputs, int inputs, int group, void *packed);
+void edge_q4_gemm(edge_isa isa, int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
+                  float *y, int ldy, edge_activation act, float alpha, float *scratch);
 
 /// dst[c][r] = src[r][c] for a rows × cols matrix (CHW ↔ HWC of one sample).
 void edge_transpose(const float *src, int rows, int cols, float *dst);

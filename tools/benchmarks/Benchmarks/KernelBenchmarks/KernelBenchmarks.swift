@@ -53,6 +53,21 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
+    // INT4 weight-only (FP32 arithmetic on 4-bit storage, group 32), widened a panel at a time.
+    let q4 = (0..<(n * n)).map { _ in Int8(Int(rng.next() % 16) - 8) }
+    let s4 = (0..<(n * n / 32)).map { _ in rng.nextUnitFloat() / 8 }
+    let scratch4 = UnsafeMutablePointer<Float>.allocate(capacity: 16 * n)
+    for isa in [KernelISA.portable, .avx2] where isa.isSupported {
+        let packed4 = PackedInt4Weights(q: q4, scales: s4, bias: nil, outputs: n, inputs: n, group: 32, isa: isa)
+        Benchmark("int4 weight-only gemm 256x256x256 \(isa.rawValue)", configuration: config) { benchmark in
+            xf.withUnsafeBufferPointer { x in
+                for _ in benchmark.scaledIterations {
+                    packed4.multiply(rows: n, x.baseAddress!, ldx: n, yf, ldy: n, activation: .none, scratch: scratch4)
+                }
+            }
+        }
+    }
+
     // Whole plans on the digits MLP shape (random weights): run() must not allocate.
     let net = try! Architecture.build("mlp:64-256-256-10", seed: 1, preprocessing: Preprocessing(scale: 1.0 / 16, shift: 0))
     let rows = DataSet(features: (0..<(256 * 64)).map { _ in Float(rng.next() % 17) }, featureCount: 64, labels: nil, classNames: [])
