@@ -60,6 +60,17 @@ struct ManifestValidator {
             weights[name] = t
             return t
         }
+        /// A layer's FP32 weights: the file's, or, in an integer-only file (`quantize --integer-only`),
+        /// rebuilt from the layer's INT8 or INT4 tensors in the quantization section (q · scale).
+        func weightTensor(_ name: String, layer: Int, input: [Int], at location: String) throws -> Tensor {
+            if weights[name] != nil || header.entry(name) != nil { return try floatTensor(name, at: location, role: "weight") }
+            guard let entry = Self.quantizationEntry(manifest.quantization, layer: layer) else {
+                throw fail(location, "weight tensor '\(name)' is not in the file (nor INT8/INT4 weights for this layer in the quantization section)")
+            }
+            let t = try dequantized(entry, input: input, at: "quantization layer \(layer)")
+            weights[name] = t
+            return t
+        }
         func expectShape(_ t: Tensor, _ name: String, _ shape: [Int], at location: String, role: String) throws {
             guard t.shape == shape else {
                 throw fail(location, "\(role) tensor '\(name)' has shape \(formatShape(t.shape)), expected \(formatShape(shape))")
@@ -112,7 +123,7 @@ struct ManifestValidator {
                     throw fail(at, "needs a flat input but gets \(formatShape(shape)); add a flatten layer before it")
                 }
                 let wName = try required(spec.weight, "weight", at)
-                let w = try floatTensor(wName, at: at, role: "weight")
+                let w = try weightTensor(wName, layer: i, input: shape, at: at)
                 guard w.rank == 2 else { throw fail(at, "weight tensor '\(wName)' has shape \(formatShape(w.shape)), expected [out, in]") }
                 guard w.shape[1] == shape[0] else {
                     throw fail(at, "weight tensor '\(wName)' has shape \(formatShape(w.shape)) but the input has \(shape[0]) features")
@@ -126,7 +137,7 @@ struct ManifestValidator {
             case "conv2d":
                 try needImage(shape, at)
                 let wName = try required(spec.weight, "weight", at)
-                let w = try floatTensor(wName, at: at, role: "weight")
+                let w = try weightTensor(wName, layer: i, input: shape, at: at)
                 guard w.rank == 4 else { throw fail(at, "weight tensor '\(wName)' has shape \(formatShape(w.shape)), expected [out, in, kh, kw]") }
                 guard w.shape[1] == shape[0] else {
                     throw fail(at, "weight tensor '\(wName)' has \(w.shape[1]) input channels but the input has \(shape[0])")
@@ -272,6 +283,96 @@ struct ManifestValidator {
     }
 
     /// F32 tensors aligned to 4 bytes are views of the file; others are widened or copied once.
+    /// The quantization section's entry for `layer` when it is INT8 or INT4: (precision, weight, scale, group).
+    static func quantizationEntry(_ section: JSONValue?, layer: Int) -> (precision: String, weight: String?, scale: String?, group: Int?)? {
+        guard case .object(let q)? = section, case .array(let entries)? = q["layers"] else { return nil }
+        for case .object(let e) in entries {
+            guard case .number(let l)? = e["layer"], l == Double(layer), case .string(let precision)? = e["precision"],
+                  precision == "int8" || precision == "int4" else { continue }
+            var weight: String?, scale: String?, group: Int?
+            if case .string(let w)? = e["weight"] { weight = w }
+            if case .string(let sc)? = e["weight_scale"] { scale = sc }
+            if case .number(let g)? = e["group"], g == g.rounded(), g >= 1, g <= 256 { group = Int(g) }
+            return (precision, weight, scale, group)
+        }
+        return nil
+    }
+
+    /// FP32 weights from a layer's INT8 (`[out, in]`, conv2d `[out, kh, kw, in]` tap-major, one scale
+    /// an output) or INT4 tensors (U8 nibbles `[out, in/2]`, q + 8, low nibble first; a scale per
+    /// output and group). Every dtype, shape and scale is checked; the quantized model's own loader
+    /// checks the rest of the section.
+    private func dequantized(_ entry: (precision: String, weight: String?, scale: String?, group: Int?), input: [Int],
+                             at location: String) throws -> Tensor {
+        guard let wName = entry.weight, let w = header.entry(wName) else {
+            throw fail(location, "has no FP32 weights in the file and its '\(entry.weight ?? "weight")' tensor is missing")
+        }
+        guard let sName = entry.scale, let s = header.entry(sName), s.dtype == .f32 else {
+            throw fail(location, "has no FP32 weights in the file and no F32 'weight_scale' tensor")
+        }
+        let out = w.shape.first ?? 0
+        let scaleCount = s.shape.reduce(1, *)
+        func scales() throws -> [Float] {
+            let raw = UnsafeRawBufferPointer(start: storage.base + header.dataStart + s.begin, count: s.end - s.begin)
+            let v = (0..<scaleCount).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }
+            guard v.allSatisfy({ $0.isFinite && $0 > 0 }) else { throw fail(location, "weight_scale holds a scale that is not a positive finite number") }
+            return v
+        }
+        let raw = UnsafeRawBufferPointer(start: storage.base + header.dataStart + w.begin, count: w.end - w.begin)
+        if entry.precision == "int8" {
+            guard w.dtype == .i8, out > 0, scaleCount == out, s.shape.first == out else {
+                throw fail(location, "INT8 weights need an I8 tensor [out, ...] and one scale an output")
+            }
+            let sc = try scales()
+            let perOutput = w.shape.reduce(1, *) / out
+            let t: Tensor
+            if w.shape.count == 4 {
+                // Stored tap-major [out, kh, kw, in]; the layer reads [out, in, kh, kw].
+                let (kh, kw, cin) = (w.shape[1], w.shape[2], w.shape[3])
+                t = Tensor(zeros: [out, cin, kh, kw])
+                for o in 0..<out {
+                    for y in 0..<kh {
+                        for x in 0..<kw {
+                            for c in 0..<cin {
+                                let q = Int8(bitPattern: raw[((o * kh + y) * kw + x) * cin + c])
+                                guard q != -128 else { throw fail(location, "INT8 weights must lie in -127...127") }
+                                t[((o * cin + c) * kh + y) * kw + x] = Float(q) * sc[o]
+                            }
+                        }
+                    }
+                }
+            } else {
+                guard w.shape.count == 2 else { throw fail(location, "INT8 dense weights need shape [out, in], not \(formatShape(w.shape))") }
+                t = Tensor(zeros: [out, perOutput])
+                for i in 0..<(out * perOutput) {
+                    let q = Int8(bitPattern: raw[i])
+                    guard q != -128 else { throw fail(location, "INT8 weights must lie in -127...127") }
+                    t[i] = Float(q) * sc[i / perOutput]
+                }
+            }
+            return t
+        }
+        // INT4
+        guard w.dtype == .u8, w.shape.count == 2, out > 0, let group = entry.group, group % 2 == 0 else {
+            throw fail(location, "INT4 weights need a U8 tensor [out, in/2] and an even group")
+        }
+        let inputs = w.shape[1] * 2
+        let groups = (inputs + group - 1) / group
+        guard scaleCount == out * groups, s.shape.first == out else {
+            throw fail(location, "INT4 weights need a scale per output and group of \(group) inputs")
+        }
+        let sc = try scales()
+        let t = Tensor(zeros: [out, inputs])
+        for o in 0..<out {
+            for k in 0..<inputs {
+                let byte = raw[o * (inputs / 2) + k / 2]
+                let q = Int(k % 2 == 0 ? byte & 15 : byte >> 4) - 8
+                t[o * inputs + k] = Float(q) * sc[o * groups + k / group]
+            }
+        }
+        return t
+    }
+
     private func widen(_ entry: TensorEntry) -> Tensor {
         let offset = header.dataStart + entry.begin
         let count = entry.shape.reduce(1, *)

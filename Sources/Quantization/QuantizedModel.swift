@@ -126,10 +126,18 @@ public final class QuantizedModel: @unchecked Sendable {
     }
 
     /// Writes the FP32 network plus the quantized tensors and the `quantization` section.
-    public func write(to path: String) throws {
+    /// `integerOnly`: without the FP32 weights of the INT8 and INT4 layers, which the loader rebuilds
+    /// from the integer ones (q · scale): a smaller file whose FP32 fallback and on-device learning
+    /// start from the dequantized weights.
+    public func write(to path: String, integerOnly: Bool = false) throws {
         var manifest = network.manifest()
         manifest.quantization = spec.json
-        try ModelWriter.write(manifest: manifest, tensors: network.tensorBlobs() + tensorBlobs(), to: path)
+        var blobs = network.tensorBlobs()
+        if integerOnly {
+            let dropped = Set(spec.layers.filter { $0.precision != .fp32 }.compactMap { network.layers[$0.layer].weightName })
+            blobs.removeAll { dropped.contains($0.name) }
+        }
+        try ModelWriter.write(manifest: manifest, tensors: blobs + tensorBlobs(), to: path)
     }
 
     public var precisionName: String {

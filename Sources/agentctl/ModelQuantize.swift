@@ -21,6 +21,10 @@ struct Quantize: ParsableCommand {
             The output keeps the FP32 weights (for FP32 fallback and on-device learning) and adds
             the quantized tensors and a 'quantization' manifest section, so loading it needs no
             recalibration. Nothing is written if anything fails.
+            --integer-only leaves out the FP32 weights of the INT8 and INT4 layers (an INT8 file
+            about a quarter of the FP32 one, INT4 about a seventh): the loader rebuilds them from
+            the integer weights (q · scale), so on-device learning starts from those, and there is
+            no FP32 fallback to re-run samples on (--adaptive is refused with it).
 
             Methods: minmax, percentile (--percentile, 99.99), kl (TensorRT-style entropy search
             over a 2048-bin histogram), mse (least expected squared error).
@@ -46,12 +50,16 @@ struct Quantize: ParsableCommand {
     @Option(help: "INT4 group size: 32, 64 or 128.") var group: Int = 32
     @Flag(help: "Choose an adaptive-precision threshold (FP32 re-run of low-margin samples).") var adaptive = false
     @Option(help: "A fixed adaptive threshold on the top-1 margin instead of choosing one.") var threshold: Float?
+    @Flag(help: "Leave out the FP32 weights of the integer layers (a smaller file; no FP32 fallback).") var integerOnly = false
     @Flag(help: "Print the report as JSON.") var json = false
 
     enum QuantizePrecision: String, ExpressibleByArgument { case int8, int4, auto }
 
     func validate() throws {
         guard [32, 64, 128].contains(group) else { throw ValidationError("--group must be 32, 64 or 128") }
+        if integerOnly && (adaptive || threshold != nil) {
+            throw ValidationError("--integer-only leaves no FP32 weights to re-run samples on: it cannot be used with --adaptive or --threshold")
+        }
         guard budget >= 0 else { throw ValidationError("--budget must be non-negative") }
         guard percentile > 50, percentile <= 100 else { throw ValidationError("--percentile must be in (50, 100]") }
     }
@@ -143,7 +151,7 @@ struct Quantize: ParsableCommand {
                 let plan = QuantizedPlan(model: model, batchCapacity: 64)
                 adaptiveResult = Sensitivity.compare(plan.predict(heldOut.features), reference: fp32Held, classes: k, labels: heldOut.labels)
             }
-            try model.write(to: output)
+            try model.write(to: output, integerOnly: integerOnly)
 
             let rows = network.layers.indices.filter { network.layers[$0].weight != nil }.map { l -> LayerRow in
                 let entry = model.spec.layers.first { $0.layer == l }

@@ -59,6 +59,32 @@ import Testing
         #expect(bench.stdout.contains("\"precision\""))
     }
 
+    /// --integer-only: a quarter (INT8) or a sixth (INT4) of the FP32 file, the same answers as the
+    /// full quantized file, served by agentd like any other; --adaptive with it is refused.
+    @Test func integerOnlyFilesAreSmallAndAnswerAsTheFullOnes() throws {
+        let dir = temporaryDirectory("intonly")
+        let fp32Bytes = try #require(try FileManager.default.attributesOfItem(atPath: Self.mlp)[.size] as? Int)
+        for (precision, limit) in [("int8", 0.3), ("int4", 0.2)] {
+            let full = dir + "/\(precision).safetensors", slim = dir + "/\(precision)-io.safetensors"
+            #expect(try Agentctl.run(["model", "quantize", Self.mlp, full, "--calib", Agentctl.digits, "--precision", precision]).status == 0)
+            let q = try Agentctl.run(["model", "quantize", Self.mlp, slim, "--calib", Agentctl.digits, "--precision", precision, "--integer-only"])
+            try #require(q.status == 0, "\(q.stderr)")
+            let bytes = try #require(try FileManager.default.attributesOfItem(atPath: slim)[.size] as? Int)
+            #expect(Double(bytes) < limit * Double(fp32Bytes), "\(precision): \(bytes) of \(fp32Bytes) bytes")
+            let a = try Agentctl.run(["model", "eval", full, "--data", Agentctl.digits, "--test-split", "--json"])
+            let b = try Agentctl.run(["model", "eval", slim, "--data", Agentctl.digits, "--test-split", "--json"])
+            #expect(try json(a.stdout)["accuracy"] as? Double == json(b.stdout)["accuracy"] as? Double)
+            #expect(try json(a.stdout)["confusion"] as? [[Int]] == json(b.stdout)["confusion"] as? [[Int]])
+        }
+        let agent = try AgentdProcess(model: dir + "/int8-io.safetensors")
+        try #require(agent.waitForNotification("READY=1") != nil, "no READY=1; log:\n\(agent.log)")
+        let status = try json(try agent.agentctl(["status", "--json"]).stdout)
+        #expect((status["model"] as? [String: Any])?["precision"] as? String == "int8")
+        let refused = try Agentctl.run(["model", "quantize", Self.mlp, dir + "/x.safetensors", "--calib", Agentctl.digits, "--integer-only", "--adaptive"])
+        #expect(refused.status != 0 && refused.stderr.contains("cannot be used with --adaptive"))
+        #expect(!FileManager.default.fileExists(atPath: dir + "/x.safetensors"))
+    }
+
     @Test func int8OnAnFP32FileIsRefused() throws {
         let r = try Agentctl.run(["model", "eval", Self.mlp, "--data", Agentctl.digits, "--precision", "int8"])
         #expect(r.status == 1 && r.stderrLines.count == 1)

@@ -182,6 +182,76 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         #expect(a == b)
     }
 
+    /// An integer-only file (no FP32 weights for its INT8 and INT4 layers) is smaller, loads with
+    /// those weights rebuilt as q · scale, keeps an FP32 layer's own weights, and runs the same
+    /// integer plan bit for bit.
+    @Test(arguments: ["cnn:1x6x6-c4-m2-f8-3", "mlp:8-16-12-3"])
+    func integerOnlyFilesRebuildTheFP32WeightsFromTheIntegerOnes(_ arch: String) throws {
+        let net = try Architecture.build(arch, seed: 4)
+        let data = rows(64, features: net.inputCount, seed: 5)
+        let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .minmax)
+        let weighted = Quantizer.weightedLayers(net)
+        var precisions = Dictionary(uniqueKeysWithValues: weighted.map { ($0, LayerPrecision.int8) })
+        if arch.hasPrefix("mlp") { precisions[weighted[1]] = .int4; precisions[weighted[2]] = .fp32 }
+        let model = Quantizer.build(net, activations: params, precisions: precisions, method: .minmax, calibrationRows: 64)
+        let dir = FileManager.default.temporaryDirectory.path
+        let full = dir + "/full-\(getpid())-\(arch.count).safetensors", slim = dir + "/slim-\(getpid())-\(arch.count).safetensors"
+        defer { for f in [full, slim] { try? FileManager.default.removeItem(atPath: f) } }
+        try model.write(to: full)
+        try model.write(to: slim, integerOnly: true)
+        let fullFile = try ModelFile.load(path: full), slimFile = try ModelFile.load(path: slim)
+        #expect(slimFile.fileSize < fullFile.fileSize)
+        let slimNet = Network(model: slimFile)
+        let again = try #require(try QuantizedModel.load(slimFile, network: slimNet))
+        for l in weighted {
+            let w = slimNet.layers[l].weight!
+            switch precisions[l]! {
+            case .fp32:
+                #expect(w.values == net.layers[l].weight!.values, "layer \(l) keeps its FP32 weights")
+            case .int8 where w.rank == 2:
+                let q = model.int8[l]!
+                #expect((0..<w.count).allSatisfy { w[$0] == Float(q.q[$0]) * q.scales[$0 / q.inputs] }, "layer \(l)")
+            case .int4:
+                let q = model.int4[l]!
+                #expect((0..<w.count).allSatisfy { w[$0] == Float(q.q[$0]) * q.scales[$0 / q.inputs * q.groups + $0 % q.inputs / q.group] }, "layer \(l)")
+            default:
+                // conv2d: the weights quantize back to the stored integers.
+                #expect(Int8ChannelWeights(Kernels.tapMajor(w)).q == model.int8[l]!.q, "layer \(l)")
+            }
+        }
+        let a = QuantizedPlan(model: try #require(try QuantizedModel.load(fullFile, network: Network(model: fullFile))), batchCapacity: 8)
+        #expect(a.predict(data.features) == QuantizedPlan(model: again, batchCapacity: 8).predict(data.features))
+    }
+
+    /// Without its FP32 weights, a layer needs its integer tensors: each missing piece is named.
+    @Test func integerOnlyFilesWithoutTheIntegerTensorsAreRefused() throws {
+        let net = try Architecture.build("mlp:8-16-3", seed: 4)
+        let data = rows(64, features: 8, seed: 5)
+        let model = quantize(net, data)
+        var manifest = net.manifest()
+        manifest.quantization = model.spec.json
+        let w0 = net.layers[0].weightName!, w2 = net.layers[2].weightName!
+        let scale0 = model.spec.layers.first { $0.layer == 0 }!.weightScale!
+        let dir = FileManager.default.temporaryDirectory.path + "/int-only-\(getpid()).safetensors"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func refusal(dropping names: Set<String>) -> String {
+            let blobs = (net.tensorBlobs() + model.tensorBlobs()).filter { !names.contains($0.name) }
+            do {
+                try ModelWriter.write(manifest: manifest, tensors: blobs, to: dir)
+                _ = try ModelFile.load(path: dir)
+                return "loaded"
+            } catch {
+                return "\(error)"
+            }
+        }
+        #expect(refusal(dropping: [w0]) == "loaded")
+        #expect(refusal(dropping: [w0, scale0]).contains("quantization layer 0: has no FP32 weights in the file and no F32 'weight_scale' tensor"))
+        // Every layer is INT8 here; an FP32-only layer without weights is an ordinary missing tensor.
+        manifest.quantization = Quantizer.build(net, activations: model.spec.activations, precisions: [0: .int8, 2: .fp32], method: .minmax,
+                                                calibrationRows: 64).spec.json
+        #expect(refusal(dropping: [w2]).contains("weight tensor '\(w2)' is not in the file (nor INT8/INT4 weights for this layer"))
+    }
+
     @Test func adaptivePlanEscalatesLowMarginRowsToFP32() throws {
         let net = try Architecture.build("mlp:8-8-2", seed: 5)
         let data = rows(64, features: 8, seed: 6)

@@ -79,9 +79,14 @@ def main():
             # The control for QAT: the same distilled model quantized to INT4 without it.
             run(a, "model", "quantize", p("distilled"), p("ptq4"), "--calib", DIGITS, "--precision", "int4", "--group", "32")
             run(a, "model", "quantize", p("fp32"), p("fp32-int8"), "--calib", DIGITS, "--method", "kl", "--precision", "int8")
+            # The same quantizations without the FP32 copies of the integer layers' weights.
+            run(a, "model", "quantize", p("distilled"), p("int8-io"), "--calib", DIGITS, "--method", "kl", "--precision", "int8",
+                "--integer-only")
+            run(a, "model", "quantize", p("qat"), p("int4-io"), "--calib", DIGITS, "--precision", "int4", "--group", "32",
+                "--integer-only")
             stages = [("FP32 baseline", "fp32"), ("baseline, INT8 (PTQ)", "fp32-int8"), ("pruned to 25%", "pruned"),
                       ("pruned + distilled", "distilled"), ("... + INT8 (PTQ, KL)", "int8"), ("... + INT4 (PTQ)", "ptq4"),
-                      ("... + QAT INT4", "int4")]
+                      ("... + QAT INT4", "int4"), ("... + INT8, integer-only", "int8-io"), ("... + QAT INT4, integer-only", "int4-io")]
             results[title] = [(label, measure(a, p(name), args.seconds, DIGITS)) for label, name in stages]
     if args.json:
         print(json.dumps({t: [dict(stage=l, **m) for l, m in rows] for t, rows in results.items()}, indent=2))
