@@ -67,7 +67,7 @@ public final class ModelManager: @unchecked Sendable {
         let reference: DriftReference?
         /// The file's name in the store: its SHA-256.
         let identity: String
-        /// Bytes read (held as long as the network is).
+        /// Bytes read (held as long as the network is) and the tensors made from them.
         let fileBytes: Int
     }
 
@@ -86,7 +86,7 @@ public final class ModelManager: @unchecked Sendable {
             throw ModelError(message: "\(path): \(error)")
         }
         return LoadedFile(network: network, quantized: quantized, reference: reference, identity: (path as NSString).lastPathComponent,
-                          fileBytes: file.fileSize)
+                          fileBytes: file.fileSize + network.bytesOutside(file.storage))
     }
 
     /// A serving model of a loaded file with its drift monitor (unless drift is off, or `monitor`

@@ -23,7 +23,8 @@ public final class ServingModel: @unchecked Sendable {
     /// Packed weights, once for all the plans of this model (workers, larger batches, fallback).
     public let packedWeights = PackedWeightCache()
 
-    /// Bytes of the model file as read, which the network's tensors point into.
+    /// Bytes of the model file as read, which the network's tensors point into, plus the tensors
+    /// made from it at load (widened, folded, rebuilt from integer weights).
     public let fileBytes: Int
 
     public init(version: Int, network: Network, quantized: QuantizedModel?, useAdaptive: Bool = true,
@@ -123,7 +124,8 @@ public final class ModelSlot: @unchecked Sendable {
 
 /// A serving model's memory, by what holds it.
 public struct ModelMemory: Sendable, Equatable, Codable {
-    /// The model file as read (the FP32 weights are views into it).
+    /// The model file as read (F32 weights are views into it) and the FP32 tensors made from it at
+    /// load (F16 widened, batch norm folded, an integer-only file's weights rebuilt).
     public var file: Int
     /// INT8 and INT4 weights decoded from the quantization section (one byte a weight) and their scales.
     public var decoded: Int

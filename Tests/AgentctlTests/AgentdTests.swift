@@ -287,6 +287,9 @@ import Glibc
         while try agent.client.learnJob()?.state == "running", Date() < until { usleep(20_000) }
         let job = try agent.client.learnJob()
         #expect(job?.state == "finished", "\(String(describing: job))")
+        // The job's record is stored a moment before its last log line is written.
+        let logged = Date(timeIntervalSinceNow: 10)
+        while !agent.log.contains("update job ended"), Date() < logged { usleep(20_000) }
         #expect(agent.log.contains("priority=idle"), "\(agent.log)")
         let mark = agent.mark()
         agent.signal(SIGHUP)

@@ -19,7 +19,7 @@ import Testing
 
     /// inspect's model memory (the figure agentd's status reports) against the growth of the
     /// resident set of a process that loads the model as agentd does and runs its plans: FP32,
-    /// INT8 with its FP32 fallback, and INT4.
+    /// INT8 with its FP32 fallback, INT4, and an integer-only INT8 file.
     @Test func modelMemoryMatchesTheMeasuredGrowth() throws {
         let dir = temporaryDirectory("memory")
         let fp32 = dir + "/wide.safetensors", int8 = dir + "/wide-int8.safetensors", int4 = dir + "/wide-int4.safetensors"
@@ -27,7 +27,10 @@ import Testing
         try #require(r.status == 0, "\(r.stderr)")
         #expect(try Agentctl.run(["model", "quantize", fp32, int8, "--calib", Agentctl.digits, "--adaptive"]).status == 0)
         #expect(try Agentctl.run(["model", "quantize", fp32, int4, "--calib", Agentctl.digits, "--precision", "int4"]).status == 0)
-        for file in [fp32, int8, int4] {
+        // Integer-only: the FP32 weights are rebuilt at load, beside the file, and counted.
+        let slim = dir + "/wide-int8-io.safetensors"
+        #expect(try Agentctl.run(["model", "quantize", fp32, slim, "--calib", Agentctl.digits, "--integer-only"]).status == 0)
+        for file in [fp32, int8, int4, slim] {
             let m = try Agentctl.run(["model", "inspect", file, "--measure", "--workers", "2", "--json"])
             try #require(m.status == 0, "\(m.stderr)")
             let out = try json(Substring(m.stdout))
