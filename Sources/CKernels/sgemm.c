@@ -317,6 +317,22 @@ static inline T256 __attribute__((always_inline)) void tile256(
     }
 TILE256(1) TILE256(2) TILE256(3) TILE256(4)
 
+/// Every row of one 16-output panel, 4 rows at a time (`y` at the panel's first column).
+static T256 void panel256(int rows, int inputs, const float *x, int ldx, const float *w, size_t ks, const float *bias, float *y,
+                          int ldy, int cols, edge_activation act, __m256 av) {
+    for (int m = 0; m < rows; m += 4) {
+        int mr = rows - m < 4 ? rows - m : 4;
+        const float *xm = x + (size_t)m * ldx;
+        float *ym = y + (size_t)m * ldy;
+        switch (mr) {
+        case 1: tile256_1(inputs, xm, ldx, w, ks, bias, ym, ldy, cols, act, av); break;
+        case 2: tile256_2(inputs, xm, ldx, w, ks, bias, ym, ldy, cols, act, av); break;
+        case 3: tile256_3(inputs, xm, ldx, w, ks, bias, ym, ldy, cols, act, av); break;
+        default: tile256_4(inputs, xm, ldx, w, ks, bias, ym, ldy, cols, act, av); break;
+        }
+    }
+}
+
 static T256 void sgemm_avx2(int rows, int outputs, int inputs, const float *x, int ldx, const float *packed,
                             float *y, int ldy, edge_activation act, float alpha) {
     int panels = (outputs + PANEL - 1) / PANEL;
@@ -326,17 +342,7 @@ static T256 void sgemm_avx2(int rows, int outputs, int inputs, const float *x, i
         size_t ks;
         const float *w = panel_at(packed, panels, inputs, p, &ks);
         int cols = outputs - p * PANEL;
-        for (int m = 0; m < rows; m += 4) {
-            int mr = rows - m < 4 ? rows - m : 4;
-            const float *xm = x + (size_t)m * ldx;
-            float *ym = y + (size_t)m * ldy + p * PANEL;
-            switch (mr) {
-            case 1: tile256_1(inputs, xm, ldx, w, ks, bias + p * PANEL, ym, ldy, cols, act, av); break;
-            case 2: tile256_2(inputs, xm, ldx, w, ks, bias + p * PANEL, ym, ldy, cols, act, av); break;
-            case 3: tile256_3(inputs, xm, ldx, w, ks, bias + p * PANEL, ym, ldy, cols, act, av); break;
-            default: tile256_4(inputs, xm, ldx, w, ks, bias + p * PANEL, ym, ldy, cols, act, av); break;
-            }
-        }
+        panel256(rows, inputs, x, ldx, w, ks, bias + p * PANEL, y + p * PANEL, ldy, cols, act, av);
     }
 }
 
@@ -369,17 +375,7 @@ static T256 void q4_gemm_avx2(int rows, int outputs, int inputs, int group, cons
     for (int p = 0; p < panels; p++) {
         q4_widen_panel_avx2(nib + (size_t)p * inputs * Q4_NIBBLE_BYTES, sc + (size_t)p * groups * PANEL, inputs, group, scratch);
         int cols = outputs - p * PANEL;
-        for (int m = 0; m < rows; m += 4) {
-            int mr = rows - m < 4 ? rows - m : 4;
-            const float *xm = x + (size_t)m * ldx;
-            float *ym = y + (size_t)m * ldy + p * PANEL;
-            switch (mr) {
-            case 1: tile256_1(inputs, xm, ldx, scratch, PANEL, bias + p * PANEL, ym, ldy, cols, act, av); break;
-            case 2: tile256_2(inputs, xm, ldx, scratch, PANEL, bias + p * PANEL, ym, ldy, cols, act, av); break;
-            case 3: tile256_3(inputs, xm, ldx, scratch, PANEL, bias + p * PANEL, ym, ldy, cols, act, av); break;
-            default: tile256_4(inputs, xm, ldx, scratch, PANEL, bias + p * PANEL, ym, ldy, cols, act, av); break;
-            }
-        }
+        panel256(rows, inputs, x, ldx, scratch, PANEL, bias + p * PANEL, y + p * PANEL, ldy, cols, act, av);
     }
 }
 #endif

@@ -17,6 +17,8 @@ public enum ProcessMemory {
     public static func residentBytes() -> Int {
         guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
-        return (Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0) * 1024
+        // "VmRSS:\t   1234 kB": a tab, then spaces that pad to 8 digits (none above 9.5 GiB).
+        let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+        return (fields.count > 1 ? Int(fields[1]) ?? 0 : 0) * 1024
     }
 }
