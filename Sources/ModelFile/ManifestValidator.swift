@@ -62,10 +62,20 @@ struct ManifestValidator {
         }
         /// A layer's FP32 weights: the file's, or, in an integer-only file (`quantize --integer-only`),
         /// rebuilt from the layer's INT8 or INT4 tensors in the quantization section (q · scale).
+        // Weights rebuilt from integer tensors, and the integer tensors they came from: each used once
+        // (a name shared by two layers would give them one rebuilt tensor but two integer ones, and
+        // one small tensor referenced by many layers would rebuild it many times).
+        var rebuiltFrom: Set<String> = []
         func weightTensor(_ name: String, layer: Int, input: [Int], at location: String) throws -> Tensor {
-            if weights[name] != nil || header.entry(name) != nil { return try floatTensor(name, at: location, role: "weight") }
-            guard let entry = Self.quantizationEntry(manifest.quantization, layer: layer) else {
+            if header.entry(name) != nil { return try floatTensor(name, at: location, role: "weight") }
+            guard weights[name] == nil else {
+                throw fail(location, "weight tensor '\(name)' is not in the file and another layer's weights are rebuilt under that name")
+            }
+            guard let entry = try Self.quantizationEntry(manifest.quantization, layer: layer, fail: fail) else {
                 throw fail(location, "weight tensor '\(name)' is not in the file (nor INT8/INT4 weights for this layer in the quantization section)")
+            }
+            if let source = entry.weight, !rebuiltFrom.insert(source).inserted {
+                throw fail("quantization layer \(layer)", "tensor '\(source)' already rebuilt another layer's weights")
             }
             let t = try dequantized(entry, input: input, at: "quantization layer \(layer)")
             weights[name] = t
@@ -284,18 +294,25 @@ struct ManifestValidator {
 
     /// F32 tensors aligned to 4 bytes are views of the file; others are widened or copied once.
     /// The quantization section's entry for `layer` when it is INT8 or INT4: (precision, weight, scale, group).
-    static func quantizationEntry(_ section: JSONValue?, layer: Int) -> (precision: String, weight: String?, scale: String?, group: Int?)? {
+    /// Layer entries listing `layer` twice are refused (the quantized model's loader refuses them
+    /// too; every reader of the file must read one entry).
+    static func quantizationEntry(_ section: JSONValue?, layer: Int, fail: (String?, String) -> ModelFileError) throws
+        -> (precision: String, weight: String?, scale: String?, group: Int?)? {
         guard case .object(let q)? = section, case .array(let entries)? = q["layers"] else { return nil }
+        var found: (precision: String, weight: String?, scale: String?, group: Int?)?
+        var listed = false
         for case .object(let e) in entries {
-            guard case .number(let l)? = e["layer"], l == Double(layer), case .string(let precision)? = e["precision"],
-                  precision == "int8" || precision == "int4" else { continue }
+            guard case .number(let l)? = e["layer"], l == Double(layer) else { continue }
+            guard !listed else { throw fail("quantization layer \(layer)", "is listed more than once") }
+            listed = true
+            guard case .string(let precision)? = e["precision"], precision == "int8" || precision == "int4" else { continue }
             var weight: String?, scale: String?, group: Int?
             if case .string(let w)? = e["weight"] { weight = w }
             if case .string(let sc)? = e["weight_scale"] { scale = sc }
             if case .number(let g)? = e["group"], g == g.rounded(), g >= 1, g <= 256 { group = Int(g) }
-            return (precision, weight, scale, group)
+            found = (precision, weight, scale, group)
         }
-        return nil
+        return found
     }
 
     /// FP32 weights from a layer's INT8 (`[out, in]`, conv2d `[out, kh, kw, in]` tap-major, one scale
@@ -310,7 +327,12 @@ struct ManifestValidator {
         guard let sName = entry.scale, let s = header.entry(sName), s.dtype == .f32 else {
             throw fail(location, "has no FP32 weights in the file and no F32 'weight_scale' tensor")
         }
-        let out = w.shape.first ?? 0
+        // No zero dimension: the header checked the element count in the stored order, which a
+        // zero makes 0 however large the other dimensions; rebuilt in another order, they would overflow.
+        guard !w.shape.isEmpty, w.shape.allSatisfy({ $0 > 0 }), !s.shape.isEmpty, s.shape.allSatisfy({ $0 > 0 }) else {
+            throw fail(location, "integer weights of shape \(formatShape(w.shape)) with scales \(formatShape(s.shape)): every dimension must be positive")
+        }
+        let out = w.shape[0]
         let scaleCount = s.shape.reduce(1, *)
         func scales() throws -> [Float] {
             let raw = UnsafeRawBufferPointer(start: storage.base + header.dataStart + s.begin, count: s.end - s.begin)
@@ -336,7 +358,9 @@ struct ManifestValidator {
                             for c in 0..<cin {
                                 let q = Int8(bitPattern: raw[((o * kh + y) * kw + x) * cin + c])
                                 guard q != -128 else { throw fail(location, "INT8 weights must lie in -127...127") }
-                                t[((o * cin + c) * kh + y) * kw + x] = Float(q) * sc[o]
+                                let v = Float(q) * sc[o]
+                                guard v.isFinite else { throw fail(location, "weight_scale \(sc[o]) makes a weight of output \(o) overflow") }
+                                t[((o * cin + c) * kh + y) * kw + x] = v
                             }
                         }
                     }
@@ -347,7 +371,9 @@ struct ManifestValidator {
                 for i in 0..<(out * perOutput) {
                     let q = Int8(bitPattern: raw[i])
                     guard q != -128 else { throw fail(location, "INT8 weights must lie in -127...127") }
-                    t[i] = Float(q) * sc[i / perOutput]
+                    let v = Float(q) * sc[i / perOutput]
+                    guard v.isFinite else { throw fail(location, "weight_scale \(sc[i / perOutput]) makes a weight overflow") }
+                    t[i] = v
                 }
             }
             return t
@@ -367,7 +393,9 @@ struct ManifestValidator {
             for k in 0..<inputs {
                 let byte = raw[o * (inputs / 2) + k / 2]
                 let q = Int(k % 2 == 0 ? byte & 15 : byte >> 4) - 8
-                t[o * inputs + k] = Float(q) * sc[o * groups + k / group]
+                let v = Float(q) * sc[o * groups + k / group]
+                guard v.isFinite else { throw fail(location, "weight_scale \(sc[o * groups + k / group]) makes a weight overflow") }
+                t[o * inputs + k] = v
             }
         }
         return t

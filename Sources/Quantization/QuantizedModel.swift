@@ -11,6 +11,9 @@ public final class QuantizedModel: @unchecked Sendable {
     public let int8: [Int: Int8ChannelWeights]
     public let int4: [Int: Int4GroupWeights]
 
+    /// Inputs of an INT4 layer at most (its kernel's scratch is 64 bytes an input: 4 MiB here).
+    public static let maxInt4Inputs = 1 << 16
+
     public init(network: Network, spec: QuantizationSpec, int8: [Int: Int8ChannelWeights], int4: [Int: Int4GroupWeights]) {
         self.network = network
         self.spec = spec
@@ -70,6 +73,10 @@ public final class QuantizedModel: @unchecked Sendable {
                 guard case .dense = network.layers[entry.layer].kind else { throw fail(at, "INT4 is for dense layers only") }
                 guard let group = entry.group, [32, 64, 128].contains(group), inputs % 2 == 0 else {
                     throw fail(at, "INT4 needs a group of 32, 64 or 128 and an even input count")
+                }
+                // The kernel widens one 16-output panel of all inputs into per-plan scratch (64 bytes an input).
+                guard inputs <= Self.maxInt4Inputs else {
+                    throw fail(at, "INT4 takes at most \(Self.maxInt4Inputs) inputs (this layer has \(inputs)); keep it INT8")
                 }
                 let groups = (inputs + group - 1) / group
                 let n = try tensor(entry.weight, "weight", .u8, [outputs, inputs / 2])

@@ -80,6 +80,9 @@ public enum Quantizer {
             var note: String? = nil
             if p == .int4, case .conv2d = layer.kind { p = .int8; note = "INT4 is for dense layers; conv2d runs INT8" }
             if p == .int4, (w.count / w.shape[0]) % 2 != 0 { p = .int8; note = "odd input count; INT4 needs pairs" }
+            if p == .int4, w.count / w.shape[0] > QuantizedModel.maxInt4Inputs {
+                p = .int8; note = "more than \(QuantizedModel.maxInt4Inputs) inputs; INT4 widens a panel of all of them"
+            }
             switch p {
             case .int8:
                 let source = layer.kind == .dense ? w : Kernels.tapMajor(w)

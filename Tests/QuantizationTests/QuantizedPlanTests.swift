@@ -234,8 +234,9 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         let scale0 = model.spec.layers.first { $0.layer == 0 }!.weightScale!
         let dir = FileManager.default.temporaryDirectory.path + "/int-only-\(getpid()).safetensors"
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        func refusal(dropping names: Set<String>) -> String {
-            let blobs = (net.tensorBlobs() + model.tensorBlobs()).filter { !names.contains($0.name) }
+        func refusal(dropping names: Set<String>, replacing: [TensorBlob] = []) -> String {
+            let replaced = Set(replacing.map(\.name))
+            let blobs = (net.tensorBlobs() + model.tensorBlobs()).filter { !names.contains($0.name) && !replaced.contains($0.name) } + replacing
             do {
                 try ModelWriter.write(manifest: manifest, tensors: blobs, to: dir)
                 _ = try ModelFile.load(path: dir)
@@ -246,6 +247,14 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         }
         #expect(refusal(dropping: [w0]) == "loaded")
         #expect(refusal(dropping: [w0, scale0]).contains("quantization layer 0: has no FP32 weights in the file and no F32 'weight_scale' tensor"))
+        // Hostile integer tensors: a scale that makes q · scale overflow, a zero dimension beside a
+        // huge one (0 bytes in the file, 2^64 elements in another order).
+        let huge = [Float](repeating: 3e38, count: 16)
+        #expect(refusal(dropping: [w0], replacing: [TensorBlob(name: scale0, dtype: .f32, shape: [16], bytes: huge.withUnsafeBytes { Array($0) })])
+            .contains("makes a weight overflow"))
+        let q0 = model.spec.layers.first { $0.layer == 0 }!.weight!
+        #expect(refusal(dropping: [w0], replacing: [TensorBlob(name: q0, dtype: .i8, shape: [16, 0, 1, 1 << 62], bytes: [])])
+            .contains("every dimension must be positive"))
         // Every layer is INT8 here; an FP32-only layer without weights is an ordinary missing tensor.
         manifest.quantization = Quantizer.build(net, activations: model.spec.activations, precisions: [0: .int8, 2: .fp32], method: .minmax,
                                                 calibrationRows: 64).spec.json
