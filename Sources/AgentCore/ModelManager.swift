@@ -86,7 +86,7 @@ public final class ModelManager: @unchecked Sendable {
             throw ModelError(message: "\(path): \(error)")
         }
         return LoadedFile(network: network, quantized: quantized, reference: reference, identity: (path as NSString).lastPathComponent,
-                          fileBytes: file.fileSize + network.bytesOutside(file.storage))
+                          fileBytes: network.heldBytes(readFrom: file))
     }
 
     /// A serving model of a loaded file with its drift monitor (unless drift is off, or `monitor`

@@ -270,12 +270,13 @@ public final class Network: @unchecked Sendable {
 
     public var weightBytes: Int { parameterCount * MemoryLayout<Float>.stride }
 
-    /// Bytes this network holds beyond `file`'s storage: parameter tensors that are not views into
-    /// it (F16/BF16 widened, batch norm folded, integer-only weights rebuilt, anything trained)
-    /// and the field sections' copies. Each storage counted once.
-    public func bytesOutside(_ file: Storage) -> Int {
-        var seen: Set<ObjectIdentifier> = [ObjectIdentifier(file)]
-        var total = fieldTensors.reduce(0) { $0 + $1.bytes.count }
+    /// Bytes this network holds for the file it was read from: the file's storage (F32 tensors are
+    /// views into it), the parameter tensors that are not (F16/BF16 widened, batch norm folded,
+    /// integer-only weights rebuilt, anything trained) and the field sections' copies. Each
+    /// storage counted once.
+    public func heldBytes(readFrom file: ModelFile) -> Int {
+        var seen: Set<ObjectIdentifier> = [ObjectIdentifier(file.storage)]
+        var total = file.fileSize + fieldTensors.reduce(0) { $0 + $1.bytes.count }
         for (_, t) in parameters where seen.insert(ObjectIdentifier(t.storage)).inserted {
             total += t.storage.byteCount
         }

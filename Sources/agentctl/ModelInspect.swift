@@ -86,7 +86,7 @@ struct Inspect: ParsableCommand {
         let file = try ModelFile.load(path: path)
         let network = Network(model: file)
         let model = ServingModel(version: 1, network: network, quantized: try QuantizedModel.load(file, network: network),
-                                 fileBytes: file.fileSize + network.bytesOutside(file.storage))
+                                 fileBytes: network.heldBytes(readFrom: file))
         return (model, (0..<workers).map { _ in model.makePlan(batch: batch) })
     }
 
