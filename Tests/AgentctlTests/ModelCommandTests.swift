@@ -39,6 +39,15 @@ import Testing
         }
     }
 
+    /// inspect's memory options fed hostile values: refused with a line naming the option, nothing printed.
+    @Test(arguments: [["--workers", "0"], ["--workers", "257"], ["--workers", "nan"], ["--batch", "-1"], ["--batch", "1e300"],
+                      ["--batch", "4097"], ["--batch", "99999999999999999999"]])
+    func inspectRefusesHostileMemoryOptions(_ options: [String]) throws {
+        let r = try Agentctl.run(["model", "inspect", Self.trained.mlp, "--measure"] + options)
+        #expect(r.status == 64 && r.stdout.isEmpty, "\(options): \(r.status) \(r.stdout)")
+        #expect(r.stderr.contains(options[0]), "\(r.stderr)")
+    }
+
     @Test func mlpReachesTheAccuracyTheReadmePromises() throws {
         let r = try Agentctl.run(["model", "eval", Self.trained.mlp, "--data", Agentctl.digits, "--test-split", "--json"])
         #expect(r.status == 0, "\(r.stderr)")

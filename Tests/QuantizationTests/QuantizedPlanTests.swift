@@ -185,7 +185,9 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
     /// An integer-only file (no FP32 weights for its INT8 and INT4 layers) is smaller, loads with
     /// those weights rebuilt as q · scale, keeps an FP32 layer's own weights, and runs the same
     /// integer plan bit for bit.
-    @Test(arguments: ["cnn:1x6x6-c4-m2-f8-3", "mlp:8-16-12-3"])
+    /// (The second CNN's second convolution has 4 input channels: with one, the stored tap-major
+    /// and the rebuilt channels-first orders coincide and a wrong permutation would pass.)
+    @Test(arguments: ["cnn:1x6x6-c4-m2-f8-3", "cnn:1x6x6-c4-c3-m2-f8-3", "mlp:8-16-12-3"])
     func integerOnlyFilesRebuildTheFP32WeightsFromTheIntegerOnes(_ arch: String) throws {
         let net = try Architecture.build(arch, seed: 4)
         let data = rows(64, features: net.inputCount, seed: 5)
