@@ -15,41 +15,116 @@ void edge_transpose(const float *src, int rows, int cols, float *dst) {
     }
 }
 
-/// One patch row's taps at kernel row `ky` for output column ox: the kw taps are kw·C contiguous
-/// values of input row iy (channels last), less what hangs over the left or right padding.
-#define IM2ROW_NHWC_BODY(T, ZERO)                                                                         \
-    int oh = (height + 2 * ph - kh) / sh + 1, ow = (width + 2 * pw - kw) / sw + 1;                       \
-    size_t run = (size_t)kw * channels;                                                                   \
-    for (int oy = 0; oy < oh; oy++) {                                                                     \
-        for (int ox = 0; ox < ow; ox++) {                                                                 \
-            T *d = rows + (size_t)(oy * ow + ox) * ldrow;                                                 \
-            int ix0 = ox * sw - pw;                                                                       \
-            int left = ix0 < 0 ? -ix0 : 0;                                                                \
-            int right = ix0 + kw > width ? ix0 + kw - width : 0;                                         \
-            if (left > kw) left = kw;                                                                     \
-            if (right > kw - left) right = kw - left;                                                     \
-            for (int ky = 0; ky < kh; ky++, d += run) {                                                   \
-                int iy = oy * sh - ph + ky;                                                               \
-                if (iy < 0 || iy >= height) {                                                             \
-                    for (size_t i = 0; i < run; i++) d[i] = ZERO;                                          \
-                    continue;                                                                             \
-                }                                                                                         \
-                size_t lz = (size_t)left * channels, n = (size_t)(kw - left - right) * channels;          \
-                for (size_t i = 0; i < lz; i++) d[i] = ZERO;                                              \
-                if (n > 0) {  /* a window wholly in the padding forms no input pointer */                \
-                    const T *s = x + ((size_t)iy * width + (size_t)(ix0 + left)) * channels;              \
-                    for (size_t i = 0; i < n; i++) d[lz + i] = s[i];                                      \
-                }                                                                                         \
-                for (size_t i = lz + n; i < run; i++) d[i] = ZERO;                                        \
-            }                                                                                             \
-            for (int c = kh * kw * channels; c < ldrow; c++) *d++ = ZERO;                                 \
-        }                                                                                                 \
+// Copies and fills of a few bytes (a 5-tap run of one channel is 20 bytes, or 5): a variable-size
+// memcpy or memset is a library call, which costs more than the copy. Two overlapping fixed-size
+// moves cover any length from w to 2w; src and dst never overlap each other.
+static inline __attribute__((always_inline)) void copy_small(unsigned char *d, const unsigned char *s, size_t n) {
+    if (n >= 32) {
+        size_t i = 0;
+        for (; i + 32 <= n; i += 32) memcpy(d + i, s + i, 32);
+        if (i < n) memcpy(d + n - 32, s + n - 32, 32);
+    } else if (n >= 16) {
+        memcpy(d, s, 16);
+        memcpy(d + n - 16, s + n - 16, 16);
+    } else if (n >= 8) {
+        memcpy(d, s, 8);
+        memcpy(d + n - 8, s + n - 8, 8);
+    } else if (n >= 4) {
+        memcpy(d, s, 4);
+        memcpy(d + n - 4, s + n - 4, 4);
+    } else if (n > 0) {
+        d[0] = s[0];
+        d[n / 2] = s[n / 2];
+        d[n - 1] = s[n - 1];
     }
+}
+
+static inline __attribute__((always_inline)) void fill_small(unsigned char *d, unsigned char byte, size_t n) {
+    if (n >= 32) {
+        size_t i = 0;
+        for (; i + 32 <= n; i += 32) memset(d + i, byte, 32);
+        if (i < n) memset(d + n - 32, byte, 32);
+    } else if (n >= 16) {
+        memset(d, byte, 16);
+        memset(d + n - 16, byte, 16);
+    } else if (n >= 8) {
+        memset(d, byte, 8);
+        memset(d + n - 8, byte, 8);
+    } else if (n >= 4) {
+        memset(d, byte, 4);
+        memset(d + n - 4, byte, 4);
+    } else if (n > 0) {
+        d[0] = byte;
+        d[n / 2] = byte;
+        d[n - 1] = byte;
+    }
+}
+
+enum { PADDED_ROW_BYTES = 32768 };
+
+/// im2row on bytes: a pixel is `cb` bytes (its channels), the padding a repeated byte (0 for
+/// FP32's 0.0, the zero point for UINT8), a row of `rows` is `ldrow` bytes (the taps, then the
+/// pad byte up to ldrow). Each input row that a kernel row reads is laid out once with its left
+/// and right padding, so every window is one copy of kw·cb bytes; a padded row wider than
+/// PADDED_ROW_BYTES (a 112-wide, 64-channel FP32 image) takes the window-by-window path.
+static void im2row_bytes(const unsigned char *x, size_t cb, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
+                         unsigned char pad, unsigned char *rows, size_t ldrow) {
+    int oh = (height + 2 * ph - kh) / sh + 1, ow = (width + 2 * pw - kw) / sw + 1;
+    size_t run = (size_t)kw * cb, taps = (size_t)kh * run, line = (size_t)width * cb;
+    if (oh <= 0 || ow <= 0) return;
+    if (ldrow > taps)
+        for (size_t p = 0; p < (size_t)oh * ow; p++) fill_small(rows + p * ldrow + taps, pad, ldrow - taps);
+    if (line + 2 * (size_t)pw * cb <= PADDED_ROW_BYTES) {
+        unsigned char padded[PADDED_ROW_BYTES];
+        fill_small(padded, pad, (size_t)pw * cb);
+        fill_small(padded + (size_t)pw * cb + line, pad, (size_t)pw * cb);
+        for (int oy = 0; oy < oh; oy++) {
+            for (int ky = 0; ky < kh; ky++) {
+                unsigned char *d = rows + (size_t)oy * ow * ldrow + (size_t)ky * run;
+                int iy = oy * sh - ph + ky;
+                if (iy < 0 || iy >= height) {
+                    for (int ox = 0; ox < ow; ox++) fill_small(d + (size_t)ox * ldrow, pad, run);
+                    continue;
+                }
+                const unsigned char *src = x + (size_t)iy * line;
+                if (pw > 0) {
+                    memcpy(padded + (size_t)pw * cb, src, line);
+                    src = padded;
+                }
+                for (int ox = 0; ox < ow; ox++) copy_small(d + (size_t)ox * ldrow, src + (size_t)ox * sw * cb, run);
+            }
+        }
+        return;
+    }
+    // Window by window: the kw taps of kernel row ky are kw·cb contiguous bytes of input row iy,
+    // less what hangs over the left or right padding.
+    for (int oy = 0; oy < oh; oy++) {
+        for (int ox = 0; ox < ow; ox++) {
+            unsigned char *d = rows + (size_t)(oy * ow + ox) * ldrow;
+            int ix0 = ox * sw - pw;
+            int left = ix0 < 0 ? -ix0 : 0;
+            int right = ix0 + kw > width ? ix0 + kw - width : 0;
+            if (left > kw) left = kw;
+            if (right > kw - left) right = kw - left;
+            size_t lz = (size_t)left * cb, n = (size_t)(kw - left - right) * cb;
+            for (int ky = 0; ky < kh; ky++, d += run) {
+                int iy = oy * sh - ph + ky;
+                if (iy < 0 || iy >= height || n == 0) {  // a window wholly in the padding forms no input pointer
+                    fill_small(d, pad, run);
+                    continue;
+                }
+                fill_small(d, pad, lz);
+                copy_small(d + lz, x + (size_t)iy * line + (size_t)(ix0 + left) * cb, n);
+                fill_small(d + lz + n, pad, run - lz - n);
+            }
+        }
+    }
+}
 
 void edge_im2row_nhwc(const float *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
                       float *rows) {
-    int ldrow = kh * kw * channels;
-    IM2ROW_NHWC_BODY(float, 0.0f)
+    size_t cb = (size_t)channels * sizeof(float);
+    im2row_bytes((const unsigned char *)x, cb, height, width, kh, kw, sh, sw, ph, pw, 0, (unsigned char *)rows, (size_t)kh * kw * cb);
 }
 
 void edge_transpose_u8(const uint8_t *src, int rows, int cols, uint8_t *dst) {
@@ -66,7 +141,7 @@ void edge_transpose_u8(const uint8_t *src, int rows, int cols, uint8_t *dst) {
 
 void edge_im2row_nhwc_u8(const uint8_t *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
                          uint8_t pad, uint8_t *rows, int ldrow) {
-    IM2ROW_NHWC_BODY(uint8_t, pad)
+    im2row_bytes(x, (size_t)channels, height, width, kh, kw, sh, sw, ph, pw, pad, rows, (size_t)ldrow);
 }
 
 // ---- pooling ----------------------------------------------------------------------------------

@@ -260,15 +260,10 @@ static inline TAVX2 __attribute__((always_inline)) void widen_rows(int mr, const
 }
 
 /// The epilogue for 16 outputs from two vectors of 8 INT32 sums (bit-identical to finish_row).
+/// A panel of fewer than 16 outputs (a pruned layer of 8 channels) is finished with the same
+/// vectors, since the bias and scale arrays are padded to 16; only its n values are stored.
 static inline TAVX2 __attribute__((always_inline)) void finish_avx2(__m256i a0, __m256i a1, int o0, int n, const edge_q8_epilogue *ep,
                                                                    uint8_t *yu, float *yf) {
-    if (n < PANEL) {
-        int32_t sums[PANEL];
-        _mm256_storeu_si256((__m256i *)sums, a0);
-        _mm256_storeu_si256((__m256i *)(sums + 8), a1);
-        finish_row(sums, o0, n, ep, yu, yf);
-        return;
-    }
     __m256 v0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a0, _mm256_loadu_si256((const __m256i *)(ep->bias + o0)))),
                               _mm256_loadu_ps(ep->scale + o0));
     __m256 v1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a1, _mm256_loadu_si256((const __m256i *)(ep->bias + o0 + 8)))),
@@ -279,6 +274,13 @@ static inline TAVX2 __attribute__((always_inline)) void finish_avx2(__m256i a0, 
         v1 = _mm256_blendv_ps(v1, _mm256_mul_ps(v1, alpha), _mm256_cmp_ps(v1, zero, _CMP_LT_OQ));
     }
     if (yf) {
+        if (n < PANEL) {
+            float part[PANEL];
+            _mm256_storeu_ps(part, v0);
+            _mm256_storeu_ps(part + 8, v1);
+            memcpy(yf + o0, part, (size_t)n * sizeof(float));
+            return;
+        }
         _mm256_storeu_ps(yf + o0, v0);
         _mm256_storeu_ps(yf + o0 + 8, v1);
         return;
@@ -292,6 +294,12 @@ static inline TAVX2 __attribute__((always_inline)) void finish_avx2(__m256i a0, 
     q1 = _mm256_min_epi32(_mm256_max_epi32(q1, qmin), qmax);
     __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);  // 16 int16 in order
     __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    if (n < PANEL) {
+        uint8_t part[PANEL];
+        _mm_storeu_si128((__m128i *)part, b);
+        memcpy(yu + o0, part, (size_t)n);
+        return;
+    }
     _mm_storeu_si128((__m128i *)(yu + o0), b);
 }
 
@@ -500,11 +508,65 @@ static void quantize_avx512(const float *x, size_t n, float inv, int32_t zp, uin
 }
 #endif
 
+#if defined(__x86_64__)
+// cvtps rounds half to even (the default MXCSR mode, as nearbyintf); the two saturating packs clamp
+// to [0, 255]; a NaN meets max_ps's second operand first and becomes the lower bound, as in C.
+static inline TAVX2 __attribute__((always_inline)) __m256i quantize8_avx2(const float *x, __m256 vi, __m256 lo,
+                                                                           __m256 hi, __m256i z) {
+    __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(x), vi), lo), hi);
+    return _mm256_add_epi32(_mm256_cvtps_epi32(v), z);
+}
+
+TAVX2 static void quantize_avx2(const float *x, size_t n, float inv, int32_t zp, uint8_t *y) {
+    __m256 vi = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-1073741824.0f), hi = _mm256_set1_ps(1073741824.0f);
+    __m256i z = _mm256_set1_epi32(zp), order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i a = quantize8_avx2(x + i, vi, lo, hi, z), b = quantize8_avx2(x + i + 8, vi, lo, hi, z);
+        __m256i c = quantize8_avx2(x + i + 16, vi, lo, hi, z), d = quantize8_avx2(x + i + 24, vi, lo, hi, z);
+        // packs/packus work within 128-bit lanes: the bytes come out as 4-byte groups a0 b0 c0 d0 a1 b1 c1 d1.
+        __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+        _mm256_storeu_si256((__m256i *)(y + i), _mm256_permutevar8x32_epi32(bytes, order));
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256i a = quantize8_avx2(x + i, vi, lo, hi, z);
+        __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+        _mm_storel_epi64((__m128i *)(y + i), _mm_packus_epi16(words, words));
+    }
+    quantize_portable(x + i, n - i, inv, zp, y + i);
+}
+#endif
+
+#if defined(__aarch64__)
+// vcvtnq rounds half to even; the saturating narrows clamp to [0, 255]. vmax propagates a NaN (and
+// vcvtnq makes it 0, which the zero point would move), so NaN lanes are selected to the lower bound
+// first: 0 after clamping, as in the portable code.
+static void quantize_neon(const float *x, size_t n, float inv, int32_t zp, uint8_t *y) {
+    float32x4_t vi = vdupq_n_f32(inv), lo = vdupq_n_f32(-1073741824.0f), hi = vdupq_n_f32(1073741824.0f);
+    int32x4_t z = vdupq_n_s32(zp);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        float32x4_t v0 = vmulq_f32(vld1q_f32(x + i), vi), v1 = vmulq_f32(vld1q_f32(x + i + 4), vi);
+        uint32x4_t ok0 = vceqq_f32(v0, v0), ok1 = vceqq_f32(v1, v1);
+        v0 = vbslq_f32(ok0, vminq_f32(vmaxq_f32(v0, lo), hi), lo);
+        v1 = vbslq_f32(ok1, vminq_f32(vmaxq_f32(v1, lo), hi), lo);
+        int32x4_t q0 = vaddq_s32(vcvtnq_s32_f32(v0), z), q1 = vaddq_s32(vcvtnq_s32_f32(v1), z);
+        vst1_u8(y + i, vqmovun_s16(vcombine_s16(vqmovn_s32(q0), vqmovn_s32(q1))));
+    }
+    quantize_portable(x + i, n - i, inv, zp, y + i);
+}
+#endif
+
 void edge_quantize_u8(const float *x, size_t n, float inv_scale, int32_t zero_point, uint8_t *y) {
 #if defined(__x86_64__)
     if (edge_isa_supported(EDGE_ISA_AVX512)) { quantize_avx512(x, n, inv_scale, zero_point, y); return; }
+    if (edge_isa_supported(EDGE_ISA_AVX2)) { quantize_avx2(x, n, inv_scale, zero_point, y); return; }
 #endif
+#if defined(__aarch64__)
+    quantize_neon(x, n, inv_scale, zero_point, y);
+#else
     quantize_portable(x, n, inv_scale, zero_point, y);
+#endif
 }
 
 void edge_dequantize_u8(const uint8_t *x, size_t n, float scale, int32_t zero_point, float *y) {

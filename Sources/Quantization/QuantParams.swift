@@ -30,7 +30,9 @@ public struct QuantParams: Codable, Equatable, Sendable {
 
     @inline(__always)
     public func quantize(_ x: Float) -> UInt8 {
-        let v = min(max(x * inverseScale, -1_073_741_824), 1_073_741_824)
+        let scaled = x * inverseScale
+        // NaN goes to the lower bound, as in the vectorised kernels (Int32(NaN) would trap).
+        let v = scaled.isNaN ? -1_073_741_824 : min(max(scaled, -1_073_741_824), 1_073_741_824)
         let q = Int32(v.rounded(.toNearestOrEven)) &+ zeroPoint
         return UInt8(min(max(q, 0), 255))
     }

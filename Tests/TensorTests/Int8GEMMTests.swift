@@ -63,7 +63,7 @@ import Testing
                 for o in c.outputs..<ldy { #expect(y[r * ldy + o] == 7, "wrote past the row") }
             }
             #expect(mismatches == 0, "\(isa) \(c.testDescription) zp \(zp): \(mismatches) outputs differ from the reference")
-            var f = [Float](repeating: 0, count: c.rows * ldy)
+            var f = [Float](repeating: -7, count: c.rows * ldy)
             x.withUnsafeBufferPointer { xp in f.withUnsafeMutableBufferPointer { fp in
                 weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .float(fp.baseAddress!), ldy: ldy)
             } }
@@ -71,6 +71,7 @@ import Testing
                 for o in 0..<c.outputs {
                     #expect(f[r * ldy + o] == ep.referenceDequantize(acc[r * c.outputs + o], output: o))
                 }
+                for o in c.outputs..<ldy { #expect(f[r * ldy + o] == -7, "wrote past the row") }
             }
         }
     }

@@ -1,0 +1,74 @@
+import CKernels
+import Testing
+
+/// The channels-last im2row (FP32 and UINT8) against its definition: row (oy, ox), column
+/// (ky, kx, c) holds x[oy·sh − ph + ky][ox·sw − pw + kx][c], or the padding value outside the
+/// input; UINT8 rows are `ldrow` bytes, the pad also fills the columns past the taps. Runs of 1 to
+/// 80 bytes (every copy and fill size), windows wholly in the padding, strides of 2, and input rows
+/// too wide for the padded-row buffer.
+@Suite struct Im2RowTests {
+    struct Shape: Sendable, CustomTestStringConvertible {
+        var channels, height, width, kernelH, kernelW, stride, pad: Int
+        var testDescription: String { "C\(channels) \(height)x\(width) k\(kernelH)x\(kernelW) s\(stride) p\(pad)" }
+        var outH: Int { (height + 2 * pad - kernelH) / stride + 1 }
+        var outW: Int { (width + 2 * pad - kernelW) / stride + 1 }
+        var taps: Int { kernelH * kernelW * channels }
+
+        func reference<T>(_ x: [T], pad value: T, ldrow: Int) -> [T] {
+            var rows = [T](repeating: value, count: outH * outW * ldrow)
+            for oy in 0..<outH {
+                for ox in 0..<outW {
+                    for ky in 0..<kernelH {
+                        for kx in 0..<kernelW {
+                            let iy = oy * stride - pad + ky, ix = ox * stride - pad + kx
+                            guard iy >= 0, iy < height, ix >= 0, ix < width else { continue }
+                            for c in 0..<channels {
+                                rows[(oy * outW + ox) * ldrow + (ky * kernelW + kx) * channels + c] = x[(iy * width + ix) * channels + c]
+                            }
+                        }
+                    }
+                }
+            }
+            return rows
+        }
+    }
+
+    static let shapes = [
+        Shape(channels: 1, height: 28, width: 28, kernelH: 5, kernelW: 5, stride: 1, pad: 2),
+        Shape(channels: 8, height: 14, width: 14, kernelH: 5, kernelW: 5, stride: 1, pad: 2),
+        Shape(channels: 3, height: 7, width: 6, kernelH: 3, kernelW: 3, stride: 2, pad: 1),
+        Shape(channels: 1, height: 5, width: 5, kernelH: 2, kernelW: 2, stride: 1, pad: 3),  // windows wholly in the padding
+        Shape(channels: 16, height: 5, width: 4, kernelH: 1, kernelW: 5, stride: 1, pad: 2),  // 80-value runs
+        Shape(channels: 2, height: 6, width: 9, kernelH: 3, kernelW: 1, stride: 2, pad: 0),
+        Shape(channels: 5, height: 4, width: 4, kernelH: 4, kernelW: 4, stride: 1, pad: 0),
+        Shape(channels: 1, height: 3, width: 9, kernelH: 1, kernelW: 3, stride: 1, pad: 1),  // 1- to 3-value runs
+        // A padded input row over 32 KiB (in both types): the window-by-window path.
+        Shape(channels: 64, height: 3, width: 520, kernelH: 3, kernelW: 3, stride: 2, pad: 1),
+    ]
+
+    @Test(arguments: shapes)
+    func float32RowsAreTheDefinition(shape s: Shape) {
+        let x = (0..<(s.height * s.width * s.channels)).map { Float($0 + 1) }
+        let count = s.outH * s.outW * s.taps
+        var rows = [Float](repeating: -1, count: count + 8)
+        x.withUnsafeBufferPointer { xp in rows.withUnsafeMutableBufferPointer { rp in
+            edge_im2row_nhwc(xp.baseAddress, Int32(s.channels), Int32(s.height), Int32(s.width), Int32(s.kernelH), Int32(s.kernelW),
+                             Int32(s.stride), Int32(s.stride), Int32(s.pad), Int32(s.pad), rp.baseAddress)
+        } }
+        #expect(Array(rows[..<count]) == s.reference(x, pad: 0, ldrow: s.taps))
+        #expect(rows[count...].allSatisfy { $0 == -1 }, "wrote past the rows")
+    }
+
+    @Test(arguments: shapes, [0, 3])
+    func uint8RowsAreTheDefinitionWithTheZeroPointAsPadding(shape s: Shape, extra: Int) {
+        let x = (0..<(s.height * s.width * s.channels)).map { UInt8(truncatingIfNeeded: $0 * 7 + 1) }
+        let ldrow = s.taps + extra, count = s.outH * s.outW * ldrow
+        var rows = [UInt8](repeating: 0xEE, count: count + 40)
+        x.withUnsafeBufferPointer { xp in rows.withUnsafeMutableBufferPointer { rp in
+            edge_im2row_nhwc_u8(xp.baseAddress, Int32(s.channels), Int32(s.height), Int32(s.width), Int32(s.kernelH), Int32(s.kernelW),
+                                Int32(s.stride), Int32(s.stride), Int32(s.pad), Int32(s.pad), 131, rp.baseAddress, Int32(ldrow))
+        } }
+        #expect(Array(rows[..<count]) == s.reference(x, pad: 131, ldrow: ldrow))
+        #expect(rows[count...].allSatisfy { $0 == 0xEE }, "wrote past the rows")
+    }
+}
