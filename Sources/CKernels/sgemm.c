@@ -8,6 +8,7 @@
 
 #include "ckernels.h"
 #include "scalar.h"
+#include <math.h>
 #include <string.h>
 
 #define PANEL 16
@@ -80,7 +81,14 @@ size_t edge_q4_packed_bytes(int outputs, int inputs, int group) {
     return panels * (size_t)inputs * Q4_NIBBLE_BYTES + panels * groups * PANEL * 4 + panels * PANEL * 4;
 }
 
-size_t edge_q4_scratch_floats(int inputs) { return (size_t)PANEL * (size_t)(inputs > 0 ? inputs : 0); }
+/// The portable path widens a panel to FP32 (16 floats an input); the AVX2 path holds a panel
+/// as int16 (8 floats' worth an input) and Q4_ROWS rows quantized to int16 (32 an input) plus
+/// their scales; the larger, 32-byte aligned.
+size_t edge_q4_scratch_floats(int inputs) {
+    size_t k = (size_t)(inputs > 0 ? inputs : 0);
+    size_t integer = k * PANEL / 2 + k * 64 / 2 + 64;
+    return integer > k * PANEL ? integer : k * PANEL;
+}
 
 void edge_q4_pack(const int8_t *q, const float *scales, const float *bias, int outputs, int inputs, int group, void *packed) {
     int panels = (outputs + PANEL - 1) / PANEL, groups = (inputs + group - 1) / group;
@@ -346,39 +354,160 @@ static T256 void sgemm_avx2(int rows, int outputs, int inputs, const float *x, i
     }
 }
 
-/// A panel's nibbles widened: per k, 8 bytes → 16 floats, times the group's 16 scales.
-static T256 void q4_widen_panel_avx2(const uint8_t *nib, const float *sc, int inputs, int group, float *dst) {
-    __m128i mask = _mm_set1_epi8(15);
-    __m256 eight = _mm256_set1_ps(8.0f);
-    for (int k0 = 0; k0 < inputs; k0 += group) {
-        int k1 = k0 + group < inputs ? k0 + group : inputs;
-        const float *s = sc + (size_t)(k0 / group) * PANEL;
-        __m256 s0 = _mm256_loadu_ps(s), s1 = _mm256_loadu_ps(s + 8);
-        for (int k = k0; k < k1; k++) {
-            __m128i b = _mm_loadl_epi64((const __m128i *)(nib + (size_t)k * Q4_NIBBLE_BYTES));
-            __m128i v = _mm_unpacklo_epi8(_mm_and_si128(b, mask), _mm_and_si128(_mm_srli_epi16(b, 4), mask));  // outputs 0..15
-            __m256 f0 = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), eight);
-            __m256 f1 = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))), eight);
-            _mm256_storeu_ps(dst + (size_t)k * PANEL, _mm256_mul_ps(f0, s0));
-            _mm256_storeu_ps(dst + (size_t)k * PANEL + 8, _mm256_mul_ps(f1, s1));
+// ---- INT4 on AVX2: integer arithmetic (W4A16) -------------------------------------------------
+//
+// A block of up to Q4_ROWS rows is quantized once per call to int16, symmetric per row (scale
+// max|x| / 32767, round half to even). Each panel's nibbles are widened into `scratch` as int16
+// in k-pairs (the INT8 kernel's layout), and vpmaddwd multiplies int16 activations by int16
+// weights into INT32 sums, one group at a time: |sum| <= 256 · 32767 · 8 < 2^31 for a group of at
+// most 256 inputs. After each group the sums are converted and multiplied by the group's 16
+// scales into FP32 accumulators; at the end by the row's scale, plus the bias, then the activation.
+// A row with a non-finite value has no scale: its outputs are NaN.
+
+#define Q4_ROWS 64
+#define Q4_MR 6
+
+/// Rows [0, mb) of x quantized to int16 (rows `inputs` apart) and their scales: 0 for a row of
+/// zeros, NaN for a row holding an infinity or a NaN (its values are not used).
+static T256 void q4_quantize_rows(int mb, int inputs, const float *x, int ldx, int16_t *xq, float *rs) {
+    __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), fmax = _mm256_set1_ps(3.4028235e38f);
+    for (int r = 0; r < mb; r++) {
+        const float *xr = x + (size_t)r * ldx;
+        __m256 mv = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+        int k = 0;
+        for (; k + 8 <= inputs; k += 8) {
+            __m256 v = _mm256_and_ps(_mm256_loadu_ps(xr + k), absmask);
+            mv = _mm256_max_ps(mv, v);
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(v, fmax, _CMP_NLE_UQ));  // NaN or infinity
+        }
+        float m[8], amax = 0.0f;
+        _mm256_storeu_ps(m, mv);
+        for (int j = 0; j < 8; j++) amax = m[j] > amax ? m[j] : amax;
+        int finite = !_mm256_movemask_ps(bad);
+        for (; k < inputs; k++) {
+            float a = xr[k] < 0 ? -xr[k] : xr[k];
+            if (!(a <= 3.4028235e38f)) finite = 0;
+            else if (a > amax) amax = a;
+        }
+        int16_t *q = xq + (size_t)r * inputs;
+        if (!finite || amax == 0.0f) {
+            memset(q, 0, (size_t)inputs * sizeof(int16_t));
+            rs[r] = finite ? 0.0f : __builtin_nanf("");
+            continue;
+        }
+        float inv = 32767.0f / amax;
+        rs[r] = amax / 32767.0f;
+        __m256 vi = _mm256_set1_ps(inv);
+        for (k = 0; k + 16 <= inputs; k += 16) {
+            // |x · inv| <= 32767 up to rounding, which the saturating pack absorbs.
+            __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), vi));
+            __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k + 8), vi));
+            _mm256_storeu_si256((__m256i *)(q + k), _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8));
+        }
+        for (; k < inputs; k++) {
+            float v = nearbyintf(xr[k] * inv);
+            q[k] = (int16_t)(v > 32767.0f ? 32767 : (v < -32767.0f ? -32767 : v));
         }
     }
 }
 
+/// A panel's nibbles as int16 in k-pairs: per pair (k, k+1), 16 values for outputs 0..7 then
+/// 16 for outputs 8..15, each output's two weights adjacent (what vpmaddwd pairs).
+static T256 void q4_widen_panel_i16(const uint8_t *nib, int inputs, int16_t *dst) {
+    __m128i mask = _mm_set1_epi8(15);
+    __m256i eight = _mm256_set1_epi16(8);
+    for (int k = 0; k < inputs; k += 2) {
+        __m128i b0 = _mm_loadl_epi64((const __m128i *)(nib + (size_t)k * Q4_NIBBLE_BYTES));
+        __m128i b1 = _mm_loadl_epi64((const __m128i *)(nib + (size_t)(k + 1) * Q4_NIBBLE_BYTES));
+        __m128i v0 = _mm_unpacklo_epi8(_mm_and_si128(b0, mask), _mm_and_si128(_mm_srli_epi16(b0, 4), mask));  // k: outputs 0..15
+        __m128i v1 = _mm_unpacklo_epi8(_mm_and_si128(b1, mask), _mm_and_si128(_mm_srli_epi16(b1, 4), mask));  // k + 1
+        __m256i lo = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v0, v1)), eight);  // outputs 0..7
+        __m256i hi = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_unpackhi_epi8(v0, v1)), eight);  // outputs 8..15
+        _mm256_storeu_si256((__m256i *)(dst + (size_t)k * PANEL), lo);
+        _mm256_storeu_si256((__m256i *)(dst + (size_t)k * PANEL + 16), hi);
+    }
+}
+
+/// MR rows × one panel: INT32 sums per group, FP32 across groups.
+static inline T256 __attribute__((always_inline)) void q4_tile_i16(const int MR, int inputs, int group, const int16_t *xq,
+                                                                  const float *rs, const int16_t *w, const float *sc,
+                                                                  const float *bias, float *y, int ldy, int cols,
+                                                                  edge_activation act, __m256 alpha) {
+    __m256 f[Q4_MR][2];
+    for (int r = 0; r < MR; r++) f[r][0] = f[r][1] = _mm256_setzero_ps();
+    for (int k0 = 0, g = 0; k0 < inputs; k0 += group, g++) {
+        int k1 = k0 + group < inputs ? k0 + group : inputs;
+        __m256i a[Q4_MR][2];
+        for (int r = 0; r < MR; r++) a[r][0] = a[r][1] = _mm256_setzero_si256();
+        for (int k = k0; k < k1; k += 2) {
+            __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + (size_t)k * PANEL));
+            __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + (size_t)k * PANEL + 16));
+            for (int r = 0; r < MR; r++) {
+                int32_t pair;
+                memcpy(&pair, xq + (size_t)r * inputs + k, 4);
+                __m256i xv = _mm256_set1_epi32(pair);
+                a[r][0] = _mm256_add_epi32(a[r][0], _mm256_madd_epi16(w0, xv));
+                a[r][1] = _mm256_add_epi32(a[r][1], _mm256_madd_epi16(w1, xv));
+            }
+        }
+        __m256 s0 = _mm256_loadu_ps(sc + (size_t)g * PANEL), s1 = _mm256_loadu_ps(sc + (size_t)g * PANEL + 8);
+        for (int r = 0; r < MR; r++) {
+            f[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[r][0]), s0, f[r][0]);
+            f[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[r][1]), s1, f[r][1]);
+        }
+    }
+    __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
+    int n = cols < PANEL ? cols : PANEL;
+    for (int r = 0; r < MR; r++) {
+        __m256 s = _mm256_set1_ps(rs[r]);
+        store256(y + (size_t)r * ldy, act256(_mm256_fmadd_ps(f[r][0], s, b0), act, alpha), n);
+        if (n > 8) store256(y + (size_t)r * ldy + 8, act256(_mm256_fmadd_ps(f[r][1], s, b1), act, alpha), n - 8);
+    }
+}
+
+#define Q4TILE(MR) \
+    static T256 void q4_tile_##MR(int K, int G, const int16_t *xq, const float *rs, const int16_t *w, const float *sc, \
+                                  const float *b, float *y, int ldy, int cols, edge_activation act, __m256 alpha) { \
+        q4_tile_i16(MR, K, G, xq, rs, w, sc, b, y, ldy, cols, act, alpha); \
+    }
+Q4TILE(1) Q4TILE(2) Q4TILE(3) Q4TILE(4) Q4TILE(5) Q4TILE(6)
+typedef void (*q4_tile_fn)(int, int, const int16_t *, const float *, const int16_t *, const float *, const float *, float *, int,
+                           int, edge_activation, __m256);
+
 static T256 void q4_gemm_avx2(int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
-                              float *y, int ldy, edge_activation act, float alpha, float *scratch) {
+                              float *y, int ldy, edge_activation act, float alpha, void *scratch) {
+    static const q4_tile_fn tiles[Q4_MR] = {q4_tile_1, q4_tile_2, q4_tile_3, q4_tile_4, q4_tile_5, q4_tile_6};
     int panels = (outputs + PANEL - 1) / PANEL, groups = (inputs + group - 1) / group;
     const uint8_t *nib = packed;
     const float *sc = (const float *)(nib + (size_t)panels * inputs * Q4_NIBBLE_BYTES);
     const float *bias = sc + (size_t)panels * groups * PANEL;
+    int16_t *wq = scratch;                                       // one panel: inputs · 16 int16
+    int16_t *xq = wq + (size_t)inputs * PANEL;                    // Q4_ROWS rows of inputs int16
+    float *rs = (float *)(xq + (size_t)Q4_ROWS * inputs);         // their scales
     __m256 av = _mm256_set1_ps(alpha);
-    for (int p = 0; p < panels; p++) {
-        q4_widen_panel_avx2(nib + (size_t)p * inputs * Q4_NIBBLE_BYTES, sc + (size_t)p * groups * PANEL, inputs, group, scratch);
-        int cols = outputs - p * PANEL;
-        panel256(rows, inputs, x, ldx, scratch, PANEL, bias + p * PANEL, y + p * PANEL, ldy, cols, act, av);
+    for (int m0 = 0; m0 < rows; m0 += Q4_ROWS) {
+        int mb = rows - m0 < Q4_ROWS ? rows - m0 : Q4_ROWS;
+        q4_quantize_rows(mb, inputs, x + (size_t)m0 * ldx, ldx, xq, rs);
+        for (int p = 0; p < panels; p++) {
+            q4_widen_panel_i16(nib + (size_t)p * inputs * Q4_NIBBLE_BYTES, inputs, wq);
+            for (int m = 0; m < mb; m += Q4_MR) {
+                int mr = mb - m < Q4_MR ? mb - m : Q4_MR;
+                tiles[mr - 1](inputs, group, xq + (size_t)m * inputs, rs + m, wq, sc + (size_t)p * groups * PANEL,
+                              bias + (size_t)p * PANEL, y + (size_t)(m0 + m) * ldy + (size_t)p * PANEL, ldy, outputs - p * PANEL,
+                              act, av);
+            }
+        }
     }
 }
 #endif
+
+const char *edge_q4_kernel_name(edge_isa isa) {
+    if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
+#if defined(__x86_64__)
+    if (isa != EDGE_ISA_PORTABLE && edge_isa_supported(EDGE_ISA_AVX2)) return "avx2 vpmaddwd (w4a16)";
+#endif
+    return "portable c (fp32 weight-only)";
+}
 
 void edge_q4_gemm(edge_isa isa, int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
                   float *y, int ldy, edge_activation act, float alpha, float *scratch) {

@@ -22,6 +22,9 @@ public enum KernelISA: String, CaseIterable, Sendable {
     /// What the INT8 GEMM runs on this path, named as it is ("avx2 vpmaddwd", "avx512-vnni vpdpbusd").
     public var int8Kernel: String { String(cString: edge_q8_kernel_name(c)) }
 
+    /// What the INT4 GEMM runs on this path: integer (W4A16) or FP32 weight-only.
+    public var int4Kernel: String { String(cString: edge_q4_kernel_name(c)) }
+
     /// What `.auto` resolves to here.
     public static var best: KernelISA {
         switch edge_isa_best() {

@@ -98,8 +98,10 @@ public final class QuantizedEpilogue: @unchecked Sendable {
     }
 }
 
-/// INT4 weight-only dense: FP32 activations and arithmetic, group-wise INT4 weights packed in
-/// 16-output panels (half a byte a weight) and widened a panel at a time in the kernel.
+/// INT4 dense: group-wise INT4 weights packed in 16-output panels (half a byte a weight) and
+/// widened a panel at a time in the kernel. On AVX2 the arithmetic is integer, with each row
+/// quantized to int16 (W4A16, see `edge_q4_gemm`); on the portable path it is FP32 (weight-only).
+/// `KernelISA.int4Kernel` names which.
 public final class PackedInt4Weights: @unchecked Sendable {
     public let outputs: Int
     public let inputs: Int

@@ -76,7 +76,7 @@ struct Bench: ParsableCommand {
             }
             if !json {
                 print("\(network.name) v\(network.version), \(results.first?.precision ?? "fp32"), kernels \(KernelISA.best.rawValue) " +
-                      "(INT8: \(KernelISA.best.int8Kernel)), \(threads) thread\(threads == 1 ? "" : "s")")
+                      "(INT8: \(KernelISA.best.int8Kernel); INT4: \(KernelISA.best.int4Kernel)), \(threads) thread\(threads == 1 ? "" : "s")")
                 print(table(["batch", "latency (us)", "samples/s"],
                             results.map { ["\($0.batch)", String(format: "%.2f", $0.latency_us), String(format: "%.0f", $0.samples_per_s)] },
                             rightAligned: [0, 1, 2]))

@@ -45,7 +45,10 @@ import Training
         let fp32 = ExecutionPlan(network: net, batchCapacity: 10).predict(x)
         fake.restoreWeights()
         #expect(net.layers[0].weight!.values == master)
-        for (a, b) in zip(int4, fp32) { #expect(abs(a - b) < 1e-5) }
+        // 1e-4, not closer: on AVX2 the INT4 plan's arithmetic is integer, with each row of
+        // activations quantized to int16 (a step of max|x| / 32767). Weights off the training grid
+        // would differ by a step of the INT4 grid (~0.1 here).
+        for (a, b) in zip(int4, fp32) { #expect(abs(a - b) < 1e-4) }
     }
 
     func onGrid(_ w: Tensor, group: Int) -> Bool {

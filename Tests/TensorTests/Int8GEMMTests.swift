@@ -98,13 +98,15 @@ import Testing
         #expect(y == exact.map(Float.init), "\(isa)")
     }
 
-    /// Shapes for the vectorised path's edges: row blocks of 8 and a partial one, groups of 32,
-    /// 64 and 128, and an input count that leaves a short last group.
-    /// Row tiles of 4 and a partial one, partial and several 16-output panels, a short last group,
-    /// a group of 2, on the portable path and the best one here.
-    @Test(arguments: [(3, 5, 64, 32), (19, 7, 100, 32), (9, 33, 200, 128), (8, 16, 128, 64), (1, 3, 6, 32), (4, 1, 2, 2), (64, 40, 256, 256)],
-          [KernelISA.portable, .auto])
-    func int4WeightOnlyMatchesReference(_ shape: (Int, Int, Int, Int), isa: KernelISA) {
+    /// Row tiles and a partial one, partial and several 16-output panels, a short last group, a
+    /// group of 2, more rows than one quantized block (64): (rows, outputs, inputs, group).
+    static let int4Shapes = [(3, 5, 64, 32), (19, 7, 100, 32), (9, 33, 200, 128), (8, 16, 128, 64), (1, 3, 6, 32), (4, 1, 2, 2),
+                             (64, 40, 256, 256), (130, 17, 34, 2)]
+
+    /// The portable path: FP32 arithmetic on INT4 weights (weight-only).
+    @Test(arguments: int4Shapes)
+    func int4WeightOnlyMatchesReference(_ shape: (Int, Int, Int, Int)) {
+        let isa = KernelISA.portable
         var rng = SeededGenerator(seed: 44)
         let (rows, outputs, inputs, group) = shape
         let groups = (inputs + group - 1) / group
@@ -125,5 +127,76 @@ import Testing
                 #expect(abs(Double(y[r * outputs + o]) - max(acc, 0)) < 1e-4 * (1 + abs(acc)), "\(shape) row \(r) output \(o)")
             }
         }
+    }
+
+    /// The integer path (W4A16 on AVX2) equals its definition bit for bit: each row quantized to
+    /// int16 with scale max|x| / 32767 (round half to even), exact INT32 sums per group, the group
+    /// scales applied in FP32 with fused multiply-adds in group order, then the row scale and bias.
+    /// And it stays within half an activation step per input of the FP32 product.
+    @Test(arguments: int4Shapes)
+    func int4IntegerPathIsItsDefinition(_ shape: (Int, Int, Int, Int)) throws {
+        try #require(KernelISA.best.int4Kernel.contains("w4a16"), "no integer INT4 path on this CPU")
+        var rng = SeededGenerator(seed: 45)
+        let (rows, outputs, inputs, group) = shape
+        let groups = (inputs + group - 1) / group
+        let q = (0..<(outputs * inputs)).map { _ in Int8(Int(rng.next() % 16) - 8) }
+        let scales = (0..<(outputs * groups)).map { _ in rng.nextUnitFloat() }
+        let bias = (0..<outputs).map { _ in rng.nextFloat(limit: 1) }
+        let w = PackedInt4Weights(q: q, scales: scales, bias: bias, outputs: outputs, inputs: inputs, group: group, isa: .auto)
+        // Exact halves of a step appear where x·inv lands on k + 0.5; rows of different magnitudes.
+        var x = (0..<(rows * inputs)).map { _ in rng.nextFloat(limit: 1) }
+        for r in 0..<rows { for k in 0..<inputs { x[r * inputs + k] *= Float(1 << (r % 7)) } }
+        var y = [Float](repeating: 0, count: rows * outputs)
+        var scratch = [Float](repeating: .nan, count: w.scratchFloats)
+        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in scratch.withUnsafeMutableBufferPointer { sp in
+            w.multiply(rows: rows, xp.baseAddress!, ldx: inputs, yp.baseAddress!, ldy: outputs, activation: .none, scratch: sp.baseAddress!)
+        } } }
+        var mismatches = 0
+        for r in 0..<rows {
+            let row = x[(r * inputs)..<((r + 1) * inputs)]
+            let amax = row.map(abs).max()!
+            let inv: Float = 32767 / amax, rowScale: Float = amax / 32767
+            let xq = row.map { Int(min(max(($0 * inv).rounded(.toNearestOrEven), -32767), 32767)) }
+            for o in 0..<outputs {
+                var f: Float = 0, bound = 0.0, exact = Double(bias[o])
+                for g in 0..<groups {
+                    var acc = 0
+                    for k in (g * group)..<min((g + 1) * group, inputs) {
+                        acc += xq[k] * Int(q[o * inputs + k])
+                        let wk = Double(q[o * inputs + k]) * Double(scales[o * groups + g])
+                        exact += Double(row[row.startIndex + k]) * wk
+                        bound += abs(wk) * Double(rowScale) / 2
+                    }
+                    f = f.addingProduct(Float(acc), scales[o * groups + g])
+                }
+                let expected = bias[o].addingProduct(f, rowScale)
+                if y[r * outputs + o] != expected { mismatches += 1 }
+                #expect(abs(Double(y[r * outputs + o]) - exact) <= bound + 1e-5 * (1 + abs(exact)), "\(shape) row \(r) output \(o)")
+            }
+        }
+        #expect(mismatches == 0, "\(shape): \(mismatches) outputs differ from the definition")
+    }
+
+    /// A row of zeros gives the bias; a row with NaN or an infinity gives NaN (before the
+    /// activation) on the integer path, and the rows around it are untouched by it.
+    @Test func int4RowsOfZerosAndNonFiniteValues() throws {
+        try #require(KernelISA.best.int4Kernel.contains("w4a16"), "no integer INT4 path on this CPU")
+        let outputs = 3, inputs = 20
+        let q = (0..<(outputs * inputs)).map { Int8($0 % 16 - 8) }
+        let w = PackedInt4Weights(q: q, scales: [Float](repeating: 0.5, count: outputs), bias: [1, 2, 3], outputs: outputs, inputs: inputs,
+                                  group: 20, isa: .auto)
+        var x = [Float](repeating: 0, count: 5 * inputs)
+        for k in 0..<inputs { x[inputs + k] = 1; x[3 * inputs + k] = 1; x[4 * inputs + k] = 1 }
+        x[inputs + 17] = .nan  // in the scalar tail (20 = 16 + 4)
+        x[3 * inputs + 3] = .infinity  // in the vector part
+        x[4 * inputs + 19] = -.infinity
+        var y = [Float](repeating: 0, count: 5 * outputs)
+        var scratch = [Float](repeating: .nan, count: w.scratchFloats)
+        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in scratch.withUnsafeMutableBufferPointer { sp in
+            w.multiply(rows: 5, xp.baseAddress!, ldx: inputs, yp.baseAddress!, ldy: outputs, activation: .none, scratch: sp.baseAddress!)
+        } } }
+        #expect(Array(y[0..<3]) == [1, 2, 3])
+        #expect(Array(y[6..<9]) == [1, 2, 3])
+        for r in [1, 3, 4] { #expect(y[(r * outputs)..<((r + 1) * outputs)].allSatisfy { $0.isNaN }, "row \(r)") }
     }
 }

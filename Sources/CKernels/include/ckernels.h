@@ -90,19 +90,24 @@ typedef struct {
 void edge_q8_gemm(edge_isa isa, int rows, int outputs, int inputs, const uint8_t *x, int ldx, const void *packed,
                   const edge_q8_epilogue *epilogue, uint8_t *y_u8, float *y_f32, int ldy);
 
-/// ---- INT4 (weight-only, group-wise) ---------------------------------------------------------
+/// ---- INT4 (group-wise) -----------------------------------------------------------------------
 ///
 /// Weights q in [-8, 7] with one FP32 scale per (output, group of `group` inputs), packed by
 /// edge_q4_pack into 16-output panels: per k, the panel's 16 nibbles (q + 8) in 8 bytes; then the
 /// panel's scales per group and its biases (edge_q4_packed_bytes in all, half a byte a weight
-/// plus the scales). y[m][o] = act(Σ_g scale[o][g] · Σ_{k in g} x[m][k] · q[o][k] + bias[o]):
-/// FP32 activations and arithmetic on INT4 storage (weight-only). Each call widens one panel at a
-/// time into `scratch` (edge_q4_scratch_floats floats, owned by the calling thread: the packed
-/// weights are shared) and runs the FP32 panel kernel over all rows. `group` is even and at most
-/// 256. The AVX2 and portable paths agree to about 1e-6 relative, not bit for bit.
+/// plus the scales). y[m][o] = act(Σ_g scale[o][g] · Σ_{k in g} x[m][k] · q[o][k] + bias[o]).
+/// On AVX2 the arithmetic is integer (W4A16): each row is quantized to int16, symmetric with
+/// scale max|x[m]| / 32767 (round half to even), each panel widened to int16, and vpmaddwd sums a
+/// group in INT32 before its scales are applied in FP32; a row holding an infinity or NaN gives
+/// NaN before the activation. The portable path is weight-only: FP32 activations and arithmetic
+/// on INT4 storage. Either way a call widens one panel at a time into `scratch`
+/// (edge_q4_scratch_floats floats, owned by the calling thread: the packed weights are shared).
+/// `group` is even and at most 256 (so a group's INT32 sums cannot overflow), `inputs` even.
 size_t edge_q4_packed_bytes(int outputs, int inputs, int group);
 size_t edge_q4_scratch_floats(int inputs);
 void edge_q4_pack(const int8_t *q, const float *scales, const float *bias, int outputs, int inputs, int group, void *packed);
+/// "avx2 vpmaddwd (w4a16)" or "portable c (fp32 weight-only)": what edge_q4_gemm runs for `isa`.
+const char *edge_q4_kernel_name(edge_isa isa);
 void edge_q4_gemm(edge_isa isa, int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
                   float *y, int ldy, edge_activation act, float alpha, float *scratch);
 
