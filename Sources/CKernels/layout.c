@@ -64,9 +64,10 @@ enum { PADDED_ROW_BYTES = 32768 };
 
 /// im2row on bytes: a pixel is `cb` bytes (its channels), the padding a repeated byte (0 for
 /// FP32's 0.0, the zero point for UINT8), a row of `rows` is `ldrow` bytes (the taps, then the
-/// pad byte up to ldrow). Each input row that a kernel row reads is laid out once with its left
-/// and right padding, so every window is one copy of kw·cb bytes; a padded row wider than
-/// PADDED_ROW_BYTES (a 112-wide, 64-channel FP32 image) takes the window-by-window path.
+/// pad byte up to ldrow). For each output row and kernel row, the input row read is laid out with
+/// its left and right padding in a stack buffer, so every window is one copy of kw·cb bytes; a
+/// padded row wider than PADDED_ROW_BYTES (a 128-wide, 64-channel FP32 image) takes the
+/// window-by-window path.
 static void im2row_bytes(const unsigned char *x, size_t cb, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
                          unsigned char pad, unsigned char *rows, size_t ldrow) {
     int oh = (height + 2 * ph - kh) / sh + 1, ow = (width + 2 * pw - kw) / sw + 1;
@@ -74,7 +75,9 @@ static void im2row_bytes(const unsigned char *x, size_t cb, int height, int widt
     if (oh <= 0 || ow <= 0) return;
     if (ldrow > taps)
         for (size_t p = 0; p < (size_t)oh * ow; p++) fill_small(rows + p * ldrow + taps, pad, ldrow - taps);
-    if (line + 2 * (size_t)pw * cb <= PADDED_ROW_BYTES) {
+    // The padded path needs the kernel to fit the padded row (the C API does not check it; a
+    // model's shapes are checked on load) and no negative padding; otherwise windows are clipped.
+    if (pw >= 0 && ph >= 0 && kw <= width + 2 * pw && line + 2 * (size_t)pw * cb <= PADDED_ROW_BYTES) {
         unsigned char padded[PADDED_ROW_BYTES];
         fill_small(padded, pad, (size_t)pw * cb);
         fill_small(padded + (size_t)pw * cb + line, pad, (size_t)pw * cb);

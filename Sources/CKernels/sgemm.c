@@ -67,12 +67,13 @@ static void sgemm_portable(int rows, int outputs, int inputs, const float *x, in
     }
 }
 
-// ---- INT4 weight-only, 16-output panels ------------------------------------------------------
+// ---- INT4, 16-output panels --------------------------------------------------------------------
 //
 // Per panel: for each k, 8 bytes holding the panel's 16 nibbles (byte j: output 2j low, 2j+1
-// high, q + 8); then, per group, the panel's 16 scales; then its 16 biases. A call widens one
-// panel at a time into `scratch` ([k][16] FP32, the group scales applied) and runs the FP32
-// panel kernel over every row: the weights stay INT4 in memory, the arithmetic is FP32.
+// high, q + 8); then, per group, the panel's 16 scales; then its 16 biases. The portable path
+// widens one panel at a time into `scratch` ([k][16] FP32, the group scales applied) and runs the
+// FP32 panel loop over every row (weight-only: the arithmetic is FP32); the AVX2 path is integer
+// (W4A16, below).
 
 #define Q4_NIBBLE_BYTES 8
 
@@ -395,17 +396,19 @@ static T256 void q4_quantize_rows(int mb, int inputs, const float *x, int ldx, i
             rs[r] = finite ? 0.0f : __builtin_nanf("");
             continue;
         }
-        float inv = 32767.0f / amax;
+        // Below 2^-100, 32767 / amax would overflow: such a row is scaled up by 2^64 first (exact).
+        float pre = amax < 0x1p-100f ? 0x1p64f : 1.0f;
+        float inv = 32767.0f / (amax * pre);
         rs[r] = amax / 32767.0f;
-        __m256 vi = _mm256_set1_ps(inv);
+        __m256 vi = _mm256_set1_ps(inv), vp = _mm256_set1_ps(pre);
         for (k = 0; k + 16 <= inputs; k += 16) {
             // |x · inv| <= 32767 up to rounding, which the saturating pack absorbs.
-            __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), vi));
-            __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k + 8), vi));
+            __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + k), vp), vi));
+            __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + k + 8), vp), vi));
             _mm256_storeu_si256((__m256i *)(q + k), _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8));
         }
         for (; k < inputs; k++) {
-            float v = nearbyintf(xr[k] * inv);
+            float v = nearbyintf(xr[k] * pre * inv);
             q[k] = (int16_t)(v > 32767.0f ? 32767 : (v < -32767.0f ? -32767 : v));
         }
     }
@@ -501,20 +504,26 @@ static T256 void q4_gemm_avx2(int rows, int outputs, int inputs, int group, cons
 }
 #endif
 
-const char *edge_q4_kernel_name(edge_isa isa) {
-    if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
+/// Whether `isa` runs INT4 on the integer (AVX2) path: the one place the choice is made.
+static int q4_integer(edge_isa isa) {
 #if defined(__x86_64__)
-    if (isa != EDGE_ISA_PORTABLE && edge_isa_supported(EDGE_ISA_AVX2)) return "avx2 vpmaddwd (w4a16)";
+    if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
+    return isa != EDGE_ISA_PORTABLE && edge_isa_supported(EDGE_ISA_AVX2);
+#else
+    (void)isa;
+    return 0;
 #endif
-    return "portable c (fp32 weight-only)";
+}
+
+const char *edge_q4_kernel_name(edge_isa isa) {
+    return q4_integer(isa) ? "avx2 vpmaddwd (w4a16)" : "portable c (fp32 weight-only)";
 }
 
 void edge_q4_gemm(edge_isa isa, int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
                   float *y, int ldy, edge_activation act, float alpha, float *scratch) {
     if (rows <= 0 || outputs <= 0) return;
-    if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
 #if defined(__x86_64__)
-    if (isa != EDGE_ISA_PORTABLE && edge_isa_supported(EDGE_ISA_AVX2)) {
+    if (q4_integer(isa)) {
         q4_gemm_avx2(rows, outputs, inputs, group, x, ldx, packed, y, ldy, act, alpha, scratch);
         return;
     }

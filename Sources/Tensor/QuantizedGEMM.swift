@@ -136,7 +136,8 @@ public final class PackedInt4Weights: @unchecked Sendable {
 
     deinit { storage.deallocate() }
 
-    /// Floats of per-thread scratch `multiply` needs: one panel's weights widened.
+    /// Floats of per-thread scratch `multiply` needs: one panel's weights widened, and on the
+    /// integer path 64 rows quantized to int16 (160 bytes an input in all).
     public var scratchFloats: Int { edge_q4_scratch_floats(Int32(inputs)) }
 
     /// `scratch`: `scratchFloats` floats owned by the calling thread (these weights are shared

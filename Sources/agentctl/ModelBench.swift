@@ -42,9 +42,10 @@ struct Bench: ParsableCommand {
         var samples_per_s: Double
         var calls: Int
         var precision: String
-        /// The kernel path (best here, or forced by EDGE_ISA) and the INT8 kernel it runs, named as it is.
+        /// The kernel path (best here, or forced by EDGE_ISA) and the INT8 and INT4 kernels it runs, named as they are.
         var isa: String = KernelISA.best.rawValue
         var int8_kernel: String = KernelISA.best.int8Kernel
+        var int4_kernel: String = KernelISA.best.int4Kernel
     }
 
     func run() throws {

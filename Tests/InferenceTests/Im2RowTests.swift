@@ -8,10 +8,15 @@ import Testing
 /// too wide for the padded-row buffer.
 @Suite struct Im2RowTests {
     struct Shape: Sendable, CustomTestStringConvertible {
-        var channels, height, width, kernelH, kernelW, stride, pad: Int
-        var testDescription: String { "C\(channels) \(height)x\(width) k\(kernelH)x\(kernelW) s\(stride) p\(pad)" }
-        var outH: Int { (height + 2 * pad - kernelH) / stride + 1 }
-        var outW: Int { (width + 2 * pad - kernelW) / stride + 1 }
+        var channels, height, width, kernelH, kernelW, strideH, strideW, padH, padW: Int
+        init(channels: Int, height: Int, width: Int, kernelH: Int, kernelW: Int, stride: Int, pad: Int, strideW: Int? = nil,
+             padW: Int? = nil) {
+            (self.channels, self.height, self.width, self.kernelH, self.kernelW) = (channels, height, width, kernelH, kernelW)
+            (strideH, padH, self.strideW, self.padW) = (stride, pad, strideW ?? stride, padW ?? pad)
+        }
+        var testDescription: String { "C\(channels) \(height)x\(width) k\(kernelH)x\(kernelW) s\(strideH),\(strideW) p\(padH),\(padW)" }
+        var outH: Int { (height + 2 * padH - kernelH) / strideH + 1 }
+        var outW: Int { (width + 2 * padW - kernelW) / strideW + 1 }
         var taps: Int { kernelH * kernelW * channels }
 
         func reference<T>(_ x: [T], pad value: T, ldrow: Int) -> [T] {
@@ -20,7 +25,7 @@ import Testing
                 for ox in 0..<outW {
                     for ky in 0..<kernelH {
                         for kx in 0..<kernelW {
-                            let iy = oy * stride - pad + ky, ix = ox * stride - pad + kx
+                            let iy = oy * strideH - padH + ky, ix = ox * strideW - padW + kx
                             guard iy >= 0, iy < height, ix >= 0, ix < width else { continue }
                             for c in 0..<channels {
                                 rows[(oy * outW + ox) * ldrow + (ky * kernelW + kx) * channels + c] = x[(iy * width + ix) * channels + c]
@@ -42,6 +47,13 @@ import Testing
         Shape(channels: 2, height: 6, width: 9, kernelH: 3, kernelW: 1, stride: 2, pad: 0),
         Shape(channels: 5, height: 4, width: 4, kernelH: 4, kernelW: 4, stride: 1, pad: 0),
         Shape(channels: 1, height: 3, width: 9, kernelH: 1, kernelW: 3, stride: 1, pad: 1),  // 1- to 3-value runs
+        // Strides and paddings that differ along the two axes (no padding along one).
+        Shape(channels: 2, height: 9, width: 7, kernelH: 3, kernelW: 2, stride: 2, pad: 0, strideW: 1, padW: 1),
+        Shape(channels: 3, height: 6, width: 10, kernelH: 2, kernelW: 3, stride: 1, pad: 2, strideW: 3, padW: 0),
+        // A padded FP32 row of exactly 32 KiB ((126 + 2) · 64 · 4 bytes: the padded path) and one
+        // of 32,772 bytes ((8191 + 2) · 4: window by window).
+        Shape(channels: 64, height: 2, width: 126, kernelH: 1, kernelW: 3, stride: 1, pad: 0, padW: 1),
+        Shape(channels: 1, height: 2, width: 8191, kernelH: 1, kernelW: 3, stride: 4, pad: 0, padW: 1),
         // A padded input row over 32 KiB (in both types): the window-by-window path.
         Shape(channels: 64, height: 3, width: 520, kernelH: 3, kernelW: 3, stride: 2, pad: 1),
     ]
@@ -53,7 +65,7 @@ import Testing
         var rows = [Float](repeating: -1, count: count + 8)
         x.withUnsafeBufferPointer { xp in rows.withUnsafeMutableBufferPointer { rp in
             edge_im2row_nhwc(xp.baseAddress, Int32(s.channels), Int32(s.height), Int32(s.width), Int32(s.kernelH), Int32(s.kernelW),
-                             Int32(s.stride), Int32(s.stride), Int32(s.pad), Int32(s.pad), rp.baseAddress)
+                             Int32(s.strideH), Int32(s.strideW), Int32(s.padH), Int32(s.padW), rp.baseAddress)
         } }
         #expect(Array(rows[..<count]) == s.reference(x, pad: 0, ldrow: s.taps))
         #expect(rows[count...].allSatisfy { $0 == -1 }, "wrote past the rows")
@@ -66,7 +78,7 @@ import Testing
         var rows = [UInt8](repeating: 0xEE, count: count + 40)
         x.withUnsafeBufferPointer { xp in rows.withUnsafeMutableBufferPointer { rp in
             edge_im2row_nhwc_u8(xp.baseAddress, Int32(s.channels), Int32(s.height), Int32(s.width), Int32(s.kernelH), Int32(s.kernelW),
-                                Int32(s.stride), Int32(s.stride), Int32(s.pad), Int32(s.pad), 131, rp.baseAddress, Int32(ldrow))
+                                Int32(s.strideH), Int32(s.strideW), Int32(s.padH), Int32(s.padW), 131, rp.baseAddress, Int32(ldrow))
         } }
         #expect(Array(rows[..<count]) == s.reference(x, pad: 131, ldrow: ldrow))
         #expect(rows[count...].allSatisfy { $0 == 0xEE }, "wrote past the rows")

@@ -115,11 +115,7 @@ import Testing
         let bias = (0..<outputs).map { _ in rng.nextFloat(limit: 1) }
         let w = PackedInt4Weights(q: q, scales: scales, bias: bias, outputs: outputs, inputs: inputs, group: group, isa: isa)
         let x = (0..<(rows * inputs)).map { _ in rng.nextFloat(limit: 1) }
-        var y = [Float](repeating: 0, count: rows * outputs)
-        var scratch = [Float](repeating: .nan, count: w.scratchFloats)
-        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in scratch.withUnsafeMutableBufferPointer { sp in
-            w.multiply(rows: rows, xp.baseAddress!, ldx: inputs, yp.baseAddress!, ldy: outputs, activation: .relu, scratch: sp.baseAddress!)
-        } } }
+        let y = runInt4(w, x, rows: rows, ldx: inputs, ldy: outputs, activation: .relu)
         for r in 0..<rows {
             for o in 0..<outputs {
                 var acc = Double(bias[o])
@@ -129,74 +125,89 @@ import Testing
         }
     }
 
+    static var integerInt4: Bool { KernelISA.best.int4Kernel.contains("w4a16") }
+
+    /// Runs `w` on rows `ldx` apart into rows `ldy` apart, with scratch followed by a guard region
+    /// that must stay untouched.
+    func runInt4(_ w: PackedInt4Weights, _ x: [Float], rows: Int, ldx: Int, ldy: Int, activation: FusedActivation) -> [Float] {
+        var y = [Float](repeating: -99, count: rows * ldy)
+        var scratch = [Float](repeating: .nan, count: w.scratchFloats + 64)
+        for i in w.scratchFloats..<scratch.count { scratch[i] = 12345 }
+        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in scratch.withUnsafeMutableBufferPointer { sp in
+            w.multiply(rows: rows, xp.baseAddress!, ldx: ldx, yp.baseAddress!, ldy: ldy, activation: activation, scratch: sp.baseAddress!)
+        } } }
+        #expect(scratch[w.scratchFloats...].allSatisfy { $0 == 12345 }, "wrote past its scratch")
+        for r in 0..<rows { for o in w.outputs..<ldy { #expect(y[r * ldy + o] == -99, "wrote past the row") } }
+        return y
+    }
+
     /// The integer path (W4A16 on AVX2) equals its definition bit for bit: each row quantized to
     /// int16 with scale max|x| / 32767 (round half to even), exact INT32 sums per group, the group
-    /// scales applied in FP32 with fused multiply-adds in group order, then the row scale and bias.
-    /// And it stays within half an activation step per input of the FP32 product.
-    @Test(arguments: int4Shapes)
-    func int4IntegerPathIsItsDefinition(_ shape: (Int, Int, Int, Int)) throws {
-        try #require(KernelISA.best.int4Kernel.contains("w4a16"), "no integer INT4 path on this CPU")
+    /// scales applied in FP32 with fused multiply-adds in group order, then the row scale and bias
+    /// and the activation. And it stays within half an activation step per input of the FP32
+    /// product. Rows `ldx` apart (a padded input), magnitudes from 2^-120 (below the 2^-100 where
+    /// the row is pre-scaled) to 64.
+    @Test(.enabled(if: integerInt4), arguments: int4Shapes)
+    func int4IntegerPathIsItsDefinition(_ shape: (Int, Int, Int, Int)) {
         var rng = SeededGenerator(seed: 45)
         let (rows, outputs, inputs, group) = shape
-        let groups = (inputs + group - 1) / group
+        let groups = (inputs + group - 1) / group, ldx = inputs + 3, ldy = outputs + 2
         let q = (0..<(outputs * inputs)).map { _ in Int8(Int(rng.next() % 16) - 8) }
         let scales = (0..<(outputs * groups)).map { _ in rng.nextUnitFloat() }
         let bias = (0..<outputs).map { _ in rng.nextFloat(limit: 1) }
         let w = PackedInt4Weights(q: q, scales: scales, bias: bias, outputs: outputs, inputs: inputs, group: group, isa: .auto)
-        // Exact halves of a step appear where x·inv lands on k + 0.5; rows of different magnitudes.
-        var x = (0..<(rows * inputs)).map { _ in rng.nextFloat(limit: 1) }
-        for r in 0..<rows { for k in 0..<inputs { x[r * inputs + k] *= Float(1 << (r % 7)) } }
-        var y = [Float](repeating: 0, count: rows * outputs)
-        var scratch = [Float](repeating: .nan, count: w.scratchFloats)
-        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in scratch.withUnsafeMutableBufferPointer { sp in
-            w.multiply(rows: rows, xp.baseAddress!, ldx: inputs, yp.baseAddress!, ldy: outputs, activation: .none, scratch: sp.baseAddress!)
-        } } }
-        var mismatches = 0
-        for r in 0..<rows {
-            let row = x[(r * inputs)..<((r + 1) * inputs)]
-            let amax = row.map(abs).max()!
-            let inv: Float = 32767 / amax, rowScale: Float = amax / 32767
-            let xq = row.map { Int(min(max(($0 * inv).rounded(.toNearestOrEven), -32767), 32767)) }
-            for o in 0..<outputs {
-                var f: Float = 0, bound = 0.0, exact = Double(bias[o])
-                for g in 0..<groups {
-                    var acc = 0
-                    for k in (g * group)..<min((g + 1) * group, inputs) {
-                        acc += xq[k] * Int(q[o * inputs + k])
-                        let wk = Double(q[o * inputs + k]) * Double(scales[o * groups + g])
-                        exact += Double(row[row.startIndex + k]) * wk
-                        bound += abs(wk) * Double(rowScale) / 2
+        var x = (0..<(rows * ldx)).map { _ in rng.nextFloat(limit: 1) }
+        let magnitudes: [Float] = [1, 2, 64, 0x1p-120, 0x1p-60, 0.5, 8]
+        for r in 0..<rows { for k in 0..<ldx { x[r * ldx + k] *= magnitudes[r % magnitudes.count] } }
+        for (activation, apply) in [(FusedActivation.none, { (v: Float) in v }), (.relu6, { min(max($0, 0), 6) }),
+                                    (.leaky(0.1), { $0 < 0 ? $0 * 0.1 : $0 })] {
+            let y = runInt4(w, x, rows: rows, ldx: ldx, ldy: ldy, activation: activation)
+            var mismatches = 0
+            for r in 0..<rows {
+                let row = x[(r * ldx)..<(r * ldx + inputs)]
+                let amax = row.map(abs).max()!
+                let pre: Float = amax < 0x1p-100 ? 0x1p64 : 1
+                let inv: Float = 32767 / (amax * pre), rowScale: Float = amax / 32767
+                let xq = row.map { Int(min(max(($0 * pre * inv).rounded(.toNearestOrEven), -32767), 32767)) }
+                for o in 0..<outputs {
+                    var f: Float = 0, bound = 0.0, exact = Double(bias[o])
+                    for g in 0..<groups {
+                        var acc = 0
+                        for k in (g * group)..<min((g + 1) * group, inputs) {
+                            acc += xq[k] * Int(q[o * inputs + k])
+                            let wk = Double(q[o * inputs + k]) * Double(scales[o * groups + g])
+                            exact += Double(row[row.startIndex + k]) * wk
+                            bound += abs(wk) * Double(rowScale) / 2
+                        }
+                        f = f.addingProduct(Float(acc), scales[o * groups + g])
                     }
-                    f = f.addingProduct(Float(acc), scales[o * groups + g])
+                    let expected = apply(bias[o].addingProduct(f, rowScale))
+                    if y[r * ldy + o] != expected { mismatches += 1 }
+                    let exactOut = Double(apply(Float(exact)))
+                    #expect(abs(Double(y[r * ldy + o]) - exactOut) <= bound + 1e-5 * (1 + abs(exactOut)), "\(shape) row \(r) output \(o)")
                 }
-                let expected = bias[o].addingProduct(f, rowScale)
-                if y[r * outputs + o] != expected { mismatches += 1 }
-                #expect(abs(Double(y[r * outputs + o]) - exact) <= bound + 1e-5 * (1 + abs(exact)), "\(shape) row \(r) output \(o)")
             }
+            #expect(mismatches == 0, "\(shape) \(activation): \(mismatches) outputs differ from the definition")
         }
-        #expect(mismatches == 0, "\(shape): \(mismatches) outputs differ from the definition")
     }
 
-    /// A row of zeros gives the bias; a row with NaN or an infinity gives NaN (before the
-    /// activation) on the integer path, and the rows around it are untouched by it.
-    @Test func int4RowsOfZerosAndNonFiniteValues() throws {
-        try #require(KernelISA.best.int4Kernel.contains("w4a16"), "no integer INT4 path on this CPU")
+    /// A row of zeros gives the bias; a row with NaN or an infinity, in the vector part or the
+    /// scalar tail, gives NaN (before the activation) on the integer path, and its neighbours
+    /// are untouched by it.
+    @Test(.enabled(if: integerInt4)) func int4RowsOfZerosAndNonFiniteValues() {
         let outputs = 3, inputs = 20
         let q = (0..<(outputs * inputs)).map { Int8($0 % 16 - 8) }
         let w = PackedInt4Weights(q: q, scales: [Float](repeating: 0.5, count: outputs), bias: [1, 2, 3], outputs: outputs, inputs: inputs,
                                   group: 20, isa: .auto)
-        var x = [Float](repeating: 0, count: 5 * inputs)
-        for k in 0..<inputs { x[inputs + k] = 1; x[3 * inputs + k] = 1; x[4 * inputs + k] = 1 }
-        x[inputs + 17] = .nan  // in the scalar tail (20 = 16 + 4)
-        x[3 * inputs + 3] = .infinity  // in the vector part
-        x[4 * inputs + 19] = -.infinity
-        var y = [Float](repeating: 0, count: 5 * outputs)
-        var scratch = [Float](repeating: .nan, count: w.scratchFloats)
-        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in scratch.withUnsafeMutableBufferPointer { sp in
-            w.multiply(rows: 5, xp.baseAddress!, ldx: inputs, yp.baseAddress!, ldy: outputs, activation: .none, scratch: sp.baseAddress!)
-        } } }
+        let bad: [(row: Int, column: Int, value: Float)] = [(1, 17, .nan), (3, 3, .infinity), (4, 19, -.infinity), (5, 5, .nan),
+                                                            (6, 9, -.nan)]
+        var x = [Float](repeating: 1, count: 8 * inputs)
+        for k in 0..<inputs { x[k] = 0; x[2 * inputs + k] = 0 }
+        for b in bad { x[b.row * inputs + b.column] = b.value }
+        let y = runInt4(w, x, rows: 8, ldx: inputs, ldy: outputs, activation: .none)
         #expect(Array(y[0..<3]) == [1, 2, 3])
         #expect(Array(y[6..<9]) == [1, 2, 3])
-        for r in [1, 3, 4] { #expect(y[(r * outputs)..<((r + 1) * outputs)].allSatisfy { $0.isNaN }, "row \(r)") }
+        for b in bad { #expect(y[(b.row * outputs)..<((b.row + 1) * outputs)].allSatisfy { $0.isNaN }, "row \(b.row)") }
+        #expect(y[(7 * outputs)..<(8 * outputs)].allSatisfy { $0.isFinite })
     }
 }
