@@ -28,6 +28,7 @@ extension Network {
         }
         var m = Manifest(name: name, version: version, input: input, labels: labels, layers: specs, trainable: trainable)
         m.lineage = lineage
+        m.qat = qat
         m.driftReference = driftReference
         m.ewc = ewc
         m.replaySeed = replaySeed

@@ -134,6 +134,9 @@ public final class Network: @unchecked Sendable {
     /// The manifest's `trainable` list; nil means every parameter.
     public var trainable: [String]?
     public var lineage: JSONValue?
+    /// The activation ranges of quantization-aware training (`QATRanges`): kept by a copy, dropped
+    /// by whatever changes the weights without them (pruning, training without QAT).
+    public var qat: JSONValue?
     /// The field sections (`drift_reference`) and their tensors, carried unchanged through every
     /// rewrite (quantize, training) until a stage that owns them renews them.
     public var driftReference: JSONValue?
@@ -203,6 +206,7 @@ public final class Network: @unchecked Sendable {
         self.init(name: model.manifest.name, version: model.manifest.version, inputShape: model.inputShape,
                   labels: model.labels, preprocessing: pre, layers: layers, trainable: model.manifest.trainable)
         self.lineage = model.manifest.lineage
+        self.qat = model.manifest.qat
         self.driftReference = model.manifest.driftReference
         self.ewc = model.manifest.ewc
         self.replaySeed = model.manifest.replaySeed
@@ -242,6 +246,7 @@ public final class Network: @unchecked Sendable {
         let n = Network(name: name, version: version, inputShape: inputShape, labels: labels,
                         preprocessing: preprocessing, layers: layers, trainable: trainable)
         n.lineage = lineage
+        n.qat = qat
         n.driftReference = driftReference
         n.ewc = ewc
         n.replaySeed = replaySeed

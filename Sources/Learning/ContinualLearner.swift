@@ -251,6 +251,7 @@ public enum ContinualLearner {
                        old: [LearnSample], lambda: Float, alpha: Float, settings: LearnSettings, seed: UInt64, probe: [LearnSample],
                        cpuDeadline: Double, isCancelled: () -> Bool, progress: (Int) -> Void) -> Run {
         let network = base.copy()
+        network.qat = nil  // ranges learned by QAT describe the weights before this update
         let batch = settings.batchSize
         let graph = TrainingGraph(network: network, batchCapacity: batch)
         var pairs: [(parameter: Tensor, gradient: Tensor)] = []

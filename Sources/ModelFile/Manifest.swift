@@ -17,9 +17,12 @@ public struct Manifest: Codable, Equatable, Sendable {
     /// The labelled replay seed: tensors `replay.inputs`, `replay.labels`, `replay.logits`.
     public var replaySeed: JSONValue?
     public var lineage: JSONValue?
+    /// Activation ranges learned by quantization-aware training (`train --qat int8`), which
+    /// `quantize` keeps: see `QATRanges`.
+    public var qat: JSONValue?
 
     enum CodingKeys: String, CodingKey {
-        case name, version, input, labels, layers, trainable, quantization, lineage, ewc
+        case name, version, input, labels, layers, trainable, quantization, lineage, ewc, qat
         case driftReference = "drift_reference"
         case replaySeed = "replay_seed"
     }

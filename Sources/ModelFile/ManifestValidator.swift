@@ -239,6 +239,9 @@ struct ManifestValidator {
         for name in manifest.trainable ?? [] where weights[name] == nil {
             throw fail("edge.manifest", "trainable tensor '\(name)' is not a tensor any layer uses")
         }
+        if let qat = manifest.qat {
+            do throws(QATRangesError) { _ = try QATRanges(qat, tensors: layers.count + 1) } catch { throw fail("qat", error.message) }
+        }
         return Result(manifest: manifest, layers: layers, weights: weights)
     }
 

@@ -48,14 +48,16 @@ public enum Quantizer {
     }
 
     /// Parameters per tensor. Pooling, flatten and a ReLU that is not fused keep their input's
-    /// parameters, so UINT8 flows through them with no dequantize/quantize pair.
+    /// parameters, so UINT8 flows through them with no dequantize/quantize pair. `learned`:
+    /// ranges that replace the calibrated ones (quantization-aware training's, `QATRanges`).
     public static func activationParams(_ histograms: [ActivationHistogram], network: Network, method: CalibrationMethod,
-                                        percentile: Double = 99.99) -> [String: QuantParams] {
+                                        percentile: Double = 99.99, learned: [Int: ClosedRange<Float>] = [:]) -> [String: QuantParams] {
         var out: [String: QuantParams] = [:]
         for (t, h) in histograms.enumerated() {
             let r = method.range(of: h, percentile: percentile)
             out[String(t)] = QuantParams(lo: r.lo, hi: r.hi)
         }
+        for (t, r) in learned { out[String(t)] = QuantParams(lo: r.lowerBound, hi: r.upperBound) }
         for (l, layer) in network.layers.enumerated() {
             switch layer.kind {
             case .maxpool2d, .avgpool2d, .globalavgpool, .flatten:

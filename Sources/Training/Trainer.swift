@@ -32,6 +32,9 @@ public final class Trainer: @unchecked Sendable {
     /// Around the per-epoch test evaluation of `fit` (QAT evaluates the quantized weights).
     public var beforeEvaluation: (() -> Void)?
     public var afterEvaluation: (() -> Void)?
+    /// The per-epoch test accuracy of `fit`, when not the FP32 network's (INT8 QAT evaluates the
+    /// INT8 plan it is training for).
+    public var evaluate: ((DataSet) -> Float)?
 
     /// - Parameters:
     ///   - network: trained in place (pass a copy to keep the original).
@@ -96,7 +99,7 @@ public final class Trainer: @unchecked Sendable {
             let testAccuracy = test.map { data -> Float in
                 beforeEvaluation?()
                 defer { afterEvaluation?() }
-                return Evaluation(network: network, data: data).accuracy
+                return evaluate?(data) ?? Evaluation(network: network, data: data).accuracy
             }
             progress(EpochReport(epoch: epoch, loss: loss, trainAccuracy: accuracy, testAccuracy: testAccuracy, seconds: seconds))
         }

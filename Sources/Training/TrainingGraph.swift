@@ -24,6 +24,14 @@ public final class TrainingGraph: @unchecked Sendable {
     public let forwardCount: Int
     /// Also compute ∂loss/∂input at layer 0 (gradient checks, saliency); training does not need it.
     public var computesInputGradient = false
+    /// Called in `forward` with each tensor as soon as it is computed (0: the preprocessed input,
+    /// l + 1: layer l's output; `count` values for the batch), before any layer reads it; it may
+    /// change the values in place (quantization-aware training fake-quantizes activations here).
+    public var tensorHook: ((_ tensor: Int, _ values: UnsafeMutablePointer<Float>, _ count: Int) -> Void)?
+    /// Called in the backward pass with ∂loss/∂tensor for each tensor l ≥ 1 (and 0 when the
+    /// input gradient is computed), before it flows into the layer that produced the tensor: the
+    /// derivative of what `tensorHook` did (a straight-through estimator's mask).
+    public var gradientHook: ((_ tensor: Int, _ gradient: UnsafeMutablePointer<Float>, _ count: Int) -> Void)?
 
     /// - Parameter trainable: names of tensors to train; nil trains every parameter.
     public init(network: Network, batchCapacity: Int, trainable: Set<String>? = nil, dropFinalSoftmax: Bool = true) {
@@ -88,6 +96,7 @@ public final class TrainingGraph: @unchecked Sendable {
     public func forward(_ input: UnsafePointer<Float>, batch: Int) {
         precondition(batch >= 1 && batch <= batchCapacity, "batch \(batch) outside 1...\(batchCapacity)")
         network.preprocessing.apply(input, acts[0], batch: batch, sampleCount: network.inputCount)
+        tensorHook?(0, acts[0], batch * network.inputCount)
         for l in 0..<forwardCount {
             let layer = network.layers[l]
             let x = UnsafePointer(acts[l]), y = acts[l + 1]
@@ -111,6 +120,7 @@ public final class TrainingGraph: @unchecked Sendable {
                 y.update(from: x, count: batch * layer.inputCount)
                 Kernels.softmax(y, rows: batch, columns: layer.outputCount)
             }
+            tensorHook?(l + 1, y, batch * layer.outputCount)
         }
     }
 
@@ -199,6 +209,7 @@ public final class TrainingGraph: @unchecked Sendable {
                 }
             }
             swap(&dy, &dx)
+            if l > 0 || computesInputGradient { gradientHook?(l, dy, batch * layer.inputCount) }
         }
         let n = forwardCount == 0 ? 0 : network.layers[0].inputCount
         return UnsafeBufferPointer(start: dy, count: batch * n)

@@ -161,6 +161,7 @@ struct Distill: ParsableCommand {
                 labelsOnly = results.map(\.labelsOnly).reduce(0, +) / Float(results.count)
                 if seeds > 1 { perSeed = results }
             }
+            student.qat = nil  // ranges learned by QAT describe weights distillation has changed
             try student.write(to: out)
             // With several seeds the student's figure is the mean too (the file written is the first seed's).
             let studentAccuracy = perSeed.map { $0.map(\.distilled).reduce(0, +) / Float($0.count) } ?? Evaluation(network: student, data: test).accuracy

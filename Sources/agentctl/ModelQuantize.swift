@@ -114,7 +114,14 @@ struct Quantize: ParsableCommand {
                 throw DataSetError(file: calib, "has \(calibration.count) calibration rows after holding out every 5th; at least \(Quantizer.minimumCalibrationRows) are needed")
             }
             let histograms = Quantizer.histograms(network, calibration)
-            let activations = Quantizer.activationParams(histograms, network: network, method: method, percentile: percentile)
+            // Ranges learned by quantization-aware training (`train --qat int8`) replace the calibrated
+            // ones for the tensors they cover; the loader has checked the section.
+            let learned = (network.qat.flatMap { try? QATRanges($0, tensors: network.layers.count + 1) })?.activations ?? [:]
+            if !learned.isEmpty && !json {
+                printError("activation ranges: \(learned.count) tensors from quantization-aware training, the others calibrated (\(method.rawValue))")
+            }
+            let activations = Quantizer.activationParams(histograms, network: network, method: method, percentile: percentile,
+                                                         learned: learned)
             let preferred: (Int) -> LayerPrecision = { l in
                 if self.precision == .int4, case .dense = network.layers[l].kind { return .int4 }
                 return .int8

@@ -73,13 +73,17 @@ struct Train: ParsableCommand {
     @Option(help: "Model name written to the manifest (default: the output file's stem).")
     var name: String?
 
-    @Option(help: ArgumentHelp("Quantization-aware training: int4 trains the dense layers' weights as 'quantize --precision int4' stores them.", valueName: "int4"))
+    @Option(help: ArgumentHelp("""
+        Quantization-aware training. int8: the dense and conv2d weights as 'quantize --precision int8' stores \
+        them and the UINT8 activations with ranges tracked during training, which the file keeps for 'quantize'. \
+        int4: the dense layers' weights as 'quantize --precision int4' stores them.
+        """, valueName: "int8|int4"))
     var qat: QATMode?
 
     @Option(help: "INT4 group size for --qat int4 (give 'quantize' the same --group): 32, 64 or 128.")
     var group: Int = 32
 
-    enum QATMode: String, ExpressibleByArgument { case int4 }
+    enum QATMode: String, ExpressibleByArgument { case int8, int4 }
 
     @Flag(help: "Print per-epoch lines and the summary as JSON (one object per line).")
     var json = false
@@ -91,7 +95,7 @@ struct Train: ParsableCommand {
         if batchSize < 1 { throw ValidationError("--batch-size must be at least 1") }
         if !["adam", "sgd"].contains(optimizer) { throw ValidationError("--optimizer must be adam or sgd") }
         if ![32, 64, 128].contains(group) { throw ValidationError("--group must be 32, 64 or 128") }
-        if group != 32 && qat == nil { throw ValidationError("--group is for --qat int4") }
+        if group != 32 && qat != .int4 { throw ValidationError("--group is for --qat int4") }
     }
 
     struct Summary: Codable {
@@ -143,10 +147,30 @@ struct Train: ParsableCommand {
                 ? .sgd(learningRate: lr ?? 0.05, momentum: momentum, weightDecay: weightDecay)
                 : .adam(learningRate: lr ?? 0.002, weightDecay: weightDecay)
             let trainer = Trainer(network: network, optimizer: kind, batchSize: batchSize, seed: seed, trainable: names)
-            if qat == .int4 {
+            // Ranges learned earlier describe the weights they were learned with; a new QAT run starts
+            // from them, any other training drops them.
+            let earlier = try network.qat.map { json -> [Int: ClosedRange<Float>] in
+                do throws(QATRangesError) { return try QATRanges(json, tensors: network.layers.count + 1).activations } catch {
+                    throw ModelFileError(file: from ?? out, location: "qat", error.message)
+                }
+            }
+            network.qat = nil
+            var int8QAT: Int8FakeQuantizer?
+            switch qat {
+            case .int4:
                 let fake = Int4WeightFakeQuantizer(network: network, group: group)
                 fake.attach(to: trainer)
                 if !json { printError("quantization-aware: \(fake.layers.count) dense layers trained through INT4 weights, groups of \(group)") }
+            case .int8:
+                let fake = Int8FakeQuantizer(network: network, ranges: earlier ?? [:])
+                fake.attach(to: trainer, calibration: train)
+                int8QAT = fake
+                if !json {
+                    printError("quantization-aware: \(fake.layers.count) layers trained through INT8 weights, \(fake.tensors.count) activation " +
+                               "tensors through UINT8 (ranges tracked, moving average \(Int8FakeQuantizer.momentum)); test accuracy is the INT8 plan's")
+                }
+            case nil:
+                break
             }
             if !json {
                 printError("training \(network.name): \(network.parameterCount) parameters, \(train.count) training rows, \(test.count) test rows")
@@ -164,6 +188,7 @@ struct Train: ParsableCommand {
                 }
             }
             if from != nil { network.version += 1 }
+            if let int8QAT { network.qat = int8QAT.section.json }
             try network.write(to: out)
             let summary = Summary(model: network.name, arch: arch, parameters: network.parameterCount, trainRows: train.count,
                                   testRows: test.count, epochs: epochs, seed: seed, trainAccuracy: last?.trainAccuracy ?? 0,
