@@ -151,10 +151,11 @@ public final class Int8FakeQuantizer {
         let params = QuantParams(lo: r.lowerBound, hi: r.upperBound)
         let inside = params.range
         if bytes.count < count { bytes = [UInt8](repeating: 0, count: count) }
-        var mask = masks[t] ?? []
-        if mask.count < count { mask = [UInt8](repeating: 0, count: count) }
-        for i in 0..<count { mask[i] = inside.contains(values[i]) ? 1 : 0 }
-        masks[t] = mask
+        if masks[t, default: []].count < count { masks[t] = [UInt8](repeating: 0, count: count) }
+        // In place: a copy of the mask taken out of the dictionary would be a new array every step.
+        masks[t]!.withUnsafeMutableBufferPointer { mask in
+            for i in 0..<count { mask[i] = inside.contains(values[i]) ? 1 : 0 }
+        }
         bytes.withUnsafeMutableBufferPointer { b in
             quantize(values, count: count, params, b.baseAddress!)
             dequantize(b.baseAddress!, count: count, params, values)

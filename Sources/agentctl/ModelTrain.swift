@@ -149,11 +149,8 @@ struct Train: ParsableCommand {
             let trainer = Trainer(network: network, optimizer: kind, batchSize: batchSize, seed: seed, trainable: names)
             // Ranges learned earlier describe the weights they were learned with; a new QAT run starts
             // from them, any other training drops them.
-            let earlier = try network.qat.map { json -> [Int: ClosedRange<Float>] in
-                do throws(QATRangesError) { return try QATRanges(json, tensors: network.layers.count + 1).activations } catch {
-                    throw ModelFileError(file: from ?? out, location: "qat", error.message)
-                }
-            }
+            // (The loader has checked the section.)
+            let earlier = network.qat.flatMap { try? QATRanges($0, tensors: network.layers.count + 1) }?.activations
             network.qat = nil
             var int8QAT: Int8FakeQuantizer?
             switch qat {

@@ -9,16 +9,6 @@ import Training
 /// `train --qat int8`: weights and UINT8 activations fake-quantized in training, ranges tracked and
 /// kept in the file's `qat` section for `quantize`.
 @Suite struct Int8QATTests {
-    func labelled(_ count: Int, seed: UInt64) -> DataSet {
-        var rng = SeededGenerator(seed: seed)
-        var features: [Float] = [], labels: [Int] = []
-        for r in 0..<count {
-            for k in 0..<16 { features.append(rng.nextUnitFloat() + (k % 4 == r % 4 ? 0.8 : 0)) }
-            labels.append(r % 4)
-        }
-        return DataSet(features: features, featureCount: 16, labels: labels, classNames: ["a", "b", "c", "d"])
-    }
-
     /// Probabilities of the training graph with the fake quantization on (ranges frozen).
     func fakeQuantized(_ net: Network, _ fake: Int8FakeQuantizer, _ x: [Float], rows: Int, hooks: Bool = true) -> [Float] {
         let graph = TrainingGraph(network: net, batchCapacity: rows, dropFinalSoftmax: false)
@@ -75,6 +65,24 @@ import Training
         var w: [Float] = [-5, 5]
         w.withUnsafeMutableBufferPointer { fake.fakeQuantize(tensor: 1, $0.baseAddress!, count: 2) }
         #expect(w == [-5, 5] && !fake.tensors.contains(1))
+    }
+
+    /// Wired into a trainer, the mask reaches the backward pass: through the graph, the input's
+    /// gradient is zero where an input was clipped and flows where it was not.
+    @Test func theTrainersGraphStopsTheGradientOfClippedInputs() throws {
+        let net = try Architecture.build("mlp:4-3-2", seed: 5)
+        let trainer = Trainer(network: net, optimizer: .sgd(learningRate: 0.1, momentum: 0, weightDecay: 0), batchSize: 1, seed: 1)
+        let fake = Int8FakeQuantizer(network: net, ranges: [0: 0...1])
+        fake.attach(to: trainer, calibration: labelled(40, seed: 1).rows(Array(0..<40)))
+        fake.tracking = false
+        let graph = trainer.graph
+        graph.computesInputGradient = true
+        let x: [Float] = [-0.5, 0.5, 2, 0.3]
+        x.withUnsafeBufferPointer { graph.forward($0.baseAddress!, batch: 1) }
+        let dy: [Float] = [1, -1]
+        let dx = Array(dy.withUnsafeBufferPointer { graph.backward($0.baseAddress!, batch: 1) })
+        #expect(dx[0] == 0 && dx[2] == 0, "\(dx)")
+        #expect(dx[1] != 0 && dx[3] != 0, "\(dx)")
     }
 
     /// The section survives a write and a read, `quantize` takes its ranges (and pooling/flatten

@@ -4,17 +4,19 @@ import Tensor
 import Testing
 import Training
 
-@Suite struct QuantizationAwareTrainingTests {
-    func labelled(_ count: Int, seed: UInt64) -> DataSet {
-        var rng = SeededGenerator(seed: seed)
-        var features: [Float] = [], labels: [Int] = []
-        for r in 0..<count {
-            for k in 0..<16 { features.append(rng.nextUnitFloat() + (k % 4 == r % 4 ? 0.8 : 0)) }
-            labels.append(r % 4)
-        }
-        return DataSet(features: features, featureCount: 16, labels: labels, classNames: ["a", "b", "c", "d"])
+/// Four classes in 16 features (class c lifts every feature k with k % 4 == c): the rows the
+/// quantization-aware training suites train on.
+func labelled(_ count: Int, seed: UInt64) -> DataSet {
+    var rng = SeededGenerator(seed: seed)
+    var features: [Float] = [], labels: [Int] = []
+    for r in 0..<count {
+        for k in 0..<16 { features.append(rng.nextUnitFloat() + (k % 4 == r % 4 ? 0.8 : 0)) }
+        labels.append(r % 4)
     }
+    return DataSet(features: features, featureCount: 16, labels: labels, classNames: ["a", "b", "c", "d"])
+}
 
+@Suite struct QuantizationAwareTrainingTests {
     /// After INT4 QAT, the file `quantize --precision int4` makes computes what training computed:
     /// the INT4 plan equals an FP32 plan over the fake-quantized weights, and the masters are kept.
     @Test func theInt4FileHoldsTheWeightsTrainingUsed() throws {
