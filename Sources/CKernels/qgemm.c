@@ -247,97 +247,137 @@ static TVNNI void q8_vnni(int rows, int outputs, int inputs, const uint8_t *x, i
 #define XBLOCK 1024  // input values per row widened at a time (a multiple of 16)
 #define MR_AVX2 6
 
-/// Widens rows [0, mr) of x, values [k0, k0 + kb), into xw (rows XBLOCK int16 apart).
-static inline TAVX2 __attribute__((always_inline)) void widen_rows(int mr, const uint8_t *x, int ldx, int k0, int kb, int16_t *xw) {
+/// Widens rows [0, mr) of x, values [k0, k0 + kb), into xw (rows XBLOCK int16 apart). Only the
+/// values below `kin` (the layer's inputs) are read; the rest of the block (the k-quad padding) is
+/// zero, so a row of exactly `inputs` bytes at the end of a buffer is never read past. A tail
+/// shorter than 16 is widened by a vector that ends at the last value (overlapping the previous
+/// one) when the block holds 16 values, so a 25- or 200-value conv row costs no scalar loop.
+static inline TAVX2 __attribute__((always_inline)) void widen_rows(int mr, const uint8_t *x, int ldx, int k0, int kb, int kin,
+                                                                  int16_t *xw) {
+    int real = kin - k0 < kb ? kin - k0 : kb;
     for (int r = 0; r < mr; r++) {
         const uint8_t *src = x + (size_t)r * ldx + k0;
         int16_t *dst = xw + r * XBLOCK;
         int k = 0;
-        for (; k + 16 <= kb; k += 16)
+        for (; k + 16 <= real; k += 16)
             _mm256_storeu_si256((__m256i *)(dst + k), _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(src + k))));
-        for (; k < kb; k++) dst[k] = src[k];
+        if (k < real && real >= 16) {
+            _mm256_storeu_si256((__m256i *)(dst + real - 16),
+                                _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(src + real - 16))));
+        } else {
+            for (; k < real; k++) dst[k] = src[k];
+        }
+        for (k = real; k < kb; k++) dst[k] = 0;
     }
 }
 
-/// The epilogue for 16 outputs from two vectors of 8 INT32 sums (bit-identical to finish_row).
-/// A panel of fewer than 16 outputs (a pruned layer of 8 channels) is finished with the same
-/// vectors, since the bias and scale arrays are padded to 16; only its n values are stored.
-static inline TAVX2 __attribute__((always_inline)) void finish_avx2(__m256i a0, __m256i a1, int o0, int n, const edge_q8_epilogue *ep,
-                                                                   uint8_t *yu, float *yf) {
-    __m256 v0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a0, _mm256_loadu_si256((const __m256i *)(ep->bias + o0)))),
-                              _mm256_loadu_ps(ep->scale + o0));
-    __m256 v1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a1, _mm256_loadu_si256((const __m256i *)(ep->bias + o0 + 8)))),
-                              _mm256_loadu_ps(ep->scale + o0 + 8));
-    if (ep->leaky) {
-        __m256 zero = _mm256_setzero_ps(), alpha = _mm256_set1_ps(ep->alpha);
-        v0 = _mm256_blendv_ps(v0, _mm256_mul_ps(v0, alpha), _mm256_cmp_ps(v0, zero, _CMP_LT_OQ));
-        v1 = _mm256_blendv_ps(v1, _mm256_mul_ps(v1, alpha), _mm256_cmp_ps(v1, zero, _CMP_LT_OQ));
+/// Stores the first n (< 16) bytes of b without a library call: 8, 4, 2 and 1-byte pieces.
+static inline TAVX2 __attribute__((always_inline)) void store_u8_part(uint8_t *y, __m128i b, int n) {
+    if (n & 8) {
+        _mm_storel_epi64((__m128i *)y, b);
+        y += 8;
+        b = _mm_srli_si128(b, 8);
     }
+    uint64_t rest = (uint64_t)_mm_cvtsi128_si64(b);
+    if (n & 4) { uint32_t v = (uint32_t)rest; memcpy(y, &v, 4); y += 4; rest >>= 32; }
+    if (n & 2) { uint16_t v = (uint16_t)rest; memcpy(y, &v, 2); y += 2; rest >>= 16; }
+    if (n & 1) *y = (uint8_t)rest;
+}
+
+/// The requantization of 8 sums (outputs o0 … o0+7) to 8 INT32 codes, clamped.
+static inline TAVX2 __attribute__((always_inline)) __m256i requantize8_avx2(__m256 v, const edge_q8_epilogue *ep) {
+    __m256 lo = _mm256_set1_ps(-1073741824.0f), hi = _mm256_set1_ps(1073741824.0f);
+    // cvtps rounds half to even (MXCSR default), as nearbyintf does.
+    __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi)), _mm256_set1_epi32(ep->zero_point));
+    return _mm256_min_epi32(_mm256_max_epi32(q, _mm256_set1_epi32(ep->qmin)), _mm256_set1_epi32(ep->qmax));
+}
+
+/// (acc + bias) · scale for 8 outputs from o0, then the leaky slope.
+static inline TAVX2 __attribute__((always_inline)) __m256 dequantize8_avx2(__m256i acc, int o0, const edge_q8_epilogue *ep) {
+    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, _mm256_loadu_si256((const __m256i *)(ep->bias + o0)))),
+                             _mm256_loadu_ps(ep->scale + o0));
+    if (ep->leaky) v = _mm256_blendv_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(ep->alpha)), _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ));
+    return v;
+}
+
+/// The epilogue for NV·8 outputs from NV vectors of 8 INT32 sums (bit-identical to finish_row).
+/// A panel of fewer than 16 outputs (a pruned layer of 8 or 12 channels) is finished with the same
+/// vectors, since the bias and scale arrays are padded to 16; only its n values are stored, by
+/// masked or piecewise stores (no library call per row). NV = 1 (n ≤ 8) converts one vector.
+static inline TAVX2 __attribute__((always_inline)) void finish_avx2(const int NV, __m256i a0, __m256i a1, int o0, int n,
+                                                                   const edge_q8_epilogue *ep, uint8_t *yu, float *yf) {
+    __m256 v0 = dequantize8_avx2(a0, o0, ep);
+    __m256 v1 = NV == 2 ? dequantize8_avx2(a1, o0 + 8, ep) : v0;
     if (yf) {
-        if (n < PANEL) {
-            float part[PANEL];
-            _mm256_storeu_ps(part, v0);
-            _mm256_storeu_ps(part + 8, v1);
-            memcpy(yf + o0, part, (size_t)n * sizeof(float));
-            return;
+        if (n >= 8) _mm256_storeu_ps(yf + o0, v0);
+        if (n == PANEL) {
+            _mm256_storeu_ps(yf + o0 + 8, v1);
+        } else {
+            // lanes below n: all-ones masks for the remaining first vector or the second one.
+            __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            int left = n >= 8 ? n - 8 : n;
+            __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane);
+            if (n >= 8) {
+                if (left) _mm256_maskstore_ps(yf + o0 + 8, mask, v1);
+            } else {
+                _mm256_maskstore_ps(yf + o0, mask, v0);
+            }
         }
-        _mm256_storeu_ps(yf + o0, v0);
-        _mm256_storeu_ps(yf + o0 + 8, v1);
         return;
     }
-    __m256 lo = _mm256_set1_ps(-1073741824.0f), hi = _mm256_set1_ps(1073741824.0f);
-    __m256i zp = _mm256_set1_epi32(ep->zero_point), qmin = _mm256_set1_epi32(ep->qmin), qmax = _mm256_set1_epi32(ep->qmax);
-    // cvtps rounds half to even (MXCSR default), as nearbyintf does.
-    __m256i q0 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v0, lo), hi)), zp);
-    __m256i q1 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v1, lo), hi)), zp);
-    q0 = _mm256_min_epi32(_mm256_max_epi32(q0, qmin), qmax);
-    q1 = _mm256_min_epi32(_mm256_max_epi32(q1, qmin), qmax);
+    __m256i q0 = requantize8_avx2(v0, ep);
+    if (NV == 1) {
+        __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(q0), _mm256_extracti128_si256(q0, 1));  // 8 int16 in order
+        __m128i b = _mm_packus_epi16(w, w);
+        if (n == 8) _mm_storel_epi64((__m128i *)(yu + o0), b);
+        else store_u8_part(yu + o0, b, n);
+        return;
+    }
+    __m256i q1 = requantize8_avx2(v1, ep);
     __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);  // 16 int16 in order
     __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
-    if (n < PANEL) {
-        uint8_t part[PANEL];
-        _mm_storeu_si128((__m128i *)part, b);
-        memcpy(yu + o0, part, (size_t)n);
-        return;
-    }
-    _mm_storeu_si128((__m128i *)(yu + o0), b);
+    if (n == PANEL) _mm_storeu_si128((__m128i *)(yu + o0), b);
+    else store_u8_part(yu + o0, b, n);
 }
 
-/// MR rows × 16 outputs over kb values (k-pairs) of widened input: accp holds MR × 2 vectors of
-/// INT32 sums, loaded before and stored after so the loop keeps all twelve in registers.
-static inline TAVX2 __attribute__((always_inline)) void block_avx2(const int MR, int kb, const int16_t *xw, const int16_t *w,
-                                                                  __m256i *accp) {
+/// MR rows × NV·8 outputs over kb values (k-pairs) of widened input: accp holds MR × 2 vectors of
+/// INT32 sums, loaded before and stored after so the loop keeps all twelve in registers. NV = 1 is
+/// the half panel: a panel with at most 8 outputs (a pruned layer of 8 channels, the 8 left over
+/// from 24) reads only the first 8 outputs of each k-pair, half the multiplies.
+static inline TAVX2 __attribute__((always_inline)) void block_avx2(const int MR, const int NV, int kb, const int16_t *xw,
+                                                                  const int16_t *w, __m256i *accp) {
     __m256i a[MR_AVX2][2];
     for (int r = 0; r < MR; r++) { a[r][0] = accp[2 * r]; a[r][1] = accp[2 * r + 1]; }
     for (int k = 0; k < kb; k += 2) {
         __m256i w0 = _mm256_load_si256((const __m256i *)(w + (size_t)k * PANEL));
-        __m256i w1 = _mm256_load_si256((const __m256i *)(w + (size_t)k * PANEL + 16));
+        __m256i w1 = NV == 2 ? _mm256_load_si256((const __m256i *)(w + (size_t)k * PANEL + 16)) : w0;
         for (int r = 0; r < MR; r++) {
             int32_t pair;
             memcpy(&pair, xw + r * XBLOCK + k, 4);
             __m256i xv = _mm256_set1_epi32(pair);
             a[r][0] = _mm256_add_epi32(a[r][0], _mm256_madd_epi16(w0, xv));
-            a[r][1] = _mm256_add_epi32(a[r][1], _mm256_madd_epi16(w1, xv));
+            if (NV == 2) a[r][1] = _mm256_add_epi32(a[r][1], _mm256_madd_epi16(w1, xv));
         }
     }
     for (int r = 0; r < MR; r++) { accp[2 * r] = a[r][0]; accp[2 * r + 1] = a[r][1]; }
 }
 
-/// MR rows × one 16-output panel over all k; xw holds the rows widened when `widened`, else
-/// each block is widened here.
-static inline TAVX2 __attribute__((always_inline)) void tile_avx2(const int MR, int kp, const uint8_t *x, int ldx, int widened,
-                                                                 int16_t *xw, const int16_t *w, int o0, int cols,
-                                                                 const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
+/// MR rows × one 16-output panel (NV = 2) or its first 8 outputs (NV = 1) over all k; xw holds
+/// the rows widened when `widened`, else each block is widened here.
+static inline TAVX2 __attribute__((always_inline)) void tile_avx2(const int MR, const int NV, int kp, int kin, const uint8_t *x,
+                                                                 int ldx, int widened, int16_t *xw, const int16_t *w, int o0,
+                                                                 int cols, const edge_q8_epilogue *ep, uint8_t *yu, float *yf,
+                                                                 int ldy) {
     __m256i acc[2 * MR_AVX2];
     for (int i = 0; i < 2 * MR; i++) acc[i] = _mm256_setzero_si256();
     for (int k0 = 0; k0 < kp; k0 += XBLOCK) {
         int kb = kp - k0 < XBLOCK ? kp - k0 : XBLOCK;
-        if (!widened) widen_rows(MR, x, ldx, k0, kb, xw);
-        block_avx2(MR, kb, xw, w + (size_t)k0 * PANEL, acc);
+        if (!widened) widen_rows(MR, x, ldx, k0, kb, kin, xw);
+        block_avx2(MR, NV, kb, xw, w + (size_t)k0 * PANEL, acc);
     }
     int n = cols < PANEL ? cols : PANEL;
     for (int r = 0; r < MR; r++)
-        finish_avx2(acc[2 * r], acc[2 * r + 1], o0, n, ep, yu ? yu + (size_t)r * ldy : 0, yf ? yf + (size_t)r * ldy : 0);
+        finish_avx2(NV, acc[2 * r], acc[2 * r + 1], o0, n, ep, yu ? yu + (size_t)r * ldy : 0, yf ? yf + (size_t)r * ldy : 0);
 }
 
 /// One row, four panels at once (eight independent accumulator chains), the row widened once.
@@ -359,18 +399,22 @@ static inline TAVX2 __attribute__((always_inline)) void gemv_avx2(const int NP, 
     for (int p = 0; p < NP; p++) {
         int n = cols - p * PANEL;
         if (n <= 0) break;
-        finish_avx2(acc[p][0], acc[p][1], o0 + p * PANEL, n < PANEL ? n : PANEL, ep, yu, yf);
+        finish_avx2(2, acc[p][0], acc[p][1], o0 + p * PANEL, n < PANEL ? n : PANEL, ep, yu, yf);
     }
 }
 
 #define ATILE(MR) \
-    static TAVX2 void atile_##MR(int kp, const uint8_t *x, int ldx, int widened, int16_t *xw, const int16_t *w, int o0, int cols, \
-                                 const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) { \
-        tile_avx2(MR, kp, x, ldx, widened, xw, w, o0, cols, ep, yu, yf, ldy); \
+    static TAVX2 void atile_##MR(int kp, int kin, const uint8_t *x, int ldx, int widened, int16_t *xw, const int16_t *w, int o0, \
+                                 int cols, const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) { \
+        tile_avx2(MR, 2, kp, kin, x, ldx, widened, xw, w, o0, cols, ep, yu, yf, ldy); \
+    } \
+    static TAVX2 void htile_##MR(int kp, int kin, const uint8_t *x, int ldx, int widened, int16_t *xw, const int16_t *w, int o0, \
+                                 int cols, const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) { \
+        tile_avx2(MR, 1, kp, kin, x, ldx, widened, xw, w, o0, cols, ep, yu, yf, ldy); \
     }
 ATILE(1) ATILE(2) ATILE(3) ATILE(4) ATILE(5) ATILE(6)
-typedef void (*atile_fn)(int, const uint8_t *, int, int, int16_t *, const int16_t *, int, int, const edge_q8_epilogue *, uint8_t *,
-                         float *, int);
+typedef void (*atile_fn)(int, int, const uint8_t *, int, int, int16_t *, const int16_t *, int, int, const edge_q8_epilogue *,
+                         uint8_t *, float *, int);
 
 #define AGEMV(NP) \
     static TAVX2 void agemv_##NP(int kp, const int16_t *xw, const int16_t *w, size_t ps, int o0, int cols, \
@@ -382,13 +426,14 @@ AGEMV(1) AGEMV(2) AGEMV(3) AGEMV(4)
 static TAVX2 void q8_avx2(int rows, int outputs, int inputs, const uint8_t *x, int ldx, const void *packed,
                           const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
     static const atile_fn tiles[MR_AVX2] = {atile_1, atile_2, atile_3, atile_4, atile_5, atile_6};
+    static const atile_fn halves[MR_AVX2] = {htile_1, htile_2, htile_3, htile_4, htile_5, htile_6};
     int panels = (outputs + PANEL - 1) / PANEL, kp = ROUND4(inputs);
     size_t ps = (size_t)kp * PANEL;  // int16 per panel
     const int16_t *w = (const int16_t *)packed;
     _Alignas(32) int16_t xw[MR_AVX2 * XBLOCK];
     int fits = kp <= XBLOCK;
     if (rows == 1 && fits) {
-        widen_rows(1, x, ldx, 0, kp, xw);
+        widen_rows(1, x, ldx, 0, kp, inputs, xw);
         for (int p = 0; p < panels; p += 4) {
             int np = panels - p < 4 ? panels - p : 4, cols = outputs - p * PANEL;
             const int16_t *wp = w + p * ps;
@@ -405,10 +450,12 @@ static TAVX2 void q8_avx2(int rows, int outputs, int inputs, const uint8_t *x, i
         int mr = rows - m < MR_AVX2 ? rows - m : MR_AVX2;
         const uint8_t *xm = x + (size_t)m * ldx;
         // Inputs that fit one block are widened once for every panel.
-        if (fits) widen_rows(mr, xm, ldx, 0, kp, xw);
-        for (int p = 0; p < panels; p++)
-            tiles[mr - 1](kp, xm, ldx, fits, xw, w + p * ps, p * PANEL, outputs - p * PANEL, ep,
-                          yu ? yu + (size_t)m * ldy : 0, yf ? yf + (size_t)m * ldy : 0, ldy);
+        if (fits) widen_rows(mr, xm, ldx, 0, kp, inputs, xw);
+        for (int p = 0; p < panels; p++) {
+            int cols = outputs - p * PANEL;
+            (cols <= PANEL / 2 ? halves : tiles)[mr - 1](kp, inputs, xm, ldx, fits, xw, w + p * ps, p * PANEL, cols, ep,
+                                                         yu ? yu + (size_t)m * ldy : 0, yf ? yf + (size_t)m * ldy : 0, ldy);
+        }
     }
 }
 #endif

@@ -54,6 +54,12 @@ import Testing
         // of 32,772 bytes ((8191 + 2) · 4: window by window).
         Shape(channels: 64, height: 2, width: 126, kernelH: 1, kernelW: 3, stride: 1, pad: 0, padW: 1),
         Shape(channels: 1, height: 2, width: 8191, kernelH: 1, kernelW: 3, stride: 4, pad: 0, padW: 1),
+        // A padded FP32 image of exactly 32 KiB (128 rows of (62 + 2) · 4 bytes: laid out whole)
+        // and one row more (row by row).
+        Shape(channels: 1, height: 126, width: 62, kernelH: 3, kernelW: 3, stride: 1, pad: 1),
+        Shape(channels: 1, height: 127, width: 62, kernelH: 3, kernelW: 3, stride: 1, pad: 1),
+        // A kernel taller than the padded image, one output row by truncation: never laid out whole.
+        Shape(channels: 2, height: 2, width: 5, kernelH: 3, kernelW: 3, stride: 2, pad: 0),
         // A padded input row over 32 KiB (in both types): the window-by-window path.
         Shape(channels: 64, height: 3, width: 520, kernelH: 3, kernelW: 3, stride: 2, pad: 1),
     ]

@@ -16,6 +16,10 @@ import Testing
         Case(rows: 9, outputs: 33, inputs: 30), Case(rows: 64, outputs: 10, inputs: 256), Case(rows: 17, outputs: 48, inputs: 288),
         // Past one widened block of inputs (1024), with row tiles of 6 and a partial last one.
         Case(rows: 1, outputs: 70, inputs: 2100), Case(rows: 13, outputs: 40, inputs: 2100), Case(rows: 7, outputs: 64, inputs: 1024),
+        // Half panels (at most 8 outputs left over) and conv-shaped rows whose widening ends in an
+        // overlapping vector: a 5x5 single-channel conv (25 inputs, 8 channels), 24 channels of 216.
+        Case(rows: 13, outputs: 8, inputs: 25), Case(rows: 7, outputs: 24, inputs: 216), Case(rows: 6, outputs: 3, inputs: 17),
+        Case(rows: 5, outputs: 9, inputs: 12),
     ]
 
     func exactAccumulators(_ x: [UInt8], ldx: Int, _ w: [Int8], rows: Int, outputs: Int, inputs: Int) -> [Int32] {
