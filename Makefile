@@ -146,8 +146,11 @@ bench-agentd: dist $(DEMO_MODEL) venv
 	@test -f .agentd/digits28.csv || $(PY) tools/bench/digits28.py .agentd/digits28.csv
 	@test -f .agentd/cnn28.safetensors || $(DIST)/agentctl model train --data .agentd/digits28.csv \
 	  --arch cnn:1x28x28-c16k5-m2-c32k5-m2-f64-10 --epochs 3 --seed 1 --name cnn28 --out .agentd/cnn28.safetensors
+	@test -f .agentd/mlp28.safetensors || $(DIST)/agentctl model train --data .agentd/digits28.csv \
+	  --arch mlp:784-1536-1536-10 --epochs 3 --seed 1 --name mlp28 --out .agentd/mlp28.safetensors
 	python3 tools/bench/agentd_figures.py --bin $(DIST) --model $(DEMO_MODEL) --compute-model .agentd/digits-cnn.safetensors \
-	  --calibration tools/data/digits.csv --cnn-model .agentd/cnn28.safetensors --cnn-calibration .agentd/digits28.csv
+	  --calibration tools/data/digits.csv --cnn-model .agentd/cnn28.safetensors --cnn-model .agentd/mlp28.safetensors \
+	  --cnn-calibration .agentd/digits28.csv --cnn-precision int8 --cnn-precision fp32 $(AGENTD_FIGURES_FLAGS)
 
 # The on-device learning harness (README, "On-device learning"): a digits MLP 64-128-10 trained on
 # the fixed training split (every row but each fifth), every method on every shift; then the

@@ -64,12 +64,15 @@ enum { PADDED_ROW_BYTES = 32768 };
 
 /// im2row on bytes: a pixel is `cb` bytes (its channels), the padding a repeated byte (0 for
 /// FP32's 0.0, the zero point for UINT8), a row of `rows` is `ldrow` bytes (the taps, then the
-/// pad byte up to ldrow). For each output row and kernel row, the input row read is laid out with
-/// its left and right padding in a stack buffer, so every window is one copy of kw·cb bytes; a
-/// padded row wider than PADDED_ROW_BYTES (a 128-wide, 64-channel FP32 image) takes the
-/// window-by-window path.
+/// pad byte up to ldrow). Every window is one copy of kw·cb bytes from a padded copy of the input
+/// in one stack buffer of PADDED_ROW_BYTES: the whole padded image when it fits (a 28x28 image of
+/// 8 channels), else each input row with its left and right padding just before its windows are
+/// copied; a padded row wider than the buffer (a 128-wide, 64-channel FP32 image) takes the
+/// window-by-window path. Non-positive sizes or strides (which a model's checked shapes never
+/// have) write nothing.
 static void im2row_bytes(const unsigned char *x, size_t cb, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
                          unsigned char pad, unsigned char *rows, size_t ldrow) {
+    if (height <= 0 || width <= 0 || kh <= 0 || kw <= 0 || sh <= 0 || sw <= 0) return;
     int oh = (height + 2 * ph - kh) / sh + 1, ow = (width + 2 * pw - kw) / sw + 1;
     size_t run = (size_t)kw * cb, taps = (size_t)kh * run, line = (size_t)width * cb;
     if (oh <= 0 || ow <= 0) return;
@@ -78,11 +81,12 @@ static void im2row_bytes(const unsigned char *x, size_t cb, int height, int widt
     // The padded paths need the kernel to fit the padded image (the C API does not check it; a
     // model's shapes are checked on load) and no negative padding; otherwise windows are clipped.
     size_t pline = line + 2 * (size_t)pw * cb;
-    if (pw >= 0 && ph >= 0 && kw <= width + 2 * pw && kh <= height + 2 * ph && (size_t)(height + 2 * ph) * pline <= PADDED_ROW_BYTES) {
+    unsigned char buffer[PADDED_ROW_BYTES], *img = buffer, *padded = buffer;  // one buffer for either padded path
+    long long hp = (long long)height + 2LL * ph, wp = (long long)width + 2LL * pw;
+    if (pw >= 0 && ph >= 0 && kw <= wp && kh <= hp && pline <= PADDED_ROW_BYTES && hp <= (long long)(PADDED_ROW_BYTES / pline)) {
         // The whole image, padded on all sides, is laid out once; every window is then one copy
         // from it. (Laying out each input row just before its windows read it made those reads
         // wait on the row's own stores: 20% of im2row on a 28x28 single-channel conv.)
-        unsigned char img[PADDED_ROW_BYTES];
         fill_small(img, pad, (size_t)ph * pline);
         for (int iy = 0; iy < height; iy++) {
             unsigned char *r = img + (size_t)(iy + ph) * pline;
@@ -99,8 +103,7 @@ static void im2row_bytes(const unsigned char *x, size_t cb, int height, int widt
             }
         return;
     }
-    if (pw >= 0 && ph >= 0 && kw <= width + 2 * pw && pline <= PADDED_ROW_BYTES) {
-        unsigned char padded[PADDED_ROW_BYTES];
+    if (pw >= 0 && ph >= 0 && kw <= wp && pline <= PADDED_ROW_BYTES) {
         fill_small(padded, pad, (size_t)pw * cb);
         fill_small(padded + (size_t)pw * cb + line, pad, (size_t)pw * cb);
         for (int oy = 0; oy < oh; oy++) {
@@ -148,6 +151,7 @@ static void im2row_bytes(const unsigned char *x, size_t cb, int height, int widt
 
 void edge_im2row_nhwc(const float *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
                       float *rows) {
+    if (channels <= 0) return;
     size_t cb = (size_t)channels * sizeof(float);
     im2row_bytes((const unsigned char *)x, cb, height, width, kh, kw, sh, sw, ph, pw, 0, (unsigned char *)rows, (size_t)kh * kw * cb);
 }
@@ -166,6 +170,7 @@ void edge_transpose_u8(const uint8_t *src, int rows, int cols, uint8_t *dst) {
 
 void edge_im2row_nhwc_u8(const uint8_t *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
                          uint8_t pad, uint8_t *rows, int ldrow) {
+    if (channels <= 0 || ldrow < 0) return;
     im2row_bytes(x, (size_t)channels, height, width, kh, kw, sh, sw, ph, pw, pad, rows, (size_t)ldrow);
 }
 

@@ -28,11 +28,14 @@ static int pairs_layout(edge_isa isa) {
 
 /// Bytes of the weight panels alone (the column sums follow them).
 static size_t panel_bytes(edge_isa isa, int outputs, int inputs) {
+    if (outputs < 0) outputs = 0;  // sizes no checked model has: an empty block
+    if (inputs < 0) inputs = 0;
     size_t panels = (size_t)(outputs + PANEL - 1) / PANEL;
     return panels * PANEL * (size_t)ROUND4(inputs) * (pairs_layout(isa) ? 2 : 1);
 }
 
 size_t edge_q8_packed_bytes(edge_isa isa, int outputs, int inputs) {
+    if (outputs < 0) outputs = 0;
     size_t panels = (size_t)(outputs + PANEL - 1) / PANEL;
     return panel_bytes(isa, outputs, inputs) + panels * PANEL * sizeof(int32_t);
 }
@@ -42,6 +45,8 @@ const int32_t *edge_q8_column_sums(edge_isa isa, const void *packed, int outputs
 }
 
 void edge_q8_pack(edge_isa isa, const int8_t *w, int outputs, int inputs, void *packed) {
+    if (outputs < 0) outputs = 0;
+    if (inputs < 0) inputs = 0;
     int panels = (outputs + PANEL - 1) / PANEL, kp = ROUND4(inputs);
     if (pairs_layout(isa)) {
         // [panel][k/2][16 outputs][2] int16: one k-pair of 8 outputs is one 256-bit vpmaddwd operand.
@@ -241,7 +246,8 @@ static TVNNI void q8_vnni(int rows, int outputs, int inputs, const uint8_t *x, i
 // No vpmaddubsw: it sums two u8·s8 products into int16 and saturates (2·255·127 > 32767).
 // The weights are widened to int16 once, at pack time, in k-pairs; each tile widens its input
 // rows once per block of k into a small stack buffer, so the inner loop is one broadcast and two
-// vpmaddwd + vpaddd per row and k-pair, with 6 rows × 16 outputs held in 12 accumulators.
+// vpmaddwd + vpaddd per row and k-pair, with 6 rows × 16 outputs held in 12 accumulators (one
+// vpmaddwd for a half panel of at most 8 outputs).
 
 #define TAVX2 __attribute__((target("avx2,fma")))
 #define XBLOCK 1024  // input values per row widened at a time (a multiple of 16)
@@ -249,7 +255,8 @@ static TVNNI void q8_vnni(int rows, int outputs, int inputs, const uint8_t *x, i
 
 /// Widens rows [0, mr) of x, values [k0, k0 + kb), into xw (rows XBLOCK int16 apart). Only the
 /// values below `kin` (the layer's inputs) are read; the rest of the block (the k-quad padding) is
-/// zero, so a row of exactly `inputs` bytes at the end of a buffer is never read past. A tail
+/// zero. (The contract still asks for round_up(inputs, 4) readable bytes a row: the other paths
+/// read them.) A tail
 /// shorter than 16 is widened by a vector that ends at the last value (overlapping the previous
 /// one) when the block holds 16 values, so a 25- or 200-value conv row costs no scalar loop.
 static inline TAVX2 __attribute__((always_inline)) void widen_rows(int mr, const uint8_t *x, int ldx, int k0, int kb, int kin,
@@ -279,8 +286,18 @@ static inline TAVX2 __attribute__((always_inline)) void store_u8_part(uint8_t *y
         b = _mm_srli_si128(b, 8);
     }
     uint64_t rest = (uint64_t)_mm_cvtsi128_si64(b);
-    if (n & 4) { uint32_t v = (uint32_t)rest; memcpy(y, &v, 4); y += 4; rest >>= 32; }
-    if (n & 2) { uint16_t v = (uint16_t)rest; memcpy(y, &v, 2); y += 2; rest >>= 16; }
+    if (n & 4) {
+        uint32_t v = (uint32_t)rest;
+        memcpy(y, &v, 4);
+        y += 4;
+        rest >>= 32;
+    }
+    if (n & 2) {
+        uint16_t v = (uint16_t)rest;
+        memcpy(y, &v, 2);
+        y += 2;
+        rest >>= 16;
+    }
     if (n & 1) *y = (uint8_t)rest;
 }
 
@@ -301,9 +318,9 @@ static inline TAVX2 __attribute__((always_inline)) __m256 dequantize8_avx2(__m25
 }
 
 /// The epilogue for NV·8 outputs from NV vectors of 8 INT32 sums (bit-identical to finish_row).
-/// A panel of fewer than 16 outputs (a pruned layer of 8 or 12 channels) is finished with the same
-/// vectors, since the bias and scale arrays are padded to 16; only its n values are stored, by
-/// masked or piecewise stores (no library call per row). NV = 1 (n ≤ 8) converts one vector.
+/// A panel of 9 to 15 outputs (a pruned layer of 12 channels) is finished with both vectors, the
+/// bias and scale arrays being padded to 16; a half panel (NV = 1, at most 8 outputs) converts one.
+/// Only the n real values are stored, by masked or piecewise stores (no library call per row).
 static inline TAVX2 __attribute__((always_inline)) void finish_avx2(const int NV, __m256i a0, __m256i a1, int o0, int n,
                                                                    const edge_q8_epilogue *ep, uint8_t *yu, float *yf) {
     __m256 v0 = dequantize8_avx2(a0, o0, ep);
@@ -497,7 +514,7 @@ static void q8_neondot(int rows, int outputs, int inputs, const uint8_t *x, int 
 
 void edge_q8_gemm(edge_isa isa, int rows, int outputs, int inputs, const uint8_t *x, int ldx, const void *packed,
                   const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
-    if (rows <= 0 || outputs <= 0) return;
+    if (rows <= 0 || outputs <= 0 || inputs < 0) return;
     isa = resolve(isa);
     switch (isa) {
 #if defined(__x86_64__)

@@ -18,11 +18,20 @@ struct Train: ParsableCommand {
             Inputs are scaled by 1/max|x| of the training rows (written to the manifest as
             input.scale). One progress line per epoch goes to stderr.
 
-            --qat int4 (quantization-aware training): every step computes with the
-            dense layers' weights as 'quantize --precision int4 --group G' will store
-            them and updates the FP32 weights behind them (straight-through
-            estimator); then 'agentctl model quantize ... --precision int4 --group G'
-            stores exactly the weights the training ended with.
+            --qat int8 (quantization-aware training): every step computes with the
+            dense and conv2d weights as 'quantize --precision int8' stores them and
+            with each UINT8 activation of the INT8 plan rounded to 256 steps of a
+            range tracked during training (a 0.01 moving average); gradients pass
+            the rounding unchanged inside the range and stop outside it (clipped
+            straight-through estimator). The ranges go into the file's 'qat'
+            section and 'agentctl model quantize' uses them in place of calibrated
+            ones (it says so); the per-epoch test accuracy is the INT8 plan's.
+
+            --qat int4: every step computes with the dense layers' weights as
+            'quantize --precision int4 --group G' will store them and updates the
+            FP32 weights behind them (straight-through estimator); then 'agentctl
+            model quantize ... --precision int4 --group G' stores exactly the
+            weights the training ended with.
 
             ARCH grammar:
             \(Architecture.grammar)
@@ -31,6 +40,7 @@ struct Train: ParsableCommand {
               agentctl model train --data tools/data/digits.csv --arch mlp:64-256-256-10 --out mlp.safetensors
               agentctl model train --data tools/data/digits.csv --arch cnn:1x8x8-c32-c64-m2-f128-10 --epochs 20 --out cnn.safetensors
               agentctl model train --data local.csv --from mlp.safetensors --trainable fc3.weight,fc3.bias --out tuned.safetensors
+              agentctl model train --data tools/data/digits.csv --from mlp.safetensors --qat int8 --epochs 5 --out qat.safetensors
             """
     )
 

@@ -85,6 +85,42 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: dir + "/x.safetensors"))
     }
 
+    /// `train --qat int8` writes the ranges it learned and `quantize` takes them over calibration:
+    /// each INT8 layer's input scale in the report is the one of the learned range, read here from
+    /// the file's own manifest, and the command says how many ranges it took.
+    @Test func quantizeUsesTheRangesQuantizationAwareTrainingLearned() throws {
+        let dir = temporaryDirectory("qat8")
+        let qat = dir + "/qat.safetensors", out = dir + "/q.safetensors"
+        let t = try Agentctl.run(["model", "train", "--data", Agentctl.digits, "--from", Self.mlp, "--qat", "int8", "--epochs", "1",
+                                  "--out", qat])
+        try #require(t.status == 0, "\(t.stderr)")
+        // The manifest is JSON in the safetensors header's metadata ("edge.manifest").
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: qat))
+        let length = bytes.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        let header = try #require(try JSONSerialization.jsonObject(with: bytes.subdata(in: 8..<(8 + length))) as? [String: Any])
+        let manifestText = try #require((header["__metadata__"] as? [String: Any])?["edge.manifest"] as? String)
+        let manifest = try json(manifestText)
+        let ranges = try #require((manifest["qat"] as? [String: Any])?["activations"] as? [String: [Double]])
+        #expect(ranges.count >= 3, "\(ranges)")  // the input and both hidden ReLUs
+        let text = try Agentctl.run(["model", "quantize", qat, out, "--calib", Agentctl.digits])
+        #expect(text.status == 0, "\(text.stderr)")
+        #expect(text.stderr.contains("activation ranges: \(ranges.count) tensors from quantization-aware training"), "\(text.stderr)")
+        let r = try Agentctl.run(["model", "quantize", qat, out, "--calib", Agentctl.digits, "--json"])
+        let layers = try #require(try json(r.stdout)["layers"] as? [[String: Any]])
+        for layer in layers {
+            let l = try #require(layer["layer"] as? Int), scale = try #require(layer["inputScale"] as? Double)
+            let range = try #require(ranges[String(l)], "no learned range for layer \(l)'s input")
+            // QuantParams(lo:hi:): the range widened to hold 0, 255 steps.
+            let expected = Float(max(range[1], 0) - min(range[0], 0)) / 255
+            #expect(abs(Float(scale) - expected) <= expected * 1e-6, "layer \(l): input scale \(scale), learned range gives \(expected)")
+        }
+        // Without the section (the FP32 source), the same layers are calibrated: other scales.
+        let plain = try json(try Agentctl.run(["model", "quantize", Self.mlp, dir + "/p.safetensors", "--calib", Agentctl.digits,
+                                               "--json"]).stdout)
+        let plainScales = (plain["layers"] as? [[String: Any]])?.compactMap { $0["inputScale"] as? Double }
+        #expect(plainScales != layers.compactMap { $0["inputScale"] as? Double })
+    }
+
     @Test func int8OnAnFP32FileIsRefused() throws {
         let r = try Agentctl.run(["model", "eval", Self.mlp, "--data", Agentctl.digits, "--precision", "int8"])
         #expect(r.status == 1 && r.stderrLines.count == 1)

@@ -50,8 +50,9 @@ import Testing
         // Strides and paddings that differ along the two axes (no padding along one).
         Shape(channels: 2, height: 9, width: 7, kernelH: 3, kernelW: 2, stride: 2, pad: 0, strideW: 1, padW: 1),
         Shape(channels: 3, height: 6, width: 10, kernelH: 2, kernelW: 3, stride: 1, pad: 2, strideW: 3, padW: 0),
-        // A padded FP32 row of exactly 32 KiB ((126 + 2) · 64 · 4 bytes: the padded path) and one
-        // of 32,772 bytes ((8191 + 2) · 4: window by window).
+        // (The paths below are named for FP32; a UINT8 image is a quarter the bytes.) A padded
+        // FP32 row of exactly 32 KiB ((126 + 2) · 64 · 4 bytes: row by row) and one of 32,772
+        // bytes ((8191 + 2) · 4: window by window).
         Shape(channels: 64, height: 2, width: 126, kernelH: 1, kernelW: 3, stride: 1, pad: 0, padW: 1),
         Shape(channels: 1, height: 2, width: 8191, kernelH: 1, kernelW: 3, stride: 4, pad: 0, padW: 1),
         // A padded FP32 image of exactly 32 KiB (128 rows of (62 + 2) · 4 bytes: laid out whole)
@@ -62,7 +63,31 @@ import Testing
         Shape(channels: 2, height: 2, width: 5, kernelH: 3, kernelW: 3, stride: 2, pad: 0),
         // A padded input row over 32 KiB (in both types): the window-by-window path.
         Shape(channels: 64, height: 3, width: 520, kernelH: 3, kernelW: 3, stride: 2, pad: 1),
+        // A padded image over 32 KiB in both types (62 · 42 · 16 bytes as UINT8) with side and top
+        // padding: row by row for UINT8 too.
+        Shape(channels: 16, height: 60, width: 40, kernelH: 3, kernelW: 3, stride: 1, pad: 1),
     ]
+
+    /// Sizes a model's checked shapes never have write nothing and do not crash (a negative height
+    /// once sent the whole-image path's fills outside its stack buffer; a zero stride divided by 0).
+    @Test(arguments: [(1, -3, 20000, 1, 1, 1, 2), (1, -4, 5, 0, 1, 1, 2), (1, 4, 4, 3, 3, 0, 1), (-2, 4, 4, 3, 3, 1, 1),
+                      (1, 0, 4, 1, 1, 1, 0), (1, 4, 4, -1, 3, 1, 1)])
+    func invalidSizesWriteNothing(_ a: (channels: Int, height: Int, width: Int, kh: Int, kw: Int, stride: Int, pad: Int)) {
+        var rows = [UInt8](repeating: 0xEE, count: 256)
+        let x = [UInt8](repeating: 9, count: 64)
+        x.withUnsafeBufferPointer { xp in rows.withUnsafeMutableBufferPointer { rp in
+            edge_im2row_nhwc_u8(xp.baseAddress, Int32(a.channels), Int32(a.height), Int32(a.width), Int32(a.kh), Int32(a.kw),
+                                Int32(a.stride), Int32(a.stride), Int32(a.pad), Int32(a.pad), 131, rp.baseAddress, 4)
+        } }
+        #expect(rows.allSatisfy { $0 == 0xEE })
+        var f = [Float](repeating: -7, count: 256)
+        let xf = [Float](repeating: 1, count: 64)
+        xf.withUnsafeBufferPointer { xp in f.withUnsafeMutableBufferPointer { fp in
+            edge_im2row_nhwc(xp.baseAddress, Int32(a.channels), Int32(a.height), Int32(a.width), Int32(a.kh), Int32(a.kw),
+                             Int32(a.stride), Int32(a.stride), Int32(a.pad), Int32(a.pad), fp.baseAddress)
+        } }
+        #expect(f.allSatisfy { $0 == -7 })
+    }
 
     @Test(arguments: shapes)
     func float32RowsAreTheDefinition(shape s: Shape) {

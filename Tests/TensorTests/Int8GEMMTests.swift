@@ -20,6 +20,13 @@ import Testing
         // overlapping vector: a 5x5 single-channel conv (25 inputs, 8 channels), 24 channels of 216.
         Case(rows: 13, outputs: 8, inputs: 25), Case(rows: 7, outputs: 24, inputs: 216), Case(rows: 6, outputs: 3, inputs: 17),
         Case(rows: 5, outputs: 9, inputs: 12),
+        // Partial stores of every width class: 12 and 15 outputs (8 + 4 + ... bytes, 8 + 4..7 floats),
+        // 28 (a full panel then a half of 12), 5 and 7 (half panels of odd widths).
+        Case(rows: 7, outputs: 12, inputs: 40), Case(rows: 8, outputs: 15, inputs: 33), Case(rows: 6, outputs: 28, inputs: 20),
+        Case(rows: 3, outputs: 5, inputs: 7), Case(rows: 9, outputs: 7, inputs: 3),
+        // Inputs not a multiple of 4 over two widened blocks: the second block's tail is shorter
+        // than a vector (1025) or longer (2101), its k-quad padding zero-filled.
+        Case(rows: 7, outputs: 20, inputs: 1025), Case(rows: 6, outputs: 9, inputs: 2101),
     ]
 
     func exactAccumulators(_ x: [UInt8], ldx: Int, _ w: [Int8], rows: Int, outputs: Int, inputs: Int) -> [Int32] {
@@ -100,6 +107,21 @@ import Testing
         #expect(exact[1] == -255 * 128 * 512)
         #expect(exact.allSatisfy { abs($0) < 1 << 24 })
         #expect(y == exact.map(Float.init), "\(isa)")
+    }
+
+    /// A negative input count (which no checked model has) multiplies nothing and writes nothing:
+    /// the AVX2 widening once zero-filled below its stack buffer for -1 and -3.
+    @Test(arguments: paths, [-1, -3, -5])
+    func aNegativeInputCountWritesNothing(isa: KernelISA, inputs: Int) {
+        let weights = packed([0], outputs: 3, inputs: inputs, isa: isa)
+        let ep = QuantizedEpilogue(outputs: 3)
+        let x = [UInt8](repeating: 1, count: 64)
+        var y = [UInt8](repeating: 0xEE, count: 16)
+        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in
+            weights.multiply(rows: 2, xp.baseAddress!, ldx: 4, epilogue: ep, output: .uint8(yp.baseAddress!), ldy: 3)
+            weights.multiply(rows: 1, xp.baseAddress!, ldx: 4, epilogue: ep, output: .uint8(yp.baseAddress!), ldy: 3)
+        } }
+        #expect(y.allSatisfy { $0 == 0xEE })
     }
 
     /// Row tiles and a partial one, partial and several 16-output panels, a short last group, a

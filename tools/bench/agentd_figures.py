@@ -16,12 +16,14 @@
              alternated three times: what an update costs the serving path
   cnn        with --cnn-model (a compute-bound CNN, e.g. the 28x28 one of `make bench-agentd`) and
              --cnn-calibration: --clients clients sending one row each, with dynamic batching
-             (max_batch_size 64) and with max_batch_size 1: throughput and p99 of both
+             (max_batch_size 64) and with max_batch_size 1: throughput and p99 of both. Repeat
+             --cnn-model (and --cnn-calibration, or give one for all) for several models.
   shed       with --compute-model (a model whose compute, not HTTP, is the bottleneck): one
              worker, queue_capacity 4, 8 clients sending 64-row F32 requests keep the queue full
              while one probe client measures how fast its requests are refused
 
 usage: tools/bench/agentd_figures.py --bin .build/release --model M.safetensors --calibration C.csv
+       (--batching-only: the load and cnn runs alone, for the batching figures)
 """
 import argparse
 import json
@@ -35,9 +37,9 @@ import tempfile
 import time
 
 
-def write_config(d, args, model=None, drift=True, calibration=None, **serving):
+def write_config(d, args, model=None, drift=True, calibration=None, precision="int8", **serving):
     lines = ["[agent]", f'state_dir = "{d}/state"', f'socket = "{d}/agentd.sock"', 'socket_group = ""', 'log_level = "warning"',
-             "", "[model]", f'initial = "{os.path.abspath(model or args.model)}"',
+             "", "[model]", f'initial = "{os.path.abspath(model or args.model)}"', f'precision = "{precision}"',
              f'calibration = "{os.path.abspath(calibration or args.calibration)}"',
              "", "[drift]", f"enabled = {'true' if drift else 'false'}", "", "[learn]", "auto = false",
              "", "[serving]"] + [f"{k} = {v}" for k, v in serving.items()]
@@ -96,14 +98,21 @@ def main():
     p.add_argument("--idle-seconds", type=float, default=10)
     p.add_argument("--binary", action="store_true", help="bench-load sends F32 rows instead of JSON")
     p.add_argument("--compute-model", help="a slower model for the load-shedding probe (e.g. the digits CNN)")
-    p.add_argument("--cnn-model", help="a compute-bound CNN for the batching run (e.g. the 28x28 CNN)")
-    p.add_argument("--cnn-calibration", help="calibration rows of --cnn-model's input shape")
+    p.add_argument("--cnn-model", action="append", default=[], help="a compute-bound CNN for the batching run (repeatable)")
+    p.add_argument("--cnn-calibration", action="append", default=[], help="calibration rows of --cnn-model's input shape")
+    p.add_argument("--cnn-precision", action="append", default=[], help="int8 (default) or fp32, per --cnn-model")
+    p.add_argument("--batching-only", action="store_true", help="only the load runs (batching and max_batch_size 1) and the CNNs'")
     p.add_argument("--feedback-rate", type=float, default=200, help="feedback samples/s sent alongside the load in the feedback run")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     extra = ["--binary"] if args.binary else []
     figures = {}
     with tempfile.TemporaryDirectory(prefix="agentd-figures-") as d:
+        if args.batching_only:
+            batching_runs(args, d, extra, figures)
+            cnn_runs(args, d, figures)
+            print_batching(args, figures)
+            return
         write_config(d, args)
         first = Agentd(args, d)  # registers and quantizes the initial model
         figures["first_start_ms"] = first.ready_ms
@@ -122,13 +131,7 @@ def main():
         figures["idle_cpu_percent"] = 100 * (a.cpu_s() - c0) / (time.monotonic() - t0)
         a.stop()
 
-        for name, serving in [("batching", {"max_batch_size": 64}), ("batch_size_1", {"max_batch_size": 1}),
-                              ("queue_full", {"max_batch_size": 64, "queue_capacity": 1})]:
-            write_config(d, args, **serving)
-            a = Agentd(args, d)
-            figures[name] = bench_load(args, d, extra)
-            figures[name]["rss_after_mb"] = a.rss_mb()
-            a.stop()
+        batching_runs(args, d, extra, figures, queue_full=True)
 
         # Feedback writes alongside inference: the same load with and without 200 feedback/s,
         # alternated three times so drift in the machine's speed falls on both; medians compared.
@@ -188,16 +191,7 @@ def main():
                                "updates": learning["updates"], "updateSeconds": sorted(learning["update_seconds"])}
         a.stop()
 
-        if args.cnn_model:
-            # Dynamic batching on a model whose compute is the bottleneck: the batched convolution
-            # is what lets a batch of 64 cost less than 64 single rows.
-            for name, serving in [("cnn_batching", {"max_batch_size": 64}), ("cnn_batch_size_1", {"max_batch_size": 1})]:
-                write_config(d, args, model=args.cnn_model, calibration=args.cnn_calibration, **serving)
-                shutil.rmtree(f"{d}/state", ignore_errors=True)
-                a = Agentd(args, d)
-                figures[name] = bench_load(args, d, ["--binary"])
-                figures[name]["rss_after_mb"] = a.rss_mb()
-                a.stop()
+        cnn_runs(args, d, figures)
 
         if args.compute_model:
             write_config(d, args, model=args.compute_model, workers=1, queue_capacity=4)
@@ -217,14 +211,9 @@ def main():
         return
     print(f"start to READY=1: {', '.join(f'{s:.0f}' for s in figures['start_ms'])} ms (first start with calibration {figures['first_start_ms']:.0f} ms)")
     print(f"idle: VmRSS {figures['idle_rss_mb']:.1f} MB, CPU {figures['idle_cpu_percent']:.2f}% over {args.idle_seconds:.0f} s")
-    for name in ("batching", "batch_size_1", "queue_full", "cnn_batching", "cnn_batch_size_1", "shed"):
-        if name not in figures:
-            continue
-        r = figures[name]
-        line = f"{name:13} {r['requestsPerS']:8.0f} req/s  p50 {r['p50Ms']:6.2f} ms  p99 {r['p99Ms']:6.2f} ms  ok {r['ok']}  503 {r['rejected']}"
-        if r.get("rejectP99Ms") is not None:
-            line += f" (answered in {r['rejectP50Ms']:.3f} ms at p50, {r['rejectP99Ms']:.3f} ms at p99)"
-        print(line + f"  RSS after {r['rss_after_mb']:.0f} MB")
+    for name in ("queue_full", "shed"):
+        if name in figures:
+            print_load(name, figures[name])
     fa = figures["feedback_alongside"]
     median = lambda v: sorted(v)[len(v) // 2]
     print(f"p99 at {args.clients} clients without feedback {', '.join(f'{v:.2f}' for v in fa['without']['p99Ms'])} ms, "
@@ -241,10 +230,56 @@ def main():
           f"{median(ln['learningP99Ms']) / median(ln['idleP99Ms']):.2f}; req/s idle {median(ln['idleRequestsPerS']):.0f}, "
           f"learning {median(ln['learningRequestsPerS']):.0f}; {sum(ln['updates'])} updates ran, "
           f"{median(ln['updateSeconds']) if ln['updateSeconds'] else 0:.2f} s each (median)")
+    print_batching(args, figures)
+
+
+def batching_runs(args, d, extra, figures, queue_full=False):
+    """The demo model at --clients clients with dynamic batching and with max_batch_size 1."""
+    runs = [("batching", {"max_batch_size": 64}), ("batch_size_1", {"max_batch_size": 1})]
+    if queue_full:
+        runs.append(("queue_full", {"max_batch_size": 64, "queue_capacity": 1}))
+    for name, serving in runs:
+        write_config(d, args, **serving)
+        a = Agentd(args, d)
+        figures[name] = bench_load(args, d, extra)
+        figures[name]["rss_after_mb"] = a.rss_mb()
+        a.stop()
+
+
+def cnn_runs(args, d, figures):
+    """Dynamic batching on models whose compute is the bottleneck, one row a request (F32)."""
+    figures["cnn"] = []
+    for i, model in enumerate(args.cnn_model):
+        calibration = args.cnn_calibration[min(i, len(args.cnn_calibration) - 1)] if args.cnn_calibration else None
+        precision = args.cnn_precision[i] if i < len(args.cnn_precision) else "int8"
+        entry = {"model": os.path.basename(model), "precision": precision}
+        for name, serving in [("batching", {"max_batch_size": 64}), ("batch_size_1", {"max_batch_size": 1})]:
+            write_config(d, args, model=model, calibration=calibration, precision=precision, **serving)
+            shutil.rmtree(f"{d}/state", ignore_errors=True)
+            a = Agentd(args, d)
+            entry[name] = bench_load(args, d, ["--binary"])
+            entry[name]["rss_after_mb"] = a.rss_mb()
+            a.stop()
+        figures["cnn"].append(entry)
+
+
+def print_load(name, r):
+    line = f"{name:13} {r['requestsPerS']:8.0f} req/s  p50 {r['p50Ms']:6.2f} ms  p99 {r['p99Ms']:6.2f} ms  ok {r['ok']}  503 {r['rejected']}"
+    if r.get("rejectP99Ms") is not None:
+        line += f" (answered in {r['rejectP50Ms']:.3f} ms at p50, {r['rejectP99Ms']:.3f} ms at p99)"
+    print(line + f"  RSS after {r['rss_after_mb']:.0f} MB")
+
+
+def print_batching(args, figures):
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    for name in ("batching", "batch_size_1"):
+        print_load(name, figures[name])
     print(f"batching gain at {args.clients} clients: {figures['batching']['requestsPerS'] / figures['batch_size_1']['requestsPerS']:.2f}x")
-    if "cnn_batching" in figures:
-        b, one = figures["cnn_batching"], figures["cnn_batch_size_1"]
-        print(f"compute-bound CNN at {args.clients} clients: batching {b['requestsPerS']:.0f} req/s p99 {b['p99Ms']:.2f} ms, "
+    for entry in figures.get("cnn", []):
+        b, one = entry["batching"], entry["batch_size_1"]
+        print(f"{entry['model']} ({entry['precision']}) at {args.clients} clients: batching {b['requestsPerS']:.0f} req/s p99 {b['p99Ms']:.2f} ms, "
               f"max_batch_size 1 {one['requestsPerS']:.0f} req/s p99 {one['p99Ms']:.2f} ms: "
               f"gain {b['requestsPerS'] / one['requestsPerS']:.2f}x")
 

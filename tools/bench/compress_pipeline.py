@@ -4,7 +4,9 @@
 FP32 baseline -> structured pruning (75% of the parameters removed, 5 rounds) -> distillation
 from the baseline into the pruned model -> INT8 (post-training, KL) and INT4 (after QAT fine-tuning).
 For each stage: parameters, file bytes, plan memory at batch 64, batch-1 and batch-64 latency
-(`agentctl model bench`, one thread), held-out accuracy. Prints one Markdown table per model.
+(`agentctl model bench`, one thread; the median of --runs rounds that time every stage once
+each, so a drift in the machine's speed falls on all stages), held-out accuracy. Prints one
+Markdown table per model.
 
     python3 tools/bench/compress_pipeline.py --agentctl .build-static/release/agentctl
 """
@@ -33,27 +35,40 @@ def run(agentctl, *args):
     return proc.stdout
 
 
-def measure(agentctl, path, seconds, data):
+def describe(agentctl, path, data):
+    """What does not change from run to run: sizes, plan memory, accuracy."""
     inspect = json.loads(run(agentctl, "model", "inspect", path, "--json"))
     accuracy = json.loads(run(agentctl, "model", "eval", path, "--data", data, "--test-split", "--json"))["accuracy"]
-    bench = [json.loads(line) for line in run(agentctl, "model", "bench", path, "--batch", "1,64", "--seconds", str(seconds),
-                                               "--json").splitlines()]
     memory = inspect["memoryBatch64"]
     return {
         "parameters": inspect["parameters"],
         "file_bytes": inspect["fileBytes"],
         "plan_bytes": memory["weights"] + memory["workspace"] + memory["activations"],
-        "b1_us": bench[0]["latency_us"],
-        "b64_us": bench[1]["latency_us"],
-        "precision": bench[0]["precision"],
         "accuracy": accuracy,
+        "b1_runs": [],
+        "b64_runs": [],
     }
+
+
+def bench(agentctl, path, seconds, m):
+    lines = [json.loads(line) for line in run(agentctl, "model", "bench", path, "--batch", "1,64", "--seconds", str(seconds),
+                                               "--json").splitlines()]
+    m["precision"] = lines[0]["precision"]
+    m["b1_runs"].append(lines[0]["latency_us"])
+    m["b64_runs"].append(lines[1]["latency_us"])
+
+
+def median(values):
+    v = sorted(values)
+    return v[len(v) // 2]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agentctl", default=os.path.join(ROOT, ".build-static", "release", "agentctl"))
     parser.add_argument("--seconds", type=float, default=1.0, help="bench time per batch size")
+    parser.add_argument("--runs", type=int, default=5,
+                        help="timing rounds, every stage once a round (a shared VM's speed drifts; the median is reported)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--digits28", help="digits at 28x28 (tools/bench/digits28.py OUT.csv): adds the 28x28 CNN")
     args = parser.parse_args()
@@ -87,18 +102,26 @@ def main():
             stages = [("FP32 baseline", "fp32"), ("baseline, INT8 (PTQ)", "fp32-int8"), ("pruned to 25%", "pruned"),
                       ("pruned + distilled", "distilled"), ("... + INT8 (PTQ, KL)", "int8"), ("... + INT4 (PTQ)", "ptq4"),
                       ("... + QAT INT4", "int4"), ("... + INT8, integer-only", "int8-io"), ("... + QAT INT4, integer-only", "int4-io")]
-            results[title] = [(label, measure(a, p(name), args.seconds, DIGITS)) for label, name in stages]
+            rows = [(label, p(name), describe(a, p(name), DIGITS)) for label, name in stages]
+            print(f"{title}: timing {len(rows)} stages, {args.runs} rounds ...", file=sys.stderr)
+            for _ in range(args.runs):
+                for _, path, m in rows:
+                    bench(a, path, args.seconds, m)
+            for _, _, m in rows:
+                m["b1_us"], m["b64_us"] = median(m["b1_runs"]), median(m["b64_runs"])
+            results[title] = [(label, m) for label, _, m in rows]
     if args.json:
         print(json.dumps({t: [dict(stage=l, **m) for l, m in rows] for t, rows in results.items()}, indent=2))
         return
     for title, rows in results.items():
         base = rows[0][1]
         print(f"\n{title}\n")
-        print("| stage | precision | parameters | file bytes | plan memory (b64) | batch 1 | batch 64 | b64 vs FP32 | accuracy |")
+        print("| stage | precision | parameters | file bytes | plan memory (b64) | batch 1 | batch 64 (range) | b64 vs FP32 | accuracy |")
         print("|---|---|---|---|---|---|---|---|---|")
         for label, m in rows:
             print(f"| {label} | {m['precision']} | {m['parameters']:,} | {m['file_bytes']:,} ({m['file_bytes'] / base['file_bytes']:.0%}) "
-                  f"| {m['plan_bytes']:,} ({m['plan_bytes'] / base['plan_bytes']:.0%}) | {m['b1_us']:.1f} µs | {m['b64_us']:.1f} µs "
+                  f"| {m['plan_bytes']:,} ({m['plan_bytes'] / base['plan_bytes']:.0%}) | {m['b1_us']:.1f} µs "
+                  f"| {m['b64_us']:.1f} µs ({min(m['b64_runs']):.1f}–{max(m['b64_runs']):.1f}) "
                   f"| {base['b64_us'] / m['b64_us']:.2f}× | {m['accuracy'] * 100:.2f}% ({(m['accuracy'] - base['accuracy']) * 100:+.2f}) |")
 
 
