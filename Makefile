@@ -41,7 +41,7 @@ help:
 	@echo "make drift-eval  the drift harness on digits, and River's ADWIN/KSWIN on the same streams (DRIFT_SEEDS=$(DRIFT_SEEDS))"
 	@echo "make learn-eval  the on-device learning harness on digits shifts: none, fine-tune, EWC, replay, distillation, product, joint (LEARN_SEEDS=$(LEARN_SEEDS))"
 	@echo "make fleet-sim  FLEET_AGENTS=$(FLEET_AGENTS) agentd processes on one mosquitto: a signed deployment to all, time to converge, broker CPU, idle traffic"
-	@echo "make bench-agentd  agentd start time, memory, idle CPU, load with and without batching, also on a 28x28 CNN (tools/bench/agentd_figures.py)"
+	@echo "make bench-agentd  agentd start time, memory, idle CPU, load with and without batching, also on a 28x28 CNN and a 784-1536-1536-10 MLP (AGENTD_FIGURES_FLAGS=--batching-only: those alone)"
 	@echo "make fuzz     build the libFuzzer targets (ASan) and run each FUZZ_SECONDS=$(FUZZ_SECONDS) with its seed corpus (README, \"Fuzzing\")"
 	@echo "make install  install agentd, agentctl, the unit, the config and the demo model (PREFIX=$(PREFIX) DESTDIR=$(DESTDIR))"
 
