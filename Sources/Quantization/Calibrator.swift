@@ -51,8 +51,14 @@ public enum Calibration {
     /// i bins into `levels` levels with fractional edges (no integer truncation of i / levels; a
     /// signed tensor's 127.5 levels give a half-width last level) and spreads each level's mass
     /// evenly over the bins that are non-empty in P. Both are smoothed on counts, then compared.
+    /// The first bin is counted as the second, as NVIDIA's pytorch-quantization entropy
+    /// calibrator does: a ReLU output's exact zeros (half its values) would otherwise dominate both
+    /// distributions and the search would clip the bulk (1.9 σ of a ReLU'd Gaussian; a 28x28 CNN
+    /// lost 1.7 points in INT8 to it, 0 after).
     public static func entropyThreshold(_ h: ActivationHistogram) -> Float {
-        let hist = h.counts, bins = hist.count, levels = Self.levels(h)
+        var hist = h.counts
+        let bins = hist.count, levels = Self.levels(h)
+        if bins > 1 { hist[0] = hist[1] }
         let slots = Int(levels.rounded(.up))
         guard bins > slots else { return h.maxAbs }
         var suffix = [Double](repeating: 0, count: bins + 1)

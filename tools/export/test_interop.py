@@ -149,8 +149,12 @@ def reference_entropy_bin(hist, levels):
     the clipped mass added to its last bin; Q merges the first i bins into `levels` levels (level j
     covers [j·i/levels, (j+1)·i/levels), fractional edges; a fractional level count gives a
     narrower last level) and spreads each level's mass evenly over the bins that are non-empty in P.
-    Both smoothed on counts, then KL(P‖Q). Returns the best i (the first, on a tie)."""
+    Both smoothed on counts, then KL(P‖Q). Returns the best i (the first, on a tie). The first
+    bin counts as the second (NVIDIA pytorch-quantization's `bins[0] = bins[1]`): a ReLU output's
+    exact zeros would otherwise dominate the search."""
     from scipy.stats import entropy
+    hist = hist.copy()
+    hist[0] = hist[1]
     bins = hist.size
     slots = int(np.ceil(levels))
     best_kl, best_i = np.inf, bins
