@@ -46,7 +46,8 @@ public enum Calibration {
     }
 
     /// KL(P‖Q) search over thresholds i = ⌈levels⌉ … bins (every bin is a candidate), as
-    /// TensorRT's entropy calibrator does it (onnxruntime's calibrate.py has the reference code):
+    /// TensorRT's entropy calibrator does it (onnxruntime's calibrate.py has reference code, and
+    /// NVIDIA's pytorch-quantization the zero-bin step below):
     /// P is the histogram cut at i with the clipped mass added to its last bin; Q merges the first
     /// i bins into `levels` levels with fractional edges (no integer truncation of i / levels; a
     /// signed tensor's 127.5 levels give a half-width last level) and spreads each level's mass

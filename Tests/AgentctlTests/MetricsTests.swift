@@ -39,9 +39,17 @@ import Glibc
         "agentd_drift_state": "gauge",
     ]
 
-    /// A one-epoch digits MLP: unsure enough that adaptive precision re-runs some rows in FP32
-    /// (146 of the digits rows), so the escalation counter moves. Training is seeded.
-    static let roughModel = Agentctl.trainedModel(name: "digits-rough", arch: "mlp:64-64-10", epochs: 1)
+    /// A one-epoch digits MLP quantized with a fixed adaptive threshold on the top-1 margin (0.5):
+    /// unsure enough that adaptive precision re-runs some rows in FP32, so the escalation counter
+    /// moves. (A threshold chosen at quantization depends on how well INT8 agrees with FP32: with
+    /// a good calibration it is 0 and nothing is ever re-run.) Training is seeded.
+    static let roughModel: String = {
+        let fp32 = Agentctl.trainedModel(name: "digits-rough", arch: "mlp:64-64-10", epochs: 1)
+        let out = temporaryDirectory("rough-int8") + "/digits-rough-int8.safetensors"
+        let r = try! Agentctl.run(["model", "quantize", fp32, out, "--calib", Agentctl.digits, "--threshold", "0.5"])
+        precondition(r.status == 0, r.stderr)
+        return out
+    }()
 
     @Test func liveMetricsFollowPrometheusConventions() throws {
         let agent = try AgentdProcess(config: "adaptive = true", model: Self.roughModel)
