@@ -256,9 +256,9 @@ static TVNNI void q8_vnni(int rows, int outputs, int inputs, const uint8_t *x, i
 /// Widens rows [0, mr) of x, values [k0, k0 + kb), into xw (rows XBLOCK int16 apart). Only the
 /// values below `kin` (the layer's inputs) are read; the rest of the block (the k-quad padding) is
 /// zero. (The contract still asks for round_up(inputs, 4) readable bytes a row: the other paths
-/// read them.) A tail
-/// shorter than 16 is widened by a vector that ends at the last value (overlapping the previous
-/// one) when the block holds 16 values, so a 25- or 200-value conv row costs no scalar loop.
+/// read them.) A tail shorter than 16 is widened by a vector that ends at the last value
+/// (overlapping the previous one) when the block holds 16 values, so a 25- or 200-value conv row
+/// costs no scalar loop.
 static inline TAVX2 __attribute__((always_inline)) void widen_rows(int mr, const uint8_t *x, int ldx, int k0, int kb, int kin,
                                                                   int16_t *xw) {
     int real = kin - k0 < kb ? kin - k0 : kb;
@@ -295,10 +295,8 @@ static inline TAVX2 __attribute__((always_inline)) void store_u8_part(uint8_t *y
     if (n & 2) {
         uint16_t v = (uint16_t)rest;
         memcpy(y, &v, 2);
-        y += 2;
-        rest >>= 16;
     }
-    if (n & 1) *y = (uint8_t)rest;
+    if (n & 1) y[n & 2] = (uint8_t)(rest >> (8 * (n & 2)));
 }
 
 /// The requantization of 8 sums (outputs o0 … o0+7) to 8 INT32 codes, clamped.
@@ -326,20 +324,17 @@ static inline TAVX2 __attribute__((always_inline)) void finish_avx2(const int NV
     __m256 v0 = dequantize8_avx2(a0, o0, ep);
     __m256 v1 = NV == 2 ? dequantize8_avx2(a1, o0 + 8, ep) : v0;
     if (yf) {
-        if (n >= 8) _mm256_storeu_ps(yf + o0, v0);
-        if (n == PANEL) {
-            _mm256_storeu_ps(yf + o0 + 8, v1);
-        } else {
-            // lanes below n: all-ones masks for the remaining first vector or the second one.
-            __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            int left = n >= 8 ? n - 8 : n;
-            __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane);
-            if (n >= 8) {
-                if (left) _mm256_maskstore_ps(yf + o0 + 8, mask, v1);
-            } else {
-                _mm256_maskstore_ps(yf + o0, mask, v0);
-            }
+        // Whole vectors first; the rest (fewer than 8) by a masked store of lanes below `left`.
+        float *y = yf + o0;
+        __m256 rest = v0;
+        if (n >= 8) {
+            _mm256_storeu_ps(y, v0);
+            y += 8;
+            rest = v1;
         }
+        int left = n >= 8 ? n - 8 : n;
+        if (left == 8) _mm256_storeu_ps(y, rest);
+        else if (left) _mm256_maskstore_ps(y, _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), rest);
         return;
     }
     __m256i q0 = requantize8_avx2(v0, ep);
