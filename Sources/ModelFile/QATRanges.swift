@@ -27,7 +27,11 @@ public struct QATRanges: Equatable, Sendable {
         var ranges: [Int: ClosedRange<Float>] = [:]
         for key in a.keys.sorted() {
             guard let t = Int(key), t >= 0, t < tensors, String(t) == key else {
-                throw QATRangesError("activations.\(key): not a tensor index in 0...\(tensors - 1)")
+                // A key from the file is shown quoted and cut when it is not a plain number: a
+                // newline or a megabyte in it would break the one-line error.
+                let plain = key.count <= 20 && key.allSatisfy { $0.isASCII && ($0.isNumber || $0 == "-") }
+                let shown = plain ? key : String(key.prefix(32)).debugDescription
+                throw QATRangesError("activations.\(shown): not a tensor index in 0...\(tensors - 1)")
             }
             guard case .array(let pair)? = a[key], pair.count == 2, case .number(let lo) = pair[0], case .number(let hi) = pair[1] else {
                 throw QATRangesError("activations.\(key): expected [lo, hi]")

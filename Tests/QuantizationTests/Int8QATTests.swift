@@ -122,6 +122,21 @@ import Training
             (.object(["precision": .string("int8"), "activations": .object(["2": .array([.number(0)])])]), "expected [lo, hi]"),
             (.object(["precision": .string("int8"), "activations": .object(["2": .string("0,1")])]), "expected [lo, hi]"),
             (.object(["precision": .string("int8"), "activations": .object([:]), "extra": .null]), "unknown key 'extra'"),
+            (.object(["activations": .object([:])]), "precision: missing or not a string"),
+            (.object(["precision": .number(8), "activations": .object([:])]), "precision: missing or not a string"),
+            (.object(["precision": .string("int8"), "activations": .array([])]), "activations: missing or not an object"),
+            (.object(["precision": .string("int8"), "activations": .object(["x": .array([.number(0), .number(1)])])]),
+             "activations.\"x\": not a tensor index"),
+            (.object(["precision": .string("int8"), "activations": .object(["99999999999999999999": .array([.number(0), .number(1)])])]),
+             "activations.99999999999999999999: not a tensor index"),
+            (.object(["precision": .string("int8"), "activations": .object(["1\n2" + String(repeating: "9", count: 5000): .array([])])]),
+             "activations.\"1\\n2999"),
+            (.object(["precision": .string("int8"), "activations": .object(["2": .array([.number(0), .number(1), .number(2)])])]),
+             "expected [lo, hi]"),
+            (.object(["precision": .string("int8"), "activations": .object(["2": .array([.string("0"), .number(1)])])]),
+             "expected [lo, hi]"),
+            (.object(["precision": .string("int8"), "activations": .object(["2": .array([.number(-1e300), .number(0)])])]),
+             "not a finite range"),
         ]
         for (section, message) in hostile {
             net.qat = section
@@ -131,6 +146,7 @@ import Training
                 Issue.record("accepted \(section)")
             } catch let error as ModelFileError {
                 #expect(error.location == "qat" && error.message.contains(message), "\(error)")
+                #expect(!error.message.contains("\n") && error.message.count < 200, "not one short line: \(error.message.prefix(300))")
             }
         }
     }
