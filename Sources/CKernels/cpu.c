@@ -33,6 +33,8 @@ static int isa_supported_uncached(edge_isa isa) {
                __builtin_cpu_supports("avx512vl");
     case EDGE_ISA_AVX512VNNI:
         return isa_supported_uncached(EDGE_ISA_AVX512) && __builtin_cpu_supports("avx512vnni");
+    case EDGE_ISA_AVX2_U8S8:
+        return isa_supported_uncached(EDGE_ISA_AVX2);
 #endif
 #if defined(__aarch64__) && defined(__linux__)
     case EDGE_ISA_NEONDOT:
@@ -84,6 +86,7 @@ const char *edge_isa_name(edge_isa isa) {
     case EDGE_ISA_AVX512: return "avx512";
     case EDGE_ISA_AVX512VNNI: return "avx512-vnni";
     case EDGE_ISA_NEONDOT: return "neon-dot";
+    case EDGE_ISA_AVX2_U8S8: return "avx2-u8s8";
     }
     return "unknown";
 }

@@ -34,6 +34,27 @@ static size_t panel_bytes(edge_isa isa, int outputs, int inputs) {
     return panels * PANEL * (size_t)ROUND4(inputs) * (pairs_layout(isa) ? 2 : 1);
 }
 
+/// 1 when no adjacent pair of any output's weights (k = 2i, 2i + 1; the last one alone) can take
+/// a UINT8 input's vpmaddubsw pair sum outside int16.
+static int u8s8_safe(const int8_t *w, int outputs, int inputs) {
+    for (int o = 0; o < outputs; o++) {
+        const int8_t *row = w + (size_t)o * inputs;
+        for (int k = 0; k < inputs; k += 2) {
+            int a = row[k], b = k + 1 < inputs ? row[k + 1] : 0;
+            int pos = (a > 0 ? a : 0) + (b > 0 ? b : 0), neg = (a < 0 ? a : 0) + (b < 0 ? b : 0);
+            if (pos * 255 > 32767 || neg * 255 < -32768) return 0;
+        }
+    }
+    return 1;
+}
+
+edge_isa edge_q8_choose(edge_isa isa, const int8_t *w, int outputs, int inputs) {
+    isa = resolve(isa);
+    if ((isa == EDGE_ISA_AVX2 || isa == EDGE_ISA_AVX512) && outputs > 0 && inputs > 0 && u8s8_safe(w, outputs, inputs))
+        return EDGE_ISA_AVX2_U8S8;
+    return isa;
+}
+
 size_t edge_q8_packed_bytes(edge_isa isa, int outputs, int inputs) {
     if (outputs < 0) outputs = 0;
     size_t panels = (size_t)(outputs + PANEL - 1) / PANEL;
@@ -470,6 +491,113 @@ static TAVX2 void q8_avx2(int rows, int outputs, int inputs, const uint8_t *x, i
         }
     }
 }
+
+// ---- AVX2 vpmaddubsw, for weights that cannot saturate it ---------------------------------
+// edge_q8_choose picks this kernel only when every pair sum x0·w0 + x1·w1 fits int16 for any
+// UINT8 x, so vpmaddubsw (32 u8·s8 products summed in pairs) is exact; vpmaddwd by ones then sums
+// the pairs of pairs into INT32. Per 32 products that is two multiplies and one add, where the
+// vpmaddwd kernel spends two multiplies and two adds on 16 widened ones (and widens the rows).
+// The weights are the k-quad layout; each row's quads are broadcast straight from the UINT8 row.
+
+#define MR_U8S8 6
+
+/// MR rows × one panel (NV = 2: 16 outputs, NV = 1: the first 8) over all k-quads.
+static inline TAVX2 __attribute__((always_inline)) void tile_u8s8(const int MR, const int NV, int kq, const uint8_t *x, int ldx,
+                                                                 const int8_t *w, int o0, int cols, const edge_q8_epilogue *ep,
+                                                                 uint8_t *yu, float *yf, int ldy) {
+    __m256i a[2 * MR_U8S8 + 2];
+    __m256i ones = _mm256_set1_epi16(1);
+    for (int i = 0; i < 2 * MR; i++) a[i] = _mm256_setzero_si256();
+    for (int q = 0; q < kq; q++) {
+        __m256i w0 = _mm256_load_si256((const __m256i *)(w + (size_t)q * 64));
+        __m256i w1 = NV == 2 ? _mm256_load_si256((const __m256i *)(w + (size_t)q * 64 + 32)) : w0;
+        for (int r = 0; r < MR; r++) {
+            int32_t quad;
+            memcpy(&quad, x + (size_t)r * ldx + (size_t)q * 4, 4);
+            __m256i xv = _mm256_set1_epi32(quad);
+            a[2 * r] = _mm256_add_epi32(a[2 * r], _mm256_madd_epi16(_mm256_maddubs_epi16(xv, w0), ones));
+            if (NV == 2) a[2 * r + 1] = _mm256_add_epi32(a[2 * r + 1], _mm256_madd_epi16(_mm256_maddubs_epi16(xv, w1), ones));
+        }
+    }
+    int n = cols < PANEL ? cols : PANEL;
+    for (int r = 0; r < MR; r++)
+        finish_avx2(NV, a[2 * r], a[2 * r + 1], o0, n, ep, yu ? yu + (size_t)r * ldy : 0, yf ? yf + (size_t)r * ldy : 0);
+}
+
+/// One row, NP panels at once (2·NP independent accumulator chains).
+static inline TAVX2 __attribute__((always_inline)) void gemv_u8s8(const int NP, int kq, const uint8_t *x, const int8_t *w,
+                                                                 size_t pstride, int o0, int cols, const edge_q8_epilogue *ep,
+                                                                 uint8_t *yu, float *yf) {
+    __m256i acc[4][2];
+    __m256i ones = _mm256_set1_epi16(1);
+    for (int p = 0; p < NP; p++) acc[p][0] = acc[p][1] = _mm256_setzero_si256();
+    for (int q = 0; q < kq; q++) {
+        int32_t quad;
+        memcpy(&quad, x + (size_t)q * 4, 4);
+        __m256i xv = _mm256_set1_epi32(quad);
+        for (int p = 0; p < NP; p++) {
+            const int8_t *wq = w + p * pstride + (size_t)q * 64;
+            acc[p][0] = _mm256_add_epi32(acc[p][0], _mm256_madd_epi16(_mm256_maddubs_epi16(xv, _mm256_load_si256((const __m256i *)wq)), ones));
+            acc[p][1] = _mm256_add_epi32(acc[p][1],
+                                         _mm256_madd_epi16(_mm256_maddubs_epi16(xv, _mm256_load_si256((const __m256i *)(wq + 32))), ones));
+        }
+    }
+    for (int p = 0; p < NP; p++) {
+        int n = cols - p * PANEL;
+        if (n <= 0) break;
+        finish_avx2(2, acc[p][0], acc[p][1], o0 + p * PANEL, n < PANEL ? n : PANEL, ep, yu, yf);
+    }
+}
+
+#define UTILE(MR) \
+    static TAVX2 void utile_##MR(int kq, const uint8_t *x, int ldx, const int8_t *w, int o0, int cols, const edge_q8_epilogue *ep, \
+                                 uint8_t *yu, float *yf, int ldy) { \
+        tile_u8s8(MR, 2, kq, x, ldx, w, o0, cols, ep, yu, yf, ldy); \
+    } \
+    static TAVX2 void uhalf_##MR(int kq, const uint8_t *x, int ldx, const int8_t *w, int o0, int cols, const edge_q8_epilogue *ep, \
+                                 uint8_t *yu, float *yf, int ldy) { \
+        tile_u8s8(MR, 1, kq, x, ldx, w, o0, cols, ep, yu, yf, ldy); \
+    }
+UTILE(1) UTILE(2) UTILE(3) UTILE(4) UTILE(5) UTILE(6)
+typedef void (*utile_fn)(int, const uint8_t *, int, const int8_t *, int, int, const edge_q8_epilogue *, uint8_t *, float *, int);
+
+#define UGEMV(NP) \
+    static TAVX2 void ugemv_##NP(int kq, const uint8_t *x, const int8_t *w, size_t ps, int o0, int cols, \
+                                 const edge_q8_epilogue *ep, uint8_t *yu, float *yf) { \
+        gemv_u8s8(NP, kq, x, w, ps, o0, cols, ep, yu, yf); \
+    }
+UGEMV(1) UGEMV(2) UGEMV(3) UGEMV(4)
+
+static TAVX2 void q8_u8s8(int rows, int outputs, int inputs, const uint8_t *x, int ldx, const void *packed,
+                          const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
+    static const utile_fn tiles[MR_U8S8] = {utile_1, utile_2, utile_3, utile_4, utile_5, utile_6};
+    static const utile_fn halves[MR_U8S8] = {uhalf_1, uhalf_2, uhalf_3, uhalf_4, uhalf_5, uhalf_6};
+    int panels = (outputs + PANEL - 1) / PANEL, kq = ROUND4(inputs) / 4;
+    size_t ps = (size_t)kq * 64;
+    const int8_t *w = (const int8_t *)packed;
+    if (rows == 1) {
+        for (int p = 0; p < panels; p += 4) {
+            int np = panels - p < 4 ? panels - p : 4, cols = outputs - p * PANEL;
+            const int8_t *wp = w + p * ps;
+            switch (np) {
+            case 1: ugemv_1(kq, x, wp, ps, p * PANEL, cols, ep, yu, yf); break;
+            case 2: ugemv_2(kq, x, wp, ps, p * PANEL, cols, ep, yu, yf); break;
+            case 3: ugemv_3(kq, x, wp, ps, p * PANEL, cols, ep, yu, yf); break;
+            default: ugemv_4(kq, x, wp, ps, p * PANEL, cols, ep, yu, yf); break;
+            }
+        }
+        return;
+    }
+    // Panels outer: one panel's weights (64 bytes a k-quad) stay in L1 while every row tile reads them.
+    for (int p = 0; p < panels; p++) {
+        int cols = outputs - p * PANEL;
+        for (int m = 0; m < rows; m += MR_U8S8) {
+            int mr = rows - m < MR_U8S8 ? rows - m : MR_U8S8;
+            (cols <= PANEL / 2 ? halves : tiles)[mr - 1](kq, x + (size_t)m * ldx, ldx, w + p * ps, p * PANEL, cols, ep,
+                                                         yu ? yu + (size_t)m * ldy : 0, yf ? yf + (size_t)m * ldy : 0, ldy);
+        }
+    }
+}
 #endif
 
 #if defined(__aarch64__)
@@ -517,6 +645,7 @@ void edge_q8_gemm(edge_isa isa, int rows, int outputs, int inputs, const uint8_t
     // AVX-512 without VNNI runs the 256-bit vpmaddwd kernel (no 512-bit one yet): edge_q8_kernel_name says so.
     case EDGE_ISA_AVX512:
     case EDGE_ISA_AVX2: q8_avx2(rows, outputs, inputs, x, ldx, packed, ep, yu, yf, ldy); return;
+    case EDGE_ISA_AVX2_U8S8: q8_u8s8(rows, outputs, inputs, x, ldx, packed, ep, yu, yf, ldy); return;
 #endif
 #if defined(__aarch64__)
     case EDGE_ISA_NEONDOT: q8_neondot(rows, outputs, inputs, x, ldx, packed, ep, yu, yf, ldy); return;
@@ -532,6 +661,7 @@ const char *edge_q8_kernel_name(edge_isa isa) {
     case EDGE_ISA_AVX512VNNI: return "avx512-vnni vpdpbusd";
     case EDGE_ISA_AVX512: return "avx2 vpmaddwd (on an avx512 cpu without vnni)";
     case EDGE_ISA_AVX2: return "avx2 vpmaddwd";
+    case EDGE_ISA_AVX2_U8S8: return "avx2 vpmaddubsw (weights that cannot saturate it)";
 #endif
 #if defined(__aarch64__)
     case EDGE_ISA_NEONDOT: return "neon sdot";

@@ -539,6 +539,7 @@ void edge_sgemm_packed(edge_isa isa, int rows, int outputs, int inputs, const fl
 #if defined(__x86_64__)
     case EDGE_ISA_AVX512VNNI:
     case EDGE_ISA_AVX512: sgemm_avx512(rows, outputs, inputs, x, ldx, packed, y, ldy, act, alpha); return;
+    case EDGE_ISA_AVX2_U8S8:
     case EDGE_ISA_AVX2: sgemm_avx2(rows, outputs, inputs, x, ldx, packed, y, ldy, act, alpha); return;
 #endif
     default: sgemm_portable(rows, outputs, inputs, x, ldx, packed, y, ldy, act, alpha); return;

@@ -42,19 +42,24 @@ public struct QuantizationSpec: Codable, Equatable, Sendable {
     public var activations: [String: QuantParams]
     public var layers: [LayerEntry]
     public var adaptive: AdaptivePrecision?
+    /// INT8 weights in −63…63 (`quantize --reduce-range`); absent means −127…127. The kernels need
+    /// no flag (they look at the weights); requantizing after local learning keeps the choice.
+    public var reduceRange: Bool?
 
     enum CodingKeys: String, CodingKey {
         case method, layers, activations, adaptive
         case calibrationRows = "calibration_rows"
+        case reduceRange = "reduce_range"
     }
 
     public init(method: CalibrationMethod, calibrationRows: Int, activations: [String: QuantParams], layers: [LayerEntry],
-                adaptive: AdaptivePrecision? = nil) {
+                adaptive: AdaptivePrecision? = nil, reduceRange: Bool = false) {
         self.method = method
         self.calibrationRows = calibrationRows
         self.activations = activations
         self.layers = layers
         self.adaptive = adaptive
+        self.reduceRange = reduceRange ? true : nil
     }
 
     public func activation(_ tensor: Int) -> QuantParams? { activations[String(tensor)] }

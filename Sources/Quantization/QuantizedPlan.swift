@@ -169,6 +169,20 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         }
     }
 
+    /// The INT8 kernels the integer layers run, each named once in layer order ("avx2 vpmaddwd",
+    /// or "avx2 vpmaddubsw (…)" for 7-bit weights); empty without INT8 layers.
+    public var int8Kernels: [String] {
+        var names: [String] = []
+        for step in steps {
+            switch step {
+            case .int8Dense(let w, _, _), .int8Conv(let w, _, _, _, _, _):
+                if !names.contains(w.kernelName) { names.append(w.kernelName) }
+            default: break
+            }
+        }
+        return names
+    }
+
     public var memory: MemoryEstimate {
         var m = MemoryEstimate(weights: weightBytes, workspace: workspaceBytes, activations: 2 * bufferBytes)
         if let fallback {

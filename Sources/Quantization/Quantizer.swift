@@ -72,7 +72,7 @@ public enum Quantizer {
     /// A quantized model with the given precision per weighted layer (others FP32).
     public static func build(_ network: Network, activations: [String: QuantParams], precisions: [Int: LayerPrecision],
                              method: CalibrationMethod, calibrationRows: Int, int4Group: Int = 32,
-                             adaptive: AdaptivePrecision? = nil) -> QuantizedModel {
+                             adaptive: AdaptivePrecision? = nil, reduceRange: Bool = false) -> QuantizedModel {
         var entries: [QuantizationSpec.LayerEntry] = []
         var int8: [Int: Int8ChannelWeights] = [:], int4: [Int: Int4GroupWeights] = [:]
         for (l, layer) in network.layers.enumerated() {
@@ -88,7 +88,7 @@ public enum Quantizer {
             switch p {
             case .int8:
                 let source = layer.kind == .dense ? w : Kernels.tapMajor(w)
-                int8[l] = Int8ChannelWeights(source)
+                int8[l] = Int8ChannelWeights(source, reduceRange: reduceRange)
                 entries.append(.init(layer: l, precision: .int8, weight: base + ".q8", weightScale: base + ".q8scale", note: note))
             case .int4:
                 int4[l] = Int4GroupWeights(w, group: int4Group)
@@ -98,7 +98,7 @@ public enum Quantizer {
             }
         }
         let spec = QuantizationSpec(method: method, calibrationRows: calibrationRows, activations: activations, layers: entries,
-                                    adaptive: adaptive)
+                                    adaptive: adaptive, reduceRange: reduceRange)
         return QuantizedModel(network: network, spec: spec, int8: int8, int4: int4)
     }
 
@@ -106,19 +106,20 @@ public enum Quantizer {
     /// adaptive-precision threshold is measured on the same rows against the FP32 network. What
     /// agentd runs to quantize a file on first start and to re-quantize a local update.
     public static func calibrated(_ network: Network, rows: DataSet, method: CalibrationMethod, precisions: [Int: LayerPrecision],
-                                  int4Group: Int = 32, adaptive: Bool) -> QuantizedModel {
+                                  int4Group: Int = 32, adaptive: Bool, reduceRange: Bool = false) -> QuantizedModel {
         let params = activationParams(histograms(network, rows), network: network, method: method)
-        let plain = build(network, activations: params, precisions: precisions, method: method, calibrationRows: rows.count, int4Group: int4Group)
+        let plain = build(network, activations: params, precisions: precisions, method: method, calibrationRows: rows.count,
+                          int4Group: int4Group, reduceRange: reduceRange)
         guard adaptive else { return plain }
         let q = QuantizedPlan(model: plain, batchCapacity: 64, adaptive: .off).predict(rows.features)
         let f = ExecutionPlan(network: network, batchCapacity: 64).predict(rows.features)
         let threshold = Sensitivity.adaptiveThreshold(quantized: q, reference: f, classes: network.outputCount)
         return build(network, activations: params, precisions: precisions, method: method, calibrationRows: rows.count,
-                     int4Group: int4Group, adaptive: threshold)
+                     int4Group: int4Group, adaptive: threshold, reduceRange: reduceRange)
     }
 
-    /// Re-quantizes `network` as `like` was: its method, each layer's precision, its INT4 group
-    /// and whether it had an adaptive threshold, calibrated anew on `rows`. With fewer rows than
+    /// Re-quantizes `network` as `like` was: its method, each layer's precision, its INT4 group,
+    /// its weight range and whether it had an adaptive threshold, calibrated anew on `rows`. With fewer rows than
     /// `minimumCalibrationRows` the weights are quantized anew and `like`'s activation ranges
     /// (and adaptive threshold) are kept.
     public static func requantize(_ network: Network, like: QuantizedModel, rows: DataSet) -> QuantizedModel {
@@ -127,10 +128,11 @@ public enum Quantizer {
         let group = like.spec.layers.first { $0.precision == .int4 }?.group ?? 32
         guard rows.count >= minimumCalibrationRows else {
             return build(network, activations: like.spec.activations, precisions: precisions, method: like.spec.method,
-                         calibrationRows: like.spec.calibrationRows, int4Group: group, adaptive: like.spec.adaptive)
+                         calibrationRows: like.spec.calibrationRows, int4Group: group, adaptive: like.spec.adaptive,
+                         reduceRange: like.spec.reduceRange == true)
         }
         return calibrated(network, rows: rows, method: like.spec.method, precisions: precisions, int4Group: group,
-                          adaptive: like.spec.adaptive != nil)
+                          adaptive: like.spec.adaptive != nil, reduceRange: like.spec.reduceRange == true)
     }
 
     /// The weighted layers (dense, conv2d) of a network.

@@ -28,14 +28,15 @@ public enum Sensitivity {
 
     /// Each weighted layer quantized alone (the rest FP32): output SQNR in dB and accuracy drop in points.
     public static func perLayer(_ network: Network, activations: [String: QuantParams], heldOut: DataSet,
-                                precision: (Int) -> LayerPrecision, method: CalibrationMethod, calibrationRows: Int)
+                                precision: (Int) -> LayerPrecision, method: CalibrationMethod, calibrationRows: Int,
+                                reduceRange: Bool = false)
         -> [Int: (sqnr: Double, drop: Float)] {
         let reference = ExecutionPlan(network: network, batchCapacity: 64).predict(heldOut.features)
         let base = compare(reference, reference: reference, classes: network.outputCount, labels: heldOut.labels)
         var out: [Int: (Double, Float)] = [:]
         for l in Quantizer.weightedLayers(network) {
             let model = Quantizer.build(network, activations: activations, precisions: [l: precision(l)], method: method,
-                                        calibrationRows: calibrationRows)
+                                        calibrationRows: calibrationRows, reduceRange: reduceRange)
             let s = QuantizedPlan(model: model, batchCapacity: 64, adaptive: .off).predict(heldOut.features)
             let c = compare(s, reference: reference, classes: network.outputCount, labels: heldOut.labels)
             out[l] = (c.sqnr, ((base.accuracy ?? 0) - (c.accuracy ?? 0)) * 100)
@@ -47,10 +48,11 @@ public enum Sensitivity {
     /// time (largest accuracy drop alone first, lowest SQNR breaking ties) until the held-out
     /// accuracy is within `budget` points of FP32.
     public static func autoPrecision(_ network: Network, activations: [String: QuantParams], heldOut: DataSet, budget: Float,
-                                     preferred: (Int) -> LayerPrecision, method: CalibrationMethod, calibrationRows: Int)
+                                     preferred: (Int) -> LayerPrecision, method: CalibrationMethod, calibrationRows: Int,
+                                     reduceRange: Bool = false)
         -> (precisions: [Int: LayerPrecision], sensitivity: [Int: (sqnr: Double, drop: Float)]) {
         let sensitivity = perLayer(network, activations: activations, heldOut: heldOut, precision: preferred, method: method,
-                                   calibrationRows: calibrationRows)
+                                   calibrationRows: calibrationRows, reduceRange: reduceRange)
         let reference = ExecutionPlan(network: network, batchCapacity: 64).predict(heldOut.features)
         let fp32 = compare(reference, reference: reference, classes: network.outputCount, labels: heldOut.labels).accuracy ?? 0
         var precisions = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(network).map { ($0, preferred($0)) })
@@ -61,7 +63,7 @@ public enum Sensitivity {
         for l in [nil] + order.map(Optional.some) {
             if let l { precisions[l] = .fp32 }
             let model = Quantizer.build(network, activations: activations, precisions: precisions, method: method,
-                                        calibrationRows: calibrationRows)
+                                        calibrationRows: calibrationRows, reduceRange: reduceRange)
             let s = QuantizedPlan(model: model, batchCapacity: 64, adaptive: .off).predict(heldOut.features)
             let acc = compare(s, reference: reference, classes: network.outputCount, labels: heldOut.labels).accuracy ?? 0
             if (fp32 - acc) * 100 <= budget { break }

@@ -1,6 +1,7 @@
 import Tensor
 
-/// INT8 weights, symmetric per output channel: W[o, k] ≈ scale[o] · q[o, k], q in [−127, 127].
+/// INT8 weights, symmetric per output channel: W[o, k] ≈ scale[o] · q[o, k], q in [−127, 127]
+/// (or [−63, 63] with `reduceRange`).
 public struct Int8ChannelWeights: Sendable {
     public var q: [Int8]
     public var scales: [Float]
@@ -14,8 +15,13 @@ public struct Int8ChannelWeights: Sendable {
         self.inputs = inputs
     }
 
+    /// The largest code: 127, or 63 with `reduceRange` (7-bit weights, which the AVX2 vpmaddubsw
+    /// kernel multiplies exactly; see `edge_q8_choose`).
+    public static func maxCode(reduceRange: Bool) -> Float { reduceRange ? 63 : 127 }
+
     /// Quantizes a `[outputs, …]` weight (flattened per output).
-    public init(_ w: Tensor) {
+    public init(_ w: Tensor, reduceRange: Bool = false) {
+        let top = Self.maxCode(reduceRange: reduceRange)
         outputs = w.shape[0]
         inputs = w.count / outputs
         var q = [Int8](repeating: 0, count: w.count)
@@ -25,14 +31,14 @@ public struct Int8ChannelWeights: Sendable {
             for k in 0..<inputs { m = max(m, abs(w[o * inputs + k])) }
             // A channel of subnormal weights would get a scale whose inverse overflows (0 · inf = NaN traps in
             // Int8()): it quantizes to zeros with scale 1, as an all-zero channel does.
-            let s = m / 127
+            let s = m / top
             guard s.isNormal else { continue }
             scales[o] = s
             let inv = 1 / s
             for k in 0..<inputs {
                 // A NaN weight (only training can make one; files are checked) quantizes to 0, not a trap.
                 let x = (w[o * inputs + k] * inv).rounded(.toNearestOrEven)
-                q[o * inputs + k] = x.isNaN ? 0 : Int8(min(max(x, -127), 127))
+                q[o * inputs + k] = x.isNaN ? 0 : Int8(min(max(x, -top), top))
             }
         }
         self.q = q

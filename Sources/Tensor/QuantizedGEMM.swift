@@ -2,33 +2,43 @@ import CKernels
 
 /// INT8 weights `[outputs, inputs]` (values in −127…127) packed once for the INT8 kernel of one
 /// ISA (k-quads of INT8, or k-pairs widened to INT16 for AVX2), with their column sums (used to
-/// fold the input zero point into the bias).
+/// fold the input zero point into the bias). On AVX2, weights that cannot saturate vpmaddubsw
+/// (7-bit ones, from `quantize --reduce-range`) get that kernel instead: see `edge_q8_choose`.
 public final class PackedInt8Weights: @unchecked Sendable {
     public let outputs: Int
     public let inputs: Int
     /// The path these weights are packed for, and run on.
     public let isa: KernelISA
+    /// The kernel the weights are packed for: `isa`'s own, or the AVX2 vpmaddubsw one.
+    private let kernel: edge_isa
     /// Input rows must have at least this many readable bytes (inputs rounded up to 4).
     public let paddedInputs: Int
     private let storage: UnsafeMutableRawPointer
     public let byteCount: Int
 
-    /// - Parameter isa: `.auto` packs for the best path here (or the one `EDGE_ISA` forces).
-    public init(weight: UnsafePointer<Int8>, outputs: Int, inputs: Int, isa: KernelISA = .auto) {
+    /// - Parameters:
+    ///   - isa: `.auto` packs for the best path here (or the one `EDGE_ISA` forces).
+    ///   - narrowKernel: false keeps AVX2 on the vpmaddwd kernel even for weights that fit
+    ///     vpmaddubsw (to compare the two).
+    public init(weight: UnsafePointer<Int8>, outputs: Int, inputs: Int, isa: KernelISA = .auto, narrowKernel: Bool = true) {
         self.outputs = outputs
         self.inputs = inputs
         self.isa = isa == .auto ? .best : isa
+        kernel = narrowKernel ? edge_q8_choose(self.isa.c, weight, Int32(outputs), Int32(inputs)) : self.isa.c
         paddedInputs = (inputs + 3) & ~3
-        byteCount = edge_q8_packed_bytes(self.isa.c, Int32(outputs), Int32(inputs))
+        byteCount = edge_q8_packed_bytes(kernel, Int32(outputs), Int32(inputs))
         storage = .allocate(byteCount: byteCount, alignment: 64)
-        edge_q8_pack(self.isa.c, weight, Int32(outputs), Int32(inputs), storage)
+        edge_q8_pack(kernel, weight, Int32(outputs), Int32(inputs), storage)
     }
 
     deinit { storage.deallocate() }
 
+    /// What multiplies these weights, named as it is ("avx2 vpmaddwd", "avx2 vpmaddubsw (…)").
+    public var kernelName: String { String(cString: edge_q8_kernel_name(kernel)) }
+
     /// Σₖ W[o, k] per output.
     public func columnSum(_ o: Int) -> Int32 {
-        edge_q8_column_sums(isa.c, storage, Int32(outputs), Int32(inputs))[o]
+        edge_q8_column_sums(kernel, storage, Int32(outputs), Int32(inputs))[o]
     }
 
     /// `rows` rows of UINT8 input → INT32 accumulators → `epilogue`, into UINT8 or FP32 rows.
@@ -38,9 +48,9 @@ public final class PackedInt8Weights: @unchecked Sendable {
         epilogue.withC { ep in
             switch output {
             case .uint8(let y):
-                edge_q8_gemm(isa.c, Int32(rows), Int32(outputs), Int32(inputs), x, Int32(ldx), storage, ep, y, nil, Int32(ldy))
+                edge_q8_gemm(kernel, Int32(rows), Int32(outputs), Int32(inputs), x, Int32(ldx), storage, ep, y, nil, Int32(ldy))
             case .float(let y):
-                edge_q8_gemm(isa.c, Int32(rows), Int32(outputs), Int32(inputs), x, Int32(ldx), storage, ep, nil, y, Int32(ldy))
+                edge_q8_gemm(kernel, Int32(rows), Int32(outputs), Int32(inputs), x, Int32(ldx), storage, ep, nil, y, Int32(ldy))
             }
         }
     }

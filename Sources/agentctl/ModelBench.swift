@@ -3,6 +3,7 @@ import CBLAS
 import Foundation
 import Inference
 import ModelFile
+import Quantization
 import Tensor
 
 struct Bench: ParsableCommand {
@@ -68,8 +69,10 @@ struct Bench: ParsableCommand {
                     let plan = try loaded.plan(batch: b, precision: precision, adaptive: false)
                     let input = (0..<(b * network.inputCount)).map { _ in rng.nextUnitFloat() * 16 }
                     let (median, calls) = medianLatency(plan, input: input, batch: b, seconds: seconds, warmUp: 20, minimumCalls: 20)
-                    let r = Result(batch: b, latency_us: median, samples_per_s: Double(b) / median * 1e6, calls: calls,
+                    var r = Result(batch: b, latency_us: median, samples_per_s: Double(b) / median * 1e6, calls: calls,
                                    precision: plan.precision)
+                    // What this plan's INT8 layers run: the weights choose between the AVX2 kernels.
+                    if let q = plan as? QuantizedPlan, !q.int8Kernels.isEmpty { r.int8_kernel = q.int8Kernels.joined(separator: " + ") }
                     results.append(r)
                     if json { printJSON(r, pretty: false) }
                 }
@@ -77,7 +80,7 @@ struct Bench: ParsableCommand {
             }
             if !json {
                 print("\(network.name) v\(network.version), \(results.first?.precision ?? "fp32"), kernels \(KernelISA.best.rawValue) " +
-                      "(INT8: \(KernelISA.best.int8Kernel); INT4: \(KernelISA.best.int4Kernel)), \(threads) thread\(threads == 1 ? "" : "s")")
+                      "(INT8: \(results.first?.int8_kernel ?? KernelISA.best.int8Kernel); INT4: \(KernelISA.best.int4Kernel)), \(threads) thread\(threads == 1 ? "" : "s")")
                 print(table(["batch", "latency (us)", "samples/s"],
                             results.map { ["\($0.batch)", String(format: "%.2f", $0.latency_us), String(format: "%.0f", $0.samples_per_s)] },
                             rightAligned: [0, 1, 2]))

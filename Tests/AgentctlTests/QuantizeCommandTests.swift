@@ -121,6 +121,39 @@ import Testing
         #expect(plainScales != layers.compactMap { $0["inputScale"] as? Double })
     }
 
+    /// --reduce-range: the report says 7-bit weights, accuracy stays within budget, the manifest
+    /// records it, and `bench` names the kernel the plan runs (vpmaddubsw on an AVX2 CPU).
+    @Test func reduceRangeWritesSevenBitWeightsAndBenchNamesTheirKernel() throws {
+        let out = temporaryDirectory("q7") + "/q7.safetensors"
+        let r = try Agentctl.run(["model", "quantize", Self.mlp, out, "--calib", Agentctl.digits, "--reduce-range", "--json"])
+        try #require(r.status == 0, "\(r.stderr)")
+        let report = try json(r.stdout)
+        #expect(report["int8WeightBits"] as? Int == 7)
+        let fp32 = try #require(report["fp32Accuracy"] as? Double), q = try #require(report["quantizedAccuracy"] as? Double)
+        #expect((fp32 - q) * 100 <= 0.5, "\(fp32) -> \(q)")
+        let text = try Agentctl.run(["model", "quantize", Self.mlp, out, "--calib", Agentctl.digits, "--reduce-range"])
+        #expect(text.stdout.contains("INT8 weights in 7 bits"))
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: out))
+        let length = bytes.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        let header = try #require(try JSONSerialization.jsonObject(with: bytes.subdata(in: 8..<(8 + length))) as? [String: Any])
+        let manifest = try json(try #require((header["__metadata__"] as? [String: Any])?["edge.manifest"] as? String))
+        #expect((manifest["quantization"] as? [String: Any])?["reduce_range"] as? Bool == true)
+        // Every stored INT8 code is within ±63.
+        var codes = 0
+        for (name, entry) in header where name.hasSuffix(".q8") {
+            let offsets = try #require((entry as? [String: Any])?["data_offsets"] as? [Int])
+            let data = bytes.subdata(in: (8 + length + offsets[0])..<(8 + length + offsets[1]))
+            #expect(data.allSatisfy { abs(Int(Int8(bitPattern: $0))) <= 63 }, "\(name)")
+            codes += data.count
+        }
+        #expect(codes == 64 * 256 + 256 * 256 + 256 * 10)
+        let bench = try json(try Agentctl.run(["model", "bench", out, "--batch", "4", "--seconds", "0.05", "--json"]).stdout)
+        let kernel = try #require(bench["int8_kernel"] as? String)
+        if ["avx2", "avx512"].contains(bench["isa"] as? String) { #expect(kernel.contains("vpmaddubsw"), "\(kernel)") }
+        let plain = try json(try Agentctl.run(["model", "bench", Self.mlp, "--batch", "4", "--seconds", "0.05", "--json"]).stdout)
+        #expect(!(plain["int8_kernel"] as? String ?? "").contains("vpmaddubsw") || plain["isa"] as? String == nil)
+    }
+
     @Test func int8OnAnFP32FileIsRefused() throws {
         let r = try Agentctl.run(["model", "eval", Self.mlp, "--data", Agentctl.digits, "--precision", "int8"])
         #expect(r.status == 1 && r.stderrLines.count == 1)

@@ -182,6 +182,39 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         #expect(a == b)
     }
 
+    /// --reduce-range: every INT8 code within ±63, each channel's largest weight reaching 63; the
+    /// flag survives the file and a requantize after learning (with and without calibration rows);
+    /// on AVX2 every INT8 layer (dense and conv) runs vpmaddubsw, and 8-bit codes never do.
+    @Test func reducedRangeWeightsAreSevenBitAndKeptThroughRequantizing() throws {
+        let net = try Architecture.build("cnn:1x6x6-c4-c3-m2-f8-3", seed: 5)
+        let data = rows(64, features: 36, seed: 6)
+        let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .kl)
+        let p = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(net).map { ($0, LayerPrecision.int8) })
+        let model = Quantizer.build(net, activations: params, precisions: p, method: .kl, calibrationRows: data.count, reduceRange: true)
+        #expect(model.spec.reduceRange == true && model.int8.count == 4)
+        for (l, w) in model.int8 {
+            #expect(w.q.allSatisfy { abs(Int($0)) <= 63 }, "layer \(l)")
+            for o in 0..<w.outputs { #expect(w.q[(o * w.inputs)..<((o + 1) * w.inputs)].map { abs(Int($0)) }.max() == 63) }
+        }
+        let plan = QuantizedPlan(model: model, batchCapacity: 8)
+        if [.avx2, .avx512].contains(KernelISA.best) { #expect(plan.int8Kernels.count == 1 && plan.int8Kernels[0].contains("vpmaddubsw")) }
+        // The same codes through the int16 kernel: 8-bit weights of the same values.
+        let full = Quantizer.build(net, activations: params, precisions: p, method: .kl, calibrationRows: data.count)
+        #expect(QuantizedPlan(model: full, batchCapacity: 8).int8Kernels.allSatisfy { !$0.contains("vpmaddubsw") })
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("q7-\(getpid()).safetensors").path
+        try model.write(to: path)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let file = try ModelFile.load(path: path)
+        let again = try #require(try QuantizedModel.load(file, network: Network(model: file)))
+        #expect(again.spec.reduceRange == true)
+        #expect(QuantizedPlan(model: again, batchCapacity: 8).predict(data.features) == plan.predict(data.features))
+        #expect(Quantizer.requantize(net, like: again, rows: data).spec.reduceRange == true)
+        #expect(Quantizer.requantize(net, like: again, rows: rows(8, features: 36, seed: 7)).int8.values.allSatisfy {
+            $0.q.allSatisfy { abs(Int($0)) <= 63 }
+        })
+        #expect(Quantizer.requantize(net, like: full, rows: data).spec.reduceRange == nil)
+    }
+
     /// An integer-only file (no FP32 weights for its INT8 and INT4 layers) is smaller, loads with
     /// those weights rebuilt as q · scale, keeps an FP32 layer's own weights, and runs the same
     /// integer plan bit for bit.

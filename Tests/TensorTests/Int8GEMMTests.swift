@@ -109,6 +109,84 @@ import Testing
         #expect(y == exact.map(Float.init), "\(isa)")
     }
 
+    /// Whether this CPU's AVX2 path takes the vpmaddubsw kernel for weights that fit it.
+    static var narrowKernelHere: Bool { [.avx2, .avx512].contains(KernelISA.best) }
+
+    /// Weights that cannot saturate vpmaddubsw (7-bit, and pairs of mixed sign up to 127/−128)
+    /// run that kernel on AVX2 and still equal the scalar definition on every case's shape, for
+    /// both outputs, with the extreme input 255 in every other row.
+    @Test(arguments: cases)
+    func weightsThatFitVpmaddubswRunItExactly(c: Case) {
+        var rng = SeededGenerator(seed: UInt64(c.rows * 131 + c.outputs * 7 + c.inputs))
+        let ldx = ((c.inputs + 3) & ~3) + 4, ldy = c.outputs + 1
+        let x = (0..<(c.rows * ldx + 8)).map { i in (i / ldx) % 2 == 0 ? 255 : UInt8(truncatingIfNeeded: rng.next()) }
+        // Even k: −64…64; odd k: mostly −64…64, and 127 or −128 where the pair's other weight has the other sign.
+        var w = [Int8](repeating: 0, count: c.outputs * c.inputs)
+        for o in 0..<c.outputs {
+            for k in stride(from: 0, to: c.inputs, by: 2) {
+                let a = Int8(Int(rng.next() % 129) - 64)
+                w[o * c.inputs + k] = a
+                guard k + 1 < c.inputs else { continue }
+                let extreme = rng.next() % 4 == 0
+                w[o * c.inputs + k + 1] = extreme ? (a <= 0 ? 127 : -128) : Int8(Int(rng.next() % 129) - 64)
+            }
+        }
+        let weights = packed(w, outputs: c.outputs, inputs: c.inputs, isa: .auto)
+        if Self.narrowKernelHere { #expect(weights.kernelName.contains("vpmaddubsw"), "\(weights.kernelName)") }
+        let acc = exactAccumulators(x, ldx: ldx, w, rows: c.rows, outputs: c.outputs, inputs: c.inputs)
+        let ep = QuantizedEpilogue(outputs: c.outputs)
+        for o in 0..<c.outputs {
+            ep.bias[o] = Int32(Int(rng.next() % 2001) - 1000)
+            ep.scale[o] = 0.001 + rng.nextUnitFloat() * 0.004
+        }
+        ep.zeroPoint = 100
+        var y = [UInt8](repeating: 7, count: c.rows * ldy)
+        var f = [Float](repeating: -7, count: c.rows * ldy)
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer {
+                weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .uint8($0.baseAddress!), ldy: ldy)
+            }
+            f.withUnsafeMutableBufferPointer {
+                weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .float($0.baseAddress!), ldy: ldy)
+            }
+        }
+        var mismatches = 0
+        for r in 0..<c.rows {
+            for o in 0..<c.outputs {
+                if y[r * ldy + o] != ep.referenceRequantize(acc[r * c.outputs + o], output: o) { mismatches += 1 }
+                if f[r * ldy + o] != ep.referenceDequantize(acc[r * c.outputs + o], output: o) { mismatches += 1 }
+            }
+            #expect(y[r * ldy + c.outputs] == 7 && f[r * ldy + c.outputs] == -7, "wrote past the row")
+        }
+        #expect(mismatches == 0, "\(weights.kernelName) \(c.testDescription): \(mismatches) outputs differ")
+    }
+
+    /// The choice is exactly the int16 bound: pairs (64, 64), (−64, −64), (127, −128) and a lone
+    /// last 127 fit; (65, 64), (−65, −64) and (−128, −1) do not, and fall back to vpmaddwd. At the
+    /// bound, 255 in every input sums 2·255·64 a pair with nothing lost.
+    @Test func theNarrowKernelIsChosenAtExactlyTheInt16Bound() {
+        guard Self.narrowKernelHere else { return }
+        func kernel(_ w: [Int8]) -> String { packed(w, outputs: 1, inputs: w.count, isa: .auto).kernelName }
+        for fits in [[64, 64, 1, 2], [-64, -64, 0, 0], [127, -128, -128, 127], [3, 4, 127], [64, 64, -64, -64, 64]] as [[Int8]] {
+            #expect(kernel(fits).contains("vpmaddubsw"), "\(fits)")
+        }
+        for over in [[65, 64], [-65, -64], [0, 0, -128, -1], [1, 1, 1, 1, 127, 2]] as [[Int8]] {
+            #expect(kernel(over).contains("vpmaddwd"), "\(over)")
+        }
+        let k = 1024
+        let w = [Int8](repeating: 64, count: k), x = [UInt8](repeating: 255, count: k * 5)
+        let narrow = packed(w, outputs: 1, inputs: k, isa: .auto)
+        let ep = QuantizedEpilogue(outputs: 1)
+        ep.scale[0] = 1
+        var y = [Float](repeating: 0, count: 5)
+        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer {
+            narrow.multiply(rows: 5, xp.baseAddress!, ldx: k, epilogue: ep, output: .float($0.baseAddress!), ldy: 1)
+        } }
+        #expect(y == [Float](repeating: Float(255 * 64 * k), count: 5))
+        let wide = w.withUnsafeBufferPointer { PackedInt8Weights(weight: $0.baseAddress!, outputs: 1, inputs: k, narrowKernel: false) }
+        #expect(wide.kernelName.contains("vpmaddwd") && wide.byteCount > narrow.byteCount)
+    }
+
     /// A negative input count (which no checked model has) multiplies nothing and writes nothing:
     /// the AVX2 widening once zero-filled below its stack buffer for -1 and -3.
     @Test(arguments: paths, [-1, -3, -5])

@@ -42,23 +42,28 @@ static double time_fp32(edge_isa isa, int rows, int n, const float *x, const flo
 }
 
 int main(void) {
-    const edge_isa paths[] = {EDGE_ISA_PORTABLE, EDGE_ISA_AVX2, EDGE_ISA_AVX512, EDGE_ISA_AVX512VNNI, EDGE_ISA_NEONDOT};
+    const edge_isa paths[] = {EDGE_ISA_PORTABLE, EDGE_ISA_AVX2, EDGE_ISA_AVX512, EDGE_ISA_AVX512VNNI, EDGE_ISA_NEONDOT, EDGE_ISA_AVX2_U8S8};
     const int sizes[] = {256, 1024}, batches[] = {1, 64, 256};
     int failed = 0;
     for (int s = 0; s < 2; s++) {
         int n = sizes[s], maxrows = 256;
         uint8_t *x8 = malloc((size_t)maxrows * n), *y8 = malloc((size_t)maxrows * n), *ref = malloc((size_t)maxrows * n);
-        int8_t *w8 = malloc((size_t)n * n);
+        int8_t *w8 = malloc((size_t)n * n), *w7 = malloc((size_t)n * n);
         float *xf = malloc(sizeof(float) * maxrows * n), *wf = malloc(sizeof(float) * n * n), *yf = malloc(sizeof(float) * maxrows * n);
         int32_t *bias = calloc(n, 4);
         float *scale = malloc(sizeof(float) * n);
         for (size_t i = 0; i < (size_t)maxrows * n; i++) { x8[i] = next(); xf[i] = (float)(next() % 1000) / 1000; }
         for (size_t i = 0; i < (size_t)n * n; i++) { w8[i] = (int8_t)((int)(next() % 255) - 127); wf[i] = (float)(next() % 1000) / 1000 - 0.5f; }
+        // 7-bit weights (within ±64), which the vpmaddubsw kernel (EDGE_ISA_AVX2_U8S8) needs.
+        for (size_t i = 0; i < (size_t)n * n; i++) w7[i] = (int8_t)(w8[i] / 2);
         for (int o = 0; o < n; o++) { bias[o] = (int)(next() % 2001) - 1000; scale[o] = 0.0002f; }
         edge_q8_epilogue ep = {bias, scale, 128, 0, 255, 0, 0};
         void *pref = aligned(edge_q8_packed_bytes(EDGE_ISA_PORTABLE, n, n));
         edge_q8_pack(EDGE_ISA_PORTABLE, w8, n, n, pref);
         edge_q8_gemm(EDGE_ISA_PORTABLE, maxrows, n, n, x8, n, pref, &ep, ref, 0, n);
+        uint8_t *ref7 = malloc((size_t)maxrows * n);
+        edge_q8_pack(EDGE_ISA_PORTABLE, w7, n, n, pref);
+        edge_q8_gemm(EDGE_ISA_PORTABLE, maxrows, n, n, x8, n, pref, &ep, ref7, 0, n);
         for (int b = 0; b < 3; b++) {
             int rows = batches[b];
             printf("%4d x %4d x %4d  fp32 %-12s %6.1f GMAC/s\n", rows, n, n, edge_isa_supported(EDGE_ISA_AVX2) ? "avx2" : "portable",
@@ -66,18 +71,20 @@ int main(void) {
             for (unsigned p = 0; p < sizeof paths / sizeof paths[0]; p++) {
                 edge_isa isa = paths[p];
                 if (!edge_isa_supported(isa) || (isa == EDGE_ISA_PORTABLE && n > 256 && rows > 1)) continue;
+                const int8_t *w = isa == EDGE_ISA_AVX2_U8S8 ? w7 : w8;
                 void *packed = aligned(edge_q8_packed_bytes(isa, n, n));
-                edge_q8_pack(isa, w8, n, n, packed);
+                edge_q8_pack(isa, w, n, n, packed);
                 memset(y8, 0, (size_t)maxrows * n);
                 edge_q8_gemm(isa, maxrows, n, n, x8, n, packed, &ep, y8, 0, n);
-                int same = memcmp(y8, ref, (size_t)maxrows * n) == 0;
+                int same = memcmp(y8, isa == EDGE_ISA_AVX2_U8S8 ? ref7 : ref, (size_t)maxrows * n) == 0;
                 failed += !same;
                 free(packed);
                 printf("%4d x %4d x %4d  int8 %-12s %6.1f GMAC/s  (%s)%s\n", rows, n, n, edge_isa_name(isa),
-                       time_int8(isa, rows, n, x8, w8, &ep, y8), edge_q8_kernel_name(isa), same ? "" : "  DIFFERS FROM PORTABLE");
+                       time_int8(isa, rows, n, x8, w, &ep, y8), edge_q8_kernel_name(isa), same ? "" : "  DIFFERS FROM PORTABLE");
             }
         }
         free(pref);
+        free(ref7);
     }
     return failed != 0;
 }
