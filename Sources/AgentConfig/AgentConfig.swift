@@ -36,6 +36,8 @@ public struct AgentConfig: Equatable, Sendable {
         public var method = "kl"
         /// Re-run low-margin samples in FP32 (auto threshold chosen at quantization).
         public var adaptive = false
+        /// That quantization with 7-bit INT8 weights (`quantize --reduce-range`).
+        public var reduceRange = false
     }
 
     public struct Serving: Equatable, Sendable {
@@ -212,6 +214,7 @@ extension AgentConfig {
         .of("agent.log_level", \.agent.logLevel, reloadable: true), .of("agent.release_startup_pages", \.agent.releaseStartupPages),
         .of("model.initial", \.model.initial), .of("model.precision", \.model.precision), .of("model.calibration", \.model.calibration),
         .of("model.method", \.model.method), .of("model.adaptive", \.model.adaptive, reloadable: true),
+        .of("model.reduce_range", \.model.reduceRange),
         .of("serving.workers", \.serving.workers), .of("serving.max_batch_size", \.serving.maxBatchSize, reloadable: true),
         .of("serving.max_queue_delay_ms", \.serving.maxQueueDelayMs, reloadable: true),
         .of("serving.queue_capacity", \.serving.queueCapacity, reloadable: true),
@@ -280,12 +283,13 @@ extension AgentConfig {
             reader.string(t, "agent", "log_level", &c.agent.logLevel, oneOf: ["trace", "debug", "info", "notice", "warning", "error", "critical"])
             reader.bool(t, "agent", "release_startup_pages", &c.agent.releaseStartupPages)
         }
-        reader.section(table, "model", ["initial", "precision", "calibration", "method", "adaptive"]) { t in
+        reader.section(table, "model", ["initial", "precision", "calibration", "method", "adaptive", "reduce_range"]) { t in
             reader.string(t, "model", "initial", &c.model.initial)
             reader.string(t, "model", "precision", &c.model.precision, oneOf: ["fp32", "int8"])
             reader.string(t, "model", "calibration", &c.model.calibration)
             reader.string(t, "model", "method", &c.model.method, oneOf: ["kl", "minmax", "percentile", "mse"])
             reader.bool(t, "model", "adaptive", &c.model.adaptive)
+            reader.bool(t, "model", "reduce_range", &c.model.reduceRange)
         }
         reader.section(table, "serving", ["workers", "max_batch_size", "max_queue_delay_ms", "queue_capacity", "deadline_ms",
                                           "memory_budget_mb", "adaptive_batching", "latency_target_ms", "max_deadline_ms",

@@ -235,7 +235,8 @@ public final class ModelManager: @unchecked Sendable {
                                                            "model.precision": "\(row.precision)"])
     }
 
-    /// INT8 on `model.calibration`'s rows, with the adaptive threshold when `model.adaptive`.
+    /// INT8 on `model.calibration`'s rows, with the adaptive threshold when `model.adaptive` and
+    /// 7-bit weights when `model.reduce_range`.
     private static func quantizeForField(_ network: Network, config: AgentConfig) throws -> QuantizedModel {
         guard !config.model.calibration.isEmpty else {
             throw ModelError(message: "\(config.model.initial): model.precision is int8 but the model is FP32 and model.calibration names no rows to calibrate on")
@@ -247,7 +248,8 @@ public final class ModelManager: @unchecked Sendable {
         }
         let method = CalibrationMethod(rawValue: config.model.method) ?? .kl
         let precisions = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(network).map { ($0, LayerPrecision.int8) })
-        return Quantizer.calibrated(network, rows: rows, method: method, precisions: precisions, adaptive: config.model.adaptive)
+        return Quantizer.calibrated(network, rows: rows, method: method, precisions: precisions, adaptive: config.model.adaptive,
+                                    reduceRange: config.model.reduceRange)
     }
 
     /// Switches to a registered version (nil: the version before the active one). Throws

@@ -49,6 +49,7 @@ static int u8s8_safe(const int8_t *w, int outputs, int inputs) {
 }
 
 edge_isa edge_q8_choose(edge_isa isa, const int8_t *w, int outputs, int inputs) {
+    if (isa == EDGE_ISA_AVX2_U8S8) isa = EDGE_ISA_AVX2;  // asked for it: still proven safe first
     isa = resolve(isa);
     if ((isa == EDGE_ISA_AVX2 || isa == EDGE_ISA_AVX512) && outputs > 0 && inputs > 0 && u8s8_safe(w, outputs, inputs))
         return EDGE_ISA_AVX2_U8S8;
@@ -264,7 +265,8 @@ static TVNNI void q8_vnni(int rows, int outputs, int inputs, const uint8_t *x, i
 }
 
 // ---- AVX2 (and AVX-512 without VNNI): vpmaddwd ---------------------------------------------
-// No vpmaddubsw: it sums two u8·s8 products into int16 and saturates (2·255·127 > 32767).
+// No vpmaddubsw here: it sums two u8·s8 products into int16, which 8-bit weights can saturate
+// (2·255·127 > 32767); weights that cannot get the vpmaddubsw kernel below (edge_q8_choose).
 // The weights are widened to int16 once, at pack time, in k-pairs; each tile widens its input
 // rows once per block of k into a small stack buffer, so the inner loop is one broadcast and two
 // vpmaddwd + vpaddd per row and k-pair, with 6 rows × 16 outputs held in 12 accumulators (one

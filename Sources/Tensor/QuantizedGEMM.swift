@@ -7,7 +7,8 @@ import CKernels
 public final class PackedInt8Weights: @unchecked Sendable {
     public let outputs: Int
     public let inputs: Int
-    /// The path these weights are packed for, and run on.
+    /// The ISA path these weights are packed for (on AVX2 the weights then choose between two
+    /// kernels: `kernelName` says which runs).
     public let isa: KernelISA
     /// The kernel the weights are packed for: `isa`'s own, or the AVX2 vpmaddubsw one.
     private let kernel: edge_isa

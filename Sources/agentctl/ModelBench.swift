@@ -43,7 +43,9 @@ struct Bench: ParsableCommand {
         var samples_per_s: Double
         var calls: Int
         var precision: String
-        /// The kernel path (best here, or forced by EDGE_ISA) and the INT8 and INT4 kernels it runs, named as they are.
+        /// The kernel path (best here, or forced by EDGE_ISA) and the INT8 and INT4 kernels it runs, named as they are:
+        /// for INT8, the kernels this plan's INT8 layers run (their weights choose on AVX2), or for a
+        /// plan without INT8 layers the one this path runs for 8-bit weights.
         var isa: String = KernelISA.best.rawValue
         var int8_kernel: String = KernelISA.best.int8Kernel
         var int4_kernel: String = KernelISA.best.int4Kernel

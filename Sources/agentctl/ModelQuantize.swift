@@ -129,6 +129,9 @@ struct Quantize: ParsableCommand {
             let learned = (network.qat.flatMap { try? QATRanges($0, tensors: network.layers.count + 1) })?.activations ?? [:]
             if !learned.isEmpty && !json {
                 printError("activation ranges: \(learned.count) tensors from quantization-aware training, the others calibrated (\(method.rawValue))")
+                if reduceRange {
+                    printError("note: training fake-quantized the weights to 8 bits; --reduce-range quantizes them to 7 (the accuracy below shows the cost)")
+                }
             }
             let activations = Quantizer.activationParams(histograms, network: network, method: method, percentile: percentile,
                                                          learned: learned)

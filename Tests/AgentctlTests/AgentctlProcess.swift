@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 
 /// Runs the built `agentctl` as a user would: a separate process, arguments, exit status, output.
 struct Agentctl {
@@ -97,4 +98,31 @@ func temporaryDirectory(_ name: String) -> String {
         .appendingPathComponent("agentctl-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
     try! FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     return dir.path
+}
+
+/// A model file as the tests read it: the safetensors header (tensor entries by name), the
+/// manifest from its metadata ("edge.manifest"), and each tensor's raw bytes.
+struct SafetensorsFile {
+    let bytes: Data
+    let header: [String: Any]
+    let dataStart: Int
+
+    init(_ path: String) throws {
+        bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        let length = bytes.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        header = try #require(try JSONSerialization.jsonObject(with: bytes.subdata(in: 8..<(8 + length))) as? [String: Any])
+        dataStart = 8 + length
+    }
+
+    var manifest: [String: Any] {
+        get throws {
+            let text = try #require((header["__metadata__"] as? [String: Any])?["edge.manifest"] as? String)
+            return try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+        }
+    }
+
+    func tensor(_ name: String) throws -> Data {
+        let offsets = try #require((header[name] as? [String: Any])?["data_offsets"] as? [Int], "no tensor \(name)")
+        return bytes.subdata(in: (dataStart + offsets[0])..<(dataStart + offsets[1]))
+    }
 }

@@ -94,12 +94,7 @@ import Testing
         let t = try Agentctl.run(["model", "train", "--data", Agentctl.digits, "--from", Self.mlp, "--qat", "int8", "--epochs", "1",
                                   "--out", qat])
         try #require(t.status == 0, "\(t.stderr)")
-        // The manifest is JSON in the safetensors header's metadata ("edge.manifest").
-        let bytes = try Data(contentsOf: URL(fileURLWithPath: qat))
-        let length = bytes.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
-        let header = try #require(try JSONSerialization.jsonObject(with: bytes.subdata(in: 8..<(8 + length))) as? [String: Any])
-        let manifestText = try #require((header["__metadata__"] as? [String: Any])?["edge.manifest"] as? String)
-        let manifest = try json(manifestText)
+        let manifest = try SafetensorsFile(qat).manifest
         let ranges = try #require((manifest["qat"] as? [String: Any])?["activations"] as? [String: [Double]])
         #expect(ranges.count >= 3, "\(ranges)")  // the input and both hidden ReLUs
         let text = try Agentctl.run(["model", "quantize", qat, out, "--calib", Agentctl.digits])
@@ -133,25 +128,46 @@ import Testing
         #expect((fp32 - q) * 100 <= 0.5, "\(fp32) -> \(q)")
         let text = try Agentctl.run(["model", "quantize", Self.mlp, out, "--calib", Agentctl.digits, "--reduce-range"])
         #expect(text.stdout.contains("INT8 weights in 7 bits"))
-        let bytes = try Data(contentsOf: URL(fileURLWithPath: out))
-        let length = bytes.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
-        let header = try #require(try JSONSerialization.jsonObject(with: bytes.subdata(in: 8..<(8 + length))) as? [String: Any])
-        let manifest = try json(try #require((header["__metadata__"] as? [String: Any])?["edge.manifest"] as? String))
-        #expect((manifest["quantization"] as? [String: Any])?["reduce_range"] as? Bool == true)
-        // Every stored INT8 code is within ±63.
+        #expect(try Self.sevenBitCodes(out) == 64 * 256 + 256 * 256 + 256 * 10)
+        // On any AVX2 CPU (a VNNI one too, forced to its AVX2 path) the 7-bit file runs vpmaddubsw and
+        // the same model quantized to 8 bits the int16 kernel.
+        let flags = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        guard flags.contains(" avx2 ") && flags.contains(" fma ") else { return }
+        let eightBit = temporaryDirectory("q8") + "/q8.safetensors"
+        #expect(try Agentctl.run(["model", "quantize", Self.mlp, eightBit, "--calib", Agentctl.digits]).status == 0)
+        func kernel(_ file: String) throws -> String? {
+            let r = try Agentctl.run(["model", "bench", file, "--batch", "4", "--seconds", "0.05", "--json"], environment: ["EDGE_ISA": "avx2"])
+            return try json(r.stdout)["int8_kernel"] as? String
+        }
+        #expect(try kernel(out)?.contains("vpmaddubsw") == true)
+        #expect(try kernel(eightBit) == "avx2 vpmaddwd")
+    }
+
+    /// The file's INT8 codes, each checked to lie within ±63, after `reduce_range` in its manifest.
+    static func sevenBitCodes(_ path: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> Int {
+        let file = try SafetensorsFile(path)
+        #expect((try file.manifest["quantization"] as? [String: Any])?["reduce_range"] as? Bool == true, sourceLocation: sourceLocation)
         var codes = 0
-        for (name, entry) in header where name.hasSuffix(".q8") {
-            let offsets = try #require((entry as? [String: Any])?["data_offsets"] as? [Int])
-            let data = bytes.subdata(in: (8 + length + offsets[0])..<(8 + length + offsets[1]))
-            #expect(data.allSatisfy { abs(Int(Int8(bitPattern: $0))) <= 63 }, "\(name)")
+        for name in file.header.keys where name.hasSuffix(".q8") {
+            let data = try file.tensor(name)
+            #expect(data.allSatisfy { abs(Int(Int8(bitPattern: $0))) <= 63 }, "\(name)", sourceLocation: sourceLocation)
             codes += data.count
         }
-        #expect(codes == 64 * 256 + 256 * 256 + 256 * 10)
-        let bench = try json(try Agentctl.run(["model", "bench", out, "--batch", "4", "--seconds", "0.05", "--json"]).stdout)
-        let kernel = try #require(bench["int8_kernel"] as? String)
-        if ["avx2", "avx512"].contains(bench["isa"] as? String) { #expect(kernel.contains("vpmaddubsw"), "\(kernel)") }
-        let plain = try json(try Agentctl.run(["model", "bench", Self.mlp, "--batch", "4", "--seconds", "0.05", "--json"]).stdout)
-        #expect(!(plain["int8_kernel"] as? String ?? "").contains("vpmaddubsw") || plain["isa"] as? String == nil)
+        return codes
+    }
+
+    /// `model.reduce_range = true`: agentd's own first-start quantization writes 7-bit weights.
+    @Test func agentdQuantizesWithSevenBitWeightsWhenConfigured() throws {
+        let agent = try AgentdProcess(config: "reduce_range = true")
+        try #require(agent.waitForNotification("READY=1") != nil, "no READY=1; log:\n\(agent.log)")
+        let models = agent.dir + "/state/models/"
+        let stored = try FileManager.default.contentsOfDirectory(atPath: models).filter { $0.hasSuffix(".safetensors") }
+        try #require(stored.count == 1, "\(stored)")
+        #expect(try Self.sevenBitCodes(models + stored[0]) == 64 * 64 + 64 * 10)
+        let eval = try json(try Agentctl.run(["model", "eval", models + stored[0], "--data", Agentctl.digits, "--json"]).stdout)
+        #expect(eval["precision"] as? String == "int8" && eval["accuracy"] as? Double ?? 0 > 0.9, "\(eval)")
+        let infer = try json(try agent.agentctl(["infer", "--input", Agentctl.digits, "--json"]).stdout)
+        #expect((infer["results"] as? [Any])?.count == 1797)
     }
 
     @Test func int8OnAnFP32FileIsRefused() throws {

@@ -197,7 +197,7 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
             for o in 0..<w.outputs { #expect(w.q[(o * w.inputs)..<((o + 1) * w.inputs)].map { abs(Int($0)) }.max() == 63) }
         }
         let plan = QuantizedPlan(model: model, batchCapacity: 8)
-        if [.avx2, .avx512].contains(KernelISA.best) { #expect(plan.int8Kernels.count == 1 && plan.int8Kernels[0].contains("vpmaddubsw")) }
+        if [KernelISA.avx2, .avx512].contains(KernelISA.best) { #expect(plan.int8Kernels.count == 1 && plan.int8Kernels[0].contains("vpmaddubsw")) }
         // The same codes through the int16 kernel: 8-bit weights of the same values.
         let full = Quantizer.build(net, activations: params, precisions: p, method: .kl, calibrationRows: data.count)
         #expect(QuantizedPlan(model: full, batchCapacity: 8).int8Kernels.allSatisfy { !$0.contains("vpmaddubsw") })

@@ -27,6 +27,8 @@ import Testing
         // Inputs not a multiple of 4 over two widened blocks: the second block's tail is shorter
         // than a vector (1025) or longer (2101), its k-quad padding zero-filled.
         Case(rows: 7, outputs: 20, inputs: 1025), Case(rows: 6, outputs: 9, inputs: 2101),
+        // Batch 1 over two and three panels (the GEMVs of 2 and 3), the last a half panel.
+        Case(rows: 1, outputs: 24, inputs: 36), Case(rows: 1, outputs: 40, inputs: 19),
     ]
 
     func exactAccumulators(_ x: [UInt8], ldx: Int, _ w: [Int8], rows: Int, outputs: Int, inputs: Int) -> [Int32] {
@@ -109,8 +111,9 @@ import Testing
         #expect(y == exact.map(Float.init), "\(isa)")
     }
 
-    /// Whether this CPU's AVX2 path takes the vpmaddubsw kernel for weights that fit it.
-    static var narrowKernelHere: Bool { [.avx2, .avx512].contains(KernelISA.best) }
+    /// The vpmaddubsw kernel runs wherever AVX2 does (a VNNI CPU forced to AVX2 too): these
+    /// tests pack for AVX2 when the CPU has it, else for the best path (which must agree anyway).
+    static let narrowISA: KernelISA = KernelISA.avx2.isSupported ? .avx2 : .auto
 
     /// Weights that cannot saturate vpmaddubsw (7-bit, and pairs of mixed sign up to 127/−128)
     /// run that kernel on AVX2 and still equal the scalar definition on every case's shape, for
@@ -131,42 +134,47 @@ import Testing
                 w[o * c.inputs + k + 1] = extreme ? (a <= 0 ? 127 : -128) : Int8(Int(rng.next() % 129) - 64)
             }
         }
-        let weights = packed(w, outputs: c.outputs, inputs: c.inputs, isa: .auto)
-        if Self.narrowKernelHere { #expect(weights.kernelName.contains("vpmaddubsw"), "\(weights.kernelName)") }
+        let weights = packed(w, outputs: c.outputs, inputs: c.inputs, isa: Self.narrowISA)
+        if Self.narrowISA == .avx2 { #expect(weights.kernelName.contains("vpmaddubsw"), "\(weights.kernelName)") }
         let acc = exactAccumulators(x, ldx: ldx, w, rows: c.rows, outputs: c.outputs, inputs: c.inputs)
         let ep = QuantizedEpilogue(outputs: c.outputs)
         for o in 0..<c.outputs {
             ep.bias[o] = Int32(Int(rng.next() % 2001) - 1000)
             ep.scale[o] = 0.001 + rng.nextUnitFloat() * 0.004
         }
-        ep.zeroPoint = 100
-        var y = [UInt8](repeating: 7, count: c.rows * ldy)
-        var f = [Float](repeating: -7, count: c.rows * ldy)
-        x.withUnsafeBufferPointer { xp in
-            y.withUnsafeMutableBufferPointer {
-                weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .uint8($0.baseAddress!), ldy: ldy)
+        for (zp, lo, hi, leaky) in [(Int32(128), Int32(0), Int32(255), Float?.none), (0, 0, 255, nil), (30, 30, 90, nil), (100, 0, 255, Float(0.1))] {
+            ep.zeroPoint = zp
+            ep.qmin = lo
+            ep.qmax = hi
+            ep.leakyAlpha = leaky
+            var y = [UInt8](repeating: 7, count: c.rows * ldy)
+            var f = [Float](repeating: -7, count: c.rows * ldy)
+            x.withUnsafeBufferPointer { xp in
+                y.withUnsafeMutableBufferPointer {
+                    weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .uint8($0.baseAddress!), ldy: ldy)
+                }
+                f.withUnsafeMutableBufferPointer {
+                    weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .float($0.baseAddress!), ldy: ldy)
+                }
             }
-            f.withUnsafeMutableBufferPointer {
-                weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .float($0.baseAddress!), ldy: ldy)
+            var mismatches = 0
+            for r in 0..<c.rows {
+                for o in 0..<c.outputs {
+                    if y[r * ldy + o] != ep.referenceRequantize(acc[r * c.outputs + o], output: o) { mismatches += 1 }
+                    if f[r * ldy + o] != ep.referenceDequantize(acc[r * c.outputs + o], output: o) { mismatches += 1 }
+                }
+                #expect(y[r * ldy + c.outputs] == 7 && f[r * ldy + c.outputs] == -7, "wrote past the row")
             }
+            #expect(mismatches == 0, "\(weights.kernelName) \(c.testDescription) zp \(zp): \(mismatches) outputs differ")
         }
-        var mismatches = 0
-        for r in 0..<c.rows {
-            for o in 0..<c.outputs {
-                if y[r * ldy + o] != ep.referenceRequantize(acc[r * c.outputs + o], output: o) { mismatches += 1 }
-                if f[r * ldy + o] != ep.referenceDequantize(acc[r * c.outputs + o], output: o) { mismatches += 1 }
-            }
-            #expect(y[r * ldy + c.outputs] == 7 && f[r * ldy + c.outputs] == -7, "wrote past the row")
-        }
-        #expect(mismatches == 0, "\(weights.kernelName) \(c.testDescription): \(mismatches) outputs differ")
     }
 
     /// The choice is exactly the int16 bound: pairs (64, 64), (−64, −64), (127, −128) and a lone
     /// last 127 fit; (65, 64), (−65, −64) and (−128, −1) do not, and fall back to vpmaddwd. At the
     /// bound, 255 in every input sums 2·255·64 a pair with nothing lost.
     @Test func theNarrowKernelIsChosenAtExactlyTheInt16Bound() {
-        guard Self.narrowKernelHere else { return }
-        func kernel(_ w: [Int8]) -> String { packed(w, outputs: 1, inputs: w.count, isa: .auto).kernelName }
+        guard Self.narrowISA == .avx2 else { return }
+        func kernel(_ w: [Int8]) -> String { packed(w, outputs: 1, inputs: w.count, isa: .avx2).kernelName }
         for fits in [[64, 64, 1, 2], [-64, -64, 0, 0], [127, -128, -128, 127], [3, 4, 127], [64, 64, -64, -64, 64]] as [[Int8]] {
             #expect(kernel(fits).contains("vpmaddubsw"), "\(fits)")
         }
@@ -175,7 +183,7 @@ import Testing
         }
         let k = 1024
         let w = [Int8](repeating: 64, count: k), x = [UInt8](repeating: 255, count: k * 5)
-        let narrow = packed(w, outputs: 1, inputs: k, isa: .auto)
+        let narrow = packed(w, outputs: 1, inputs: k, isa: .avx2)
         let ep = QuantizedEpilogue(outputs: 1)
         ep.scale[0] = 1
         var y = [Float](repeating: 0, count: 5)
@@ -183,7 +191,7 @@ import Testing
             narrow.multiply(rows: 5, xp.baseAddress!, ldx: k, epilogue: ep, output: .float($0.baseAddress!), ldy: 1)
         } }
         #expect(y == [Float](repeating: Float(255 * 64 * k), count: 5))
-        let wide = w.withUnsafeBufferPointer { PackedInt8Weights(weight: $0.baseAddress!, outputs: 1, inputs: k, narrowKernel: false) }
+        let wide = w.withUnsafeBufferPointer { PackedInt8Weights(weight: $0.baseAddress!, outputs: 1, inputs: k, isa: .avx2, narrowKernel: false) }
         #expect(wide.kernelName.contains("vpmaddwd") && wide.byteCount > narrow.byteCount)
     }
 

@@ -85,6 +85,7 @@ int main(void) {
         }
         free(pref);
         free(ref7);
+        free(x8), free(y8), free(ref), free(w8), free(w7), free(xf), free(wf), free(yf), free(bias), free(scale);
     }
     return failed != 0;
 }

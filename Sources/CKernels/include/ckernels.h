@@ -59,18 +59,23 @@ void edge_sgemm_packed(edge_isa isa, int rows, int outputs, int inputs,
 /// column sums (int32, padded to 16) that fold the input zero point. Activations: UINT8 rows of
 /// at least round_up(in, 4) readable bytes (the padding multiplies zero weights).
 /// Accumulation is INT32 and never saturates: u8·s8 products summed in INT32 (vpdpbusd, or
-/// int16 × int16 → int32 madd on AVX2), never through int16 sums.
+/// int16 × int16 → int32 madd on AVX2); the one kernel that sums pairs in int16 first (AVX2
+/// vpmaddubsw) runs only weights edge_q8_choose has shown cannot reach the int16 limits.
+/// The packed block must be 32-byte aligned (the AVX2 kernels use aligned loads).
 
 /// The layout depends on the ISA that will run it (`EDGE_ISA_AUTO`: the best one, resolved at
-/// pack time): k-quads of INT8 for vpdpbusd, sdot and the portable path; k-pairs of INT16
-/// ([panel][in/2][16][2], widened once here) for the AVX2 vpmaddwd kernel. A block packed for
-/// one ISA must be multiplied with the same ISA.
+/// pack time): k-quads of INT8 for vpdpbusd, sdot, AVX2 vpmaddubsw and the portable path;
+/// k-pairs of INT16 ([panel][in/2][16][2], widened once here) for the AVX2 vpmaddwd kernel. On
+/// AVX2 the kernel also depends on the weights: pack for what edge_q8_choose returns. A block
+/// packed for one kernel must be multiplied with the same one.
 size_t edge_q8_packed_bytes(edge_isa isa, int outputs, int inputs);
 /// The kernel to pack `weight` for: `isa` resolved, except that on AVX2 (and AVX-512 without
 /// VNNI) weights that cannot saturate vpmaddubsw's int16 pair sums get EDGE_ISA_AVX2_U8S8, which
-/// multiplies 32 values an instruction instead of 16. A pair is safe when, for every UINT8 input,
-/// |x0·w0 + x1·w1| ≤ 32767: its positive weights sum to at most 128 and its negative ones to at
-/// least −128 (weights within ±64, "7-bit", always are). Bit-identical results either way.
+/// multiplies 32 values an instruction instead of 16. A pair (k = 2i, 2i + 1) is safe when, for
+/// every UINT8 input, −32768 ≤ x0·w0 + x1·w1 ≤ 32767: its positive weights sum to at most 128
+/// and its negative ones to at least −128 (weights within ±64, "7-bit", always are).
+/// Bit-identical results either way. EDGE_ISA_AVX2_U8S8 passed in is checked like AVX2, so
+/// the answer is never a kernel the weights could saturate.
 edge_isa edge_q8_choose(edge_isa isa, const int8_t *weight, int outputs, int inputs);
 void edge_q8_pack(edge_isa isa, const int8_t *weight, int outputs, int inputs, void *packed);
 /// Σ_k W[o][k] for each output, as stored in the packed block.
