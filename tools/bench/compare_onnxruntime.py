@@ -20,7 +20,8 @@ training epoch of the MLP (batch 32) from `agentctl model train --json`.
 
 Quantized: the same FP32 weights quantized by ONNX Runtime's `quantize_static` (QDQ, per-channel
 INT8 weights, UINT8 activations, entropy calibration) and by `agentctl model quantize --method kl`
-(and `--precision int4`), both calibrated on the same rows (digits' training split), compared on
+(and `--precision int4`, and `--reduce-range`: 7-bit weights, which run the AVX2 vpmaddubsw
+kernel as ORT's own INT8 does on this CPU), both calibrated on the same rows (digits' training split), compared on
 the held-out split for accuracy and agreement with FP32, and benchmarked as above.
 
 Usage: compare_onnxruntime.py [--agentctl PATH] [--batch 1,8,64] [--seconds 1] [--json]
@@ -254,9 +255,9 @@ def ort_quantize(model, shape, calib_rows, work, name):
     return onnx.load(dst)
 
 
-def agent_quantize(agentctl, src, dst, precision, data):
+def agent_quantize(agentctl, src, dst, precision, data, extra=()):
     out = subprocess.run([agentctl, "model", "quantize", src, dst, "--calib", data, "--method", "kl",
-                          "--precision", precision, "--json"], check=True, capture_output=True, text=True).stdout
+                          "--precision", precision, "--json", *extra], check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
 
@@ -282,22 +283,27 @@ def compare(agentctl, label, model_path, batches, seconds, work, data=DIGITS):
     int4_path = os.path.join(work, f"{stem}-int4.safetensors")
     int8_report = agent_quantize(agentctl, model_path, int8_path, "int8", data)
     int4_report = agent_quantize(agentctl, model_path, int4_path, "int4", data)
+    # 7-bit weights (--reduce-range): the AVX2 vpmaddubsw kernel, as ORT's own on this CPU.
+    int8r_path = os.path.join(work, f"{stem}-int8r.safetensors")
+    int8r_report = agent_quantize(agentctl, model_path, int8r_path, "int8", data, ["--reduce-range"])
     accuracy = {
         "fp32": float((fp32_test.argmax(1) == y[test_rows]).mean()),
         "ort_int8": float((q_scores.argmax(1) == y[test_rows]).mean()),
         "ort_int8_agreement": float((q_scores.argmax(1) == fp32_test.argmax(1)).mean()),
         "agent_int8": int8_report["quantizedAccuracy"], "agent_int8_agreement": int8_report["agreement"],
         "agent_int4": int4_report["quantizedAccuracy"], "agent_int4_agreement": int4_report["agreement"],
+        "agent_int8r": int8r_report["quantizedAccuracy"], "agent_int8r_agreement": int8r_report["agreement"],
     }
 
     overhead = ort_session(overhead_model(shape, classes))
-    runs = {k: {b: [] for b in batches} for k in ("ort", "ort_int8", "ort_overhead", "agent", "agent_int8", "agent_int4")}
+    runs = {k: {b: [] for b in batches} for k in ("ort", "ort_int8", "ort_overhead", "agent", "agent_int8", "agent_int4",
+                                                   "agent_int8r")}
     for _ in range(RUNS):
         for b in batches:
             runs["ort"][b].append(bench_ort(sess, shape, classes, b, seconds / RUNS)["latency_us"])
             runs["ort_int8"][b].append(bench_ort(qsess, shape, classes, b, seconds / RUNS)["latency_us"])
             runs["ort_overhead"][b].append(bench_ort(overhead, shape, classes, b, seconds / RUNS)["latency_us"])
-        for key, path in (("agent", model_path), ("agent_int8", int8_path), ("agent_int4", int4_path)):
+        for key, path in (("agent", model_path), ("agent_int8", int8_path), ("agent_int4", int4_path), ("agent_int8r", int8r_path)):
             for r in bench_agent(agentctl, path, batches, seconds / RUNS):
                 runs[key][r["batch"]].append(r["latency_us"])
     rows = []
@@ -314,7 +320,11 @@ def compare(agentctl, label, model_path, batches, seconds, work, data=DIGITS):
             "int8_latency_ratio": med["agent_int8"] / med["ort_int8"],
             "int8_latency_ratio_without_ort_overhead": med["agent_int8"] / max(med["ort_int8"] - over, 1e-9),
             "int8_throughput_ratio": med["ort_int8"] / med["agent_int8"],
+            "int8r_latency_ratio": med["agent_int8r"] / med["ort_int8"],
+            "int8r_latency_ratio_without_ort_overhead": med["agent_int8r"] / max(med["ort_int8"] - over, 1e-9),
+            "int8r_throughput_ratio": med["ort_int8"] / med["agent_int8r"],
             "agent_int8_over_fp32": med["agent"] / med["agent_int8"],
+            "agent_int8r_over_fp32": med["agent"] / med["agent_int8r"],
             "agent_int4_over_int8": med["agent_int8"] / med["agent_int4"],
             "agent_samples_per_s": b / med["agent"] * 1e6, "agent_int8_samples_per_s": b / med["agent_int8"] * 1e6,
             "ort_samples_per_s": b / med["ort"] * 1e6, "ort_int8_samples_per_s": b / med["ort_int8"] * 1e6,
@@ -370,21 +380,23 @@ def main():
     print(f"ONNX Runtime {ort.__version__} vs agentctl, 1 thread; latency per call in us: median of {RUNS} runs (range)")
     print("ratios are agent / ORT for latency (< 1: the agent is faster) and ORT / agent for throughput (> 1: the agent is faster);")
     print("'-ovh': with ORT's per-call overhead (a model that computes nothing) taken off ORT's latency")
-    for prec, a, o in (("FP32", "agent", "ort"), ("INT8", "agent_int8", "ort_int8")):
+    for prec, a, o, key in (("FP32", "agent", "ort", ""), ("INT8", "agent_int8", "ort_int8", "int8_"),
+                            ("INT8, the agent with 7-bit weights (--reduce-range)", "agent_int8r", "ort_int8", "int8r_")):
         print(f"\n{prec}")
         print(f"{'model':38} {'batch':>5} {'ORT us':>22} {'agent us':>22} {'ORT ovh':>8} {'lat ratio':>9} {'-ovh':>6} {'thr ratio':>9}")
-        lat = "latency_ratio" if prec == "FP32" else "int8_latency_ratio"
         for r in results:
             print(f"{r['model']:38} {r['batch']:5d} {cell(r, o):>22} {cell(r, a):>22} {r['ort_overhead_us']:8.1f} "
-                  f"{r[lat]:9.2f} {r[lat + '_without_ort_overhead']:6.2f} {r[('' if prec == 'FP32' else 'int8_') + 'throughput_ratio']:9.2f}")
-    print("\nagent INT8 over its FP32 (throughput), INT4 over INT8:")
+                  f"{r[key + 'latency_ratio']:9.2f} {r[key + 'latency_ratio_without_ort_overhead']:6.2f} {r[key + 'throughput_ratio']:9.2f}")
+    print("\nagent INT8 over its FP32 (throughput), 7-bit INT8 over FP32, INT4 over INT8:")
     for r in results:
-        print(f"  {r['model']:38} batch {r['batch']:3d}: int8/fp32 {r['agent_int8_over_fp32']:.2f}, int4/int8 {r['agent_int4_over_int8']:.2f}")
+        print(f"  {r['model']:38} batch {r['batch']:3d}: int8/fp32 {r['agent_int8_over_fp32']:.2f}, "
+              f"int8-7bit/fp32 {r['agent_int8r_over_fp32']:.2f}, int4/int8 {r['agent_int4_over_int8']:.2f}")
     print()
     for label, a in accuracy.items():
         print(f"{label}: held-out accuracy fp32 {a['fp32']:.2%}; ORT int8 {a['ort_int8']:.2%} (agreement {a['ort_int8_agreement']:.2%}); "
               f"agent int8 {a['agent_int8']:.2%} (agreement {a['agent_int8_agreement']:.2%}); "
-              f"agent int4 {a['agent_int4']:.2%} (agreement {a['agent_int4_agreement']:.2%})")
+              f"agent int4 {a['agent_int4']:.2%} (agreement {a['agent_int4_agreement']:.2%}); "
+              f"agent int8 7-bit {a['agent_int8r']:.2%} (agreement {a['agent_int8r_agreement']:.2%})")
     for label, f in fused.items():
         print(f"ORT optimised graph, {label}: fp32 {f['fp32']}; int8 {f['int8']}")
     for label, d in diffs.items():
