@@ -119,6 +119,21 @@ static inline void finish_row(const int32_t *acc, int o0, int n, const edge_q8_e
     else for (int j = 0; j < n; j++) yu[o0 + j] = (uint8_t)requantize_one(acc[j], o0 + j, ep);
 }
 
+/// One batch-1 call over up to four panels of k-quad weights (`np` of them, from output o0).
+typedef void (*q8_gemv_fn)(int kq, const uint8_t *x, const int8_t *w, size_t pstride, int o0, int cols,
+                           const edge_q8_epilogue *ep, uint8_t *yu, float *yf);
+
+/// Batch 1 on k-quad weights: four panels a call, the last call the 1–3 left (`gemv[np − 1]`).
+static inline void gemv_quads(const q8_gemv_fn gemv[4], int outputs, int kq, const uint8_t *x, const int8_t *w,
+                              const edge_q8_epilogue *ep, uint8_t *yu, float *yf) {
+    int panels = (outputs + PANEL - 1) / PANEL;
+    size_t ps = (size_t)kq * 64;
+    for (int p = 0; p < panels; p += 4) {
+        int np = panels - p < 4 ? panels - p : 4;
+        gemv[np - 1](kq, x, w + p * ps, ps, p * PANEL, outputs - p * PANEL, ep, yu, yf);
+    }
+}
+
 // ---- portable ---------------------------------------------------------------------------------
 
 static void q8_portable(int rows, int outputs, int inputs, const uint8_t *x, int ldx, const void *packed,
@@ -242,16 +257,8 @@ static TVNNI void q8_vnni(int rows, int outputs, int inputs, const uint8_t *x, i
     size_t ps = (size_t)kq * 64;
     const int8_t *w = (const int8_t *)packed;
     if (rows == 1) {
-        for (int p = 0; p < panels; p += 4) {
-            int np = panels - p < 4 ? panels - p : 4, cols = outputs - p * PANEL;
-            const int8_t *wp = w + p * ps;
-            switch (np) {
-            case 1: qgemv_1(kq, x, wp, ps, p * PANEL, cols, ep, yu, yf); break;
-            case 2: qgemv_2(kq, x, wp, ps, p * PANEL, cols, ep, yu, yf); break;
-            case 3: qgemv_3(kq, x, wp, ps, p * PANEL, cols, ep, yu, yf); break;
-            default: qgemv_4(kq, x, wp, ps, p * PANEL, cols, ep, yu, yf); break;
-            }
-        }
+        static const q8_gemv_fn gemv[4] = {qgemv_1, qgemv_2, qgemv_3, qgemv_4};
+        gemv_quads(gemv, outputs, kq, x, w, ep, yu, yf);
         return;
     }
     for (int p = 0; p < panels; p += 2) {
@@ -578,16 +585,8 @@ static TAVX2 void q8_u8s8(int rows, int outputs, int inputs, const uint8_t *x, i
     size_t ps = (size_t)kq * 64;
     const int8_t *w = (const int8_t *)packed;
     if (rows == 1) {
-        for (int p = 0; p < panels; p += 4) {
-            int np = panels - p < 4 ? panels - p : 4, cols = outputs - p * PANEL;
-            const int8_t *wp = w + p * ps;
-            switch (np) {
-            case 1: ugemv_1(kq, x, wp, ps, p * PANEL, cols, ep, yu, yf); break;
-            case 2: ugemv_2(kq, x, wp, ps, p * PANEL, cols, ep, yu, yf); break;
-            case 3: ugemv_3(kq, x, wp, ps, p * PANEL, cols, ep, yu, yf); break;
-            default: ugemv_4(kq, x, wp, ps, p * PANEL, cols, ep, yu, yf); break;
-            }
-        }
+        static const q8_gemv_fn gemv[4] = {ugemv_1, ugemv_2, ugemv_3, ugemv_4};
+        gemv_quads(gemv, outputs, kq, x, w, ep, yu, yf);
         return;
     }
     // Panels outer: one panel's weights (64 bytes a k-quad) stay in L1 while every row tile reads them.

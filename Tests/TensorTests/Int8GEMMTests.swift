@@ -61,31 +61,40 @@ import Testing
             ep.bias[o] = Int32(Int(rng.next() % 20001) - 10000)
             ep.scale[o] = 0.0005 + rng.nextUnitFloat() * 0.002
         }
+        expectEveryEpilogueExact(weights, x, ldx: ldx, ldy: ldy, acc, c, ep)
+    }
+
+    /// Runs `weights` over `x` with four epilogues (zero points 128 and 0, a narrow clamp, a leaky
+    /// slope) into UINT8 and FP32 rows `ldy` apart, and expects each output to equal the scalar
+    /// definition on the exact accumulators and nothing written past a row's outputs.
+    func expectEveryEpilogueExact(_ weights: PackedInt8Weights, _ x: [UInt8], ldx: Int, ldy: Int, _ acc: [Int32], _ c: Case,
+                                  _ ep: QuantizedEpilogue, sourceLocation: SourceLocation = #_sourceLocation) {
         for (zp, lo, hi, leaky) in [(Int32(128), Int32(0), Int32(255), Float?.none), (0, 0, 255, nil), (30, 30, 90, nil), (100, 0, 255, Float(0.1))] {
             ep.zeroPoint = zp
             ep.qmin = lo
             ep.qmax = hi
             ep.leakyAlpha = leaky
             var y = [UInt8](repeating: 7, count: c.rows * ldy)
-            x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in
-                weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .uint8(yp.baseAddress!), ldy: ldy)
-            } }
-            var mismatches = 0
-            for r in 0..<c.rows {
-                for o in 0..<c.outputs where y[r * ldy + o] != ep.referenceRequantize(acc[r * c.outputs + o], output: o) { mismatches += 1 }
-                for o in c.outputs..<ldy { #expect(y[r * ldy + o] == 7, "wrote past the row") }
-            }
-            #expect(mismatches == 0, "\(isa) \(c.testDescription) zp \(zp): \(mismatches) outputs differ from the reference")
             var f = [Float](repeating: -7, count: c.rows * ldy)
-            x.withUnsafeBufferPointer { xp in f.withUnsafeMutableBufferPointer { fp in
-                weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .float(fp.baseAddress!), ldy: ldy)
-            } }
+            x.withUnsafeBufferPointer { xp in
+                y.withUnsafeMutableBufferPointer {
+                    weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .uint8($0.baseAddress!), ldy: ldy)
+                }
+                f.withUnsafeMutableBufferPointer {
+                    weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .float($0.baseAddress!), ldy: ldy)
+                }
+            }
+            var mismatches = 0, past = 0
             for r in 0..<c.rows {
                 for o in 0..<c.outputs {
-                    #expect(f[r * ldy + o] == ep.referenceDequantize(acc[r * c.outputs + o], output: o))
+                    if y[r * ldy + o] != ep.referenceRequantize(acc[r * c.outputs + o], output: o) { mismatches += 1 }
+                    if f[r * ldy + o] != ep.referenceDequantize(acc[r * c.outputs + o], output: o) { mismatches += 1 }
                 }
-                for o in c.outputs..<ldy { #expect(f[r * ldy + o] == -7, "wrote past the row") }
+                for o in c.outputs..<ldy where y[r * ldy + o] != 7 || f[r * ldy + o] != -7 { past += 1 }
             }
+            #expect(mismatches == 0, "\(weights.kernelName) \(c.testDescription) zp \(zp): \(mismatches) outputs differ",
+                    sourceLocation: sourceLocation)
+            #expect(past == 0, "\(weights.kernelName) \(c.testDescription): wrote past the row", sourceLocation: sourceLocation)
         }
     }
 
@@ -142,31 +151,7 @@ import Testing
             ep.bias[o] = Int32(Int(rng.next() % 2001) - 1000)
             ep.scale[o] = 0.001 + rng.nextUnitFloat() * 0.004
         }
-        for (zp, lo, hi, leaky) in [(Int32(128), Int32(0), Int32(255), Float?.none), (0, 0, 255, nil), (30, 30, 90, nil), (100, 0, 255, Float(0.1))] {
-            ep.zeroPoint = zp
-            ep.qmin = lo
-            ep.qmax = hi
-            ep.leakyAlpha = leaky
-            var y = [UInt8](repeating: 7, count: c.rows * ldy)
-            var f = [Float](repeating: -7, count: c.rows * ldy)
-            x.withUnsafeBufferPointer { xp in
-                y.withUnsafeMutableBufferPointer {
-                    weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .uint8($0.baseAddress!), ldy: ldy)
-                }
-                f.withUnsafeMutableBufferPointer {
-                    weights.multiply(rows: c.rows, xp.baseAddress!, ldx: ldx, epilogue: ep, output: .float($0.baseAddress!), ldy: ldy)
-                }
-            }
-            var mismatches = 0
-            for r in 0..<c.rows {
-                for o in 0..<c.outputs {
-                    if y[r * ldy + o] != ep.referenceRequantize(acc[r * c.outputs + o], output: o) { mismatches += 1 }
-                    if f[r * ldy + o] != ep.referenceDequantize(acc[r * c.outputs + o], output: o) { mismatches += 1 }
-                }
-                #expect(y[r * ldy + c.outputs] == 7 && f[r * ldy + c.outputs] == -7, "wrote past the row")
-            }
-            #expect(mismatches == 0, "\(weights.kernelName) \(c.testDescription) zp \(zp): \(mismatches) outputs differ")
-        }
+        expectEveryEpilogueExact(weights, x, ldx: ldx, ldy: ldy, acc, c, ep)
     }
 
     /// The choice is exactly the int16 bound: pairs (64, 64), (−64, −64), (127, −128) and a lone
