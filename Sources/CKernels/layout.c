@@ -95,11 +95,19 @@ static void im2row_bytes(const unsigned char *x, size_t cb, int height, int widt
             fill_small(r + (size_t)pw * cb + line, pad, (size_t)pw * cb);
         }
         fill_small(img + (size_t)(height + ph) * pline, pad, (size_t)ph * pline);
+        // A run of 4 to 7 bytes (a 5-tap single-channel window) is one 8-byte move, not two 4-byte
+        // ones, for every kernel row but the last: the 1 to 4 bytes past the run land in the next
+        // kernel row's run, which is written after it, and are read from the image buffer (8 bytes
+        // of slack past the image are asked for here).
+        int wide = run >= 4 && run < 8 && (size_t)hp * pline + 8 <= PADDED_ROW_BYTES;
         for (int oy = 0; oy < oh; oy++)
             for (int ky = 0; ky < kh; ky++) {
                 unsigned char *d = rows + (size_t)oy * ow * ldrow + (size_t)ky * run;
                 const unsigned char *src = img + (size_t)(oy * sh + ky) * pline;
-                for (int ox = 0; ox < ow; ox++) copy_small(d + (size_t)ox * ldrow, src + (size_t)ox * sw * cb, run);
+                if (wide && ky + 1 < kh)
+                    for (int ox = 0; ox < ow; ox++) memcpy(d + (size_t)ox * ldrow, src + (size_t)ox * sw * cb, 8);
+                else
+                    for (int ox = 0; ox < ow; ox++) copy_small(d + (size_t)ox * ldrow, src + (size_t)ox * sw * cb, run);
             }
         return;
     }
