@@ -41,7 +41,74 @@ static double time_fp32(edge_isa isa, int rows, int n, const float *x, const flo
     return (double)rows * n * n / best / 1e9;
 }
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define PEAK_STEPS 50000000L
+// In-register peaks: 4 rows x 16 outputs of multiply-accumulates with nothing loaded or stored
+// (8 accumulators, two weight vectors, four broadcasts), what the instruction mix alone allows on
+// this CPU; no GEMM can beat it. The asm barrier keeps the operands from being treated as constants.
+__attribute__((target("avx2"), noinline)) static double peak_vpmaddwd(void) {
+    __m256i a[8], w0 = _mm256_set1_epi16(3), w1 = _mm256_set1_epi16(5), x[4];
+    for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_si256();
+    for (int r = 0; r < 4; r++) x[r] = _mm256_set1_epi32(r + 1);
+    double t0 = now();
+    for (long i = 0; i < PEAK_STEPS; i++) {
+        for (int r = 0; r < 4; r++) {
+            a[2 * r] = _mm256_add_epi32(a[2 * r], _mm256_madd_epi16(w0, x[r]));
+            a[2 * r + 1] = _mm256_add_epi32(a[2 * r + 1], _mm256_madd_epi16(w1, x[r]));
+        }
+        __asm__ volatile("" : "+x"(w0), "+x"(w1), "+x"(x[0]), "+x"(x[1]), "+x"(x[2]), "+x"(x[3]));
+    }
+    double t = now() - t0;
+    for (int i = 1; i < 8; i++) a[0] = _mm256_add_epi32(a[0], a[i]);  // every chain is used
+    volatile int sink = _mm256_extract_epi32(a[0], 0);
+    (void)sink;
+    return PEAK_STEPS * 8.0 * 16 / t / 1e9;  // 16 products a vpmaddwd
+}
+__attribute__((target("avx2"), noinline)) static double peak_vpmaddubsw(void) {
+    __m256i a[8], w0 = _mm256_set1_epi8(3), w1 = _mm256_set1_epi8(5), x[4], ones = _mm256_set1_epi16(1);
+    for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_si256();
+    for (int r = 0; r < 4; r++) x[r] = _mm256_set1_epi32(r + 1);
+    double t0 = now();
+    for (long i = 0; i < PEAK_STEPS; i++) {
+        for (int r = 0; r < 4; r++) {
+            a[2 * r] = _mm256_add_epi32(a[2 * r], _mm256_madd_epi16(_mm256_maddubs_epi16(x[r], w0), ones));
+            a[2 * r + 1] = _mm256_add_epi32(a[2 * r + 1], _mm256_madd_epi16(_mm256_maddubs_epi16(x[r], w1), ones));
+        }
+        __asm__ volatile("" : "+x"(w0), "+x"(w1), "+x"(x[0]), "+x"(x[1]), "+x"(x[2]), "+x"(x[3]));
+    }
+    double t = now() - t0;
+    for (int i = 1; i < 8; i++) a[0] = _mm256_add_epi32(a[0], a[i]);  // every chain is used
+    volatile int sink = _mm256_extract_epi32(a[0], 0);
+    (void)sink;
+    return PEAK_STEPS * 8.0 * 32 / t / 1e9;  // 32 products a vpmaddubsw
+}
+__attribute__((target("avx2,fma"), noinline)) static double peak_fma(void) {
+    __m256 a[8], w0 = _mm256_set1_ps(1.0f), w1 = _mm256_set1_ps(0.5f), x[4];
+    for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+    for (int r = 0; r < 4; r++) x[r] = _mm256_set1_ps(1e-3f * (float)(r + 1));
+    double t0 = now();
+    for (long i = 0; i < PEAK_STEPS; i++) {
+        for (int r = 0; r < 4; r++) {
+            a[2 * r] = _mm256_fmadd_ps(w0, x[r], a[2 * r]);
+            a[2 * r + 1] = _mm256_fmadd_ps(w1, x[r], a[2 * r + 1]);
+        }
+        __asm__ volatile("" : "+x"(w0), "+x"(w1), "+x"(x[0]), "+x"(x[1]), "+x"(x[2]), "+x"(x[3]));
+    }
+    double t = now() - t0;
+    for (int i = 1; i < 8; i++) a[0] = _mm256_add_ps(a[0], a[i]);
+    volatile float sink = _mm256_cvtss_f32(a[0]);
+    (void)sink;
+    return PEAK_STEPS * 8.0 * 8 / t / 1e9;  // 8 products an FMA
+}
+#endif
+
 int main(void) {
+#if defined(__x86_64__)
+    if (edge_isa_supported(EDGE_ISA_AVX2))
+        printf("in-register peak (no loads): fp32 fma %.1f GMAC/s, int8 vpmaddwd %.1f, int8 vpmaddubsw + vpmaddwd %.1f\n",
+               peak_fma(), peak_vpmaddwd(), peak_vpmaddubsw());
+#endif
     const edge_isa paths[] = {EDGE_ISA_PORTABLE, EDGE_ISA_AVX2, EDGE_ISA_AVX512, EDGE_ISA_AVX512VNNI, EDGE_ISA_NEONDOT, EDGE_ISA_AVX2_U8S8};
     const int sizes[] = {256, 1024}, batches[] = {1, 64, 256};
     int failed = 0;
