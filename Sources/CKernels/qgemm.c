@@ -119,21 +119,6 @@ static inline void finish_row(const int32_t *acc, int o0, int n, const edge_q8_e
     else for (int j = 0; j < n; j++) yu[o0 + j] = (uint8_t)requantize_one(acc[j], o0 + j, ep);
 }
 
-/// One batch-1 call over up to four panels of k-quad weights (`np` of them, from output o0).
-typedef void (*q8_gemv_fn)(int kq, const uint8_t *x, const int8_t *w, size_t pstride, int o0, int cols,
-                           const edge_q8_epilogue *ep, uint8_t *yu, float *yf);
-
-/// Batch 1 on k-quad weights: four panels a call, the last call the 1–3 left (`gemv[np − 1]`).
-static inline void gemv_quads(const q8_gemv_fn gemv[4], int outputs, int kq, const uint8_t *x, const int8_t *w,
-                              const edge_q8_epilogue *ep, uint8_t *yu, float *yf) {
-    int panels = (outputs + PANEL - 1) / PANEL;
-    size_t ps = (size_t)kq * 64;
-    for (int p = 0; p < panels; p += 4) {
-        int np = panels - p < 4 ? panels - p : 4;
-        gemv[np - 1](kq, x, w + p * ps, ps, p * PANEL, outputs - p * PANEL, ep, yu, yf);
-    }
-}
-
 // ---- portable ---------------------------------------------------------------------------------
 
 static void q8_portable(int rows, int outputs, int inputs, const uint8_t *x, int ldx, const void *packed,
@@ -156,6 +141,21 @@ static void q8_portable(int rows, int outputs, int inputs, const uint8_t *x, int
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+
+/// One batch-1 call over up to four panels of k-quad weights (`np` of them, from output o0).
+typedef void (*q8_gemv_fn)(int kq, const uint8_t *x, const int8_t *w, size_t pstride, int o0, int cols,
+                           const edge_q8_epilogue *ep, uint8_t *yu, float *yf);
+
+/// Batch 1 on k-quad weights: four panels a call, the last call the 1–3 left (`gemv[np − 1]`).
+static inline void gemv_quads(const q8_gemv_fn gemv[4], int outputs, int kq, const uint8_t *x, const int8_t *w,
+                              const edge_q8_epilogue *ep, uint8_t *yu, float *yf) {
+    int panels = (outputs + PANEL - 1) / PANEL;
+    size_t ps = (size_t)kq * 64;
+    for (int p = 0; p < panels; p += 4) {
+        int np = panels - p < 4 ? panels - p : 4;
+        gemv[np - 1](kq, x, w + p * ps, ps, p * PANEL, outputs - p * PANEL, ep, yu, yf);
+    }
+}
 
 // ---- AVX-512 VNNI -----------------------------------------------------------------------------
 
