@@ -97,8 +97,9 @@ static void im2row_bytes(const unsigned char *x, size_t cb, int height, int widt
         fill_small(img + (size_t)(height + ph) * pline, pad, (size_t)ph * pline);
         // A run of 4 to 7 bytes (a 5-tap single-channel window) is one 8-byte move, not two 4-byte
         // ones, for every kernel row but the last: the 1 to 4 bytes past the run land in the next
-        // kernel row's run, which is written after it, and are read from the image buffer (8 bytes
-        // of slack past the image are asked for here).
+        // kernel row's run, which is written after it, and are read from the padded image itself
+        // (the image row below exists, since this is not the last kernel row); the 8 bytes of
+        // slack asked for past the image are only a second guard.
         int wide = run >= 4 && run < 8 && (size_t)hp * pline + 8 <= PADDED_ROW_BYTES;
         for (int oy = 0; oy < oh; oy++)
             for (int ky = 0; ky < kh; ky++) {

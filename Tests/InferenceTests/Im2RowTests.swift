@@ -67,8 +67,8 @@ import Testing
         // padding: row by row for UINT8 too.
         Shape(channels: 16, height: 60, width: 40, kernelH: 3, kernelW: 3, stride: 1, pad: 1),
         // Runs of 4 to 7 bytes copied as 8 (all kernel rows but the last): 7 taps at stride 2, 3 of
-        // 2 channels, a 4-tap FP32 run (one channel, kw 1); a UINT8 image 8 bytes short of 32 KiB
-        // (8-byte moves) and one of exactly 32 KiB (no slack: two 4-byte moves).
+        // 2 channels, a 4-tap FP32 run (one channel, kw 1); a UINT8 image of 32,512 bytes (8-byte
+        // moves) and one of exactly 32 KiB (no slack past it: two 4-byte moves).
         Shape(channels: 1, height: 15, width: 17, kernelH: 7, kernelW: 7, stride: 2, pad: 3),
         Shape(channels: 2, height: 6, width: 7, kernelH: 3, kernelW: 3, stride: 1, pad: 1),
         Shape(channels: 1, height: 9, width: 5, kernelH: 4, kernelW: 1, stride: 1, pad: 0),
