@@ -42,7 +42,8 @@ public struct QuantizationSpec: Codable, Equatable, Sendable {
     public var activations: [String: QuantParams]
     public var layers: [LayerEntry]
     public var adaptive: AdaptivePrecision?
-    /// INT8 weights in −63…63 (`quantize --reduce-range`); absent means −127…127. The kernels need
+    /// INT8 weights in −63…63 (`quantize --reduce-range`, recorded only when some layer is INT8);
+    /// absent means −127…127. The kernels need
     /// no flag (they look at the weights); requantizing after local learning keeps the choice.
     public var reduceRange: Bool?
 

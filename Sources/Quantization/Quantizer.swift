@@ -98,7 +98,7 @@ public enum Quantizer {
             }
         }
         let spec = QuantizationSpec(method: method, calibrationRows: calibrationRows, activations: activations, layers: entries,
-                                    adaptive: adaptive, reduceRange: reduceRange)
+                                    adaptive: adaptive, reduceRange: reduceRange && !int8.isEmpty)
         return QuantizedModel(network: network, spec: spec, int8: int8, int4: int4)
     }
 

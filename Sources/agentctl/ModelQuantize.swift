@@ -90,7 +90,7 @@ struct Quantize: ParsableCommand {
         var model: String
         var method: String
         var precision: String
-        /// 7 with --reduce-range, else 8.
+        /// 7 with --reduce-range when some layer is INT8, else 8.
         var int8WeightBits: Int
         var calibrationRows: Int
         var heldOutRows: Int
@@ -187,13 +187,13 @@ struct Quantize: ParsableCommand {
                                 sqnrDB: sensitivity[l]?.sqnr, accuracyDropAlone: sensitivity[l]?.drop, note: entry?.note)
             }
             let report = Report(model: network.name, method: method.rawValue, precision: model.precisionName,
-                                int8WeightBits: reduceRange ? 7 : 8, calibrationRows: calibration.count,
+                                int8WeightBits: model.spec.reduceRange == true ? 7 : 8, calibrationRows: calibration.count,
                                 heldOutRows: heldOut.count, selectionRows: precision == .auto ? selection.count : nil, fp32Accuracy: fp32.accuracy, quantizedAccuracy: quant.accuracy,
                                 agreement: quant.agreement, sqnrDB: quant.sqnr, adaptive: adaptiveSpec,
                                 adaptiveAccuracy: adaptiveResult?.accuracy, adaptiveAgreement: adaptiveResult?.agreement, layers: rows, out: output)
             if json { printJSON(report); return }
             let chose = precision == .auto ? " (\(selection.count) more held out chose the FP32 layers)" : ""
-            let bits = reduceRange ? ", INT8 weights in 7 bits (-63...63)" : ""
+            let bits = model.spec.reduceRange == true ? ", INT8 weights in 7 bits (-63...63)" : ""
             print("\(network.name): \(method.rawValue) calibration on \(calibration.count) rows, \(heldOut.count) held out\(chose)\(bits)\n")
             func f(_ x: Float?, _ format: String = "%.3g") -> String { x.map { String(format: format, Double($0)) } ?? "-" }
             print(table(["layer", "op", "precision", "weight scale", "input scale", "out threshold", "SQNR dB", "drop alone", "note"],

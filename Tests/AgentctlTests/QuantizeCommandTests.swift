@@ -128,6 +128,12 @@ import Testing
         #expect((fp32 - q) * 100 <= 0.5, "\(fp32) -> \(q)")
         let text = try Agentctl.run(["model", "quantize", Self.mlp, out, "--calib", Agentctl.digits, "--reduce-range"])
         #expect(text.stdout.contains("INT8 weights in 7 bits"))
+        // An MLP in INT4 has no INT8 layer: nothing is 7-bit, and neither report nor file says so.
+        let int4 = temporaryDirectory("q4r") + "/q4.safetensors"
+        let r4 = try Agentctl.run(["model", "quantize", Self.mlp, int4, "--calib", Agentctl.digits, "--precision", "int4", "--reduce-range",
+                                   "--json"])
+        #expect(try json(r4.stdout)["int8WeightBits"] as? Int == 8)
+        #expect((try SafetensorsFile(int4).manifest["quantization"] as? [String: Any])?["reduce_range"] == nil)
         #expect(try Self.sevenBitCodes(out) == 64 * 256 + 256 * 256 + 256 * 10)
         // On any AVX2 CPU (a VNNI one too, forced to its AVX2 path) the 7-bit file runs vpmaddubsw and
         // the same model quantized to 8 bits the int16 kernel.
