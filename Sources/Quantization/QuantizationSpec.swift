@@ -43,8 +43,8 @@ public struct QuantizationSpec: Codable, Equatable, Sendable {
     public var layers: [LayerEntry]
     public var adaptive: AdaptivePrecision?
     /// INT8 weights in −63…63 (`quantize --reduce-range`, recorded only when some layer is INT8);
-    /// absent means −127…127. The kernels need
-    /// no flag (they look at the weights); requantizing after local learning keeps the choice.
+    /// absent means −127…127. The kernels need no flag (they look at the weights); requantizing
+    /// after local learning keeps the choice.
     public var reduceRange: Bool?
 
     enum CodingKeys: String, CodingKey {

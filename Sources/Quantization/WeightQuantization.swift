@@ -15,13 +15,10 @@ public struct Int8ChannelWeights: Sendable {
         self.inputs = inputs
     }
 
-    /// The largest code: 127, or 63 with `reduceRange` (7-bit weights, which the AVX2 vpmaddubsw
-    /// kernel multiplies exactly; see `edge_q8_choose`).
-    public static func maxCode(reduceRange: Bool) -> Float { reduceRange ? 63 : 127 }
-
-    /// Quantizes a `[outputs, …]` weight (flattened per output).
+    /// Quantizes a `[outputs, …]` weight (flattened per output); with `reduceRange` to 7 bits
+    /// (±63), which the AVX2 vpmaddubsw kernel multiplies exactly (see `edge_q8_choose`).
     public init(_ w: Tensor, reduceRange: Bool = false) {
-        let top = Self.maxCode(reduceRange: reduceRange)
+        let top: Float = reduceRange ? 63 : 127
         outputs = w.shape[0]
         inputs = w.count / outputs
         var q = [Int8](repeating: 0, count: w.count)

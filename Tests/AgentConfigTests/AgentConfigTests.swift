@@ -153,6 +153,7 @@ import Testing
         ("deploy", "trusted_keys", "\"/k.pub\""), ("deploy", "trusted_keys", "[true]"), ("deploy", "health_seconds", "-1"),
         ("deploy", "health_seconds", "nan"), ("deploy", "max_accuracy_drop", "1.5"), ("deploy", "max_error_rate", "inf"),
         ("deploy", "max_model_bytes", "1023"), ("deploy", "max_model_bytes", "9223372036854775807"),
+        ("model", "reduce_range", "1"), ("model", "reduce_range", "\"yes\""), ("model", "reduce_range", "1e300"),
     ])
     func hostileNumbersAreProblemsWithTheirKey(_ section: String, _ key: String, _ value: String) {
         do {

@@ -336,8 +336,11 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         func check(_ mutate: (inout QuantizationSpec) -> Void, _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
             var spec = model.spec
             mutate(&spec)
+            try check(json: spec.json, fragment, sourceLocation: sourceLocation)
+        }
+        func check(json: JSONValue, _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
             var manifest = net.manifest()
-            manifest.quantization = spec.json
+            manifest.quantization = json
             let path = FileManager.default.temporaryDirectory.appendingPathComponent("bad-\(getpid())-\(fragment.hashValue).safetensors").path
             try ModelWriter.write(manifest: manifest, tensors: net.tensorBlobs() + model.tensorBlobs(), to: path)
             let file = try ModelFile.load(path: path)
@@ -359,6 +362,12 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         try check({ $0.activations["2"] = nil }, "no activation parameters for its output (tensor 2)")
         try check({ $0.activations["0"] = nil }, "no activation parameters for its input (tensor 0)")
         try check({ $0.layers.append($0.layers[0]) }, "is listed more than once")
+        // reduce_range is read from the file too: anything but a boolean is one line naming it.
+        for hostile in [JSONValue.string("yes"), .number(1e300), .number(-1), .array([.bool(true)])] {
+            guard case .object(var section) = model.spec.json else { Issue.record("not an object"); return }
+            section["reduce_range"] = hostile
+            try check(json: .object(section), "reduce_range")
+        }
     }
 
     /// An INT8 layer with ReLU6 whose output is FP32 (the next layer FP32 or INT4) keeps the
