@@ -1,6 +1,7 @@
 // Data movement around the GEMMs: transposes and the im2row unfolding of convolutions.
 
 #include "ckernels.h"
+#include <stdint.h>
 #include <string.h>
 
 void edge_transpose(const float *src, int rows, int cols, float *dst) {
@@ -345,4 +346,20 @@ void edge_global_pool_nhwc_u8(const uint8_t *x, int batch, int pixels, int chann
             for (int p = 0; p < pixels; p++) s += x[((size_t)b * pixels + p) * channels + c];
             y[(size_t)b * channels + c] = (uint8_t)((s + pixels / 2) / pixels);
         }
+}
+
+int edge_conv_table(int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw, int32_t *table) {
+    if (channels <= 0 || height <= 0 || width <= 0 || kh <= 0 || kw <= 0 || sh <= 0 || sw <= 0 || ph < 0 || pw < 0) return 0;
+    if ((long long)height * width * channels > INT32_MAX) return 0;
+    long long hp = (long long)height + 2LL * ph, wp = (long long)width + 2LL * pw;
+    if (hp < kh || wp < kw) return 0;  // no window fits
+    long long oh = (hp - kh) / sh + 1, ow = (wp - kw) / sw + 1;
+    for (long long oy = 0; oy < oh; oy++)
+        for (long long ox = 0; ox < ow; ox++)
+            for (int ky = 0; ky < kh; ky++)
+                for (int kx = 0; kx < kw; kx++) {
+                    long long iy = oy * sh - ph + ky, ix = ox * sw - pw + kx;
+                    *table++ = (iy >= 0 && iy < height && ix >= 0 && ix < width) ? (int32_t)((iy * width + ix) * channels) : -1;
+                }
+    return 1;
 }

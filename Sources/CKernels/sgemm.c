@@ -3,7 +3,7 @@
 // Layout: 16-output panels, gathered in groups of up to four that are interleaved per k
 // (group base + (k·np + q)·16 + j), so that batch 1 reads the weights as one contiguous stream
 // and a tile loads the 16 weights of a panel per k with one vector load. Register blocking: AVX-512 keeps an
-// 8-row × 32-output tile (16 accumulators); AVX2 a 4-row × 16-output tile (8 accumulators).
+// 8-row × 32-output tile (16 accumulators); AVX2 a 6-row × 16-output tile (12 accumulators).
 // Row/column counts are template-like compile-time constants through always_inline helpers.
 
 #include "ckernels.h"
@@ -298,11 +298,26 @@ static inline T256 __attribute__((always_inline)) void store256(float *dst, __m2
     for (int j = 0; j < n; j++) dst[j] = tmp[j];
 }
 
+/// Rows a tile holds: 6 × 16 outputs is 12 accumulators, two weight vectors and a broadcast (15 of
+/// 16 registers); 12 FMAs a k for 8 loads, and 12 independent chains cover FMA's latency times
+/// its pipes (4 × 2 on Zen 3, 5 × 2 on Skylake).
+#define S_MR 6
+
+/// The activation and the stores of an MR × 16 tile (`cols` real outputs from y).
+static inline T256 __attribute__((always_inline)) void finish256(const int MR, const __m256 *lo, const __m256 *hi, float *y, int ldy,
+                                                               int cols, edge_activation act, __m256 alpha) {
+    int n = cols < PANEL ? cols : PANEL;
+    for (int r = 0; r < MR; r++) {
+        store256(y + (size_t)r * ldy, act256(lo[r], act, alpha), n);
+        if (n > 8) store256(y + (size_t)r * ldy + 8, act256(hi[r], act, alpha), n - 8);
+    }
+}
+
 /// One MR × 16 tile (one panel as two 8-wide halves).
 static inline T256 __attribute__((always_inline)) void tile256(
     const int MR, int inputs, const float *x, int ldx, const float *w, size_t ks, const float *bias, float *y, int ldy,
     int cols, edge_activation act, __m256 alpha) {
-    __m256 lo[4], hi[4];
+    __m256 lo[S_MR], hi[S_MR];
     for (int r = 0; r < MR; r++) { lo[r] = _mm256_loadu_ps(bias); hi[r] = _mm256_loadu_ps(bias + 8); }
     for (int k = 0; k < inputs; k++) {
         __m256 w0 = _mm256_loadu_ps(w + (size_t)k * ks), w1 = _mm256_loadu_ps(w + (size_t)k * ks + 8);
@@ -312,11 +327,30 @@ static inline T256 __attribute__((always_inline)) void tile256(
             hi[r] = _mm256_fmadd_ps(xv, w1, hi[r]);
         }
     }
-    int n = cols < PANEL ? cols : PANEL;
-    for (int r = 0; r < MR; r++) {
-        store256(y + (size_t)r * ldy, act256(lo[r], act, alpha), n);
-        if (n > 8) store256(y + (size_t)r * ldy + 8, act256(hi[r], act, alpha), n - 8);
+    finish256(MR, lo, hi, y, ldy, cols, act, alpha);
+}
+
+/// One MR × 16 tile of a convolution: each row's taps read through the indirection table, the
+/// same k order (tap, channel) and weights as tile256 over the im2row rows.
+static inline T256 __attribute__((always_inline)) void ctile256(
+    const int MR, int taps, int channels, const float *const *xs, const int32_t *const *tab, const float *pad, const float *w,
+    size_t ks, const float *bias, float *y, int ldy, int cols, edge_activation act, __m256 alpha) {
+    __m256 lo[S_MR], hi[S_MR];
+    for (int r = 0; r < MR; r++) { lo[r] = _mm256_loadu_ps(bias); hi[r] = _mm256_loadu_ps(bias + 8); }
+    const float *wk = w;
+    for (int t = 0; t < taps; t++) {
+        const float *p[S_MR];
+        for (int r = 0; r < MR; r++) p[r] = tab[r][t] >= 0 ? xs[r] + tab[r][t] : pad;
+        for (int c = 0; c < channels; c++, wk += ks) {
+            __m256 w0 = _mm256_loadu_ps(wk), w1 = _mm256_loadu_ps(wk + 8);
+            for (int r = 0; r < MR; r++) {
+                __m256 xv = _mm256_broadcast_ss(p[r] + c);
+                lo[r] = _mm256_fmadd_ps(xv, w0, lo[r]);
+                hi[r] = _mm256_fmadd_ps(xv, w1, hi[r]);
+            }
+        }
     }
+    finish256(MR, lo, hi, y, ldy, cols, act, alpha);
 }
 
 #define TILE256(MR) \
@@ -324,21 +358,55 @@ static inline T256 __attribute__((always_inline)) void tile256(
                                   int ldy, int cols, edge_activation act, __m256 alpha) { \
         tile256(MR, K, x, ldx, w, ks, b, y, ldy, cols, act, alpha); \
     }
-TILE256(1) TILE256(2) TILE256(3) TILE256(4)
+TILE256(1) TILE256(2) TILE256(3) TILE256(4) TILE256(5) TILE256(6)
+typedef void (*tile256_fn)(int, const float *, int, const float *, size_t, const float *, float *, int, int,
+                           edge_activation, __m256);
 
-/// Every row of one 16-output panel, 4 rows at a time (`y` at the panel's first column).
+#define CTILE256(MR) \
+    static T256 void ctile256_##MR(int taps, int channels, const float *const *xs, const int32_t *const *tab, const float *pad, \
+                                   const float *w, size_t ks, const float *b, float *y, int ldy, int cols, edge_activation act, \
+                                   __m256 alpha) { \
+        ctile256(MR, taps, channels, xs, tab, pad, w, ks, b, y, ldy, cols, act, alpha); \
+    }
+CTILE256(1) CTILE256(2) CTILE256(3) CTILE256(4) CTILE256(5) CTILE256(6)
+typedef void (*ctile256_fn)(int, int, const float *const *, const int32_t *const *, const float *, const float *, size_t,
+                            const float *, float *, int, int, edge_activation, __m256);
+
+/// The convolution on AVX2: panels outer (a panel's weights stay in L1 across the row tiles), then
+/// S_MR output rows at a time, which may span samples.
+static T256 void sgemm_conv_avx2(int samples, int pixels, int taps, int channels, const int32_t *table, const float *x,
+                                 size_t sample_stride, const float *pad, const float *packed, int outputs, float *y, int ldy,
+                                 edge_activation act, float alpha) {
+    static const ctile256_fn tiles[S_MR] = {ctile256_1, ctile256_2, ctile256_3, ctile256_4, ctile256_5, ctile256_6};
+    int inputs = taps * channels, panels = (outputs + PANEL - 1) / PANEL;
+    const float *bias = packed + (size_t)panels * PANEL * inputs;
+    size_t rows = (size_t)samples * pixels;
+    __m256 av = _mm256_set1_ps(alpha);
+    for (int p = 0; p < panels; p++) {
+        size_t ks;
+        const float *w = panel_at(packed, panels, inputs, p, &ks);
+        for (size_t m = 0; m < rows; m += S_MR) {
+            int mr = rows - m < S_MR ? (int)(rows - m) : S_MR;
+            const float *xs[S_MR];
+            const int32_t *tab[S_MR];
+            for (int r = 0; r < mr; r++) {
+                size_t s = (m + r) / pixels, px = (m + r) % pixels;
+                xs[r] = x + s * sample_stride;
+                tab[r] = table + px * taps;
+            }
+            tiles[mr - 1](taps, channels, xs, tab, pad, w, ks, bias + p * PANEL, y + m * ldy + p * PANEL, ldy, outputs - p * PANEL,
+                          act, av);
+        }
+    }
+}
+
+/// Every row of one 16-output panel, S_MR rows at a time (`y` at the panel's first column).
 static T256 void panel256(int rows, int inputs, const float *x, int ldx, const float *w, size_t ks, const float *bias, float *y,
                           int ldy, int cols, edge_activation act, __m256 av) {
-    for (int m = 0; m < rows; m += 4) {
-        int mr = rows - m < 4 ? rows - m : 4;
-        const float *xm = x + (size_t)m * ldx;
-        float *ym = y + (size_t)m * ldy;
-        switch (mr) {
-        case 1: tile256_1(inputs, xm, ldx, w, ks, bias, ym, ldy, cols, act, av); break;
-        case 2: tile256_2(inputs, xm, ldx, w, ks, bias, ym, ldy, cols, act, av); break;
-        case 3: tile256_3(inputs, xm, ldx, w, ks, bias, ym, ldy, cols, act, av); break;
-        default: tile256_4(inputs, xm, ldx, w, ks, bias, ym, ldy, cols, act, av); break;
-        }
+    static const tile256_fn tiles[S_MR] = {tile256_1, tile256_2, tile256_3, tile256_4, tile256_5, tile256_6};
+    for (int m = 0; m < rows; m += S_MR) {
+        int mr = rows - m < S_MR ? rows - m : S_MR;
+        tiles[mr - 1](inputs, x + (size_t)m * ldx, ldx, w, ks, bias, y + (size_t)m * ldy, ldy, cols, act, av);
     }
 }
 
@@ -544,4 +612,51 @@ void edge_sgemm_packed(edge_isa isa, int rows, int outputs, int inputs, const fl
 #endif
     default: sgemm_portable(rows, outputs, inputs, x, ldx, packed, y, ldy, act, alpha); return;
     }
+}
+
+/// The portable convolution: sgemm_portable's sums, one output at a time, reading through the table.
+static void sgemm_conv_portable(int samples, int pixels, int taps, int channels, const int32_t *table, const float *x,
+                                size_t sample_stride, const float *pad, const float *packed, int outputs, float *y, int ldy,
+                                edge_activation act, float alpha) {
+    int inputs = taps * channels, panels = (outputs + PANEL - 1) / PANEL;
+    const float *bias = packed + (size_t)panels * PANEL * inputs;
+    for (size_t m = 0; m < (size_t)samples * pixels; m++) {
+        const float *xs = x + m / pixels * sample_stride;
+        const int32_t *tab = table + m % pixels * taps;
+        for (int p = 0; p < panels; p++) {
+            size_t ks;
+            const float *w = panel_at(packed, panels, inputs, p, &ks);
+            float acc[PANEL];
+            for (int j = 0; j < PANEL; j++) acc[j] = bias[p * PANEL + j];
+            for (int t = 0, k = 0; t < taps; t++) {
+                const float *xt = tab[t] >= 0 ? xs + tab[t] : pad;
+                for (int c = 0; c < channels; c++, k++)
+                    for (int j = 0; j < PANEL; j++) acc[j] += xt[c] * w[(size_t)k * ks + j];
+            }
+            int n = outputs - p * PANEL < PANEL ? outputs - p * PANEL : PANEL;
+            for (int j = 0; j < n; j++) y[m * ldy + p * PANEL + j] = edge_activate_scalar(acc[j], act, alpha);
+        }
+    }
+}
+
+/// Whether `isa` runs the AVX2 convolution kernel (any channel count; edge_sgemm_conv_direct
+/// adds when it is worth it).
+static int conv_avx2(edge_isa isa) {
+    if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
+    return (isa == EDGE_ISA_AVX2 || isa == EDGE_ISA_AVX2_U8S8) && edge_isa_supported(EDGE_ISA_AVX2);
+}
+
+int edge_sgemm_conv_direct(edge_isa isa, int channels) { return conv_avx2(isa) && channels >= 8; }
+
+void edge_sgemm_conv(edge_isa isa, int samples, int pixels, int taps, int channels, const int32_t *table, const float *x,
+                     size_t sample_stride, const float *pad, const float *packed, int outputs, float *y, int ldy,
+                     edge_activation act, float alpha) {
+    if (samples <= 0 || pixels <= 0 || taps <= 0 || channels <= 0 || outputs <= 0) return;
+#if defined(__x86_64__)
+    if (conv_avx2(isa)) {
+        sgemm_conv_avx2(samples, pixels, taps, channels, table, x, sample_stride, pad, packed, outputs, y, ldy, act, alpha);
+        return;
+    }
+#endif
+    sgemm_conv_portable(samples, pixels, taps, channels, table, x, sample_stride, pad, packed, outputs, y, ldy, act, alpha);
 }

@@ -23,8 +23,8 @@ public struct MemoryEstimate: Sendable, Equatable, Codable {
 public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
     enum Step {
         case dense(PackedWeights, activation: FusedActivation)
-        /// Channels last in and out, `chunk` samples per GEMM.
-        case conv2d(PackedWeights, geometry: Kernels.ConvGeometry, activation: FusedActivation, chunk: Int)
+        /// Channels last in and out.
+        case conv2d(PackedWeights, geometry: Kernels.ConvGeometry, activation: FusedActivation, method: Kernels.ConvMethod)
         case maxpool2d(Kernels.ConvGeometry)
         case avgpool2d(Kernels.ConvGeometry)
         case globalAveragePool(channels: Int, pixels: Int)
@@ -109,22 +109,27 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
             guard let w = layer.weight else { return total }
             return total + edgePackedFloats(outputs: w.shape[0], inputs: w.count / w.shape[0]) * 4
         }
-        return MemoryEstimate(weights: packed, workspace: sizes.workspace * 4,
+        return MemoryEstimate(weights: packed, workspace: sizes.workspace * 4 + sizes.tableBytes,
                               activations: 2 * sizes.activation * batch * 4)
     }
 
-    /// Activation floats per sample, and workspace floats (the batched im2row rows) for `batch`.
-    static func bufferSizes(_ network: Network, batch: Int) -> (activation: Int, workspace: Int) {
+    /// Activation floats per sample, workspace floats (the batched im2row rows of the convolutions
+    /// that use them) for `batch`, and the bytes of the other convolutions' indirection tables.
+    static func bufferSizes(_ network: Network, batch: Int) -> (activation: Int, workspace: Int, tableBytes: Int) {
         var activation = network.inputCount
-        var workspace = 0
+        var workspace = 0, tableBytes = 0
         for layer in network.layers {
             activation = max(activation, layer.outputCount)
             if case .conv2d = layer.kind, let g = layer.geometry {
-                let perSample = g.outH * g.outW * g.patch
-                workspace = max(workspace, Kernels.convChunk(bytesPerSample: perSample * 4, batch: batch) * perSample)
+                if Kernels.fp32ConvIsDirect(g) {
+                    tableBytes += ConvIndirection.byteCount(pixels: g.outH * g.outW, taps: g.kernelH * g.kernelW, channels: g.channels)
+                } else {
+                    let perSample = g.outH * g.outW * g.patch
+                    workspace = max(workspace, Kernels.convChunk(bytesPerSample: perSample * 4, batch: batch) * perSample)
+                }
             }
         }
-        return (activation, workspace)
+        return (activation, workspace, tableBytes)
     }
 
     /// Activations are channels last (HWC) from the first spatial layer on: convolutions unfold
@@ -166,12 +171,10 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
                 let g = layer.geometry!
                 toChannelsLast(layer.inputShape)
                 tapChannelsLast = channelsLast.flatMap { $0.channels > 1 ? $0 : nil }
-                let chunk = Kernels.convChunk(bytesPerSample: g.outH * g.outW * g.patch * 4, batch: batch)
                 let packed = weights.value("fp32.\(i)", bytes: { $0.byteCount }) {
                     PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias)
                 }
-                steps.append(.conv2d(packed, geometry: g,
-                                     activation: fused.fused, chunk: chunk))
+                steps.append(.conv2d(packed, geometry: g, activation: fused.fused, method: Kernels.fp32ConvMethod(g, batch: batch)))
                 channelsLast = (g.outChannels, g.outH * g.outW)
             case .maxpool2d, .avgpool2d:
                 let g = layer.geometry!
@@ -208,8 +211,8 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
             switch step {
             case .dense(let w, let act):
                 w.multiply(rows: batch, current, ldx: w.inputs, other, ldy: w.outputs, activation: act)
-            case .conv2d(let w, let g, let act, let chunk):
-                Kernels.conv2dNHWC(current, batch: batch, g, weights: w, activation: act, chunk: chunk, workspace: workspace, other)
+            case .conv2d(let w, let g, let act, let method):
+                Kernels.conv2dNHWC(current, batch: batch, g, weights: w, activation: act, method: method, workspace: workspace, other)
             case .maxpool2d(let g), .avgpool2d(let g):
                 var average: Int32 = 0
                 if case .avgpool2d = step { average = 1 }

@@ -160,13 +160,46 @@ public enum Kernels {
         return Tensor(shape: w.shape, values: out)
     }
 
-    /// Convolution of `batch` channels-last samples: the im2row rows of `chunk` samples at a time
-    /// (no transposes) into one GEMM whose output rows are already channels last; `workspace`
-    /// holds `chunk` × outH·outW × patch floats, `weights` come from `tapMajor(weight)`.
+    /// How a convolution step runs: the im2row rows of `chunk` samples at a time into one GEMM
+    /// (the workspace holds them), or straight from the input through an indirection table.
+    public enum ConvMethod: Sendable {
+        case im2row(chunk: Int)
+        case direct(ConvIndirection)
+    }
+
+    /// The indirection table of `g`, nil for a geometry edge_conv_table refuses.
+    public static func indirection(_ g: ConvGeometry) -> ConvIndirection? {
+        ConvIndirection(channels: g.channels, height: g.height, width: g.width, kernelH: g.kernelH, kernelW: g.kernelW,
+                        strideH: g.strideH, strideW: g.strideW, padH: g.padH, padW: g.padW)
+    }
+
+    /// Whether an FP32 convolution of `g` runs direct here: the AVX2 kernel with 8 channels or
+    /// more, and a sample small enough for int32 offsets.
+    public static func fp32ConvIsDirect(_ g: ConvGeometry) -> Bool {
+        PackedWeights.convolvesDirectly(channels: g.channels) && g.channels * g.height * g.width <= Int(Int32.max)
+    }
+
+    /// The FP32 method for `g` at batch capacity `batch`.
+    public static func fp32ConvMethod(_ g: ConvGeometry, batch: Int) -> ConvMethod {
+        if fp32ConvIsDirect(g), let table = indirection(g) { return .direct(table) }
+        return .im2row(chunk: convChunk(bytesPerSample: g.outH * g.outW * g.patch * 4, batch: batch))
+    }
+
+    /// Convolution of `batch` channels-last samples into output rows that are already channels
+    /// last (no transposes): through the indirection table, or the im2row rows of `chunk`
+    /// samples at a time into one GEMM (`workspace` holds `chunk` × outH·outW × patch floats).
+    /// `weights` come from `tapMajor(weight)`.
     public static func conv2dNHWC(
         _ x: UnsafePointer<Float>, batch: Int, _ g: ConvGeometry, weights: PackedWeights, activation: FusedActivation,
-        chunk: Int, workspace: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>
+        method: ConvMethod, workspace: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>
     ) {
+        let chunk: Int
+        switch method {
+        case .direct(let table):
+            weights.convolve(samples: batch, x, table, y, ldy: g.outChannels, activation: activation)
+            return
+        case .im2row(let c): chunk = c
+        }
         let plane = g.outH * g.outW, inCount = g.channels * g.height * g.width, outCount = g.outChannels * plane
         var s0 = 0
         while s0 < batch {

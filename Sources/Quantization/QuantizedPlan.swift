@@ -18,7 +18,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         case int8Conv(PackedInt8Weights, QuantizedEpilogue, Kernels.ConvGeometry, inputZeroPoint: UInt8, floatOutput: Bool, chunk: Int)
         case int4Dense(PackedInt4Weights, FusedActivation)
         case floatDense(PackedWeights, FusedActivation)
-        case floatConv(PackedWeights, Kernels.ConvGeometry, FusedActivation, chunk: Int)
+        case floatConv(PackedWeights, Kernels.ConvGeometry, FusedActivation, method: Kernels.ConvMethod)
         case maxpoolU8(Kernels.ConvGeometry)
         case avgpoolU8(Kernels.ConvGeometry)
         case globalAveragePoolU8(channels: Int, planeSize: Int)
@@ -48,6 +48,8 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
     private let workspace: UnsafeMutableRawPointer
     private let bufferBytes: Int
     private let workspaceBytes: Int
+    /// The direct FP32 convolutions' indirection tables (reported as workspace).
+    private let tableBytes: Int
     private let weightBytes: Int
     /// FP32 plan for escalated samples, and its gather buffer.
     private let fallback: ExecutionPlan?
@@ -100,14 +102,15 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         weightBytes = compiled.weightBytes
         let net = model.network
         var maxActivation = net.inputCount
-        var work = 16
+        var work = 16, tableBytes = 0
         for l in net.layers {
             maxActivation = max(maxActivation, l.outputCount)
         }
         for step in compiled.steps {
             switch step {
             case .int8Conv(let w, _, let g, _, _, let chunk): work = max(work, chunk * g.outH * g.outW * w.paddedInputs + 64)
-            case .floatConv(_, let g, _, let chunk): work = max(work, chunk * g.outH * g.outW * g.patch * 4)
+            case .floatConv(_, let g, _, .im2row(let chunk)): work = max(work, chunk * g.outH * g.outW * g.patch * 4)
+            case .floatConv(_, _, _, .direct(let t)): tableBytes += t.byteCount
             case .int4Dense(let w, _): work = max(work, w.scratchFloats * 4)
             default: break
             }
@@ -115,6 +118,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         // 64 spare bytes: INT8 kernels read rows in 4-byte quads.
         bufferBytes = maxActivation * batchCapacity * 4 + 64
         workspaceBytes = work
+        self.tableBytes = tableBytes
         bufferA = .allocate(byteCount: bufferBytes, alignment: 64)
         bufferB = .allocate(byteCount: bufferBytes, alignment: 64)
         workspace = .allocate(byteCount: workspaceBytes, alignment: 64)
@@ -184,7 +188,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
     }
 
     public var memory: MemoryEstimate {
-        var m = MemoryEstimate(weights: weightBytes, workspace: workspaceBytes, activations: 2 * bufferBytes)
+        var m = MemoryEstimate(weights: weightBytes, workspace: workspaceBytes + tableBytes, activations: 2 * bufferBytes)
         if let fallback {
             m.weights += fallback.memory.weights
             m.workspace += fallback.memory.workspace
@@ -292,8 +296,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                             PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias)
                         }
                         bytes += p.byteCount
-                        let chunk = Kernels.convChunk(bytesPerSample: g.outH * g.outW * g.patch * 4, batch: batch)
-                        steps.append(.floatConv(p, g, fused.fused, chunk: chunk))
+                        steps.append(.floatConv(p, g, fused.fused, method: Kernels.fp32ConvMethod(g, batch: batch)))
                         channelsLast = (g.outChannels, g.outH * g.outW)
                     } else {
                         let columns = denseInput()
@@ -436,8 +439,8 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                 w.multiply(rows: batch, f, ldx: w.inputs, of, ldy: w.outputs, activation: act,
                            scratch: workspace.assumingMemoryBound(to: Float.self))
             case .floatDense(let w, let act): w.multiply(rows: batch, f, ldx: w.inputs, of, ldy: w.outputs, activation: act)
-            case .floatConv(let w, let g, let act, let chunk):
-                Kernels.conv2dNHWC(f, batch: batch, g, weights: w, activation: act, chunk: chunk,
+            case .floatConv(let w, let g, let act, let method):
+                Kernels.conv2dNHWC(f, batch: batch, g, weights: w, activation: act, method: method,
                                    workspace: workspace.assumingMemoryBound(to: Float.self), of)
             case .maxpoolU8(let g): poolU8(u, batch: batch, g, ou, average: false)
             case .avgpoolU8(let g): poolU8(u, batch: batch, g, ou, average: true)

@@ -87,6 +87,75 @@ public final class PackedWeights: @unchecked Sendable {
 }
 
 /// Floats a packed copy of a `[outputs, inputs]` weight and its bias occupies.
+extension PackedWeights {
+    /// Whether `convolve` beats im2row rows + `multiply` here for an input of `channels` channels
+    /// (edge_sgemm_conv_direct: the AVX2 kernel, at least 8 channels).
+    public static func convolvesDirectly(channels: Int, isa: KernelISA = .auto) -> Bool {
+        edge_sgemm_conv_direct(isa.c, Int32(clamping: channels)) != 0
+    }
+
+    /// The convolution of `samples` channels-last samples through `table`, without im2row rows:
+    /// the same sums in the same order as their rows through `multiply`. `self` holds the
+    /// tap-major weights ([out][kh][kw][C]); output rows are channels last, `ldy` apart.
+    public func convolve(samples: Int, _ x: UnsafePointer<Float>, _ table: ConvIndirection, _ y: UnsafeMutablePointer<Float>, ldy: Int,
+                         activation: FusedActivation = .none, isa: KernelISA = .auto) {
+        precondition(table.taps * table.channels == inputs, "the indirection table does not fit these weights")
+        let (act, alpha) = activation.c
+        edge_sgemm_conv(isa.c, Int32(samples), Int32(table.pixels), Int32(table.taps), Int32(table.channels), table.table, x,
+                        table.sampleValues, table.pad, storage, Int32(outputs), y, Int32(ldy), act, alpha)
+    }
+}
+
+/// Where each output pixel's taps read in a channels-last sample (edge_conv_table), and the zeros
+/// a padding tap reads: a convolution without im2row rows (`PackedWeights.convolve`). XNNPACK's
+/// indirection idea, with offsets from the sample's start rather than pointers, so one table
+/// serves every sample and buffer.
+public final class ConvIndirection: @unchecked Sendable {
+    public let pixels: Int
+    public let taps: Int
+    public let channels: Int
+    /// Values in one input sample (height · width · channels).
+    public let sampleValues: Int
+    let table: UnsafeMutablePointer<Int32>
+    let pad: UnsafeMutablePointer<Float>
+
+    /// nil for a geometry edge_conv_table refuses (a size or stride that is not positive, negative
+    /// padding, a kernel larger than the padded input, a sample past int32 offsets).
+    public init?(channels: Int, height: Int, width: Int, kernelH: Int, kernelW: Int, strideH: Int, strideW: Int, padH: Int, padW: Int) {
+        guard channels > 0, height > 0, width > 0, kernelH > 0, kernelW > 0, strideH > 0, strideW > 0, padH >= 0, padW >= 0,
+              height <= Int(Int32.max) / width, height * width <= Int(Int32.max) / channels,
+              kernelH <= Int(Int32.max) / kernelW, padH <= Int(Int32.max) / 4, padW <= Int(Int32.max) / 4,
+              height + 2 * padH >= kernelH, width + 2 * padW >= kernelW else { return nil }
+        let oh = (height + 2 * padH - kernelH) / strideH + 1, ow = (width + 2 * padW - kernelW) / strideW + 1
+        let (count, overflow) = (oh * ow).multipliedReportingOverflow(by: kernelH * kernelW)
+        guard !overflow, count <= Int(Int32.max) else { return nil }
+        pixels = oh * ow
+        taps = kernelH * kernelW
+        self.channels = channels
+        sampleValues = height * width * channels
+        table = .allocate(capacity: count)
+        pad = .allocate(capacity: channels)
+        pad.initialize(repeating: 0, count: channels)
+        guard edge_conv_table(Int32(channels), Int32(height), Int32(width), Int32(kernelH), Int32(kernelW), Int32(strideH), Int32(strideW),
+                              Int32(padH), Int32(padW), table) != 0 else {
+            table.deallocate()
+            pad.deallocate()
+            return nil
+        }
+    }
+
+    deinit {
+        table.deallocate()
+        pad.deallocate()
+    }
+
+    /// The table and the padding vector.
+    public var byteCount: Int { Self.byteCount(pixels: pixels, taps: taps, channels: channels) }
+
+    /// What a table for this geometry holds, without building it.
+    public static func byteCount(pixels: Int, taps: Int, channels: Int) -> Int { pixels * taps * 4 + channels * 4 }
+}
+
 public func edgePackedFloats(outputs: Int, inputs: Int) -> Int {
     edge_sgemm_packed_floats(Int32(outputs), Int32(inputs))
 }

@@ -100,6 +100,9 @@ func convOut(_ n: Int, _ k: Int, _ s: Int, _ p: Int) -> Int { (n + 2 * p - k) / 
         ConvCase(c: 2, h: 9, w: 6, o: 3, k: 3, stride: Window(2, 1), padding: Window(0, 2)),
         ConvCase(c: 4, h: 5, w: 5, o: 6, k: 1, stride: Window(1, 1), padding: Window(0, 0)),
         ConvCase(c: 2, h: 6, w: 6, o: 2, k: 5, stride: Window(1, 1), padding: Window(2, 2)),
+        // 8 channels or more: the direct (indirection table) path on AVX2.
+        ConvCase(c: 8, h: 7, w: 9, o: 20, k: 3, stride: Window(2, 1), padding: Window(1, 0)),
+        ConvCase(c: 12, h: 6, w: 6, o: 16, k: 5, stride: Window(1, 1), padding: Window(2, 2)),
     ])
     func conv2dMatchesReference(_ t: ConvCase) {
         var rng = SeededGenerator(seed: 5)

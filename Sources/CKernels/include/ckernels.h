@@ -138,6 +138,32 @@ void edge_im2row_nhwc(const float *x, int channels, int height, int width, int k
 void edge_im2row_nhwc_u8(const uint8_t *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
                          uint8_t pad, uint8_t *rows, int ldrow);
 
+/// ---- Convolution without im2row rows (an indirection table, as XNNPACK's indirect GEMM) -------
+///
+/// For output pixel p of one channels-last sample and tap t = ky·kw + kx, table[p·kh·kw + t] is
+/// the offset (in values) of the input pixel the tap reads, `channels` values from there, or −1
+/// where the window hangs over the padding. Returns 0, writing nothing, for a size or stride that
+/// is not positive, negative padding, a kernel larger than the padded input, or a sample too
+/// large for int32 offsets.
+int edge_conv_table(int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw, int32_t *table);
+
+/// The convolution of `samples` channels-last samples (`sample_stride` floats apart, `pixels`
+/// output pixels and `taps` taps each, `table` from edge_conv_table) as the packed GEMM over their
+/// im2row rows, without writing the rows: a padding tap reads `pad` (`channels` zeros). Output
+/// row s·pixels + p, `ldy` apart. The same products are summed in the same order as
+/// edge_im2row_nhwc + edge_sgemm_packed, so the results are identical on the AVX2 and portable
+/// paths (an AVX-512 `isa` runs the portable loop, whose rounding differs from sgemm's AVX-512
+/// tiles). edge_sgemm_conv_direct says whether `isa` has a vector kernel for `channels` that beats
+/// im2row: AVX2 with at least 8 channels (a shorter tap costs more in pointer set-up than im2row
+/// does; below that the call still computes the result, by the same kernel or the portable loop).
+/// No INT8 counterpart: tried with the vpmaddubsw kernel, it ran within ±3% of im2row + GEMM (a
+/// UINT8 im2row moves a quarter of the bytes, and the GEMM's contiguous rows keep its tile in
+/// registers), so it was not kept.
+int edge_sgemm_conv_direct(edge_isa isa, int channels);
+void edge_sgemm_conv(edge_isa isa, int samples, int pixels, int taps, int channels, const int32_t *table, const float *x,
+                     size_t sample_stride, const float *pad, const float *packed, int outputs, float *y, int ldy,
+                     edge_activation act, float alpha);
+
 /// Channels-last pooling of `batch` HWC samples (no padding, floor output size), and global
 /// average pooling of `batch` samples of `pixels` × `channels` into [batch][channels].
 void edge_pool_nhwc_f32(const float *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
