@@ -640,13 +640,18 @@ static void sgemm_conv_portable(int samples, int pixels, int taps, int channels,
 }
 
 /// Whether `isa` runs the AVX2 convolution kernel (any channel count; edge_sgemm_conv_direct
-/// adds when it is worth it).
+/// says when it is worth it). The AVX-512 ISAs run it too: its sums are fused multiply-adds from
+/// the bias in k order, as sgemm_avx512's are, so it equals their im2row GEMM.
 static int conv_avx2(edge_isa isa) {
     if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
-    return (isa == EDGE_ISA_AVX2 || isa == EDGE_ISA_AVX2_U8S8) && edge_isa_supported(EDGE_ISA_AVX2);
+    return isa != EDGE_ISA_PORTABLE && isa != EDGE_ISA_NEONDOT && edge_isa_supported(EDGE_ISA_AVX2);
 }
 
-int edge_sgemm_conv_direct(edge_isa isa, int channels) { return conv_avx2(isa) && channels >= 8; }
+/// Only where it was measured: AVX2 (an AVX-512 CPU keeps its 8×32 im2row tiles).
+int edge_sgemm_conv_direct(edge_isa isa, int channels) {
+    if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
+    return (isa == EDGE_ISA_AVX2 || isa == EDGE_ISA_AVX2_U8S8) && conv_avx2(isa) && channels >= 8;
+}
 
 void edge_sgemm_conv(edge_isa isa, int samples, int pixels, int taps, int channels, const int32_t *table, const float *x,
                      size_t sample_stride, const float *pad, const float *packed, int outputs, float *y, int ldy,

@@ -174,9 +174,12 @@ public enum Kernels {
     }
 
     /// Whether an FP32 convolution of `g` runs direct here: the AVX2 kernel with 8 channels or
-    /// more, and a sample small enough for int32 offsets.
+    /// more, and a geometry a table can be built for. The one predicate for the method and for
+    /// the workspace a plan sizes (an im2row step needs its rows).
     public static func fp32ConvIsDirect(_ g: ConvGeometry) -> Bool {
-        PackedWeights.convolvesDirectly(channels: g.channels) && g.channels * g.height * g.width <= Int(Int32.max)
+        PackedWeights.convolvesDirectly(channels: g.channels)
+            && ConvIndirection.accepts(channels: g.channels, height: g.height, width: g.width, kernelH: g.kernelH, kernelW: g.kernelW,
+                                       strideH: g.strideH, strideW: g.strideW, padH: g.padH, padW: g.padW)
     }
 
     /// The FP32 method for `g` at batch capacity `batch`.

@@ -86,7 +86,6 @@ public final class PackedWeights: @unchecked Sendable {
     }
 }
 
-/// Floats a packed copy of a `[outputs, inputs]` weight and its bias occupies.
 extension PackedWeights {
     /// Whether `convolve` beats im2row rows + `multiply` here for an input of `channels` channels
     /// (edge_sgemm_conv_direct: the AVX2 kernel, at least 8 channels).
@@ -119,16 +118,28 @@ public final class ConvIndirection: @unchecked Sendable {
     let table: UnsafeMutablePointer<Int32>
     let pad: UnsafeMutablePointer<Float>
 
-    /// nil for a geometry edge_conv_table refuses (a size or stride that is not positive, negative
-    /// padding, a kernel larger than the padded input, a sample past int32 offsets).
-    public init?(channels: Int, height: Int, width: Int, kernelH: Int, kernelW: Int, strideH: Int, strideW: Int, padH: Int, padW: Int) {
-        guard channels > 0, height > 0, width > 0, kernelH > 0, kernelW > 0, strideH > 0, strideW > 0, padH >= 0, padW >= 0,
-              height <= Int(Int32.max) / width, height * width <= Int(Int32.max) / channels,
-              kernelH <= Int(Int32.max) / kernelW, padH <= Int(Int32.max) / 4, padW <= Int(Int32.max) / 4,
-              height + 2 * padH >= kernelH, width + 2 * padW >= kernelW else { return nil }
+    /// Whether a table can be built for this geometry (what `init` checks): positive sizes and
+    /// strides, no negative padding, a kernel within the padded input, every value within int32
+    /// and the sample and the table within int32 offsets.
+    public static func accepts(channels: Int, height: Int, width: Int, kernelH: Int, kernelW: Int, strideH: Int, strideW: Int,
+                               padH: Int, padW: Int) -> Bool {
+        let limit = Int(Int32.max)
+        guard [channels, height, width, kernelH, kernelW, strideH, strideW].allSatisfy({ $0 > 0 && $0 <= limit }),
+              padH >= 0, padW >= 0, padH <= limit / 4, padW <= limit / 4,
+              height <= limit / width, height * width <= limit / channels, kernelH <= limit / kernelW,
+              height + 2 * padH >= kernelH, width + 2 * padW >= kernelW else { return false }
         let oh = (height + 2 * padH - kernelH) / strideH + 1, ow = (width + 2 * padW - kernelW) / strideW + 1
-        let (count, overflow) = (oh * ow).multipliedReportingOverflow(by: kernelH * kernelW)
-        guard !overflow, count <= Int(Int32.max) else { return nil }
+        let (pixels, o1) = oh.multipliedReportingOverflow(by: ow)
+        let (count, o2) = pixels.multipliedReportingOverflow(by: kernelH * kernelW)
+        return !o1 && !o2 && count <= limit
+    }
+
+    /// nil where `accepts` is false.
+    public init?(channels: Int, height: Int, width: Int, kernelH: Int, kernelW: Int, strideH: Int, strideW: Int, padH: Int, padW: Int) {
+        guard Self.accepts(channels: channels, height: height, width: width, kernelH: kernelH, kernelW: kernelW, strideH: strideH,
+                           strideW: strideW, padH: padH, padW: padW) else { return nil }
+        let oh = (height + 2 * padH - kernelH) / strideH + 1, ow = (width + 2 * padW - kernelW) / strideW + 1
+        let count = oh * ow * kernelH * kernelW
         pixels = oh * ow
         taps = kernelH * kernelW
         self.channels = channels
@@ -156,6 +167,7 @@ public final class ConvIndirection: @unchecked Sendable {
     public static func byteCount(pixels: Int, taps: Int, channels: Int) -> Int { pixels * taps * 4 + channels * 4 }
 }
 
+/// Floats a packed copy of a `[outputs, inputs]` weight and its bias occupies.
 public func edgePackedFloats(outputs: Int, inputs: Int) -> Int {
     edge_sgemm_packed_floats(Int32(outputs), Int32(inputs))
 }

@@ -6,14 +6,18 @@ import Testing
 
 /// The FP32 convolution through an indirection table (no im2row rows) against im2row rows through
 /// the packed GEMM: the same sums in the same order, so equal bit for bit, on the path this CPU
-/// picks and on the portable one; every im2row shape (1 to 64 channels, strides and paddings that
+/// picks (the AVX2 kernel on any x86 ISA, also where im2row stays the plan's choice) and on the
+/// portable one; every im2row shape (1 to 64 channels, strides and paddings that
 /// differ per axis, windows wholly in the padding, very wide rows), several samples so a row tile
 /// spans two of them, and output counts with panel tails. Hostile geometries get no table.
 @Suite struct DirectConvTests {
     @Test(arguments: Im2RowTests.shapes, [KernelISA.auto, .portable])
     func convolutionThroughTheTableEqualsTheIm2RowGEMM(shape s: Im2RowTests.Shape, isa: KernelISA) throws {
         var rng = SeededGenerator(seed: UInt64(s.channels * 1000 + s.height * 10 + s.kernelW))
-        let samples = 3, outputs = [5, 16, 20][s.channels % 3], n = s.height * s.width * s.channels, pixels = s.outH * s.outW
+        // 1, 2 or 5 samples: the last row tile holds 1 to 6 rows across shapes; 5 to 70 outputs:
+        // partial panels and a second group of four panels; rows written `ldy` apart, wider.
+        let samples = [1, 2, 5][s.height % 3], outputs = [5, 16, 20, 70][(s.channels + s.width) % 4]
+        let n = s.height * s.width * s.channels, pixels = s.outH * s.outW, ldy = outputs + 3
         let x = (0..<(samples * n)).map { _ in rng.nextFloat(limit: 1) }
         let w = (0..<(outputs * s.taps)).map { _ in rng.nextFloat(limit: 1) }, b = (0..<outputs).map { _ in rng.nextFloat(limit: 1) }
         let packed = w.withUnsafeBufferPointer { wp in b.withUnsafeBufferPointer { PackedWeights(weight: wp.baseAddress!, bias: $0.baseAddress!, outputs: outputs, inputs: s.taps) } }
@@ -25,8 +29,8 @@ import Testing
         let table = try #require(made)
         #expect(table.pixels == pixels && table.taps == s.kernelH * s.kernelW && table.sampleValues == n)
         var rows = [Float](repeating: 0, count: samples * pixels * s.taps)
-        var expected = [Float](repeating: 0, count: samples * pixels * outputs), got = [Float](repeating: .nan, count: samples * pixels * outputs + 7)
-        for activation in [FusedActivation.none, .relu6, .leaky(0.1)] {
+        var expected = [Float](repeating: .nan, count: samples * pixels * ldy), got = [Float](repeating: .nan, count: samples * pixels * ldy + 7)
+        for activation in [FusedActivation.none, .relu, .relu6, .leaky(0.1)] {
             x.withUnsafeBufferPointer { xp in
                 rows.withUnsafeMutableBufferPointer { rp in
                     for i in 0..<samples {
@@ -35,23 +39,25 @@ import Testing
                                          rp.baseAddress! + i * pixels * s.taps)
                     }
                     expected.withUnsafeMutableBufferPointer {
-                        packed.multiply(rows: samples * pixels, rp.baseAddress!, ldx: s.taps, $0.baseAddress!, ldy: outputs, activation: activation, isa: isa)
+                        packed.multiply(rows: samples * pixels, rp.baseAddress!, ldx: s.taps, $0.baseAddress!, ldy: ldy, activation: activation, isa: isa)
                     }
                 }
                 got.withUnsafeMutableBufferPointer {
-                    packed.convolve(samples: samples, xp.baseAddress!, table, $0.baseAddress!, ldy: outputs, activation: activation, isa: isa)
+                    packed.convolve(samples: samples, xp.baseAddress!, table, $0.baseAddress!, ldy: ldy, activation: activation, isa: isa)
                 }
             }
+            // Bit patterns: the gaps between rows stay NaN in both.
             let wrong = (0..<expected.count).filter { got[$0].bitPattern != expected[$0].bitPattern }
             #expect(wrong.isEmpty, "\(activation): \(wrong.count) outputs differ, the first at \(wrong.first ?? -1)")
             #expect(got[expected.count...].allSatisfy { $0.isNaN }, "wrote past the output")
         }
     }
 
-    /// Where the direct kernel is chosen: AVX2 with 8 channels or more.
+    /// Where the direct kernel is chosen: AVX2 with 8 channels or more (not measured on AVX-512).
     @Test func theDirectKernelNeedsAVX2AndEightChannels() {
         #expect(!PackedWeights.convolvesDirectly(channels: 8, isa: .portable))
         #expect(!PackedWeights.convolvesDirectly(channels: 7, isa: .avx2))
+        #expect(!PackedWeights.convolvesDirectly(channels: 64, isa: .avx512))
         #expect(PackedWeights.convolvesDirectly(channels: 8, isa: .avx2) == KernelISA.avx2.isSupported)
     }
 
@@ -77,13 +83,17 @@ import Testing
     @Test(arguments: [
         (0, 4, 4, 3, 3, 1, 1, 0, 0), (2, 4, 4, 3, 3, 0, 1, 0, 0), (2, 4, 4, 3, 3, 1, 1, -1, 0), (2, 4, 4, 7, 3, 1, 1, 1, 1),
         (2, 4, 4, 3, 3, 2, 2, 0, Int(Int32.max)), (1 << 20, 1 << 10, 1 << 10, 1, 1, 1, 1, 0, 0), (1, Int.max, 2, 1, 1, 1, 1, 0, 0),
-        (2, 4, 4, Int.max, Int.max, 1, 1, 0, 0), (2, 4, 4, 3, 3, 1, 1, Int.max, 0),
+        (2, 4, 4, Int.max, Int.max, 1, 1, 0, 0), (2, 4, 4, 3, 3, 1, 1, Int.max, 0), (2, 4, 4, 3, 3, 1 << 40, 1, 0, 0),
+        (2, 4, 4, 3, 3, 1, Int(Int32.max) + 1, 0, 0), (-8, 4, 4, 3, 3, 1, 1, 0, 0), (8, 0, 4, 1, 1, 1, 1, 0, 0),
     ])
     func hostileGeometriesGetNoTable(_ a: (c: Int, h: Int, w: Int, kh: Int, kw: Int, sh: Int, sw: Int, ph: Int, pw: Int)) {
         #expect(ConvIndirection(channels: a.c, height: a.h, width: a.w, kernelH: a.kh, kernelW: a.kw, strideH: a.sh, strideW: a.sw,
                                 padH: a.ph, padW: a.pw) == nil)
+        #expect(!ConvIndirection.accepts(channels: a.c, height: a.h, width: a.w, kernelH: a.kh, kernelW: a.kw, strideH: a.sh, strideW: a.sw,
+                                         padH: a.ph, padW: a.pw))
         // The C function alone refuses what fits its int parameters, writing nothing.
-        guard [a.c, a.h, a.w, a.kh, a.kw, a.ph, a.pw].allSatisfy({ $0 <= Int(Int32.max) }), a.c * a.h * a.w > Int(Int32.max) || a.c <= 0
+        guard [a.c, a.h, a.w, a.kh, a.kw, a.sh, a.sw, a.ph, a.pw].allSatisfy({ $0 <= Int(Int32.max) }),
+              a.c.multipliedReportingOverflow(by: a.h * a.w).partialValue > Int(Int32.max) || a.c <= 0 || a.h <= 0
               || a.sh <= 0 || a.ph < 0 || a.kh > a.h + 2 * a.ph else { return }
         var table = [Int32](repeating: 77, count: 64)
         #expect(edge_conv_table(Int32(a.c), Int32(a.h), Int32(a.w), Int32(a.kh), Int32(a.kw), Int32(a.sh), Int32(a.sw), Int32(a.ph), Int32(a.pw),
