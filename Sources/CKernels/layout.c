@@ -77,7 +77,13 @@ static void im2row_bytes(const unsigned char *x, size_t cb, int height, int widt
     int oh = (height + 2 * ph - kh) / sh + 1, ow = (width + 2 * pw - kw) / sw + 1;
     size_t run = (size_t)kw * cb, taps = (size_t)kh * run, line = (size_t)width * cb;
     if (oh <= 0 || ow <= 0) return;
-    if (ldrow > taps)
+    // The pad bytes after the taps. Up to 4 of them (the rounding to whole k-quads) are one 4-byte
+    // store ending the row: the byte or bytes of taps it also covers are written after it, by the
+    // window copies below. (fill_small's branches and byte stores here were a quarter of the
+    // im2row of a single-channel 5x5 convolution, whose rows are 25 taps and 3 pad bytes.)
+    if (ldrow > taps && ldrow - taps <= 4 && ldrow >= 4)
+        for (size_t p = 0; p < (size_t)oh * ow; p++) memset(rows + p * ldrow + ldrow - 4, pad, 4);
+    else if (ldrow > taps)
         for (size_t p = 0; p < (size_t)oh * ow; p++) fill_small(rows + p * ldrow + taps, pad, ldrow - taps);
     // The padded paths need the kernel to fit the padded image (the C API does not check it; a
     // model's shapes are checked on load) and no negative padding; otherwise windows are clipped.
