@@ -88,6 +88,15 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
 
     public var memory: MemoryEstimate { Self.memoryEstimate(network: network, batch: batchCapacity) }
 
+    /// How many convolution steps read their input through an indirection table (the rest take
+    /// im2row rows): what the plan chose, for tests and `inspect`-style reports.
+    public var directConvolutions: Int {
+        steps.reduce(0) { n, step in
+            if case .conv2d(_, _, _, .direct) = step { return n + 1 }
+            return n
+        }
+    }
+
     /// The packed weights' object identities, step by step (tests: which plans share them).
     public var packedWeightIdentities: [ObjectIdentifier] {
         steps.compactMap {

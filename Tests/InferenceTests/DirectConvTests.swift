@@ -78,6 +78,8 @@ import Testing
             #expect(memory.workspace == Kernels.convChunk(bytesPerSample: 196 * 200 * 4, batch: 64) * 196 * 200 * 4)
         }
         #expect(Kernels.fp32ConvIsDirect(g) == PackedWeights.convolvesDirectly(channels: 8))
+        // The plan built chooses what the estimate counted: the direct step on AVX2.
+        #expect(ExecutionPlan(network: net, batchCapacity: 64).directConvolutions == (Kernels.fp32ConvIsDirect(g) ? 1 : 0))
     }
 
     @Test(arguments: [
