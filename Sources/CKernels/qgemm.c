@@ -599,7 +599,169 @@ static TAVX2 void q8_u8s8(int rows, int outputs, int inputs, const uint8_t *x, i
         }
     }
 }
+// ---- INT8 convolution of a single-channel image (a first layer), AVX2 vpmaddubsw ----------
+// im2row + GEMM is at its worst here: a 5×5 window of one channel is a 25-byte row (28 with the
+// quad padding) that im2row writes and the GEMM reads back (1.4 MB for 64 28×28 images, out of
+// L2), and a layer of 8 outputs fills half a panel, so each row's epilogue costs about as much as
+// its multiplies. This kernel reads windows straight from a padded copy of each image and puts
+// 8 output pixels in the lanes instead of outputs: for kernel row ky and taps 4q … 4q+3, lane j
+// holds the 4 bytes from pixel j's window start (one 16-byte load and a vpshufb for all 8
+// pixels), multiplied by output c's 4 weights broadcast (vpmaddubsw, then vpmaddwd by ones).
+// A kernel row of kw ≤ 4 taps is one quad, of 5 to 8 two (the taps past kw weigh 0). 8 outputs
+// are 8 accumulators; their epilogue is the GEMM's per lane, and a byte transpose writes the
+// 8 pixels' 8 channels. The integer sums are the GEMM's (padding taps read the zero point, as
+// im2row writes it), so the outputs are identical.
+
+#define C1_IMAGE_BYTES 32768
+
+/// The padded image's rows and pitch, or 0 for a geometry the kernel does not take.
+static int c1_shape(int height, int width, int kh, int kw, int sh, int sw, int ph, int pw, int *oh, int *ow, int *hp, int *pitch) {
+    if (height <= 0 || width <= 0 || kh <= 0 || kw <= 0 || kw > 8 || sh <= 0 || sw != 1 || ph < 0 || pw < 0) return 0;
+    if (height > C1_IMAGE_BYTES || width > C1_IMAGE_BYTES || kh > C1_IMAGE_BYTES || ph > C1_IMAGE_BYTES || pw > C1_IMAGE_BYTES ||
+        sh > C1_IMAGE_BYTES)
+        return 0;  // far from int overflow below; such an image cannot fit the buffer anyway
+    int rows = height + 2 * ph, cols = width + 2 * pw;
+    if (kh > rows || kw > cols) return 0;
+    int w = cols - kw + 1, blocks = (w + 7) / 8;
+    // A window load is 16 bytes from x0 + 4q (x0 ≤ 8·(blocks − 1), q ≤ 1): it ends by 8·blocks + 12.
+    // The pitch also covers the padded row (cols = w + kw − 1 ≤ 8·blocks + 7).
+    int p = 8 * blocks + 20;
+    if ((long long)rows * p > C1_IMAGE_BYTES) return 0;
+    *oh = (rows - kh) / sh + 1;
+    *ow = w;
+    *hp = rows;
+    *pitch = p;
+    return 1;
+}
+
+/// 1 when no pair of taps a vpmaddubsw lane multiplies (kx = 2i, 2i + 1 of one kernel row, a tap
+/// past kw weighing 0) can reach the int16 limits for any UINT8 input.
+static int c1_weights_safe(const int8_t *w, int outputs, int kh, int kw) {
+    for (int o = 0; o < outputs; o++)
+        for (int ky = 0; ky < kh; ky++)
+            for (int kx = 0; kx < kw; kx += 2) {
+                int a = w[((size_t)o * kh + ky) * kw + kx], b = kx + 1 < kw ? w[((size_t)o * kh + ky) * kw + kx + 1] : 0;
+                int pos = (a > 0 ? a : 0) + (b > 0 ? b : 0), neg = (a < 0 ? a : 0) + (b < 0 ? b : 0);
+                if (pos * 255 > 32767 || neg * 255 < -32768) return 0;
+            }
+    return 1;
+}
+
+/// Requantizes 8 outputs' accumulators (8 pixels each) and writes the 8 pixels' 8 channels
+/// (`valid` of them, rows `ldy` bytes apart) — finish_avx2's arithmetic, lane for lane.
+static inline TAVX2 __attribute__((always_inline)) void c1_finish(const __m256i *acc, int o0, const edge_q8_epilogue *ep, uint8_t *y,
+                                                                 int ldy, int valid) {
+    __m256i q[8];
+    for (int c = 0; c < 8; c++) {
+        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc[c], _mm256_set1_epi32(ep->bias[o0 + c]))),
+                                 _mm256_set1_ps(ep->scale[o0 + c]));
+        if (ep->leaky) v = _mm256_blendv_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(ep->alpha)), _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ));
+        q[c] = requantize8_avx2(v, ep);
+    }
+    // Bytes per 128-bit lane: channels 0-3 (b0) or 4-7 (b1) × pixels 0-3 (lane 0) or 4-7 (lane 1),
+    // channel-major; the shuffle makes them pixel-major, the unpacks join the two channel halves.
+    __m256i b0 = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    __m256i b1 = _mm256_packus_epi16(_mm256_packs_epi32(q[4], q[5]), _mm256_packs_epi32(q[6], q[7]));
+    const __m256i t = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7,
+                                       11, 15);
+    b0 = _mm256_shuffle_epi8(b0, t);
+    b1 = _mm256_shuffle_epi8(b1, t);
+    __m256i lo = _mm256_unpacklo_epi32(b0, b1), hi = _mm256_unpackhi_epi32(b0, b1);  // pixels 0,1 | 4,5 and 2,3 | 6,7
+    __m256i p03 = _mm256_permute2x128_si256(lo, hi, 0x20), p47 = _mm256_permute2x128_si256(lo, hi, 0x31);
+    if (ldy == 8 && valid == 8) {
+        _mm256_storeu_si256((__m256i *)y, p03);
+        _mm256_storeu_si256((__m256i *)(y + 32), p47);
+        return;
+    }
+    _Alignas(32) uint8_t px[64];
+    _mm256_store_si256((__m256i *)px, p03);
+    _mm256_store_si256((__m256i *)(px + 32), p47);
+    for (int p = 0; p < valid; p++) memcpy(y + (size_t)p * ldy, px + 8 * p, 8);
+}
+
+static TAVX2 void conv1_avx2(int samples, const uint8_t *x, int height, int width, int kh, int kw, int sh, int ph, int pw, uint8_t pad,
+                             const int32_t *wq, int outputs, const edge_q8_epilogue *ep, uint8_t *y, int oh, int ow, int hp, int pitch) {
+    _Alignas(32) uint8_t img[C1_IMAGE_BYTES];
+    const __m256i ones = _mm256_set1_epi16(1);
+    // Lane j (pixel j of 8): bytes j … j+3 of the 16 loaded (both 128-bit lanes hold the same 16).
+    const __m256i slide = _mm256_setr_epi8(0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6, 4, 5, 6, 7, 5, 6, 7, 8, 6, 7, 8, 9, 7, 8, 9, 10);
+    int quads = kw > 4 ? 2 : 1, groups = outputs / 8;
+    size_t out_sample = (size_t)oh * ow * outputs;
+    memset(img, pad, (size_t)hp * pitch);  // the padding; each sample's rows overwrite only their own bytes
+    for (int n = 0; n < samples; n++) {
+        const uint8_t *xs = x + (size_t)n * height * width;
+        for (int iy = 0; iy < height; iy++) memcpy(img + (size_t)(iy + ph) * pitch + pw, xs + (size_t)iy * width, (size_t)width);
+        uint8_t *ys = y + (size_t)n * out_sample;
+        for (int oy = 0; oy < oh; oy++)
+            for (int x0 = 0; x0 < ow; x0 += 8) {
+                int valid = ow - x0 < 8 ? ow - x0 : 8;
+                for (int g = 0; g < groups; g++) {
+                    __m256i acc[8];
+                    for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_si256();
+                    const int32_t *wg = wq + (size_t)g * kh * quads * 8;
+                    for (int ky = 0; ky < kh; ky++) {
+                        const uint8_t *src = img + (size_t)(oy * sh + ky) * pitch + x0;
+                        for (int q = 0; q < quads; q++) {
+                            __m256i a = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(src + 4 * q))), slide);
+                            const int32_t *wk = wg + (size_t)(ky * quads + q) * 8;
+                            for (int c = 0; c < 8; c++)
+                                acc[c] = _mm256_add_epi32(acc[c], _mm256_madd_epi16(_mm256_maddubs_epi16(a, _mm256_set1_epi32(wk[c])), ones));
+                        }
+                    }
+                    c1_finish(acc, g * 8, ep, ys + ((size_t)oy * ow + x0) * outputs + g * 8, outputs, valid);
+                }
+            }
+    }
+}
 #endif
+
+// ---- the single-channel convolution's entry points (x86-64 only; elsewhere it never applies) ----
+
+int edge_q8_conv1_supported(edge_isa isa, const int8_t *w, int outputs, int height, int width, int kh, int kw, int sh, int sw, int ph,
+                            int pw) {
+#if defined(__x86_64__)
+    int oh, ow, hp, pitch;
+    if (outputs <= 0 || outputs % 8 || outputs > 4096 || !c1_shape(height, width, kh, kw, sh, sw, ph, pw, &oh, &ow, &hp, &pitch)) return 0;
+    // The GEMM's own choice first (AVX2 here, and weights safe in its pairing), then this pairing.
+    if (edge_q8_choose(isa, w, outputs, kh * kw) != EDGE_ISA_AVX2_U8S8 || !edge_isa_supported(EDGE_ISA_AVX2)) return 0;
+    return c1_weights_safe(w, outputs, kh, kw);
+#else
+    (void)isa, (void)w, (void)outputs, (void)height, (void)width, (void)kh, (void)kw, (void)sh, (void)sw, (void)ph, (void)pw;
+    return 0;
+#endif
+}
+
+size_t edge_q8_conv1_packed_bytes(int outputs, int kh, int kw) {
+    if (outputs <= 0 || kh <= 0 || kw <= 0 || kw > 8) return 0;
+    return (size_t)((outputs + 7) / 8) * (size_t)kh * (kw > 4 ? 2 : 1) * 8 * sizeof(int32_t);
+}
+
+void edge_q8_conv1_pack(const int8_t *w, int outputs, int kh, int kw, void *packed) {
+    if (outputs <= 0 || kh <= 0 || kw <= 0 || kw > 8) return;
+    int quads = kw > 4 ? 2 : 1;
+    int8_t *dst = (int8_t *)packed;
+    for (int g = 0; g < (outputs + 7) / 8; g++)
+        for (int ky = 0; ky < kh; ky++)
+            for (int q = 0; q < quads; q++)
+                for (int c = 0; c < 8; c++)
+                    for (int t = 0; t < 4; t++) {
+                        int o = g * 8 + c, kx = 4 * q + t;
+                        *dst++ = (o < outputs && kx < kw) ? w[((size_t)o * kh + ky) * kw + kx] : 0;
+                    }
+}
+
+void edge_q8_conv1(int samples, const uint8_t *x, int height, int width, int kh, int kw, int sh, int ph, int pw, uint8_t pad,
+                   const void *packed, int outputs, const edge_q8_epilogue *ep, uint8_t *y) {
+#if defined(__x86_64__)
+    int oh, ow, hp, pitch;
+    if (samples <= 0 || outputs <= 0 || outputs % 8 || !c1_shape(height, width, kh, kw, sh, 1, ph, pw, &oh, &ow, &hp, &pitch)) return;
+    if (!edge_isa_supported(EDGE_ISA_AVX2)) return;
+    conv1_avx2(samples, x, height, width, kh, kw, sh, ph, pw, pad, (const int32_t *)packed, outputs, ep, y, oh, ow, hp, pitch);
+#else
+    (void)samples, (void)x, (void)height, (void)width, (void)kh, (void)kw, (void)sh, (void)ph, (void)pw, (void)pad, (void)packed,
+        (void)outputs, (void)ep, (void)y;
+#endif
+}
 
 #if defined(__aarch64__)
 #include <arm_neon.h>

@@ -27,6 +27,25 @@ public final class PackedWeightCache: @unchecked Sendable {
         return made
     }
 
+    /// The entry under `key`, or nil when `make` found nothing to pack (a kernel that does not
+    /// apply to this layer); either answer is remembered.
+    public func optionalValue<T: AnyObject>(_ key: String, bytes: (T) -> Int, make: () -> T?) -> T? {
+        lock.lock()
+        defer { lock.unlock() }
+        if let hit = entries[key] {
+            if hit is NSNull { return nil }
+            guard let typed = hit as? T else { preconditionFailure("packed weight cache: \(key) holds a \(type(of: hit)), not a \(T.self)") }
+            return typed
+        }
+        guard let made = make() else {
+            entries[key] = NSNull()
+            return nil
+        }
+        entries[key] = made
+        total += bytes(made)
+        return made
+    }
+
     /// Bytes of every packed weight held, counted once however many plans share them.
     public var bytes: Int {
         lock.lock()
@@ -40,5 +59,10 @@ extension Optional where Wrapped == PackedWeightCache {
     public func value<T: AnyObject>(_ key: @autoclosure () -> String, bytes: (T) -> Int, make: () -> T) -> T {
         guard let cache = self else { return make() }
         return cache.value(key(), bytes: bytes, make: make)
+    }
+
+    public func optionalValue<T: AnyObject>(_ key: @autoclosure () -> String, bytes: (T) -> Int, make: () -> T?) -> T? {
+        guard let cache = self else { return make() }
+        return cache.optionalValue(key(), bytes: bytes, make: make)
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import CKernels
 import Inference
 import ModelFile
@@ -16,6 +17,8 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         case int8Dense(PackedInt8Weights, QuantizedEpilogue, floatOutput: Bool)
         /// Channels last in and out, `chunk` samples per GEMM.
         case int8Conv(PackedInt8Weights, QuantizedEpilogue, Kernels.ConvGeometry, inputZeroPoint: UInt8, floatOutput: Bool, chunk: Int)
+        /// A single-channel image's convolution to UINT8 without im2row rows (see `SingleChannelInt8Conv`).
+        case int8SingleChannelConv(SingleChannelInt8Conv, QuantizedEpilogue, inputZeroPoint: UInt8)
         case int4Dense(PackedInt4Weights, FusedActivation)
         case floatDense(PackedWeights, FusedActivation)
         case floatConv(PackedWeights, Kernels.ConvGeometry, FusedActivation, method: Kernels.ConvMethod)
@@ -72,12 +75,14 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
     private let tapInput: QuantParams?
 
     /// `weights`: packed weights shared with the other plans of the same model (and the fallback's).
+    /// `singleChannelConv: false` runs a single-channel INT8 convolution as im2row + GEMM even
+    /// where `SingleChannelInt8Conv` applies (the two give identical outputs; to compare them).
     public init(model: QuantizedModel, batchCapacity: Int, adaptive: AdaptivePrecision.Mode? = nil,
-                embedding: EmbeddingProjection? = nil, weights: PackedWeightCache? = nil) {
+                embedding: EmbeddingProjection? = nil, weights: PackedWeightCache? = nil, singleChannelConv: Bool = true) {
         precondition(batchCapacity >= 1)
         self.model = model
         self.batchCapacity = batchCapacity
-        let compiled = Self.compile(model, batch: batchCapacity, weights: weights)
+        let compiled = Self.compile(model, batch: batchCapacity, weights: weights, singleChannelConv: singleChannelConv)
         steps = compiled.steps
         if let embedding {
             precondition(embedding.layer == EmbeddingProjection.penultimateLayer(of: model.network)
@@ -155,6 +160,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .dequantize: "dequantize"
             case .int8Dense(_, _, let f): "int8 dense" + (f ? " -> fp32" : "")
             case .int8Conv(_, _, _, _, let f, _): "int8 conv2d" + (f ? " -> fp32" : "")
+            case .int8SingleChannelConv: "int8 conv2d (single channel)"
             case .int4Dense: "int4 dense"
             case .floatDense: "fp32 dense"
             case .floatConv: "fp32 conv2d"
@@ -181,6 +187,8 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             switch step {
             case .int8Dense(let w, _, _), .int8Conv(let w, _, _, _, _, _):
                 if !names.contains(w.kernelName) { names.append(w.kernelName) }
+            case .int8SingleChannelConv(let c, _, _):
+                if !names.contains(c.kernelName) { names.append(c.kernelName) }
             default: break
             }
         }
@@ -202,7 +210,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
     /// As the FP32 plan: activations channels last (HWC) from the first spatial layer on,
     /// convolutions batched over chunks of samples, the first dense layer after them with its
     /// columns re-ordered (an INT4 layer, whose groups follow the file's order, gets CHW back).
-    static func compile(_ model: QuantizedModel, batch: Int, weights: PackedWeightCache? = nil) -> (steps: [Step], weightBytes: Int, tapChannelsLast: (channels: Int, pixels: Int)?) {
+    static func compile(_ model: QuantizedModel, batch: Int, weights: PackedWeightCache? = nil, singleChannelConv: Bool = true) -> (steps: [Step], weightBytes: Int, tapChannelsLast: (channels: Int, pixels: Int)?) {
         let net = model.network, spec = model.spec
         var steps: [Step] = []
         var bytes = 0
@@ -262,7 +270,12 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                     let out = uint8Out.flatMap { spec.activation($0) }
                     let floatOut = out == nil
                     let ep = epilogue(q, bias: layer.bias, input: input, output: out, activation: fused)
-                    if case .conv2d = layer.kind {
+                    if case .conv2d = layer.kind, let g = layer.geometry, !floatOut, singleChannelConv,
+                       let conv = weights.optionalValue("int8.single-channel.\(l)", bytes: { $0.byteCount }, make: { Self.singleChannelConv(q, g) }) {
+                        bytes += conv.byteCount + ep.count * 8
+                        steps.append(.int8SingleChannelConv(conv, ep, inputZeroPoint: UInt8(input.zeroPoint)))
+                        channelsLast = (g.outChannels, g.outH * g.outW)
+                    } else if case .conv2d = layer.kind {
                         let g = layer.geometry!
                         let packed = weights.value("int8.\(l)", bytes: { $0.byteCount }) { q.packed() }
                         bytes += packed.byteCount + ep.count * 8
@@ -357,6 +370,17 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
     }
 
     /// Boundary steps were emitted with count 0; give each the element count of its tensor.
+    /// The single-channel convolution kernel for an INT8 conv layer, where it applies (see
+    /// `SingleChannelInt8Conv`); `EDGE_SINGLE_CHANNEL_CONV=0` keeps im2row + GEMM (to compare).
+    static func singleChannelConv(_ q: Int8ChannelWeights, _ g: Kernels.ConvGeometry) -> SingleChannelInt8Conv? {
+        guard g.channels == 1, q.outputs == g.outChannels, q.inputs == g.kernelH * g.kernelW,
+              ProcessInfo.processInfo.environment["EDGE_SINGLE_CHANNEL_CONV"] != "0" else { return nil }
+        return q.q.withUnsafeBufferPointer {
+            SingleChannelInt8Conv(weight: $0.baseAddress!, outputs: q.outputs, height: g.height, width: g.width, kernelH: g.kernelH,
+                                  kernelW: g.kernelW, strideH: g.strideH, strideW: g.strideW, padH: g.padH, padW: g.padW)
+        }
+    }
+
     static func resolveCounts(_ steps: [Step], _ net: Network) -> [Step] {
         var out: [Step] = []
         var count = net.inputCount
@@ -435,6 +459,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                 w.multiply(rows: batch, u, ldx: w.inputs, epilogue: ep, output: floatOut ? .float(of) : .uint8(ou), ldy: w.outputs)
             case .int8Conv(let w, let ep, let g, let zp, let floatOut, let chunk):
                 int8Conv(u, batch: batch, g, w, ep, zp, chunk: chunk, floatOut ? nil : ou, floatOut ? of : nil)
+            case .int8SingleChannelConv(let c, let ep, let zp): c.run(samples: batch, u, pad: zp, epilogue: ep, output: ou)
             case .int4Dense(let w, let act):
                 w.multiply(rows: batch, f, ldx: w.inputs, of, ldy: w.outputs, activation: act,
                            scratch: workspace.assumingMemoryBound(to: Float.self))

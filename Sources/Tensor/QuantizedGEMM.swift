@@ -57,6 +57,57 @@ public final class PackedInt8Weights: @unchecked Sendable {
     }
 }
 
+/// The INT8 convolution of a single-channel image (a model's first layer on grey images) without
+/// im2row rows: windows read from a padded copy of each image, 8 output pixels at a time (see
+/// `edge_q8_conv1`). Its outputs equal im2row + `PackedInt8Weights.multiply` to the bit. `init`
+/// returns nil where the kernel does not apply: not AVX2 with weights the vpmaddubsw kernel
+/// takes, outputs not a multiple of 8, a kernel wider than 8, a horizontal stride other than 1,
+/// or a padded image over 32 KiB.
+public final class SingleChannelInt8Conv: @unchecked Sendable {
+    public let outputs: Int
+    public let height: Int, width: Int
+    public let kernelH: Int, kernelW: Int
+    public let strideH: Int
+    public let padH: Int, padW: Int
+    private let storage: UnsafeMutableRawPointer
+    public let byteCount: Int
+
+    /// `weight` is `[outputs, kernelH, kernelW]`.
+    public init?(weight: UnsafePointer<Int8>, outputs: Int, height: Int, width: Int, kernelH: Int, kernelW: Int,
+                 strideH: Int, strideW: Int, padH: Int, padW: Int, isa: KernelISA = .auto) {
+        let sizes = [outputs, height, width, kernelH, kernelW, strideH, strideW, padH, padW]
+        guard sizes.allSatisfy({ $0 >= 0 && $0 <= Int(Int32.max) }),
+              edge_q8_conv1_supported((isa == .auto ? KernelISA.best : isa).c, weight, Int32(outputs), Int32(height), Int32(width),
+                                      Int32(kernelH), Int32(kernelW), Int32(strideH), Int32(strideW), Int32(padH), Int32(padW)) == 1
+        else { return nil }
+        self.outputs = outputs
+        self.height = height
+        self.width = width
+        self.kernelH = kernelH
+        self.kernelW = kernelW
+        self.strideH = strideH
+        self.padH = padH
+        self.padW = padW
+        byteCount = edge_q8_conv1_packed_bytes(Int32(outputs), Int32(kernelH), Int32(kernelW))
+        storage = .allocate(byteCount: byteCount, alignment: 64)
+        edge_q8_conv1_pack(weight, Int32(outputs), Int32(kernelH), Int32(kernelW), storage)
+    }
+
+    deinit { storage.deallocate() }
+
+    /// What computes it, named as it is.
+    public var kernelName: String { "avx2 vpmaddubsw (single-channel conv, 8 pixels a vector)" }
+
+    /// `samples` images of `height × width` UINT8 values → `[samples, outH, outW, outputs]` UINT8,
+    /// the padding taps reading `pad` (the input zero point).
+    public func run(samples: Int, _ x: UnsafePointer<UInt8>, pad: UInt8, epilogue: QuantizedEpilogue, output: UnsafeMutablePointer<UInt8>) {
+        epilogue.withC { ep in
+            edge_q8_conv1(Int32(samples), x, Int32(height), Int32(width), Int32(kernelH), Int32(kernelW), Int32(strideH), Int32(padH),
+                          Int32(padW), pad, storage, Int32(outputs), ep, output)
+        }
+    }
+}
+
 public enum QuantizedOutput {
     case uint8(UnsafeMutablePointer<UInt8>)
     case float(UnsafeMutablePointer<Float>)

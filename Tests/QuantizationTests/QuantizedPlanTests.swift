@@ -215,6 +215,30 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         #expect(Quantizer.requantize(net, like: full, rows: data).spec.reduceRange == nil)
     }
 
+    /// A single-channel first convolution with 7-bit weights runs the kernel that reads windows
+    /// from the image (no im2row rows) on AVX2, and every output of the plan equals the plan that
+    /// runs it as im2row + GEMM, bit for bit: 8 and 16 filters, 5x5 and 7x7 kernels, batches of 1
+    /// to 9; a stride of 2 and the 8-bit model are not taken by the kernel and still agree.
+    @Test(arguments: [("cnn:1x12x12-c8k5-m2-f8-3", true), ("cnn:1x9x9-c16k3-c8-f6-4", true), ("cnn:1x10x7-c8k7p3-m2-f5-3", true),
+                      ("cnn:1x9x9-c16k3s2-c8-f6-4", false)])
+    func singleChannelConvEqualsIm2RowAndGEMM(_ arch: String, taken: Bool) throws {
+        let net = try Architecture.build(arch, seed: 11)
+        let data = rows(40, features: net.inputCount, seed: 12, limit: 2)
+        let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .kl)
+        let p = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(net).map { ($0, LayerPrecision.int8) })
+        for reduceRange in [true, false] {
+            let model = Quantizer.build(net, activations: params, precisions: p, method: .kl, calibrationRows: data.count, reduceRange: reduceRange)
+            for batch in [1, 2, 9] {
+                let direct = QuantizedPlan(model: model, batchCapacity: batch), im2row = QuantizedPlan(model: model, batchCapacity: batch, singleChannelConv: false)
+                let expected = taken && reduceRange && [KernelISA.avx2, .avx512].contains(KernelISA.best)
+                #expect(direct.stepNames.contains("int8 conv2d (single channel)") == expected, "\(direct.stepNames)")
+                #expect(!im2row.stepNames.contains("int8 conv2d (single channel)"))
+                #expect(direct.predict(data.features) == im2row.predict(data.features), "\(arch), reduce range \(reduceRange), batch \(batch)")
+                if expected { #expect(direct.memory.weights < im2row.memory.weights && direct.memory.workspace <= im2row.memory.workspace) }
+            }
+        }
+    }
+
     /// An integer-only file (no FP32 weights for its INT8 and INT4 layers) is smaller, loads with
     /// those weights rebuilt as q · scale, keeps an FP32 layer's own weights, and runs the same
     /// integer plan bit for bit.

@@ -104,6 +104,23 @@ typedef struct {
 void edge_q8_gemm(edge_isa isa, int rows, int outputs, int inputs, const uint8_t *x, int ldx, const void *packed,
                   const edge_q8_epilogue *epilogue, uint8_t *y_u8, float *y_f32, int ldy);
 
+/// ---- INT8 convolution of a single-channel image (a model's first layer) ----------------------
+///
+/// The convolution of `samples` single-channel UINT8 images (height × width each) by `outputs`
+/// INT8 filters of kh × kw (w: [outputs][kh][kw]), without im2row rows: windows are read from a
+/// padded copy of each image (padding = `pad`, the input zero point), 8 output pixels at a time,
+/// and the epilogue is edge_q8_gemm's, so y ([samples][oh][ow][outputs], channels last) equals
+/// im2row + edge_q8_gemm's to the bit. AVX2 (vpmaddubsw) only: edge_q8_conv1_supported says
+/// whether it applies (x86-64 with AVX2 where edge_q8_choose picks the vpmaddubsw kernel for
+/// these weights and their pairs here cannot saturate it either; outputs a multiple of 8; kw ≤ 8;
+/// horizontal stride 1; the padded image within 32 KiB); edge_q8_conv1 writes nothing otherwise.
+int edge_q8_conv1_supported(edge_isa isa, const int8_t *w, int outputs, int height, int width, int kh, int kw, int sh, int sw, int ph,
+                            int pw);
+size_t edge_q8_conv1_packed_bytes(int outputs, int kh, int kw);
+void edge_q8_conv1_pack(const int8_t *w, int outputs, int kh, int kw, void *packed);
+void edge_q8_conv1(int samples, const uint8_t *x, int height, int width, int kh, int kw, int sh, int ph, int pw, uint8_t pad,
+                   const void *packed, int outputs, const edge_q8_epilogue *ep, uint8_t *y);
+
 /// ---- INT4 (group-wise) -----------------------------------------------------------------------
 ///
 /// Weights q in [-8, 7] with one FP32 scale per (output, group of `group` inputs), packed by
