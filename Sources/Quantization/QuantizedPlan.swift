@@ -18,7 +18,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         /// Channels last in and out, `chunk` samples per GEMM.
         case int8Conv(PackedInt8Weights, QuantizedEpilogue, Kernels.ConvGeometry, inputZeroPoint: UInt8, floatOutput: Bool, chunk: Int)
         /// A single-channel image's convolution to UINT8 without im2row rows (see `SingleChannelInt8Conv`).
-        case int8SingleChannelConv(SingleChannelInt8Conv, QuantizedEpilogue, inputZeroPoint: UInt8)
+        case int8SingleChannelConv(SingleChannelInt8Conv, QuantizedEpilogue, Kernels.ConvGeometry, inputZeroPoint: UInt8)
         case int4Dense(PackedInt4Weights, FusedActivation)
         case floatDense(PackedWeights, FusedActivation)
         case floatConv(PackedWeights, Kernels.ConvGeometry, FusedActivation, method: Kernels.ConvMethod)
@@ -89,13 +89,13 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                          && embedding.inputCount == model.network.layers[embedding.layer].inputCount, "projection does not fit the network")
             let index = compiled.steps.lastIndex {
                 switch $0 {
-                case .int8Dense, .int8Conv, .int4Dense, .floatDense, .floatConv: true
+                case .int8Dense, .int8Conv, .int8SingleChannelConv, .int4Dense, .floatDense, .floatConv: true
                 default: false
                 }
             }!
             tapStep = index
             switch compiled.steps[index] {
-            case .int8Dense, .int8Conv: tapInput = model.spec.activation(embedding.layer)
+            case .int8Dense, .int8Conv, .int8SingleChannelConv: tapInput = model.spec.activation(embedding.layer)
             default: tapInput = nil
             }
             tap = EmbeddingTap(embedding, batchCapacity: batchCapacity, quantizedInput: tapInput != nil, channelsLast: compiled.tapChannelsLast)
@@ -187,7 +187,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             switch step {
             case .int8Dense(let w, _, _), .int8Conv(let w, _, _, _, _, _):
                 if !names.contains(w.kernelName) { names.append(w.kernelName) }
-            case .int8SingleChannelConv(let c, _, _):
+            case .int8SingleChannelConv(let c, _, _, _):
                 if !names.contains(c.kernelName) { names.append(c.kernelName) }
             default: break
             }
@@ -273,7 +273,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                     if case .conv2d = layer.kind, let g = layer.geometry, !floatOut, singleChannelConv,
                        let conv = weights.optionalValue("int8.single-channel.\(l)", bytes: { $0.byteCount }, make: { Self.singleChannelConv(q, g) }) {
                         bytes += conv.byteCount + ep.count * 8
-                        steps.append(.int8SingleChannelConv(conv, ep, inputZeroPoint: UInt8(input.zeroPoint)))
+                        steps.append(.int8SingleChannelConv(conv, ep, g, inputZeroPoint: UInt8(input.zeroPoint)))
                         channelsLast = (g.outChannels, g.outH * g.outW)
                     } else if case .conv2d = layer.kind {
                         let g = layer.geometry!
@@ -369,7 +369,6 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         return (resolveCounts(steps, net), bytes, tapChannelsLast)
     }
 
-    /// Boundary steps were emitted with count 0; give each the element count of its tensor.
     /// The single-channel convolution kernel for an INT8 conv layer, where it applies (see
     /// `SingleChannelInt8Conv`); `EDGE_SINGLE_CHANNEL_CONV=0` keeps im2row + GEMM (to compare).
     static func singleChannelConv(_ q: Int8ChannelWeights, _ g: Kernels.ConvGeometry) -> SingleChannelInt8Conv? {
@@ -381,6 +380,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         }
     }
 
+    /// Boundary steps were emitted with count 0; give each the element count of its tensor.
     static func resolveCounts(_ steps: [Step], _ net: Network) -> [Step] {
         var out: [Step] = []
         var count = net.inputCount
@@ -393,6 +393,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             switch step {
             case .int8Dense(let w, _, _): count = w.outputs
             case .int8Conv(let w, _, let g, _, _, _): count = w.outputs * g.outH * g.outW
+            case .int8SingleChannelConv(_, _, let g, _): count = g.outChannels * g.outH * g.outW
             case .int4Dense(let w, _): count = w.outputs
             case .floatDense(let w, _): count = w.outputs
             case .floatConv(let w, let g, _, _): count = w.outputs * g.outH * g.outW
@@ -459,7 +460,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                 w.multiply(rows: batch, u, ldx: w.inputs, epilogue: ep, output: floatOut ? .float(of) : .uint8(ou), ldy: w.outputs)
             case .int8Conv(let w, let ep, let g, let zp, let floatOut, let chunk):
                 int8Conv(u, batch: batch, g, w, ep, zp, chunk: chunk, floatOut ? nil : ou, floatOut ? of : nil)
-            case .int8SingleChannelConv(let c, let ep, let zp): c.run(samples: batch, u, pad: zp, epilogue: ep, output: ou)
+            case .int8SingleChannelConv(let c, let ep, _, let zp): c.run(samples: batch, u, pad: zp, epilogue: ep, output: ou)
             case .int4Dense(let w, let act):
                 w.multiply(rows: batch, f, ldx: w.inputs, of, ldy: w.outputs, activation: act,
                            scratch: workspace.assumingMemoryBound(to: Float.self))

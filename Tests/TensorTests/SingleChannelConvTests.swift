@@ -29,6 +29,13 @@ import Testing
         // Five vectors of pixels a row, the last one partial; wide padding.
         Shape(height: 2, width: 40, kh: 2, kw: 5, sh: 1, ph: 0, pw: 2, outputs: 8),
         Shape(height: 9, width: 13, kh: 3, kw: 7, sh: 2, ph: 1, pw: 3, outputs: 32),
+        // Padding wider than the kernel; 7x7.
+        Shape(height: 4, width: 5, kh: 1, kw: 3, sh: 1, ph: 2, pw: 5, outputs: 8),
+        Shape(height: 7, width: 7, kh: 7, kw: 7, sh: 1, ph: 3, pw: 3, outputs: 16),
+        // The largest padded images the buffer takes (1,170 rows of 28 bytes = 32,760 of 32,768):
+        // the last row's 16-byte loads end at the buffer's end; one and two quads a kernel row.
+        Shape(height: 1170, width: 8, kh: 1, kw: 1, sh: 1, ph: 0, pw: 0, outputs: 8),
+        Shape(height: 1170, width: 12, kh: 1, kw: 5, sh: 1, ph: 0, pw: 0, outputs: 8),
     ]
 
     /// Σ x·w over the window, a padding tap reading `zp`, as im2row writes it.
@@ -54,7 +61,8 @@ import Testing
         return acc
     }
 
-    func make(_ w: [Int8], _ s: Shape, sw: Int = 1, isa: KernelISA = .auto) -> SingleChannelInt8Conv? {
+    /// AVX2 named (not .auto), so the suite also runs on a CPU whose best INT8 path is VNNI.
+    func make(_ w: [Int8], _ s: Shape, sw: Int = 1, isa: KernelISA = .avx2) -> SingleChannelInt8Conv? {
         w.withUnsafeBufferPointer {
             SingleChannelInt8Conv(weight: $0.baseAddress!, outputs: s.outputs, height: s.height, width: s.width, kernelH: s.kh,
                                   kernelW: s.kw, strideH: s.sh, strideW: sw, padH: s.ph, padW: s.pw, isa: isa)
@@ -94,12 +102,13 @@ import Testing
         }
     }
 
-    /// The worst case for vpmaddubsw: every pair of taps at ±64 (64 + 64 = 128, 255 · 128 = 32640
+    /// The worst case for vpmaddubsw: pairs of taps at +64 + 64 and −64 − 64 (255 · ±128 = ±32640
     /// fits int16), inputs at 0 and 255.
     @Test func extremeOperandsAreExact() throws {
         let s = Shape(height: 6, width: 12, kh: 3, kw: 6, sh: 1, ph: 1, pw: 2, outputs: 16)
-        let w = (0..<(s.outputs * s.kh * s.kw)).map { i in Int8(i % 3 == 0 ? -64 : 64) }
-        for fill in [UInt8(0), 255] {
+        let n = s.outputs * s.kh * s.kw
+        let patterns: [[Int8]] = [(0..<n).map { i in i % 3 == 0 ? -64 : 64 }, [Int8](repeating: -64, count: n), [Int8](repeating: 64, count: n)]
+        for (w, fill) in patterns.flatMap({ w in [UInt8(0), 255].map { (w, $0) } }) {
             let x = (0..<(s.height * s.width)).map { i in i % 5 == 0 ? 255 - fill : fill }
             let conv = try #require(make(w, s))
             let ep = QuantizedEpilogue(outputs: s.outputs)
@@ -130,6 +139,9 @@ import Testing
         s.height = 200
         s.width = 200  // a padded image over 32 KiB
         #expect(make(w, s) == nil)
+        // One row past the largest image the buffer takes (1,171 rows of 28 bytes = 32,788).
+        #expect(make(w, Shape(height: 1171, width: 8, kh: 1, kw: 1, sh: 1, ph: 0, pw: 0, outputs: 8)) == nil)
+        #expect(make(w, Shape(height: 1170, width: 8, kh: 1, kw: 1, sh: 1, ph: 0, pw: 0, outputs: 8)) != nil)
         // 8-bit weights whose pair can saturate vpmaddubsw: 127 + 127 > 128.
         var strong = [Int8](repeating: 0, count: 8 * 9)
         strong[3] = 127

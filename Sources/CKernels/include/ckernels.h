@@ -113,7 +113,9 @@ void edge_q8_gemm(edge_isa isa, int rows, int outputs, int inputs, const uint8_t
 /// im2row + edge_q8_gemm's to the bit. AVX2 (vpmaddubsw) only: edge_q8_conv1_supported says
 /// whether it applies (x86-64 with AVX2 where edge_q8_choose picks the vpmaddubsw kernel for
 /// these weights and their pairs here cannot saturate it either; outputs a multiple of 8; kw ≤ 8;
-/// horizontal stride 1; the padded image within 32 KiB); edge_q8_conv1 writes nothing otherwise.
+/// horizontal stride 1; the padded image, rows × (8·⌈ow/8⌉ + 20) bytes, within 32 KiB).
+/// edge_q8_conv1 writes nothing for a geometry or CPU that check refuses; it does not re-check the
+/// weights, so pack only weights edge_q8_conv1_supported accepted.
 int edge_q8_conv1_supported(edge_isa isa, const int8_t *w, int outputs, int height, int width, int kh, int kw, int sh, int sw, int ph,
                             int pw);
 size_t edge_q8_conv1_packed_bytes(int outputs, int kh, int kw);
