@@ -428,18 +428,12 @@ final class Learner: @unchecked Sendable {
             update { $0.reason = "\(error)" }
         }
         let end = AgentDatabase.now()
-        update {
-            if let final { $0 = final }
-            $0.state = state
-            $0.phase = nil
-            $0.finished = end
-            $0.seconds = Date().timeIntervalSince(started)
-            $0.cpuSeconds = ContinualLearner.threadCPUSeconds() - cpu0
-        }
-        let done = currentJob!
-        lock.lock()
-        outcomes[state == "finished" ? (done.decision ?? state) : state, default: 0] += 1
-        lock.unlock()
+        var done = final ?? currentJob!
+        done.state = state
+        done.phase = nil
+        done.finished = end
+        done.seconds = Date().timeIntervalSince(started)
+        done.cpuSeconds = ContinualLearner.threadCPUSeconds() - cpu0
         if state != "finished" || done.decision != "accepted" || dryRun {
             // An accepted update recorded its job in its own commit. A failed or cancelled one
             // moves the automatic trigger's count past the labels it saw, so the trigger waits
@@ -457,8 +451,15 @@ final class Learner: @unchecked Sendable {
             logger.warning("update \(state)", metadata: ["job": "\(id)", "reason": "\(done.reason ?? "")"])
         }
         logger.info("update job ended", metadata: ["job": "\(id)", "priority": "\(priority)", "seconds": "\(done.seconds ?? 0)"])
+        // The ended record, its count and "not running" become visible together, after the
+        // record is stored: a client that sees the job ended may start the next one at once.
+        // (Publishing the record first left a gap, seconds long for this SCHED_IDLE thread on a
+        // busy machine, in which a new request got 409 busy and `agentctl learn --wait` took the
+        // ended job for the running one and printed its outcome again.)
         finished.lock()
         lock.lock()
+        if job != nil { job = done }
+        outcomes[state == "finished" ? (done.decision ?? state) : state, default: 0] += 1
         running = false
         lock.unlock()
         finished.broadcast()
