@@ -36,14 +36,16 @@ static size_t panel_bytes(edge_isa isa, int outputs, int inputs) {
 
 /// 1 when no adjacent pair of any output's weights (k = 2i, 2i + 1; the last one alone) can take
 /// a UINT8 input's vpmaddubsw pair sum outside int16.
+static inline int u8s8_pair_safe(int a, int b) {
+    int pos = (a > 0 ? a : 0) + (b > 0 ? b : 0), neg = (a < 0 ? a : 0) + (b < 0 ? b : 0);
+    return pos * 255 <= 32767 && neg * 255 >= -32768;
+}
+
 static int u8s8_safe(const int8_t *w, int outputs, int inputs) {
     for (int o = 0; o < outputs; o++) {
         const int8_t *row = w + (size_t)o * inputs;
-        for (int k = 0; k < inputs; k += 2) {
-            int a = row[k], b = k + 1 < inputs ? row[k + 1] : 0;
-            int pos = (a > 0 ? a : 0) + (b > 0 ? b : 0), neg = (a < 0 ? a : 0) + (b < 0 ? b : 0);
-            if (pos * 255 > 32767 || neg * 255 < -32768) return 0;
-        }
+        for (int k = 0; k < inputs; k += 2)
+            if (!u8s8_pair_safe(row[k], k + 1 < inputs ? row[k + 1] : 0)) return 0;
     }
     return 1;
 }
@@ -337,12 +339,16 @@ static inline TAVX2 __attribute__((always_inline)) __m256i requantize8_avx2(__m2
     return _mm256_min_epi32(_mm256_max_epi32(q, _mm256_set1_epi32(ep->qmin)), _mm256_set1_epi32(ep->qmax));
 }
 
-/// (acc + bias) · scale for 8 outputs from o0, then the leaky slope.
-static inline TAVX2 __attribute__((always_inline)) __m256 dequantize8_avx2(__m256i acc, int o0, const edge_q8_epilogue *ep) {
-    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, _mm256_loadu_si256((const __m256i *)(ep->bias + o0)))),
-                             _mm256_loadu_ps(ep->scale + o0));
+/// (acc + bias) · scale lane by lane, then the leaky slope: every AVX2 epilogue's arithmetic.
+static inline TAVX2 __attribute__((always_inline)) __m256 dequantize_avx2(__m256i acc, __m256i bias, __m256 scale, const edge_q8_epilogue *ep) {
+    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, bias)), scale);
     if (ep->leaky) v = _mm256_blendv_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(ep->alpha)), _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ));
     return v;
+}
+
+/// (acc + bias) · scale for 8 outputs from o0, then the leaky slope.
+static inline TAVX2 __attribute__((always_inline)) __m256 dequantize8_avx2(__m256i acc, int o0, const edge_q8_epilogue *ep) {
+    return dequantize_avx2(acc, _mm256_loadu_si256((const __m256i *)(ep->bias + o0)), _mm256_loadu_ps(ep->scale + o0), ep);
 }
 
 /// The epilogue for NV·8 outputs from NV vectors of 8 INT32 sums (bit-identical to finish_row).
@@ -637,13 +643,8 @@ static int c1_shape(int height, int width, int kh, int kw, int sh, int sw, int p
 /// 1 when no pair of taps a vpmaddubsw lane multiplies (kx = 2i, 2i + 1 of one kernel row, a tap
 /// past kw weighing 0) can reach the int16 limits for any UINT8 input.
 static int c1_weights_safe(const int8_t *w, int outputs, int kh, int kw) {
-    for (int o = 0; o < outputs; o++)
-        for (int ky = 0; ky < kh; ky++)
-            for (int kx = 0; kx < kw; kx += 2) {
-                int a = w[((size_t)o * kh + ky) * kw + kx], b = kx + 1 < kw ? w[((size_t)o * kh + ky) * kw + kx + 1] : 0;
-                int pos = (a > 0 ? a : 0) + (b > 0 ? b : 0), neg = (a < 0 ? a : 0) + (b < 0 ? b : 0);
-                if (pos * 255 > 32767 || neg * 255 < -32768) return 0;
-            }
+    for (int r = 0; r < outputs * kh; r++)  // each kernel row of each output: u8s8_safe's pairs, per row
+        if (!u8s8_safe(w + (size_t)r * kw, 1, kw)) return 0;
     return 1;
 }
 
@@ -652,12 +653,8 @@ static int c1_weights_safe(const int8_t *w, int outputs, int kh, int kw) {
 static inline TAVX2 __attribute__((always_inline)) void c1_finish(const __m256i *acc, int o0, const edge_q8_epilogue *ep, uint8_t *y,
                                                                  int ldy, int valid) {
     __m256i q[8];
-    for (int c = 0; c < 8; c++) {
-        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc[c], _mm256_set1_epi32(ep->bias[o0 + c]))),
-                                 _mm256_set1_ps(ep->scale[o0 + c]));
-        if (ep->leaky) v = _mm256_blendv_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(ep->alpha)), _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ));
-        q[c] = requantize8_avx2(v, ep);
-    }
+    for (int c = 0; c < 8; c++)  // one output a vector: its bias and scale broadcast
+        q[c] = requantize8_avx2(dequantize_avx2(acc[c], _mm256_set1_epi32(ep->bias[o0 + c]), _mm256_set1_ps(ep->scale[o0 + c]), ep), ep);
     // Bytes per 128-bit lane: channels 0-3 (b0) or 4-7 (b1) × pixels 0-3 (lane 0) or 4-7 (lane 1),
     // channel-major; the shuffle makes them pixel-major, the unpacks join the two channel halves.
     __m256i b0 = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));

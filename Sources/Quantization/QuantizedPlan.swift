@@ -271,7 +271,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                     let floatOut = out == nil
                     let ep = epilogue(q, bias: layer.bias, input: input, output: out, activation: fused)
                     if case .conv2d = layer.kind, let g = layer.geometry, !floatOut, singleChannelConv,
-                       let conv = weights.optionalValue("int8.single-channel.\(l)", bytes: { $0.byteCount }, make: { Self.singleChannelConv(q, g) }) {
+                       let conv = weights.optionalValue("int8.single-channel.\(l)", bytes: { $0.byteCount }, make: { Self.makeSingleChannelConv(q, g) }) {
                         bytes += conv.byteCount + ep.count * 8
                         steps.append(.int8SingleChannelConv(conv, ep, g, inputZeroPoint: UInt8(input.zeroPoint)))
                         channelsLast = (g.outChannels, g.outH * g.outW)
@@ -371,7 +371,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
 
     /// The single-channel convolution kernel for an INT8 conv layer, where it applies (see
     /// `SingleChannelInt8Conv`); `EDGE_SINGLE_CHANNEL_CONV=0` keeps im2row + GEMM (to compare).
-    static func singleChannelConv(_ q: Int8ChannelWeights, _ g: Kernels.ConvGeometry) -> SingleChannelInt8Conv? {
+    static func makeSingleChannelConv(_ q: Int8ChannelWeights, _ g: Kernels.ConvGeometry) -> SingleChannelInt8Conv? {
         guard g.channels == 1, q.outputs == g.outChannels, q.inputs == g.kernelH * g.kernelW,
               ProcessInfo.processInfo.environment["EDGE_SINGLE_CHANNEL_CONV"] != "0" else { return nil }
         return q.q.withUnsafeBufferPointer {
