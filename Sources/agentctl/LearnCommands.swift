@@ -84,7 +84,7 @@ struct LearnCommand: ParsableCommand {
                 if json { printJSON(job) } else { Self.describe(job) }
                 return
             }
-            var id = ""
+            var id: String
             do {
                 id = try client.learn(dryRun: dryRun).job
                 if !wait {
@@ -92,21 +92,12 @@ struct LearnCommand: ParsableCommand {
                     return
                 }
             } catch AgentClientError.http(status: 409, _, let message) where wait {
-                // Wait for the job that is running; one that has already ended (an older agentd
-                // could answer busy a moment after showing its job ended) is not this request's:
-                // ask once more rather than print that job's outcome as this one's.
-                var current = try client.learnJob()
-                if let ended = current, ended.state != "running" {
-                    Thread.sleep(forTimeInterval: 0.5)
-                    if let started = try? client.learn(dryRun: dryRun).job { current = nil; id = started } else { current = try client.learnJob() }
-                }
-                if let current {
-                    guard current.state == "running" else { throw ValidationError(message) }
-                    id = current.job
-                    if !json { printError("an update is already running (job \(id)); waiting for it") }
-                } else if id.isEmpty {
-                    throw ValidationError(message)
-                }
+                // Wait for the job that is running. One that has already ended is not this
+                // request's (an agentd before 538d764 could answer busy a moment after showing its
+                // job ended): the busy answer stands rather than that job's outcome as this one's.
+                guard let running = try client.learnJob(), running.state == "running" else { throw ValidationError(message) }
+                id = running.job
+                if !json { printError("an update is already running (job \(id)); waiting for it") }
             }
             let deadline = Date().addingTimeInterval(timeout)
             var shown = ""
