@@ -162,8 +162,11 @@ static inline void gemv_quads(const q8_gemv_fn gemv[4], int outputs, int kq, con
 // ---- AVX-512 VNNI -----------------------------------------------------------------------------
 
 #define TVNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define T512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
 
-static inline TVNNI __attribute__((always_inline)) void finish512(__m512i acc, int o0, int n, const edge_q8_epilogue *ep,
+/// The epilogue of 16 INT32 sums (outputs o0 … o0+15, `n` of them real) on AVX-512, shared by the
+/// VNNI kernel and the 512-bit vpmaddwd one (bit-identical to finish_row).
+static inline T512 __attribute__((always_inline)) void finish512(__m512i acc, int o0, int n, const edge_q8_epilogue *ep,
                                                                   uint8_t *yu, float *yf) {
     __mmask16 mask = n >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
     __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, _mm512_loadu_si512(ep->bias + o0))),
@@ -507,6 +510,125 @@ static TAVX2 void q8_avx2(int rows, int outputs, int inputs, const uint8_t *x, i
     }
 }
 
+// ---- AVX-512 without VNNI: 512-bit vpmaddwd -------------------------------------------------
+// The AVX2 vpmaddwd kernel's weights (int16 k-pairs, packed once) and widened input rows on
+// 512-bit vectors: one k-pair of a whole 16-output panel is one operand, so a row and a k-pair
+// cost one vpmaddwd and one vpaddd for 32 products, where AVX2 spends two of each. A tile is
+// 8 rows × 2 panels, 16 accumulators of the 32 registers; batch 1 runs four panels at once. The
+// sums are the same integers in the same order as every other path, finished by finish512.
+
+#define MR_512 8
+
+/// MR rows × NP panels over kb values (k-pairs) of widened input, the sums kept in accp between blocks.
+static inline T512 __attribute__((always_inline)) void block_512(const int MR, const int NP, int kb, const int16_t *xw,
+                                                                const int16_t *w, size_t pstride, __m512i *accp) {
+    __m512i a[MR_512][2];
+    for (int r = 0; r < MR; r++)
+        for (int p = 0; p < NP; p++) a[r][p] = accp[2 * r + p];
+    for (int k = 0; k < kb; k += 2) {
+        __m512i w0 = _mm512_loadu_si512(w + (size_t)k * PANEL);
+        __m512i w1 = NP == 2 ? _mm512_loadu_si512(w + pstride + (size_t)k * PANEL) : w0;
+        for (int r = 0; r < MR; r++) {
+            int32_t pair;
+            memcpy(&pair, xw + r * XBLOCK + k, 4);
+            __m512i xv = _mm512_set1_epi32(pair);
+            a[r][0] = _mm512_add_epi32(a[r][0], _mm512_madd_epi16(w0, xv));
+            if (NP == 2) a[r][1] = _mm512_add_epi32(a[r][1], _mm512_madd_epi16(w1, xv));
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int p = 0; p < NP; p++) accp[2 * r + p] = a[r][p];
+}
+
+/// MR rows × NP panels (from output o0, `cols` outputs left) over all k, as tile_avx2.
+static inline T512 __attribute__((always_inline)) void tile_512(const int MR, const int NP, int kp, int kin, const uint8_t *x, int ldx,
+                                                               int widened, int16_t *xw, const int16_t *w, size_t pstride, int o0,
+                                                               int cols, const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
+    __m512i acc[2 * MR_512];
+    for (int i = 0; i < 2 * MR; i++) acc[i] = _mm512_setzero_si512();
+    for (int k0 = 0; k0 < kp; k0 += XBLOCK) {
+        int kb = kp - k0 < XBLOCK ? kp - k0 : XBLOCK;
+        if (!widened) widen_rows(MR, x, ldx, k0, kb, kin, xw);
+        block_512(MR, NP, kb, xw, w + (size_t)k0 * PANEL, pstride, acc);
+    }
+    for (int r = 0; r < MR; r++)
+        for (int p = 0; p < NP; p++) {
+            int n = cols - p * PANEL;
+            if (n <= 0) break;
+            finish512(acc[2 * r + p], o0 + p * PANEL, n, ep, yu ? yu + (size_t)r * ldy : 0, yf ? yf + (size_t)r * ldy : 0);
+        }
+}
+
+/// One widened row, NP panels at once.
+static inline T512 __attribute__((always_inline)) void gemv_512(const int NP, int kp, const int16_t *xw, const int16_t *w,
+                                                               size_t pstride, int o0, int cols, const edge_q8_epilogue *ep,
+                                                               uint8_t *yu, float *yf) {
+    __m512i acc[4];
+    for (int p = 0; p < NP; p++) acc[p] = _mm512_setzero_si512();
+    for (int k = 0; k < kp; k += 2) {
+        int32_t pair;
+        memcpy(&pair, xw + k, 4);
+        __m512i xv = _mm512_set1_epi32(pair);
+        for (int p = 0; p < NP; p++)
+            acc[p] = _mm512_add_epi32(acc[p], _mm512_madd_epi16(_mm512_loadu_si512(w + p * pstride + (size_t)k * PANEL), xv));
+    }
+    for (int p = 0; p < NP; p++) {
+        int n = cols - p * PANEL;
+        if (n <= 0) break;
+        finish512(acc[p], o0 + p * PANEL, n, ep, yu, yf);
+    }
+}
+
+#define WTILE(MR, NP) \
+    static T512 void wtile_##MR##_##NP(int kp, int kin, const uint8_t *x, int ldx, int widened, int16_t *xw, const int16_t *w, \
+                                       size_t ps, int o0, int cols, const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) { \
+        tile_512(MR, NP, kp, kin, x, ldx, widened, xw, w, ps, o0, cols, ep, yu, yf, ldy); \
+    }
+WTILE(1, 1) WTILE(2, 1) WTILE(3, 1) WTILE(4, 1) WTILE(5, 1) WTILE(6, 1) WTILE(7, 1) WTILE(8, 1)
+WTILE(1, 2) WTILE(2, 2) WTILE(3, 2) WTILE(4, 2) WTILE(5, 2) WTILE(6, 2) WTILE(7, 2) WTILE(8, 2)
+typedef void (*wtile_fn)(int, int, const uint8_t *, int, int, int16_t *, const int16_t *, size_t, int, int, const edge_q8_epilogue *,
+                         uint8_t *, float *, int);
+
+#define WGEMV(NP) \
+    static T512 void wgemv_##NP(int kp, const int16_t *xw, const int16_t *w, size_t ps, int o0, int cols, \
+                                const edge_q8_epilogue *ep, uint8_t *yu, float *yf) { \
+        gemv_512(NP, kp, xw, w, ps, o0, cols, ep, yu, yf); \
+    }
+WGEMV(1) WGEMV(2) WGEMV(3) WGEMV(4)
+typedef void (*wgemv_fn)(int, const int16_t *, const int16_t *, size_t, int, int, const edge_q8_epilogue *, uint8_t *, float *);
+
+static T512 void q8_avx512(int rows, int outputs, int inputs, const uint8_t *x, int ldx, const void *packed,
+                           const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
+    static const wtile_fn tiles[2][MR_512] = {
+        {wtile_1_1, wtile_2_1, wtile_3_1, wtile_4_1, wtile_5_1, wtile_6_1, wtile_7_1, wtile_8_1},
+        {wtile_1_2, wtile_2_2, wtile_3_2, wtile_4_2, wtile_5_2, wtile_6_2, wtile_7_2, wtile_8_2},
+    };
+    int panels = (outputs + PANEL - 1) / PANEL, kp = ROUND4(inputs);
+    size_t ps = (size_t)kp * PANEL;  // int16 per panel
+    const int16_t *w = (const int16_t *)packed;
+    _Alignas(64) int16_t xw[MR_512 * XBLOCK];
+    int fits = kp <= XBLOCK;
+    if (rows == 1 && fits) {
+        static const wgemv_fn gemv[4] = {wgemv_1, wgemv_2, wgemv_3, wgemv_4};
+        widen_rows(1, x, ldx, 0, kp, inputs, xw);
+        for (int p = 0; p < panels; p += 4) {
+            int np = panels - p < 4 ? panels - p : 4;
+            gemv[np - 1](kp, xw, w + p * ps, ps, p * PANEL, outputs - p * PANEL, ep, yu, yf);
+        }
+        return;
+    }
+    for (int m = 0; m < rows; m += MR_512) {
+        int mr = rows - m < MR_512 ? rows - m : MR_512;
+        const uint8_t *xm = x + (size_t)m * ldx;
+        if (fits) widen_rows(mr, xm, ldx, 0, kp, inputs, xw);  // once for every panel
+        for (int p = 0; p < panels; p += 2) {
+            int np = panels - p >= 2 ? 2 : 1;
+            tiles[np - 1][mr - 1](kp, inputs, xm, ldx, fits, xw, w + p * ps, ps, p * PANEL, outputs - p * PANEL, ep,
+                                  yu ? yu + (size_t)m * ldy : 0, yf ? yf + (size_t)m * ldy : 0, ldy);
+        }
+    }
+}
+
 // ---- AVX2 vpmaddubsw, for weights that cannot saturate it ---------------------------------
 // edge_q8_choose picks this kernel only when every pair sum x0·w0 + x1·w1 fits int16 for any
 // UINT8 x, so vpmaddubsw (32 u8·s8 products summed in pairs) is exact; vpmaddwd by ones then sums
@@ -802,8 +924,7 @@ void edge_q8_gemm(edge_isa isa, int rows, int outputs, int inputs, const uint8_t
     switch (isa) {
 #if defined(__x86_64__)
     case EDGE_ISA_AVX512VNNI: q8_vnni(rows, outputs, inputs, x, ldx, packed, ep, yu, yf, ldy); return;
-    // AVX-512 without VNNI runs the 256-bit vpmaddwd kernel (no 512-bit one yet): edge_q8_kernel_name says so.
-    case EDGE_ISA_AVX512:
+    case EDGE_ISA_AVX512: q8_avx512(rows, outputs, inputs, x, ldx, packed, ep, yu, yf, ldy); return;
     case EDGE_ISA_AVX2: q8_avx2(rows, outputs, inputs, x, ldx, packed, ep, yu, yf, ldy); return;
     case EDGE_ISA_AVX2_U8S8: q8_u8s8(rows, outputs, inputs, x, ldx, packed, ep, yu, yf, ldy); return;
 #endif
@@ -819,7 +940,7 @@ const char *edge_q8_kernel_name(edge_isa isa) {
     switch (isa) {
 #if defined(__x86_64__)
     case EDGE_ISA_AVX512VNNI: return "avx512-vnni vpdpbusd";
-    case EDGE_ISA_AVX512: return "avx2 vpmaddwd (on an avx512 cpu without vnni)";
+    case EDGE_ISA_AVX512: return "avx512 vpmaddwd";
     case EDGE_ISA_AVX2: return "avx2 vpmaddwd";
     case EDGE_ISA_AVX2_U8S8: return "avx2 vpmaddubsw (weights that cannot saturate it)";
 #endif

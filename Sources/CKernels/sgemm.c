@@ -84,11 +84,14 @@ size_t edge_q4_packed_bytes(int outputs, int inputs, int group) {
 
 /// The portable path widens a panel to FP32 (16 floats an input); the AVX2 path holds a panel
 /// as int16 (8 floats' worth an input) and Q4_ROWS rows quantized to int16 (32 an input) plus
-/// their scales; the larger, 32-byte aligned.
+/// their scales; the VNNI path two panels as INT8 quads and Q4_ROWS rows as UINT8 over at most
+/// 2·inputs quad-padded values (48 floats' worth an input) plus 160 floats of row scales, zero
+/// points and column sums. The largest.
 size_t edge_q4_scratch_floats(int inputs) {
     size_t k = (size_t)(inputs > 0 ? inputs : 0);
-    size_t integer = k * PANEL / 2 + k * 64 / 2 + 64;
-    return integer > k * PANEL ? integer : k * PANEL;
+    size_t avx2 = k * PANEL / 2 + k * 64 / 2 + 64, vnni = k * 48 + 160, portable = k * PANEL;
+    size_t most = avx2 > vnni ? avx2 : vnni;
+    return most > portable ? most : portable;
 }
 
 void edge_q4_pack(const int8_t *q, const float *scales, const float *bias, int outputs, int inputs, int group, void *packed) {
@@ -570,12 +573,212 @@ static T256 void q4_gemm_avx2(int rows, int outputs, int inputs, int group, cons
         }
     }
 }
+
+// ---- INT4 on AVX-512 VNNI: integer arithmetic (W4A8) ------------------------------------------
+//
+// vpdpbusd multiplies UINT8 by INT8 four at a time, 64 products an instruction: with the weights
+// as INT8 (−8…7) and the activations as UINT8, INT4 runs at the INT8 kernel's rate. A block of up
+// to Q4_ROWS rows is quantized once per call to UINT8, asymmetric per row over a range that holds
+// 0 (scale s = (hi − lo)/255, zero point z = round(−lo/s), as ONNX Runtime's dynamic
+// quantization); each panel's nibbles are unpacked into `scratch` as INT8 k-quads. A group is
+// padded to whole quads (a group of 2, 6, … gets zero weights), so per group the sums are exact
+// INT32, then converted and multiplied by the group's 16 scales into FP32 accumulators. The zero
+// point comes off at the end: Σ_g sc_g·Σ_k (u_k − z)·q_k = F − z·C with C = Σ_g sc_g·Σ_k q_k,
+// computed while unpacking. y = (F − z·C)·s + bias, then the activation. A row with a non-finite
+// value has s = NaN: its outputs are NaN (before the activation). 8-bit activations add an error
+// of about s/2 per input (a value at the end of the range, clamped to 255, up to s), against the
+// INT4 weights' step of a sixteenth of their range. EDGE_ISA=avx512 (no VNNI) runs W4A16.
+
+#define TQ4V __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define Q4V_MR 6
+
+/// The quad-padded length of the inputs: each group (the last may be short) rounded up to 4.
+static int q4v_padded(int inputs, int group) {
+    int full = inputs / group, rest = inputs - full * group;
+    return full * ((group + 3) & ~3) + ((rest + 3) & ~3);
+}
+
+/// Rows [0, mb) quantized to UINT8 in the padded layout (rows kp apart, padding 0), with each
+/// row's scale s (NaN for a non-finite row, 0 for a row of zeros) and zero point z as a float.
+static TQ4V void q4v_quantize_rows(int mb, int inputs, int group, int kp, const float *x, int ldx, uint8_t *xq, float *rs, float *rz) {
+    __m512 fmax = _mm512_set1_ps(3.4028235e38f);
+    for (int r = 0; r < mb; r++) {
+        const float *xr = x + (size_t)r * ldx;
+        __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+        __mmask16 bad = 0;
+        for (int k = 0; k < inputs; k += 16) {
+            __mmask16 m = inputs - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (inputs - k)) - 1);
+            __m512 v = _mm512_maskz_loadu_ps(m, xr + k);
+            lo = _mm512_min_ps(lo, v);
+            hi = _mm512_max_ps(hi, v);
+            bad |= _mm512_mask_cmp_ps_mask(m, _mm512_abs_ps(v), fmax, _CMP_NLE_UQ);  // NaN or infinity
+        }
+        float l = _mm512_reduce_min_ps(lo), h = _mm512_reduce_max_ps(hi);
+        uint8_t *q = xq + (size_t)r * kp;
+        if (bad || h == l) {  // h == l: a row of zeros (the range holds 0)
+            memset(q, 0, (size_t)kp);
+            rs[r] = bad ? __builtin_nanf("") : 0.0f;
+            rz[r] = 0.0f;
+            continue;
+        }
+        // Below 2^-100, 255 / (h − l) would overflow: such a row is scaled up by 2^64 first (exact).
+        float pre = h - l < 0x1p-100f ? 0x1p64f : 1.0f;
+        float step = h * pre / 255.0f - l * pre / 255.0f;  // two quotients: h − l itself may overflow
+        float inv = 1.0f / step;
+        float z = nearbyintf(-l * pre * inv);
+        z = z < 0 ? 0 : (z > 255 ? 255 : z);
+        rs[r] = step / pre;
+        rz[r] = z;
+        __m512 vi = _mm512_set1_ps(inv), vp = _mm512_set1_ps(pre), vz = _mm512_set1_ps(z);
+        __m512 v0 = _mm512_setzero_ps(), v255 = _mm512_set1_ps(255.0f);
+        int o = 0;
+        for (int k0 = 0; k0 < inputs; k0 += group) {
+            int len = inputs - k0 < group ? inputs - k0 : group, padded = (len + 3) & ~3;
+            for (int k = 0; k < padded; k += 16) {
+                int n = padded - k < 16 ? padded - k : 16, real = len - k;
+                __mmask16 store = (__mmask16)((1u << n) - 1);
+                __mmask16 load = real >= 16 ? (__mmask16)0xFFFF : (real > 0 ? (__mmask16)((1u << real) - 1) : 0);
+                __m512 v = _mm512_maskz_loadu_ps(load, xr + k0 + k);
+                // round half to even (MXCSR), + z, clamped; padding lanes are 0.
+                v = _mm512_add_ps(_mm512_roundscale_ps(_mm512_mul_ps(_mm512_mul_ps(v, vp), vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vz);
+                v = _mm512_maskz_mov_ps(load, _mm512_min_ps(_mm512_max_ps(v, v0), v255));
+                _mm_mask_storeu_epi8(q + o + k, store, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+            }
+            o += padded;
+        }
+    }
+}
+
+/// One panel's nibbles as INT8 k-quads in the padded layout ([quad][16 outputs][4]), and
+/// C[j] = Σ_g sc_g[j]·Σ_k q_jk (FP32, fused multiply-adds in group order).
+static TQ4V void q4v_unpack_panel(const uint8_t *nib, const float *sc, int inputs, int group, int8_t *dst, float *csum) {
+    const __m128i mask = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+    __m512 c = _mm512_setzero_ps();
+    for (int k0 = 0, g = 0; k0 < inputs; k0 += group, g++) {
+        int len = inputs - k0 < group ? inputs - k0 : group;
+        __m256i gs = _mm256_setzero_si256();  // 16 int16 column sums of this group (|sum| ≤ 2048)
+        for (int k = 0; k < len; k += 4) {
+            __m128i v[4];
+            for (int t = 0; t < 4; t++) {
+                if (k + t < len) {
+                    __m128i b = _mm_loadl_epi64((const __m128i *)(nib + (size_t)(k0 + k + t) * Q4_NIBBLE_BYTES));
+                    v[t] = _mm_sub_epi8(_mm_unpacklo_epi8(_mm_and_si128(b, mask), _mm_and_si128(_mm_srli_epi16(b, 4), mask)), eight);
+                    gs = _mm256_add_epi16(gs, _mm256_cvtepi8_epi16(v[t]));
+                } else {
+                    v[t] = _mm_setzero_si128();
+                }
+            }
+            // 16 outputs × 4 k: output j's four weights adjacent.
+            __m128i a = _mm_unpacklo_epi8(v[0], v[1]), b = _mm_unpackhi_epi8(v[0], v[1]);
+            __m128i cc = _mm_unpacklo_epi8(v[2], v[3]), d = _mm_unpackhi_epi8(v[2], v[3]);
+            _mm_storeu_si128((__m128i *)(dst + 0), _mm_unpacklo_epi16(a, cc));
+            _mm_storeu_si128((__m128i *)(dst + 16), _mm_unpackhi_epi16(a, cc));
+            _mm_storeu_si128((__m128i *)(dst + 32), _mm_unpacklo_epi16(b, d));
+            _mm_storeu_si128((__m128i *)(dst + 48), _mm_unpackhi_epi16(b, d));
+            dst += 64;
+        }
+        c = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(gs)), _mm512_loadu_ps(sc + (size_t)g * PANEL), c);
+    }
+    _mm512_storeu_ps(csum, c);
+}
+
+/// MR rows × NP panels (NP·16 outputs from the tile's first) over every group.
+static inline TQ4V __attribute__((always_inline)) void q4v_tile(const int MR, const int NP, int inputs, int group, int kp,
+                                                               const uint8_t *xq, const float *rs, const float *rz,
+                                                               const int8_t *w, size_t wstride, const float *sc, size_t scstride,
+                                                               const float *csum, const float *bias, float *y, int ldy, int cols,
+                                                               edge_activation act, __m512 alpha) {
+    __m512 f[Q4V_MR][2];
+    for (int r = 0; r < MR; r++) f[r][0] = f[r][1] = _mm512_setzero_ps();
+    int qk = 0;  // quads done
+    for (int k0 = 0, g = 0; k0 < inputs; k0 += group, g++) {
+        int len = inputs - k0 < group ? inputs - k0 : group, quads = (len + 3) / 4;
+        __m512i a[Q4V_MR][2];
+        for (int r = 0; r < MR; r++) a[r][0] = a[r][1] = _mm512_setzero_si512();
+        for (int q = qk; q < qk + quads; q++) {
+            __m512i w0 = _mm512_loadu_si512(w + (size_t)q * 64);
+            __m512i w1 = NP > 1 ? _mm512_loadu_si512(w + wstride + (size_t)q * 64) : w0;
+            for (int r = 0; r < MR; r++) {
+                int32_t quad;
+                memcpy(&quad, xq + (size_t)r * kp + (size_t)q * 4, 4);
+                __m512i xv = _mm512_set1_epi32(quad);
+                a[r][0] = _mm512_dpbusd_epi32(a[r][0], xv, w0);
+                if (NP > 1) a[r][1] = _mm512_dpbusd_epi32(a[r][1], xv, w1);
+            }
+        }
+        qk += quads;
+        __m512 s0 = _mm512_loadu_ps(sc + (size_t)g * PANEL);
+        __m512 s1 = NP > 1 ? _mm512_loadu_ps(sc + scstride + (size_t)g * PANEL) : s0;
+        for (int r = 0; r < MR; r++) {
+            f[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[r][0]), s0, f[r][0]);
+            if (NP > 1) f[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[r][1]), s1, f[r][1]);
+        }
+    }
+    for (int p = 0; p < NP; p++) {
+        int n = cols - p * PANEL;
+        if (n <= 0) break;
+        __mmask16 mask = n >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+        __m512 c = _mm512_loadu_ps(csum + p * PANEL), b = _mm512_loadu_ps(bias + p * PANEL);
+        for (int r = 0; r < MR; r++) {
+            __m512 t = _mm512_fnmadd_ps(_mm512_set1_ps(rz[r]), c, f[r][p]);  // F − z·C
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + p * PANEL, mask, act512(_mm512_fmadd_ps(t, _mm512_set1_ps(rs[r]), b), act, alpha));
+        }
+    }
+}
+
+#define Q4VTILE(MR, NP) \
+    static TQ4V void q4v_tile_##MR##_##NP(int K, int G, int kp, const uint8_t *xq, const float *rs, const float *rz, const int8_t *w, \
+                                          size_t ws, const float *sc, size_t ss, const float *cs, const float *b, float *y, int ldy, \
+                                          int cols, edge_activation act, __m512 alpha) { \
+        q4v_tile(MR, NP, K, G, kp, xq, rs, rz, w, ws, sc, ss, cs, b, y, ldy, cols, act, alpha); \
+    }
+Q4VTILE(1, 1) Q4VTILE(2, 1) Q4VTILE(3, 1) Q4VTILE(4, 1) Q4VTILE(5, 1) Q4VTILE(6, 1)
+Q4VTILE(1, 2) Q4VTILE(2, 2) Q4VTILE(3, 2) Q4VTILE(4, 2) Q4VTILE(5, 2) Q4VTILE(6, 2)
+typedef void (*q4v_tile_fn)(int, int, int, const uint8_t *, const float *, const float *, const int8_t *, size_t, const float *,
+                            size_t, const float *, const float *, float *, int, int, edge_activation, __m512);
+
+/// Scratch (bytes): two panels unpacked (2·kp·16), their C (32 floats), Q4_ROWS rows (Q4_ROWS·kp)
+/// and their scales and zero points (2·Q4_ROWS floats); kp ≤ 2·inputs.
+static TQ4V void q4_gemm_vnni(int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
+                              float *y, int ldy, edge_activation act, float alpha, void *scratch) {
+    static const q4v_tile_fn tiles[2][Q4V_MR] = {
+        {q4v_tile_1_1, q4v_tile_2_1, q4v_tile_3_1, q4v_tile_4_1, q4v_tile_5_1, q4v_tile_6_1},
+        {q4v_tile_1_2, q4v_tile_2_2, q4v_tile_3_2, q4v_tile_4_2, q4v_tile_5_2, q4v_tile_6_2},
+    };
+    int panels = (outputs + PANEL - 1) / PANEL, groups = (inputs + group - 1) / group, kp = q4v_padded(inputs, group);
+    const uint8_t *nib = packed;
+    const float *sc = (const float *)(nib + (size_t)panels * inputs * Q4_NIBBLE_BYTES);
+    const float *bias = sc + (size_t)panels * groups * PANEL;
+    float *rs = scratch, *rz = rs + Q4_ROWS, *cs = rz + Q4_ROWS;  // cs: 2 panels' C
+    int8_t *wq = (int8_t *)(cs + 2 * PANEL);                      // 2 panels: kp · 16 bytes each
+    uint8_t *xq = (uint8_t *)(wq + (size_t)2 * kp * PANEL);       // Q4_ROWS rows of kp bytes
+    __m512 av = _mm512_set1_ps(alpha);
+    size_t ws = (size_t)kp * PANEL, ss = (size_t)groups * PANEL;
+    for (int m0 = 0; m0 < rows; m0 += Q4_ROWS) {
+        int mb = rows - m0 < Q4_ROWS ? rows - m0 : Q4_ROWS;
+        q4v_quantize_rows(mb, inputs, group, kp, x + (size_t)m0 * ldx, ldx, xq, rs, rz);
+        for (int p = 0; p < panels; p += 2) {
+            int np = panels - p >= 2 ? 2 : 1;
+            for (int i = 0; i < np; i++)
+                q4v_unpack_panel(nib + (size_t)(p + i) * inputs * Q4_NIBBLE_BYTES, sc + (size_t)(p + i) * ss, inputs, group, wq + i * ws,
+                                 cs + i * PANEL);
+            for (int m = 0; m < mb; m += Q4V_MR) {
+                int mr = mb - m < Q4V_MR ? mb - m : Q4V_MR;
+                tiles[np - 1][mr - 1](inputs, group, kp, xq + (size_t)m * kp, rs + m, rz + m, wq, ws, sc + (size_t)p * ss, ss, cs,
+                                      bias + (size_t)p * PANEL, y + (size_t)(m0 + m) * ldy + (size_t)p * PANEL, ldy,
+                                      outputs - p * PANEL, act, av);
+            }
+        }
+    }
+}
 #endif
 
-/// Whether `isa` runs INT4 on the integer (AVX2) path: the one place the choice is made.
+/// Which INT4 path `isa` runs: 2 the VNNI one (W4A8), 1 the AVX2 one (W4A16), 0 the portable
+/// one (FP32 weight-only). The one place the choice is made.
 static int q4_integer(edge_isa isa) {
 #if defined(__x86_64__)
     if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
+    if (isa == EDGE_ISA_AVX512VNNI && edge_isa_supported(EDGE_ISA_AVX512VNNI)) return 2;
     return isa != EDGE_ISA_PORTABLE && edge_isa_supported(EDGE_ISA_AVX2);
 #else
     (void)isa;
@@ -584,13 +787,21 @@ static int q4_integer(edge_isa isa) {
 }
 
 const char *edge_q4_kernel_name(edge_isa isa) {
-    return q4_integer(isa) ? "avx2 vpmaddwd (w4a16)" : "portable c (fp32 weight-only)";
+    switch (q4_integer(isa)) {
+    case 2: return "avx512-vnni vpdpbusd (w4a8)";
+    case 1: return "avx2 vpmaddwd (w4a16)";
+    default: return "portable c (fp32 weight-only)";
+    }
 }
 
 void edge_q4_gemm(edge_isa isa, int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
                   float *y, int ldy, edge_activation act, float alpha, float *scratch) {
     if (rows <= 0 || outputs <= 0) return;
 #if defined(__x86_64__)
+    if (q4_integer(isa) == 2) {
+        q4_gemm_vnni(rows, outputs, inputs, group, x, ldx, packed, y, ldy, act, alpha, scratch);
+        return;
+    }
     if (q4_integer(isa)) {
         q4_gemm_avx2(rows, outputs, inputs, group, x, ldx, packed, y, ldy, act, alpha, scratch);
         return;

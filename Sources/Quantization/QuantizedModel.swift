@@ -11,7 +11,7 @@ public final class QuantizedModel: @unchecked Sendable {
     public let int8: [Int: Int8ChannelWeights]
     public let int4: [Int: Int4GroupWeights]
 
-    /// Inputs of an INT4 layer at most (its kernel's scratch is 160 bytes an input: 10 MiB here).
+    /// Inputs of an INT4 layer at most (its kernel's scratch is at most 192 bytes an input: 12 MiB here).
     public static let maxInt4Inputs = 1 << 16
 
     public init(network: Network, spec: QuantizationSpec, int8: [Int: Int8ChannelWeights], int4: [Int: Int4GroupWeights]) {
@@ -74,7 +74,7 @@ public final class QuantizedModel: @unchecked Sendable {
                 guard let group = entry.group, [32, 64, 128].contains(group), inputs % 2 == 0 else {
                     throw fail(at, "INT4 needs a group of 32, 64 or 128 and an even input count")
                 }
-                // The kernel widens one 16-output panel of all inputs into per-plan scratch (160 bytes an input).
+                // The kernel widens one 16-output panel of all inputs into per-plan scratch (at most 192 bytes an input).
                 guard inputs <= Self.maxInt4Inputs else {
                     throw fail(at, "INT4 takes at most \(Self.maxInt4Inputs) inputs (this layer has \(inputs)); keep it INT8")
                 }

@@ -161,8 +161,9 @@ public final class QuantizedEpilogue: @unchecked Sendable {
 }
 
 /// INT4 dense: group-wise INT4 weights packed in 16-output panels (half a byte a weight) and
-/// widened a panel at a time in the kernel. On AVX2 the arithmetic is integer, with each row
-/// quantized to int16 (W4A16, see `edge_q4_gemm`); on the portable path it is FP32 (weight-only).
+/// widened a panel at a time in the kernel. On AVX-512 VNNI the arithmetic is integer with each
+/// row quantized to UINT8 (W4A8), on AVX2 with each row quantized to int16 (W4A16, see
+/// `edge_q4_gemm`); on the portable path it is FP32 (weight-only).
 /// `KernelISA.int4Kernel` names which.
 public final class PackedInt4Weights: @unchecked Sendable {
     public let outputs: Int
@@ -198,8 +199,8 @@ public final class PackedInt4Weights: @unchecked Sendable {
 
     deinit { storage.deallocate() }
 
-    /// Floats of per-thread scratch `multiply` needs: one panel's weights widened, and on the
-    /// integer path 64 rows quantized to int16 (160 bytes an input in all).
+    /// Floats of per-thread scratch `multiply` needs: one panel's weights widened (two on VNNI),
+    /// and on the integer paths 64 rows quantized (192 bytes an input at most, for any path).
     public var scratchFloats: Int { edge_q4_scratch_floats(Int32(inputs)) }
 
     /// `scratch`: `scratchFloats` floats owned by the calling thread (these weights are shared

@@ -222,7 +222,10 @@ import Testing
         }
     }
 
-    static var integerInt4: Bool { KernelISA.best.int4Kernel.contains("w4a16") }
+    /// The integer INT4 paths: W4A16 on AVX2 (forced on a VNNI CPU too), W4A8 on AVX-512 VNNI.
+    static var integerInt4: Bool { KernelISA.avx2.isSupported }
+    static var vnniInt4: Bool { KernelISA.avx512vnni.isSupported }
+    static var integerInt4Paths: [KernelISA] { [KernelISA.avx2, .avx512vnni].filter(\.isSupported) }
 
     /// Runs `w` on rows `ldx` apart into rows `ldy` apart, with scratch followed by a guard region
     /// that must stay untouched.
@@ -253,7 +256,8 @@ import Testing
         let scales = (0..<(outputs * groups)).map { _ in rng.nextUnitFloat() }
         // Odd outputs without a bias: beside a bias of ~0.5 a row at 2^-120 would vanish in the sum.
         let bias = (0..<outputs).map { o in o % 2 == 1 ? 0 : rng.nextFloat(limit: 1) }
-        let w = PackedInt4Weights(q: q, scales: scales, bias: bias, outputs: outputs, inputs: inputs, group: group, isa: .auto)
+        let w = PackedInt4Weights(q: q, scales: scales, bias: bias, outputs: outputs, inputs: inputs, group: group, isa: .avx2)
+        #expect(w.isa.int4Kernel.contains("w4a16"))
         var x = (0..<(rows * ldx)).map { _ in rng.nextFloat(limit: 1) }
         let magnitudes: [Float] = [1, 2, 64, 0x1p-120, 0x1p-60, 0.5, 8]
         for r in 0..<rows { for k in 0..<ldx { x[r * ldx + k] *= magnitudes[r % magnitudes.count] } }
@@ -289,14 +293,75 @@ import Testing
         }
     }
 
+    /// The VNNI path (W4A8) equals its definition bit for bit: each row quantized to UINT8 over a
+    /// range that holds 0 (step hi·pre/255 − lo·pre/255, zero point round(−lo·pre/step), values
+    /// round(x·pre/step) + z clamped, round half to even; pre = 2^64 below a range of 2^-100),
+    /// exact INT32 sums per group (groups of 2, 6, 10 padded to quads), the group scales applied in
+    /// FP32 with fused multiply-adds in group order, the zero point taken off as z·C with
+    /// C = Σ_g scale_g·Σ_k q, then the row's step and the bias, then the activation. And it stays
+    /// within half a step per input of the FP32 product.
+    @Test(.enabled(if: vnniInt4), arguments: int4Shapes + [(7, 48, 30, 6), (65, 33, 70, 10), (1, 256, 64, 32)])
+    func int4VNNIPathIsItsDefinition(_ shape: (Int, Int, Int, Int)) {
+        var rng = SeededGenerator(seed: 46)
+        let (rows, outputs, inputs, group) = shape
+        let groups = (inputs + group - 1) / group, ldx = inputs + 3, ldy = outputs + 2
+        let q = (0..<(outputs * inputs)).map { _ in Int8(Int(rng.next() % 16) - 8) }
+        let scales = (0..<(outputs * groups)).map { _ in rng.nextUnitFloat() }
+        let bias = (0..<outputs).map { o in o % 2 == 1 ? 0 : rng.nextFloat(limit: 1) }
+        let w = PackedInt4Weights(q: q, scales: scales, bias: bias, outputs: outputs, inputs: inputs, group: group, isa: .avx512vnni)
+        #expect(w.isa.int4Kernel.contains("w4a8"))
+        var x = (0..<(rows * ldx)).map { _ in rng.nextFloat(limit: 1) }
+        // Scaled rows, a row of positives only (zero point 0) and one of negatives only (255).
+        let magnitudes: [Float] = [1, 2, 64, 0x1p-120, 0x1p-60, 0.5, 8]
+        for r in 0..<rows { for k in 0..<ldx { x[r * ldx + k] *= magnitudes[r % magnitudes.count] } }
+        if rows > 2 { for k in 0..<ldx { x[ldx + k] = abs(x[ldx + k]); x[2 * ldx + k] = -abs(x[2 * ldx + k]) } }
+        for (activation, apply) in [(FusedActivation.none, { (v: Float) in v }), (.relu6, { min(max($0, 0), 6) }),
+                                    (.leaky(0.1), { $0 < 0 ? $0 * 0.1 : $0 })] {
+            let y = runInt4(w, x, rows: rows, ldx: ldx, ldy: ldy, activation: activation)
+            var mismatches = 0
+            for r in 0..<rows {
+                let row = Array(x[(r * ldx)..<(r * ldx + inputs)])
+                let lo = min(row.min()!, 0), hi = max(row.max()!, 0)
+                var u = [Int](repeating: 0, count: inputs), step: Float = 0, z: Float = 0
+                if hi != lo {
+                    let pre: Float = hi - lo < 0x1p-100 ? 0x1p64 : 1
+                    let s = hi * pre / 255 - lo * pre / 255, inv = 1 / s
+                    z = min(max((-lo * pre * inv).rounded(.toNearestOrEven), 0), 255)
+                    u = row.map { Int(min(max(($0 * pre * inv).rounded(.toNearestOrEven) + z, 0), 255)) }
+                    step = s / pre
+                }
+                for o in 0..<outputs {
+                    var f: Float = 0, c: Float = 0, bound = 0.0, exact = Double(bias[o])
+                    for g in 0..<groups {
+                        var acc = 0, qsum = 0
+                        for k in (g * group)..<min((g + 1) * group, inputs) {
+                            acc += u[k] * Int(q[o * inputs + k])
+                            qsum += Int(q[o * inputs + k])
+                            let wk = Double(q[o * inputs + k]) * Double(scales[o * groups + g])
+                            exact += Double(row[k]) * wk
+                            bound += abs(wk) * Double(step) / 2
+                        }
+                        f = f.addingProduct(Float(acc), scales[o * groups + g])
+                        c = c.addingProduct(Float(qsum), scales[o * groups + g])
+                    }
+                    let expected = apply(bias[o].addingProduct(f.addingProduct(-z, c), step))
+                    if y[r * ldy + o] != expected { mismatches += 1 }
+                    let exactOut = Double(apply(Float(exact)))
+                    #expect(abs(Double(y[r * ldy + o]) - exactOut) <= bound + 1e-4 * (1 + abs(exactOut)), "\(shape) row \(r) output \(o)")
+                }
+            }
+            #expect(mismatches == 0, "\(shape) \(activation): \(mismatches) outputs differ from the definition")
+        }
+    }
+
     /// A row of zeros gives the bias; a row with NaN or an infinity, in the vector part or the
     /// scalar tail, gives NaN (before the activation) on the integer path, and its neighbours
     /// are untouched by it.
-    @Test(.enabled(if: integerInt4)) func int4RowsOfZerosAndNonFiniteValues() {
+    @Test(arguments: integerInt4Paths) func int4RowsOfZerosAndNonFiniteValues(isa: KernelISA) {
         let outputs = 3, inputs = 20
         let q = (0..<(outputs * inputs)).map { Int8($0 % 16 - 8) }
         let w = PackedInt4Weights(q: q, scales: [Float](repeating: 0.5, count: outputs), bias: [1, 2, 3], outputs: outputs, inputs: inputs,
-                                  group: 20, isa: .auto)
+                                  group: 20, isa: isa)
         let bad: [(row: Int, column: Int, value: Float)] = [(1, 17, .nan), (3, 3, .infinity), (4, 19, -.infinity), (5, 5, .nan),
                                                             (6, 9, -.nan)]
         var x = [Float](repeating: 1, count: 8 * inputs)

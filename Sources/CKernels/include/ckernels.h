@@ -132,14 +132,19 @@ void edge_q8_conv1(int samples, const uint8_t *x, int height, int width, int kh,
 /// On AVX2 the arithmetic is integer (W4A16): each row is quantized to int16, symmetric with
 /// scale max|x[m]| / 32767 (round half to even), each panel widened to int16, and vpmaddwd sums a
 /// group in INT32 before its scales are applied in FP32; a row holding an infinity or NaN gives
-/// NaN before the activation. The portable path is weight-only: FP32 activations and arithmetic
-/// on INT4 storage. Either way a call widens one panel at a time into `scratch`
+/// NaN before the activation. On AVX-512 VNNI (W4A8) each row is quantized to UINT8, asymmetric
+/// over a range that holds 0 (step hi·pre/255 − lo·pre/255, zero point round(−lo·pre·(1/step))), each
+/// panel unpacked to INT8 k-quads (groups padded to whole quads with zero weights), vpdpbusd sums
+/// a group in INT32, and y = act((F − z·C)·step + bias) with F the group sums times their scales
+/// and C the scaled column sums. The portable path is weight-only: FP32 activations and arithmetic
+/// on INT4 storage. Every path unpacks panels as it goes into `scratch`
 /// (edge_q4_scratch_floats floats, owned by the calling thread: the packed weights are shared).
 /// `group` is even and at most 256 (so a group's INT32 sums cannot overflow), `inputs` even.
 size_t edge_q4_packed_bytes(int outputs, int inputs, int group);
 size_t edge_q4_scratch_floats(int inputs);
 void edge_q4_pack(const int8_t *q, const float *scales, const float *bias, int outputs, int inputs, int group, void *packed);
-/// "avx2 vpmaddwd (w4a16)" or "portable c (fp32 weight-only)": what edge_q4_gemm runs for `isa`.
+/// "avx512-vnni vpdpbusd (w4a8)", "avx2 vpmaddwd (w4a16)" or "portable c (fp32 weight-only)":
+/// what edge_q4_gemm runs for `isa`.
 const char *edge_q4_kernel_name(edge_isa isa);
 void edge_q4_gemm(edge_isa isa, int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
                   float *y, int ldy, edge_activation act, float alpha, float *scratch);
