@@ -7,6 +7,7 @@
 
 #include "ckernels.h"
 #include "scalar.h"
+#include "vnni.h"
 #include <math.h>
 #include <string.h>
 
@@ -161,7 +162,7 @@ static inline void gemv_quads(const q8_gemv_fn gemv[4], int outputs, int kq, con
 
 // ---- AVX-512 VNNI -----------------------------------------------------------------------------
 
-#define TVNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define TVNNI EDGE_TVNNI
 #define T512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
 
 /// The epilogue of 16 INT32 sums (outputs o0 … o0+15, `n` of them real) on AVX-512, shared by the
@@ -186,17 +187,7 @@ static inline TVNNI __attribute__((always_inline)) void tile_vnni(const int MR, 
     __m512i acc[8][2];
     for (int r = 0; r < MR; r++)
         for (int p = 0; p < NP; p++) acc[r][p] = _mm512_setzero_si512();
-    for (int q = 0; q < kq; q++) {
-        __m512i w0 = _mm512_loadu_si512(w + (size_t)q * 64);
-        __m512i w1 = NP > 1 ? _mm512_loadu_si512(w + pstride + (size_t)q * 64) : w0;
-        for (int r = 0; r < MR; r++) {
-            int32_t quad;
-            memcpy(&quad, x + (size_t)r * ldx + (size_t)q * 4, 4);
-            __m512i xv = _mm512_set1_epi32(quad);
-            acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], xv, w0);
-            if (NP > 1) acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], xv, w1);
-        }
-    }
+    edge_vnni_quads(MR, NP, 0, kq, x, (size_t)ldx, w, pstride, acc);
     for (int r = 0; r < MR; r++)
         for (int p = 0; p < NP; p++) {
             int n = cols - p * PANEL;

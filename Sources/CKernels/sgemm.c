@@ -8,6 +8,7 @@
 
 #include "ckernels.h"
 #include "scalar.h"
+#include "vnni.h"
 #include <math.h>
 #include <string.h>
 
@@ -280,6 +281,87 @@ static T512 void sgemm_avx512(int rows, int outputs, int inputs, const float *x,
     }
 }
 
+/// Where output rows m … m+mr−1 of a convolution read: each row's sample and its pixel's taps in
+/// the table (one division a tile, then steps).
+static inline void conv_rows(int mr, size_t m, int pixels, int taps, const int32_t *table, const float *x, size_t sample_stride,
+                             const float **xs, const int32_t **tab) {
+    size_t s = m / pixels, px = m % pixels;
+    for (int r = 0; r < mr; r++) {
+        xs[r] = x + s * sample_stride;
+        tab[r] = table + px * taps;
+        if (++px == (size_t)pixels) { px = 0; s++; }
+    }
+}
+
+/// One MR × (NP·16) tile of a convolution on AVX-512: tile512's sums (from the bias, fused
+/// multiply-adds in k order) with each row's taps read through the indirection table, as ctile256.
+static inline T512 __attribute__((always_inline)) void ctile512(
+    const int MR, const int NP, int taps, int channels, const float *const *xs, const int32_t *const *tab, const float *pad,
+    const float *w, size_t ks, const float *bias, float *y, int ldy, int cols, edge_activation act, __m512 alpha) {
+    __m512 acc[8][2];
+    for (int r = 0; r < MR; r++)
+        for (int p = 0; p < NP; p++) acc[r][p] = _mm512_loadu_ps(bias + p * PANEL);
+    const float *wk = w;
+    for (int t = 0; t < taps; t++) {
+        const float *src[8];
+        for (int r = 0; r < MR; r++) src[r] = tab[r][t] >= 0 ? xs[r] + tab[r][t] : pad;
+        for (int c = 0; c < channels; c++, wk += ks) {
+            __m512 w0 = _mm512_loadu_ps(wk);
+            __m512 w1 = NP > 1 ? _mm512_loadu_ps(wk + PANEL) : w0;
+            for (int r = 0; r < MR; r++) {
+                __m512 xv = _mm512_set1_ps(src[r][c]);
+                acc[r][0] = _mm512_fmadd_ps(xv, w0, acc[r][0]);
+                if (NP > 1) acc[r][1] = _mm512_fmadd_ps(xv, w1, acc[r][1]);
+            }
+        }
+    }
+    for (int p = 0; p < NP; p++) {
+        int n = cols - p * PANEL;
+        if (n <= 0) break;
+        __mmask16 mask = n >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+        for (int r = 0; r < MR; r++)
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + p * PANEL, mask, act512(acc[r][p], act, alpha));
+    }
+}
+
+#define CTILE512(MR, NP) \
+    static T512 void ctile512_##MR##_##NP(int taps, int channels, const float *const *xs, const int32_t *const *tab, \
+                                          const float *pad, const float *w, size_t ks, const float *b, float *y, int ldy, int cols, \
+                                          edge_activation act, __m512 alpha) { \
+        ctile512(MR, NP, taps, channels, xs, tab, pad, w, ks, b, y, ldy, cols, act, alpha); \
+    }
+CTILE512(1, 1) CTILE512(2, 1) CTILE512(3, 1) CTILE512(4, 1) CTILE512(5, 1) CTILE512(6, 1) CTILE512(7, 1) CTILE512(8, 1)
+CTILE512(1, 2) CTILE512(2, 2) CTILE512(3, 2) CTILE512(4, 2) CTILE512(5, 2) CTILE512(6, 2) CTILE512(7, 2) CTILE512(8, 2)
+typedef void (*ctile512_fn)(int, int, const float *const *, const int32_t *const *, const float *, const float *, size_t,
+                            const float *, float *, int, int, edge_activation, __m512);
+
+/// The convolution on AVX-512: sgemm_avx512's panel pairs and 8-row tiles (rows may span samples).
+static T512 void sgemm_conv_avx512(int samples, int pixels, int taps, int channels, const int32_t *table, const float *x,
+                                   size_t sample_stride, const float *pad, const float *packed, int outputs, float *y, int ldy,
+                                   edge_activation act, float alpha) {
+    static const ctile512_fn tiles[2][8] = {
+        {ctile512_1_1, ctile512_2_1, ctile512_3_1, ctile512_4_1, ctile512_5_1, ctile512_6_1, ctile512_7_1, ctile512_8_1},
+        {ctile512_1_2, ctile512_2_2, ctile512_3_2, ctile512_4_2, ctile512_5_2, ctile512_6_2, ctile512_7_2, ctile512_8_2},
+    };
+    int inputs = taps * channels, panels = (outputs + PANEL - 1) / PANEL;
+    const float *bias = packed + (size_t)panels * PANEL * inputs;
+    size_t rows = (size_t)samples * pixels;
+    __m512 av = _mm512_set1_ps(alpha);
+    for (int p = 0; p < panels; p += 2) {
+        int np = panels - p >= 2 ? 2 : 1;  // pairs never straddle a group of four panels
+        size_t ks;
+        const float *w = panel_at(packed, panels, inputs, p, &ks);
+        for (size_t m = 0; m < rows; m += 8) {
+            int mr = rows - m < 8 ? (int)(rows - m) : 8;
+            const float *xs[8];
+            const int32_t *tab[8];
+            conv_rows(mr, m, pixels, taps, table, x, sample_stride, xs, tab);
+            tiles[np - 1][mr - 1](taps, channels, xs, tab, pad, w, ks, bias + p * PANEL, y + m * ldy + p * PANEL, ldy,
+                                  outputs - p * PANEL, act, av);
+        }
+    }
+}
+
 // ---- AVX2 + FMA -------------------------------------------------------------------------------
 
 #define T256 __attribute__((target("avx2,fma")))
@@ -392,11 +474,7 @@ static T256 void sgemm_conv_avx2(int samples, int pixels, int taps, int channels
             int mr = rows - m < S_MR ? (int)(rows - m) : S_MR;
             const float *xs[S_MR];
             const int32_t *tab[S_MR];
-            for (int r = 0; r < mr; r++) {
-                size_t s = (m + r) / pixels, px = (m + r) % pixels;
-                xs[r] = x + s * sample_stride;
-                tab[r] = table + px * taps;
-            }
+            conv_rows(mr, m, pixels, taps, table, x, sample_stride, xs, tab);
             tiles[mr - 1](taps, channels, xs, tab, pad, w, ks, bias + p * PANEL, y + m * ldy + p * PANEL, ldy, outputs - p * PANEL,
                           act, av);
         }
@@ -695,17 +773,7 @@ static inline TQ4V __attribute__((always_inline)) void q4v_tile(const int MR, co
         int len = inputs - k0 < group ? inputs - k0 : group, quads = (len + 3) / 4;
         __m512i a[Q4V_MR][2];
         for (int r = 0; r < MR; r++) a[r][0] = a[r][1] = _mm512_setzero_si512();
-        for (int q = qk; q < qk + quads; q++) {
-            __m512i w0 = _mm512_loadu_si512(w + (size_t)q * 64);
-            __m512i w1 = NP > 1 ? _mm512_loadu_si512(w + wstride + (size_t)q * 64) : w0;
-            for (int r = 0; r < MR; r++) {
-                int32_t quad;
-                memcpy(&quad, xq + (size_t)r * kp + (size_t)q * 4, 4);
-                __m512i xv = _mm512_set1_epi32(quad);
-                a[r][0] = _mm512_dpbusd_epi32(a[r][0], xv, w0);
-                if (NP > 1) a[r][1] = _mm512_dpbusd_epi32(a[r][1], xv, w1);
-            }
-        }
+        edge_vnni_quads(MR, NP, qk, qk + quads, xq, (size_t)kp, w, wstride, a);
         qk += quads;
         __m512 s0 = _mm512_loadu_ps(sc + (size_t)g * PANEL);
         __m512 s1 = NP > 1 ? _mm512_loadu_ps(sc + scstride + (size_t)g * PANEL) : s0;
@@ -858,10 +926,16 @@ static int conv_avx2(edge_isa isa) {
     return isa != EDGE_ISA_PORTABLE && isa != EDGE_ISA_NEONDOT && edge_isa_supported(EDGE_ISA_AVX2);
 }
 
-/// Only where it was measured: AVX2 (an AVX-512 CPU keeps its 8×32 im2row tiles).
+/// Whether `isa` runs the AVX-512 convolution kernel.
+static int conv_avx512(edge_isa isa) {
+    if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
+    return (isa == EDGE_ISA_AVX512 || isa == EDGE_ISA_AVX512VNNI) && edge_isa_supported(EDGE_ISA_AVX512);
+}
+
+/// Where it was measured to beat im2row: AVX2 and AVX-512 with at least 8 channels.
 int edge_sgemm_conv_direct(edge_isa isa, int channels) {
     if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
-    return (isa == EDGE_ISA_AVX2 || isa == EDGE_ISA_AVX2_U8S8) && conv_avx2(isa) && channels >= 8;
+    return (((isa == EDGE_ISA_AVX2 || isa == EDGE_ISA_AVX2_U8S8) && conv_avx2(isa)) || conv_avx512(isa)) && channels >= 8;
 }
 
 void edge_sgemm_conv(edge_isa isa, int samples, int pixels, int taps, int channels, const int32_t *table, const float *x,
@@ -869,6 +943,10 @@ void edge_sgemm_conv(edge_isa isa, int samples, int pixels, int taps, int channe
                      edge_activation act, float alpha) {
     if (samples <= 0 || pixels <= 0 || taps <= 0 || channels <= 0 || outputs <= 0) return;
 #if defined(__x86_64__)
+    if (conv_avx512(isa)) {
+        sgemm_conv_avx512(samples, pixels, taps, channels, table, x, sample_stride, pad, packed, outputs, y, ldy, act, alpha);
+        return;
+    }
     if (conv_avx2(isa)) {
         sgemm_conv_avx2(samples, pixels, taps, channels, table, x, sample_stride, pad, packed, outputs, y, ldy, act, alpha);
         return;

@@ -88,7 +88,7 @@ public final class PackedWeights: @unchecked Sendable {
 
 extension PackedWeights {
     /// Whether `convolve` beats im2row rows + `multiply` here for an input of `channels` channels
-    /// (edge_sgemm_conv_direct: the AVX2 kernel, at least 8 channels).
+    /// (edge_sgemm_conv_direct: the AVX2 or AVX-512 kernel, at least 8 channels).
     public static func convolvesDirectly(channels: Int, isa: KernelISA = .auto) -> Bool {
         edge_sgemm_conv_direct(isa.c, Int32(clamping: channels)) != 0
     }

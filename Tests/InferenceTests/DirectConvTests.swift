@@ -6,12 +6,12 @@ import Testing
 
 /// The FP32 convolution through an indirection table (no im2row rows) against im2row rows through
 /// the packed GEMM: the same sums in the same order, so equal bit for bit, on the path this CPU
-/// picks (the AVX2 kernel on any x86 ISA, also where im2row stays the plan's choice) and on the
-/// portable one; every im2row shape (1 to 64 channels, strides and paddings that
+/// picks (the AVX-512 kernel on an AVX-512 CPU, else the AVX2 one, also where im2row stays the
+/// plan's choice), on the AVX2 kernel forced, and on the portable one; every im2row shape (1 to 64 channels, strides and paddings that
 /// differ per axis, windows wholly in the padding, very wide rows), several samples so a row tile
 /// spans two of them, and output counts with panel tails. Hostile geometries get no table.
 @Suite struct DirectConvTests {
-    @Test(arguments: Im2RowTests.shapes, [KernelISA.auto, .portable])
+    @Test(arguments: Im2RowTests.shapes, [KernelISA.auto, .avx2, .portable].filter(\.isSupported))
     func convolutionThroughTheTableEqualsTheIm2RowGEMM(shape s: Im2RowTests.Shape, isa: KernelISA) throws {
         var rng = SeededGenerator(seed: UInt64(s.channels * 1000 + s.height * 10 + s.kernelW))
         // 1, 2 or 5 samples: the last row tile holds 1 to 6 rows across shapes; 5 to 70 outputs:
@@ -53,12 +53,14 @@ import Testing
         }
     }
 
-    /// Where the direct kernel is chosen: AVX2 with 8 channels or more (not measured on AVX-512).
+    /// Where the direct kernel is chosen: AVX2 or AVX-512 with 8 channels or more.
     @Test func theDirectKernelNeedsAVX2AndEightChannels() {
         #expect(!PackedWeights.convolvesDirectly(channels: 8, isa: .portable))
         #expect(!PackedWeights.convolvesDirectly(channels: 7, isa: .avx2))
-        #expect(!PackedWeights.convolvesDirectly(channels: 64, isa: .avx512))
+        #expect(!PackedWeights.convolvesDirectly(channels: 7, isa: .avx512))
         #expect(PackedWeights.convolvesDirectly(channels: 8, isa: .avx2) == KernelISA.avx2.isSupported)
+        #expect(PackedWeights.convolvesDirectly(channels: 64, isa: .avx512) == KernelISA.avx512.isSupported)
+        #expect(PackedWeights.convolvesDirectly(channels: 64, isa: .avx512vnni) == KernelISA.avx512vnni.isSupported)
     }
 
     /// A plan whose convolution runs direct holds its table, not im2row rows: its memory estimate

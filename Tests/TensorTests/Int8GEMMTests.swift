@@ -241,6 +241,27 @@ import Testing
         return y
     }
 
+    static let int4Activations: [(FusedActivation, @Sendable (Float) -> Float)] = [(.none, { $0 }), (.relu6, { min(max($0, 0), 6) }),
+                                                                                   (.leaky(0.1), { $0 < 0 ? $0 * 0.1 : $0 })]
+
+    /// Random INT4 weights, group scales and biases (odd outputs without one: beside a bias of
+    /// ~0.5 a row at 2^-120 would vanish in the sum) packed for `isa`, and rows `inputs + 3` apart
+    /// scaled by magnitudes from 2^-120 (below the 2^-100 where a row is pre-scaled) to 64.
+    func int4Case(_ shape: (Int, Int, Int, Int), seed: UInt64, isa: KernelISA)
+        -> (q: [Int8], scales: [Float], bias: [Float], x: [Float], w: (weights: PackedInt4Weights, groups: Int)) {
+        var rng = SeededGenerator(seed: seed)
+        let (rows, outputs, inputs, group) = shape
+        let groups = (inputs + group - 1) / group, ldx = inputs + 3
+        let q = (0..<(outputs * inputs)).map { _ in Int8(Int(rng.next() % 16) - 8) }
+        let scales = (0..<(outputs * groups)).map { _ in rng.nextUnitFloat() }
+        let bias = (0..<outputs).map { o in o % 2 == 1 ? 0 : rng.nextFloat(limit: 1) }
+        let w = PackedInt4Weights(q: q, scales: scales, bias: bias, outputs: outputs, inputs: inputs, group: group, isa: isa)
+        var x = (0..<(rows * ldx)).map { _ in rng.nextFloat(limit: 1) }
+        let magnitudes: [Float] = [1, 2, 64, 0x1p-120, 0x1p-60, 0.5, 8]
+        for r in 0..<rows { for k in 0..<ldx { x[r * ldx + k] *= magnitudes[r % magnitudes.count] } }
+        return (q, scales, bias, x, (w, groups))
+    }
+
     /// The integer path (W4A16 on AVX2) equals its definition bit for bit: each row quantized to
     /// int16 with scale max|x| / 32767 (round half to even), exact INT32 sums per group, the group
     /// scales applied in FP32 with fused multiply-adds in group order, then the row scale and bias
@@ -249,21 +270,12 @@ import Testing
     /// the row is pre-scaled) to 64.
     @Test(.enabled(if: integerInt4), arguments: int4Shapes)
     func int4IntegerPathIsItsDefinition(_ shape: (Int, Int, Int, Int)) {
-        var rng = SeededGenerator(seed: 45)
         let (rows, outputs, inputs, group) = shape
-        let groups = (inputs + group - 1) / group, ldx = inputs + 3, ldy = outputs + 2
-        let q = (0..<(outputs * inputs)).map { _ in Int8(Int(rng.next() % 16) - 8) }
-        let scales = (0..<(outputs * groups)).map { _ in rng.nextUnitFloat() }
-        // Odd outputs without a bias: beside a bias of ~0.5 a row at 2^-120 would vanish in the sum.
-        let bias = (0..<outputs).map { o in o % 2 == 1 ? 0 : rng.nextFloat(limit: 1) }
-        let w = PackedInt4Weights(q: q, scales: scales, bias: bias, outputs: outputs, inputs: inputs, group: group, isa: .avx2)
-        #expect(w.isa.int4Kernel.contains("w4a16"))
-        var x = (0..<(rows * ldx)).map { _ in rng.nextFloat(limit: 1) }
-        let magnitudes: [Float] = [1, 2, 64, 0x1p-120, 0x1p-60, 0.5, 8]
-        for r in 0..<rows { for k in 0..<ldx { x[r * ldx + k] *= magnitudes[r % magnitudes.count] } }
-        for (activation, apply) in [(FusedActivation.none, { (v: Float) in v }), (.relu6, { min(max($0, 0), 6) }),
-                                    (.leaky(0.1), { $0 < 0 ? $0 * 0.1 : $0 })] {
-            let y = runInt4(w, x, rows: rows, ldx: ldx, ldy: ldy, activation: activation)
+        let (q, scales, bias, x, w) = int4Case(shape, seed: 45, isa: .avx2)
+        let groups = w.groups, ldx = inputs + 3, ldy = outputs + 2
+        #expect(w.weights.isa.int4Kernel.contains("w4a16"))
+        for (activation, apply) in Self.int4Activations {
+            let y = runInt4(w.weights, x, rows: rows, ldx: ldx, ldy: ldy, activation: activation)
             var mismatches = 0
             for r in 0..<rows {
                 let row = x[(r * ldx)..<(r * ldx + inputs)]
@@ -302,22 +314,15 @@ import Testing
     /// within half a step per input of the FP32 product.
     @Test(.enabled(if: vnniInt4), arguments: int4Shapes + [(7, 48, 30, 6), (65, 33, 70, 10), (1, 256, 64, 32)])
     func int4VNNIPathIsItsDefinition(_ shape: (Int, Int, Int, Int)) {
-        var rng = SeededGenerator(seed: 46)
         let (rows, outputs, inputs, group) = shape
-        let groups = (inputs + group - 1) / group, ldx = inputs + 3, ldy = outputs + 2
-        let q = (0..<(outputs * inputs)).map { _ in Int8(Int(rng.next() % 16) - 8) }
-        let scales = (0..<(outputs * groups)).map { _ in rng.nextUnitFloat() }
-        let bias = (0..<outputs).map { o in o % 2 == 1 ? 0 : rng.nextFloat(limit: 1) }
-        let w = PackedInt4Weights(q: q, scales: scales, bias: bias, outputs: outputs, inputs: inputs, group: group, isa: .avx512vnni)
-        #expect(w.isa.int4Kernel.contains("w4a8"))
-        var x = (0..<(rows * ldx)).map { _ in rng.nextFloat(limit: 1) }
-        // Scaled rows, a row of positives only (zero point 0) and one of negatives only (255).
-        let magnitudes: [Float] = [1, 2, 64, 0x1p-120, 0x1p-60, 0.5, 8]
-        for r in 0..<rows { for k in 0..<ldx { x[r * ldx + k] *= magnitudes[r % magnitudes.count] } }
+        let (q, scales, bias, scaled, w) = int4Case(shape, seed: 46, isa: .avx512vnni)
+        var x = scaled
+        let groups = w.groups, ldx = inputs + 3, ldy = outputs + 2
+        #expect(w.weights.isa.int4Kernel.contains("w4a8"))
+        // Besides the scaled rows, a row of positives only (zero point 0) and one of negatives only (255).
         if rows > 2 { for k in 0..<ldx { x[ldx + k] = abs(x[ldx + k]); x[2 * ldx + k] = -abs(x[2 * ldx + k]) } }
-        for (activation, apply) in [(FusedActivation.none, { (v: Float) in v }), (.relu6, { min(max($0, 0), 6) }),
-                                    (.leaky(0.1), { $0 < 0 ? $0 * 0.1 : $0 })] {
-            let y = runInt4(w, x, rows: rows, ldx: ldx, ldy: ldy, activation: activation)
+        for (activation, apply) in Self.int4Activations {
+            let y = runInt4(w.weights, x, rows: rows, ldx: ldx, ldy: ldy, activation: activation)
             var mismatches = 0
             for r in 0..<rows {
                 let row = Array(x[(r * ldx)..<(r * ldx + inputs)])

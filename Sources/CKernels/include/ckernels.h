@@ -175,11 +175,11 @@ int edge_conv_table(int channels, int height, int width, int kh, int kw, int sh,
 /// output pixels and `taps` taps each, `table` from edge_conv_table) as the packed GEMM over their
 /// im2row rows, without writing the rows: a padding tap reads `pad` (`channels` zeros). Output
 /// row s·pixels + p, `ldy` apart. The same products are summed in the same order as
-/// edge_im2row_nhwc + edge_sgemm_packed, so the results are identical on every path (the x86
-/// ISAs run one AVX2 kernel, fused multiply-adds from the bias in k order as every x86 GEMM tile
-/// does; the others a portable loop). edge_sgemm_conv_direct says whether it beats im2row there:
-/// AVX2 with at least 8 channels (a shorter tap costs more in pointer set-up than im2row does;
-/// AVX-512, not measured, keeps its 8×32 im2row tiles).
+/// edge_im2row_nhwc + edge_sgemm_packed, so the results are identical on every path (an AVX-512
+/// CPU runs 8-row × 32-output tiles, other x86 CPUs 6 × 16 on AVX2, both fused multiply-adds from
+/// the bias in k order as every x86 GEMM tile does; the others a portable loop).
+/// edge_sgemm_conv_direct says whether it beats im2row there: AVX2 or AVX-512 with at least 8
+/// channels (a shorter tap costs more in pointer set-up than im2row does).
 /// No INT8 counterpart: tried with the vpmaddubsw kernel, it ran within ±3% of im2row + GEMM (a
 /// UINT8 im2row moves a quarter of the bytes, and the GEMM's contiguous rows keep its tile in
 /// registers), so it was not kept.
