@@ -294,20 +294,31 @@ static inline void conv_rows(int mr, size_t m, int pixels, int taps, const int32
 }
 
 /// One MR × (NP·16) tile of a convolution on AVX-512: tile512's sums (from the bias, fused
-/// multiply-adds in k order) with each row's taps read through the indirection table, as ctile256.
+/// multiply-adds in k order) with each row's taps read through the indirection table, as ctile256;
+/// a tile of one row sums as gemv512 does.
 static inline T512 __attribute__((always_inline)) void ctile512(
     const int MR, const int NP, int taps, int channels, const float *const *xs, const int32_t *const *tab, const float *pad,
-    const float *w, size_t ks, const float *bias, float *y, int ldy, int cols, edge_activation act, __m512 alpha) {
+    const float *w, size_t ks, const float *bias, float *y, int ldy, int cols, edge_activation act, __m512 alpha, int split) {
     __m512 acc[8][2];
     for (int r = 0; r < MR; r++)
         for (int p = 0; p < NP; p++) acc[r][p] = _mm512_loadu_ps(bias + p * PANEL);
     const float *wk = w;
+    // `split` (MR = 1 only): one row (a single output pixel of a single sample) is what sgemm_avx512 hands to gemv512,
+    // which sums even k from the bias and odd k from 0 and adds the two: the same here.
+    __m512 odd[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    int k = 0;
     for (int t = 0; t < taps; t++) {
         const float *src[8];
         for (int r = 0; r < MR; r++) src[r] = tab[r][t] >= 0 ? xs[r] + tab[r][t] : pad;
-        for (int c = 0; c < channels; c++, wk += ks) {
+        for (int c = 0; c < channels; c++, wk += ks, k++) {
             __m512 w0 = _mm512_loadu_ps(wk);
             __m512 w1 = NP > 1 ? _mm512_loadu_ps(wk + PANEL) : w0;
+            if (MR == 1 && split && (k & 1)) {
+                __m512 xv = _mm512_set1_ps(src[0][c]);
+                odd[0] = _mm512_fmadd_ps(xv, w0, odd[0]);
+                if (NP > 1) odd[1] = _mm512_fmadd_ps(xv, w1, odd[1]);
+                continue;
+            }
             for (int r = 0; r < MR; r++) {
                 __m512 xv = _mm512_set1_ps(src[r][c]);
                 acc[r][0] = _mm512_fmadd_ps(xv, w0, acc[r][0]);
@@ -315,6 +326,8 @@ static inline T512 __attribute__((always_inline)) void ctile512(
             }
         }
     }
+    if (MR == 1 && split)
+        for (int p = 0; p < NP; p++) acc[0][p] = _mm512_add_ps(acc[0][p], odd[p]);
     for (int p = 0; p < NP; p++) {
         int n = cols - p * PANEL;
         if (n <= 0) break;
@@ -327,13 +340,13 @@ static inline T512 __attribute__((always_inline)) void ctile512(
 #define CTILE512(MR, NP) \
     static T512 void ctile512_##MR##_##NP(int taps, int channels, const float *const *xs, const int32_t *const *tab, \
                                           const float *pad, const float *w, size_t ks, const float *b, float *y, int ldy, int cols, \
-                                          edge_activation act, __m512 alpha) { \
-        ctile512(MR, NP, taps, channels, xs, tab, pad, w, ks, b, y, ldy, cols, act, alpha); \
+                                          edge_activation act, __m512 alpha, int split) { \
+        ctile512(MR, NP, taps, channels, xs, tab, pad, w, ks, b, y, ldy, cols, act, alpha, split); \
     }
 CTILE512(1, 1) CTILE512(2, 1) CTILE512(3, 1) CTILE512(4, 1) CTILE512(5, 1) CTILE512(6, 1) CTILE512(7, 1) CTILE512(8, 1)
 CTILE512(1, 2) CTILE512(2, 2) CTILE512(3, 2) CTILE512(4, 2) CTILE512(5, 2) CTILE512(6, 2) CTILE512(7, 2) CTILE512(8, 2)
 typedef void (*ctile512_fn)(int, int, const float *const *, const int32_t *const *, const float *, const float *, size_t,
-                            const float *, float *, int, int, edge_activation, __m512);
+                            const float *, float *, int, int, edge_activation, __m512, int);
 
 /// The convolution on AVX-512: sgemm_avx512's panel pairs and 8-row tiles (rows may span samples).
 static T512 void sgemm_conv_avx512(int samples, int pixels, int taps, int channels, const int32_t *table, const float *x,
@@ -357,7 +370,7 @@ static T512 void sgemm_conv_avx512(int samples, int pixels, int taps, int channe
             const int32_t *tab[8];
             conv_rows(mr, m, pixels, taps, table, x, sample_stride, xs, tab);
             tiles[np - 1][mr - 1](taps, channels, xs, tab, pad, w, ks, bias + p * PANEL, y + m * ldy + p * PANEL, ldy,
-                                  outputs - p * PANEL, act, av);
+                                  outputs - p * PANEL, act, av, rows == 1);
         }
     }
 }
@@ -919,8 +932,7 @@ static void sgemm_conv_portable(int samples, int pixels, int taps, int channels,
 }
 
 /// Whether `isa` runs the AVX2 convolution kernel (any channel count; edge_sgemm_conv_direct
-/// says when it is worth it). The AVX-512 ISAs run it too: its sums are fused multiply-adds from
-/// the bias in k order, as sgemm_avx512's are, so it equals their im2row GEMM.
+/// says when it is worth it); the AVX-512 ISAs run conv_avx512's kernel first.
 static int conv_avx2(edge_isa isa) {
     if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
     return isa != EDGE_ISA_PORTABLE && isa != EDGE_ISA_NEONDOT && edge_isa_supported(EDGE_ISA_AVX2);

@@ -143,7 +143,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
 
     /// Activations are channels last (HWC) from the first spatial layer on: convolutions unfold
     /// a chunk of samples straight into one GEMM whose output is already HWC (or, with 8 channels
-    /// or more on AVX2, read the input through an indirection table), and the first dense
+    /// or more on AVX2 or AVX-512, read the input through an indirection table), and the first dense
     /// layer after them has its columns re-ordered at compile time. The file stays CHW.
     /// `tapChannelsLast`: the layout of the last weighted step's input (the embedding tap's), when
     /// it is channels last with more than one channel.

@@ -173,8 +173,8 @@ public enum Kernels {
                         strideH: g.strideH, strideW: g.strideW, padH: g.padH, padW: g.padW)
     }
 
-    /// Whether an FP32 convolution of `g` runs direct here: the AVX2 kernel with 8 channels or
-    /// more, and a geometry a table can be built for. The one predicate for the method and for
+    /// Whether an FP32 convolution of `g` runs direct here: the AVX2 or AVX-512 kernel with 8
+    /// channels or more, and a geometry a table can be built for. The one predicate for the method and for
     /// the workspace a plan sizes (an im2row step needs its rows).
     public static func fp32ConvIsDirect(_ g: ConvGeometry) -> Bool {
         PackedWeights.convolvesDirectly(channels: g.channels)

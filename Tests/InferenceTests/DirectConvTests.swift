@@ -13,10 +13,28 @@ import Testing
 @Suite struct DirectConvTests {
     @Test(arguments: Im2RowTests.shapes, [KernelISA.auto, .avx2, .portable].filter(\.isSupported))
     func convolutionThroughTheTableEqualsTheIm2RowGEMM(shape s: Im2RowTests.Shape, isa: KernelISA) throws {
-        var rng = SeededGenerator(seed: UInt64(s.channels * 1000 + s.height * 10 + s.kernelW))
         // 1, 2 or 5 samples: the last row tile holds 1 to 6 rows across shapes; 5 to 70 outputs:
-        // partial panels and a second group of four panels; rows written `ldy` apart, wider.
-        let samples = [1, 2, 5][s.height % 3], outputs = [5, 16, 20, 70][(s.channels + s.width) % 4]
+        // partial panels and a second group of four panels.
+        try expectDirectEqualsIm2Row(s, samples: [1, 2, 5][s.height % 3], outputs: [5, 16, 20, 70][(s.channels + s.width) % 4], isa: isa)
+    }
+
+    /// One output pixel of one sample is one GEMM row, which the AVX-512 GEMM sums as a GEMV (even
+    /// and odd k apart): the direct kernel too. An odd k count (9 channels × 9 taps) and 1 to 5 panels.
+    @Test(arguments: [KernelISA.auto, .avx2, .portable].filter(\.isSupported))
+    func aSingleOutputRowEqualsTheGEMV(isa: KernelISA) throws {
+        for (shape, outputs) in [(Im2RowTests.Shape(channels: 8, height: 4, width: 4, kernelH: 4, kernelW: 4, stride: 1, pad: 0), 20),
+                                 (Im2RowTests.Shape(channels: 8, height: 4, width: 4, kernelH: 4, kernelW: 4, stride: 1, pad: 0), 70),
+                                 (Im2RowTests.Shape(channels: 9, height: 3, width: 3, kernelH: 3, kernelW: 3, stride: 1, pad: 0), 5),
+                                 (Im2RowTests.Shape(channels: 9, height: 3, width: 3, kernelH: 3, kernelW: 3, stride: 2, pad: 1), 33)] {
+            try expectDirectEqualsIm2Row(shape, samples: 1, outputs: outputs, isa: isa)
+            try expectDirectEqualsIm2Row(shape, samples: 3, outputs: outputs, isa: isa)
+        }
+    }
+
+    /// Rows written `ldy` apart, wider than the outputs.
+    func expectDirectEqualsIm2Row(_ s: Im2RowTests.Shape, samples: Int, outputs: Int, isa: KernelISA,
+                                  sourceLocation: SourceLocation = #_sourceLocation) throws {
+        var rng = SeededGenerator(seed: UInt64(s.channels * 1000 + s.height * 10 + s.kernelW + outputs))
         let n = s.height * s.width * s.channels, pixels = s.outH * s.outW, ldy = outputs + 3
         let x = (0..<(samples * n)).map { _ in rng.nextFloat(limit: 1) }
         let w = (0..<(outputs * s.taps)).map { _ in rng.nextFloat(limit: 1) }, b = (0..<outputs).map { _ in rng.nextFloat(limit: 1) }
@@ -25,8 +43,8 @@ import Testing
                                    strideH: s.strideH, strideW: s.strideW, padH: s.padH, padW: s.padW)
         // A kernel taller than the padded image (one output row by truncation) has no table: the
         // plan takes im2row rows for it.
-        guard s.kernelH <= s.height + 2 * s.padH else { return #expect(made == nil) }
-        let table = try #require(made)
+        guard s.kernelH <= s.height + 2 * s.padH else { return #expect(made == nil, sourceLocation: sourceLocation) }
+        let table = try #require(made, sourceLocation: sourceLocation)
         #expect(table.pixels == pixels && table.taps == s.kernelH * s.kernelW && table.sampleValues == n)
         var rows = [Float](repeating: 0, count: samples * pixels * s.taps)
         var expected = [Float](repeating: .nan, count: samples * pixels * ldy), got = [Float](repeating: .nan, count: samples * pixels * ldy + 7)
@@ -48,8 +66,9 @@ import Testing
             }
             // Bit patterns: the gaps between rows stay NaN in both.
             let wrong = (0..<expected.count).filter { got[$0].bitPattern != expected[$0].bitPattern }
-            #expect(wrong.isEmpty, "\(activation): \(wrong.count) outputs differ, the first at \(wrong.first ?? -1)")
-            #expect(got[expected.count...].allSatisfy { $0.isNaN }, "wrote past the output")
+            #expect(wrong.isEmpty, "\(s) \(samples) samples \(outputs) outputs \(isa) \(activation): \(wrong.count) outputs differ, the first at \(wrong.first ?? -1)",
+                    sourceLocation: sourceLocation)
+            #expect(got[expected.count...].allSatisfy { $0.isNaN }, "wrote past the output", sourceLocation: sourceLocation)
         }
     }
 

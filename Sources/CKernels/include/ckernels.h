@@ -175,9 +175,10 @@ int edge_conv_table(int channels, int height, int width, int kh, int kw, int sh,
 /// output pixels and `taps` taps each, `table` from edge_conv_table) as the packed GEMM over their
 /// im2row rows, without writing the rows: a padding tap reads `pad` (`channels` zeros). Output
 /// row s·pixels + p, `ldy` apart. The same products are summed in the same order as
-/// edge_im2row_nhwc + edge_sgemm_packed, so the results are identical on every path (an AVX-512
-/// CPU runs 8-row × 32-output tiles, other x86 CPUs 6 × 16 on AVX2, both fused multiply-adds from
-/// the bias in k order as every x86 GEMM tile does; the others a portable loop).
+/// edge_im2row_nhwc + edge_sgemm_packed, so the results are identical on every path (the AVX-512
+/// ISAs run 8-row × 32-output tiles, AVX2 6 × 16, both fused multiply-adds from the bias in k
+/// order as every x86 GEMM tile does, and a single row, which the AVX-512 GEMM runs as a GEMV,
+/// summed as that GEMV does: even and odd k apart, then added; the others a portable loop).
 /// edge_sgemm_conv_direct says whether it beats im2row there: AVX2 or AVX-512 with at least 8
 /// channels (a shorter tap costs more in pointer set-up than im2row does).
 /// No INT8 counterpart: tried with the vpmaddubsw kernel, it ran within ±3% of im2row + GEMM (a
