@@ -226,6 +226,79 @@ static inline TVNNI __attribute__((always_inline)) void gemv_vnni(const int NP, 
     }
 }
 
+/// MR rows × NP panels of a convolution on VNNI: tile_vnni's sums, each row's taps read through
+/// the indirection table (a padding tap reads `pad`, the input zero point), tap by tap; a tap's
+/// `cq` quads are quads t·cq … t·cq + cq − 1 of the packed k-quads (channels a multiple of 4).
+static inline TVNNI __attribute__((always_inline)) void ctile_vnni(const int MR, const int NP, int taps, int cq, const uint8_t *const *xs,
+                                                                  const int32_t *const *tab, const uint8_t *pad, const int8_t *w,
+                                                                  size_t pstride, int o0, int cols, const edge_q8_epilogue *ep,
+                                                                  uint8_t *yu, float *yf, int ldy) {
+    __m512i acc[8][2];
+    for (int r = 0; r < MR; r++)
+        for (int p = 0; p < NP; p++) acc[r][p] = _mm512_setzero_si512();
+    for (int t = 0; t < taps; t++) {
+        const uint8_t *src[8];
+        for (int r = 0; r < MR; r++) src[r] = tab[r][t] >= 0 ? xs[r] + tab[r][t] : pad;
+        const int8_t *wt = w + (size_t)t * cq * 64;
+        for (int c = 0; c < cq; c++) {
+            __m512i w0 = _mm512_loadu_si512(wt + (size_t)c * 64);
+            __m512i w1 = NP > 1 ? _mm512_loadu_si512(wt + pstride + (size_t)c * 64) : w0;
+            for (int r = 0; r < MR; r++) {
+                int32_t quad;
+                memcpy(&quad, src[r] + (size_t)c * 4, 4);
+                __m512i xv = _mm512_set1_epi32(quad);
+                acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], xv, w0);
+                if (NP > 1) acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], xv, w1);
+            }
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int p = 0; p < NP; p++) {
+            int n = cols - p * PANEL;
+            if (n <= 0) break;
+            finish512(acc[r][p], o0 + p * PANEL, n, ep, yu ? yu + (size_t)r * ldy : 0, yf ? yf + (size_t)r * ldy : 0);
+        }
+}
+
+#define CQTILE(MR, NP) \
+    static TVNNI void cqtile_##MR##_##NP(int taps, int cq, const uint8_t *const *xs, const int32_t *const *tab, const uint8_t *pad, \
+                                         const int8_t *w, size_t ps, int o0, int cols, const edge_q8_epilogue *ep, uint8_t *yu, \
+                                         float *yf, int ldy) { \
+        ctile_vnni(MR, NP, taps, cq, xs, tab, pad, w, ps, o0, cols, ep, yu, yf, ldy); \
+    }
+CQTILE(1, 1) CQTILE(2, 1) CQTILE(3, 1) CQTILE(4, 1) CQTILE(5, 1) CQTILE(6, 1) CQTILE(7, 1) CQTILE(8, 1)
+CQTILE(1, 2) CQTILE(2, 2) CQTILE(3, 2) CQTILE(4, 2) CQTILE(5, 2) CQTILE(6, 2) CQTILE(7, 2) CQTILE(8, 2)
+typedef void (*cqtile_fn)(int, int, const uint8_t *const *, const int32_t *const *, const uint8_t *, const int8_t *, size_t, int, int,
+                          const edge_q8_epilogue *, uint8_t *, float *, int);
+
+static TVNNI void q8_conv_vnni(int samples, int pixels, int taps, int channels, const int32_t *table, const uint8_t *x,
+                               size_t sample_stride, const uint8_t *pad, const void *packed, int outputs, const edge_q8_epilogue *ep,
+                               uint8_t *yu, float *yf, int ldy) {
+    static const cqtile_fn tiles[2][8] = {
+        {cqtile_1_1, cqtile_2_1, cqtile_3_1, cqtile_4_1, cqtile_5_1, cqtile_6_1, cqtile_7_1, cqtile_8_1},
+        {cqtile_1_2, cqtile_2_2, cqtile_3_2, cqtile_4_2, cqtile_5_2, cqtile_6_2, cqtile_7_2, cqtile_8_2},
+    };
+    int panels = (outputs + PANEL - 1) / PANEL, cq = channels / 4;
+    size_t ps = (size_t)taps * cq * 64, rows = (size_t)samples * pixels;
+    const int8_t *w = (const int8_t *)packed;
+    for (size_t m = 0; m < rows; m += 8) {
+        int mr = rows - m < 8 ? (int)(rows - m) : 8;
+        const uint8_t *xs[8];
+        const int32_t *tab[8];
+        size_t s = m / pixels, px = m % pixels;  // one division a tile, then steps
+        for (int r = 0; r < mr; r++) {
+            xs[r] = x + s * sample_stride;
+            tab[r] = table + px * taps;
+            if (++px == (size_t)pixels) { px = 0; s++; }
+        }
+        for (int p = 0; p < panels; p += 2) {
+            int np = panels - p >= 2 ? 2 : 1;
+            tiles[np - 1][mr - 1](taps, cq, xs, tab, pad, w + p * ps, ps, p * PANEL, outputs - p * PANEL, ep,
+                                  yu ? yu + m * ldy : 0, yf ? yf + m * ldy : 0, ldy);
+        }
+    }
+}
+
 #define QTILE(MR, NP) \
     static TVNNI void qtile_##MR##_##NP(int kq, const uint8_t *x, int ldx, const int8_t *w, size_t ps, int o0, int cols, \
                                         const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) { \
@@ -924,6 +997,24 @@ void edge_q8_gemm(edge_isa isa, int rows, int outputs, int inputs, const uint8_t
 #endif
     default: q8_portable(rows, outputs, inputs, x, ldx, packed, ep, yu, yf, ldy); return;
     }
+}
+
+int edge_q8_conv_direct(edge_isa isa, int channels) {
+#if defined(__x86_64__)
+    return resolve(isa) == EDGE_ISA_AVX512VNNI && channels >= 8 && channels % 4 == 0;
+#else
+    (void)isa, (void)channels;
+    return 0;
+#endif
+}
+
+void edge_q8_conv(edge_isa isa, int samples, int pixels, int taps, int channels, const int32_t *table, const uint8_t *x,
+                  size_t sample_stride, const uint8_t *pad, const void *packed, int outputs, const edge_q8_epilogue *ep, uint8_t *yu,
+                  float *yf, int ldy) {
+    if (samples <= 0 || pixels <= 0 || taps <= 0 || outputs <= 0 || !edge_q8_conv_direct(isa, channels)) return;
+#if defined(__x86_64__)
+    q8_conv_vnni(samples, pixels, taps, channels, table, x, sample_stride, pad, packed, outputs, ep, yu, yf, ldy);
+#endif
 }
 
 const char *edge_q8_kernel_name(edge_isa isa) {

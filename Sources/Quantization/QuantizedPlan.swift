@@ -15,8 +15,10 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         case quantize(QuantParams, count: Int)
         case dequantize(QuantParams, count: Int)
         case int8Dense(PackedInt8Weights, QuantizedEpilogue, floatOutput: Bool)
-        /// Channels last in and out, `chunk` samples per GEMM.
-        case int8Conv(PackedInt8Weights, QuantizedEpilogue, Kernels.ConvGeometry, inputZeroPoint: UInt8, floatOutput: Bool, chunk: Int)
+        /// Channels last in and out: `chunk` samples per GEMM over their im2row rows, or (VNNI, see
+        /// `PackedInt8Weights.convolvesDirectly`) every sample through an indirection table.
+        case int8Conv(PackedInt8Weights, QuantizedEpilogue, Kernels.ConvGeometry, inputZeroPoint: UInt8, floatOutput: Bool,
+                      method: Kernels.ConvMethod)
         /// A single-channel image's convolution to UINT8 without im2row rows (see `SingleChannelInt8Conv`).
         case int8SingleChannelConv(SingleChannelInt8Conv, QuantizedEpilogue, Kernels.ConvGeometry, inputZeroPoint: UInt8)
         case int4Dense(PackedInt4Weights, FusedActivation)
@@ -76,13 +78,16 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
 
     /// `weights`: packed weights shared with the other plans of the same model (and the fallback's).
     /// `singleChannelConv: false` runs a single-channel INT8 convolution as im2row + GEMM even
-    /// where `SingleChannelInt8Conv` applies (the two give identical outputs; to compare them).
+    /// where `SingleChannelInt8Conv` applies (the two give identical outputs; to compare them);
+    /// `int8DirectConv: false` the same for the convolution through an indirection table on VNNI.
     public init(model: QuantizedModel, batchCapacity: Int, adaptive: AdaptivePrecision.Mode? = nil,
-                embedding: EmbeddingProjection? = nil, weights: PackedWeightCache? = nil, singleChannelConv: Bool = true) {
+                embedding: EmbeddingProjection? = nil, weights: PackedWeightCache? = nil, singleChannelConv: Bool = true,
+                int8DirectConv: Bool = true) {
         precondition(batchCapacity >= 1)
         self.model = model
         self.batchCapacity = batchCapacity
-        let compiled = Self.compile(model, batch: batchCapacity, weights: weights, singleChannelConv: singleChannelConv)
+        let compiled = Self.compile(model, batch: batchCapacity, weights: weights, singleChannelConv: singleChannelConv,
+                                    int8DirectConv: int8DirectConv)
         steps = compiled.steps
         if let embedding {
             precondition(embedding.layer == EmbeddingProjection.penultimateLayer(of: model.network)
@@ -113,7 +118,10 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         }
         for step in compiled.steps {
             switch step {
-            case .int8Conv(let w, _, let g, _, _, let chunk): work = max(work, chunk * g.outH * g.outW * w.paddedInputs + 64)
+            case .int8Conv(let w, _, let g, _, _, .im2row(let chunk)): work = max(work, chunk * g.outH * g.outW * w.paddedInputs + 64)
+            case .int8Conv(_, _, let g, _, _, .direct(let t)):
+                tableBytes += t.byteCount
+                work = max(work, g.channels)  // the padding tap's bytes
             case .floatConv(_, let g, _, .im2row(let chunk)): work = max(work, chunk * g.outH * g.outW * g.patch * 4)
             case .floatConv(_, _, _, .direct(let t)): tableBytes += t.byteCount
             case .int4Dense(let w, _): work = max(work, w.scratchFloats * 4)
@@ -159,7 +167,8 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .quantize: "quantize"
             case .dequantize: "dequantize"
             case .int8Dense(_, _, let f): "int8 dense" + (f ? " -> fp32" : "")
-            case .int8Conv(_, _, _, _, let f, _): "int8 conv2d" + (f ? " -> fp32" : "")
+            case .int8Conv(_, _, _, _, let f, let method):
+                "int8 conv2d" + (f ? " -> fp32" : "") + ({ if case .direct = method { " (direct)" } else { "" } }())
             case .int8SingleChannelConv: "int8 conv2d (single channel)"
             case .int4Dense: "int4 dense"
             case .floatDense: "fp32 dense"
@@ -210,7 +219,8 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
     /// As the FP32 plan: activations channels last (HWC) from the first spatial layer on,
     /// convolutions batched over chunks of samples, the first dense layer after them with its
     /// columns re-ordered (an INT4 layer, whose groups follow the file's order, gets CHW back).
-    static func compile(_ model: QuantizedModel, batch: Int, weights: PackedWeightCache? = nil, singleChannelConv: Bool = true) -> (steps: [Step], weightBytes: Int, tapChannelsLast: (channels: Int, pixels: Int)?) {
+    static func compile(_ model: QuantizedModel, batch: Int, weights: PackedWeightCache? = nil, singleChannelConv: Bool = true,
+                        int8DirectConv: Bool = true) -> (steps: [Step], weightBytes: Int, tapChannelsLast: (channels: Int, pixels: Int)?) {
         let net = model.network, spec = model.spec
         var steps: [Step] = []
         var bytes = 0
@@ -279,8 +289,13 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                         let g = layer.geometry!
                         let packed = weights.value("int8.\(l)", bytes: { $0.byteCount }) { q.packed() }
                         bytes += packed.byteCount + ep.count * 8
-                        let chunk = Kernels.convChunk(bytesPerSample: g.outH * g.outW * packed.paddedInputs, batch: batch)
-                        steps.append(.int8Conv(packed, ep, g, inputZeroPoint: UInt8(input.zeroPoint), floatOutput: floatOut, chunk: chunk))
+                        let method: Kernels.ConvMethod
+                        if int8DirectConv, packed.convolvesDirectly(channels: g.channels), let table = Kernels.indirection(g) {
+                            method = .direct(table)
+                        } else {
+                            method = .im2row(chunk: Kernels.convChunk(bytesPerSample: g.outH * g.outW * packed.paddedInputs, batch: batch))
+                        }
+                        steps.append(.int8Conv(packed, ep, g, inputZeroPoint: UInt8(input.zeroPoint), floatOutput: floatOut, method: method))
                         channelsLast = (g.outChannels, g.outH * g.outW)
                     } else {
                         let columns = denseInput()
@@ -458,8 +473,12 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .dequantize(let p, let count): Quantization.dequantize(u, count: batch * count, p, of)
             case .int8Dense(let w, let ep, let floatOut):
                 w.multiply(rows: batch, u, ldx: w.inputs, epilogue: ep, output: floatOut ? .float(of) : .uint8(ou), ldy: w.outputs)
-            case .int8Conv(let w, let ep, let g, let zp, let floatOut, let chunk):
+            case .int8Conv(let w, let ep, let g, let zp, let floatOut, .im2row(let chunk)):
                 int8Conv(u, batch: batch, g, w, ep, zp, chunk: chunk, floatOut ? nil : ou, floatOut ? of : nil)
+            case .int8Conv(let w, let ep, _, let zp, let floatOut, .direct(let table)):
+                let pad = workspace.assumingMemoryBound(to: UInt8.self)
+                pad.update(repeating: zp, count: table.channels)
+                w.convolve(samples: batch, u, table, pad: pad, epilogue: ep, output: floatOut ? .float(of) : .uint8(ou), ldy: w.outputs)
             case .int8SingleChannelConv(let c, let ep, _, let zp): c.run(samples: batch, u, pad: zp, epilogue: ep, output: ou)
             case .int4Dense(let w, let act):
                 w.multiply(rows: batch, f, ldx: w.inputs, of, ldy: w.outputs, activation: act,

@@ -11,10 +11,10 @@ public final class PackedInt8Weights: @unchecked Sendable {
     /// kernels: `kernelName` says which runs).
     public let isa: KernelISA
     /// The kernel the weights are packed for: `isa`'s own, or the AVX2 vpmaddubsw one.
-    private let kernel: edge_isa
+    let kernel: edge_isa
     /// Input rows must have at least this many readable bytes (inputs rounded up to 4).
     public let paddedInputs: Int
-    private let storage: UnsafeMutableRawPointer
+    let storage: UnsafeMutableRawPointer
     public let byteCount: Int
 
     /// - Parameters:
@@ -52,6 +52,33 @@ public final class PackedInt8Weights: @unchecked Sendable {
                 edge_q8_gemm(kernel, Int32(rows), Int32(outputs), Int32(inputs), x, Int32(ldx), storage, ep, y, nil, Int32(ldy))
             case .float(let y):
                 edge_q8_gemm(kernel, Int32(rows), Int32(outputs), Int32(inputs), x, Int32(ldx), storage, ep, nil, y, Int32(ldy))
+            }
+        }
+    }
+}
+
+extension PackedInt8Weights {
+    /// Whether `convolve` runs for an input of `channels` channels: VNNI weights and a channel
+    /// count of at least 8 that is a multiple of 4 (edge_q8_conv_direct).
+    public func convolvesDirectly(channels: Int) -> Bool {
+        edge_q8_conv_direct(kernel, Int32(clamping: channels)) != 0
+    }
+
+    /// The convolution of `samples` channels-last UINT8 samples through `table` without im2row
+    /// rows (`pad`: `table.channels` bytes of the input zero point): the same integer sums as
+    /// their rows through `multiply`, so the same outputs. Only where `convolvesDirectly`.
+    public func convolve(samples: Int, _ x: UnsafePointer<UInt8>, _ table: ConvIndirection, pad: UnsafePointer<UInt8>,
+                         epilogue: QuantizedEpilogue, output: QuantizedOutput, ldy: Int) {
+        precondition(table.taps * table.channels == inputs && convolvesDirectly(channels: table.channels),
+                     "the indirection table does not fit these weights")
+        epilogue.withC { ep in
+            switch output {
+            case .uint8(let y):
+                edge_q8_conv(kernel, Int32(samples), Int32(table.pixels), Int32(table.taps), Int32(table.channels), table.table, x,
+                             table.sampleValues, pad, storage, Int32(outputs), ep, y, nil, Int32(ldy))
+            case .float(let y):
+                edge_q8_conv(kernel, Int32(samples), Int32(table.pixels), Int32(table.taps), Int32(table.channels), table.table, x,
+                             table.sampleValues, pad, storage, Int32(outputs), ep, nil, y, Int32(ldy))
             }
         }
     }

@@ -124,3 +124,78 @@ import Testing
         #expect(table.allSatisfy { $0 == 77 })
     }
 }
+
+/// The INT8 convolution through an indirection table (VNNI) against im2row rows (padding at the
+/// input zero point) through the INT8 GEMM: the same integer sums, so equal bit for bit, into
+/// UINT8 and FP32 rows, for every im2row test shape it takes (a multiple of 4 channels, at least
+/// 8), 1 to 5 samples and one output row; other shapes and CPUs it refuses.
+@Suite struct Int8DirectConvTests {
+    static var vnni: Bool { KernelISA.avx512vnni.isSupported }
+    static let shapes = Im2RowTests.shapes.filter { $0.channels >= 8 && $0.channels % 4 == 0 } + [
+        Im2RowTests.Shape(channels: 32, height: 8, width: 8, kernelH: 3, kernelW: 3, stride: 1, pad: 1),
+        Im2RowTests.Shape(channels: 12, height: 4, width: 4, kernelH: 4, kernelW: 4, stride: 1, pad: 0),  // one output pixel
+        Im2RowTests.Shape(channels: 8, height: 6, width: 5, kernelH: 3, kernelW: 2, stride: 2, pad: 2, strideW: 1, padW: 0),
+    ]
+
+    @Test(.enabled(if: vnni), arguments: shapes, [1, 2, 5])
+    func convolutionThroughTheTableEqualsTheIm2RowGEMM(shape s: Im2RowTests.Shape, samples: Int) throws {
+        var rng = SeededGenerator(seed: UInt64(s.channels * 1000 + s.height * 10 + s.kernelW + samples))
+        let outputs = [5, 16, 20, 70][(s.channels + s.width + samples) % 4], ldy = outputs + 3, zp: UInt8 = 37
+        let n = s.height * s.width * s.channels, pixels = s.outH * s.outW, ld = (s.taps + 3) & ~3
+        let x = (0..<(samples * n)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let w = (0..<(outputs * s.taps)).map { _ in Int8(Int(rng.next() % 255) - 127) }
+        let weights = w.withUnsafeBufferPointer { PackedInt8Weights(weight: $0.baseAddress!, outputs: outputs, inputs: s.taps, isa: .avx512vnni) }
+        #expect(weights.convolvesDirectly(channels: s.channels))
+        let table = try #require(Kernels.indirection(Kernels.ConvGeometry(
+            channels: s.channels, height: s.height, width: s.width, outChannels: outputs, kernel: Window(s.kernelH, s.kernelW),
+            stride: Window(s.strideH, s.strideW), padding: Window(s.padH, s.padW))))
+        let ep = QuantizedEpilogue(outputs: outputs)
+        for o in 0..<outputs {
+            ep.bias[o] = Int32(Int(rng.next() % 20001) - 10000)
+            ep.scale[o] = 0.0005 + rng.nextUnitFloat() * 0.002
+        }
+        ep.zeroPoint = 9
+        ep.qmin = 9
+        var rows = [UInt8](repeating: 0, count: samples * pixels * ld + 8)
+        x.withUnsafeBufferPointer { xp in rows.withUnsafeMutableBufferPointer { rp in
+            for i in 0..<samples {
+                edge_im2row_nhwc_u8(xp.baseAddress! + i * n, Int32(s.channels), Int32(s.height), Int32(s.width), Int32(s.kernelH), Int32(s.kernelW),
+                                    Int32(s.strideH), Int32(s.strideW), Int32(s.padH), Int32(s.padW), zp, rp.baseAddress! + i * pixels * ld, Int32(ld))
+            }
+        } }
+        let pad = [UInt8](repeating: zp, count: s.channels)
+        for floatOutput in [false, true] {
+            var expected = [UInt8](repeating: 0xEE, count: samples * pixels * ldy * 4), got = expected
+            func run(_ out: inout [UInt8], direct: Bool) {
+                out.withUnsafeMutableBytes { raw in
+                    let output: QuantizedOutput = floatOutput ? .float(raw.baseAddress!.assumingMemoryBound(to: Float.self))
+                        : .uint8(raw.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                    if direct {
+                        x.withUnsafeBufferPointer { xp in pad.withUnsafeBufferPointer {
+                            weights.convolve(samples: samples, xp.baseAddress!, table, pad: $0.baseAddress!, epilogue: ep, output: output, ldy: ldy)
+                        } }
+                    } else {
+                        rows.withUnsafeBufferPointer {
+                            weights.multiply(rows: samples * pixels, $0.baseAddress!, ldx: ld, epilogue: ep, output: output, ldy: ldy)
+                        }
+                    }
+                }
+            }
+            run(&expected, direct: false)
+            run(&got, direct: true)
+            let wrong = (0..<expected.count).filter { got[$0] != expected[$0] }
+            #expect(wrong.isEmpty, "\(s) \(samples) samples, \(floatOutput ? "fp32" : "uint8"): \(wrong.count) bytes differ")
+            #expect(got.contains(0xEE) == expected.contains(0xEE), "the gaps between rows")
+        }
+    }
+
+    /// Where it runs: VNNI weights, at least 8 channels, a multiple of 4.
+    @Test func whereItRuns() {
+        let w = [Int8](repeating: 1, count: 16 * 36)
+        for isa in [KernelISA.avx512vnni, .avx2, .portable] where isa.isSupported {
+            let packed = w.withUnsafeBufferPointer { PackedInt8Weights(weight: $0.baseAddress!, outputs: 16, inputs: 36, isa: isa) }
+            #expect(packed.convolvesDirectly(channels: 12) == (isa == .avx512vnni), "\(isa)")
+            #expect(!packed.convolvesDirectly(channels: 4) && !packed.convolvesDirectly(channels: 10) && !packed.convolvesDirectly(channels: 9))
+        }
+    }
+}

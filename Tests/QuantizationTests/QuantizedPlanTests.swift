@@ -270,6 +270,41 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         #expect(direct.predict(data.features) == im2row.predict(data.features))
     }
 
+    /// On VNNI a convolution of 8 channels or more (a multiple of 4) reads its input through an
+    /// indirection table: the plan names the step, counts the table, and equals its im2row twin,
+    /// into UINT8 (a following INT8 layer) and FP32 (before an FP32 softmax) outputs, over batches
+    /// of 1 and 7 (a single output row and row tiles spanning samples).
+    @Test func int8DirectConvolutionEqualsIm2Row() throws {
+        var rng = SeededGenerator(seed: 31)
+        let net = Network(name: "c8", inputShape: [8, 6, 6], labels: (0..<3).map(String.init), layers: [
+            NetworkLayer(kind: .conv2d(stride: Window(1, 1), padding: Window(1, 1)), inputShape: [8, 6, 6], outputShape: [12, 6, 6],
+                         weight: randomTensor([12, 8, 3, 3], &rng), bias: randomTensor([12], &rng), weightName: "c1", biasName: "c1b"),
+            NetworkLayer(kind: .relu, inputShape: [12, 6, 6], outputShape: [12, 6, 6]),
+            NetworkLayer(kind: .conv2d(stride: Window(1, 1), padding: Window(0, 0)), inputShape: [12, 6, 6], outputShape: [20, 1, 1],
+                         weight: randomTensor([20, 12, 6, 6], &rng, limit: 0.2), bias: randomTensor([20], &rng), weightName: "c2", biasName: "c2b"),
+            NetworkLayer(kind: .flatten, inputShape: [20, 1, 1], outputShape: [20]),
+            NetworkLayer(kind: .dense, inputShape: [20], outputShape: [3], weight: randomTensor([3, 20], &rng), bias: randomTensor([3], &rng),
+                         weightName: "f", biasName: "fb"),
+            NetworkLayer(kind: .softmax, inputShape: [3], outputShape: [3]),
+        ])
+        let data = rows(7, features: 288, seed: 32, limit: 2)
+        let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .minmax)
+        let p = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(net).map { ($0, LayerPrecision.int8) })
+        let model = Quantizer.build(net, activations: params, precisions: p, method: .minmax, calibrationRows: data.count)
+        for batch in [1, 7] {
+            let direct = QuantizedPlan(model: model, batchCapacity: batch), im2row = QuantizedPlan(model: model, batchCapacity: batch, int8DirectConv: false)
+            let x = Array(data.features.prefix(batch * 288))
+            #expect(!im2row.stepNames.contains { $0.hasSuffix("(direct)") })
+            if KernelISA.best == .avx512vnni {
+                #expect(direct.stepNames.filter { $0.hasSuffix("(direct)") }.count == 2, "\(direct.stepNames)")
+                // No im2row rows: the two tables and the plan's 16 spare bytes (the padding taps' bytes fit them).
+                #expect(direct.memory.workspace == 16 + ConvIndirection.byteCount(pixels: 36, taps: 9, channels: 8)
+                    + ConvIndirection.byteCount(pixels: 1, taps: 36, channels: 12), "\(direct.memory)")
+            }
+            #expect(direct.predict(x) == im2row.predict(x), "batch \(batch)")
+        }
+    }
+
     /// An integer-only file (no FP32 weights for its INT8 and INT4 layers) is smaller, loads with
     /// those weights rebuilt as q · scale, keeps an FP32 layer's own weights, and runs the same
     /// integer plan bit for bit.
