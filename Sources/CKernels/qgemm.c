@@ -180,6 +180,17 @@ static inline T512 __attribute__((always_inline)) void finish512(__m512i acc, in
     _mm_mask_storeu_epi8(yu + o0, mask, _mm512_cvtepi32_epi8(q));
 }
 
+/// finish512 over an MR × NP tile of sums (rows `ldy` apart; `cols` outputs left from o0).
+static inline TVNNI __attribute__((always_inline)) void finish512_tile(const int MR, const int NP, __m512i acc[][2], int o0, int cols,
+                                                                      const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
+    for (int r = 0; r < MR; r++)
+        for (int p = 0; p < NP; p++) {
+            int n = cols - p * PANEL;
+            if (n <= 0) break;
+            finish512(acc[r][p], o0 + p * PANEL, n, ep, yu ? yu + (size_t)r * ldy : 0, yf ? yf + (size_t)r * ldy : 0);
+        }
+}
+
 /// MR rows × NP panels over all k-quads.
 static inline TVNNI __attribute__((always_inline)) void tile_vnni(const int MR, const int NP, int kq, const uint8_t *x, int ldx,
                                                                  const int8_t *w, size_t pstride, int o0, int cols,
@@ -188,12 +199,7 @@ static inline TVNNI __attribute__((always_inline)) void tile_vnni(const int MR, 
     for (int r = 0; r < MR; r++)
         for (int p = 0; p < NP; p++) acc[r][p] = _mm512_setzero_si512();
     edge_vnni_quads(MR, NP, 0, kq, x, (size_t)ldx, w, pstride, acc);
-    for (int r = 0; r < MR; r++)
-        for (int p = 0; p < NP; p++) {
-            int n = cols - p * PANEL;
-            if (n <= 0) break;
-            finish512(acc[r][p], o0 + p * PANEL, n, ep, yu ? yu + (size_t)r * ldy : 0, yf ? yf + (size_t)r * ldy : 0);
-        }
+    finish512_tile(MR, NP, acc, o0, cols, ep, yu, yf, ldy);
 }
 
 /// Batch 1: four panels at once, k-quads unrolled by two into separate accumulators.
@@ -252,12 +258,7 @@ static inline TVNNI __attribute__((always_inline)) void ctile_vnni(const int MR,
             }
         }
     }
-    for (int r = 0; r < MR; r++)
-        for (int p = 0; p < NP; p++) {
-            int n = cols - p * PANEL;
-            if (n <= 0) break;
-            finish512(acc[r][p], o0 + p * PANEL, n, ep, yu ? yu + (size_t)r * ldy : 0, yf ? yf + (size_t)r * ldy : 0);
-        }
+    finish512_tile(MR, NP, acc, o0, cols, ep, yu, yf, ldy);
 }
 
 #define CQTILE(MR, NP) \

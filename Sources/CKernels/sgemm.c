@@ -172,6 +172,18 @@ static inline T512 __attribute__((always_inline)) __m512 act512(__m512 v, edge_a
     }
 }
 
+/// The activation and the masked stores of an MR × (NP·16) tile (`cols` real outputs from y).
+static inline T512 __attribute__((always_inline)) void store512(const int MR, const int NP, __m512 acc[][2], float *y, int ldy, int cols,
+                                                               edge_activation act, __m512 alpha) {
+    for (int p = 0; p < NP; p++) {
+        int n = cols - p * PANEL;
+        if (n <= 0) break;
+        __mmask16 mask = n >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+        for (int r = 0; r < MR; r++)
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + p * PANEL, mask, act512(acc[r][p], act, alpha));
+    }
+}
+
 /// One MR × (NP·16) tile over the whole k range.
 static inline T512 __attribute__((always_inline)) void tile512(
     const int MR, const int NP, int inputs, const float *x, int ldx, const float *w, size_t ks, const float *bias,
@@ -188,13 +200,7 @@ static inline T512 __attribute__((always_inline)) void tile512(
             if (NP > 1) acc[r][1] = _mm512_fmadd_ps(xv, w1, acc[r][1]);
         }
     }
-    for (int p = 0; p < NP; p++) {
-        int n = cols - p * PANEL;
-        if (n <= 0) break;
-        __mmask16 mask = n >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
-        for (int r = 0; r < MR; r++)
-            _mm512_mask_storeu_ps(y + (size_t)r * ldy + p * PANEL, mask, act512(acc[r][p], act, alpha));
-    }
+    store512(MR, NP, acc, y, ldy, cols, act, alpha);
 }
 
 /// Batch 1: four panels at a time, k unrolled by two with separate accumulators, so eight FMA
@@ -328,13 +334,7 @@ static inline T512 __attribute__((always_inline)) void ctile512(
     }
     if (MR == 1 && split)
         for (int p = 0; p < NP; p++) acc[0][p] = _mm512_add_ps(acc[0][p], odd[p]);
-    for (int p = 0; p < NP; p++) {
-        int n = cols - p * PANEL;
-        if (n <= 0) break;
-        __mmask16 mask = n >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
-        for (int r = 0; r < MR; r++)
-            _mm512_mask_storeu_ps(y + (size_t)r * ldy + p * PANEL, mask, act512(acc[r][p], act, alpha));
-    }
+    store512(MR, NP, acc, y, ldy, cols, act, alpha);
 }
 
 #define CTILE512(MR, NP) \
