@@ -181,7 +181,7 @@ static inline T512 __attribute__((always_inline)) void finish512(__m512i acc, in
 }
 
 /// finish512 over an MR × NP tile of sums (rows `ldy` apart; `cols` outputs left from o0).
-static inline TVNNI __attribute__((always_inline)) void finish512_tile(const int MR, const int NP, __m512i acc[][2], int o0, int cols,
+static inline T512 __attribute__((always_inline)) void finish512_tile(const int MR, const int NP, __m512i acc[][2], int o0, int cols,
                                                                       const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
     for (int r = 0; r < MR; r++)
         for (int p = 0; p < NP; p++) {
@@ -286,12 +286,9 @@ static TVNNI void q8_conv_vnni(int samples, int pixels, int taps, int channels, 
         int mr = rows - m < 8 ? (int)(rows - m) : 8;
         const uint8_t *xs[8];
         const int32_t *tab[8];
-        size_t s = m / pixels, px = m % pixels;  // one division a tile, then steps
-        for (int r = 0; r < mr; r++) {
-            xs[r] = x + s * sample_stride;
-            tab[r] = table + px * taps;
-            if (++px == (size_t)pixels) { px = 0; s++; }
-        }
+        size_t sample[8];
+        edge_conv_rows(mr, m, pixels, taps, table, sample, tab);
+        for (int r = 0; r < mr; r++) xs[r] = x + sample[r] * sample_stride;
         for (int p = 0; p < panels; p += 2) {
             int np = panels - p >= 2 ? 2 : 1;
             tiles[np - 1][mr - 1](taps, cq, xs, tab, pad, w + p * ps, ps, p * PANEL, outputs - p * PANEL, ep,
@@ -586,10 +583,10 @@ static TAVX2 void q8_avx2(int rows, int outputs, int inputs, const uint8_t *x, i
 
 /// MR rows × NP panels over kb values (k-pairs) of widened input, the sums kept in accp between blocks.
 static inline T512 __attribute__((always_inline)) void block_512(const int MR, const int NP, int kb, const int16_t *xw,
-                                                                const int16_t *w, size_t pstride, __m512i *accp) {
+                                                                const int16_t *w, size_t pstride, __m512i accp[][2]) {
     __m512i a[MR_512][2];
     for (int r = 0; r < MR; r++)
-        for (int p = 0; p < NP; p++) a[r][p] = accp[2 * r + p];
+        for (int p = 0; p < NP; p++) a[r][p] = accp[r][p];
     for (int k = 0; k < kb; k += 2) {
         __m512i w0 = _mm512_loadu_si512(w + (size_t)k * PANEL);
         __m512i w1 = NP == 2 ? _mm512_loadu_si512(w + pstride + (size_t)k * PANEL) : w0;
@@ -602,26 +599,21 @@ static inline T512 __attribute__((always_inline)) void block_512(const int MR, c
         }
     }
     for (int r = 0; r < MR; r++)
-        for (int p = 0; p < NP; p++) accp[2 * r + p] = a[r][p];
+        for (int p = 0; p < NP; p++) accp[r][p] = a[r][p];
 }
 
 /// MR rows × NP panels (from output o0, `cols` outputs left) over all k, as tile_avx2.
 static inline T512 __attribute__((always_inline)) void tile_512(const int MR, const int NP, int kp, int kin, const uint8_t *x, int ldx,
                                                                int widened, int16_t *xw, const int16_t *w, size_t pstride, int o0,
                                                                int cols, const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
-    __m512i acc[2 * MR_512];
-    for (int i = 0; i < 2 * MR; i++) acc[i] = _mm512_setzero_si512();
+    __m512i acc[MR_512][2];
+    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
     for (int k0 = 0; k0 < kp; k0 += XBLOCK) {
         int kb = kp - k0 < XBLOCK ? kp - k0 : XBLOCK;
         if (!widened) widen_rows(MR, x, ldx, k0, kb, kin, xw);
         block_512(MR, NP, kb, xw, w + (size_t)k0 * PANEL, pstride, acc);
     }
-    for (int r = 0; r < MR; r++)
-        for (int p = 0; p < NP; p++) {
-            int n = cols - p * PANEL;
-            if (n <= 0) break;
-            finish512(acc[2 * r + p], o0 + p * PANEL, n, ep, yu ? yu + (size_t)r * ldy : 0, yf ? yf + (size_t)r * ldy : 0);
-        }
+    finish512_tile(MR, NP, acc, o0, cols, ep, yu, yf, ldy);
 }
 
 /// One widened row, NP panels at once.

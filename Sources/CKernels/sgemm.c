@@ -287,16 +287,12 @@ static T512 void sgemm_avx512(int rows, int outputs, int inputs, const float *x,
     }
 }
 
-/// Where output rows m … m+mr−1 of a convolution read: each row's sample and its pixel's taps in
-/// the table (one division a tile, then steps).
+/// edge_conv_rows for FP32 samples `sample_stride` floats apart: each row's sample start.
 static inline void conv_rows(int mr, size_t m, int pixels, int taps, const int32_t *table, const float *x, size_t sample_stride,
                              const float **xs, const int32_t **tab) {
-    size_t s = m / pixels, px = m % pixels;
-    for (int r = 0; r < mr; r++) {
-        xs[r] = x + s * sample_stride;
-        tab[r] = table + px * taps;
-        if (++px == (size_t)pixels) { px = 0; s++; }
-    }
+    size_t sample[8];
+    edge_conv_rows(mr, m, pixels, taps, table, sample, tab);
+    for (int r = 0; r < mr; r++) xs[r] = x + sample[r] * sample_stride;
 }
 
 /// One MR × (NP·16) tile of a convolution on AVX-512: tile512's sums (from the bias, fused
@@ -680,7 +676,7 @@ static T256 void q4_gemm_avx2(int rows, int outputs, int inputs, int group, cons
 // of about s/2 per input (a value at the end of the range, clamped to 255, up to s), against the
 // INT4 weights' step of a sixteenth of their range. EDGE_ISA=avx512 (no VNNI) runs W4A16.
 
-#define TQ4V __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define TQ4V EDGE_TVNNI
 #define Q4V_MR 6
 
 /// The quad-padded length of the inputs: each group (the last may be short) rounded up to 4.
@@ -795,16 +791,14 @@ static inline TQ4V __attribute__((always_inline)) void q4v_tile(const int MR, co
             if (NP > 1) f[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[r][1]), s1, f[r][1]);
         }
     }
-    for (int p = 0; p < NP; p++) {
-        int n = cols - p * PANEL;
-        if (n <= 0) break;
-        __mmask16 mask = n >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+    for (int p = 0; p < NP; p++) {  // NP = 2 only where the second panel exists: its C and biases are there
         __m512 c = _mm512_loadu_ps(csum + p * PANEL), b = _mm512_loadu_ps(bias + p * PANEL);
         for (int r = 0; r < MR; r++) {
             __m512 t = _mm512_fnmadd_ps(_mm512_set1_ps(rz[r]), c, f[r][p]);  // F − z·C
-            _mm512_mask_storeu_ps(y + (size_t)r * ldy + p * PANEL, mask, act512(_mm512_fmadd_ps(t, _mm512_set1_ps(rs[r]), b), act, alpha));
+            f[r][p] = _mm512_fmadd_ps(t, _mm512_set1_ps(rs[r]), b);
         }
     }
+    store512(MR, NP, f, y, ldy, cols, act, alpha);
 }
 
 #define Q4VTILE(MR, NP) \

@@ -246,7 +246,7 @@ import Testing
 
     /// Random INT4 weights, group scales and biases (odd outputs without one: beside a bias of
     /// ~0.5 a row at 2^-120 would vanish in the sum) packed for `isa`, and rows `inputs + 3` apart
-    /// scaled by magnitudes from 2^-120 (below the 2^-100 where a row is pre-scaled) to 64.
+    /// scaled by magnitudes from 2^-120 (below the 2^-100 where a row is pre-scaled) to 1e30.
     func int4Case(_ shape: (Int, Int, Int, Int), seed: UInt64, isa: KernelISA)
         -> (q: [Int8], scales: [Float], bias: [Float], x: [Float], w: (weights: PackedInt4Weights, groups: Int)) {
         var rng = SeededGenerator(seed: seed)
@@ -257,7 +257,7 @@ import Testing
         let bias = (0..<outputs).map { o in o % 2 == 1 ? 0 : rng.nextFloat(limit: 1) }
         let w = PackedInt4Weights(q: q, scales: scales, bias: bias, outputs: outputs, inputs: inputs, group: group, isa: isa)
         var x = (0..<(rows * ldx)).map { _ in rng.nextFloat(limit: 1) }
-        let magnitudes: [Float] = [1, 2, 64, 0x1p-120, 0x1p-60, 0.5, 8]
+        let magnitudes: [Float] = [1, 2, 64, 0x1p-120, 0x1p-60, 0.5, 8, 1e30]
         for r in 0..<rows { for k in 0..<ldx { x[r * ldx + k] *= magnitudes[r % magnitudes.count] } }
         return (q, scales, bias, x, (w, groups))
     }
