@@ -70,39 +70,81 @@ static void sgemm_portable(int rows, int outputs, int inputs, const float *x, in
 
 // ---- INT4, 16-output panels --------------------------------------------------------------------
 //
-// Per panel: for each k, 8 bytes holding the panel's 16 nibbles (byte j: output 2j low, 2j+1
-// high, q + 8); then, per group, the panel's 16 scales; then its 16 biases. The portable path
+// Per panel: its nibbles (q + 8); then, per group, the panel's 16 scales; then its 16 biases;
+// then its 16 scaled column sums (W4A8's C). For the AVX2 and portable paths the nibbles are k
+// by k, 8 bytes holding the panel's 16 (byte j: output 2j low, 2j+1 high). The portable path
 // widens one panel at a time into `scratch` ([k][16] FP32, the group scales applied) and runs the
 // FP32 panel loop over every row (weight-only: the arithmetic is FP32); the AVX2 path is integer
-// (W4A16, below).
+// (W4A16, below). For the VNNI path (W4A8, below) they are in its k-quads, each group padded to
+// whole quads with weights 0: quads 2i and 2i + 1 share 64 bytes, byte 4j + t holding output j's
+// weight at the quads' k + t, the first quad's low and the second's high, so that two quads
+// unpack with shifts and masks alone.
 
 #define Q4_NIBBLE_BYTES 8
 
-size_t edge_q4_packed_bytes(int outputs, int inputs, int group) {
+/// Which INT4 path `isa` runs: 2 the VNNI one (W4A8), 1 the AVX2 one (W4A16), 0 the portable
+/// one (FP32 weight-only). The one place the choice is made.
+static int q4_integer(edge_isa isa) {
+#if defined(__x86_64__)
+    if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
+    if (isa == EDGE_ISA_AVX512VNNI && edge_isa_supported(EDGE_ISA_AVX512VNNI)) return 2;
+    return isa != EDGE_ISA_PORTABLE && edge_isa_supported(EDGE_ISA_AVX2);
+#else
+    (void)isa;
+    return 0;
+#endif
+}
+
+/// The quad-padded length of the inputs: each group (the last may be short) rounded up to 4.
+static int q4v_padded(int inputs, int group) {
+    int full = inputs / group, rest = inputs - full * group;
+    return full * ((group + 3) & ~3) + ((rest + 3) & ~3);
+}
+
+/// The bytes of one panel's nibbles.
+static size_t q4_panel_nibbles(int vnni, int inputs, int group) {
+    return vnni ? (size_t)((q4v_padded(inputs, group) / 4 + 1) / 2) * 64 : (size_t)inputs * Q4_NIBBLE_BYTES;
+}
+
+size_t edge_q4_packed_bytes(edge_isa isa, int outputs, int inputs, int group) {
     size_t panels = (size_t)(outputs + PANEL - 1) / PANEL, groups = (size_t)(inputs + group - 1) / group;
-    return panels * (size_t)inputs * Q4_NIBBLE_BYTES + panels * groups * PANEL * 4 + panels * PANEL * 4;
+    return panels * q4_panel_nibbles(q4_integer(isa) == 2, inputs, group) + panels * groups * PANEL * 4 + 2 * panels * PANEL * 4;
 }
 
 /// The portable path widens a panel to FP32 (16 floats an input); the AVX2 path holds a panel
 /// as int16 (8 floats' worth an input) and Q4_ROWS rows quantized to int16 (32 an input) plus
 /// their scales; the VNNI path two panels as INT8 quads and Q4_ROWS rows as UINT8 over at most
-/// 2·inputs quad-padded values (48 floats' worth an input) plus 160 floats of row scales, zero
-/// points and column sums. The largest.
+/// 2·inputs quad-padded values (48 floats' worth an input) plus 256 floats of row scales, zero
+/// points, pre-scales and reciprocals. The largest.
 size_t edge_q4_scratch_floats(int inputs) {
     size_t k = (size_t)(inputs > 0 ? inputs : 0);
-    size_t avx2 = k * PANEL / 2 + k * 64 / 2 + 64, vnni = k * 48 + 160, portable = k * PANEL;
+    size_t avx2 = k * PANEL / 2 + k * 64 / 2 + 64, vnni = k * 48 + 256, portable = k * PANEL;
     size_t most = avx2 > vnni ? avx2 : vnni;
     return most > portable ? most : portable;
 }
 
-void edge_q4_pack(const int8_t *q, const float *scales, const float *bias, int outputs, int inputs, int group, void *packed) {
-    int panels = (outputs + PANEL - 1) / PANEL, groups = (inputs + group - 1) / group;
+void edge_q4_pack(edge_isa isa, const int8_t *q, const float *scales, const float *bias, int outputs, int inputs, int group,
+                  void *packed) {
+    int panels = (outputs + PANEL - 1) / PANEL, groups = (inputs + group - 1) / group, vnni = q4_integer(isa) == 2;
+    size_t pn = q4_panel_nibbles(vnni, inputs, group);
     uint8_t *nib = packed;
-    float *sc = (float *)(nib + (size_t)panels * inputs * Q4_NIBBLE_BYTES);
-    float *b = sc + (size_t)panels * groups * PANEL;
+    float *sc = (float *)(nib + (size_t)panels * pn);
+    float *b = sc + (size_t)panels * groups * PANEL, *cs = b + (size_t)panels * PANEL;
+    if (vnni) memset(nib, 0x88, (size_t)panels * pn);  // every weight 0 until set
     for (int p = 0; p < panels; p++) {
-        for (int k = 0; k < inputs; k++) {
-            uint8_t *dst = nib + ((size_t)p * inputs + k) * Q4_NIBBLE_BYTES;
+        for (int k = 0, quad = 0; vnni && k < inputs; k += group) {  // quad: the group's first, in the padded layout
+            for (int u = 0; u < group && k + u < inputs; u++) {
+                int qd = quad + u / 4, t = u % 4;
+                uint8_t *pair = nib + (size_t)p * pn + (size_t)(qd / 2) * 64;
+                for (int j = 0; j < PANEL && p * PANEL + j < outputs; j++) {
+                    int v = q[(size_t)(p * PANEL + j) * inputs + k + u] + 8, shift = qd % 2 ? 4 : 0;
+                    pair[4 * j + t] = (uint8_t)((pair[4 * j + t] & (0xF0 >> shift)) | (v << shift));
+                }
+            }
+            quad += ((inputs - k < group ? inputs - k : group) + 3) / 4;
+        }
+        for (int k = 0; !vnni && k < inputs; k++) {
+            uint8_t *dst = nib + (size_t)p * pn + (size_t)k * Q4_NIBBLE_BYTES;
             for (int j = 0; j < PANEL; j += 2) {
                 int o = p * PANEL + j;
                 int lo = o < outputs ? q[(size_t)o * inputs + k] + 8 : 8;
@@ -119,6 +161,14 @@ void edge_q4_pack(const int8_t *q, const float *scales, const float *bias, int o
         for (int j = 0; j < PANEL; j++) {
             int o = p * PANEL + j;
             b[(size_t)p * PANEL + j] = bias && o < outputs ? bias[o] : 0.0f;
+            // W4A8's scaled column sum C = Σ_g scale_g·Σ_k q (fused multiply-adds in group order).
+            float c = 0;
+            for (int g = 0; o < outputs && g < groups; g++) {
+                int sum = 0;
+                for (int k = g * group; k < inputs && k < (g + 1) * group; k++) sum += q[(size_t)o * inputs + k];
+                c = fmaf((float)sum, scales[(size_t)o * groups + g], c);
+            }
+            cs[(size_t)p * PANEL + j] = c;
         }
     }
 }
@@ -671,7 +721,7 @@ static T256 void q4_gemm_avx2(int rows, int outputs, int inputs, int group, cons
 // padded to whole quads (a group of 2, 6, … gets zero weights), so per group the sums are exact
 // INT32, then converted and multiplied by the group's 16 scales into FP32 accumulators. The zero
 // point comes off at the end: Σ_g sc_g·Σ_k (u_k − z)·q_k = F − z·C with C = Σ_g sc_g·Σ_k q_k,
-// computed while unpacking. y = (F − z·C)·s + bias, then the activation. A row with a non-finite
+// computed at pack time. y = (F − z·C)·s + bias, then the activation. A row with a non-finite
 // value has s = NaN: its outputs are NaN (before the activation). 8-bit activations add an error
 // of about s/2 per input (a value at the end of the range, clamped to 255, up to s), against the
 // INT4 weights' step of a sixteenth of their range. EDGE_ISA=avx512 (no VNNI) runs W4A16.
@@ -679,45 +729,126 @@ static T256 void q4_gemm_avx2(int rows, int outputs, int inputs, int group, cons
 #define TQ4V EDGE_TVNNI
 #define Q4V_MR 6
 
-/// The quad-padded length of the inputs: each group (the last may be short) rounded up to 4.
-static int q4v_padded(int inputs, int group) {
-    int full = inputs / group, rest = inputs - full * group;
-    return full * ((group + 3) & ~3) + ((rest + 3) & ~3);
+/// Lane r: the maximum (max = 1) or the minimum of v[r]'s 16 lanes. A tree of 128-bit block,
+/// then lane, shuffles leaves row 4t + j in lane 4j + t; a permutation puts it in lane 4t + j.
+static inline TQ4V __attribute__((always_inline)) __m512 q4v_reduce16(const __m512 v[16], const int max) {
+#define Q4V_OP(a, b) (max ? _mm512_max_ps((a), (b)) : _mm512_min_ps((a), (b)))
+    __m512 w1[8], w2[4], w3[2];
+    for (int i = 0; i < 8; i++)  // blocks: v[2i]'s halves folded, v[2i+1]'s halves folded
+        w1[i] = Q4V_OP(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++)  // block j: row 4i + j's four lanes
+        w2[i] = Q4V_OP(_mm512_shuffle_f32x4(w1[2 * i], w1[2 * i + 1], 0x88), _mm512_shuffle_f32x4(w1[2 * i], w1[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++)  // block j: rows 8i + j and 8i + 4 + j, two lanes each
+        w3[i] = Q4V_OP(_mm512_unpacklo_ps(w2[2 * i], w2[2 * i + 1]), _mm512_unpackhi_ps(w2[2 * i], w2[2 * i + 1]));
+    __m512 w = Q4V_OP(_mm512_shuffle_ps(w3[0], w3[1], 0x44), _mm512_shuffle_ps(w3[0], w3[1], 0xEE));  // lane 4j + t: row 4t + j
+#undef Q4V_OP
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), w);
 }
 
 /// Rows [0, mb) quantized to UINT8 in the padded layout (rows kp apart, padding 0), with each
-/// row's scale s (NaN for a non-finite row, 0 for a row of zeros) and zero point z as a float.
-static TQ4V void q4v_quantize_rows(int mb, int inputs, int group, int kp, const float *x, int ldx, uint8_t *xq, float *rs, float *rz) {
-    __m512 fmax = _mm512_set1_ps(3.4028235e38f);
-    for (int r = 0; r < mb; r++) {
+/// row's scale s (NaN for a non-finite row, 0 for a row of zeros), zero point z as a float, and
+/// the pre-scale and 1/s the values are multiplied by (1/s = 0: a row not quantized). 16 rows at
+/// a time, in three passes, so that no row waits on another's reductions and divisions and the
+/// rows are still in L1 for the last: the ranges; the steps and zero points, a vector; the values.
+static TQ4V void q4v_quantize_16(int mb, int inputs, int group, int kp, const float *x, int ldx, uint8_t *xq, float *rs, float *rz,
+                                 float *rpre, float *rinv);
+static TQ4V void q4v_quantize_rows(int mb, int inputs, int group, int kp, const float *x, int ldx, uint8_t *xq, float *rs, float *rz,
+                                   float *rpre, float *rinv) {
+    for (int r = 0; r < mb; r += 16)
+        q4v_quantize_16(mb - r < 16 ? mb - r : 16, inputs, group, kp, x + (size_t)r * ldx, ldx, xq + (size_t)r * kp, rs + r, rz + r, rpre + r,
+                        rinv + r);
+}
+
+static TQ4V void q4v_quantize_16(int mb, int inputs, int group, int kp, const float *x, int ldx, uint8_t *xq, float *rs, float *rz,
+                                 float *rpre, float *rinv) {
+    const __m512 fmax = _mm512_set1_ps(3.4028235e38f);
+    __m512 los[16], his[16];
+    __mmask16 bads = 0;
+    for (int r = 0; r < 16; r++) los[r] = his[r] = _mm512_setzero_ps();
+    for (int r = 0; r < mb; r++) {  // the ranges, 16 lanes a row
         const float *xr = x + (size_t)r * ldx;
         __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
         __mmask16 bad = 0;
-        for (int k = 0; k < inputs; k += 16) {
-            __mmask16 m = inputs - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (inputs - k)) - 1);
+        int k = 0;
+        if (inputs >= 64) {  // four chains of min and max: one would wait on their latency
+            __m512 l4[4], h4[4];
+            for (int t = 0; t < 4; t++) l4[t] = h4[t] = lo;
+            for (; k + 64 <= inputs; k += 64)
+                for (int t = 0; t < 4; t++) {
+                    __m512 v = _mm512_loadu_ps(xr + k + 16 * t);
+                    l4[t] = _mm512_min_ps(l4[t], v);
+                    h4[t] = _mm512_max_ps(h4[t], v);
+                    bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(v), fmax, _CMP_NLE_UQ);  // NaN or infinity
+                }
+            lo = _mm512_min_ps(_mm512_min_ps(l4[0], l4[1]), _mm512_min_ps(l4[2], l4[3]));
+            hi = _mm512_max_ps(_mm512_max_ps(h4[0], h4[1]), _mm512_max_ps(h4[2], h4[3]));
+        }
+        for (; k + 16 <= inputs; k += 16) {
+            __m512 v = _mm512_loadu_ps(xr + k);
+            lo = _mm512_min_ps(lo, v);
+            hi = _mm512_max_ps(hi, v);
+            bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(v), fmax, _CMP_NLE_UQ);
+        }
+        if (k < inputs) {
+            __mmask16 m = (__mmask16)((1u << (inputs - k)) - 1);
             __m512 v = _mm512_maskz_loadu_ps(m, xr + k);
             lo = _mm512_min_ps(lo, v);
             hi = _mm512_max_ps(hi, v);
-            bad |= _mm512_mask_cmp_ps_mask(m, _mm512_abs_ps(v), fmax, _CMP_NLE_UQ);  // NaN or infinity
+            bad |= _mm512_mask_cmp_ps_mask(m, _mm512_abs_ps(v), fmax, _CMP_NLE_UQ);
         }
-        float l = _mm512_reduce_min_ps(lo), h = _mm512_reduce_max_ps(hi);
+        los[r] = lo;
+        his[r] = hi;
+        bads |= (__mmask16)((bad != 0) << r);
+    }
+    const __m512 v0 = _mm512_setzero_ps(), v255 = _mm512_set1_ps(255.0f), one = _mm512_set1_ps(1.0f);
+    {  // s = h·pre/255 − l·pre/255 (two quotients: h − l may overflow), z = round(−l·pre·(1/s)); lane r is row r
+        __mmask16 m = (__mmask16)((1u << mb) - 1);
+        __m512 h = _mm512_mask_blend_ps(bads, q4v_reduce16(his, 1), _mm512_set1_ps(__builtin_nanf(""))), l = q4v_reduce16(los, 0);
+        __mmask16 bad = bads, flat = _mm512_cmp_ps_mask(h, l, _CMP_EQ_OQ);
+        // Below 2^-100, 255 / (h − l) would overflow: such a row is scaled up by 2^64 first (exact).
+        __m512 pre = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(_mm512_sub_ps(h, l), _mm512_set1_ps(0x1p-100f), _CMP_LT_OQ), one,
+                                          _mm512_set1_ps(0x1p64f));
+        __m512 step = _mm512_sub_ps(_mm512_div_ps(_mm512_mul_ps(h, pre), v255), _mm512_div_ps(_mm512_mul_ps(l, pre), v255));
+        __m512 inv = _mm512_div_ps(one, step);
+        __m512 z = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(l), _mm512_set1_epi32(INT32_MIN))), pre), inv),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        z = _mm512_maskz_mov_ps((__mmask16)~(bad | flat), _mm512_min_ps(_mm512_max_ps(z, v0), v255));
+        __m512 s = _mm512_maskz_mov_ps((__mmask16)~flat, _mm512_div_ps(step, pre));  // NaN stays NaN, a row of zeros 0
+        _mm512_mask_storeu_ps(rs, m, s);
+        _mm512_mask_storeu_ps(rz, m, z);
+        _mm512_mask_storeu_ps(rpre, m, pre);
+        _mm512_mask_storeu_ps(rinv, m, _mm512_maskz_mov_ps((__mmask16)~(bad | flat), inv));
+    }
+    int packed = group % 4 == 0;  // no group padding: a row is its inputs, then zeros to kp
+    const __m512i lanes = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    for (int r = 0; r < mb; r++) {
+        const float *xr = x + (size_t)r * ldx;
         uint8_t *q = xq + (size_t)r * kp;
-        if (bad || h == l) {  // h == l: a row of zeros (the range holds 0)
+        if (rinv[r] == 0) {  // a row of zeros, or a non-finite one
             memset(q, 0, (size_t)kp);
-            rs[r] = bad ? __builtin_nanf("") : 0.0f;
-            rz[r] = 0.0f;
             continue;
         }
-        // Below 2^-100, 255 / (h − l) would overflow: such a row is scaled up by 2^64 first (exact).
-        float pre = h - l < 0x1p-100f ? 0x1p64f : 1.0f;
-        float step = h * pre / 255.0f - l * pre / 255.0f;  // two quotients: h − l itself may overflow
-        float inv = 1.0f / step;
-        float z = nearbyintf(-l * pre * inv);
-        z = z < 0 ? 0 : (z > 255 ? 255 : z);
-        rs[r] = step / pre;
-        rz[r] = z;
-        __m512 vi = _mm512_set1_ps(inv), vp = _mm512_set1_ps(pre), vz = _mm512_set1_ps(z);
-        __m512 v0 = _mm512_setzero_ps(), v255 = _mm512_set1_ps(255.0f);
+        __m512 vp = _mm512_set1_ps(rpre[r]), vi = _mm512_set1_ps(rinv[r]);
+        __m512i vz = _mm512_set1_epi32((int)rz[r]), i0 = _mm512_setzero_si512();
+        // round half to even (MXCSR) of x·pre·(1/s), + z, clamped to 0…255 (vpmovusdb saturates above).
+#define Q4V_VALUES(v) _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_mul_ps((v), vp), vi)), vz), i0)
+        if (packed) {
+            int k = 0;
+            if (rpre[r] == 1) {  // (x·1)·(1/s) = x·(1/s): 64 values at a time, clamped to 0…255 by the packs' saturation
+                for (; k + 64 <= inputs; k += 64) {
+                    __m512i v[4];
+                    for (int t = 0; t < 4; t++) v[t] = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + k + 16 * t), vi)), vz);
+                    __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(v[0], v[1]), _mm512_packus_epi32(v[2], v[3]));
+                    _mm512_storeu_si512(q + k, _mm512_permutexvar_epi32(lanes, b));  // lane L held v[t]'s values 4L…4L+3 at dword 4L + t
+                }
+            }
+            for (; k + 16 <= inputs; k += 16) _mm512_mask_cvtusepi32_storeu_epi8(q + k, 0xFFFF, Q4V_VALUES(_mm512_loadu_ps(xr + k)));
+            if (k < kp) {  // the tail, and the zeros after it to the last quad's end (kp − k ≤ 16)
+                __mmask16 in = (__mmask16)((1u << (inputs - k)) - 1), out = (__mmask16)((1u << (kp - k)) - 1);
+                _mm512_mask_cvtusepi32_storeu_epi8(q + k, out, _mm512_maskz_mov_epi32(in, Q4V_VALUES(_mm512_maskz_loadu_ps(in, xr + k))));
+            }
+            continue;
+        }
         int o = 0;
         for (int k0 = 0; k0 < inputs; k0 += group) {
             int len = inputs - k0 < group ? inputs - k0 : group, padded = (len + 3) & ~3;
@@ -725,48 +856,24 @@ static TQ4V void q4v_quantize_rows(int mb, int inputs, int group, int kp, const 
                 int n = padded - k < 16 ? padded - k : 16, real = len - k;
                 __mmask16 store = (__mmask16)((1u << n) - 1);
                 __mmask16 load = real >= 16 ? (__mmask16)0xFFFF : (real > 0 ? (__mmask16)((1u << real) - 1) : 0);
-                __m512 v = _mm512_maskz_loadu_ps(load, xr + k0 + k);
-                // round half to even (MXCSR), + z, clamped; padding lanes are 0.
-                v = _mm512_add_ps(_mm512_roundscale_ps(_mm512_mul_ps(_mm512_mul_ps(v, vp), vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vz);
-                v = _mm512_maskz_mov_ps(load, _mm512_min_ps(_mm512_max_ps(v, v0), v255));
-                _mm_mask_storeu_epi8(q + o + k, store, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+                __m512i v = _mm512_maskz_mov_epi32(load, Q4V_VALUES(_mm512_maskz_loadu_ps(load, xr + k0 + k)));
+                _mm512_mask_cvtusepi32_storeu_epi8(q + o + k, store, v);
             }
             o += padded;
         }
+#undef Q4V_VALUES
     }
 }
 
-/// One panel's nibbles as INT8 k-quads in the padded layout ([quad][16 outputs][4]), and
-/// C[j] = Σ_g sc_g[j]·Σ_k q_jk (FP32, fused multiply-adds in group order).
-static TQ4V void q4v_unpack_panel(const uint8_t *nib, const float *sc, int inputs, int group, int8_t *dst, float *csum) {
-    const __m128i mask = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
-    __m512 c = _mm512_setzero_ps();
-    for (int k0 = 0, g = 0; k0 < inputs; k0 += group, g++) {
-        int len = inputs - k0 < group ? inputs - k0 : group;
-        __m256i gs = _mm256_setzero_si256();  // 16 int16 column sums of this group (|sum| ≤ 2048)
-        for (int k = 0; k < len; k += 4) {
-            __m128i v[4];
-            for (int t = 0; t < 4; t++) {
-                if (k + t < len) {
-                    __m128i b = _mm_loadl_epi64((const __m128i *)(nib + (size_t)(k0 + k + t) * Q4_NIBBLE_BYTES));
-                    v[t] = _mm_sub_epi8(_mm_unpacklo_epi8(_mm_and_si128(b, mask), _mm_and_si128(_mm_srli_epi16(b, 4), mask)), eight);
-                    gs = _mm256_add_epi16(gs, _mm256_cvtepi8_epi16(v[t]));
-                } else {
-                    v[t] = _mm_setzero_si128();
-                }
-            }
-            // 16 outputs × 4 k: output j's four weights adjacent.
-            __m128i a = _mm_unpacklo_epi8(v[0], v[1]), b = _mm_unpackhi_epi8(v[0], v[1]);
-            __m128i cc = _mm_unpacklo_epi8(v[2], v[3]), d = _mm_unpackhi_epi8(v[2], v[3]);
-            _mm_storeu_si128((__m128i *)(dst + 0), _mm_unpacklo_epi16(a, cc));
-            _mm_storeu_si128((__m128i *)(dst + 16), _mm_unpackhi_epi16(a, cc));
-            _mm_storeu_si128((__m128i *)(dst + 32), _mm_unpacklo_epi16(b, d));
-            _mm_storeu_si128((__m128i *)(dst + 48), _mm_unpackhi_epi16(b, d));
-            dst += 64;
-        }
-        c = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(gs)), _mm512_loadu_ps(sc + (size_t)g * PANEL), c);
+/// One panel's `quads` k-quads as INT8 ([quad][16 outputs][4]): two quads from each 64 bytes,
+/// the low nibbles and the high, − 8.
+static TQ4V void q4v_unpack_panel(const uint8_t *nib, int quads, int8_t *dst) {
+    const __m512i low = _mm512_set1_epi8(15), eight = _mm512_set1_epi8(8);
+    for (int qd = 0; qd < quads; qd += 2, nib += 64, dst += 128) {
+        __m512i v = _mm512_loadu_si512(nib);
+        _mm512_storeu_si512(dst, _mm512_sub_epi8(_mm512_and_si512(v, low), eight));
+        if (qd + 1 < quads) _mm512_storeu_si512(dst + 64, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), low), eight));
     }
-    _mm512_storeu_ps(csum, c);
 }
 
 /// MR rows × NP panels (NP·16 outputs from the tile's first) over every group.
@@ -812,8 +919,8 @@ Q4VTILE(1, 2) Q4VTILE(2, 2) Q4VTILE(3, 2) Q4VTILE(4, 2) Q4VTILE(5, 2) Q4VTILE(6,
 typedef void (*q4v_tile_fn)(int, int, int, const uint8_t *, const float *, const float *, const int8_t *, size_t, const float *,
                             size_t, const float *, const float *, float *, int, int, edge_activation, __m512);
 
-/// Scratch (bytes): two panels unpacked (2·kp·16), their C (32 floats), Q4_ROWS rows (Q4_ROWS·kp)
-/// and their scales and zero points (2·Q4_ROWS floats); kp ≤ 2·inputs.
+/// Scratch (bytes): two panels unpacked (2·kp·16), Q4_ROWS rows (Q4_ROWS·kp)
+/// and their scales, zero points, pre-scales and reciprocals (4·Q4_ROWS floats); kp ≤ 2·inputs.
 static TQ4V void q4_gemm_vnni(int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
                               float *y, int ldy, edge_activation act, float alpha, void *scratch) {
     static const q4v_tile_fn tiles[2][Q4V_MR] = {
@@ -821,25 +928,25 @@ static TQ4V void q4_gemm_vnni(int rows, int outputs, int inputs, int group, cons
         {q4v_tile_1_2, q4v_tile_2_2, q4v_tile_3_2, q4v_tile_4_2, q4v_tile_5_2, q4v_tile_6_2},
     };
     int panels = (outputs + PANEL - 1) / PANEL, groups = (inputs + group - 1) / group, kp = q4v_padded(inputs, group);
+    size_t pn = q4_panel_nibbles(1, inputs, group);
     const uint8_t *nib = packed;
-    const float *sc = (const float *)(nib + (size_t)panels * inputs * Q4_NIBBLE_BYTES);
-    const float *bias = sc + (size_t)panels * groups * PANEL;
-    float *rs = scratch, *rz = rs + Q4_ROWS, *cs = rz + Q4_ROWS;  // cs: 2 panels' C
-    int8_t *wq = (int8_t *)(cs + 2 * PANEL);                      // 2 panels: kp · 16 bytes each
+    const float *sc = (const float *)(nib + (size_t)panels * pn);
+    const float *bias = sc + (size_t)panels * groups * PANEL, *cs = bias + (size_t)panels * PANEL;
+    float *rs = scratch, *rz = rs + Q4_ROWS, *rpre = rz + Q4_ROWS, *rinv = rpre + Q4_ROWS;
+    int8_t *wq = (int8_t *)(rinv + Q4_ROWS);                      // 2 panels: kp · 16 bytes each
     uint8_t *xq = (uint8_t *)(wq + (size_t)2 * kp * PANEL);       // Q4_ROWS rows of kp bytes
     __m512 av = _mm512_set1_ps(alpha);
     size_t ws = (size_t)kp * PANEL, ss = (size_t)groups * PANEL;
     for (int m0 = 0; m0 < rows; m0 += Q4_ROWS) {
         int mb = rows - m0 < Q4_ROWS ? rows - m0 : Q4_ROWS;
-        q4v_quantize_rows(mb, inputs, group, kp, x + (size_t)m0 * ldx, ldx, xq, rs, rz);
+        q4v_quantize_rows(mb, inputs, group, kp, x + (size_t)m0 * ldx, ldx, xq, rs, rz, rpre, rinv);
         for (int p = 0; p < panels; p += 2) {
             int np = panels - p >= 2 ? 2 : 1;
             for (int i = 0; i < np; i++)
-                q4v_unpack_panel(nib + (size_t)(p + i) * inputs * Q4_NIBBLE_BYTES, sc + (size_t)(p + i) * ss, inputs, group, wq + i * ws,
-                                 cs + i * PANEL);
+                q4v_unpack_panel(nib + (size_t)(p + i) * pn, kp / 4, wq + i * ws);
             for (int m = 0; m < mb; m += Q4V_MR) {
                 int mr = mb - m < Q4V_MR ? mb - m : Q4V_MR;
-                tiles[np - 1][mr - 1](inputs, group, kp, xq + (size_t)m * kp, rs + m, rz + m, wq, ws, sc + (size_t)p * ss, ss, cs,
+                tiles[np - 1][mr - 1](inputs, group, kp, xq + (size_t)m * kp, rs + m, rz + m, wq, ws, sc + (size_t)p * ss, ss, cs + (size_t)p * PANEL,
                                       bias + (size_t)p * PANEL, y + (size_t)(m0 + m) * ldy + (size_t)p * PANEL, ldy,
                                       outputs - p * PANEL, act, av);
             }
@@ -847,19 +954,6 @@ static TQ4V void q4_gemm_vnni(int rows, int outputs, int inputs, int group, cons
     }
 }
 #endif
-
-/// Which INT4 path `isa` runs: 2 the VNNI one (W4A8), 1 the AVX2 one (W4A16), 0 the portable
-/// one (FP32 weight-only). The one place the choice is made.
-static int q4_integer(edge_isa isa) {
-#if defined(__x86_64__)
-    if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
-    if (isa == EDGE_ISA_AVX512VNNI && edge_isa_supported(EDGE_ISA_AVX512VNNI)) return 2;
-    return isa != EDGE_ISA_PORTABLE && edge_isa_supported(EDGE_ISA_AVX2);
-#else
-    (void)isa;
-    return 0;
-#endif
-}
 
 const char *edge_q4_kernel_name(edge_isa isa) {
     switch (q4_integer(isa)) {

@@ -196,7 +196,7 @@ public final class PackedInt4Weights: @unchecked Sendable {
     public let outputs: Int
     public let inputs: Int
     public let group: Int
-    /// The path these weights run on (the layout is the same for every path).
+    /// The path these weights run on, and are packed for (W4A8 reads its own nibble order).
     public let isa: KernelISA
     private let storage: UnsafeMutableRawPointer
     public let byteCount: Int
@@ -211,14 +211,14 @@ public final class PackedInt4Weights: @unchecked Sendable {
         self.inputs = inputs
         self.group = group
         self.isa = isa == .auto ? .best : isa
-        byteCount = edge_q4_packed_bytes(Int32(outputs), Int32(inputs), Int32(group))
+        byteCount = edge_q4_packed_bytes(self.isa.c, Int32(outputs), Int32(inputs), Int32(group))
         storage = .allocate(byteCount: byteCount, alignment: 64)
         q.withUnsafeBufferPointer { qp in
             scales.withUnsafeBufferPointer { sp in
                 if let bias {
-                    bias.withUnsafeBufferPointer { edge_q4_pack(qp.baseAddress!, sp.baseAddress!, $0.baseAddress!, Int32(outputs), Int32(inputs), Int32(group), storage) }
+                    bias.withUnsafeBufferPointer { edge_q4_pack(self.isa.c, qp.baseAddress!, sp.baseAddress!, $0.baseAddress!, Int32(outputs), Int32(inputs), Int32(group), storage) }
                 } else {
-                    edge_q4_pack(qp.baseAddress!, sp.baseAddress!, nil, Int32(outputs), Int32(inputs), Int32(group), storage)
+                    edge_q4_pack(self.isa.c, qp.baseAddress!, sp.baseAddress!, nil, Int32(outputs), Int32(inputs), Int32(group), storage)
                 }
             }
         }

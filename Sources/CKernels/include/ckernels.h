@@ -141,9 +141,10 @@ void edge_q8_conv1(int samples, const uint8_t *x, int height, int width, int kh,
 /// ---- INT4 (group-wise) -----------------------------------------------------------------------
 ///
 /// Weights q in [-8, 7] with one FP32 scale per (output, group of `group` inputs), packed by
-/// edge_q4_pack into 16-output panels: per k, the panel's 16 nibbles (q + 8) in 8 bytes; then the
-/// panel's scales per group and its biases (edge_q4_packed_bytes in all, half a byte a weight
-/// plus the scales). y[m][o] = act(Σ_g scale[o][g] · Σ_{k in g} x[m][k] · q[o][k] + bias[o]).
+/// edge_q4_pack for `isa`'s path into 16-output panels: the panel's nibbles (q + 8) in the order
+/// that path reads them; then its scales per group, its biases and its scaled column sums C
+/// (below) (edge_q4_packed_bytes in all, half a byte a weight plus the scales). Weights packed for
+/// one `isa` run with that `isa` only. y[m][o] = act(Σ_g scale[o][g] · Σ_{k in g} x[m][k] · q[o][k] + bias[o]).
 /// On AVX2 the arithmetic is integer (W4A16): each row is quantized to int16, symmetric with
 /// scale max|x[m]| / 32767 (round half to even), each panel widened to int16, and vpmaddwd sums a
 /// group in INT32 before its scales are applied in FP32; a row holding an infinity or NaN gives
@@ -155,9 +156,9 @@ void edge_q8_conv1(int samples, const uint8_t *x, int height, int width, int kh,
 /// on INT4 storage. Every path unpacks panels as it goes into `scratch`
 /// (edge_q4_scratch_floats floats, owned by the calling thread: the packed weights are shared).
 /// `group` is even and at most 256 (so a group's INT32 sums cannot overflow), `inputs` even.
-size_t edge_q4_packed_bytes(int outputs, int inputs, int group);
+size_t edge_q4_packed_bytes(edge_isa isa, int outputs, int inputs, int group);
 size_t edge_q4_scratch_floats(int inputs);
-void edge_q4_pack(const int8_t *q, const float *scales, const float *bias, int outputs, int inputs, int group, void *packed);
+void edge_q4_pack(edge_isa isa, const int8_t *q, const float *scales, const float *bias, int outputs, int inputs, int group, void *packed);
 /// "avx512-vnni vpdpbusd (w4a8)", "avx2 vpmaddwd (w4a16)" or "portable c (fp32 weight-only)":
 /// what edge_q4_gemm runs for `isa`.
 const char *edge_q4_kernel_name(edge_isa isa);
