@@ -727,7 +727,10 @@ static T256 void q4_gemm_avx2(int rows, int outputs, int inputs, int group, cons
 // INT4 weights' step of a sixteenth of their range. EDGE_ISA=avx512 (no VNNI) runs W4A16.
 
 #define TQ4V EDGE_TVNNI
+// Rows a tile: 6 over two panels, 12 over one (a single panel's 6 would leave vpdpbusd waiting
+// on its own latency); with the FP32 sums, 24 or 27 registers.
 #define Q4V_MR 6
+#define Q4V_MR1 12
 
 /// Lane r: the maximum (max = 1) or the minimum of v[r]'s 16 lanes. A tree of 128-bit block,
 /// then lane, shuffles leaves row 4t + j in lane 4j + t; a permutation puts it in lane 4t + j.
@@ -761,7 +764,6 @@ static TQ4V void q4v_quantize_rows(int mb, int inputs, int group, int kp, const 
 
 static TQ4V void q4v_quantize_16(int mb, int inputs, int group, int kp, const float *x, int ldx, uint8_t *xq, float *rs, float *rz,
                                  float *rpre, float *rinv) {
-    const __m512 fmax = _mm512_set1_ps(3.4028235e38f);
     __m512 los[16], his[16];
     __mmask16 bads = 0;
     for (int r = 0; r < 16; r++) los[r] = his[r] = _mm512_setzero_ps();
@@ -778,7 +780,7 @@ static TQ4V void q4v_quantize_16(int mb, int inputs, int group, int kp, const fl
                     __m512 v = _mm512_loadu_ps(xr + k + 16 * t);
                     l4[t] = _mm512_min_ps(l4[t], v);
                     h4[t] = _mm512_max_ps(h4[t], v);
-                    bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(v), fmax, _CMP_NLE_UQ);  // NaN or infinity
+                    bad |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);  // NaN (an infinity shows in the range)
                 }
             lo = _mm512_min_ps(_mm512_min_ps(l4[0], l4[1]), _mm512_min_ps(l4[2], l4[3]));
             hi = _mm512_max_ps(_mm512_max_ps(h4[0], h4[1]), _mm512_max_ps(h4[2], h4[3]));
@@ -787,14 +789,14 @@ static TQ4V void q4v_quantize_16(int mb, int inputs, int group, int kp, const fl
             __m512 v = _mm512_loadu_ps(xr + k);
             lo = _mm512_min_ps(lo, v);
             hi = _mm512_max_ps(hi, v);
-            bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(v), fmax, _CMP_NLE_UQ);
+            bad |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
         }
         if (k < inputs) {
             __mmask16 m = (__mmask16)((1u << (inputs - k)) - 1);
             __m512 v = _mm512_maskz_loadu_ps(m, xr + k);
             lo = _mm512_min_ps(lo, v);
             hi = _mm512_max_ps(hi, v);
-            bad |= _mm512_mask_cmp_ps_mask(m, _mm512_abs_ps(v), fmax, _CMP_NLE_UQ);
+            bad |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
         }
         los[r] = lo;
         his[r] = hi;
@@ -803,8 +805,10 @@ static TQ4V void q4v_quantize_16(int mb, int inputs, int group, int kp, const fl
     const __m512 v0 = _mm512_setzero_ps(), v255 = _mm512_set1_ps(255.0f), one = _mm512_set1_ps(1.0f);
     {  // s = h·pre/255 − l·pre/255 (two quotients: h − l may overflow), z = round(−l·pre·(1/s)); lane r is row r
         __mmask16 m = (__mmask16)((1u << mb) - 1);
-        __m512 h = _mm512_mask_blend_ps(bads, q4v_reduce16(his, 1), _mm512_set1_ps(__builtin_nanf(""))), l = q4v_reduce16(los, 0);
-        __mmask16 bad = bads, flat = _mm512_cmp_ps_mask(h, l, _CMP_EQ_OQ);
+        __m512 h = q4v_reduce16(his, 1), l = q4v_reduce16(los, 0), inf = _mm512_set1_ps(__builtin_inff());
+        __mmask16 bad = bads | _mm512_cmp_ps_mask(h, inf, _CMP_EQ_OQ) | _mm512_cmp_ps_mask(l, _mm512_sub_ps(_mm512_setzero_ps(), inf), _CMP_EQ_OQ);
+        h = _mm512_mask_blend_ps(bad, h, _mm512_set1_ps(__builtin_nanf("")));
+        __mmask16 flat = _mm512_cmp_ps_mask(h, l, _CMP_EQ_OQ);
         // Below 2^-100, 255 / (h − l) would overflow: such a row is scaled up by 2^64 first (exact).
         __m512 pre = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(_mm512_sub_ps(h, l), _mm512_set1_ps(0x1p-100f), _CMP_LT_OQ), one,
                                           _mm512_set1_ps(0x1p64f));
@@ -834,11 +838,13 @@ static TQ4V void q4v_quantize_16(int mb, int inputs, int group, int kp, const fl
 #define Q4V_VALUES(v) _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_mul_ps((v), vp), vi)), vz), i0)
         if (packed) {
             int k = 0;
-            if (rpre[r] == 1) {  // (x·1)·(1/s) = x·(1/s): 64 values at a time, clamped to 0…255 by the packs' saturation
+            if (rpre[r] == 1) {  // (x·1)·(1/s) = x·(1/s), 64 values at a time: |x/s| ≤ 256 packs to int16 exactly, + z there, then 0…255 by saturation
+                __m512i vz16 = _mm512_set1_epi16((short)rz[r]);
                 for (; k + 64 <= inputs; k += 64) {
                     __m512i v[4];
-                    for (int t = 0; t < 4; t++) v[t] = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + k + 16 * t), vi)), vz);
-                    __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(v[0], v[1]), _mm512_packus_epi32(v[2], v[3]));
+                    for (int t = 0; t < 4; t++) v[t] = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + k + 16 * t), vi));
+                    __m512i lo = _mm512_add_epi16(_mm512_packs_epi32(v[0], v[1]), vz16), hi = _mm512_add_epi16(_mm512_packs_epi32(v[2], v[3]), vz16);
+                    __m512i b = _mm512_packus_epi16(lo, hi);
                     _mm512_storeu_si512(q + k, _mm512_permutexvar_epi32(lanes, b));  // lane L held v[t]'s values 4L…4L+3 at dword 4L + t
                 }
             }
@@ -882,12 +888,12 @@ static inline TQ4V __attribute__((always_inline)) void q4v_tile(const int MR, co
                                                                const int8_t *w, size_t wstride, const float *sc, size_t scstride,
                                                                const float *csum, const float *bias, float *y, int ldy, int cols,
                                                                edge_activation act, __m512 alpha) {
-    __m512 f[Q4V_MR][2];
+    __m512 f[Q4V_MR1][2];
     for (int r = 0; r < MR; r++) f[r][0] = f[r][1] = _mm512_setzero_ps();
     int qk = 0;  // quads done
     for (int k0 = 0, g = 0; k0 < inputs; k0 += group, g++) {
         int len = inputs - k0 < group ? inputs - k0 : group, quads = (len + 3) / 4;
-        __m512i a[Q4V_MR][2];
+        __m512i a[Q4V_MR1][2];
         for (int r = 0; r < MR; r++) a[r][0] = a[r][1] = _mm512_setzero_si512();
         edge_vnni_quads(MR, NP, qk, qk + quads, xq, (size_t)kp, w, wstride, a);
         qk += quads;
@@ -915,6 +921,7 @@ static inline TQ4V __attribute__((always_inline)) void q4v_tile(const int MR, co
         q4v_tile(MR, NP, K, G, kp, xq, rs, rz, w, ws, sc, ss, cs, b, y, ldy, cols, act, alpha); \
     }
 Q4VTILE(1, 1) Q4VTILE(2, 1) Q4VTILE(3, 1) Q4VTILE(4, 1) Q4VTILE(5, 1) Q4VTILE(6, 1)
+Q4VTILE(7, 1) Q4VTILE(8, 1) Q4VTILE(9, 1) Q4VTILE(10, 1) Q4VTILE(11, 1) Q4VTILE(12, 1)
 Q4VTILE(1, 2) Q4VTILE(2, 2) Q4VTILE(3, 2) Q4VTILE(4, 2) Q4VTILE(5, 2) Q4VTILE(6, 2)
 typedef void (*q4v_tile_fn)(int, int, int, const uint8_t *, const float *, const float *, const int8_t *, size_t, const float *,
                             size_t, const float *, const float *, float *, int, int, edge_activation, __m512);
@@ -923,8 +930,9 @@ typedef void (*q4v_tile_fn)(int, int, int, const uint8_t *, const float *, const
 /// and their scales, zero points, pre-scales and reciprocals (4·Q4_ROWS floats); kp ≤ 2·inputs.
 static TQ4V void q4_gemm_vnni(int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
                               float *y, int ldy, edge_activation act, float alpha, void *scratch) {
-    static const q4v_tile_fn tiles[2][Q4V_MR] = {
-        {q4v_tile_1_1, q4v_tile_2_1, q4v_tile_3_1, q4v_tile_4_1, q4v_tile_5_1, q4v_tile_6_1},
+    static const q4v_tile_fn tiles[2][Q4V_MR1] = {
+        {q4v_tile_1_1, q4v_tile_2_1, q4v_tile_3_1, q4v_tile_4_1, q4v_tile_5_1, q4v_tile_6_1, q4v_tile_7_1, q4v_tile_8_1, q4v_tile_9_1,
+         q4v_tile_10_1, q4v_tile_11_1, q4v_tile_12_1},
         {q4v_tile_1_2, q4v_tile_2_2, q4v_tile_3_2, q4v_tile_4_2, q4v_tile_5_2, q4v_tile_6_2},
     };
     int panels = (outputs + PANEL - 1) / PANEL, groups = (inputs + group - 1) / group, kp = q4v_padded(inputs, group);
@@ -944,8 +952,9 @@ static TQ4V void q4_gemm_vnni(int rows, int outputs, int inputs, int group, cons
             int np = panels - p >= 2 ? 2 : 1;
             for (int i = 0; i < np; i++)
                 q4v_unpack_panel(nib + (size_t)(p + i) * pn, kp / 4, wq + i * ws);
-            for (int m = 0; m < mb; m += Q4V_MR) {
-                int mr = mb - m < Q4V_MR ? mb - m : Q4V_MR;
+            int most = np == 2 ? Q4V_MR : Q4V_MR1;
+            for (int m = 0; m < mb; m += most) {
+                int mr = mb - m < most ? mb - m : most;
                 tiles[np - 1][mr - 1](inputs, group, kp, xq + (size_t)m * kp, rs + m, rz + m, wq, ws, sc + (size_t)p * ss, ss, cs + (size_t)p * PANEL,
                                       bias + (size_t)p * PANEL, y + (size_t)(m0 + m) * ldy + (size_t)p * PANEL, ldy,
                                       outputs - p * PANEL, act, av);

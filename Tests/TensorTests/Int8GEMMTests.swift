@@ -360,15 +360,17 @@ import Testing
     }
 
     /// A row of zeros gives the bias; a row with NaN or an infinity, in the vector part or the
-    /// scalar tail, gives NaN (before the activation) on the integer path, and its neighbours
-    /// are untouched by it.
-    @Test(arguments: integerInt4Paths) func int4RowsOfZerosAndNonFiniteValues(isa: KernelISA) {
-        let outputs = 3, inputs = 20
+    /// scalar tail (and with 100 inputs, in the part read 64 at a time), gives NaN (before the
+    /// activation) on the integer path, and its neighbours are untouched by it.
+    @Test(arguments: integerInt4Paths, [20, 100]) func int4RowsOfZerosAndNonFiniteValues(isa: KernelISA, inputs: Int) {
+        let outputs = 3, groups = inputs / 20
         let q = (0..<(outputs * inputs)).map { Int8($0 % 16 - 8) }
-        let w = PackedInt4Weights(q: q, scales: [Float](repeating: 0.5, count: outputs), bias: [1, 2, 3], outputs: outputs, inputs: inputs,
-                                  group: 20, isa: isa)
-        let bad: [(row: Int, column: Int, value: Float)] = [(1, 17, .nan), (3, 3, .infinity), (4, 19, -.infinity), (5, 5, .nan),
-                                                            (6, 9, -.nan)]
+        let w = PackedInt4Weights(q: q, scales: [Float](repeating: 0.5, count: outputs * groups), bias: [1, 2, 3], outputs: outputs,
+                                  inputs: inputs, group: 20, isa: isa)
+        // With 100 inputs: rows 3 and 5 in the part read 64 at a time, row 6 in the 16-wide, rows 1 and 4 in the tail.
+        let far = inputs - 20
+        let bad: [(row: Int, column: Int, value: Float)] = [(1, 17 + far, .nan), (3, 3, .infinity), (4, 19 + far, -.infinity), (5, 5, .nan),
+                                                            (6, 9 + far, -.nan)]
         var x = [Float](repeating: 1, count: 8 * inputs)
         for k in 0..<inputs { x[k] = 0; x[2 * inputs + k] = 0 }
         for b in bad { x[b.row * inputs + b.column] = b.value }
