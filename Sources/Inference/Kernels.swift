@@ -299,21 +299,10 @@ public enum Kernels {
         }
     }
 
-    /// Numerically stable softmax of each row, in place.
+    /// Numerically stable softmax of each row, in place (`edge_softmax`: the row's maximum taken
+    /// off, a vectorised exponential).
     public static func softmax(_ y: UnsafeMutablePointer<Float>, rows: Int, columns: Int) {
-        for r in 0..<rows {
-            let row = y + r * columns
-            var m = -Float.infinity
-            for c in 0..<columns { m = max(m, row[c]) }
-            var sum: Float = 0
-            for c in 0..<columns {
-                let e = expf(row[c] - m)
-                row[c] = e
-                sum += e
-            }
-            let inv = 1 / sum
-            for c in 0..<columns { row[c] *= inv }
-        }
+        edge_softmax(y, Int32(rows), Int32(columns))
     }
 }
 

@@ -52,6 +52,11 @@ void edge_sgemm_packed(edge_isa isa, int rows, int outputs, int inputs,
                        const float *x, int ldx, const float *packed,
                        float *y, int ldy, edge_activation act, float alpha);
 
+/// Softmax over each of `rows` rows of `columns` floats, in place: exp(x − max) / Σ, with an
+/// exponential within 2 ulp of exp (0 below −87.33, where the result would be subnormal). A row
+/// holding NaN or +∞, or only −∞, gives NaN.
+void edge_softmax(float *y, int rows, int columns);
+
 /// ---- INT8 ----------------------------------------------------------------------------------
 ///
 /// Weights: INT8 in [-127, 127], [out][in], packed into 16-output panels of k-quads
