@@ -288,6 +288,7 @@ static TVNNI void q8_conv_vnni(int samples, int pixels, int taps, int channels, 
         const int32_t *tab[8];
         size_t sample[8];
         edge_conv_rows(mr, m, pixels, taps, table, sample, tab);
+#pragma clang loop vectorize(disable)  // as conv_rows in sgemm.c: no store forwarding into a vector load
         for (int r = 0; r < mr; r++) xs[r] = x + sample[r] * sample_stride;
         for (int p = 0; p < panels; p += 2) {
             int np = panels - p >= 2 ? 2 : 1;

@@ -342,6 +342,9 @@ static inline void conv_rows(int mr, size_t m, int pixels, int taps, const int32
                              const float **xs, const int32_t **tab) {
     size_t sample[8];
     edge_conv_rows(mr, m, pixels, taps, table, sample, tab);
+    // Not vectorised: a vector load of the scalar stores just made waits for them to reach the
+    // cache (no store forwarding), and 64-bit products have no AVX-512F instruction.
+#pragma clang loop vectorize(disable)
     for (int r = 0; r < mr; r++) xs[r] = x + sample[r] * sample_stride;
 }
 
