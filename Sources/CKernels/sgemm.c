@@ -735,6 +735,9 @@ static T256 void q4_gemm_avx2(int rows, int outputs, int inputs, int group, cons
 #define Q4V_MR 6
 #define Q4V_MR1 12
 
+/// Dword 4i + j from dword 4j + i: a 4×4 transpose of a vector's dwords (its own inverse).
+#define Q4V_TRANSPOSE4X4 _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)
+
 /// Lane r: the maximum (max = 1) or the minimum of v[r]'s 16 lanes. A tree of 128-bit block,
 /// then lane, shuffles leaves row 4t + j in lane 4j + t; a permutation puts it in lane 4t + j.
 static inline TQ4V __attribute__((always_inline)) __m512 q4v_reduce16(const __m512 v[16], const int max) {
@@ -748,7 +751,7 @@ static inline TQ4V __attribute__((always_inline)) __m512 q4v_reduce16(const __m5
         w3[i] = Q4V_OP(_mm512_unpacklo_ps(w2[2 * i], w2[2 * i + 1]), _mm512_unpackhi_ps(w2[2 * i], w2[2 * i + 1]));
     __m512 w = Q4V_OP(_mm512_shuffle_ps(w3[0], w3[1], 0x44), _mm512_shuffle_ps(w3[0], w3[1], 0xEE));  // lane 4j + t: row 4t + j
 #undef Q4V_OP
-    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), w);
+    return _mm512_permutexvar_ps(Q4V_TRANSPOSE4X4, w);
 }
 
 /// Rows [0, mb) quantized to UINT8 in the padded layout (rows kp apart, padding 0), with each
@@ -827,7 +830,7 @@ static TQ4V void q4v_quantize_16(int mb, int inputs, int group, int kp, const fl
         _mm512_mask_storeu_ps(rinv, m, _mm512_maskz_mov_ps((__mmask16)~(bad | flat), inv));
     }
     int packed = group % 4 == 0;  // no group padding: a row is its inputs, then zeros to kp
-    const __m512i lanes = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512i lanes = Q4V_TRANSPOSE4X4;
     for (int r = 0; r < mb; r++) {
         const float *xr = x + (size_t)r * ldx;
         uint8_t *q = xq + (size_t)r * kp;

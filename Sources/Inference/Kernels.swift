@@ -300,9 +300,9 @@ public enum Kernels {
     }
 
     /// Numerically stable softmax of each row, in place (`edge_softmax`: the row's maximum taken
-    /// off, a vectorised exponential).
-    public static func softmax(_ y: UnsafeMutablePointer<Float>, rows: Int, columns: Int) {
-        edge_softmax(y, Int32(rows), Int32(columns))
+    /// off, a vectorised exponential; `isa` forces a path, for tests).
+    public static func softmax(_ y: UnsafeMutablePointer<Float>, rows: Int, columns: Int, isa: KernelISA = .auto) {
+        edge_softmax(isa.c, y, Int32(rows), Int32(columns))
     }
 }
 

@@ -6,7 +6,8 @@ public enum KernelISA: String, CaseIterable, Sendable {
     case avx512vnni = "avx512-vnni"
     case neondot = "neon-dot"
 
-    var c: edge_isa {
+    /// The C kernels' name for this path.
+    public var c: edge_isa {
         switch self {
         case .auto: EDGE_ISA_AUTO
         case .portable: EDGE_ISA_PORTABLE

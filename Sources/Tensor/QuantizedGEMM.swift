@@ -207,6 +207,8 @@ public final class PackedInt4Weights: @unchecked Sendable {
         precondition(inputs % 2 == 0 && group > 0 && group <= 256 && group % 2 == 0, "INT4 needs an even input count and an even group of at most 256")
         let groups = (inputs + group - 1) / group
         precondition(q.count == outputs * inputs && scales.count == outputs * groups && (bias?.count ?? outputs) == outputs)
+        // A nibble holds q + 8: a value outside −8…7 would spill into its neighbour's.
+        precondition(q.allSatisfy { $0 >= -8 && $0 <= 7 }, "INT4 weights must lie in -8...7")
         self.outputs = outputs
         self.inputs = inputs
         self.group = group

@@ -13,9 +13,10 @@ struct Quantize: ParsableCommand {
             INT8: weights symmetric per output channel in -127...127; activations UINT8 per tensor
             with a zero point (zero point 0 and all 256 levels for tensors that are never negative);
             INT32 accumulation; FP32 requantization; ReLU/ReLU6 fused into the clamp.
-            INT4 (dense layers): groups of --group inputs with one scale each; on AVX2 integer
-            arithmetic with each row of activations quantized to int16 (W4A16), elsewhere FP32
-            arithmetic on INT4 weights (weight-only); conv2d layers stay INT8.
+            INT4 (dense layers): groups of --group inputs with one scale each; integer arithmetic
+            with each row of activations quantized to UINT8 on AVX-512 VNNI (W4A8) or to int16 on
+            AVX2 (W4A16), elsewhere FP32 arithmetic on INT4 weights (weight-only); conv2d layers
+            stay INT8.
 
             The calibration CSV is split as 'train' splits: every 5th row is held out to measure
             FP32 vs quantized accuracy and agreement; the other rows calibrate (at least 32).

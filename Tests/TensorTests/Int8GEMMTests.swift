@@ -312,7 +312,8 @@ import Testing
     /// FP32 with fused multiply-adds in group order, the zero point taken off as z·C with
     /// C = Σ_g scale_g·Σ_k q, then the row's step and the bias, then the activation. And it stays
     /// within half a step per input of the FP32 product.
-    @Test(.enabled(if: vnniInt4), arguments: int4Shapes + [(7, 48, 30, 6), (65, 33, 70, 10), (1, 256, 64, 32)])
+    @Test(.enabled(if: vnniInt4), arguments: int4Shapes + [(7, 48, 30, 6), (65, 33, 70, 10), (1, 256, 64, 32), (23, 16, 66, 32),
+                                                           (10, 5, 32, 6), (70, 16, 128, 32), (11, 40, 64, 32)])
     func int4VNNIPathIsItsDefinition(_ shape: (Int, Int, Int, Int)) {
         let (rows, outputs, inputs, group) = shape
         let (q, scales, bias, scaled, w) = int4Case(shape, seed: 46, isa: .avx512vnni)

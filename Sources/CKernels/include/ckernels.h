@@ -53,9 +53,10 @@ void edge_sgemm_packed(edge_isa isa, int rows, int outputs, int inputs,
                        float *y, int ldy, edge_activation act, float alpha);
 
 /// Softmax over each of `rows` rows of `columns` floats, in place: exp(x − max) / Σ, with an
-/// exponential within 2 ulp of exp (0 below −87.33, where the result would be subnormal). A row
-/// holding NaN or +∞, or only −∞, gives NaN.
-void edge_softmax(float *y, int rows, int columns);
+/// exponential of its own (1.8e-7 relative measured; 0 below −87.33, where libm's would be
+/// subnormal). AVX-512 for rows of up to 64 columns, AVX2 up to 32, scalar beyond or on the
+/// portable path. A row holding NaN or +∞, or only −∞, gives NaN.
+void edge_softmax(edge_isa isa, float *y, int rows, int columns);
 
 /// ---- INT8 ----------------------------------------------------------------------------------
 ///
@@ -148,8 +149,10 @@ void edge_q8_conv1(int samples, const uint8_t *x, int height, int width, int kh,
 /// Weights q in [-8, 7] with one FP32 scale per (output, group of `group` inputs), packed by
 /// edge_q4_pack for `isa`'s path into 16-output panels: the panel's nibbles (q + 8) in the order
 /// that path reads them; then its scales per group, its biases and its scaled column sums C
-/// (below) (edge_q4_packed_bytes in all, half a byte a weight plus the scales). Weights packed for
-/// one `isa` run with that `isa` only. y[m][o] = act(Σ_g scale[o][g] · Σ_{k in g} x[m][k] · q[o][k] + bias[o]).
+/// (below): edge_q4_packed_bytes in all, about half a byte a weight plus 4 bytes a group and 8 an
+/// output (on VNNI each group is padded to whole k-quads: a group of 2 takes a byte a weight).
+/// Weights packed for one `isa` run with that `isa` only.
+/// y[m][o] = act(Σ_g scale[o][g] · Σ_{k in g} x[m][k] · q[o][k] + bias[o]).
 /// On AVX2 the arithmetic is integer (W4A16): each row is quantized to int16, symmetric with
 /// scale max|x[m]| / 32767 (round half to even), each panel widened to int16, and vpmaddwd sums a
 /// group in INT32 before its scales are applied in FP32; a row holding an infinity or NaN gives

@@ -53,10 +53,10 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
-    // INT4, group 32, widened a panel at a time: integer (W4A16) on AVX2, weight-only FP32 on the portable path.
+    // INT4, group 32, widened a panel at a time: integer W4A8 on AVX-512 VNNI and W4A16 on AVX2, weight-only FP32 on the portable path.
     let q4 = (0..<(n * n)).map { _ in Int8(Int(rng.next() % 16) - 8) }
     let s4 = (0..<(n * n / 32)).map { _ in rng.nextUnitFloat() / 8 }
-    for isa in [KernelISA.portable, .avx2] where isa.isSupported {
+    for isa in [KernelISA.portable, .avx2, .avx512vnni] where isa.isSupported {
         let packed4 = PackedInt4Weights(q: q4, scales: s4, bias: nil, outputs: n, inputs: n, group: 32, isa: isa)
         let scratch4 = UnsafeMutablePointer<Float>.allocate(capacity: packed4.scratchFloats)
         Benchmark("int4 gemm 256x256x256 \(isa.rawValue) (\(isa.int4Kernel))", configuration: config) { benchmark in
