@@ -97,6 +97,24 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         }
     }
 
+    /// The compiled steps, one name each, in the names `QuantizedPlan.stepNames` uses ("fp32 conv2d
+    /// (direct)", "fp32 dense", "fp32 maxpool", …): what actually runs, for `inspect`.
+    public var stepNames: [String] {
+        steps.map { step in
+            switch step {
+            case .dense: "fp32 dense"
+            case .conv2d(_, _, _, let method): "fp32 conv2d" + ({ if case .direct = method { " (direct)" } else { "" } }())
+            case .maxpool2d: "fp32 maxpool"
+            case .avgpool2d: "fp32 avgpool"
+            case .globalAveragePool: "fp32 global average pool"
+            case .toChannelsLast: "fp32 to channels last"
+            case .toChannelsFirst: "fp32 to channels first"
+            case .activation(let a, _): "fp32 \(a)"
+            case .softmax: "softmax"
+            }
+        }
+    }
+
     /// The packed weights' object identities, step by step (tests: which plans share them).
     public var packedWeightIdentities: [ObjectIdentifier] {
         steps.compactMap {

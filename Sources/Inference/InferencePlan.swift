@@ -7,6 +7,8 @@ public protocol InferencePlan: AnyObject, Sendable {
     var memory: MemoryEstimate { get }
     /// "fp32", "int8", "int4", "mixed", with "+adaptive" when low-margin samples re-run in FP32.
     var precision: String { get }
+    /// The compiled steps, one name each ("int8 conv2d (direct)", "fp32 dense", "softmax", …).
+    var stepNames: [String] { get }
     /// Scores `[batch, classes]`, valid until the next call.
     @discardableResult
     func run(_ input: UnsafePointer<Float>, batch: Int) -> UnsafeBufferPointer<Float>

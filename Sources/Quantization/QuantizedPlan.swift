@@ -172,7 +172,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .int8SingleChannelConv: "int8 conv2d (single channel)"
             case .int4Dense: "int4 dense"
             case .floatDense: "fp32 dense"
-            case .floatConv: "fp32 conv2d"
+            case .floatConv(_, _, _, let method): "fp32 conv2d" + ({ if case .direct = method { " (direct)" } else { "" } }())
             case .maxpoolU8: "uint8 maxpool"
             case .avgpoolU8: "uint8 avgpool"
             case .globalAveragePoolU8: "uint8 global average pool"

@@ -70,6 +70,9 @@ struct Inspect: ParsableCommand {
         var adaptiveThreshold: Float?
         var memoryBatch1: MemoryEstimate
         var memoryBatch64: MemoryEstimate
+        /// What the plan at batch 64 runs, step by step, and its INT8 and INT4 kernels on this CPU.
+        var steps: [String]
+        var kernels: [String]
         var modelMemory: ModelMemory
         var modelMemoryBytes: Int
         /// With --measure: the resident set's growth while the model was loaded and its plans ran.
@@ -138,6 +141,12 @@ struct Inspect: ParsableCommand {
             }
             let pre = network.preprocessing
             let preText = pre.scales != nil ? "(x - mean) / std" : "x * \(pre.scale) + \(pre.shift)"
+            let plan64 = try loaded.plan(batch: 64, precision: nil)
+            var kernels = [String]()
+            if let q = plan64 as? QuantizedPlan {
+                kernels = q.int8Kernels
+                if q.stepNames.contains(where: { $0.hasPrefix("int4") }) { kernels.append(KernelISA.best.int4Kernel) }
+            }
             let out = Output(file: file, fileBytes: model.fileSize, name: network.name, version: network.version,
                              input: network.inputShape, preprocessing: preText, labels: network.labels, layers: layers,
                              parameters: network.parameterCount, weightBytes: network.weightBytes,
@@ -145,7 +154,7 @@ struct Inspect: ParsableCommand {
                              quantization: loaded.quantized.map { "\($0.precisionName), \($0.spec.method.rawValue) calibration on \($0.spec.calibrationRows) rows" },
                              adaptiveThreshold: loaded.quantized?.spec.adaptive?.threshold,
                              memoryBatch1: try loaded.plan(batch: 1, precision: nil).memory,
-                             memoryBatch64: try loaded.plan(batch: 64, precision: nil).memory,
+                             memoryBatch64: plan64.memory, steps: plan64.stepNames, kernels: kernels,
                              modelMemory: modelMemory, modelMemoryBytes: modelMemory.total, measuredBytes: measured?.0)
             if json { printJSON(out); return }
             print("\(file): \(out.name) v\(out.version), \(out.fileBytes) bytes")
@@ -159,6 +168,7 @@ struct Inspect: ParsableCommand {
             print(table(["#", "op", "input", "output", "params", "bytes", "flops", "precision"], rows, rightAligned: [0, 4, 5, 6]))
             print("\ntotal: \(out.parameters) parameters, \(out.weightBytes) FP32 weight bytes, \(out.flopsPerSample) FLOPs per sample")
             print("plan memory: batch 1 \(out.memoryBatch1.total) bytes, batch 64 \(out.memoryBatch64.total) bytes (weights + workspace + activations)")
+            print("plan steps: \(out.steps.joined(separator: ", "))" + (kernels.isEmpty ? "" : "; kernels: \(kernels.joined(separator: ", "))"))
             let m = out.modelMemory
             print("model memory with \(workers) plans of \(batch): \(m.total) bytes (file \(m.file), decoded integer weights \(m.decoded), "
                   + "packed weights \(m.packed), buffers \(m.planBuffers) a plan)")

@@ -39,6 +39,30 @@ import Testing
         }
     }
 
+    /// inspect names the steps the plan runs and, quantized, its integer kernels: FP32 dense
+    /// layers and the softmax; INT8 (the first layer quantizing its input); INT4, whose second and
+    /// third layers run the INT4 kernel this CPU has.
+    @Test func inspectNamesThePlansSteps() throws {
+        let dir = temporaryDirectory("steps")
+        let int8 = dir + "/int8.safetensors", int4 = dir + "/int4.safetensors"
+        #expect(try Agentctl.run(["model", "quantize", Self.trained.mlp, int8, "--calib", Agentctl.digits]).status == 0)
+        #expect(try Agentctl.run(["model", "quantize", Self.trained.mlp, int4, "--calib", Agentctl.digits, "--precision", "int4"]).status == 0)
+        func inspect(_ file: String) throws -> (steps: [String], kernels: [String], text: String) {
+            let j = try Agentctl.run(["model", "inspect", file, "--json"]), t = try Agentctl.run(["model", "inspect", file])
+            try #require(j.status == 0 && t.status == 0, "\(j.stderr) \(t.stderr)")
+            let out = try json(Substring(j.stdout))
+            return (try #require(out["steps"] as? [String]), try #require(out["kernels"] as? [String]), t.stdout)
+        }
+        let fp32 = try inspect(Self.trained.mlp)
+        #expect(fp32.steps == ["fp32 dense", "fp32 dense", "fp32 dense", "softmax"] && fp32.kernels.isEmpty, "\(fp32)")
+        #expect(fp32.text.contains("plan steps: fp32 dense, fp32 dense, fp32 dense, softmax\n"), "\(fp32.text)")
+        let q8 = try inspect(int8)
+        #expect(q8.steps.first == "quantize" && q8.steps.filter { $0.hasPrefix("int8 dense") }.count == 3, "\(q8.steps)")
+        #expect(q8.kernels.count == 1 && q8.text.contains("; kernels: \(q8.kernels[0])"), "\(q8)")
+        let q4 = try inspect(int4)
+        #expect(q4.steps.filter { $0 == "int4 dense" }.count == 3 && q4.kernels.last.map { $0.contains("(w4a") || $0.contains("weight-only") } == true, "\(q4)")
+    }
+
     /// inspect's memory options fed hostile values: refused with a line naming the option, nothing printed.
     @Test(arguments: [["--workers", "0"], ["--workers", "257"], ["--workers", "nan"], ["--batch", "-1"], ["--batch", "1e300"],
                       ["--batch", "4097"], ["--batch", "99999999999999999999"]])
