@@ -71,7 +71,7 @@ static void sgemm_portable(int rows, int outputs, int inputs, const float *x, in
 // ---- INT4, 16-output panels --------------------------------------------------------------------
 //
 // Per panel: its nibbles (q + 8); then, per group, the panel's 16 scales; then its 16 biases;
-// then its 16 scaled column sums (W4A8's C). For the AVX2 and portable paths the nibbles are k
+// then, for W4A8 only, its 16 scaled column sums (C). For the AVX2 and portable paths the nibbles are k
 // by k, 8 bytes holding the panel's 16 (byte j: output 2j low, 2j+1 high). The portable path
 // widens one panel at a time into `scratch` ([k][16] FP32, the group scales applied) and runs the
 // FP32 panel loop over every row (weight-only: the arithmetic is FP32); the AVX2 path is integer
@@ -108,7 +108,8 @@ static size_t q4_panel_nibbles(int vnni, int inputs, int group) {
 
 size_t edge_q4_packed_bytes(edge_isa isa, int outputs, int inputs, int group) {
     size_t panels = (size_t)(outputs + PANEL - 1) / PANEL, groups = (size_t)(inputs + group - 1) / group;
-    return panels * q4_panel_nibbles(q4_integer(isa) == 2, inputs, group) + panels * groups * PANEL * 4 + 2 * panels * PANEL * 4;
+    int vnni = q4_integer(isa) == 2;  // only W4A8 reads the column sums
+    return panels * q4_panel_nibbles(vnni, inputs, group) + panels * groups * PANEL * 4 + (size_t)(vnni ? 2 : 1) * panels * PANEL * 4;
 }
 
 /// The portable path widens a panel to FP32 (16 floats an input); the AVX2 path holds a panel
@@ -162,6 +163,7 @@ void edge_q4_pack(edge_isa isa, const int8_t *q, const float *scales, const floa
             int o = p * PANEL + j;
             b[(size_t)p * PANEL + j] = bias && o < outputs ? bias[o] : 0.0f;
             // W4A8's scaled column sum C = Σ_g scale_g·Σ_k q (fused multiply-adds in group order).
+            if (!vnni) continue;
             float c = 0;
             for (int g = 0; o < outputs && g < groups; g++) {
                 int sum = 0;

@@ -148,9 +148,9 @@ void edge_q8_conv1(int samples, const uint8_t *x, int height, int width, int kh,
 ///
 /// Weights q in [-8, 7] with one FP32 scale per (output, group of `group` inputs), packed by
 /// edge_q4_pack for `isa`'s path into 16-output panels: the panel's nibbles (q + 8) in the order
-/// that path reads them; then its scales per group, its biases and its scaled column sums C
-/// (below): edge_q4_packed_bytes in all, about half a byte a weight plus 4 bytes a group and 8 an
-/// output (on VNNI each group is padded to whole k-quads: a group of 2 takes a byte a weight).
+/// that path reads them; then its scales per group, its biases and (VNNI) its scaled column sums C
+/// (below): edge_q4_packed_bytes in all, about half a byte a weight plus 4 bytes a group and 4 or
+/// 8 an output (on VNNI each group is padded to whole k-quads: a group of 2 takes a byte a weight).
 /// Weights packed for one `isa` run with that `isa` only.
 /// y[m][o] = act(Σ_g scale[o][g] · Σ_{k in g} x[m][k] · q[o][k] + bias[o]).
 /// On AVX2 the arithmetic is integer (W4A16): each row is quantized to int16, symmetric with
