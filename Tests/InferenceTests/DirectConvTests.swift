@@ -100,7 +100,11 @@ import Testing
         }
         #expect(Kernels.fp32ConvIsDirect(g) == PackedWeights.convolvesDirectly(channels: 8))
         // The plan built chooses what the estimate counted: the direct step on AVX2.
-        #expect(ExecutionPlan(network: net, batchCapacity: 64).directConvolutions == (Kernels.fp32ConvIsDirect(g) ? 1 : 0))
+        let plan = ExecutionPlan(network: net, batchCapacity: 64)
+        #expect(plan.directConvolutions == (Kernels.fp32ConvIsDirect(g) ? 1 : 0))
+        // and names it so (`inspect` prints these names).
+        #expect(plan.stepNames.filter { $0.hasPrefix("fp32 conv2d") } == [Kernels.fp32ConvIsDirect(g) ? "fp32 conv2d (direct)" : "fp32 conv2d"],
+                "\(plan.stepNames)")
     }
 
     @Test(arguments: [

@@ -13,6 +13,11 @@ func randomTensor(_ shape: [Int], _ rng: inout SeededGenerator, limit: Float = 1
     Tensor(shape: shape, values: (0..<shape.reduce(1, *)).map { _ in rng.nextFloat(limit: limit) })
 }
 
+/// Every weighted layer of `net` in `precision`.
+func everyLayer(_ net: Network, _ precision: LayerPrecision) -> [Int: LayerPrecision] {
+    Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(net).map { ($0, precision) })
+}
+
 /// Random rows as a data set (for calibration).
 func rows(_ count: Int, features: Int, seed: UInt64, limit: Float = 1) -> DataSet {
     var rng = SeededGenerator(seed: seed)
@@ -21,11 +26,10 @@ func rows(_ count: Int, features: Int, seed: UInt64, limit: Float = 1) -> DataSe
 }
 
 func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minmax, precision: LayerPrecision = .int8,
-              adaptive: AdaptivePrecision? = nil, group: Int = 32) -> QuantizedModel {
+              adaptive: AdaptivePrecision? = nil, group: Int = 32, reduceRange: Bool = false) -> QuantizedModel {
     let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: method)
-    let p = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(net).map { ($0, precision) })
-    return Quantizer.build(net, activations: params, precisions: p, method: method, calibrationRows: data.count, int4Group: group,
-                           adaptive: adaptive)
+    return Quantizer.build(net, activations: params, precisions: everyLayer(net, precision), method: method, calibrationRows: data.count,
+                           int4Group: group, adaptive: adaptive, reduceRange: reduceRange)
 }
 
 @Suite struct QuantizedPlanTests {
@@ -188,9 +192,7 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
     @Test func reducedRangeWeightsAreSevenBitAndKeptThroughRequantizing() throws {
         let net = try Architecture.build("cnn:1x6x6-c4-c3-m2-f8-3", seed: 5)
         let data = rows(64, features: 36, seed: 6)
-        let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .kl)
-        let p = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(net).map { ($0, LayerPrecision.int8) })
-        let model = Quantizer.build(net, activations: params, precisions: p, method: .kl, calibrationRows: data.count, reduceRange: true)
+        let model = quantize(net, data, method: .kl, reduceRange: true)
         #expect(model.spec.reduceRange == true && model.int8.count == 4)
         for (l, w) in model.int8 {
             #expect(w.q.allSatisfy { abs(Int($0)) <= 63 }, "layer \(l)")
@@ -199,7 +201,7 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         let plan = QuantizedPlan(model: model, batchCapacity: 8)
         if [KernelISA.avx2, .avx512].contains(KernelISA.best) { #expect(plan.int8Kernels.count == 1 && plan.int8Kernels[0].contains("vpmaddubsw")) }
         // The same codes through the int16 kernel: 8-bit weights of the same values.
-        let full = Quantizer.build(net, activations: params, precisions: p, method: .kl, calibrationRows: data.count)
+        let full = quantize(net, data, method: .kl)
         #expect(QuantizedPlan(model: full, batchCapacity: 8).int8Kernels.allSatisfy { !$0.contains("vpmaddubsw") })
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("q7-\(getpid()).safetensors").path
         try model.write(to: path)
@@ -224,10 +226,8 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
     func singleChannelConvEqualsIm2RowAndGEMM(_ arch: String, taken: Bool) throws {
         let net = try Architecture.build(arch, seed: 11)
         let data = rows(40, features: net.inputCount, seed: 12, limit: 2)
-        let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .kl)
-        let p = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(net).map { ($0, LayerPrecision.int8) })
         for reduceRange in [true, false] {
-            let model = Quantizer.build(net, activations: params, precisions: p, method: .kl, calibrationRows: data.count, reduceRange: reduceRange)
+            let model = quantize(net, data, method: .kl, reduceRange: reduceRange)
             for batch in [1, 2, 9] {
                 let direct = QuantizedPlan(model: model, batchCapacity: batch), im2row = QuantizedPlan(model: model, batchCapacity: batch, singleChannelConv: false)
                 // 8-bit codes take it only if no pair of taps could saturate; not asserted either way.
@@ -262,8 +262,8 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         // The leaky ReLU after a ReLU is the identity on the conv's outputs; a coarser scale after
         // it makes the quantize step change every value, so a step covering too few shows.
         params["3"]!.scale *= 1.5
-        let p = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(net).map { ($0, LayerPrecision.int8) })
-        let model = Quantizer.build(net, activations: params, precisions: p, method: .minmax, calibrationRows: data.count, reduceRange: true)
+        let model = Quantizer.build(net, activations: params, precisions: everyLayer(net, .int8), method: .minmax, calibrationRows: data.count,
+                                    reduceRange: true)
         let direct = QuantizedPlan(model: model, batchCapacity: 7), im2row = QuantizedPlan(model: model, batchCapacity: 7, singleChannelConv: false)
         if [KernelISA.avx2, .avx512].contains(KernelISA.best) { #expect(direct.stepNames.contains("int8 conv2d (single channel)"), "\(direct.stepNames)") }
         #expect(direct.stepNames.contains("dequantize"))
@@ -288,9 +288,7 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
             NetworkLayer(kind: .softmax, inputShape: [3], outputShape: [3]),
         ])
         let data = rows(7, features: 288, seed: 32, limit: 2)
-        let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .minmax)
-        let p = Dictionary(uniqueKeysWithValues: Quantizer.weightedLayers(net).map { ($0, LayerPrecision.int8) })
-        let model = Quantizer.build(net, activations: params, precisions: p, method: .minmax, calibrationRows: data.count)
+        let model = quantize(net, data)
         for batch in [1, 7] {
             let direct = QuantizedPlan(model: model, batchCapacity: batch), im2row = QuantizedPlan(model: model, batchCapacity: batch, int8DirectConv: false)
             let x = Array(data.features.prefix(batch * 288))
