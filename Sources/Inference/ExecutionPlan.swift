@@ -103,7 +103,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         steps.map { step in
             switch step {
             case .dense: "fp32 dense"
-            case .conv2d(_, _, _, let method): "fp32 conv2d" + ({ if case .direct = method { " (direct)" } else { "" } }())
+            case .conv2d(_, _, _, let method): "fp32 conv2d" + method.stepSuffix
             case .maxpool2d: "fp32 maxpool"
             case .avgpool2d: "fp32 avgpool"
             case .globalAveragePool: "fp32 global average pool"

@@ -165,6 +165,9 @@ public enum Kernels {
     public enum ConvMethod: Sendable {
         case im2row(chunk: Int)
         case direct(ConvIndirection)
+
+        /// What a plan's step name adds for this method: " (direct)" or nothing.
+        public var stepSuffix: String { if case .direct = self { " (direct)" } else { "" } }
     }
 
     /// The indirection table of `g`, nil for a geometry edge_conv_table refuses.

@@ -168,11 +168,11 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .dequantize: "dequantize"
             case .int8Dense(_, _, let f): "int8 dense" + (f ? " -> fp32" : "")
             case .int8Conv(_, _, _, _, let f, let method):
-                "int8 conv2d" + (f ? " -> fp32" : "") + ({ if case .direct = method { " (direct)" } else { "" } }())
+                "int8 conv2d" + (f ? " -> fp32" : "") + method.stepSuffix
             case .int8SingleChannelConv: "int8 conv2d (single channel)"
             case .int4Dense: "int4 dense"
             case .floatDense: "fp32 dense"
-            case .floatConv(_, _, _, let method): "fp32 conv2d" + ({ if case .direct = method { " (direct)" } else { "" } }())
+            case .floatConv(_, _, _, let method): "fp32 conv2d" + method.stepSuffix
             case .maxpoolU8: "uint8 maxpool"
             case .avgpoolU8: "uint8 avgpool"
             case .globalAveragePoolU8: "uint8 global average pool"

@@ -47,12 +47,7 @@ public final class PackedInt8Weights: @unchecked Sendable {
     public func multiply(rows: Int, _ x: UnsafePointer<UInt8>, ldx: Int, epilogue: QuantizedEpilogue,
                          output: QuantizedOutput, ldy: Int) {
         epilogue.withC { ep in
-            switch output {
-            case .uint8(let y):
-                edge_q8_gemm(kernel, Int32(rows), Int32(outputs), Int32(inputs), x, Int32(ldx), storage, ep, y, nil, Int32(ldy))
-            case .float(let y):
-                edge_q8_gemm(kernel, Int32(rows), Int32(outputs), Int32(inputs), x, Int32(ldx), storage, ep, nil, y, Int32(ldy))
-            }
+            edge_q8_gemm(kernel, Int32(rows), Int32(outputs), Int32(inputs), x, Int32(ldx), storage, ep, output.uint8, output.float, Int32(ldy))
         }
     }
 }
@@ -72,14 +67,8 @@ extension PackedInt8Weights {
         precondition(table.taps * table.channels == inputs && convolvesDirectly(channels: table.channels),
                      "the indirection table does not fit these weights")
         epilogue.withC { ep in
-            switch output {
-            case .uint8(let y):
-                edge_q8_conv(kernel, Int32(samples), Int32(table.pixels), Int32(table.taps), Int32(table.channels), table.table, x,
-                             table.sampleValues, pad, storage, Int32(outputs), ep, y, nil, Int32(ldy))
-            case .float(let y):
-                edge_q8_conv(kernel, Int32(samples), Int32(table.pixels), Int32(table.taps), Int32(table.channels), table.table, x,
-                             table.sampleValues, pad, storage, Int32(outputs), ep, nil, y, Int32(ldy))
-            }
+            edge_q8_conv(kernel, Int32(samples), Int32(table.pixels), Int32(table.taps), Int32(table.channels), table.table, x,
+                         table.sampleValues, pad, storage, Int32(outputs), ep, output.uint8, output.float, Int32(ldy))
         }
     }
 }
@@ -138,6 +127,10 @@ public final class SingleChannelInt8Conv: @unchecked Sendable {
 public enum QuantizedOutput {
     case uint8(UnsafeMutablePointer<UInt8>)
     case float(UnsafeMutablePointer<Float>)
+
+    /// The C kernels' two output pointers, one of them nil.
+    var uint8: UnsafeMutablePointer<UInt8>? { if case .uint8(let y) = self { y } else { nil } }
+    var float: UnsafeMutablePointer<Float>? { if case .float(let y) = self { y } else { nil } }
 }
 
 /// Per-output INT32 bias and FP32 scale, plus the output zero point and clamp (see `edge_q8_epilogue`).
