@@ -25,6 +25,8 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         case dense(PackedWeights, activation: FusedActivation)
         /// Channels last in and out.
         case conv2d(PackedWeights, geometry: Kernels.ConvGeometry, activation: FusedActivation, method: Kernels.ConvMethod)
+        /// A 3×3 stride-1 convolution by Winograd F(2×2, 3×3); channels last in and out.
+        case winograd(WinogradWeights, geometry: Kernels.ConvGeometry, activation: FusedActivation)
         case maxpool2d(Kernels.ConvGeometry)
         case avgpool2d(Kernels.ConvGeometry)
         case globalAveragePool(channels: Int, pixels: Int)
@@ -66,7 +68,12 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         if let embedding {
             precondition(embedding.layer == EmbeddingProjection.penultimateLayer(of: network)
                          && embedding.inputCount == network.layers[embedding.layer].inputCount, "projection does not fit the network")
-            tapStep = steps.lastIndex { if case .dense = $0 { true } else if case .conv2d = $0 { true } else { false } }!
+            tapStep = steps.lastIndex {
+                switch $0 {
+                case .dense, .conv2d, .winograd: true
+                default: false
+                }
+            }!
             tap = EmbeddingTap(embedding, batchCapacity: batchCapacity, channelsLast: compiled.tapChannelsLast)
         } else {
             tap = nil
@@ -104,6 +111,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
             switch step {
             case .dense: "fp32 dense"
             case .conv2d(_, _, _, let method): "fp32 conv2d" + method.stepSuffix
+            case .winograd: "fp32 conv2d" + Kernels.winogradStepSuffix
             case .maxpool2d: "fp32 maxpool"
             case .avgpool2d: "fp32 avgpool"
             case .globalAveragePool: "fp32 global average pool"
@@ -120,6 +128,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         steps.compactMap {
             switch $0 {
             case .dense(let w, _), .conv2d(let w, _, _, _): ObjectIdentifier(w)
+            case .winograd(let w, _, _): ObjectIdentifier(w)
             default: nil
             }
         }
@@ -134,6 +143,9 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         let sizes = bufferSizes(network, batch: batch)
         let packed = network.layers.reduce(0) { total, layer in
             guard let w = layer.weight else { return total }
+            if case .conv2d = layer.kind, let g = layer.geometry, Kernels.fp32ConvUsesWinograd(g) {
+                return total + edge_winograd_packed_floats(Int32(g.outChannels), Int32(g.channels)) * 4
+            }
             return total + edgePackedFloats(outputs: w.shape[0], inputs: w.count / w.shape[0]) * 4
         }
         return MemoryEstimate(weights: packed, workspace: sizes.workspace * 4 + sizes.tableBytes,
@@ -148,7 +160,9 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         for layer in network.layers {
             activation = max(activation, layer.outputCount)
             if case .conv2d = layer.kind, let g = layer.geometry {
-                if Kernels.fp32ConvIsDirect(g) {
+                if Kernels.fp32ConvUsesWinograd(g) {
+                    workspace = max(workspace, edge_winograd_workspace_floats(Int32(g.channels), Int32(g.outChannels)))
+                } else if Kernels.fp32ConvIsDirect(g) {
                     tableBytes += ConvIndirection.byteCount(pixels: g.outH * g.outW, taps: g.kernelH * g.kernelW, channels: g.channels)
                 } else {
                     let perSample = g.outH * g.outW * g.patch
@@ -199,10 +213,15 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
                 let g = layer.geometry!
                 toChannelsLast(layer.inputShape)
                 tapChannelsLast = channelsLast.flatMap { $0.channels > 1 ? $0 : nil }
-                let packed = weights.value("fp32.\(i)", bytes: { $0.byteCount }) {
-                    PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias)
+                if Kernels.fp32ConvUsesWinograd(g) {
+                    let w = weights.value("fp32.winograd.\(i)", bytes: { $0.byteCount }) { WinogradWeights(weight: layer.weight!, bias: layer.bias) }
+                    steps.append(.winograd(w, geometry: g, activation: fused.fused))
+                } else {
+                    let packed = weights.value("fp32.\(i)", bytes: { $0.byteCount }) {
+                        PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias)
+                    }
+                    steps.append(.conv2d(packed, geometry: g, activation: fused.fused, method: Kernels.fp32ConvMethod(g, batch: batch)))
                 }
-                steps.append(.conv2d(packed, geometry: g, activation: fused.fused, method: Kernels.fp32ConvMethod(g, batch: batch)))
                 channelsLast = (g.outChannels, g.outH * g.outW)
             case .maxpool2d, .avgpool2d:
                 let g = layer.geometry!
@@ -241,6 +260,9 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
                 w.multiply(rows: batch, current, ldx: w.inputs, other, ldy: w.outputs, activation: act)
             case .conv2d(let w, let g, let act, let method):
                 Kernels.conv2dNHWC(current, batch: batch, g, weights: w, activation: act, method: method, workspace: workspace, other)
+            case .winograd(let w, let g, let act):
+                w.convolve(samples: batch, current, height: g.height, width: g.width, padH: g.padH, padW: g.padW, other, activation: act,
+                           workspace: workspace)
             case .maxpool2d(let g), .avgpool2d(let g):
                 var average: Int32 = 0
                 if case .avgpool2d = step { average = 1 }

@@ -185,6 +185,17 @@ public enum Kernels {
                                        strideH: g.strideH, strideW: g.strideW, padH: g.padH, padW: g.padW)
     }
 
+    /// Whether an FP32 convolution of `g` runs by Winograd F(2×2, 3×3) (`WinogradWeights`): 3×3,
+    /// stride 1, at least 32 input channels, or 16 and 32 outputs, unless `EDGE_WINOGRAD=0`. Before
+    /// the other methods: where it applies it was faster than the direct kernel in every shape measured.
+    public static func fp32ConvUsesWinograd(_ g: ConvGeometry) -> Bool {
+        WinogradWeights.applies(kernelH: g.kernelH, kernelW: g.kernelW, strideH: g.strideH, strideW: g.strideW, channels: g.channels,
+                                outputs: g.outChannels)
+    }
+
+    /// What a plan's step name adds for a Winograd convolution.
+    public static let winogradStepSuffix = " (winograd)"
+
     /// The FP32 method for `g` at batch capacity `batch`.
     public static func fp32ConvMethod(_ g: ConvGeometry, batch: Int) -> ConvMethod {
         if fp32ConvIsDirect(g), let table = indirection(g) { return .direct(table) }

@@ -106,6 +106,53 @@ extension PackedWeights {
     }
 }
 
+/// A 3×3 stride-1 convolution's weights transformed for Winograd F(2×2, 3×3) (edge_winograd_pack):
+/// 16 packed GEMM matrices of outputs × channels and the bias. `convolve` computes 2×2 outputs from
+/// each 4×4 window with 16 multiplies a channel pair instead of 36; the results differ from the
+/// direct sum by rounding only.
+public final class WinogradWeights: @unchecked Sendable {
+    public let outputs: Int
+    public let channels: Int
+    private let storage: UnsafeMutablePointer<Float>
+    public let floatCount: Int
+
+    /// `weight`: the file's `[outputs, channels, 3, 3]`.
+    public init(weight: Tensor, bias: Tensor?) {
+        precondition(weight.shape.count == 4 && weight.shape[2] == 3 && weight.shape[3] == 3, "not a 3×3 convolution weight")
+        outputs = weight.shape[0]
+        channels = weight.shape[1]
+        floatCount = edge_winograd_packed_floats(Int32(outputs), Int32(channels))
+        storage = UnsafeMutableRawPointer.allocate(byteCount: floatCount * 4, alignment: 64).bindMemory(to: Float.self, capacity: floatCount)
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 16 * outputs * channels)
+        defer { scratch.deallocate() }
+        edge_winograd_pack(weight.pointer, bias.map { UnsafePointer($0.pointer) }, Int32(outputs), Int32(channels), storage, scratch)
+    }
+
+    deinit { storage.deallocate() }
+
+    public var byteCount: Int { floatCount * MemoryLayout<Float>.stride }
+
+    /// Whether a plan runs a convolution this way (edge_winograd_applies: 3×3, stride 1, at least 32
+    /// input channels or 16 and 32 outputs; `EDGE_WINOGRAD=0` never).
+    public static func applies(kernelH: Int, kernelW: Int, strideH: Int, strideW: Int, channels: Int, outputs: Int) -> Bool {
+        edge_winograd_applies(Int32(clamping: kernelH), Int32(clamping: kernelW), Int32(clamping: strideH), Int32(clamping: strideW),
+                              Int32(clamping: channels), Int32(clamping: outputs)) != 0
+    }
+
+    /// Floats of workspace `convolve` needs, whatever the batch.
+    public var workspaceFloats: Int { edge_winograd_workspace_floats(Int32(channels), Int32(outputs)) }
+
+    /// `samples` channels-last samples (height × width × channels each) into channels-last outputs
+    /// ((height + 2·padH − 2) × (width + 2·padW − 2) × outputs each), bias and activation applied.
+    public func convolve(samples: Int, _ x: UnsafePointer<Float>, height: Int, width: Int, padH: Int, padW: Int,
+                         _ y: UnsafeMutablePointer<Float>, activation: FusedActivation = .none, workspace: UnsafeMutablePointer<Float>,
+                         isa: KernelISA = .auto) {
+        let (act, alpha) = activation.c
+        edge_winograd_conv(isa.c, Int32(samples), Int32(height), Int32(width), Int32(channels), Int32(padH), Int32(padW), Int32(outputs),
+                           x, storage, y, act, alpha, workspace)
+    }
+}
+
 /// Where each output pixel's taps read in a channels-last sample (edge_conv_table), and the zeros
 /// a padding tap reads: a convolution without im2row rows (`PackedWeights.convolve`). XNNPACK's
 /// indirection idea, with offsets from the sample's start rather than pointers, so one table

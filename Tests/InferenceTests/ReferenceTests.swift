@@ -106,6 +106,9 @@ func convOut(_ n: Int, _ k: Int, _ s: Int, _ p: Int) -> Int { (n + 2 * p - k) / 
         // 8 channels and a kernel taller than the image (one output row by truncation): no table
         // can be built, so the plan takes im2row rows and sizes its workspace for them.
         ConvCase(c: 8, h: 2, w: 5, o: 4, k: 3, stride: Window(2, 2), padding: Window(0, 0)),
+        // 3×3, stride 1, 32 channels (or 16 into 32): Winograd F(2×2, 3×3), odd output sizes.
+        ConvCase(c: 32, h: 7, w: 8, o: 20, k: 3, stride: Window(1, 1), padding: Window(1, 0)),
+        ConvCase(c: 16, h: 5, w: 9, o: 33, k: 3, stride: Window(1, 1), padding: Window(2, 1)),
     ])
     func conv2dMatchesReference(_ t: ConvCase) {
         var rng = SeededGenerator(seed: 5)

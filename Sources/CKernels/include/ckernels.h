@@ -214,6 +214,28 @@ void edge_sgemm_conv(edge_isa isa, int samples, int pixels, int taps, int channe
                      size_t sample_stride, const float *pad, const float *packed, int outputs, float *y, int ldy,
                      edge_activation act, float alpha);
 
+/// ---- 3×3 stride-1 convolution by Winograd F(2×2, 3×3) (winograd.c) ----------------------------
+///
+/// Each 2×2 block of outputs from a 4×4 input window: 16 multiplies a channel pair instead of 36,
+/// as 16 packed FP32 GEMMs (edge_sgemm_packed on `isa`'s path) between transformed windows and
+/// transformed filters. Not the direct sum's order: the results differ from it by rounding only.
+/// edge_winograd_applies says where a plan uses it: a 3×3 stride-1 kernel with at least 32 input
+/// channels, or 16 and at least 32 outputs (measured at batch 64 against the direct kernel on
+/// AVX-512: 1.11–1.67× there, 0.74–0.93× with 8 channels or 16 into 16); EDGE_WINOGRAD=0 never
+/// (read once), to compare.
+/// edge_winograd_pack transforms the file's weights w[outputs][channels][3][3] (and the bias, or
+/// zeros) into edge_winograd_packed_floats floats, 64-byte aligned, using `scratch` (16 ·
+/// outputs · channels floats). edge_winograd_conv convolves `samples` channels-last samples
+/// (height × width × channels, padding ph, pw ≥ 0; output (height + 2ph − 2) × (width + 2pw − 2)
+/// × outputs a sample, channels last), then the bias and the activation; `workspace`:
+/// edge_winograd_workspace_floats floats, 64-byte aligned, whatever the batch. Allocates nothing.
+int edge_winograd_applies(int kh, int kw, int sh, int sw, int channels, int outputs);
+size_t edge_winograd_packed_floats(int outputs, int channels);
+void edge_winograd_pack(const float *w, const float *bias, int outputs, int channels, float *packed, float *scratch);
+size_t edge_winograd_workspace_floats(int channels, int outputs);
+void edge_winograd_conv(edge_isa isa, int samples, int height, int width, int channels, int ph, int pw, int outputs,
+                        const float *x, const float *packed, float *y, edge_activation act, float alpha, float *workspace);
+
 /// Channels-last pooling of `batch` HWC samples (no padding, floor output size), and global
 /// average pooling of `batch` samples of `pixels` × `channels` into [batch][channels].
 void edge_pool_nhwc_f32(const float *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
