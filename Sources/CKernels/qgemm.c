@@ -7,6 +7,7 @@
 
 #include "ckernels.h"
 #include "scalar.h"
+#include "vector.h"
 #include "vnni.h"
 #include <math.h>
 #include <string.h>
@@ -436,7 +437,7 @@ static inline TAVX2 __attribute__((always_inline)) void finish_avx2(const int NV
         }
         int left = n >= 8 ? n - 8 : n;
         if (left == 8) _mm256_storeu_ps(y, rest);
-        else if (left) _mm256_maskstore_ps(y, _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), rest);
+        else if (left) _mm256_maskstore_ps(y, edge_mask256(left), rest);
         return;
     }
     __m256i q0 = requantize8_avx2(v0, ep);

@@ -8,6 +8,7 @@
 
 #include "ckernels.h"
 #include "scalar.h"
+#include "vector.h"
 #include "vnni.h"
 #include <math.h>
 #include <string.h>
@@ -212,17 +213,7 @@ static void q4_gemm_portable(int rows, int outputs, int inputs, int group, const
 
 // ---- AVX-512 ----------------------------------------------------------------------------------
 
-#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
-
-static inline T512 __attribute__((always_inline)) __m512 act512(__m512 v, edge_activation act, __m512 alpha) {
-    __m512 zero = _mm512_setzero_ps();
-    switch (act) {
-    case EDGE_ACT_RELU: return _mm512_max_ps(v, zero);
-    case EDGE_ACT_RELU6: return _mm512_min_ps(_mm512_max_ps(v, zero), _mm512_set1_ps(6.0f));
-    case EDGE_ACT_LEAKY: return _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), v, alpha);
-    default: return v;
-    }
-}
+#define T512 EDGE_T512
 
 /// The activation and the masked stores of an MR × (NP·16) tile (`cols` real outputs from y).
 static inline T512 __attribute__((always_inline)) void store512(const int MR, const int NP, __m512 acc[][2], float *y, int ldy, int cols,
@@ -232,7 +223,7 @@ static inline T512 __attribute__((always_inline)) void store512(const int MR, co
         if (n <= 0) break;
         __mmask16 mask = n >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
         for (int r = 0; r < MR; r++)
-            _mm512_mask_storeu_ps(y + (size_t)r * ldy + p * PANEL, mask, act512(acc[r][p], act, alpha));
+            _mm512_mask_storeu_ps(y + (size_t)r * ldy + p * PANEL, mask, edge_act512(acc[r][p], act, alpha));
     }
 }
 
@@ -280,7 +271,7 @@ static inline T512 __attribute__((always_inline)) void gemv512(
         int n = cols - p * PANEL;
         if (n <= 0) break;
         __mmask16 mask = n >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
-        _mm512_mask_storeu_ps(y + p * PANEL, mask, act512(_mm512_add_ps(a[p], b[p]), act, alpha));
+        _mm512_mask_storeu_ps(y + p * PANEL, mask, edge_act512(_mm512_add_ps(a[p], b[p]), act, alpha));
     }
 }
 
@@ -428,17 +419,7 @@ static T512 void sgemm_conv_avx512(int samples, int pixels, int taps, int channe
 
 // ---- AVX2 + FMA -------------------------------------------------------------------------------
 
-#define T256 __attribute__((target("avx2,fma")))
-
-static inline T256 __attribute__((always_inline)) __m256 act256(__m256 v, edge_activation act, __m256 alpha) {
-    __m256 zero = _mm256_setzero_ps();
-    switch (act) {
-    case EDGE_ACT_RELU: return _mm256_max_ps(v, zero);
-    case EDGE_ACT_RELU6: return _mm256_min_ps(_mm256_max_ps(v, zero), _mm256_set1_ps(6.0f));
-    case EDGE_ACT_LEAKY: return _mm256_blendv_ps(v, _mm256_mul_ps(v, alpha), _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
-    default: return v;
-    }
-}
+#define T256 EDGE_T256
 
 static inline T256 __attribute__((always_inline)) void store256(float *dst, __m256 v, int n) {
     if (n >= 8) { _mm256_storeu_ps(dst, v); return; }
@@ -457,8 +438,8 @@ static inline T256 __attribute__((always_inline)) void finish256(const int MR, c
                                                                int cols, edge_activation act, __m256 alpha) {
     int n = cols < PANEL ? cols : PANEL;
     for (int r = 0; r < MR; r++) {
-        store256(y + (size_t)r * ldy, act256(lo[r], act, alpha), n);
-        if (n > 8) store256(y + (size_t)r * ldy + 8, act256(hi[r], act, alpha), n - 8);
+        store256(y + (size_t)r * ldy, edge_act256(lo[r], act, alpha), n);
+        if (n > 8) store256(y + (size_t)r * ldy + 8, edge_act256(hi[r], act, alpha), n - 8);
     }
 }
 
@@ -676,8 +657,8 @@ static inline T256 __attribute__((always_inline)) void q4_tile_i16(const int MR,
     int n = cols < PANEL ? cols : PANEL;
     for (int r = 0; r < MR; r++) {
         __m256 s = _mm256_set1_ps(rs[r]);
-        store256(y + (size_t)r * ldy, act256(_mm256_fmadd_ps(f[r][0], s, b0), act, alpha), n);
-        if (n > 8) store256(y + (size_t)r * ldy + 8, act256(_mm256_fmadd_ps(f[r][1], s, b1), act, alpha), n - 8);
+        store256(y + (size_t)r * ldy, edge_act256(_mm256_fmadd_ps(f[r][0], s, b0), act, alpha), n);
+        if (n > 8) store256(y + (size_t)r * ldy + 8, edge_act256(_mm256_fmadd_ps(f[r][1], s, b1), act, alpha), n - 8);
     }
 }
 

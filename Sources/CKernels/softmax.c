@@ -9,6 +9,7 @@
 // −∞ only gives NaN (0/0), as libm does.
 
 #include "ckernels.h"
+#include "vector.h"
 #include <math.h>
 
 #define EXP_LOW (-87.33654f)
@@ -38,9 +39,8 @@ static void softmax_scalar(float *y, int columns) {
 }
 
 #if defined(__x86_64__)
-#include <immintrin.h>
-#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
-#define T256 __attribute__((target("avx2,fma")))
+#define T512 EDGE_T512
+#define T256 EDGE_T256
 
 static inline T512 __m512 exp512(__m512 x) {
     __mmask16 low = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_LOW), _CMP_LT_OQ);
@@ -167,7 +167,7 @@ static inline T256 __attribute__((always_inline)) void softmax256_block(const in
 static T256 void softmax256(float *y, int rows, int columns) {
     int vecs = (columns + 7) / 8, block = vecs == 1 ? 8 : vecs == 2 ? 4 : 2;
     int n = columns - 8 * (vecs - 1);  // lanes of the last vector
-    __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i last = edge_mask256(n);
     for (int r = 0; r < rows; r += block) {
         int b = rows - r < block ? rows - r : block;
         float *yr = y + (size_t)r * columns;

@@ -20,18 +20,25 @@
 
 #include "ckernels.h"
 #include "scalar.h"
+#include "vector.h"
 #include <stdlib.h>
 #include <string.h>
 
-#define WG_TILE 16  // positions of the 4×4 transform
+#define WG_TILE 16    // positions of the 4×4 transform
+#define WG_MAX 4096   // channels or outputs: the smallest block's workspace stays within 4 MiB
 
-int edge_winograd_applies(int kh, int kw, int sh, int sw, int channels, int outputs) {
-    static int enabled = -1;
-    if (enabled < 0) {
+int edge_winograd_applies(edge_isa isa, int kh, int kw, int sh, int sw, int out_h, int out_w, int channels, int outputs) {
+    static int enabled = -1;  // EDGE_WINOGRAD, read once (plans are compiled on several threads)
+    int on = __atomic_load_n(&enabled, __ATOMIC_RELAXED);
+    if (on < 0) {
         const char *e = getenv("EDGE_WINOGRAD");
-        enabled = !(e && strcmp(e, "0") == 0);
+        on = !(e && strcmp(e, "0") == 0);
+        __atomic_store_n(&enabled, on, __ATOMIC_RELAXED);
     }
-    return enabled && kh == 3 && kw == 3 && sh == 1 && sw == 1 && (channels >= 32 || (channels >= 16 && outputs >= 32));
+    if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
+    int measured = (isa == EDGE_ISA_AVX2 || isa == EDGE_ISA_AVX512 || isa == EDGE_ISA_AVX512VNNI) && edge_isa_supported(isa);
+    return on && measured && kh == 3 && kw == 3 && sh == 1 && sw == 1 && out_h >= 2 && out_w >= 2 && channels <= WG_MAX &&
+           outputs <= WG_MAX && (channels >= 32 || (channels >= 16 && outputs >= 32));
 }
 
 size_t edge_winograd_packed_floats(int outputs, int channels) {
@@ -39,41 +46,50 @@ size_t edge_winograd_packed_floats(int outputs, int channels) {
 }
 
 void edge_winograd_pack(const float *w, const float *bias, int outputs, int channels, float *packed, float *scratch) {
-    size_t one = edge_sgemm_packed_floats(outputs, channels), plane = (size_t)outputs * channels;
-    // scratch: the 16 planes U_ξ[o][c] before packing.
-    for (int o = 0; o < outputs; o++)
-        for (int c = 0; c < channels; c++) {
-            const float *g = w + ((size_t)o * channels + c) * 9;
-            float t[4][3];  // G g: 4 rows of 3
-            for (int j = 0; j < 3; j++) {
-                t[0][j] = g[j];
-                t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
-                t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
-                t[3][j] = g[6 + j];
+    size_t one = edge_sgemm_packed_floats(outputs, channels);
+    // One plane U_ξ[o][c] at a time in scratch, then packed. Each term is halved before the sum
+    // (exact for normal numbers), so weights near FLT_MAX do not overflow where G g Gᵀ does not.
+    for (int xi = 0; xi < WG_TILE; xi++) {
+        int i = xi / 4, j = xi % 4;
+        for (int o = 0; o < outputs; o++)
+            for (int c = 0; c < channels; c++) {
+                const float *g = w + ((size_t)o * channels + c) * 9;
+                float t[3];  // row i of G g
+                for (int k = 0; k < 3; k++) {
+                    float a = g[k], b = g[3 + k], d = g[6 + k];
+                    t[k] = i == 0 ? a : i == 1 ? 0.5f * a + 0.5f * b + 0.5f * d : i == 2 ? 0.5f * a - 0.5f * b + 0.5f * d : d;
+                }
+                scratch[(size_t)o * channels + c] = j == 0   ? t[0]
+                                                    : j == 1 ? 0.5f * t[0] + 0.5f * t[1] + 0.5f * t[2]
+                                                    : j == 2 ? 0.5f * t[0] - 0.5f * t[1] + 0.5f * t[2]
+                                                             : t[2];
             }
-            for (int i = 0; i < 4; i++) {  // (G g) Gᵀ
-                float u[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]), 0.5f * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
-                for (int j = 0; j < 4; j++) scratch[(size_t)(i * 4 + j) * plane + (size_t)o * channels + c] = u[j];
-            }
-        }
-    for (int xi = 0; xi < WG_TILE; xi++) edge_sgemm_pack(scratch + (size_t)xi * plane, NULL, outputs, channels, packed + (size_t)xi * one);
+        edge_sgemm_pack(scratch, NULL, outputs, channels, packed + (size_t)xi * one);
+    }
     float *b = packed + (size_t)WG_TILE * one;
     for (int o = 0; o < outputs; o++) b[o] = bias ? bias[o] : 0.0f;
 }
 
 /// Tiles a block holds: as many as keep its transformed inputs and GEMM outputs within 256 KiB
 /// (in L2 while the 16 GEMMs read and write them; 32 KiB to 1.5 MiB measured within the noise on
-/// the 8×8 CNN's 32 → 64 convolution), a multiple of 8 (the GEMM tile's rows), at least 8.
-static int wg_block(int channels, int outputs) {
+/// the 8×8 CNN's 32 → 64 convolution), a multiple of 8, at least 8, and
+/// no more than the `tiles` there are (rounded up to 8).
+static int wg_block(int channels, int outputs, size_t tiles) {
     size_t per = (size_t)WG_TILE * (size_t)(channels + outputs) * sizeof(float);
-    size_t n = ((size_t)256 << 10) / per;
+    size_t n = ((size_t)256 << 10) / per, most = (tiles + 7) / 8 * 8;
     n = n / 8 * 8;
+    if (n > most) n = most;
     return n < 8 ? 8 : (n > 4096 ? 4096 : (int)n);
 }
 
-size_t edge_winograd_workspace_floats(int channels, int outputs) {
+static size_t wg_tiles(int samples, int out_h, int out_w) {
+    return (size_t)samples * (size_t)((out_h + 1) / 2) * (size_t)((out_w + 1) / 2);
+}
+
+size_t edge_winograd_workspace_floats(int outputs, int channels, int samples, int out_h, int out_w) {
     // The block's V and M, and a vector of zeros for the padding (channels floats).
-    return (size_t)wg_block(channels, outputs) * WG_TILE * (size_t)(channels + outputs) + (size_t)channels;
+    size_t tiles = samples > 0 && out_h > 0 && out_w > 0 ? wg_tiles(samples, out_h, out_w) : 0;
+    return (size_t)wg_block(channels, outputs, tiles) * WG_TILE * (size_t)(channels + outputs) + (size_t)channels;
 }
 
 /// The transforms, LANES channels at a time (a short last step masked), for each path:
@@ -126,36 +142,12 @@ size_t edge_winograd_workspace_floats(int channels, int outputs) {
     }
 
 #if defined(__x86_64__)
-#include <immintrin.h>
-#define T512W __attribute__((target("avx512f,avx512vl,fma")))
-#define T256W __attribute__((target("avx2,fma")))
-static inline T512W __attribute__((always_inline)) __m512 wg_act512(__m512 v, edge_activation act, __m512 alpha) {
-    __m512 zero = _mm512_setzero_ps();
-    switch (act) {
-    case EDGE_ACT_RELU: return _mm512_max_ps(v, zero);
-    case EDGE_ACT_RELU6: return _mm512_min_ps(_mm512_max_ps(v, zero), _mm512_set1_ps(6.0f));
-    case EDGE_ACT_LEAKY: return _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), v, alpha);
-    default: return v;
-    }
-}
-static inline T256W __attribute__((always_inline)) __m256 wg_act256(__m256 v, edge_activation act, __m256 alpha) {
-    __m256 zero = _mm256_setzero_ps();
-    switch (act) {
-    case EDGE_ACT_RELU: return _mm256_max_ps(v, zero);
-    case EDGE_ACT_RELU6: return _mm256_min_ps(_mm256_max_ps(v, zero), _mm256_set1_ps(6.0f));
-    case EDGE_ACT_LEAKY: return _mm256_blendv_ps(v, _mm256_mul_ps(v, alpha), _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
-    default: return v;
-    }
-}
-static inline T256W __attribute__((always_inline)) __m256i wg_mask256(int n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 #define WG_LOAD512(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), (p))
 #define WG_STORE512(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1), (v))
-#define WG_LOAD256(p, n) ((n) == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps((p), wg_mask256(n)))
-#define WG_STORE256(p, v, n) ((n) == 8 ? _mm256_storeu_ps((p), (v)) : _mm256_maskstore_ps((p), wg_mask256(n), (v)))
-WG_TRANSFORMS(avx512, T512W, __m512, 16, WG_LOAD512, WG_STORE512, _mm512_add_ps, _mm512_sub_ps, _mm512_set1_ps, wg_act512)
-WG_TRANSFORMS(avx2, T256W, __m256, 8, WG_LOAD256, WG_STORE256, _mm256_add_ps, _mm256_sub_ps, _mm256_set1_ps, wg_act256)
+#define WG_LOAD256(p, n) ((n) == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps((p), edge_mask256(n)))
+#define WG_STORE256(p, v, n) ((n) == 8 ? _mm256_storeu_ps((p), (v)) : _mm256_maskstore_ps((p), edge_mask256(n), (v)))
+WG_TRANSFORMS(avx512, EDGE_T512, __m512, 16, WG_LOAD512, WG_STORE512, _mm512_add_ps, _mm512_sub_ps, _mm512_set1_ps, edge_act512)
+WG_TRANSFORMS(avx2, EDGE_T256, __m256, 8, WG_LOAD256, WG_STORE256, _mm256_add_ps, _mm256_sub_ps, _mm256_set1_ps, edge_act256)
 #endif
 #define WG_LOAD1(p, n) ((void)(n), *(p))
 #define WG_STORE1(p, v, n) ((void)(n), *(p) = (v))
@@ -202,12 +194,12 @@ WG_TRANSFORMS(portable, , float, 1, WG_LOAD1, WG_STORE1, WG_ADD1, WG_SUB1, WG_SE
 #if defined(__x86_64__)
 #define WG_INPUT wg_input_avx512
 #define WG_OUTPUT wg_output_avx512
-T512W static void wg_block_avx512(WG_BLOCK_ARGS) { WG_BLOCK_BODY }
+EDGE_T512 static void wg_block_avx512(WG_BLOCK_ARGS) { WG_BLOCK_BODY }
 #undef WG_INPUT
 #undef WG_OUTPUT
 #define WG_INPUT wg_input_avx2
 #define WG_OUTPUT wg_output_avx2
-T256W static void wg_block_avx2(WG_BLOCK_ARGS) { WG_BLOCK_BODY }
+EDGE_T256 static void wg_block_avx2(WG_BLOCK_ARGS) { WG_BLOCK_BODY }
 #undef WG_INPUT
 #undef WG_OUTPUT
 #endif
@@ -221,27 +213,19 @@ void edge_winograd_conv(edge_isa isa, int samples, int height, int width, int ch
     if (samples <= 0 || oh <= 0 || ow <= 0 || channels <= 0 || outputs <= 0) return;
     if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
     if (!edge_isa_supported(isa)) isa = EDGE_ISA_PORTABLE;
-    int block = wg_block(channels, outputs);
+    size_t tiles = wg_tiles(samples, oh, ow);
+    int block = wg_block(channels, outputs, tiles);
     size_t one = edge_sgemm_packed_floats(outputs, channels);
     const float *bias = packed + (size_t)WG_TILE * one;
     float *vb = workspace, *mb = vb + (size_t)block * WG_TILE * channels, *zeros = mb + (size_t)block * WG_TILE * outputs;
     memset(zeros, 0, (size_t)channels * sizeof(float));
-    size_t tiles = (size_t)samples * (size_t)((oh + 1) / 2) * (size_t)((ow + 1) / 2);
+    void (*run)(WG_BLOCK_ARGS) = wg_block_portable;
+#if defined(__x86_64__)
+    if (isa == EDGE_ISA_AVX512 || isa == EDGE_ISA_AVX512VNNI) run = wg_block_avx512;
+    if (isa == EDGE_ISA_AVX2) run = wg_block_avx2;
+#endif
     for (size_t t0 = 0; t0 < tiles; t0 += (size_t)block) {
         int n = tiles - t0 < (size_t)block ? (int)(tiles - t0) : block;
-#if defined(__x86_64__)
-        if (isa == EDGE_ISA_AVX512 || isa == EDGE_ISA_AVX512VNNI) {
-            wg_block_avx512(isa, t0, n, block, height, width, channels, ph, pw, oh, ow, outputs, x, packed, one, bias, zeros, vb, mb, y,
-                            act, alpha);
-            continue;
-        }
-        if (isa == EDGE_ISA_AVX2) {
-            wg_block_avx2(isa, t0, n, block, height, width, channels, ph, pw, oh, ow, outputs, x, packed, one, bias, zeros, vb, mb, y,
-                          act, alpha);
-            continue;
-        }
-#endif
-        wg_block_portable(isa, t0, n, block, height, width, channels, ph, pw, oh, ow, outputs, x, packed, one, bias, zeros, vb, mb, y,
-                          act, alpha);
+        run(isa, t0, n, block, height, width, channels, ph, pw, oh, ow, outputs, x, packed, one, bias, zeros, vb, mb, y, act, alpha);
     }
 }

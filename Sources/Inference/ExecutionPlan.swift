@@ -24,9 +24,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
     enum Step {
         case dense(PackedWeights, activation: FusedActivation)
         /// Channels last in and out.
-        case conv2d(PackedWeights, geometry: Kernels.ConvGeometry, activation: FusedActivation, method: Kernels.ConvMethod)
-        /// A 3×3 stride-1 convolution by Winograd F(2×2, 3×3); channels last in and out.
-        case winograd(WinogradWeights, geometry: Kernels.ConvGeometry, activation: FusedActivation)
+        case conv2d(FloatConvolution, geometry: Kernels.ConvGeometry, activation: FusedActivation)
         case maxpool2d(Kernels.ConvGeometry)
         case avgpool2d(Kernels.ConvGeometry)
         case globalAveragePool(channels: Int, pixels: Int)
@@ -68,12 +66,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         if let embedding {
             precondition(embedding.layer == EmbeddingProjection.penultimateLayer(of: network)
                          && embedding.inputCount == network.layers[embedding.layer].inputCount, "projection does not fit the network")
-            tapStep = steps.lastIndex {
-                switch $0 {
-                case .dense, .conv2d, .winograd: true
-                default: false
-                }
-            }!
+            tapStep = steps.lastIndex { if case .dense = $0 { true } else if case .conv2d = $0 { true } else { false } }!
             tap = EmbeddingTap(embedding, batchCapacity: batchCapacity, channelsLast: compiled.tapChannelsLast)
         } else {
             tap = nil
@@ -95,11 +88,11 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
 
     public var memory: MemoryEstimate { Self.memoryEstimate(network: network, batch: batchCapacity) }
 
-    /// How many convolution steps read their input through an indirection table (the rest take
-    /// im2row rows): what the plan chose, for tests and `inspect`-style reports.
+    /// How many convolution steps read their input through an indirection table (the others take
+    /// im2row rows or run by Winograd): what the plan chose, for tests.
     public var directConvolutions: Int {
         steps.reduce(0) { n, step in
-            if case .conv2d(_, _, _, .direct) = step { return n + 1 }
+            if case .conv2d(let c, _, _) = step, c.kind == .direct { return n + 1 }
             return n
         }
     }
@@ -110,8 +103,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         steps.map { step in
             switch step {
             case .dense: "fp32 dense"
-            case .conv2d(_, _, _, let method): "fp32 conv2d" + method.stepSuffix
-            case .winograd: "fp32 conv2d" + Kernels.winogradStepSuffix
+            case .conv2d(let c, _, _): c.stepName
             case .maxpool2d: "fp32 maxpool"
             case .avgpool2d: "fp32 avgpool"
             case .globalAveragePool: "fp32 global average pool"
@@ -127,8 +119,8 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
     public var packedWeightIdentities: [ObjectIdentifier] {
         steps.compactMap {
             switch $0 {
-            case .dense(let w, _), .conv2d(let w, _, _, _): ObjectIdentifier(w)
-            case .winograd(let w, _, _): ObjectIdentifier(w)
+            case .dense(let w, _): ObjectIdentifier(w)
+            case .conv2d(let c, _, _): c.weightsIdentity
             default: nil
             }
         }
@@ -143,8 +135,8 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         let sizes = bufferSizes(network, batch: batch)
         let packed = network.layers.reduce(0) { total, layer in
             guard let w = layer.weight else { return total }
-            if case .conv2d = layer.kind, let g = layer.geometry, Kernels.fp32ConvUsesWinograd(g) {
-                return total + edge_winograd_packed_floats(Int32(g.outChannels), Int32(g.channels)) * 4
+            if case .conv2d = layer.kind, let g = layer.geometry {
+                return total + FloatConvolution.weightBytes(FloatConvolution.kind(g, weight: w), g)
             }
             return total + edgePackedFloats(outputs: w.shape[0], inputs: w.count / w.shape[0]) * 4
         }
@@ -152,30 +144,25 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
                               activations: 2 * sizes.activation * batch * 4)
     }
 
-    /// Activation floats per sample, workspace floats (the batched im2row rows of the convolutions
-    /// that use them) for `batch`, and the bytes of the other convolutions' indirection tables.
+    /// Activation floats per sample, workspace floats for `batch` (the largest convolution's: im2row
+    /// rows of a chunk, or a Winograd block), and the bytes of the direct convolutions' indirection tables.
     static func bufferSizes(_ network: Network, batch: Int) -> (activation: Int, workspace: Int, tableBytes: Int) {
         var activation = network.inputCount
         var workspace = 0, tableBytes = 0
         for layer in network.layers {
             activation = max(activation, layer.outputCount)
-            if case .conv2d = layer.kind, let g = layer.geometry {
-                if Kernels.fp32ConvUsesWinograd(g) {
-                    workspace = max(workspace, edge_winograd_workspace_floats(Int32(g.channels), Int32(g.outChannels)))
-                } else if Kernels.fp32ConvIsDirect(g) {
-                    tableBytes += ConvIndirection.byteCount(pixels: g.outH * g.outW, taps: g.kernelH * g.kernelW, channels: g.channels)
-                } else {
-                    let perSample = g.outH * g.outW * g.patch
-                    workspace = max(workspace, Kernels.convChunk(bytesPerSample: perSample * 4, batch: batch) * perSample)
-                }
+            if case .conv2d = layer.kind, let g = layer.geometry, let w = layer.weight {
+                let need = FloatConvolution.workspace(FloatConvolution.kind(g, weight: w), g, batch: batch)
+                workspace = max(workspace, need.floats)
+                tableBytes += need.tableBytes
             }
         }
         return (activation, workspace, tableBytes)
     }
 
     /// Activations are channels last (HWC) from the first spatial layer on: convolutions unfold
-    /// a chunk of samples straight into one GEMM whose output is already HWC (or, with 8 channels
-    /// or more on AVX2 or AVX-512, read the input through an indirection table), and the first dense
+    /// a chunk of samples straight into one GEMM whose output is already HWC (or read the input
+    /// through an indirection table, or run by Winograd: `FloatConvolution`), and the first dense
     /// layer after them has its columns re-ordered at compile time. The file stays CHW.
     /// `tapChannelsLast`: the layout of the last weighted step's input (the embedding tap's), when
     /// it is channels last with more than one channel.
@@ -213,15 +200,8 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
                 let g = layer.geometry!
                 toChannelsLast(layer.inputShape)
                 tapChannelsLast = channelsLast.flatMap { $0.channels > 1 ? $0 : nil }
-                if Kernels.fp32ConvUsesWinograd(g) {
-                    let w = weights.value("fp32.winograd.\(i)", bytes: { $0.byteCount }) { WinogradWeights(weight: layer.weight!, bias: layer.bias) }
-                    steps.append(.winograd(w, geometry: g, activation: fused.fused))
-                } else {
-                    let packed = weights.value("fp32.\(i)", bytes: { $0.byteCount }) {
-                        PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias)
-                    }
-                    steps.append(.conv2d(packed, geometry: g, activation: fused.fused, method: Kernels.fp32ConvMethod(g, batch: batch)))
-                }
+                let conv = FloatConvolution.make(weight: layer.weight!, bias: layer.bias, g, batch: batch, cache: weights, key: "fp32.\(i)")
+                steps.append(.conv2d(conv, geometry: g, activation: fused.fused))
                 channelsLast = (g.outChannels, g.outH * g.outW)
             case .maxpool2d, .avgpool2d:
                 let g = layer.geometry!
@@ -258,11 +238,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
             switch step {
             case .dense(let w, let act):
                 w.multiply(rows: batch, current, ldx: w.inputs, other, ldy: w.outputs, activation: act)
-            case .conv2d(let w, let g, let act, let method):
-                Kernels.conv2dNHWC(current, batch: batch, g, weights: w, activation: act, method: method, workspace: workspace, other)
-            case .winograd(let w, let g, let act):
-                w.convolve(samples: batch, current, height: g.height, width: g.width, padH: g.padH, padW: g.padW, other, activation: act,
-                           workspace: workspace)
+            case .conv2d(let c, let g, let act): c.run(current, batch: batch, g, activation: act, workspace: workspace, other)
             case .maxpool2d(let g), .avgpool2d(let g):
                 var average: Int32 = 0
                 if case .avgpool2d = step { average = 1 }

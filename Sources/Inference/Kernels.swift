@@ -160,8 +160,10 @@ public enum Kernels {
         return Tensor(shape: w.shape, values: out)
     }
 
-    /// How a convolution step runs: the im2row rows of `chunk` samples at a time into one GEMM
-    /// (the workspace holds them), or straight from the input through an indirection table.
+    /// How a GEMM convolution step (FP32 tap-major weights or INT8) runs: the im2row rows of
+    /// `chunk` samples at a time into one GEMM (the workspace holds them), or straight from the
+    /// input through an indirection table. (An FP32 3×3 one may run by Winograd instead:
+    /// `FloatConvolution`.)
     public enum ConvMethod: Sendable {
         case im2row(chunk: Int)
         case direct(ConvIndirection)
@@ -184,17 +186,6 @@ public enum Kernels {
             && ConvIndirection.accepts(channels: g.channels, height: g.height, width: g.width, kernelH: g.kernelH, kernelW: g.kernelW,
                                        strideH: g.strideH, strideW: g.strideW, padH: g.padH, padW: g.padW)
     }
-
-    /// Whether an FP32 convolution of `g` runs by Winograd F(2×2, 3×3) (`WinogradWeights`): 3×3,
-    /// stride 1, at least 32 input channels, or 16 and 32 outputs, unless `EDGE_WINOGRAD=0`. Before
-    /// the other methods: where it applies it was faster than the direct kernel in every shape measured.
-    public static func fp32ConvUsesWinograd(_ g: ConvGeometry) -> Bool {
-        WinogradWeights.applies(kernelH: g.kernelH, kernelW: g.kernelW, strideH: g.strideH, strideW: g.strideW, channels: g.channels,
-                                outputs: g.outChannels)
-    }
-
-    /// What a plan's step name adds for a Winograd convolution.
-    public static let winogradStepSuffix = " (winograd)"
 
     /// The FP32 method for `g` at batch capacity `batch`.
     public static func fp32ConvMethod(_ g: ConvGeometry, batch: Int) -> ConvMethod {

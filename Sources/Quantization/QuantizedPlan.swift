@@ -23,8 +23,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         case int8SingleChannelConv(SingleChannelInt8Conv, QuantizedEpilogue, Kernels.ConvGeometry, inputZeroPoint: UInt8)
         case int4Dense(PackedInt4Weights, FusedActivation)
         case floatDense(PackedWeights, FusedActivation)
-        case floatConv(PackedWeights, Kernels.ConvGeometry, FusedActivation, method: Kernels.ConvMethod)
-        case floatWinograd(WinogradWeights, Kernels.ConvGeometry, FusedActivation)
+        case floatConv(FloatConvolution, Kernels.ConvGeometry, FusedActivation)
         case maxpoolU8(Kernels.ConvGeometry)
         case avgpoolU8(Kernels.ConvGeometry)
         case globalAveragePoolU8(channels: Int, planeSize: Int)
@@ -95,7 +94,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                          && embedding.inputCount == model.network.layers[embedding.layer].inputCount, "projection does not fit the network")
             let index = compiled.steps.lastIndex {
                 switch $0 {
-                case .int8Dense, .int8Conv, .int8SingleChannelConv, .int4Dense, .floatDense, .floatConv, .floatWinograd: true
+                case .int8Dense, .int8Conv, .int8SingleChannelConv, .int4Dense, .floatDense, .floatConv: true
                 default: false
                 }
             }!
@@ -123,9 +122,10 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .int8Conv(_, _, let g, _, _, .direct(let t)):
                 tableBytes += t.byteCount
                 work = max(work, g.channels)  // the padding tap's bytes
-            case .floatConv(_, let g, _, .im2row(let chunk)): work = max(work, chunk * g.outH * g.outW * g.patch * 4)
-            case .floatConv(_, _, _, .direct(let t)): tableBytes += t.byteCount
-            case .floatWinograd(let w, _, _): work = max(work, w.workspaceFloats * 4)
+            case .floatConv(let c, let g, _):
+                let need = FloatConvolution.workspace(c.kind, g, batch: batchCapacity)
+                work = max(work, need.floats * 4)
+                tableBytes += need.tableBytes
             case .int4Dense(let w, _): work = max(work, w.scratchFloats * 4)
             default: break
             }
@@ -174,8 +174,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .int8SingleChannelConv: "int8 conv2d (single channel)"
             case .int4Dense: "int4 dense"
             case .floatDense: "fp32 dense"
-            case .floatConv(_, _, _, let method): "fp32 conv2d" + method.stepSuffix
-            case .floatWinograd: "fp32 conv2d" + Kernels.winogradStepSuffix
+            case .floatConv(let c, _, _): c.stepName
             case .maxpoolU8: "uint8 maxpool"
             case .avgpoolU8: "uint8 avgpool"
             case .globalAveragePoolU8: "uint8 global average pool"
@@ -323,19 +322,10 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                     toFloat()
                     if case .conv2d = layer.kind {
                         let g = layer.geometry!
-                        if Kernels.fp32ConvUsesWinograd(g) {
-                            let w = weights.value("quantized.fp32.winograd.\(l)", bytes: { $0.byteCount }) {
-                                WinogradWeights(weight: layer.weight!, bias: layer.bias)
-                            }
-                            bytes += w.byteCount
-                            steps.append(.floatWinograd(w, g, fused.fused))
-                        } else {
-                            let p = weights.value("quantized.fp32.\(l)", bytes: { $0.byteCount }) {
-                                PackedWeights(weight: Kernels.tapMajor(layer.weight!), bias: layer.bias)
-                            }
-                            bytes += p.byteCount
-                            steps.append(.floatConv(p, g, fused.fused, method: Kernels.fp32ConvMethod(g, batch: batch)))
-                        }
+                        let conv = FloatConvolution.make(weight: layer.weight!, bias: layer.bias, g, batch: batch, cache: weights,
+                                                         key: "quantized.fp32.\(l)")
+                        bytes += conv.byteCount
+                        steps.append(.floatConv(conv, g, fused.fused))
                         channelsLast = (g.outChannels, g.outH * g.outW)
                     } else {
                         let columns = denseInput()
@@ -422,8 +412,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .int8SingleChannelConv(_, _, let g, _): count = g.outChannels * g.outH * g.outW
             case .int4Dense(let w, _): count = w.outputs
             case .floatDense(let w, _): count = w.outputs
-            case .floatConv(let w, let g, _, _): count = w.outputs * g.outH * g.outW
-            case .floatWinograd(let w, let g, _): count = w.outputs * g.outH * g.outW
+            case .floatConv(_, let g, _): count = g.outChannels * g.outH * g.outW
             case .maxpoolU8(let g), .avgpoolU8(let g), .maxpool(let g), .avgpool(let g): count = g.channels * g.outH * g.outW
             case .globalAveragePoolU8(let c, _), .globalAveragePool(let c, _): count = c
             default: break
@@ -496,12 +485,8 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                 w.multiply(rows: batch, f, ldx: w.inputs, of, ldy: w.outputs, activation: act,
                            scratch: workspace.assumingMemoryBound(to: Float.self))
             case .floatDense(let w, let act): w.multiply(rows: batch, f, ldx: w.inputs, of, ldy: w.outputs, activation: act)
-            case .floatConv(let w, let g, let act, let method):
-                Kernels.conv2dNHWC(f, batch: batch, g, weights: w, activation: act, method: method,
-                                   workspace: workspace.assumingMemoryBound(to: Float.self), of)
-            case .floatWinograd(let w, let g, let act):
-                w.convolve(samples: batch, f, height: g.height, width: g.width, padH: g.padH, padW: g.padW, of, activation: act,
-                           workspace: workspace.assumingMemoryBound(to: Float.self))
+            case .floatConv(let c, let g, let act):
+                c.run(f, batch: batch, g, activation: act, workspace: workspace.assumingMemoryBound(to: Float.self), of)
             case .maxpoolU8(let g): poolU8(u, batch: batch, g, ou, average: false)
             case .avgpoolU8(let g): poolU8(u, batch: batch, g, ou, average: true)
             case .globalAveragePoolU8(let c, let p): edge_global_pool_nhwc_u8(u, Int32(batch), Int32(p), Int32(c), ou)

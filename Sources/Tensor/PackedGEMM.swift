@@ -109,7 +109,7 @@ extension PackedWeights {
 /// A 3×3 stride-1 convolution's weights transformed for Winograd F(2×2, 3×3) (edge_winograd_pack):
 /// 16 packed GEMM matrices of outputs × channels and the bias. `convolve` computes 2×2 outputs from
 /// each 4×4 window with 16 multiplies a channel pair instead of 36; the results differ from the
-/// direct sum by rounding only.
+/// direct sum by rounding only (for values below about 10³⁷: ckernels.h).
 public final class WinogradWeights: @unchecked Sendable {
     public let outputs: Int
     public let channels: Int
@@ -122,8 +122,8 @@ public final class WinogradWeights: @unchecked Sendable {
         outputs = weight.shape[0]
         channels = weight.shape[1]
         floatCount = edge_winograd_packed_floats(Int32(outputs), Int32(channels))
-        storage = UnsafeMutableRawPointer.allocate(byteCount: floatCount * 4, alignment: 64).bindMemory(to: Float.self, capacity: floatCount)
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 16 * outputs * channels)
+        storage = allocateAlignedFloats(floatCount)
+        let scratch = allocateAlignedFloats(outputs * channels)  // one transformed plane at a time
         defer { scratch.deallocate() }
         edge_winograd_pack(weight.pointer, bias.map { UnsafePointer($0.pointer) }, Int32(outputs), Int32(channels), storage, scratch)
     }
@@ -132,15 +132,19 @@ public final class WinogradWeights: @unchecked Sendable {
 
     public var byteCount: Int { floatCount * MemoryLayout<Float>.stride }
 
-    /// Whether a plan runs a convolution this way (edge_winograd_applies: 3×3, stride 1, at least 32
-    /// input channels or 16 and 32 outputs; `EDGE_WINOGRAD=0` never).
-    public static func applies(kernelH: Int, kernelW: Int, strideH: Int, strideW: Int, channels: Int, outputs: Int) -> Bool {
-        edge_winograd_applies(Int32(clamping: kernelH), Int32(clamping: kernelW), Int32(clamping: strideH), Int32(clamping: strideW),
-                              Int32(clamping: channels), Int32(clamping: outputs)) != 0
+    /// Whether a plan may run a convolution this way (edge_winograd_applies: AVX2 or AVX-512, 3×3,
+    /// stride 1, outputs at least 2 × 2, at least 32 input channels or 16 and 32 outputs, at most
+    /// 4096 of each; `EDGE_WINOGRAD=0` never).
+    public static func applies(kernelH: Int, kernelW: Int, strideH: Int, strideW: Int, outH: Int, outW: Int, channels: Int, outputs: Int,
+                               isa: KernelISA = .auto) -> Bool {
+        edge_winograd_applies(isa.c, Int32(clamping: kernelH), Int32(clamping: kernelW), Int32(clamping: strideH), Int32(clamping: strideW),
+                              Int32(clamping: outH), Int32(clamping: outW), Int32(clamping: channels), Int32(clamping: outputs)) != 0
     }
 
-    /// Floats of workspace `convolve` needs, whatever the batch.
-    public var workspaceFloats: Int { edge_winograd_workspace_floats(Int32(channels), Int32(outputs)) }
+    /// Floats of workspace `convolve` needs for up to `samples` samples of outH × outW outputs.
+    public func workspaceFloats(samples: Int, outH: Int, outW: Int) -> Int {
+        edge_winograd_workspace_floats(Int32(outputs), Int32(channels), Int32(samples), Int32(outH), Int32(outW))
+    }
 
     /// `samples` channels-last samples (height × width × channels each) into channels-last outputs
     /// ((height + 2·padH − 2) × (width + 2·padW − 2) × outputs each), bias and activation applied.

@@ -172,6 +172,27 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         _ = rng.next()
     }
 
+    /// An FP32 layer of a mixed plan that Winograd applies to (3×3, 32 → 64 channels) runs by it
+    /// between integer layers, the plan's workspace holds its block, and the scores stay close to
+    /// the FP32 plan's.
+    @Test func aMixedPlansFP32ConvolutionRunsByWinograd() throws {
+        let net = try Architecture.build("cnn:1x8x8-c32-c64-m2-f16-3", seed: 4)
+        let weighted = net.layers.indices.filter { net.layers[$0].weight != nil }
+        let conv = net.layers[weighted[1]], g = try #require(conv.geometry)
+        try #require(FloatConvolution.kind(g, weight: conv.weight!) == .winograd, "EDGE_WINOGRAD=0 is set, or this CPU has neither AVX2 nor AVX-512")
+        let data = rows(48, features: 64, seed: 5)
+        let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .minmax)
+        var precisions = Dictionary(uniqueKeysWithValues: weighted.map { ($0, LayerPrecision.int8) })
+        precisions[weighted[1]] = .fp32
+        let model = Quantizer.build(net, activations: params, precisions: precisions, method: .minmax, calibrationRows: 48)
+        let plan = QuantizedPlan(model: model, batchCapacity: 8)
+        #expect(plan.stepNames.filter { $0.hasPrefix("fp32 conv2d") } == ["fp32 conv2d (winograd)"], "\(plan.stepNames)")
+        #expect(plan.memory.workspace >= FloatConvolution.workspace(.winograd, g, batch: 8).floats * 4)
+        let q = plan.predict(data.features)
+        let f = ExecutionPlan(network: net, batchCapacity: 8).predict(data.features)
+        #expect(Sensitivity.compare(q, reference: f, classes: 3, labels: nil).sqnr > 25)
+    }
+
     @Test func quantizedFileRoundTripsBitForBit() throws {
         let net = try Architecture.build("cnn:1x6x6-c4-m2-f8-3", seed: 2)
         let data = rows(64, features: 36, seed: 3)

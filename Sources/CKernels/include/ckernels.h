@@ -218,21 +218,24 @@ void edge_sgemm_conv(edge_isa isa, int samples, int pixels, int taps, int channe
 ///
 /// Each 2×2 block of outputs from a 4×4 input window: 16 multiplies a channel pair instead of 36,
 /// as 16 packed FP32 GEMMs (edge_sgemm_packed on `isa`'s path) between transformed windows and
-/// transformed filters. Not the direct sum's order: the results differ from it by rounding only.
-/// edge_winograd_applies says where a plan uses it: a 3×3 stride-1 kernel with at least 32 input
-/// channels, or 16 and at least 32 outputs (measured at batch 64 against the direct kernel on
-/// AVX-512: 1.11–1.67× there, 0.74–0.93× with 8 channels or 16 into 16); EDGE_WINOGRAD=0 never
-/// (read once), to compare.
+/// transformed filters. Not the direct sum's order: the results differ from it by rounding, except
+/// near FLT_MAX (a window's transform adds up to 4 inputs, the output transform 9 products, so
+/// values beyond about 10³⁷ can overflow where the direct sum does not).
+/// edge_winograd_applies says where a plan uses it (measured at batch 64 against the direct kernel
+/// on AVX-512: 1.11–1.67× there, 0.74–0.93× with 8 channels or 16 into 16): AVX2 or AVX-512, a 3×3
+/// stride-1 kernel, outputs at least 2 × 2, at least 32 input channels or 16 and at least 32
+/// outputs, and at most 4096 of each; EDGE_WINOGRAD=0 never (read once), to compare.
 /// edge_winograd_pack transforms the file's weights w[outputs][channels][3][3] (and the bias, or
-/// zeros) into edge_winograd_packed_floats floats, 64-byte aligned, using `scratch` (16 ·
-/// outputs · channels floats). edge_winograd_conv convolves `samples` channels-last samples
-/// (height × width × channels, padding ph, pw ≥ 0; output (height + 2ph − 2) × (width + 2pw − 2)
-/// × outputs a sample, channels last), then the bias and the activation; `workspace`:
-/// edge_winograd_workspace_floats floats, 64-byte aligned, whatever the batch. Allocates nothing.
-int edge_winograd_applies(int kh, int kw, int sh, int sw, int channels, int outputs);
+/// zeros) into edge_winograd_packed_floats floats, using `scratch` (outputs · channels floats).
+/// edge_winograd_conv convolves `samples` channels-last samples (height × width × channels,
+/// padding ph, pw ≥ 0; output (height + 2ph − 2) × (width + 2pw − 2) × outputs a sample, channels
+/// last), then the bias and the activation; `workspace`: edge_winograd_workspace_floats floats
+/// for at least `samples` samples of out_h × out_w outputs. Allocates nothing; 64-byte alignment of
+/// the buffers is for speed only.
+int edge_winograd_applies(edge_isa isa, int kh, int kw, int sh, int sw, int out_h, int out_w, int channels, int outputs);
 size_t edge_winograd_packed_floats(int outputs, int channels);
 void edge_winograd_pack(const float *w, const float *bias, int outputs, int channels, float *packed, float *scratch);
-size_t edge_winograd_workspace_floats(int channels, int outputs);
+size_t edge_winograd_workspace_floats(int outputs, int channels, int samples, int out_h, int out_w);
 void edge_winograd_conv(edge_isa isa, int samples, int height, int width, int channels, int ph, int pw, int outputs,
                         const float *x, const float *packed, float *y, edge_activation act, float alpha, float *workspace);
 

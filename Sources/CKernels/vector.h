@@ -1,0 +1,40 @@
+// Vector helpers shared by the kernels' AVX2 and AVX-512 paths (private to CKernels).
+#ifndef EDGE_CKERNELS_VECTOR_H
+#define EDGE_CKERNELS_VECTOR_H
+
+#include "ckernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define EDGE_T512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define EDGE_T256 __attribute__((target("avx2,fma")))
+
+/// The fused activation on 16 or 8 lanes, as edge_activate_scalar on each.
+static inline EDGE_T512 __attribute__((always_inline)) __m512 edge_act512(__m512 v, edge_activation act, __m512 alpha) {
+    __m512 zero = _mm512_setzero_ps();
+    switch (act) {
+    case EDGE_ACT_RELU: return _mm512_max_ps(v, zero);
+    case EDGE_ACT_RELU6: return _mm512_min_ps(_mm512_max_ps(v, zero), _mm512_set1_ps(6.0f));
+    case EDGE_ACT_LEAKY: return _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), v, alpha);
+    default: return v;
+    }
+}
+
+static inline EDGE_T256 __attribute__((always_inline)) __m256 edge_act256(__m256 v, edge_activation act, __m256 alpha) {
+    __m256 zero = _mm256_setzero_ps();
+    switch (act) {
+    case EDGE_ACT_RELU: return _mm256_max_ps(v, zero);
+    case EDGE_ACT_RELU6: return _mm256_min_ps(_mm256_max_ps(v, zero), _mm256_set1_ps(6.0f));
+    case EDGE_ACT_LEAKY: return _mm256_blendv_ps(v, _mm256_mul_ps(v, alpha), _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+    default: return v;
+    }
+}
+
+/// The AVX2 mask of lanes 0 … n − 1 (maskload, maskstore).
+static inline EDGE_T256 __attribute__((always_inline)) __m256i edge_mask256(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+#endif
+
+#endif
