@@ -25,7 +25,7 @@
 #include <string.h>
 
 #define WG_TILE 16    // positions of the 4×4 transform
-#define WG_MAX 4096   // channels or outputs: the smallest block's workspace stays within 4 MiB
+#define WG_MAX 4096   // channels or outputs: the smallest block's workspace is at most 4 MiB + 16 KiB
 
 int edge_winograd_applies(edge_isa isa, int kh, int kw, int sh, int sw, int out_h, int out_w, int channels, int outputs) {
     static int enabled = -1;  // EDGE_WINOGRAD, read once (plans are compiled on several threads)
@@ -72,24 +72,19 @@ void edge_winograd_pack(const float *w, const float *bias, int outputs, int chan
 
 /// Tiles a block holds: as many as keep its transformed inputs and GEMM outputs within 256 KiB
 /// (in L2 while the 16 GEMMs read and write them; 32 KiB to 1.5 MiB measured within the noise on
-/// the 8×8 CNN's 32 → 64 convolution), a multiple of 8, at least 8, and
-/// no more than the `tiles` there are (rounded up to 8).
-static int wg_block(int channels, int outputs, size_t tiles) {
+/// the 8×8 CNN's 32 → 64 convolution), a multiple of 8, at least 8. Not capped by the batch's
+/// tiles: a workspace that does not depend on the batch keeps a plan's memory linear in it (the
+/// serving model's batch limit is drawn from plans of 1 and 2).
+static int wg_block(int channels, int outputs) {
     size_t per = (size_t)WG_TILE * (size_t)(channels + outputs) * sizeof(float);
-    size_t n = ((size_t)256 << 10) / per, most = (tiles + 7) / 8 * 8;
+    size_t n = ((size_t)256 << 10) / per;
     n = n / 8 * 8;
-    if (n > most) n = most;
     return n < 8 ? 8 : (n > 4096 ? 4096 : (int)n);
 }
 
-static size_t wg_tiles(int samples, int out_h, int out_w) {
-    return (size_t)samples * (size_t)((out_h + 1) / 2) * (size_t)((out_w + 1) / 2);
-}
-
-size_t edge_winograd_workspace_floats(int outputs, int channels, int samples, int out_h, int out_w) {
+size_t edge_winograd_workspace_floats(int outputs, int channels) {
     // The block's V and M, and a vector of zeros for the padding (channels floats).
-    size_t tiles = samples > 0 && out_h > 0 && out_w > 0 ? wg_tiles(samples, out_h, out_w) : 0;
-    return (size_t)wg_block(channels, outputs, tiles) * WG_TILE * (size_t)(channels + outputs) + (size_t)channels;
+    return (size_t)wg_block(channels, outputs) * WG_TILE * (size_t)(channels + outputs) + (size_t)channels;
 }
 
 /// The transforms, LANES channels at a time (a short last step masked), for each path:
@@ -213,8 +208,8 @@ void edge_winograd_conv(edge_isa isa, int samples, int height, int width, int ch
     if (samples <= 0 || oh <= 0 || ow <= 0 || channels <= 0 || outputs <= 0) return;
     if (isa == EDGE_ISA_AUTO) isa = edge_isa_best();
     if (!edge_isa_supported(isa)) isa = EDGE_ISA_PORTABLE;
-    size_t tiles = wg_tiles(samples, oh, ow);
-    int block = wg_block(channels, outputs, tiles);
+    size_t tiles = (size_t)samples * (size_t)((oh + 1) / 2) * (size_t)((ow + 1) / 2);
+    int block = wg_block(channels, outputs);
     size_t one = edge_sgemm_packed_floats(outputs, channels);
     const float *bias = packed + (size_t)WG_TILE * one;
     float *vb = workspace, *mb = vb + (size_t)block * WG_TILE * channels, *zeros = mb + (size_t)block * WG_TILE * outputs;

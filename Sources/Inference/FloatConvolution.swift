@@ -54,12 +54,12 @@ public enum FloatConvolution: @unchecked Sendable {
         }
     }
 
-    /// Floats of workspace a step of `kind` needs for `batch` samples (im2row rows of a chunk, a
-    /// Winograd block; none for the direct kernel) and the bytes of its indirection table.
+    /// Floats of workspace a step of `kind` needs for `batch` samples (im2row rows of a chunk; a
+    /// Winograd block, whatever the batch; none for the direct kernel) and the bytes of its
+    /// indirection table.
     public static func workspace(_ kind: Kind, _ g: Kernels.ConvGeometry, batch: Int) -> (floats: Int, tableBytes: Int) {
         switch kind {
-        case .winograd:
-            (edge_winograd_workspace_floats(Int32(g.outChannels), Int32(g.channels), Int32(clamping: batch), Int32(g.outH), Int32(g.outW)), 0)
+        case .winograd: (edge_winograd_workspace_floats(Int32(g.outChannels), Int32(g.channels)), 0)
         case .direct: (0, ConvIndirection.byteCount(pixels: g.outH * g.outW, taps: g.kernelH * g.kernelW, channels: g.channels))
         case .im2row:
             (Kernels.convChunk(bytesPerSample: g.outH * g.outW * g.patch * 4, batch: batch) * g.outH * g.outW * g.patch, 0)

@@ -141,10 +141,8 @@ public final class WinogradWeights: @unchecked Sendable {
                               Int32(clamping: outH), Int32(clamping: outW), Int32(clamping: channels), Int32(clamping: outputs)) != 0
     }
 
-    /// Floats of workspace `convolve` needs for up to `samples` samples of outH × outW outputs.
-    public func workspaceFloats(samples: Int, outH: Int, outW: Int) -> Int {
-        edge_winograd_workspace_floats(Int32(outputs), Int32(channels), Int32(samples), Int32(outH), Int32(outW))
-    }
+    /// Floats of workspace `convolve` needs, whatever the batch.
+    public var workspaceFloats: Int { edge_winograd_workspace_floats(Int32(outputs), Int32(channels)) }
 
     /// `samples` channels-last samples (height × width × channels each) into channels-last outputs
     /// ((height + 2·padH − 2) × (width + 2·padW − 2) × outputs each), bias and activation applied.

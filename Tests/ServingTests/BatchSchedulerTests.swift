@@ -147,6 +147,19 @@ func settings(workers: Int = 1, maxBatch: Int = 8, delay: Double = 0.005, capaci
         #expect(model.batchLimit(budgetBytes: 1 << 30, limit: 64) == 64)
     }
 
+    /// The limit is drawn from plans of 1 and 2 samples as a straight line: exact for a CNN whose
+    /// 3×3 convolution runs by Winograd (its workspace does not grow with the batch), so a budget
+    /// of exactly the batch-24 plan's memory allows 24 samples, and one byte less 23.
+    @Test func memoryBudgetIsExactWithAWinogradConvolution() throws {
+        let net = try Architecture.build("cnn:1x8x8-c32-c64-m2-f16-3", seed: 3)
+        let model = ServingModel(version: 1, network: net, quantized: nil)
+        let plan = model.makePlan(batch: 24) as! ExecutionPlan
+        try #require(plan.stepNames.contains("fp32 conv2d (winograd)"), "EDGE_WINOGRAD=0 is set, or this CPU has neither AVX2 nor AVX-512")
+        let budget = plan.memory.total
+        #expect(model.batchLimit(budgetBytes: budget, limit: 64) == 24)
+        #expect(model.batchLimit(budgetBytes: budget - 1, limit: 64) == 23)
+    }
+
     /// Every plan of one serving model points at the same packed weights (a worker's plan, a
     /// larger batch's, the adaptive fallback's), counted once; outputs are those of a plan packed alone.
     @Test func plansOfOneModelSharePackedWeights() throws {

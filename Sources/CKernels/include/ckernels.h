@@ -229,13 +229,13 @@ void edge_sgemm_conv(edge_isa isa, int samples, int pixels, int taps, int channe
 /// zeros) into edge_winograd_packed_floats floats, using `scratch` (outputs · channels floats).
 /// edge_winograd_conv convolves `samples` channels-last samples (height × width × channels,
 /// padding ph, pw ≥ 0; output (height + 2ph − 2) × (width + 2pw − 2) × outputs a sample, channels
-/// last), then the bias and the activation; `workspace`: edge_winograd_workspace_floats floats
-/// for at least `samples` samples of out_h × out_w outputs. Allocates nothing; 64-byte alignment of
-/// the buffers is for speed only.
+/// last), then the bias and the activation; `workspace`: edge_winograd_workspace_floats floats,
+/// whatever the batch (at most 4 MiB + 16 KiB within the limits above). Allocates nothing;
+/// 64-byte alignment of the buffers is for speed only.
 int edge_winograd_applies(edge_isa isa, int kh, int kw, int sh, int sw, int out_h, int out_w, int channels, int outputs);
 size_t edge_winograd_packed_floats(int outputs, int channels);
 void edge_winograd_pack(const float *w, const float *bias, int outputs, int channels, float *packed, float *scratch);
-size_t edge_winograd_workspace_floats(int outputs, int channels, int samples, int out_h, int out_w);
+size_t edge_winograd_workspace_floats(int outputs, int channels);
 void edge_winograd_conv(edge_isa isa, int samples, int height, int width, int channels, int ph, int pw, int outputs,
                         const float *x, const float *packed, float *y, edge_activation act, float alpha, float *workspace);
 
