@@ -75,6 +75,7 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         let sizes = Self.bufferSizes(network, batch: batchCapacity)
         self.activationFloats = sizes.activation * batchCapacity
         self.workspaceFloats = sizes.workspace
+        memory = Self.estimate(sizes, batch: batchCapacity)
         bufferA = allocateAlignedFloats(activationFloats)
         bufferB = allocateAlignedFloats(activationFloats)
         workspace = allocateAlignedFloats(workspaceFloats)
@@ -86,7 +87,8 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
         workspace.deallocate()
     }
 
-    public var memory: MemoryEstimate { Self.memoryEstimate(network: network, batch: batchCapacity) }
+    /// What `memoryEstimate` says for this plan, computed once (the same sizes its buffers have).
+    public let memory: MemoryEstimate
 
     /// How many convolution steps read their input through an indirection table (the others take
     /// im2row rows or run by Winograd): what the plan chose, for tests.
@@ -132,32 +134,35 @@ public final class ExecutionPlan: InferencePlan, @unchecked Sendable {
 
     /// What a plan for `batch` samples would hold, without building it.
     public static func memoryEstimate(network: Network, batch: Int) -> MemoryEstimate {
-        let sizes = bufferSizes(network, batch: batch)
-        let packed = network.layers.reduce(0) { total, layer in
-            guard let w = layer.weight else { return total }
-            if case .conv2d = layer.kind, let g = layer.geometry {
-                return total + FloatConvolution.weightBytes(FloatConvolution.kind(g, weight: w), g)
-            }
-            return total + edgePackedFloats(outputs: w.shape[0], inputs: w.count / w.shape[0]) * 4
-        }
-        return MemoryEstimate(weights: packed, workspace: sizes.workspace * 4 + sizes.tableBytes,
-                              activations: 2 * sizes.activation * batch * 4)
+        estimate(bufferSizes(network, batch: batch), batch: batch)
     }
 
+    private static func estimate(_ sizes: BufferSizes, batch: Int) -> MemoryEstimate {
+        MemoryEstimate(weights: sizes.weightBytes, workspace: sizes.workspace * 4 + sizes.tableBytes, activations: 2 * sizes.activation * batch * 4)
+    }
+
+    typealias BufferSizes = (activation: Int, workspace: Int, tableBytes: Int, weightBytes: Int)
+
     /// Activation floats per sample, workspace floats for `batch` (the largest convolution's: im2row
-    /// rows of a chunk, or a Winograd block), and the bytes of the direct convolutions' indirection tables.
-    static func bufferSizes(_ network: Network, batch: Int) -> (activation: Int, workspace: Int, tableBytes: Int) {
+    /// rows of a chunk, or a Winograd block), the bytes of the direct convolutions' indirection
+    /// tables, and of the weights as packed for the kernels; each convolution's method chosen once.
+    static func bufferSizes(_ network: Network, batch: Int) -> BufferSizes {
         var activation = network.inputCount
-        var workspace = 0, tableBytes = 0
+        var workspace = 0, tableBytes = 0, weightBytes = 0
         for layer in network.layers {
             activation = max(activation, layer.outputCount)
-            if case .conv2d = layer.kind, let g = layer.geometry, let w = layer.weight {
-                let need = FloatConvolution.workspace(FloatConvolution.kind(g, weight: w), g, batch: batch)
+            guard let w = layer.weight else { continue }
+            if case .conv2d = layer.kind, let g = layer.geometry {
+                let kind = FloatConvolution.kind(g, weight: w)
+                let need = FloatConvolution.workspace(kind, g, batch: batch)
                 workspace = max(workspace, need.floats)
                 tableBytes += need.tableBytes
+                weightBytes += FloatConvolution.weightBytes(kind, g)
+            } else {
+                weightBytes += edgePackedFloats(outputs: w.shape[0], inputs: w.count / w.shape[0]) * 4
             }
         }
-        return (activation, workspace, tableBytes)
+        return (activation, workspace, tableBytes, weightBytes)
     }
 
     /// Activations are channels last (HWC) from the first spatial layer on: convolutions unfold

@@ -35,7 +35,13 @@ public enum FloatConvolution: @unchecked Sendable {
             return .winograd(cache.value(key + ".winograd", bytes: { $0.byteCount }) { WinogradWeights(weight: weight, bias: bias) })
         }
         let packed = cache.value(key, bytes: { $0.byteCount }) { PackedWeights(weight: Kernels.tapMajor(weight), bias: bias) }
-        return .packed(packed, Kernels.fp32ConvMethod(g, batch: batch))
+        if kind == .direct, let table = Kernels.indirection(g) { return .packed(packed, .direct(table)) }
+        return .packed(packed, .im2row(chunk: im2rowChunk(g, batch: batch)))
+    }
+
+    /// Samples a chunk of im2row rows holds (as many as fit 1 MiB of FP32 rows).
+    private static func im2rowChunk(_ g: Kernels.ConvGeometry, batch: Int) -> Int {
+        Kernels.convChunk(bytesPerSample: g.outH * g.outW * g.patch * 4, batch: batch)
     }
 
     public var kind: Kind {
@@ -61,16 +67,14 @@ public enum FloatConvolution: @unchecked Sendable {
         switch kind {
         case .winograd: (edge_winograd_workspace_floats(Int32(g.outChannels), Int32(g.channels)), 0)
         case .direct: (0, ConvIndirection.byteCount(pixels: g.outH * g.outW, taps: g.kernelH * g.kernelW, channels: g.channels))
-        case .im2row:
-            (Kernels.convChunk(bytesPerSample: g.outH * g.outW * g.patch * 4, batch: batch) * g.outH * g.outW * g.patch, 0)
+        case .im2row: (im2rowChunk(g, batch: batch) * g.outH * g.outW * g.patch, 0)
         }
     }
 
     /// The step's name in `stepNames` (and `inspect`).
     public var stepName: String {
-        switch kind {
-        case .im2row: "fp32 conv2d"
-        case .direct: "fp32 conv2d (direct)"
+        switch self {
+        case .packed(_, let method): "fp32 conv2d" + method.stepSuffix
         case .winograd: "fp32 conv2d (winograd)"
         }
     }

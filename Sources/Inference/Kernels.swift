@@ -187,12 +187,6 @@ public enum Kernels {
                                        strideH: g.strideH, strideW: g.strideW, padH: g.padH, padW: g.padW)
     }
 
-    /// The FP32 method for `g` at batch capacity `batch`.
-    public static func fp32ConvMethod(_ g: ConvGeometry, batch: Int) -> ConvMethod {
-        if fp32ConvIsDirect(g), let table = indirection(g) { return .direct(table) }
-        return .im2row(chunk: convChunk(bytesPerSample: g.outH * g.outW * g.patch * 4, batch: batch))
-    }
-
     /// Convolution of `batch` channels-last samples into output rows that are already channels
     /// last (no transposes): through the indirection table, or the im2row rows of `chunk`
     /// samples at a time into one GEMM (`workspace` holds `chunk` × outH·outW × patch floats).
