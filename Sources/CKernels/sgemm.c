@@ -871,12 +871,32 @@ static TQ4V void q4v_unpack_panel(const uint8_t *nib, int quads, int8_t *dst) {
     }
 }
 
-/// MR rows × NP panels (NP·16 outputs from the tile's first) over every group.
+/// UINT8 output rows (ldy apart) from the tile's FP32 results: the activation, then as
+/// edge_quantize_u8: round half to even of v·(1/scale), + zero point, clamped to 0…255 (NaN to 0).
+static inline TQ4V __attribute__((always_inline)) void q4v_store_u8(const int MR, const int NP, __m512 f[][2], const edge_q4_u8_output *out,
+                                                                   int ldy, int cols, edge_activation act, __m512 alpha) {
+    const __m512 vi = _mm512_set1_ps(out->inv_scale), lo = _mm512_set1_ps(-1073741824.0f), hi = _mm512_set1_ps(1073741824.0f);
+    const __m512i z = _mm512_set1_epi32(out->zero_point), q0 = _mm512_setzero_si512();
+    for (int p = 0; p < NP; p++) {
+        int n = cols - p * PANEL;
+        if (n <= 0) break;
+        __mmask16 mask = n >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+        for (int r = 0; r < MR; r++) {
+            // max_ps returns its second operand for a NaN first: lo. vpmovusdb saturates above 255.
+            __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(edge_act512(f[r][p], act, alpha), vi), lo), hi);
+            __m512i q = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(v), z), q0);
+            _mm512_mask_cvtusepi32_storeu_epi8(out->y + (size_t)r * ldy + p * PANEL, mask, q);
+        }
+    }
+}
+
+/// MR rows × NP panels (NP·16 outputs from the tile's first) over every group; FP32 into y, or
+/// UINT8 where out->y is set (y then unused).
 static inline TQ4V __attribute__((always_inline)) void q4v_tile(const int MR, const int NP, int inputs, int group, int kp,
                                                                const uint8_t *xq, const float *rs, const float *rz,
                                                                const int8_t *w, size_t wstride, const float *sc, size_t scstride,
-                                                               const float *csum, const float *bias, float *y, int ldy, int cols,
-                                                               edge_activation act, __m512 alpha) {
+                                                               const float *csum, const float *bias, float *y, const edge_q4_u8_output *out,
+                                                               int ldy, int cols, edge_activation act, __m512 alpha) {
     __m512 f[Q4V_MR1][2];
     for (int r = 0; r < MR; r++) f[r][0] = f[r][1] = _mm512_setzero_ps();
     int qk = 0;  // quads done
@@ -900,56 +920,104 @@ static inline TQ4V __attribute__((always_inline)) void q4v_tile(const int MR, co
             f[r][p] = _mm512_fmadd_ps(t, _mm512_set1_ps(rs[r]), b);
         }
     }
+    if (out->y) {
+        q4v_store_u8(MR, NP, f, out, ldy, cols, act, alpha);
+        return;
+    }
     store512(MR, NP, f, y, ldy, cols, act, alpha);
 }
 
 #define Q4VTILE(MR, NP) \
     static TQ4V void q4v_tile_##MR##_##NP(int K, int G, int kp, const uint8_t *xq, const float *rs, const float *rz, const int8_t *w, \
-                                          size_t ws, const float *sc, size_t ss, const float *cs, const float *b, float *y, int ldy, \
-                                          int cols, edge_activation act, __m512 alpha) { \
-        q4v_tile(MR, NP, K, G, kp, xq, rs, rz, w, ws, sc, ss, cs, b, y, ldy, cols, act, alpha); \
+                                          size_t ws, const float *sc, size_t ss, const float *cs, const float *b, float *y, \
+                                          const edge_q4_u8_output *out, int ldy, int cols, edge_activation act, __m512 alpha) { \
+        q4v_tile(MR, NP, K, G, kp, xq, rs, rz, w, ws, sc, ss, cs, b, y, out, ldy, cols, act, alpha); \
     }
 Q4VTILE(1, 1) Q4VTILE(2, 1) Q4VTILE(3, 1) Q4VTILE(4, 1) Q4VTILE(5, 1) Q4VTILE(6, 1)
 Q4VTILE(7, 1) Q4VTILE(8, 1) Q4VTILE(9, 1) Q4VTILE(10, 1) Q4VTILE(11, 1) Q4VTILE(12, 1)
 Q4VTILE(1, 2) Q4VTILE(2, 2) Q4VTILE(3, 2) Q4VTILE(4, 2) Q4VTILE(5, 2) Q4VTILE(6, 2)
 typedef void (*q4v_tile_fn)(int, int, int, const uint8_t *, const float *, const float *, const int8_t *, size_t, const float *,
-                            size_t, const float *, const float *, float *, int, int, edge_activation, __m512);
+                            size_t, const float *, const float *, float *, const edge_q4_u8_output *, int, int, edge_activation, __m512);
+static const q4v_tile_fn q4v_tiles[2][Q4V_MR1] = {
+    {q4v_tile_1_1, q4v_tile_2_1, q4v_tile_3_1, q4v_tile_4_1, q4v_tile_5_1, q4v_tile_6_1, q4v_tile_7_1, q4v_tile_8_1, q4v_tile_9_1,
+     q4v_tile_10_1, q4v_tile_11_1, q4v_tile_12_1},
+    {q4v_tile_1_2, q4v_tile_2_2, q4v_tile_3_2, q4v_tile_4_2, q4v_tile_5_2, q4v_tile_6_2},
+};
+
+/// The packed weights' parts: nibbles, scales, biases, column sums; and the sizes the tiles step by.
+typedef struct {
+    const uint8_t *nib;
+    const float *sc, *bias, *cs;
+    int panels, kp;
+    size_t pn, ws, ss;
+} q4v_parts;
+
+static q4v_parts q4v_split(const void *packed, int outputs, int inputs, int group) {
+    q4v_parts w;
+    int groups = (inputs + group - 1) / group;
+    w.panels = (outputs + PANEL - 1) / PANEL;
+    w.kp = q4v_padded(inputs, group);
+    w.pn = q4_panel_nibbles(1, inputs, group);
+    w.nib = packed;
+    w.sc = (const float *)(w.nib + (size_t)w.panels * w.pn);
+    w.bias = w.sc + (size_t)w.panels * groups * PANEL;
+    w.cs = w.bias + (size_t)w.panels * PANEL;
+    w.ws = (size_t)w.kp * PANEL;
+    w.ss = (size_t)groups * PANEL;
+    return w;
+}
+
+/// Rows [0, mb) of UINT8 xq (ldq apart) through panels p and p + 1 (when there), unpacked into wq;
+/// row m's scale and zero point are rs[m] and rz[m], or (shared) the first Q4V_MR1 of each for all.
+static TQ4V void q4v_panels(const q4v_parts *w, int p, int mb, int inputs, int group, int outputs, const uint8_t *xq, int ldq,
+                            const float *rs, const float *rz, int shared, int8_t *wq, float *y, const edge_q4_u8_output *out, int ldy,
+                            edge_activation act, __m512 av) {
+    int np = w->panels - p >= 2 ? 2 : 1;
+    for (int i = 0; i < np; i++) q4v_unpack_panel(w->nib + (size_t)(p + i) * w->pn, w->kp / 4, wq + i * w->ws);
+    int most = np == 2 ? Q4V_MR : Q4V_MR1;
+    for (int m = 0; m < mb; m += most) {
+        int mr = mb - m < most ? mb - m : most;
+        edge_q4_u8_output o = {out->y ? out->y + (size_t)m * ldy + (size_t)p * PANEL : NULL, out->inv_scale, out->zero_point};
+        int rm = shared ? 0 : m;
+        q4v_tiles[np - 1][mr - 1](inputs, group, ldq, xq + (size_t)m * ldq, rs + rm, rz + rm, wq, w->ws, w->sc + (size_t)p * w->ss, w->ss,
+                                  w->cs + (size_t)p * PANEL, w->bias + (size_t)p * PANEL, y ? y + (size_t)m * ldy + (size_t)p * PANEL : NULL,
+                                  &o, ldy, outputs - p * PANEL, act, av);
+    }
+}
 
 /// Scratch (bytes): two panels unpacked (2·kp·16), Q4_ROWS rows (Q4_ROWS·kp)
 /// and their scales, zero points, pre-scales and reciprocals (4·Q4_ROWS floats); kp ≤ 2·inputs.
 static TQ4V void q4_gemm_vnni(int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
                               float *y, int ldy, edge_activation act, float alpha, void *scratch) {
-    static const q4v_tile_fn tiles[2][Q4V_MR1] = {
-        {q4v_tile_1_1, q4v_tile_2_1, q4v_tile_3_1, q4v_tile_4_1, q4v_tile_5_1, q4v_tile_6_1, q4v_tile_7_1, q4v_tile_8_1, q4v_tile_9_1,
-         q4v_tile_10_1, q4v_tile_11_1, q4v_tile_12_1},
-        {q4v_tile_1_2, q4v_tile_2_2, q4v_tile_3_2, q4v_tile_4_2, q4v_tile_5_2, q4v_tile_6_2},
-    };
-    int panels = (outputs + PANEL - 1) / PANEL, groups = (inputs + group - 1) / group, kp = q4v_padded(inputs, group);
-    size_t pn = q4_panel_nibbles(1, inputs, group);
-    const uint8_t *nib = packed;
-    const float *sc = (const float *)(nib + (size_t)panels * pn);
-    const float *bias = sc + (size_t)panels * groups * PANEL, *cs = bias + (size_t)panels * PANEL;
+    q4v_parts w = q4v_split(packed, outputs, inputs, group);
     float *rs = scratch, *rz = rs + Q4_ROWS, *rpre = rz + Q4_ROWS, *rinv = rpre + Q4_ROWS;
     int8_t *wq = (int8_t *)(rinv + Q4_ROWS);                      // 2 panels: kp · 16 bytes each
-    uint8_t *xq = (uint8_t *)(wq + (size_t)2 * kp * PANEL);       // Q4_ROWS rows of kp bytes
+    uint8_t *xq = (uint8_t *)(wq + (size_t)2 * w.kp * PANEL);     // Q4_ROWS rows of kp bytes
+    const edge_q4_u8_output none = {NULL, 0, 0};
     __m512 av = _mm512_set1_ps(alpha);
-    size_t ws = (size_t)kp * PANEL, ss = (size_t)groups * PANEL;
     for (int m0 = 0; m0 < rows; m0 += Q4_ROWS) {
         int mb = rows - m0 < Q4_ROWS ? rows - m0 : Q4_ROWS;
-        q4v_quantize_rows(mb, inputs, group, kp, x + (size_t)m0 * ldx, ldx, xq, rs, rz, rpre, rinv);
-        for (int p = 0; p < panels; p += 2) {
-            int np = panels - p >= 2 ? 2 : 1;
-            for (int i = 0; i < np; i++)
-                q4v_unpack_panel(nib + (size_t)(p + i) * pn, kp / 4, wq + i * ws);
-            int most = np == 2 ? Q4V_MR : Q4V_MR1;
-            for (int m = 0; m < mb; m += most) {
-                int mr = mb - m < most ? mb - m : most;
-                tiles[np - 1][mr - 1](inputs, group, kp, xq + (size_t)m * kp, rs + m, rz + m, wq, ws, sc + (size_t)p * ss, ss, cs + (size_t)p * PANEL,
-                                      bias + (size_t)p * PANEL, y + (size_t)(m0 + m) * ldy + (size_t)p * PANEL, ldy,
-                                      outputs - p * PANEL, act, av);
-            }
-        }
+        q4v_quantize_rows(mb, inputs, group, w.kp, x + (size_t)m0 * ldx, ldx, xq, rs, rz, rpre, rinv);
+        for (int p = 0; p < w.panels; p += 2)
+            q4v_panels(&w, p, mb, inputs, group, outputs, xq, w.kp, rs, rz, 0, wq, y + (size_t)m0 * ldy, &none, ldy, act, av);
     }
+}
+
+/// Rows already UINT8 with one scale and zero point: no quantizing, and every row through each
+/// pair of panels as it is unpacked (once). Scratch: 64 floats (the rows' scale and zero point,
+/// and the panels 64-byte aligned: split stores would halve the unpacking's speed), two panels.
+static TQ4V void q4_gemm_vnni_u8(int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
+                                 int32_t x_zero_point, const void *packed, float *y, const edge_q4_u8_output *out, int ldy,
+                                 edge_activation act, float alpha, void *scratch) {
+    q4v_parts w = q4v_split(packed, outputs, inputs, group);
+    float *rs = scratch, *rz = rs + Q4V_MR1;
+    int8_t *wq = (int8_t *)((float *)scratch + 64);
+    for (int r = 0; r < Q4V_MR1; r++) {
+        rs[r] = x_scale;
+        rz[r] = (float)x_zero_point;
+    }
+    __m512 av = _mm512_set1_ps(alpha);
+    for (int p = 0; p < w.panels; p += 2) q4v_panels(&w, p, rows, inputs, group, outputs, x, ldx, rs, rz, 1, wq, y, out, ldy, act, av);
 }
 #endif
 
@@ -959,6 +1027,21 @@ const char *edge_q4_kernel_name(edge_isa isa) {
     case 1: return "avx2 vpmaddwd (w4a16)";
     default: return "portable c (fp32 weight-only)";
     }
+}
+
+int edge_q4_reads_u8(edge_isa isa, int group) { return q4_integer(isa) == 2 && group % 4 == 0; }
+
+void edge_q4_gemm_u8(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
+                     int32_t x_zero_point, const void *packed, float *y, const edge_q4_u8_output *out, int ldy, edge_activation act,
+                     float alpha, float *scratch) {
+    if (rows <= 0 || outputs <= 0 || !edge_q4_reads_u8(isa, group)) return;
+#if defined(__x86_64__)
+    const edge_q4_u8_output none = {NULL, 0, 0};
+    q4_gemm_vnni_u8(rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, y, out ? out : &none, ldy, act, alpha, scratch);
+#else
+    (void)inputs, (void)x, (void)ldx, (void)x_scale, (void)x_zero_point, (void)packed, (void)y, (void)out, (void)ldy, (void)act, (void)alpha,
+        (void)scratch;
+#endif
 }
 
 void edge_q4_gemm(edge_isa isa, int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,

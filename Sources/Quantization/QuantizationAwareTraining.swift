@@ -94,7 +94,7 @@ public final class Int8FakeQuantizer {
         var tensors = Set<Int>()
         for l in layers {
             tensors.insert(Self.source(of: l, network))
-            if let t = QuantizedModel.uint8OutputTensor(of: l, network: network, precision: { _ in .int8 }) { tensors.insert(t) }
+            if let t = QuantizedModel.uint8OutputTensor(of: l, network: network, readsUInt8: { _ in true }) { tensors.insert(t) }
         }
         self.tensors = tensors.sorted()
         tensorSet = tensors

@@ -88,7 +88,7 @@ public final class QuantizedModel: @unchecked Sendable {
                 guard spec.activation(entry.layer) != nil else {
                     throw fail(at, "no activation parameters for its input (tensor \(entry.layer))")
                 }
-                if let t = uint8OutputTensor(of: entry.layer, network: network, precision: { spec.precision(ofLayer: $0) }),
+                if let t = uint8OutputTensor(of: entry.layer, network: network, readsUInt8: { spec.precision(ofLayer: $0) == .int8 }),
                    spec.activation(t) == nil {
                     throw fail(at, "no activation parameters for its output (tensor \(t)), which the next INT8 layer reads as UINT8")
                 }
@@ -97,15 +97,17 @@ public final class QuantizedModel: @unchecked Sendable {
         return QuantizedModel(network: network, spec: spec, int8: int8, int4: int4)
     }
 
-    /// The tensor an INT8 layer `l` writes as UINT8: its output (after a fused activation) when
-    /// the next layer with weights is INT8 too; nil when it writes FP32.
-    static func uint8OutputTensor(of l: Int, network: Network, precision: (Int) -> LayerPrecision) -> Int? {
+    /// The tensor an integer layer `l` writes as UINT8: its output (after a fused activation) when
+    /// the next layer with weights reads UINT8 (INT8, or INT4 on W4A8 with calibrated inputs);
+    /// nil when it writes FP32. A file must give the parameters of that tensor only where the
+    /// next layer is INT8: an INT4 layer without them quantizes each FP32 row on its own.
+    static func uint8OutputTensor(of l: Int, network: Network, readsUInt8: (Int) -> Bool) -> Int? {
         let layers = network.layers
         let output = network.fusedActivation(at: l) == .none ? l + 1 : l + 2
         var j = output
         while j < layers.count {
             switch layers[j].kind {
-            case .dense, .conv2d: return precision(j) == .int8 ? output : nil
+            case .dense, .conv2d: return readsUInt8(j) ? output : nil
             case .softmax: return nil
             default: j += 1
             }

@@ -21,7 +21,10 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                       method: Kernels.ConvMethod)
         /// A single-channel image's convolution to UINT8 without im2row rows (see `SingleChannelInt8Conv`).
         case int8SingleChannelConv(SingleChannelInt8Conv, QuantizedEpilogue, Kernels.ConvGeometry, inputZeroPoint: UInt8)
-        case int4Dense(PackedInt4Weights, FusedActivation)
+        /// FP32 rows in and out (each row quantized on its own on the integer paths), or, with
+        /// calibrated `input` parameters on W4A8 (`PackedInt4Weights.readsUInt8`), UINT8 rows in
+        /// and UINT8 rows out where `output` is given (the next layer reads UINT8), FP32 otherwise.
+        case int4Dense(PackedInt4Weights, FusedActivation, input: QuantParams?, output: QuantParams?)
         case floatDense(PackedWeights, FusedActivation)
         case floatConv(FloatConvolution, Kernels.ConvGeometry, FusedActivation)
         case maxpoolU8(Kernels.ConvGeometry)
@@ -79,15 +82,17 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
     /// `weights`: packed weights shared with the other plans of the same model (and the fallback's).
     /// `singleChannelConv: false` runs a single-channel INT8 convolution as im2row + GEMM even
     /// where `SingleChannelInt8Conv` applies (the two give identical outputs; to compare them);
-    /// `int8DirectConv: false` the same for the convolution through an indirection table on VNNI.
+    /// `int8DirectConv: false` the same for the convolution through an indirection table on VNNI;
+    /// `int4StaticActivations: false` (or `EDGE_INT4_STATIC=0`) quantizes each FP32 row of an INT4
+    /// layer on its own even where its calibrated input parameters could be used (to compare).
     public init(model: QuantizedModel, batchCapacity: Int, adaptive: AdaptivePrecision.Mode? = nil,
                 embedding: EmbeddingProjection? = nil, weights: PackedWeightCache? = nil, singleChannelConv: Bool = true,
-                int8DirectConv: Bool = true) {
+                int8DirectConv: Bool = true, int4StaticActivations: Bool = true) {
         precondition(batchCapacity >= 1)
         self.model = model
         self.batchCapacity = batchCapacity
         let compiled = Self.compile(model, batch: batchCapacity, weights: weights, singleChannelConv: singleChannelConv,
-                                    int8DirectConv: int8DirectConv)
+                                    int8DirectConv: int8DirectConv, int4StaticActivations: int4StaticActivations)
         steps = compiled.steps
         if let embedding {
             precondition(embedding.layer == EmbeddingProjection.penultimateLayer(of: model.network)
@@ -101,6 +106,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             tapStep = index
             switch compiled.steps[index] {
             case .int8Dense, .int8Conv, .int8SingleChannelConv: tapInput = model.spec.activation(embedding.layer)
+            case .int4Dense(_, _, let input, _): tapInput = input
             default: tapInput = nil
             }
             tap = EmbeddingTap(embedding, batchCapacity: batchCapacity, quantizedInput: tapInput != nil, channelsLast: compiled.tapChannelsLast)
@@ -126,7 +132,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                 let need = FloatConvolution.workspace(c.kind, g, batch: batchCapacity)
                 work = max(work, need.floats * 4)
                 tableBytes += need.tableBytes
-            case .int4Dense(let w, _): work = max(work, w.scratchFloats * 4)
+            case .int4Dense(let w, _, _, _): work = max(work, w.scratchFloats * 4)
             default: break
             }
         }
@@ -172,7 +178,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .int8Conv(_, _, _, _, let f, let method):
                 "int8 conv2d" + (f ? " -> fp32" : "") + method.stepSuffix
             case .int8SingleChannelConv: "int8 conv2d (single channel)"
-            case .int4Dense: "int4 dense"
+            case .int4Dense(_, _, let input, let output): input == nil ? "int4 dense" : "int4 dense (uint8 in" + (output == nil ? ")" : ", uint8 out)")
             case .floatDense: "fp32 dense"
             case .floatConv(let c, _, _): c.stepName
             case .maxpoolU8: "uint8 maxpool"
@@ -222,7 +228,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
     /// convolutions batched over chunks of samples, the first dense layer after them with its
     /// columns re-ordered (an INT4 layer, whose groups follow the file's order, gets CHW back).
     static func compile(_ model: QuantizedModel, batch: Int, weights: PackedWeightCache? = nil, singleChannelConv: Bool = true,
-                        int8DirectConv: Bool = true) -> (steps: [Step], weightBytes: Int, tapChannelsLast: (channels: Int, pixels: Int)?) {
+                        int8DirectConv: Bool = true, int4StaticActivations: Bool = true) -> (steps: [Step], weightBytes: Int, tapChannelsLast: (channels: Int, pixels: Int)?) {
         let net = model.network, spec = model.spec
         var steps: [Step] = []
         var bytes = 0
@@ -251,6 +257,14 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             if model.int4[l] != nil { return .int4 }
             return .fp32
         }
+        /// INT4 layers read UINT8 with their calibrated input parameters where the W4A8 kernel runs
+        /// (and the file has them), instead of quantizing each FP32 row on its own.
+        func int4ReadsUInt8(_ l: Int) -> Bool {
+            guard int4StaticActivations, ProcessInfo.processInfo.environment["EDGE_INT4_STATIC"] != "0",
+                  let q = model.int4[l], spec.activation(l) != nil else { return false }
+            return PackedInt4Weights.readsUInt8(group: q.group)
+        }
+        func readsUInt8(_ l: Int) -> Bool { precision(l) == .int8 || int4ReadsUInt8(l) }
         func toFloat() {
             if let p = domain {
                 steps.append(.dequantize(p, count: 0))
@@ -265,7 +279,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .dense, .conv2d:
                 if case .conv2d = layer.kind { toChannelsLast(layer.inputShape) }
                 if case .dense = layer.kind, precision(l) == .int4 {
-                    toFloat()
+                    if !int4ReadsUInt8(l) { toFloat() }
                     toChannelsFirst()
                 }
                 tapChannelsLast = channelsLast.flatMap { $0.channels > 1 ? $0 : nil }
@@ -278,7 +292,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                         steps.append(.quantize(input, count: 0))
                         domain = input
                     }
-                    let uint8Out = QuantizedModel.uint8OutputTensor(of: l, network: net, precision: precision)
+                    let uint8Out = QuantizedModel.uint8OutputTensor(of: l, network: net, readsUInt8: readsUInt8)
                     let out = uint8Out.flatMap { spec.activation($0) }
                     let floatOut = out == nil
                     let ep = epilogue(q, bias: layer.bias, input: input, output: out, activation: fused)
@@ -314,10 +328,22 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                         steps.append(.activation(.relu6, count: layers[l + 1].outputCount))
                     }
                 case .int4:
-                    toFloat()
                     let q = weights.value("int4.\(l)", bytes: { $0.byteCount }) { model.int4[l]!.packed(bias: layer.bias) }
                     bytes += q.byteCount
-                    steps.append(.int4Dense(q, fused.fused))
+                    if int4ReadsUInt8(l), q.readsUInt8 {
+                        let input = spec.activation(l)!
+                        if domain != input {
+                            toFloat()
+                            steps.append(.quantize(input, count: 0))
+                            domain = input
+                        }
+                        let out = QuantizedModel.uint8OutputTensor(of: l, network: net, readsUInt8: readsUInt8).flatMap { spec.activation($0) }
+                        steps.append(.int4Dense(q, fused.fused, input: input, output: out))
+                        domain = out
+                    } else {
+                        toFloat()
+                        steps.append(.int4Dense(q, fused.fused, input: nil, output: nil))
+                    }
                 case .fp32:
                     toFloat()
                     if case .conv2d = layer.kind {
@@ -410,7 +436,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .int8Dense(let w, _, _): count = w.outputs
             case .int8Conv(let w, _, let g, _, _, _): count = w.outputs * g.outH * g.outW
             case .int8SingleChannelConv(_, _, let g, _): count = g.outChannels * g.outH * g.outW
-            case .int4Dense(let w, _): count = w.outputs
+            case .int4Dense(let w, _, _, _): count = w.outputs
             case .floatDense(let w, _): count = w.outputs
             case .floatConv(_, let g, _): count = g.outChannels * g.outH * g.outW
             case .maxpoolU8(let g), .avgpoolU8(let g), .maxpool(let g), .avgpool(let g): count = g.channels * g.outH * g.outW
@@ -481,8 +507,13 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                 pad.update(repeating: zp, count: table.channels)
                 w.convolve(samples: batch, u, table, pad: pad, epilogue: ep, output: floatOut ? .float(of) : .uint8(ou), ldy: w.outputs)
             case .int8SingleChannelConv(let c, let ep, _, let zp): c.run(samples: batch, u, pad: zp, epilogue: ep, output: ou)
-            case .int4Dense(let w, let act):
+            case .int4Dense(let w, let act, nil, _):
                 w.multiply(rows: batch, f, ldx: w.inputs, of, ldy: w.outputs, activation: act,
+                           scratch: workspace.assumingMemoryBound(to: Float.self))
+            case .int4Dense(let w, let act, let input?, let output):
+                w.multiply(rows: batch, uint8: u, ldx: w.inputs, inputScale: input.scale, inputZeroPoint: input.zeroPoint,
+                           output: output == nil ? .float(of) : .uint8(ou), outputScale: output?.scale ?? 1,
+                           outputZeroPoint: output?.zeroPoint ?? 0, ldy: w.outputs, activation: act,
                            scratch: workspace.assumingMemoryBound(to: Float.self))
             case .floatDense(let w, let act): w.multiply(rows: batch, f, ldx: w.inputs, of, ldy: w.outputs, activation: act)
             case .floatConv(let c, let g, let act):

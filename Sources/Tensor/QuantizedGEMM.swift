@@ -233,4 +233,31 @@ public final class PackedInt4Weights: @unchecked Sendable {
         edge_q4_gemm(isa.c, Int32(rows), Int32(outputs), Int32(inputs), Int32(group), x, Int32(ldx), storage, y, Int32(ldy),
                      act, alpha, scratch)
     }
+
+    /// Whether `multiply(rows:uint8:…)` runs for these weights: W4A8 (AVX-512 VNNI) with groups of
+    /// whole k-quads, which files' groups (32, 64, 128) always are.
+    public var readsUInt8: Bool { Self.readsUInt8(isa: isa, group: group) }
+
+    /// The same for weights of `group` packed for `isa`.
+    public static func readsUInt8(isa: KernelISA = .best, group: Int) -> Bool { edge_q4_reads_u8(isa.c, Int32(group)) != 0 }
+
+    /// W4A8 with static activations: UINT8 rows standing for `inputScale · (x − inputZeroPoint)`,
+    /// read in 4-byte quads up to 3 bytes past `inputs` (which the last row must have readable);
+    /// `output` FP32 after the activation, or UINT8 quantized with `outputScale` and
+    /// `outputZeroPoint` after it. Only where `readsUInt8`.
+    public func multiply(rows: Int, uint8 x: UnsafePointer<UInt8>, ldx: Int, inputScale: Float, inputZeroPoint: Int32,
+                         output: QuantizedOutput, outputScale: Float = 1, outputZeroPoint: Int32 = 0, ldy: Int,
+                         activation: FusedActivation, scratch: UnsafeMutablePointer<Float>) {
+        precondition(readsUInt8, "UINT8 rows need the W4A8 path with groups of whole quads")
+        let (act, alpha) = activation.c
+        switch output {
+        case .float(let y):
+            edge_q4_gemm_u8(isa.c, Int32(rows), Int32(outputs), Int32(inputs), Int32(group), x, Int32(ldx), inputScale, inputZeroPoint,
+                            storage, y, nil, Int32(ldy), act, alpha, scratch)
+        case .uint8(let y):
+            var out = edge_q4_u8_output(y: y, inv_scale: 1 / outputScale, zero_point: outputZeroPoint)
+            edge_q4_gemm_u8(isa.c, Int32(rows), Int32(outputs), Int32(inputs), Int32(group), x, Int32(ldx), inputScale, inputZeroPoint,
+                            storage, nil, &out, Int32(ldy), act, alpha, scratch)
+        }
+    }
 }

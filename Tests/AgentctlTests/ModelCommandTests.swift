@@ -60,7 +60,10 @@ import Testing
         #expect(q8.steps.first == "quantize" && q8.steps.filter { $0.hasPrefix("int8 dense") }.count == 3, "\(q8.steps)")
         #expect(q8.kernels.count == 1 && q8.text.contains("; kernels: \(q8.kernels[0])"), "\(q8)")
         let q4 = try inspect(int4)
-        #expect(q4.steps.filter { $0 == "int4 dense" }.count == 3 && q4.kernels.last.map { $0.contains("(w4a") || $0.contains("weight-only") } == true, "\(q4)")
+        // On W4A8 the INT4 layers read their calibrated UINT8 inputs; elsewhere each FP32 row.
+        #expect(q4.steps.filter { $0.hasPrefix("int4 dense") }.count == 3 && q4.kernels.last.map { $0.contains("(w4a") || $0.contains("weight-only") } == true, "\(q4)")
+        let w4a8 = q4.kernels.last?.contains("w4a8") == true
+        #expect(q4.steps.contains("int4 dense (uint8 in, uint8 out)") == w4a8 && q4.steps.contains("int4 dense") == !w4a8, "\(q4.steps)")
     }
 
     /// inspect's memory options fed hostile values: refused with a line naming the option, nothing printed.

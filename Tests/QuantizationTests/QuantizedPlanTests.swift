@@ -123,7 +123,7 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
     /// the file's CHW order: with one-hot weight rows each output is one named element of the
     /// conv's output, so a wrong column order shows as a different element, not as noise. The
     /// plan's embedding tap on that dense layer equals the FP32 plan's.
-    @Test(arguments: [LayerPrecision.int8, .fp32])
+    @Test(arguments: [LayerPrecision.int8, .fp32, .int4])
     func denseAfterAMultiChannelConvReadsTheFileOrder(_ head: LayerPrecision) {
         var rng = SeededGenerator(seed: 51)
         let picks = [0, 5, 17, 23, 40, 47]
@@ -191,6 +191,58 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         let q = plan.predict(data.features)
         let f = ExecutionPlan(network: net, batchCapacity: 8).predict(data.features)
         #expect(Sensitivity.compare(q, reference: f, classes: 3, labels: nil).sqnr > 25)
+    }
+
+    /// On W4A8, INT4 layers with calibrated inputs read UINT8 and hand UINT8 on (no per-row
+    /// quantizing between them), an INT8 layer before one writes UINT8 into it, and the scores
+    /// stay as close to FP32 as those of the plan that quantizes each row on its own; one row at a
+    /// time gives the same scores as the batch.
+    @Test func int4LayersReadCalibratedUInt8OnW4A8() throws {
+        try #require(PackedInt4Weights.readsUInt8(group: 32), "needs AVX-512 VNNI")
+        let net = try Architecture.build("mlp:16-64-64-48-4", seed: 6)
+        let data = rows(200, features: 16, seed: 7)
+        let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .minmax)
+        let weighted = Quantizer.weightedLayers(net)
+        let f = ExecutionPlan(network: net, batchCapacity: 200).predict(data.features)
+        for (precisions, expected) in [
+            (Dictionary(uniqueKeysWithValues: weighted.map { ($0, LayerPrecision.int4) }),
+             ["quantize", "int4 dense (uint8 in, uint8 out)", "int4 dense (uint8 in, uint8 out)", "int4 dense (uint8 in, uint8 out)",
+              "int4 dense (uint8 in)", "softmax"]),
+            ([weighted[0]: .int8, weighted[1]: .int4, weighted[2]: .int8, weighted[3]: .int4],
+             ["quantize", "int8 dense", "int4 dense (uint8 in, uint8 out)", "int8 dense", "int4 dense (uint8 in)", "softmax"]),
+        ] {
+            let model = Quantizer.build(net, activations: params, precisions: precisions, method: .minmax, calibrationRows: 200)
+            let plan = QuantizedPlan(model: model, batchCapacity: 200)
+            #expect(plan.stepNames == expected)
+            let perRow = QuantizedPlan(model: model, batchCapacity: 200, int4StaticActivations: false)
+            #expect(!perRow.stepNames.contains { $0.contains("uint8 in") }, "\(perRow.stepNames)")
+            let q = plan.predict(data.features), d = perRow.predict(data.features)
+            let cq = Sensitivity.compare(q, reference: f, classes: 4, labels: nil), cd = Sensitivity.compare(d, reference: f, classes: 4, labels: nil)
+            #expect(cq.sqnr > 20 && cq.sqnr > cd.sqnr - 3, "static \(cq.sqnr) dB, per row \(cd.sqnr) dB")
+            #expect(cq.agreement >= 0.9 && cq.agreement >= cd.agreement - 0.03, "agreement static \(cq.agreement), per row \(cd.agreement)")
+            #expect(QuantizedPlan(model: model, batchCapacity: 1).predict(data.features) == q)
+        }
+    }
+
+    /// A file without the input parameters of an INT4 layer is accepted: that layer quantizes each
+    /// FP32 row on its own, and the INT8 layer before it writes FP32.
+    @Test func int4LayersWithoutCalibratedInputsQuantizeEachRow() throws {
+        let net = try Architecture.build("mlp:16-64-64-4", seed: 6)
+        let data = rows(100, features: 16, seed: 7)
+        var params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .minmax)
+        let weighted = Quantizer.weightedLayers(net)
+        params[String(weighted[1])] = nil
+        let model = Quantizer.build(net, activations: params, precisions: [weighted[0]: .int8, weighted[1]: .int4, weighted[2]: .int8],
+                                    method: .minmax, calibrationRows: 100)
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("q4p-\(getpid()).safetensors").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try model.write(to: path)
+        let file = try ModelFile.load(path: path)
+        let loaded = try #require(try QuantizedModel.load(file, network: Network(model: file)))
+        let plan = QuantizedPlan(model: loaded, batchCapacity: 8)
+        #expect(plan.stepNames.filter { $0.contains("dense") } == ["int8 dense -> fp32", "int4 dense", "int8 dense -> fp32"], "\(plan.stepNames)")
+        let q = plan.predict(data.features), f = ExecutionPlan(network: net, batchCapacity: 8).predict(data.features)
+        #expect(Sensitivity.compare(q, reference: f, classes: 4, labels: nil).sqnr > 20)
     }
 
     @Test func quantizedFileRoundTripsBitForBit() throws {
@@ -494,9 +546,11 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         let data = rows(200, features: 8, seed: 22, limit: 4)
         let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .minmax)
         let model = Quantizer.build(net, activations: params, precisions: [0: .int8, 2: next], method: .minmax, calibrationRows: 200)
-        let q = QuantizedPlan(model: model, batchCapacity: 16).predict(data.features)
         let f = ExecutionPlan(network: net, batchCapacity: 16).predict(data.features)
-        let c = Sensitivity.compare(q, reference: f, classes: 4, labels: nil)
+        // INT4 reads UINT8 on W4A8 (the clamp is then the epilogue's); per row, as here, it reads FP32.
+        let plan = QuantizedPlan(model: model, batchCapacity: 16, int4StaticActivations: false)
+        #expect(plan.stepNames.contains("int8 dense -> fp32"), "\(plan.stepNames)")
+        let c = Sensitivity.compare(plan.predict(data.features), reference: f, classes: 4, labels: nil)
         // INT4 weights alone cost about 20 dB here; an unclamped ReLU6 costs far more (under 10 dB).
         #expect(c.sqnr > (next == .int4 ? 15 : 25), "\(next): SQNR \(c.sqnr) dB")
     }

@@ -360,6 +360,111 @@ import Testing
         }
     }
 
+    /// W4A8 with static activations equals its definition bit for bit: UINT8 rows standing for
+    /// s·(u − z), exact INT32 sums per group, the group scales applied in FP32 with fused
+    /// multiply-adds in group order, the zero point taken off as z·C, then s and the bias, then the
+    /// activation; with a UINT8 output, that value quantized as `edge_quantize_u8` (round half to
+    /// even of v·(1/scale), + zero point, clamped to 0…255, NaN to 0). Rows read in quads up to 3
+    /// bytes past the inputs (30, 34, 66 inputs), whose bytes (255 here) must not count; nothing
+    /// written past a row's outputs or past the scratch; more rows than one tile or block.
+    @Test(.enabled(if: vnniInt4), arguments: [(3, 5, 64, 32), (19, 7, 100, 4), (9, 33, 200, 128), (64, 40, 256, 128), (7, 48, 30, 8),
+                                               (130, 17, 34, 4), (1, 256, 64, 32), (23, 16, 66, 32), (70, 16, 128, 64), (11, 40, 64, 32)])
+    func int4StaticW4A8IsItsDefinition(_ shape: (Int, Int, Int, Int)) {
+        let (rows, outputs, inputs, group) = shape
+        let (q, scales, bias, _, w) = int4Case(shape, seed: 47, isa: .avx512vnni)
+        let groups = w.groups, ldy = outputs + 2
+        #expect(w.weights.readsUInt8)
+        var rng = SeededGenerator(seed: UInt64(rows * 1000 + inputs))
+        // Odd shapes read rows packed (ldx = inputs), the others rows 3 bytes apart.
+        let ldx = rows % 2 == 1 ? inputs : inputs + 3
+        var x = [UInt8](repeating: 255, count: rows * ldx + 3)
+        for r in 0..<rows { for k in 0..<inputs { x[r * ldx + k] = UInt8(rng.next() % 256) } }
+        let s: Float = 0.0173, z: Int32 = 37, outScale: Float = 0.051, outZero: Int32 = 101
+        func quantized(_ v: Float) -> UInt8 {
+            let t = v * (1 / outScale)
+            let c = t.isNaN ? -1_073_741_824 : min(max(t, -1_073_741_824), 1_073_741_824)
+            return UInt8(min(max(Int32(c.rounded(.toNearestOrEven)) + outZero, 0), 255))
+        }
+        for (activation, apply) in Self.int4Activations + [(FusedActivation.relu, { @Sendable in max($0, 0) })] {
+            var yf = [Float](repeating: -99, count: rows * ldy), yu = [UInt8](repeating: 0xEE, count: rows * ldy)
+            var scratch = [Float](repeating: .nan, count: w.weights.scratchFloats + 64)
+            for i in w.weights.scratchFloats..<scratch.count { scratch[i] = 12345 }
+            x.withUnsafeBufferPointer { xp in scratch.withUnsafeMutableBufferPointer { sp in
+                yf.withUnsafeMutableBufferPointer { yp in
+                    w.weights.multiply(rows: rows, uint8: xp.baseAddress!, ldx: ldx, inputScale: s, inputZeroPoint: z, output: .float(yp.baseAddress!),
+                                       ldy: ldy, activation: activation, scratch: sp.baseAddress!)
+                }
+                yu.withUnsafeMutableBufferPointer { yp in
+                    w.weights.multiply(rows: rows, uint8: xp.baseAddress!, ldx: ldx, inputScale: s, inputZeroPoint: z, output: .uint8(yp.baseAddress!),
+                                       outputScale: outScale, outputZeroPoint: outZero, ldy: ldy, activation: activation, scratch: sp.baseAddress!)
+                }
+            } }
+            #expect(scratch[w.weights.scratchFloats...].allSatisfy { $0 == 12345 }, "wrote past its scratch")
+            var mismatches = 0, u8Mismatches = 0
+            for r in 0..<rows {
+                for o in outputs..<ldy {
+                    #expect(yf[r * ldy + o] == -99 && yu[r * ldy + o] == 0xEE, "wrote past row \(r)")
+                }
+                for o in 0..<outputs {
+                    var f: Float = 0, c: Float = 0
+                    for g in 0..<groups {
+                        var acc = 0, qsum = 0
+                        for k in (g * group)..<min((g + 1) * group, inputs) {
+                            acc += Int(x[r * ldx + k]) * Int(q[o * inputs + k])
+                            qsum += Int(q[o * inputs + k])
+                        }
+                        f = f.addingProduct(Float(acc), scales[o * groups + g])
+                        c = c.addingProduct(Float(qsum), scales[o * groups + g])
+                    }
+                    let expected = apply(bias[o].addingProduct(f.addingProduct(-Float(z), c), s))
+                    if yf[r * ldy + o] != expected { mismatches += 1 }
+                    if yu[r * ldy + o] != quantized(expected) { u8Mismatches += 1 }
+                }
+            }
+            #expect(mismatches == 0, "\(shape) \(activation): \(mismatches) FP32 outputs differ from the definition")
+            #expect(u8Mismatches == 0, "\(shape) \(activation): \(u8Mismatches) UINT8 outputs differ from the definition")
+        }
+    }
+
+    /// Where the static W4A8 path runs: VNNI weights with groups of whole quads; not with groups
+    /// of 2 or 6, nor for weights packed for AVX2 or the portable path (whose multiply would refuse).
+    @Test func int4ReadsUInt8OnlyOnW4A8WithQuadGroups() {
+        for isa in [KernelISA.portable, .avx2, .avx512, .avx512vnni] where isa.isSupported {
+            for group in [2, 4, 6, 32, 128] {
+                let expected = isa == .avx512vnni && group % 4 == 0
+                #expect(PackedInt4Weights.readsUInt8(isa: isa, group: group) == expected, "\(isa) group \(group)")
+            }
+        }
+    }
+
+    /// Hostile magnitudes on the static path: a scale of 3e38 makes the sums overflow to ±inf
+    /// and F − z·C to NaN; the FP32 output is then the definition's ±inf or NaN and the UINT8
+    /// output the quantization's clamp (0 for NaN and −inf, 255 for +inf), never a trap or garbage.
+    @Test(.enabled(if: vnniInt4)) func int4StaticPathSaturatesOverflowingScales() {
+        let outputs = 4, inputs = 32
+        let q = (0..<(outputs * inputs)).map { Int8($0 % 16 - 8) }
+        let w = PackedInt4Weights(q: q, scales: [Float](repeating: 3e38, count: outputs), bias: [0, 1, -1, 2], outputs: outputs, inputs: inputs,
+                                  group: 32, isa: .avx512vnni)
+        let x = (0..<(3 * inputs + 3)).map { UInt8(($0 * 37) % 256) }
+        var yf = [Float](repeating: 0, count: 3 * outputs), yu = [UInt8](repeating: 0xEE, count: 3 * outputs)
+        var scratch = [Float](repeating: 0, count: w.scratchFloats)
+        x.withUnsafeBufferPointer { xp in scratch.withUnsafeMutableBufferPointer { sp in
+            yf.withUnsafeMutableBufferPointer { yp in
+                w.multiply(rows: 3, uint8: xp.baseAddress!, ldx: inputs, inputScale: 3e38, inputZeroPoint: 200, output: .float(yp.baseAddress!),
+                           ldy: outputs, activation: .none, scratch: sp.baseAddress!)
+            }
+            yu.withUnsafeMutableBufferPointer { yp in
+                w.multiply(rows: 3, uint8: xp.baseAddress!, ldx: inputs, inputScale: 3e38, inputZeroPoint: 200, output: .uint8(yp.baseAddress!),
+                           outputScale: 1, outputZeroPoint: 0, ldy: outputs, activation: .none, scratch: sp.baseAddress!)
+            }
+        } }
+        #expect(yf.contains { !$0.isFinite }, "\(yf)")
+        for (f, u) in zip(yf, yu) {
+            let expected: UInt8 = f.isNaN || f < 0 ? 0 : (f > 255 ? 255 : UInt8(f.rounded(.toNearestOrEven)))
+            #expect(u == expected, "fp32 \(f) gave \(u)")
+        }
+    }
+
     /// A row of zeros gives the bias; a row with NaN or an infinity, in the vector part or the
     /// scalar tail (and with 100 inputs, in the part read 64 at a time), gives NaN (before the
     /// activation) on the integer path, and its neighbours are untouched by it.

@@ -173,6 +173,25 @@ const char *edge_q4_kernel_name(edge_isa isa);
 void edge_q4_gemm(edge_isa isa, int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
                   float *y, int ldy, edge_activation act, float alpha, float *scratch);
 
+/// W4A8 with static activations, for a plan whose INT4 layers have calibrated activation
+/// parameters: rows of UINT8 x (ldx bytes apart) that stand for x_scale · (x − x_zero_point), so
+/// nothing is quantized per row, and the same sums as edge_q4_gemm's W4A8 path with step = x_scale
+/// and z = x_zero_point. A row is read in 4-byte quads up to 3 bytes past `inputs` (those bytes
+/// meet zero weights; the last row's must be readable). The results go to y as FP32 after the
+/// activation, or, where out is given, to out->y as UINT8: the activation, then round half to even
+/// of v · inv_scale, + zero_point, clamped to 0…255 (NaN to 0), as edge_quantize_u8. Only where
+/// edge_q4_reads_u8 (AVX-512 VNNI weights with groups of whole quads); elsewhere it does nothing.
+/// Scratch as edge_q4_gemm's.
+typedef struct {
+    uint8_t *y;
+    float inv_scale;
+    int32_t zero_point;
+} edge_q4_u8_output;
+int edge_q4_reads_u8(edge_isa isa, int group);
+void edge_q4_gemm_u8(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
+                     int32_t x_zero_point, const void *packed, float *y, const edge_q4_u8_output *out, int ldy, edge_activation act,
+                     float alpha, float *scratch);
+
 /// dst[c][r] = src[r][c] for a rows × cols matrix (CHW ↔ HWC of one sample).
 void edge_transpose(const float *src, int rows, int cols, float *dst);
 void edge_transpose_u8(const uint8_t *src, int rows, int cols, uint8_t *dst);
