@@ -175,9 +175,7 @@ static inline T512 __attribute__((always_inline)) void finish512(__m512i acc, in
                              _mm512_loadu_ps(ep->scale + o0));
     if (ep->leaky) v = _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), v, _mm512_set1_ps(ep->alpha));
     if (yf) { _mm512_mask_storeu_ps(yf + o0, mask, v); return; }
-    v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-1073741824.0f)), _mm512_set1_ps(1073741824.0f));
-    __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(v), _mm512_set1_epi32(ep->zero_point));  // MXCSR: round half even
-    q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_set1_epi32(ep->qmin)), _mm512_set1_epi32(ep->qmax));
+    __m512i q = edge_quantize512(v, _mm512_set1_epi32(ep->zero_point), _mm512_set1_epi32(ep->qmin), _mm512_set1_epi32(ep->qmax));
     _mm_mask_storeu_epi8(yu + o0, mask, _mm512_cvtepi32_epi8(q));
 }
 
@@ -1040,17 +1038,12 @@ static void quantize_portable(const float *x, size_t n, float inv, int32_t zp, u
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx512f,avx512bw,avx512vl")))
-static void quantize_avx512(const float *x, size_t n, float inv, int32_t zp, uint8_t *y) {
-    __m512 vi = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-1073741824.0f), hi = _mm512_set1_ps(1073741824.0f);
+EDGE_T512 static void quantize_avx512(const float *x, size_t n, float inv, int32_t zp, uint8_t *y) {
+    __m512 vi = _mm512_set1_ps(inv);
     __m512i z = _mm512_set1_epi32(zp), q0 = _mm512_setzero_si512(), q255 = _mm512_set1_epi32(255);
     size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vi), lo), hi);
-        __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(v), z);
-        q = _mm512_min_epi32(_mm512_max_epi32(q, q0), q255);
-        _mm_storeu_si128((__m128i *)(y + i), _mm512_cvtepi32_epi8(q));
-    }
+    for (; i + 16 <= n; i += 16)
+        _mm_storeu_si128((__m128i *)(y + i), _mm512_cvtepi32_epi8(edge_quantize512(_mm512_mul_ps(_mm512_loadu_ps(x + i), vi), z, q0, q255)));
     quantize_portable(x + i, n - i, inv, zp, y + i);
 }
 #endif

@@ -700,10 +700,11 @@ static T256 void q4_gemm_avx2(int rows, int outputs, int inputs, int group, cons
 // ---- INT4 on AVX-512 VNNI: integer arithmetic (W4A8) ------------------------------------------
 //
 // vpdpbusd multiplies UINT8 by INT8 four at a time, 64 products an instruction: with the weights
-// as INT8 (−8…7) and the activations as UINT8, INT4 runs at the INT8 kernel's rate. A block of up
-// to Q4_ROWS rows is quantized once per call to UINT8, asymmetric per row over a range that holds
-// 0 (scale s = (hi − lo)/255, zero point z = round(−lo/s), as ONNX Runtime's dynamic
-// quantization); each panel's nibbles are unpacked into `scratch` as INT8 k-quads. A group is
+// as INT8 (−8…7) and the activations as UINT8, INT4 runs at the INT8 kernel's rate. Rows already
+// UINT8 with one calibrated scale and zero point (q4_gemm_vnni_u8, a plan's static activations)
+// go straight to the tiles; otherwise a block of up to Q4_ROWS FP32 rows is quantized to UINT8,
+// asymmetric per row over a range that holds 0 (scale s = (hi − lo)/255, zero point
+// z = round(−lo/s), as ONNX Runtime's dynamic quantization). Each panel's nibbles are unpacked into `scratch` as INT8 k-quads. A group is
 // padded to whole quads (a group of 2, 6, … gets zero weights), so per group the sums are exact
 // INT32, then converted and multiplied by the group's 16 scales into FP32 accumulators. The zero
 // point comes off at the end: Σ_g sc_g·Σ_k (u_k − z)·q_k = F − z·C with C = Σ_g sc_g·Σ_k q_k,
@@ -871,22 +872,26 @@ static TQ4V void q4v_unpack_panel(const uint8_t *nib, int quads, int8_t *dst) {
     }
 }
 
+/// Where a W4A8 tile writes UINT8 (y NULL: it writes FP32), and how it quantizes.
+typedef struct {
+    uint8_t *y;
+    float inv_scale;
+    int32_t zero_point;
+} q4v_output;
+
 /// UINT8 output rows (ldy apart) from the tile's FP32 results: the activation, then as
 /// edge_quantize_u8: round half to even of v·(1/scale), + zero point, clamped to 0…255 (NaN to 0).
-static inline TQ4V __attribute__((always_inline)) void q4v_store_u8(const int MR, const int NP, __m512 f[][2], const edge_q4_u8_output *out,
+static inline TQ4V __attribute__((always_inline)) void q4v_store_u8(const int MR, const int NP, __m512 f[][2], const q4v_output *out,
                                                                    int ldy, int cols, edge_activation act, __m512 alpha) {
-    const __m512 vi = _mm512_set1_ps(out->inv_scale), lo = _mm512_set1_ps(-1073741824.0f), hi = _mm512_set1_ps(1073741824.0f);
-    const __m512i z = _mm512_set1_epi32(out->zero_point), q0 = _mm512_setzero_si512();
+    const __m512 vi = _mm512_set1_ps(out->inv_scale);
+    const __m512i z = _mm512_set1_epi32(out->zero_point), q0 = _mm512_setzero_si512(), q255 = _mm512_set1_epi32(255);
     for (int p = 0; p < NP; p++) {
         int n = cols - p * PANEL;
         if (n <= 0) break;
         __mmask16 mask = n >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
-        for (int r = 0; r < MR; r++) {
-            // max_ps returns its second operand for a NaN first: lo. vpmovusdb saturates above 255.
-            __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(edge_act512(f[r][p], act, alpha), vi), lo), hi);
-            __m512i q = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(v), z), q0);
-            _mm512_mask_cvtusepi32_storeu_epi8(out->y + (size_t)r * ldy + p * PANEL, mask, q);
-        }
+        for (int r = 0; r < MR; r++)
+            _mm512_mask_cvtepi32_storeu_epi8(out->y + (size_t)r * ldy + p * PANEL, mask,
+                                             edge_quantize512(_mm512_mul_ps(edge_act512(f[r][p], act, alpha), vi), z, q0, q255));
     }
 }
 
@@ -895,7 +900,7 @@ static inline TQ4V __attribute__((always_inline)) void q4v_store_u8(const int MR
 static inline TQ4V __attribute__((always_inline)) void q4v_tile(const int MR, const int NP, int inputs, int group, int kp,
                                                                const uint8_t *xq, const float *rs, const float *rz,
                                                                const int8_t *w, size_t wstride, const float *sc, size_t scstride,
-                                                               const float *csum, const float *bias, float *y, const edge_q4_u8_output *out,
+                                                               const float *csum, const float *bias, float *y, const q4v_output *out,
                                                                int ldy, int cols, edge_activation act, __m512 alpha) {
     __m512 f[Q4V_MR1][2];
     for (int r = 0; r < MR; r++) f[r][0] = f[r][1] = _mm512_setzero_ps();
@@ -930,14 +935,14 @@ static inline TQ4V __attribute__((always_inline)) void q4v_tile(const int MR, co
 #define Q4VTILE(MR, NP) \
     static TQ4V void q4v_tile_##MR##_##NP(int K, int G, int kp, const uint8_t *xq, const float *rs, const float *rz, const int8_t *w, \
                                           size_t ws, const float *sc, size_t ss, const float *cs, const float *b, float *y, \
-                                          const edge_q4_u8_output *out, int ldy, int cols, edge_activation act, __m512 alpha) { \
+                                          const q4v_output *out, int ldy, int cols, edge_activation act, __m512 alpha) { \
         q4v_tile(MR, NP, K, G, kp, xq, rs, rz, w, ws, sc, ss, cs, b, y, out, ldy, cols, act, alpha); \
     }
 Q4VTILE(1, 1) Q4VTILE(2, 1) Q4VTILE(3, 1) Q4VTILE(4, 1) Q4VTILE(5, 1) Q4VTILE(6, 1)
 Q4VTILE(7, 1) Q4VTILE(8, 1) Q4VTILE(9, 1) Q4VTILE(10, 1) Q4VTILE(11, 1) Q4VTILE(12, 1)
 Q4VTILE(1, 2) Q4VTILE(2, 2) Q4VTILE(3, 2) Q4VTILE(4, 2) Q4VTILE(5, 2) Q4VTILE(6, 2)
 typedef void (*q4v_tile_fn)(int, int, int, const uint8_t *, const float *, const float *, const int8_t *, size_t, const float *,
-                            size_t, const float *, const float *, float *, const edge_q4_u8_output *, int, int, edge_activation, __m512);
+                            size_t, const float *, const float *, float *, const q4v_output *, int, int, edge_activation, __m512);
 static const q4v_tile_fn q4v_tiles[2][Q4V_MR1] = {
     {q4v_tile_1_1, q4v_tile_2_1, q4v_tile_3_1, q4v_tile_4_1, q4v_tile_5_1, q4v_tile_6_1, q4v_tile_7_1, q4v_tile_8_1, q4v_tile_9_1,
      q4v_tile_10_1, q4v_tile_11_1, q4v_tile_12_1},
@@ -970,14 +975,14 @@ static q4v_parts q4v_split(const void *packed, int outputs, int inputs, int grou
 /// Rows [0, mb) of UINT8 xq (ldq apart) through panels p and p + 1 (when there), unpacked into wq;
 /// row m's scale and zero point are rs[m] and rz[m], or (shared) the first Q4V_MR1 of each for all.
 static TQ4V void q4v_panels(const q4v_parts *w, int p, int mb, int inputs, int group, int outputs, const uint8_t *xq, int ldq,
-                            const float *rs, const float *rz, int shared, int8_t *wq, float *y, const edge_q4_u8_output *out, int ldy,
+                            const float *rs, const float *rz, int shared, int8_t *wq, float *y, const q4v_output *out, int ldy,
                             edge_activation act, __m512 av) {
     int np = w->panels - p >= 2 ? 2 : 1;
     for (int i = 0; i < np; i++) q4v_unpack_panel(w->nib + (size_t)(p + i) * w->pn, w->kp / 4, wq + i * w->ws);
     int most = np == 2 ? Q4V_MR : Q4V_MR1;
     for (int m = 0; m < mb; m += most) {
         int mr = mb - m < most ? mb - m : most;
-        edge_q4_u8_output o = {out->y ? out->y + (size_t)m * ldy + (size_t)p * PANEL : NULL, out->inv_scale, out->zero_point};
+        q4v_output o = {out->y ? out->y + (size_t)m * ldy + (size_t)p * PANEL : NULL, out->inv_scale, out->zero_point};
         int rm = shared ? 0 : m;
         q4v_tiles[np - 1][mr - 1](inputs, group, ldq, xq + (size_t)m * ldq, rs + rm, rz + rm, wq, w->ws, w->sc + (size_t)p * w->ss, w->ss,
                                   w->cs + (size_t)p * PANEL, w->bias + (size_t)p * PANEL, y ? y + (size_t)m * ldy + (size_t)p * PANEL : NULL,
@@ -993,7 +998,7 @@ static TQ4V void q4_gemm_vnni(int rows, int outputs, int inputs, int group, cons
     float *rs = scratch, *rz = rs + Q4_ROWS, *rpre = rz + Q4_ROWS, *rinv = rpre + Q4_ROWS;
     int8_t *wq = (int8_t *)(rinv + Q4_ROWS);                      // 2 panels: kp · 16 bytes each
     uint8_t *xq = (uint8_t *)(wq + (size_t)2 * w.kp * PANEL);     // Q4_ROWS rows of kp bytes
-    const edge_q4_u8_output none = {NULL, 0, 0};
+    const q4v_output none = {NULL, 0, 0};
     __m512 av = _mm512_set1_ps(alpha);
     for (int m0 = 0; m0 < rows; m0 += Q4_ROWS) {
         int mb = rows - m0 < Q4_ROWS ? rows - m0 : Q4_ROWS;
@@ -1007,7 +1012,7 @@ static TQ4V void q4_gemm_vnni(int rows, int outputs, int inputs, int group, cons
 /// pair of panels as it is unpacked (once). Scratch: 64 floats (the rows' scale and zero point,
 /// and the panels 64-byte aligned: split stores would halve the unpacking's speed), two panels.
 static TQ4V void q4_gemm_vnni_u8(int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
-                                 int32_t x_zero_point, const void *packed, float *y, const edge_q4_u8_output *out, int ldy,
+                                 int32_t x_zero_point, const void *packed, float *y, const q4v_output *out, int ldy,
                                  edge_activation act, float alpha, void *scratch) {
     q4v_parts w = q4v_split(packed, outputs, inputs, group);
     float *rs = scratch, *rz = rs + Q4V_MR1;
@@ -1029,19 +1034,34 @@ const char *edge_q4_kernel_name(edge_isa isa) {
     }
 }
 
-int edge_q4_reads_u8(edge_isa isa, int group) { return q4_integer(isa) == 2 && group % 4 == 0; }
+int edge_q4_u8_supported(edge_isa isa, int group) { return q4_integer(isa) == 2 && group % 4 == 0; }
 
-void edge_q4_gemm_u8(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
-                     int32_t x_zero_point, const void *packed, float *y, const edge_q4_u8_output *out, int ldy, edge_activation act,
-                     float alpha, float *scratch) {
-    if (rows <= 0 || outputs <= 0 || !edge_q4_reads_u8(isa, group)) return;
+int edge_q4_gemm_u8(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
+                    int32_t x_zero_point, const void *packed, float *y, int ldy, edge_activation act, float alpha, float *scratch) {
+    if (!edge_q4_u8_supported(isa, group)) return -1;
+    if (rows <= 0 || outputs <= 0) return 0;
 #if defined(__x86_64__)
-    const edge_q4_u8_output none = {NULL, 0, 0};
-    q4_gemm_vnni_u8(rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, y, out ? out : &none, ldy, act, alpha, scratch);
+    const q4v_output none = {NULL, 0, 0};
+    q4_gemm_vnni_u8(rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, y, &none, ldy, act, alpha, scratch);
 #else
-    (void)inputs, (void)x, (void)ldx, (void)x_scale, (void)x_zero_point, (void)packed, (void)y, (void)out, (void)ldy, (void)act, (void)alpha,
-        (void)scratch;
+    (void)inputs, (void)x, (void)ldx, (void)x_scale, (void)x_zero_point, (void)packed, (void)y, (void)ldy, (void)act, (void)alpha, (void)scratch;
 #endif
+    return 0;
+}
+
+int edge_q4_gemm_u8_requant(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
+                            int32_t x_zero_point, const void *packed, uint8_t *y, int ldy, float y_inv_scale, int32_t y_zero_point,
+                            edge_activation act, float alpha, float *scratch) {
+    if (!edge_q4_u8_supported(isa, group)) return -1;
+    if (rows <= 0 || outputs <= 0) return 0;
+#if defined(__x86_64__)
+    const q4v_output out = {y, y_inv_scale, y_zero_point};
+    q4_gemm_vnni_u8(rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, NULL, &out, ldy, act, alpha, scratch);
+#else
+    (void)inputs, (void)x, (void)ldx, (void)x_scale, (void)x_zero_point, (void)packed, (void)y, (void)ldy, (void)y_inv_scale,
+        (void)y_zero_point, (void)act, (void)alpha, (void)scratch;
+#endif
+    return 0;
 }
 
 void edge_q4_gemm(edge_isa isa, int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,

@@ -31,6 +31,14 @@ static inline EDGE_T256 __attribute__((always_inline)) __m256 edge_act256(__m256
     }
 }
 
+/// 16 values already divided by their scale to UINT8 codes in int32 lanes: clamped to ±2^30 (a
+/// NaN meets max_ps's second operand first and becomes −2^30), rounded half to even (MXCSR),
+/// + the zero point, clamped to [lo, hi] within 0…255. The one rule of every UINT8 output.
+static inline EDGE_T512 __attribute__((always_inline)) __m512i edge_quantize512(__m512 v, __m512i zero_point, __m512i lo, __m512i hi) {
+    v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-1073741824.0f)), _mm512_set1_ps(1073741824.0f));
+    return _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(v), zero_point), lo), hi);
+}
+
 /// The AVX2 mask of lanes 0 … n − 1 (maskload, maskstore).
 static inline EDGE_T256 __attribute__((always_inline)) __m256i edge_mask256(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));

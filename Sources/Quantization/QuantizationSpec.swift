@@ -5,6 +5,14 @@ public enum LayerPrecision: String, Codable, Sendable, CaseIterable {
     case fp32, int8, int4
 }
 
+/// How INT4 layers quantize their inputs where the arithmetic is W4A8 (AVX-512 VNNI): `static`,
+/// with the input tensor's calibrated parameters, as INT8 layers do (UINT8 then flows between
+/// integer layers); `per-row`, each row over its own range when the layer runs.
+public enum Int4Activations: String, Codable, Sendable {
+    case calibrated = "static"
+    case perRow = "per-row"
+}
+
 /// The manifest's `quantization` section: per-layer precision, where the quantized weights are,
 /// and the calibrated parameters of every activation tensor, so loading needs no recalibration.
 public struct QuantizationSpec: Codable, Equatable, Sendable {
@@ -46,22 +54,31 @@ public struct QuantizationSpec: Codable, Equatable, Sendable {
     /// absent means −127…127. The kernels need no flag (they look at the weights); requantizing
     /// after local learning keeps the choice.
     public var reduceRange: Bool?
+    /// Recorded only when some layer is INT4; absent (files written before it existed) means
+    /// `per-row`, so an existing file keeps computing what it computed. Requantizing after local
+    /// learning keeps the choice.
+    public var int4Activations: Int4Activations?
 
     enum CodingKeys: String, CodingKey {
         case method, layers, activations, adaptive
         case calibrationRows = "calibration_rows"
         case reduceRange = "reduce_range"
+        case int4Activations = "int4_activations"
     }
 
     public init(method: CalibrationMethod, calibrationRows: Int, activations: [String: QuantParams], layers: [LayerEntry],
-                adaptive: AdaptivePrecision? = nil, reduceRange: Bool = false) {
+                adaptive: AdaptivePrecision? = nil, reduceRange: Bool = false, int4Activations: Int4Activations = .calibrated) {
         self.method = method
         self.calibrationRows = calibrationRows
         self.activations = activations
         self.layers = layers
         self.adaptive = adaptive
         self.reduceRange = reduceRange ? true : nil
+        self.int4Activations = layers.contains { $0.precision == .int4 } ? int4Activations : nil
     }
+
+    /// How the INT4 layers quantize their inputs (absent: per row).
+    public var int4ActivationsOrDefault: Int4Activations { int4Activations ?? .perRow }
 
     public func activation(_ tensor: Int) -> QuantParams? { activations[String(tensor)] }
 

@@ -33,7 +33,8 @@ public final class QuantizedModel: @unchecked Sendable {
         }
         for (key, p) in spec.activations {
             guard let t = Int(key), t >= 0, t <= network.layers.count else { throw fail("quantization", "activation '\(key)' is not a tensor index") }
-            guard p.scale.isFinite, p.scale > 0, (0...255).contains(p.zeroPoint) else {
+            // 1/scale must be finite too: below about 3e-39 it is not, and a zero would quantize as NaN.
+            guard p.scale.isFinite, p.scale > 0, (1 / p.scale).isFinite, (0...255).contains(p.zeroPoint) else {
                 throw fail("quantization", "activation \(key): scale \(p.scale) / zero point \(p.zeroPoint) out of range")
             }
         }

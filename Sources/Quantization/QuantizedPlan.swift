@@ -22,7 +22,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         /// A single-channel image's convolution to UINT8 without im2row rows (see `SingleChannelInt8Conv`).
         case int8SingleChannelConv(SingleChannelInt8Conv, QuantizedEpilogue, Kernels.ConvGeometry, inputZeroPoint: UInt8)
         /// FP32 rows in and out (each row quantized on its own on the integer paths), or, with
-        /// calibrated `input` parameters on W4A8 (`PackedInt4Weights.readsUInt8`), UINT8 rows in
+        /// calibrated `input` parameters on W4A8 (`PackedInt4Weights.acceptsUInt8`), UINT8 rows in
         /// and UINT8 rows out where `output` is given (the next layer reads UINT8), FP32 otherwise.
         case int4Dense(PackedInt4Weights, FusedActivation, input: QuantParams?, output: QuantParams?)
         case floatDense(PackedWeights, FusedActivation)
@@ -257,19 +257,32 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             if model.int4[l] != nil { return .int4 }
             return .fp32
         }
-        /// INT4 layers read UINT8 with their calibrated input parameters where the W4A8 kernel runs
-        /// (and the file has them), instead of quantizing each FP32 row on its own.
-        func int4ReadsUInt8(_ l: Int) -> Bool {
-            guard int4StaticActivations, ProcessInfo.processInfo.environment["EDGE_INT4_STATIC"] != "0",
-                  let q = model.int4[l], spec.activation(l) != nil else { return false }
-            return PackedInt4Weights.readsUInt8(group: q.group)
-        }
-        func readsUInt8(_ l: Int) -> Bool { precision(l) == .int8 || int4ReadsUInt8(l) }
+        /// The INT4 layers that read UINT8 with their input tensor's calibrated parameters: where
+        /// the file asks for it (`int4_activations: static`), gives the parameters, and the W4A8
+        /// kernel runs. The others quantize each FP32 row on its own.
+        let staticInt4 = int4StaticActivations && spec.int4ActivationsOrDefault == .calibrated
+            && ProcessInfo.processInfo.environment["EDGE_INT4_STATIC"] != "0"
+        let int4UInt8 = Set(model.int4.compactMap { l, q in
+            staticInt4 && spec.activation(l) != nil && PackedInt4Weights.acceptsUInt8(group: q.group) ? l : nil
+        })
+        func readsUInt8(_ l: Int) -> Bool { precision(l) == .int8 || int4UInt8.contains(l) }
         func toFloat() {
             if let p = domain {
                 steps.append(.dequantize(p, count: 0))
                 domain = nil
             }
+        }
+        /// Into the UINT8 domain of `input`, through FP32 from any other.
+        func enter(_ input: QuantParams) {
+            if domain != input {
+                toFloat()
+                steps.append(.quantize(input, count: 0))
+                domain = input
+            }
+        }
+        /// The parameters integer layer `l` writes UINT8 with, or nil where it writes FP32.
+        func uint8Output(of l: Int) -> QuantParams? {
+            QuantizedModel.uint8OutputTensor(of: l, network: net, readsUInt8: readsUInt8).flatMap { spec.activation($0) }
         }
         var l = 0
         while l < layers.count {
@@ -279,7 +292,7 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
             case .dense, .conv2d:
                 if case .conv2d = layer.kind { toChannelsLast(layer.inputShape) }
                 if case .dense = layer.kind, precision(l) == .int4 {
-                    if !int4ReadsUInt8(l) { toFloat() }
+                    if !int4UInt8.contains(l) { toFloat() }
                     toChannelsFirst()
                 }
                 tapChannelsLast = channelsLast.flatMap { $0.channels > 1 ? $0 : nil }
@@ -287,13 +300,8 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                 case .int8:
                     let q = model.int8[l]!
                     let input = spec.activation(l)!
-                    if domain != input {
-                        toFloat()
-                        steps.append(.quantize(input, count: 0))
-                        domain = input
-                    }
-                    let uint8Out = QuantizedModel.uint8OutputTensor(of: l, network: net, readsUInt8: readsUInt8)
-                    let out = uint8Out.flatMap { spec.activation($0) }
+                    enter(input)
+                    let out = uint8Output(of: l)
                     let floatOut = out == nil
                     let ep = epilogue(q, bias: layer.bias, input: input, output: out, activation: fused)
                     if case .conv2d = layer.kind, let g = layer.geometry, !floatOut, singleChannelConv,
@@ -330,14 +338,10 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
                 case .int4:
                     let q = weights.value("int4.\(l)", bytes: { $0.byteCount }) { model.int4[l]!.packed(bias: layer.bias) }
                     bytes += q.byteCount
-                    if int4ReadsUInt8(l), q.readsUInt8 {
-                        let input = spec.activation(l)!
-                        if domain != input {
-                            toFloat()
-                            steps.append(.quantize(input, count: 0))
-                            domain = input
-                        }
-                        let out = QuantizedModel.uint8OutputTensor(of: l, network: net, readsUInt8: readsUInt8).flatMap { spec.activation($0) }
+                    // (Weights from the cache were packed for the same ISA; were they not, FP32 rows stay correct.)
+                    if int4UInt8.contains(l), q.acceptsUInt8, let input = spec.activation(l) {
+                        enter(input)
+                        let out = uint8Output(of: l)
                         steps.append(.int4Dense(q, fused.fused, input: input, output: out))
                         domain = out
                     } else {

@@ -72,7 +72,8 @@ public enum Quantizer {
     /// A quantized model with the given precision per weighted layer (others FP32).
     public static func build(_ network: Network, activations: [String: QuantParams], precisions: [Int: LayerPrecision],
                              method: CalibrationMethod, calibrationRows: Int, int4Group: Int = 32,
-                             adaptive: AdaptivePrecision? = nil, reduceRange: Bool = false) -> QuantizedModel {
+                             adaptive: AdaptivePrecision? = nil, reduceRange: Bool = false,
+                             int4Activations: Int4Activations = .calibrated) -> QuantizedModel {
         var entries: [QuantizationSpec.LayerEntry] = []
         var int8: [Int: Int8ChannelWeights] = [:], int4: [Int: Int4GroupWeights] = [:]
         for (l, layer) in network.layers.enumerated() {
@@ -98,7 +99,7 @@ public enum Quantizer {
             }
         }
         let spec = QuantizationSpec(method: method, calibrationRows: calibrationRows, activations: activations, layers: entries,
-                                    adaptive: adaptive, reduceRange: reduceRange && !int8.isEmpty)
+                                    adaptive: adaptive, reduceRange: reduceRange && !int8.isEmpty, int4Activations: int4Activations)
         return QuantizedModel(network: network, spec: spec, int8: int8, int4: int4)
     }
 
@@ -106,20 +107,22 @@ public enum Quantizer {
     /// adaptive-precision threshold is measured on the same rows against the FP32 network. What
     /// agentd runs to quantize a file on first start and to re-quantize a local update.
     public static func calibrated(_ network: Network, rows: DataSet, method: CalibrationMethod, precisions: [Int: LayerPrecision],
-                                  int4Group: Int = 32, adaptive: Bool, reduceRange: Bool = false) -> QuantizedModel {
+                                  int4Group: Int = 32, adaptive: Bool, reduceRange: Bool = false,
+                                  int4Activations: Int4Activations = .calibrated) -> QuantizedModel {
         let params = activationParams(histograms(network, rows), network: network, method: method)
         let plain = build(network, activations: params, precisions: precisions, method: method, calibrationRows: rows.count,
-                          int4Group: int4Group, reduceRange: reduceRange)
+                          int4Group: int4Group, reduceRange: reduceRange, int4Activations: int4Activations)
         guard adaptive else { return plain }
         let q = QuantizedPlan(model: plain, batchCapacity: 64, adaptive: .off).predict(rows.features)
         let f = ExecutionPlan(network: network, batchCapacity: 64).predict(rows.features)
         let threshold = Sensitivity.adaptiveThreshold(quantized: q, reference: f, classes: network.outputCount)
         return build(network, activations: params, precisions: precisions, method: method, calibrationRows: rows.count,
-                     int4Group: int4Group, adaptive: threshold, reduceRange: reduceRange)
+                     int4Group: int4Group, adaptive: threshold, reduceRange: reduceRange, int4Activations: int4Activations)
     }
 
     /// Re-quantizes `network` as `like` was: its method, each layer's precision, its INT4 group,
-    /// its weight range and whether it had an adaptive threshold, calibrated anew on `rows`. With fewer rows than
+    /// its weight range, how its INT4 layers quantize their inputs and whether it had an adaptive
+    /// threshold, calibrated anew on `rows`. With fewer rows than
     /// `minimumCalibrationRows` the weights are quantized anew and `like`'s activation ranges
     /// (and adaptive threshold) are kept.
     public static func requantize(_ network: Network, like: QuantizedModel, rows: DataSet) -> QuantizedModel {
@@ -129,10 +132,11 @@ public enum Quantizer {
         guard rows.count >= minimumCalibrationRows else {
             return build(network, activations: like.spec.activations, precisions: precisions, method: like.spec.method,
                          calibrationRows: like.spec.calibrationRows, int4Group: group, adaptive: like.spec.adaptive,
-                         reduceRange: like.spec.reduceRange == true)
+                         reduceRange: like.spec.reduceRange == true, int4Activations: like.spec.int4ActivationsOrDefault)
         }
         return calibrated(network, rows: rows, method: like.spec.method, precisions: precisions, int4Group: group,
-                          adaptive: like.spec.adaptive != nil, reduceRange: like.spec.reduceRange == true)
+                          adaptive: like.spec.adaptive != nil, reduceRange: like.spec.reduceRange == true,
+                          int4Activations: like.spec.int4ActivationsOrDefault)
     }
 
     /// The weighted layers (dense, conv2d) of a network.

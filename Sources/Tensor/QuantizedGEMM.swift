@@ -181,9 +181,10 @@ public final class QuantizedEpilogue: @unchecked Sendable {
 }
 
 /// INT4 dense: group-wise INT4 weights packed in 16-output panels (half a byte a weight) and
-/// widened a panel at a time in the kernel. On AVX-512 VNNI the arithmetic is integer with each
-/// row quantized to UINT8 (W4A8), on AVX2 with each row quantized to int16 (W4A16, see
-/// `edge_q4_gemm`); on the portable path it is FP32 (weight-only).
+/// widened a panel at a time in the kernel. On AVX-512 VNNI the arithmetic is integer with UINT8
+/// activations (W4A8): rows already UINT8 with calibrated parameters (`multiply(rows:uint8:…)`),
+/// or each FP32 row quantized over its own range; on AVX2 with each row quantized to int16
+/// (W4A16, see `edge_q4_gemm`); on the portable path it is FP32 (weight-only).
 /// `KernelISA.int4Kernel` names which.
 public final class PackedInt4Weights: @unchecked Sendable {
     public let outputs: Int
@@ -236,28 +237,28 @@ public final class PackedInt4Weights: @unchecked Sendable {
 
     /// Whether `multiply(rows:uint8:…)` runs for these weights: W4A8 (AVX-512 VNNI) with groups of
     /// whole k-quads, which files' groups (32, 64, 128) always are.
-    public var readsUInt8: Bool { Self.readsUInt8(isa: isa, group: group) }
+    public var acceptsUInt8: Bool { Self.acceptsUInt8(isa: isa, group: group) }
 
     /// The same for weights of `group` packed for `isa`.
-    public static func readsUInt8(isa: KernelISA = .best, group: Int) -> Bool { edge_q4_reads_u8(isa.c, Int32(group)) != 0 }
+    public static func acceptsUInt8(isa: KernelISA = .best, group: Int) -> Bool { edge_q4_u8_supported(isa.c, Int32(group)) != 0 }
 
     /// W4A8 with static activations: UINT8 rows standing for `inputScale · (x − inputZeroPoint)`,
     /// read in 4-byte quads up to 3 bytes past `inputs` (which the last row must have readable);
     /// `output` FP32 after the activation, or UINT8 quantized with `outputScale` and
-    /// `outputZeroPoint` after it. Only where `readsUInt8`.
+    /// `outputZeroPoint` after it. Only where `acceptsUInt8`.
     public func multiply(rows: Int, uint8 x: UnsafePointer<UInt8>, ldx: Int, inputScale: Float, inputZeroPoint: Int32,
                          output: QuantizedOutput, outputScale: Float = 1, outputZeroPoint: Int32 = 0, ldy: Int,
                          activation: FusedActivation, scratch: UnsafeMutablePointer<Float>) {
-        precondition(readsUInt8, "UINT8 rows need the W4A8 path with groups of whole quads")
         let (act, alpha) = activation.c
+        let status: Int32
         switch output {
         case .float(let y):
-            edge_q4_gemm_u8(isa.c, Int32(rows), Int32(outputs), Int32(inputs), Int32(group), x, Int32(ldx), inputScale, inputZeroPoint,
-                            storage, y, nil, Int32(ldy), act, alpha, scratch)
+            status = edge_q4_gemm_u8(isa.c, Int32(rows), Int32(outputs), Int32(inputs), Int32(group), x, Int32(ldx), inputScale, inputZeroPoint,
+                                     storage, y, Int32(ldy), act, alpha, scratch)
         case .uint8(let y):
-            var out = edge_q4_u8_output(y: y, inv_scale: 1 / outputScale, zero_point: outputZeroPoint)
-            edge_q4_gemm_u8(isa.c, Int32(rows), Int32(outputs), Int32(inputs), Int32(group), x, Int32(ldx), inputScale, inputZeroPoint,
-                            storage, nil, &out, Int32(ldy), act, alpha, scratch)
+            status = edge_q4_gemm_u8_requant(isa.c, Int32(rows), Int32(outputs), Int32(inputs), Int32(group), x, Int32(ldx), inputScale,
+                                             inputZeroPoint, storage, y, Int32(ldy), 1 / outputScale, outputZeroPoint, act, alpha, scratch)
         }
+        precondition(status == 0, "UINT8 rows need INT4 weights packed for W4A8 with groups of whole quads")
     }
 }

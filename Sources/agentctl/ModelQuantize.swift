@@ -14,9 +14,11 @@ struct Quantize: ParsableCommand {
             with a zero point (zero point 0 and all 256 levels for tensors that are never negative);
             INT32 accumulation; FP32 requantization; ReLU/ReLU6 fused into the clamp.
             INT4 (dense layers): groups of --group inputs with one scale each; integer arithmetic
-            with each row of activations quantized to UINT8 on AVX-512 VNNI (W4A8) or to int16 on
-            AVX2 (W4A16), elsewhere FP32 arithmetic on INT4 weights (weight-only); conv2d layers
-            stay INT8.
+            on AVX-512 VNNI with UINT8 activations (W4A8: the calibrated parameters of each input,
+            as INT8 layers, recorded as int4_activations "static"; files written before that
+            quantize each row over its own range), on AVX2 with each row quantized to int16
+            (W4A16), elsewhere FP32 arithmetic on INT4 weights (weight-only); conv2d layers stay
+            INT8.
 
             The calibration CSV is split as 'train' splits: every 5th row is held out to measure
             FP32 vs quantized accuracy and agreement; the other rows calibrate (at least 32).

@@ -142,6 +142,10 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         let directions = randomTensor([2, 48], &rng)
         let projection = EmbeddingProjection(layer: 2, directions: directions)
         let plan = QuantizedPlan(model: model, batchCapacity: 64, embedding: projection)
+        if head == .int4, Self.staticInt4 {
+            // Back to CHW in UINT8, then the INT4 layer reads it (and the tap dequantizes it).
+            #expect(plan.stepNames.suffix(2) == ["uint8 to channels first", "int4 dense (uint8 in)"], "\(plan.stepNames)")
+        }
         let q = plan.predict(data.features)
         let fp32 = ExecutionPlan(network: net, batchCapacity: 64, embedding: projection)
         let f = fp32.predict(data.features)
@@ -197,8 +201,7 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
     /// quantizing between them), an INT8 layer before one writes UINT8 into it, and the scores
     /// stay as close to FP32 as those of the plan that quantizes each row on its own; one row at a
     /// time gives the same scores as the batch.
-    @Test func int4LayersReadCalibratedUInt8OnW4A8() throws {
-        try #require(PackedInt4Weights.readsUInt8(group: 32), "needs AVX-512 VNNI")
+    @Test(.enabled(if: staticInt4)) func int4LayersReadCalibratedUInt8OnW4A8() throws {
         let net = try Architecture.build("mlp:16-64-64-48-4", seed: 6)
         let data = rows(200, features: 16, seed: 7)
         let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .minmax)
@@ -222,6 +225,35 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
             #expect(cq.agreement >= 0.9 && cq.agreement >= cd.agreement - 0.03, "agreement static \(cq.agreement), per row \(cd.agreement)")
             #expect(QuantizedPlan(model: model, batchCapacity: 1).predict(data.features) == q)
         }
+    }
+
+    /// Whether INT4 layers read calibrated UINT8 here: the W4A8 kernel, and EDGE_INT4_STATIC not 0.
+    static var staticInt4: Bool {
+        PackedInt4Weights.acceptsUInt8(group: 32) && ProcessInfo.processInfo.environment["EDGE_INT4_STATIC"] != "0"
+    }
+
+    /// Files written before `int4_activations` existed (absent), and files that ask for
+    /// `per-row`, keep quantizing each FP32 row of their INT4 layers, whatever the CPU; so does a
+    /// requantization after learning, which keeps the file's choice.
+    @Test func int4LayersOfOlderFilesQuantizeEachRow() throws {
+        let net = try Architecture.build("mlp:16-64-64-4", seed: 6)
+        let data = rows(100, features: 16, seed: 7)
+        let model = quantize(net, data, precision: .int4)
+        #expect(model.spec.int4Activations == .calibrated)
+        guard case .object(let section) = model.spec.json else { Issue.record("not an object"); return }
+        #expect(section["int4_activations"] == .string("static"), "\(section)")
+        for choice in [nil, Int4Activations.perRow] {
+            var spec = model.spec
+            spec.int4Activations = choice
+            let old = QuantizedModel(network: net, spec: spec, int8: model.int8, int4: model.int4)
+            let plan = QuantizedPlan(model: old, batchCapacity: 8)
+            #expect(plan.stepNames.filter { $0.contains("dense") } == ["int4 dense", "int4 dense", "int4 dense"], "\(plan.stepNames)")
+            let again = Quantizer.requantize(net, like: old, rows: data)
+            #expect(again.spec.int4Activations == .perRow)
+        }
+        #expect(Quantizer.requantize(net, like: model, rows: data).spec.int4Activations == .calibrated)
+        // A file with no INT4 layer records nothing.
+        #expect(quantize(net, data, precision: .int8).spec.int4Activations == nil)
     }
 
     /// A file without the input parameters of an INT4 layer is accepted: that layer quantizes each
@@ -517,6 +549,8 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         try check({ $0.layers[0].weightScale = "fc1.weight" }, "has shape [4, 4], expected [4]")
         try check({ $0.layers[0].layer = 1 }, "is not a dense or conv2d layer")
         try check({ $0.activations["0"] = QuantParams(scale: -1, zeroPoint: 0) }, "out of range")
+        // A scale whose reciprocal overflows would quantize a zero as NaN (0 · inf).
+        try check({ $0.activations["0"] = QuantParams(scale: 1e-45, zeroPoint: 0) }, "out of range")
         try check({ $0.layers[0].weight = "fc1.weight" }, "is F32, expected I8")
         // The first layer's ReLU output feeds the second INT8 layer as UINT8: it needs parameters
         // (without them the second layer once quantized the UINT8 buffer as if it held floats).
@@ -528,6 +562,12 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
             guard case .object(var section) = model.spec.json else { Issue.record("not an object"); return }
             section["reduce_range"] = hostile
             try check(json: .object(section), "reduce_range")
+        }
+        // So is int4_activations: "static" or "per-row", nothing else.
+        for hostile in [JSONValue.string("dynamic"), .string(""), .number(1), .bool(true)] {
+            guard case .object(var section) = model.spec.json else { Issue.record("not an object"); return }
+            section["int4_activations"] = hostile
+            try check(json: .object(section), "int4_activations")
         }
     }
 
@@ -547,12 +587,15 @@ func quantize(_ net: Network, _ data: DataSet, method: CalibrationMethod = .minm
         let params = Quantizer.activationParams(Quantizer.histograms(net, data), network: net, method: .minmax)
         let model = Quantizer.build(net, activations: params, precisions: [0: .int8, 2: next], method: .minmax, calibrationRows: 200)
         let f = ExecutionPlan(network: net, batchCapacity: 16).predict(data.features)
-        // INT4 reads UINT8 on W4A8 (the clamp is then the epilogue's); per row, as here, it reads FP32.
-        let plan = QuantizedPlan(model: model, batchCapacity: 16, int4StaticActivations: false)
-        #expect(plan.stepNames.contains("int8 dense -> fp32"), "\(plan.stepNames)")
-        let c = Sensitivity.compare(plan.predict(data.features), reference: f, classes: 4, labels: nil)
-        // INT4 weights alone cost about 20 dB here; an unclamped ReLU6 costs far more (under 10 dB).
-        #expect(c.sqnr > (next == .int4 ? 15 : 25), "\(next): SQNR \(c.sqnr) dB")
+        // INT4 per row reads FP32, as FP32 does; on W4A8 with calibrated inputs it reads UINT8 and
+        // the clamp at 6 is the INT8 epilogue's upper bound instead.
+        for staticInt4 in next == .int4 && Self.staticInt4 ? [false, true] : [false] {
+            let plan = QuantizedPlan(model: model, batchCapacity: 16, int4StaticActivations: staticInt4)
+            #expect(plan.stepNames.contains(staticInt4 ? "int8 dense" : "int8 dense -> fp32"), "\(plan.stepNames)")
+            let c = Sensitivity.compare(plan.predict(data.features), reference: f, classes: 4, labels: nil)
+            // INT4 weights alone cost about 20 dB here; an unclamped ReLU6 costs far more (under 10 dB).
+            #expect(c.sqnr > (next == .int4 ? 15 : 25), "\(next) static \(staticInt4): SQNR \(c.sqnr) dB")
+        }
     }
 
     /// A huge bias over a small accumulator scale, and a ReLU6 after a zero-width activation range

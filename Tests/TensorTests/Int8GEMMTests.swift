@@ -373,7 +373,7 @@ import Testing
         let (rows, outputs, inputs, group) = shape
         let (q, scales, bias, _, w) = int4Case(shape, seed: 47, isa: .avx512vnni)
         let groups = w.groups, ldy = outputs + 2
-        #expect(w.weights.readsUInt8)
+        #expect(w.weights.acceptsUInt8)
         var rng = SeededGenerator(seed: UInt64(rows * 1000 + inputs))
         // Odd shapes read rows packed (ldx = inputs), the others rows 3 bytes apart.
         let ldx = rows % 2 == 1 ? inputs : inputs + 3
@@ -428,11 +428,11 @@ import Testing
 
     /// Where the static W4A8 path runs: VNNI weights with groups of whole quads; not with groups
     /// of 2 or 6, nor for weights packed for AVX2 or the portable path (whose multiply would refuse).
-    @Test func int4ReadsUInt8OnlyOnW4A8WithQuadGroups() {
+    @Test func int4AcceptsUInt8OnlyOnW4A8WithQuadGroups() {
         for isa in [KernelISA.portable, .avx2, .avx512, .avx512vnni] where isa.isSupported {
             for group in [2, 4, 6, 32, 128] {
                 let expected = isa == .avx512vnni && group % 4 == 0
-                #expect(PackedInt4Weights.readsUInt8(isa: isa, group: group) == expected, "\(isa) group \(group)")
+                #expect(PackedInt4Weights.acceptsUInt8(isa: isa, group: group) == expected, "\(isa) group \(group)")
             }
         }
     }

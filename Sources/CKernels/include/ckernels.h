@@ -177,20 +177,17 @@ void edge_q4_gemm(edge_isa isa, int rows, int outputs, int inputs, int group, co
 /// parameters: rows of UINT8 x (ldx bytes apart) that stand for x_scale · (x − x_zero_point), so
 /// nothing is quantized per row, and the same sums as edge_q4_gemm's W4A8 path with step = x_scale
 /// and z = x_zero_point. A row is read in 4-byte quads up to 3 bytes past `inputs` (those bytes
-/// meet zero weights; the last row's must be readable). The results go to y as FP32 after the
-/// activation, or, where out is given, to out->y as UINT8: the activation, then round half to even
-/// of v · inv_scale, + zero_point, clamped to 0…255 (NaN to 0), as edge_quantize_u8. Only where
-/// edge_q4_reads_u8 (AVX-512 VNNI weights with groups of whole quads); elsewhere it does nothing.
-/// Scratch as edge_q4_gemm's.
-typedef struct {
-    uint8_t *y;
-    float inv_scale;
-    int32_t zero_point;
-} edge_q4_u8_output;
-int edge_q4_reads_u8(edge_isa isa, int group);
-void edge_q4_gemm_u8(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
-                     int32_t x_zero_point, const void *packed, float *y, const edge_q4_u8_output *out, int ldy, edge_activation act,
-                     float alpha, float *scratch);
+/// meet zero weights; the last row's must be readable). edge_q4_gemm_u8 writes FP32 after the
+/// activation; edge_q4_gemm_u8_requant UINT8: the activation, then round half to even of
+/// v · y_inv_scale, + y_zero_point, clamped to 0…255 (NaN to 0), as edge_quantize_u8. Both run
+/// only where edge_q4_u8_supported (weights packed for AVX-512 VNNI, groups of whole quads) and
+/// otherwise return −1 having written nothing; 0 when done. Scratch as edge_q4_gemm's.
+int edge_q4_u8_supported(edge_isa isa, int group);
+int edge_q4_gemm_u8(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
+                    int32_t x_zero_point, const void *packed, float *y, int ldy, edge_activation act, float alpha, float *scratch);
+int edge_q4_gemm_u8_requant(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
+                            int32_t x_zero_point, const void *packed, uint8_t *y, int ldy, float y_inv_scale, int32_t y_zero_point,
+                            edge_activation act, float alpha, float *scratch);
 
 /// dst[c][r] = src[r][c] for a rows × cols matrix (CHW ↔ HWC of one sample).
 void edge_transpose(const float *src, int rows, int cols, float *dst);
