@@ -53,7 +53,7 @@ public final class Int4WeightFakeQuantizer {
     public func attach(to trainer: Trainer) {
         trainer.beforeForward = { self.quantizeWeights() }
         trainer.beforeStep = { self.restoreWeights() }
-        // The test accuracy printed per epoch is the INT4 network's, as `quantize` will make it.
+        // The test accuracy printed per epoch is the INT4 weights' as `quantize` will make them (activations FP32).
         trainer.beforeEvaluation = { self.quantizeWeights() }
         trainer.afterEvaluation = { self.restoreWeights() }
     }
