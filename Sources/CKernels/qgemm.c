@@ -398,10 +398,7 @@ static inline TAVX2 __attribute__((always_inline)) void store_u8_part(uint8_t *y
 
 /// The requantization of 8 sums (outputs o0 … o0+7) to 8 INT32 codes, clamped.
 static inline TAVX2 __attribute__((always_inline)) __m256i requantize8_avx2(__m256 v, const edge_q8_epilogue *ep) {
-    __m256 lo = _mm256_set1_ps(-1073741824.0f), hi = _mm256_set1_ps(1073741824.0f);
-    // cvtps rounds half to even (MXCSR default), as nearbyintf does.
-    __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi)), _mm256_set1_epi32(ep->zero_point));
-    return _mm256_min_epi32(_mm256_max_epi32(q, _mm256_set1_epi32(ep->qmin)), _mm256_set1_epi32(ep->qmax));
+    return edge_quantize256(v, _mm256_set1_epi32(ep->zero_point), _mm256_set1_epi32(ep->qmin), _mm256_set1_epi32(ep->qmax));
 }
 
 /// (acc + bias) · scale lane by lane, then the leaky slope: every AVX2 epilogue's arithmetic.
@@ -1049,27 +1046,25 @@ EDGE_T512 static void quantize_avx512(const float *x, size_t n, float inv, int32
 #endif
 
 #if defined(__x86_64__)
-// cvtps rounds half to even (the default MXCSR mode, as nearbyintf); the two saturating packs clamp
-// to [0, 255]; a NaN meets max_ps's second operand first and becomes the lower bound, as in C.
-static inline TAVX2 __attribute__((always_inline)) __m256i quantize8_avx2(const float *x, __m256 vi, __m256 lo,
-                                                                           __m256 hi, __m256i z) {
-    __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(x), vi), lo), hi);
-    return _mm256_add_epi32(_mm256_cvtps_epi32(v), z);
+// edge_quantize256's rule; the codes are 0…255 already, so the two saturating packs only narrow them.
+static inline TAVX2 __attribute__((always_inline)) __m256i quantize8_avx2(const float *x, __m256 vi, __m256i z, __m256i q0, __m256i q255) {
+    return edge_quantize256(_mm256_mul_ps(_mm256_loadu_ps(x), vi), z, q0, q255);
 }
 
 TAVX2 static void quantize_avx2(const float *x, size_t n, float inv, int32_t zp, uint8_t *y) {
-    __m256 vi = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-1073741824.0f), hi = _mm256_set1_ps(1073741824.0f);
-    __m256i z = _mm256_set1_epi32(zp), order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256 vi = _mm256_set1_ps(inv);
+    __m256i z = _mm256_set1_epi32(zp), q0 = _mm256_setzero_si256(), q255 = _mm256_set1_epi32(255);
+    __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     size_t i = 0;
     for (; i + 32 <= n; i += 32) {
-        __m256i a = quantize8_avx2(x + i, vi, lo, hi, z), b = quantize8_avx2(x + i + 8, vi, lo, hi, z);
-        __m256i c = quantize8_avx2(x + i + 16, vi, lo, hi, z), d = quantize8_avx2(x + i + 24, vi, lo, hi, z);
+        __m256i a = quantize8_avx2(x + i, vi, z, q0, q255), b = quantize8_avx2(x + i + 8, vi, z, q0, q255);
+        __m256i c = quantize8_avx2(x + i + 16, vi, z, q0, q255), d = quantize8_avx2(x + i + 24, vi, z, q0, q255);
         // packs/packus work within 128-bit lanes: the bytes come out as 4-byte groups a0 b0 c0 d0 a1 b1 c1 d1.
         __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
         _mm256_storeu_si256((__m256i *)(y + i), _mm256_permutevar8x32_epi32(bytes, order));
     }
     for (; i + 8 <= n; i += 8) {
-        __m256i a = quantize8_avx2(x + i, vi, lo, hi, z);
+        __m256i a = quantize8_avx2(x + i, vi, z, q0, q255);
         __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
         _mm_storel_epi64((__m128i *)(y + i), _mm_packus_epi16(words, words));
     }

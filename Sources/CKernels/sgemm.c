@@ -13,6 +13,13 @@
 #include <math.h>
 #include <string.h>
 
+/// Where a W4A8 tile writes UINT8 (y NULL: it writes FP32), and how it quantizes.
+typedef struct {
+    uint8_t *y;
+    float inv_scale;
+    int32_t zero_point;
+} q4v_output;
+
 #define PANEL 16
 
 size_t edge_sgemm_packed_floats(int outputs, int inputs) {
@@ -872,13 +879,6 @@ static TQ4V void q4v_unpack_panel(const uint8_t *nib, int quads, int8_t *dst) {
     }
 }
 
-/// Where a W4A8 tile writes UINT8 (y NULL: it writes FP32), and how it quantizes.
-typedef struct {
-    uint8_t *y;
-    float inv_scale;
-    int32_t zero_point;
-} q4v_output;
-
 /// UINT8 output rows (ldy apart) from the tile's FP32 results: the activation, then as
 /// edge_quantize_u8: round half to even of v·(1/scale), + zero point, clamped to 0…255 (NaN to 0).
 static inline TQ4V __attribute__((always_inline)) void q4v_store_u8(const int MR, const int NP, __m512 f[][2], const q4v_output *out,
@@ -1036,32 +1036,32 @@ const char *edge_q4_kernel_name(edge_isa isa) {
 
 int edge_q4_u8_supported(edge_isa isa, int group) { return q4_integer(isa) == 2 && group % 4 == 0; }
 
-int edge_q4_gemm_u8(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
-                    int32_t x_zero_point, const void *packed, float *y, int ldy, edge_activation act, float alpha, float *scratch) {
+/// Both UINT8-row entry points: −1 where W4A8 does not run, else 0 (having written y or out->y).
+static int q4_gemm_u8(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
+                      int32_t x_zero_point, const void *packed, float *y, const q4v_output *out, int ldy, edge_activation act,
+                      float alpha, float *scratch) {
     if (!edge_q4_u8_supported(isa, group)) return -1;
     if (rows <= 0 || outputs <= 0) return 0;
 #if defined(__x86_64__)
-    const q4v_output none = {NULL, 0, 0};
-    q4_gemm_vnni_u8(rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, y, &none, ldy, act, alpha, scratch);
+    q4_gemm_vnni_u8(rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, y, out, ldy, act, alpha, scratch);
 #else
-    (void)inputs, (void)x, (void)ldx, (void)x_scale, (void)x_zero_point, (void)packed, (void)y, (void)ldy, (void)act, (void)alpha, (void)scratch;
+    (void)inputs, (void)x, (void)ldx, (void)x_scale, (void)x_zero_point, (void)packed, (void)y, (void)out, (void)ldy, (void)act, (void)alpha,
+        (void)scratch;
 #endif
     return 0;
+}
+
+int edge_q4_gemm_u8(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
+                    int32_t x_zero_point, const void *packed, float *y, int ldy, edge_activation act, float alpha, float *scratch) {
+    const q4v_output none = {NULL, 0, 0};
+    return q4_gemm_u8(isa, rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, y, &none, ldy, act, alpha, scratch);
 }
 
 int edge_q4_gemm_u8_requant(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
                             int32_t x_zero_point, const void *packed, uint8_t *y, int ldy, float y_inv_scale, int32_t y_zero_point,
                             edge_activation act, float alpha, float *scratch) {
-    if (!edge_q4_u8_supported(isa, group)) return -1;
-    if (rows <= 0 || outputs <= 0) return 0;
-#if defined(__x86_64__)
     const q4v_output out = {y, y_inv_scale, y_zero_point};
-    q4_gemm_vnni_u8(rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, NULL, &out, ldy, act, alpha, scratch);
-#else
-    (void)inputs, (void)x, (void)ldx, (void)x_scale, (void)x_zero_point, (void)packed, (void)y, (void)ldy, (void)y_inv_scale,
-        (void)y_zero_point, (void)act, (void)alpha, (void)scratch;
-#endif
-    return 0;
+    return q4_gemm_u8(isa, rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, NULL, &out, ldy, act, alpha, scratch);
 }
 
 void edge_q4_gemm(edge_isa isa, int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,

@@ -31,12 +31,18 @@ static inline EDGE_T256 __attribute__((always_inline)) __m256 edge_act256(__m256
     }
 }
 
-/// 16 values already divided by their scale to UINT8 codes in int32 lanes: clamped to ±2^30 (a
-/// NaN meets max_ps's second operand first and becomes −2^30), rounded half to even (MXCSR),
-/// + the zero point, clamped to [lo, hi] within 0…255. The one rule of every UINT8 output.
+/// 16 (or 8) values already divided by their scale to UINT8 codes in int32 lanes: clamped to
+/// ±2^30 (a NaN meets max_ps's second operand first and becomes −2^30), rounded half to even
+/// (MXCSR), + the zero point, clamped to [lo, hi] within 0…255. The rule of every vector UINT8
+/// output on x86 (the scalar one is edge_quantize_u8's portable loop, NEON its own).
 static inline EDGE_T512 __attribute__((always_inline)) __m512i edge_quantize512(__m512 v, __m512i zero_point, __m512i lo, __m512i hi) {
     v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-1073741824.0f)), _mm512_set1_ps(1073741824.0f));
     return _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(v), zero_point), lo), hi);
+}
+
+static inline EDGE_T256 __attribute__((always_inline)) __m256i edge_quantize256(__m256 v, __m256i zero_point, __m256i lo, __m256i hi) {
+    v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-1073741824.0f)), _mm256_set1_ps(1073741824.0f));
+    return _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(v), zero_point), lo), hi);
 }
 
 /// The AVX2 mask of lanes 0 … n − 1 (maskload, maskstore).
