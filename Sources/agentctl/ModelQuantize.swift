@@ -182,10 +182,12 @@ struct Quantize: ParsableCommand {
                 let entry = model.spec.layers.first { $0.layer == l }
                 let p = entry?.precision ?? .fp32
                 let scales = model.int8[l]?.scales ?? model.int4[l]?.scales
+                // The input scale a layer runs with: INT8's, and static INT4's (on W4A8).
+                let staticInput = p == .int8 || (p == .int4 && model.spec.int4ActivationsOrDefault == .calibrated)
                 let fused = l + 1 < network.layers.count && network.layers[l + 1].kind.activation != nil
                 let outTensor = fused ? l + 2 : l + 1
                 return LayerRow(layer: l, op: network.layers[l].name, precision: p.rawValue, weightScaleMin: scales?.min(),
-                                weightScaleMax: scales?.max(), inputScale: p == .int8 ? activations[String(l)]?.scale : nil,
+                                weightScaleMax: scales?.max(), inputScale: staticInput ? activations[String(l)]?.scale : nil,
                                 outputThreshold: activations[String(outTensor)]?.range.upperBound,
                                 sqnrDB: sensitivity[l]?.sqnr, accuracyDropAlone: sensitivity[l]?.drop, note: entry?.note)
             }

@@ -29,6 +29,8 @@ import Testing
         #expect(try #require(report["agreement"] as? Double) >= agreement)
         let layers = try #require(report["layers"] as? [[String: Any]])
         #expect(layers.count == 3 && layers.allSatisfy { $0["precision"] as? String == precision })
+        // INT8 layers, and INT4 ones with static activations (what quantize writes), report their input scale.
+        #expect(layers.allSatisfy { ($0["inputScale"] as? Double).map { $0 > 0 } == true }, "\(layers)")
         // The file runs quantized without recalibration, and can be forced back to FP32.
         let eval = try json(try Agentctl.run(["model", "eval", out, "--data", Agentctl.digits, "--test-split", "--json"]).stdout)
         #expect(eval["precision"] as? String == precision)
