@@ -108,11 +108,29 @@ static void im2row_bytes(const unsigned char *x, size_t cb, int height, int widt
         // (the image row below exists, since this is not the last kernel row); the 8 bytes of
         // slack asked for past the image are only a second guard.
         int wide = run >= 4 && run < 8 && (size_t)hp * pline + 8 <= PADDED_ROW_BYTES;
+        // A run of 1 to 3 bytes (a 3-tap single-channel window) is one 4-byte move for every kernel
+        // row: past the run, the bytes land in the next kernel row's run, written after it, or, for
+        // the last kernel row, in the row's pad bytes, and that move carries `pad` there instead of
+        // image bytes (the window's bytes in memory order are the word's low ones: little-endian,
+        // as every target is). Its reads past the last window stay in the 4 bytes after the image,
+        // set to `pad`. (copy_small's three byte moves a run were half the im2row of the 8x8 CNN's
+        // first convolution.)
+        int narrow = run < 4 && (size_t)(kh - 1) * run + 4 <= ldrow && (size_t)hp * pline + 4 <= PADDED_ROW_BYTES;
+        if (narrow) fill_small(img + (size_t)hp * pline, pad, 4);
+        const uint32_t runMask = narrow ? 0xFFFFFFFFu >> (8 * (4 - run)) : 0, padWord = (uint32_t)pad * 0x01010101u;
         for (int oy = 0; oy < oh; oy++)
             for (int ky = 0; ky < kh; ky++) {
                 unsigned char *d = rows + (size_t)oy * ow * ldrow + (size_t)ky * run;
                 const unsigned char *src = img + (size_t)(oy * sh + ky) * pline;
-                if (wide && ky + 1 < kh)
+                if (narrow) {
+                    uint32_t keep = ky + 1 < kh ? 0xFFFFFFFFu : runMask, fill = padWord & ~keep;
+                    for (int ox = 0; ox < ow; ox++) {
+                        uint32_t v;
+                        memcpy(&v, src + (size_t)ox * sw * cb, 4);
+                        v = (v & keep) | fill;
+                        memcpy(d + (size_t)ox * ldrow, &v, 4);
+                    }
+                } else if (wide && ky + 1 < kh)
                     for (int ox = 0; ox < ow; ox++) memcpy(d + (size_t)ox * ldrow, src + (size_t)ox * sw * cb, 8);
                 else
                     for (int ox = 0; ox < ow; ox++) copy_small(d + (size_t)ox * ldrow, src + (size_t)ox * sw * cb, run);

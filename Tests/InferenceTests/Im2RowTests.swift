@@ -47,6 +47,10 @@ import Testing
         Shape(channels: 2, height: 6, width: 9, kernelH: 3, kernelW: 1, stride: 2, pad: 0),
         Shape(channels: 5, height: 4, width: 4, kernelH: 4, kernelW: 4, stride: 1, pad: 0),
         Shape(channels: 1, height: 3, width: 9, kernelH: 1, kernelW: 3, stride: 1, pad: 1),  // 1- to 3-value runs
+        // UINT8 runs of 1 to 3 bytes moved as 4 (the last kernel row's extra bytes are pad): the
+        // 8x8 CNN's first convolution (9 taps, 3 pad bytes), 3 channels one tap wide, 2 channels.
+        Shape(channels: 1, height: 8, width: 8, kernelH: 3, kernelW: 3, stride: 1, pad: 1),
+        Shape(channels: 3, height: 5, width: 5, kernelH: 2, kernelW: 1, stride: 1, pad: 1),
         // Strides and paddings that differ along the two axes (no padding along one).
         Shape(channels: 2, height: 9, width: 7, kernelH: 3, kernelW: 2, stride: 2, pad: 0, strideW: 1, padW: 1),
         Shape(channels: 3, height: 6, width: 10, kernelH: 2, kernelW: 3, stride: 1, pad: 2, strideW: 3, padW: 0),
