@@ -63,6 +63,9 @@ static inline __attribute__((always_inline)) void fill_small(unsigned char *d, u
 
 enum { PADDED_ROW_BYTES = 32768 };
 
+// im2row_bytes moves short UINT8 runs as 4-byte words whose low bytes come first in memory.
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "im2row_bytes's 4-byte moves assume a little-endian target");
+
 /// im2row on bytes: a pixel is `cb` bytes (its channels), the padding a repeated byte (0 for
 /// FP32's 0.0, the zero point for UINT8), a row of `rows` is `ldrow` bytes (the taps, then the
 /// pad byte up to ldrow). Every window is one copy of kw·cb bytes from a padded copy of the input
