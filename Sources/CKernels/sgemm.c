@@ -13,12 +13,16 @@
 #include <math.h>
 #include <string.h>
 
-/// Where a W4A8 tile writes UINT8 (y NULL: it writes FP32), and how it quantizes.
+/// Where a W4A8 call writes: FP32 rows into yf, or (yf NULL) UINT8 rows into yu quantized with
+/// inv_scale and zero_point; both ldy apart.
 typedef struct {
-    uint8_t *y;
+    float *yf;
+    uint8_t *yu;
     float inv_scale;
     int32_t zero_point;
+    int ldy;
 } q4v_output;
+
 
 #define PANEL 16
 
@@ -711,7 +715,8 @@ static T256 void q4_gemm_avx2(int rows, int outputs, int inputs, int group, cons
 // UINT8 with one calibrated scale and zero point (q4_gemm_vnni_u8, a plan's static activations)
 // go straight to the tiles; otherwise a block of up to Q4_ROWS FP32 rows is quantized to UINT8,
 // asymmetric per row over a range that holds 0 (scale s = (hi − lo)/255, zero point
-// z = round(−lo/s), as ONNX Runtime's dynamic quantization). Each panel's nibbles are unpacked into `scratch` as INT8 k-quads. A group is
+// z = round(−lo/s), as ONNX Runtime's dynamic quantization). Each panel's nibbles are unpacked
+// into `scratch` as INT8 k-quads. A group is
 // padded to whole quads (a group of 2, 6, … gets zero weights), so per group the sums are exact
 // INT32, then converted and multiplied by the group's 16 scales into FP32 accumulators. The zero
 // point comes off at the end: Σ_g sc_g·Σ_k (u_k − z)·q_k = F − z·C with C = Σ_g sc_g·Σ_k q_k,
@@ -882,7 +887,7 @@ static TQ4V void q4v_unpack_panel(const uint8_t *nib, int quads, int8_t *dst) {
 /// UINT8 output rows (ldy apart) from the tile's FP32 results: the activation, then as
 /// edge_quantize_u8: round half to even of v·(1/scale), + zero point, clamped to 0…255 (NaN to 0).
 static inline TQ4V __attribute__((always_inline)) void q4v_store_u8(const int MR, const int NP, __m512 f[][2], const q4v_output *out,
-                                                                   int ldy, int cols, edge_activation act, __m512 alpha) {
+                                                                   int cols, edge_activation act, __m512 alpha) {
     const __m512 vi = _mm512_set1_ps(out->inv_scale);
     const __m512i z = _mm512_set1_epi32(out->zero_point), q0 = _mm512_setzero_si512(), q255 = _mm512_set1_epi32(255);
     for (int p = 0; p < NP; p++) {
@@ -890,7 +895,7 @@ static inline TQ4V __attribute__((always_inline)) void q4v_store_u8(const int MR
         if (n <= 0) break;
         __mmask16 mask = n >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
         for (int r = 0; r < MR; r++)
-            _mm512_mask_cvtepi32_storeu_epi8(out->y + (size_t)r * ldy + p * PANEL, mask,
+            _mm512_mask_cvtepi32_storeu_epi8(out->yu + (size_t)r * out->ldy + p * PANEL, mask,
                                              edge_quantize512(_mm512_mul_ps(edge_act512(f[r][p], act, alpha), vi), z, q0, q255));
     }
 }
@@ -900,8 +905,8 @@ static inline TQ4V __attribute__((always_inline)) void q4v_store_u8(const int MR
 static inline TQ4V __attribute__((always_inline)) void q4v_tile(const int MR, const int NP, int inputs, int group, int kp,
                                                                const uint8_t *xq, const float *rs, const float *rz,
                                                                const int8_t *w, size_t wstride, const float *sc, size_t scstride,
-                                                               const float *csum, const float *bias, float *y, const q4v_output *out,
-                                                               int ldy, int cols, edge_activation act, __m512 alpha) {
+                                                               const float *csum, const float *bias, const q4v_output *out, int cols,
+                                                               edge_activation act, __m512 alpha) {
     __m512 f[Q4V_MR1][2];
     for (int r = 0; r < MR; r++) f[r][0] = f[r][1] = _mm512_setzero_ps();
     int qk = 0;  // quads done
@@ -925,24 +930,23 @@ static inline TQ4V __attribute__((always_inline)) void q4v_tile(const int MR, co
             f[r][p] = _mm512_fmadd_ps(t, _mm512_set1_ps(rs[r]), b);
         }
     }
-    if (out->y) {
-        q4v_store_u8(MR, NP, f, out, ldy, cols, act, alpha);
-        return;
-    }
-    store512(MR, NP, f, y, ldy, cols, act, alpha);
+    if (out->yf)
+        store512(MR, NP, f, out->yf, out->ldy, cols, act, alpha);
+    else
+        q4v_store_u8(MR, NP, f, out, cols, act, alpha);
 }
 
 #define Q4VTILE(MR, NP) \
     static TQ4V void q4v_tile_##MR##_##NP(int K, int G, int kp, const uint8_t *xq, const float *rs, const float *rz, const int8_t *w, \
-                                          size_t ws, const float *sc, size_t ss, const float *cs, const float *b, float *y, \
-                                          const q4v_output *out, int ldy, int cols, edge_activation act, __m512 alpha) { \
-        q4v_tile(MR, NP, K, G, kp, xq, rs, rz, w, ws, sc, ss, cs, b, y, out, ldy, cols, act, alpha); \
+                                          size_t ws, const float *sc, size_t ss, const float *cs, const float *b, \
+                                          const q4v_output *out, int cols, edge_activation act, __m512 alpha) { \
+        q4v_tile(MR, NP, K, G, kp, xq, rs, rz, w, ws, sc, ss, cs, b, out, cols, act, alpha); \
     }
 Q4VTILE(1, 1) Q4VTILE(2, 1) Q4VTILE(3, 1) Q4VTILE(4, 1) Q4VTILE(5, 1) Q4VTILE(6, 1)
 Q4VTILE(7, 1) Q4VTILE(8, 1) Q4VTILE(9, 1) Q4VTILE(10, 1) Q4VTILE(11, 1) Q4VTILE(12, 1)
 Q4VTILE(1, 2) Q4VTILE(2, 2) Q4VTILE(3, 2) Q4VTILE(4, 2) Q4VTILE(5, 2) Q4VTILE(6, 2)
 typedef void (*q4v_tile_fn)(int, int, int, const uint8_t *, const float *, const float *, const int8_t *, size_t, const float *,
-                            size_t, const float *, const float *, float *, const q4v_output *, int, int, edge_activation, __m512);
+                            size_t, const float *, const float *, const q4v_output *, int, edge_activation, __m512);
 static const q4v_tile_fn q4v_tiles[2][Q4V_MR1] = {
     {q4v_tile_1_1, q4v_tile_2_1, q4v_tile_3_1, q4v_tile_4_1, q4v_tile_5_1, q4v_tile_6_1, q4v_tile_7_1, q4v_tile_8_1, q4v_tile_9_1,
      q4v_tile_10_1, q4v_tile_11_1, q4v_tile_12_1},
@@ -972,21 +976,27 @@ static q4v_parts q4v_split(const void *packed, int outputs, int inputs, int grou
     return w;
 }
 
+/// The same output from row m and output column o on.
+static inline q4v_output q4v_at(const q4v_output *out, size_t m, size_t o) {
+    size_t at = m * (size_t)out->ldy + o;
+    q4v_output r = {out->yf ? out->yf + at : NULL, out->yf ? NULL : out->yu + at, out->inv_scale, out->zero_point, out->ldy};
+    return r;
+}
+
 /// Rows [0, mb) of UINT8 xq (ldq apart) through panels p and p + 1 (when there), unpacked into wq;
 /// row m's scale and zero point are rs[m] and rz[m], or (shared) the first Q4V_MR1 of each for all.
 static TQ4V void q4v_panels(const q4v_parts *w, int p, int mb, int inputs, int group, int outputs, const uint8_t *xq, int ldq,
-                            const float *rs, const float *rz, int shared, int8_t *wq, float *y, const q4v_output *out, int ldy,
-                            edge_activation act, __m512 av) {
+                            const float *rs, const float *rz, int shared, int8_t *wq, const q4v_output *out, edge_activation act,
+                            __m512 av) {
     int np = w->panels - p >= 2 ? 2 : 1;
     for (int i = 0; i < np; i++) q4v_unpack_panel(w->nib + (size_t)(p + i) * w->pn, w->kp / 4, wq + i * w->ws);
     int most = np == 2 ? Q4V_MR : Q4V_MR1;
     for (int m = 0; m < mb; m += most) {
         int mr = mb - m < most ? mb - m : most;
-        q4v_output o = {out->y ? out->y + (size_t)m * ldy + (size_t)p * PANEL : NULL, out->inv_scale, out->zero_point};
+        q4v_output o = q4v_at(out, (size_t)m, (size_t)p * PANEL);
         int rm = shared ? 0 : m;
         q4v_tiles[np - 1][mr - 1](inputs, group, ldq, xq + (size_t)m * ldq, rs + rm, rz + rm, wq, w->ws, w->sc + (size_t)p * w->ss, w->ss,
-                                  w->cs + (size_t)p * PANEL, w->bias + (size_t)p * PANEL, y ? y + (size_t)m * ldy + (size_t)p * PANEL : NULL,
-                                  &o, ldy, outputs - p * PANEL, act, av);
+                                  w->cs + (size_t)p * PANEL, w->bias + (size_t)p * PANEL, &o, outputs - p * PANEL, act, av);
     }
 }
 
@@ -998,13 +1008,12 @@ static TQ4V void q4_gemm_vnni(int rows, int outputs, int inputs, int group, cons
     float *rs = scratch, *rz = rs + Q4_ROWS, *rpre = rz + Q4_ROWS, *rinv = rpre + Q4_ROWS;
     int8_t *wq = (int8_t *)(rinv + Q4_ROWS);                      // 2 panels: kp · 16 bytes each
     uint8_t *xq = (uint8_t *)(wq + (size_t)2 * w.kp * PANEL);     // Q4_ROWS rows of kp bytes
-    const q4v_output none = {NULL, 0, 0};
     __m512 av = _mm512_set1_ps(alpha);
     for (int m0 = 0; m0 < rows; m0 += Q4_ROWS) {
         int mb = rows - m0 < Q4_ROWS ? rows - m0 : Q4_ROWS;
         q4v_quantize_rows(mb, inputs, group, w.kp, x + (size_t)m0 * ldx, ldx, xq, rs, rz, rpre, rinv);
-        for (int p = 0; p < w.panels; p += 2)
-            q4v_panels(&w, p, mb, inputs, group, outputs, xq, w.kp, rs, rz, 0, wq, y + (size_t)m0 * ldy, &none, ldy, act, av);
+        q4v_output out = {y + (size_t)m0 * ldy, NULL, 0, 0, ldy};
+        for (int p = 0; p < w.panels; p += 2) q4v_panels(&w, p, mb, inputs, group, outputs, xq, w.kp, rs, rz, 0, wq, &out, act, av);
     }
 }
 
@@ -1012,8 +1021,8 @@ static TQ4V void q4_gemm_vnni(int rows, int outputs, int inputs, int group, cons
 /// pair of panels as it is unpacked (once). Scratch: 64 floats (the rows' scale and zero point,
 /// and the panels 64-byte aligned: split stores would halve the unpacking's speed), two panels.
 static TQ4V void q4_gemm_vnni_u8(int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
-                                 int32_t x_zero_point, const void *packed, float *y, const q4v_output *out, int ldy,
-                                 edge_activation act, float alpha, void *scratch) {
+                                 int32_t x_zero_point, const void *packed, const q4v_output *out, edge_activation act, float alpha,
+                                 void *scratch) {
     q4v_parts w = q4v_split(packed, outputs, inputs, group);
     float *rs = scratch, *rz = rs + Q4V_MR1;
     int8_t *wq = (int8_t *)((float *)scratch + 64);
@@ -1022,7 +1031,7 @@ static TQ4V void q4_gemm_vnni_u8(int rows, int outputs, int inputs, int group, c
         rz[r] = (float)x_zero_point;
     }
     __m512 av = _mm512_set1_ps(alpha);
-    for (int p = 0; p < w.panels; p += 2) q4v_panels(&w, p, rows, inputs, group, outputs, x, ldx, rs, rz, 1, wq, y, out, ldy, act, av);
+    for (int p = 0; p < w.panels; p += 2) q4v_panels(&w, p, rows, inputs, group, outputs, x, ldx, rs, rz, 1, wq, out, act, av);
 }
 #endif
 
@@ -1038,30 +1047,29 @@ int edge_q4_u8_supported(edge_isa isa, int group) { return q4_integer(isa) == 2 
 
 /// Both UINT8-row entry points: −1 where W4A8 does not run, else 0 (having written y or out->y).
 static int q4_gemm_u8(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
-                      int32_t x_zero_point, const void *packed, float *y, const q4v_output *out, int ldy, edge_activation act,
-                      float alpha, float *scratch) {
+                      int32_t x_zero_point, const void *packed, const q4v_output *out, edge_activation act, float alpha,
+                      float *scratch) {
     if (!edge_q4_u8_supported(isa, group)) return -1;
     if (rows <= 0 || outputs <= 0) return 0;
 #if defined(__x86_64__)
-    q4_gemm_vnni_u8(rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, y, out, ldy, act, alpha, scratch);
+    q4_gemm_vnni_u8(rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, out, act, alpha, scratch);
 #else
-    (void)inputs, (void)x, (void)ldx, (void)x_scale, (void)x_zero_point, (void)packed, (void)y, (void)out, (void)ldy, (void)act, (void)alpha,
-        (void)scratch;
+    (void)inputs, (void)x, (void)ldx, (void)x_scale, (void)x_zero_point, (void)packed, (void)out, (void)act, (void)alpha, (void)scratch;
 #endif
     return 0;
 }
 
 int edge_q4_gemm_u8(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
                     int32_t x_zero_point, const void *packed, float *y, int ldy, edge_activation act, float alpha, float *scratch) {
-    const q4v_output none = {NULL, 0, 0};
-    return q4_gemm_u8(isa, rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, y, &none, ldy, act, alpha, scratch);
+    const q4v_output out = {y, NULL, 0, 0, ldy};
+    return q4_gemm_u8(isa, rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, &out, act, alpha, scratch);
 }
 
 int edge_q4_gemm_u8_requant(edge_isa isa, int rows, int outputs, int inputs, int group, const uint8_t *x, int ldx, float x_scale,
                             int32_t x_zero_point, const void *packed, uint8_t *y, int ldy, float y_inv_scale, int32_t y_zero_point,
                             edge_activation act, float alpha, float *scratch) {
-    const q4v_output out = {y, y_inv_scale, y_zero_point};
-    return q4_gemm_u8(isa, rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, NULL, &out, ldy, act, alpha, scratch);
+    const q4v_output out = {NULL, y, y_inv_scale, y_zero_point, ldy};
+    return q4_gemm_u8(isa, rows, outputs, inputs, group, x, ldx, x_scale, x_zero_point, packed, &out, act, alpha, scratch);
 }
 
 void edge_q4_gemm(edge_isa isa, int rows, int outputs, int inputs, int group, const float *x, int ldx, const void *packed,
