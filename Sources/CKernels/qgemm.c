@@ -179,9 +179,30 @@ static inline T512 __attribute__((always_inline)) void finish512(__m512i acc, in
     _mm_mask_storeu_epi8(yu + o0, mask, _mm512_cvtepi32_epi8(q));
 }
 
-/// finish512 over an MR × NP tile of sums (rows `ldy` apart; `cols` outputs left from o0).
+/// finish512 over an MR × NP tile of sums (rows `ldy` apart; `cols` outputs left from o0). UINT8
+/// rows take a row's two panels through one edge_quantize512x2 (the same codes): the epilogue of
+/// a convolution over 288 k is a fifth of its time with two vpmovdb a panel.
 static inline T512 __attribute__((always_inline)) void finish512_tile(const int MR, const int NP, __m512i acc[][2], int o0, int cols,
                                                                       const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
+    if (yu && (uint32_t)ep->zero_point <= 255) {
+        int n = NP * PANEL < cols ? NP * PANEL : cols;
+        __mmask32 mask = n >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << n) - 1);
+        __m512i bias0 = _mm512_loadu_si512(ep->bias + o0), bias1 = _mm512_loadu_si512(ep->bias + o0 + (NP - 1) * PANEL);
+        __m512 scale0 = _mm512_loadu_ps(ep->scale + o0), scale1 = _mm512_loadu_ps(ep->scale + o0 + (NP - 1) * PANEL);
+        __m512i zp = _mm512_set1_epi16((short)ep->zero_point), lo = _mm512_set1_epi8((char)ep->qmin), hi = _mm512_set1_epi8((char)ep->qmax);
+        int leaky = ep->leaky;
+        __m512 alpha = _mm512_set1_ps(ep->alpha), zero = _mm512_setzero_ps();
+        for (int r = 0; r < MR; r++) {
+            __m512 a = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[r][0], bias0)), scale0);
+            __m512 b = NP > 1 ? _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[r][NP - 1], bias1)), scale1) : a;
+            if (leaky) {
+                a = _mm512_mask_mul_ps(a, _mm512_cmp_ps_mask(a, zero, _CMP_LT_OQ), a, alpha);
+                b = _mm512_mask_mul_ps(b, _mm512_cmp_ps_mask(b, zero, _CMP_LT_OQ), b, alpha);
+            }
+            _mm256_mask_storeu_epi8(yu + (size_t)r * ldy + o0, mask, edge_quantize512x2(a, b, zp, lo, hi));
+        }
+        return;
+    }
     for (int r = 0; r < MR; r++)
         for (int p = 0; p < NP; p++) {
             int n = cols - p * PANEL;

@@ -69,7 +69,8 @@ import Testing
     /// definition on the exact accumulators and nothing written past a row's outputs.
     func expectEveryEpilogueExact(_ weights: PackedInt8Weights, _ x: [UInt8], ldx: Int, ldy: Int, _ acc: [Int32], _ c: Case,
                                   _ ep: QuantizedEpilogue, sourceLocation: SourceLocation = #_sourceLocation) {
-        for (zp, lo, hi, leaky) in [(Int32(128), Int32(0), Int32(255), Float?.none), (0, 0, 255, nil), (30, 30, 90, nil), (100, 0, 255, Float(0.1))] {
+        for (zp, lo, hi, leaky) in [(Int32(128), Int32(0), Int32(255), Float?.none), (0, 0, 255, nil), (30, 30, 90, nil), (100, 0, 255, Float(0.1)),
+                                    (255, 0, 255, nil)] {
             ep.zeroPoint = zp
             ep.qmin = lo
             ep.qmax = hi
@@ -96,6 +97,28 @@ import Testing
                     sourceLocation: sourceLocation)
             #expect(past == 0, "\(weights.kernelName) \(c.testDescription): wrote past the row", sourceLocation: sourceLocation)
         }
+    }
+
+    /// Scales that take the sums far past the UINT8 codes and the int16 range the vector epilogue
+    /// packs through (to ±∞ at 3e38, to ±10¹⁵ at 1e10), to nothing (1e-30, 0) and of both signs,
+    /// with biases of ±10⁶: every output saturates or rounds as the definition does, on rows of
+    /// one and two panels and a half panel.
+    @Test(arguments: paths)
+    func extremeScalesSaturateAsTheDefinition(isa: KernelISA) {
+        var rng = SeededGenerator(seed: 77)
+        let c = Case(rows: 9, outputs: 40, inputs: 64)
+        let ldx = 68, ldy = 43
+        let x = (0..<(c.rows * ldx + 8)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let w = (0..<(c.outputs * c.inputs)).map { _ in Int8(Int(rng.next() % 255) - 127) }
+        let weights = packed(w, outputs: c.outputs, inputs: c.inputs, isa: isa)
+        let acc = exactAccumulators(x, ldx: ldx, w, rows: c.rows, outputs: c.outputs, inputs: c.inputs)
+        let ep = QuantizedEpilogue(outputs: c.outputs)
+        let scales: [Float] = [3e38, -3e38, 1e10, -1e10, 1e-30, 0, 0.5, 1e-3, 40_000, -0.02]
+        for o in 0..<c.outputs {
+            ep.bias[o] = Int32(Int(rng.next() % 2_000_001) - 1_000_000)
+            ep.scale[o] = scales[o % scales.count]
+        }
+        expectEveryEpilogueExact(weights, x, ldx: ldx, ldy: ldy, acc, c, ep)
     }
 
     /// 255 × 127, 255 × −128, 0 × −128 and alternating extremes over K = 512, whose sums reach
