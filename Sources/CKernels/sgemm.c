@@ -889,6 +889,17 @@ static TQ4V void q4v_unpack_panel(const uint8_t *nib, int quads, int8_t *dst) {
 static inline TQ4V __attribute__((always_inline)) void q4v_store_u8(const int MR, const int NP, __m512 f[][2], const q4v_output *out,
                                                                    int cols, edge_activation act, __m512 alpha) {
     const __m512 vi = _mm512_set1_ps(out->inv_scale);
+    if ((uint32_t)out->zero_point <= 255) {  // a row's panels through one edge_quantize512x2, as the INT8 tiles
+        int n = NP * PANEL < cols ? NP * PANEL : cols;
+        __mmask32 mask = n >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << n) - 1);
+        __m512i z16 = _mm512_set1_epi16((short)out->zero_point), lo = _mm512_setzero_si512(), hi = _mm512_set1_epi8((char)255);
+        for (int r = 0; r < MR; r++) {
+            __m512 a = _mm512_mul_ps(edge_act512(f[r][0], act, alpha), vi);
+            __m512 b = NP > 1 ? _mm512_mul_ps(edge_act512(f[r][1], act, alpha), vi) : a;
+            _mm256_mask_storeu_epi8(out->yu + (size_t)r * out->ldy, mask, edge_quantize512x2(a, b, z16, lo, hi));
+        }
+        return;
+    }
     const __m512i z = _mm512_set1_epi32(out->zero_point), q0 = _mm512_setzero_si512(), q255 = _mm512_set1_epi32(255);
     for (int p = 0; p < NP; p++) {
         int n = cols - p * PANEL;
