@@ -288,67 +288,76 @@ void edge_pool_u8(const uint8_t *x, int planes, int height, int width, int kh, i
 
 /// The largest of four runs of n values, channel by channel, as `p > q ? p : q` (a NaN meets the
 /// second operand, as maxps does): the 2×2 stride-2 max pooling's work per output pixel.
-#define MAX4_SCALAR(T)                                                                              \
-    static void max4_##T(const T *a, const T *a1, const T *r, const T *r1, T *d, int n) {          \
+#define MAX4_SCALAR(NAME, T)                                                                        \
+    static inline void NAME(const T *a, const T *a1, const T *r, const T *r1, T *d, int n) {       \
         for (int c = 0; c < n; c++) {                                                               \
             T m0 = a[c] > a1[c] ? a[c] : a1[c], m1 = r[c] > r1[c] ? r[c] : r1[c];                    \
             d[c] = m0 > m1 ? m0 : m1;                                                               \
         }                                                                                           \
     }
-MAX4_SCALAR(uint8_t)
-MAX4_SCALAR(float)
-typedef void (*max4_u8_fn)(const uint8_t *, const uint8_t *, const uint8_t *, const uint8_t *, uint8_t *, int);
-typedef void (*max4_f32_fn)(const float *, const float *, const float *, const float *, float *, int);
+MAX4_SCALAR(max4_u8, uint8_t)
+MAX4_SCALAR(max4_f32, float)
+
+/// 2×2 max pooling with stride 2, the common case: four runs of C values per output pixel, each
+/// reduced by MAX4 (inlined into the loop).
+#define MAXPOOL2X2_NHWC(NAME, TARGET, T, MAX4)                                                            \
+    static TARGET void NAME(const T *x, int batch, int height, int width, int channels, T *y) {           \
+        int oh = height / 2, ow = width / 2;                                                              \
+        size_t rowStride = (size_t)width * channels;                                                      \
+        for (int b = 0; b < batch; b++)                                                                   \
+            for (int oy = 0; oy < oh; oy++)                                                               \
+                for (int ox = 0; ox < ow; ox++) {                                                         \
+                    const T *a = x + ((size_t)b * height + (size_t)(2 * oy)) * rowStride + (size_t)(2 * ox) * channels; \
+                    MAX4(a, a + channels, a + rowStride, a + rowStride + channels,                       \
+                         y + (((size_t)b * oh + oy) * ow + ox) * channels, channels);                     \
+                }                                                                                         \
+    }
+MAXPOOL2X2_NHWC(maxpool2x2_u8, , uint8_t, max4_u8)
+MAXPOOL2X2_NHWC(maxpool2x2_f32, , float, max4_f32)
 
 #if defined(__x86_64__)
 // Compiled for the baseline, the scalar loops above vectorise 16 bytes a step behind alias checks;
-// these take 32 (the 8×8 CNN's pooling of 64 channels: 7.7 µs of a 320-µs batch of 64 before).
-static EDGE_T256 void max4_u8_avx2(const uint8_t *a, const uint8_t *a1, const uint8_t *r, const uint8_t *r1, uint8_t *d, int n) {
+// these take 32 bytes (8 floats) a step, the scalar loop the tail.
+static inline EDGE_T256 void max4_u8_avx2(const uint8_t *a, const uint8_t *a1, const uint8_t *r, const uint8_t *r1, uint8_t *d, int n) {
     int c = 0;
     for (; c + 32 <= n; c += 32) {
         __m256i m0 = _mm256_max_epu8(_mm256_loadu_si256((const __m256i *)(a + c)), _mm256_loadu_si256((const __m256i *)(a1 + c)));
         __m256i m1 = _mm256_max_epu8(_mm256_loadu_si256((const __m256i *)(r + c)), _mm256_loadu_si256((const __m256i *)(r1 + c)));
         _mm256_storeu_si256((__m256i *)(d + c), _mm256_max_epu8(m0, m1));
     }
-    max4_uint8_t(a + c, a1 + c, r + c, r1 + c, d + c, n - c);
+    max4_u8(a + c, a1 + c, r + c, r1 + c, d + c, n - c);
 }
 
-static EDGE_T256 void max4_f32_avx2(const float *a, const float *a1, const float *r, const float *r1, float *d, int n) {
+static inline EDGE_T256 void max4_f32_avx2(const float *a, const float *a1, const float *r, const float *r1, float *d, int n) {
     int c = 0;
     for (; c + 8 <= n; c += 8) {
         __m256 m0 = _mm256_max_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(a1 + c));
         __m256 m1 = _mm256_max_ps(_mm256_loadu_ps(r + c), _mm256_loadu_ps(r1 + c));
         _mm256_storeu_ps(d + c, _mm256_max_ps(m0, m1));
     }
-    max4_float(a + c, a1 + c, r + c, r1 + c, d + c, n - c);
+    max4_f32(a + c, a1 + c, r + c, r1 + c, d + c, n - c);
 }
+MAXPOOL2X2_NHWC(maxpool2x2_u8_avx2, EDGE_T256, uint8_t, max4_u8_avx2)
+MAXPOOL2X2_NHWC(maxpool2x2_f32_avx2, EDGE_T256, float, max4_f32_avx2)
 
+/// Whether the 2×2 pooling takes its AVX2 loops: on the ISA the kernels run (EDGE_ISA included).
 static int pool_avx2(void) {
     edge_isa isa = edge_isa_best();
     return isa == EDGE_ISA_AVX2 || isa == EDGE_ISA_AVX512 || isa == EDGE_ISA_AVX512VNNI;
 }
 #endif
 
-/// 2×2 max pooling with stride 2, the common case: four runs of C values per output pixel.
-#define MAXPOOL2X2_NHWC_BODY(T, MAX4)                                                                     \
-    size_t rowStride = (size_t)width * channels;                                                          \
-    for (int b = 0; b < batch; b++)                                                                       \
-        for (int oy = 0; oy < oh; oy++)                                                                   \
-            for (int ox = 0; ox < ow; ox++) {                                                             \
-                const T *a = x + ((size_t)b * height + (size_t)(2 * oy)) * rowStride + (size_t)(2 * ox) * channels; \
-                MAX4(a, a + channels, a + rowStride, a + rowStride + channels,                           \
-                     y + (((size_t)b * oh + oy) * ow + ox) * channels, channels);                         \
-            }
-
 void edge_pool_nhwc_f32(const float *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
                         int average, float *y) {
     int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1;
     if (!average && kh == 2 && kw == 2 && sh == 2 && sw == 2) {
-        max4_f32_fn max4 = max4_float;
 #if defined(__x86_64__)
-        if (pool_avx2()) max4 = max4_f32_avx2;
+        if (pool_avx2()) {
+            maxpool2x2_f32_avx2(x, batch, height, width, channels, y);
+            return;
+        }
 #endif
-        MAXPOOL2X2_NHWC_BODY(float, max4)
+        maxpool2x2_f32(x, batch, height, width, channels, y);
         return;
     }
     float inv = 1.0f / (float)(kh * kw);
@@ -374,11 +383,13 @@ void edge_pool_nhwc_u8(const uint8_t *x, int batch, int height, int width, int c
                        int average, uint8_t *y) {
     int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1, n = kh * kw;
     if (!average && kh == 2 && kw == 2 && sh == 2 && sw == 2) {
-        max4_u8_fn max4 = max4_uint8_t;
 #if defined(__x86_64__)
-        if (pool_avx2()) max4 = max4_u8_avx2;
+        if (pool_avx2()) {
+            maxpool2x2_u8_avx2(x, batch, height, width, channels, y);
+            return;
+        }
 #endif
-        MAXPOOL2X2_NHWC_BODY(uint8_t, max4)
+        maxpool2x2_u8(x, batch, height, width, channels, y);
         return;
     }
     enum { CB = 256 };

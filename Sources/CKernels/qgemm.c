@@ -167,7 +167,8 @@ static inline void gemv_quads(const q8_gemv_fn gemv[4], int outputs, int kq, con
 #define T512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
 
 /// The epilogue of 16 INT32 sums (outputs o0 … o0+15, `n` of them real) on AVX-512, shared by the
-/// VNNI kernel and the 512-bit vpmaddwd one (bit-identical to finish_row).
+/// VNNI kernel and the 512-bit vpmaddwd one (bit-identical to finish_row): FP32 outputs, batch 1,
+/// and UINT8 tiles whose zero point is outside 0…255 (finish512_tile).
 static inline T512 __attribute__((always_inline)) void finish512(__m512i acc, int o0, int n, const edge_q8_epilogue *ep,
                                                                   uint8_t *yu, float *yf) {
     __mmask16 mask = n >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
@@ -179,9 +180,9 @@ static inline T512 __attribute__((always_inline)) void finish512(__m512i acc, in
     _mm_mask_storeu_epi8(yu + o0, mask, _mm512_cvtepi32_epi8(q));
 }
 
-/// finish512 over an MR × NP tile of sums (rows `ldy` apart; `cols` outputs left from o0). UINT8
-/// rows take a row's two panels through one edge_quantize512x2 (the same codes): the epilogue of
-/// a convolution over 288 k is a fifth of its time with two vpmovdb a panel.
+/// The epilogue of an MR × NP tile of sums (rows `ldy` apart; `cols` outputs left from o0): FP32
+/// rows by finish512, UINT8 rows a row's panels through one edge_quantize512x2 (the same codes as
+/// finish512's; its vpmovdb per panel made the epilogue a fifth of a 288-k convolution's time).
 static inline T512 __attribute__((always_inline)) void finish512_tile(const int MR, const int NP, __m512i acc[][2], int o0, int cols,
                                                                       const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
     if (yu && (uint32_t)ep->zero_point <= 255) {
@@ -193,11 +194,13 @@ static inline T512 __attribute__((always_inline)) void finish512_tile(const int 
         int leaky = ep->leaky;
         __m512 alpha = _mm512_set1_ps(ep->alpha), zero = _mm512_setzero_ps();
         for (int r = 0; r < MR; r++) {
-            __m512 a = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[r][0], bias0)), scale0);
-            __m512 b = NP > 1 ? _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[r][NP - 1], bias1)), scale1) : a;
-            if (leaky) {
-                a = _mm512_mask_mul_ps(a, _mm512_cmp_ps_mask(a, zero, _CMP_LT_OQ), a, alpha);
-                b = _mm512_mask_mul_ps(b, _mm512_cmp_ps_mask(b, zero, _CMP_LT_OQ), b, alpha);
+            __m512 a = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[r][0], bias0)), scale0), b;
+            if (leaky) a = _mm512_mask_mul_ps(a, _mm512_cmp_ps_mask(a, zero, _CMP_LT_OQ), a, alpha);
+            if (NP > 1) {
+                b = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[r][NP - 1], bias1)), scale1);
+                if (leaky) b = _mm512_mask_mul_ps(b, _mm512_cmp_ps_mask(b, zero, _CMP_LT_OQ), b, alpha);
+            } else {
+                b = a;  // one panel: the second half of the 32 codes is not stored
             }
             _mm256_mask_storeu_epi8(yu + (size_t)r * ldy + o0, mask, edge_quantize512x2(a, b, zp, lo, hi));
         }
@@ -595,7 +598,7 @@ static TAVX2 void q8_avx2(int rows, int outputs, int inputs, const uint8_t *x, i
 // 512-bit vectors: one k-pair of a whole 16-output panel is one operand, so a row and a k-pair
 // cost one vpmaddwd and one vpaddd for 32 products, where AVX2 spends two of each. A tile is
 // 8 rows × 2 panels, 16 accumulators of the 32 registers; batch 1 runs four panels at once. The
-// sums are the same integers in the same order as every other path, finished by finish512.
+// sums are the same integers in the same order as every other path, finished by finish512_tile.
 
 #define MR_512 8
 

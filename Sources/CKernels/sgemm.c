@@ -885,7 +885,9 @@ static TQ4V void q4v_unpack_panel(const uint8_t *nib, int quads, int8_t *dst) {
 }
 
 /// UINT8 output rows (ldy apart) from the tile's FP32 results: the activation, then as
-/// edge_quantize_u8: round half to even of v·(1/scale), + zero point, clamped to 0…255 (NaN to 0).
+/// edge_quantize_u8: round half to even of v·(1/scale), + zero point, clamped to 0…255 (NaN to 0);
+/// a row's panels through one edge_quantize512x2, or (a zero point outside 0…255, which plans do
+/// not produce) a panel at a time through edge_quantize512.
 static inline TQ4V __attribute__((always_inline)) void q4v_store_u8(const int MR, const int NP, __m512 f[][2], const q4v_output *out,
                                                                    int cols, edge_activation act, __m512 alpha) {
     const __m512 vi = _mm512_set1_ps(out->inv_scale);

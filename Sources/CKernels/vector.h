@@ -34,14 +34,16 @@ static inline EDGE_T256 __attribute__((always_inline)) __m256 edge_act256(__m256
 /// 16 (or 8) values already divided by their scale to UINT8 codes in int32 lanes: clamped to
 /// ±2^30 (a NaN meets max_ps's second operand first and becomes −2^30), rounded half to even
 /// (MXCSR), + the zero point, clamped to [lo, hi] within 0…255. The rule of every vector UINT8
-/// output on x86 (the scalar one is edge_quantize_u8's portable loop, NEON its own).
+/// output on x86 (the scalar one is edge_quantize_u8's portable loop, NEON its own), computed
+/// 32 values at a time by edge_quantize512x2 where a tile has them.
 static inline EDGE_T512 __attribute__((always_inline)) __m512i edge_quantize512(__m512 v, __m512i zero_point, __m512i lo, __m512i hi) {
     v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-1073741824.0f)), _mm512_set1_ps(1073741824.0f));
     return _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(v), zero_point), lo), hi);
 }
 
-/// edge_quantize512 on 32 values at once (a's 16, then b's), in 32 bytes: the same codes for a
-/// zero point within 0…255, with saturating packs doing most of the clamping. Only the upper
+/// edge_quantize512 on 32 values at once (a's 16, then b's), in 32 bytes: the same codes, with
+/// saturating packs doing most of the clamping, for 0 ≤ lo ≤ hi ≤ 255 (the byte clamps) and a
+/// zero point the int16 lanes hold exactly (callers pass 0…255, what a UINT8 tensor has). Only the upper
 /// bound is clamped in float, with the bound first so that a NaN stays NaN; cvtps2dq makes a NaN,
 /// or anything below −2^31, INT32_MIN, which saturates to 0 and ends at `lo`, where
 /// edge_quantize512's −2^30 ends too. Beyond the int32 codes r: sat16(sat16(r) + zero_point) is
