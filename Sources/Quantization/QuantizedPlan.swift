@@ -562,10 +562,8 @@ public final class QuantizedPlan: InferencePlan, @unchecked Sendable {
         var s0 = 0
         while s0 < batch {
             let n = min(chunk, batch - s0)
-            for s in 0..<n {
-                edge_im2row_nhwc_u8(x + (s0 + s) * inCount, Int32(g.channels), Int32(g.height), Int32(g.width), Int32(g.kernelH), Int32(g.kernelW),
-                                    Int32(g.strideH), Int32(g.strideW), Int32(g.padH), Int32(g.padW), zp, rows + s * pixels * ld, Int32(ld))
-            }
+            edge_im2row_nhwc_u8_batch(x + s0 * inCount, Int32(n), inCount, Int32(g.channels), Int32(g.height), Int32(g.width), Int32(g.kernelH),
+                                      Int32(g.kernelW), Int32(g.strideH), Int32(g.strideW), Int32(g.padH), Int32(g.padW), zp, rows, Int32(ld))
             if let yu {
                 w.multiply(rows: n * pixels, rows, ldx: ld, epilogue: ep, output: .uint8(yu + s0 * outCount), ldy: g.outChannels)
             } else if let yf {

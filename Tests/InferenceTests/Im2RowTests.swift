@@ -78,6 +78,18 @@ import Testing
         Shape(channels: 1, height: 9, width: 5, kernelH: 4, kernelW: 1, stride: 1, pad: 0),
         Shape(channels: 1, height: 123, width: 252, kernelH: 5, kernelW: 5, stride: 1, pad: 2),
         Shape(channels: 1, height: 124, width: 252, kernelH: 5, kernelW: 5, stride: 1, pad: 2),
+        // Small single-channel images, which the batched UINT8 im2row permutes on AVX-512 with
+        // VBMI: kh padded rows of exactly 64 bytes (4 × 16, stride 2 across; its output row of
+        // windows 133 bytes with 7 pad bytes, too long) and of 65 (too wide), a kernel as wide as
+        // the padded image, windows of 136 bytes (too long), a window hanging over a padding of 3,
+        // no padding at all, a 1×1 kernel. (The 8×8 CNN's shape above makes 128 bytes with 7.)
+        Shape(channels: 1, height: 9, width: 14, kernelH: 4, kernelW: 3, stride: 1, pad: 1, strideW: 2),
+        Shape(channels: 1, height: 9, width: 11, kernelH: 5, kernelW: 3, stride: 1, pad: 1, strideW: 2),
+        Shape(channels: 1, height: 6, width: 6, kernelH: 2, kernelW: 8, stride: 1, pad: 1),
+        Shape(channels: 1, height: 6, width: 12, kernelH: 2, kernelW: 5, stride: 1, pad: 0, strideW: 1),
+        Shape(channels: 1, height: 5, width: 5, kernelH: 3, kernelW: 3, stride: 2, pad: 3),
+        Shape(channels: 1, height: 7, width: 9, kernelH: 3, kernelW: 2, stride: 1, pad: 0),
+        Shape(channels: 1, height: 4, width: 6, kernelH: 1, kernelW: 1, stride: 1, pad: 0),
     ]
 
     /// Sizes a model's checked shapes never have write nothing and do not crash (a negative height
@@ -92,6 +104,11 @@ import Testing
                                 Int32(a.stride), Int32(a.stride), Int32(a.pad), Int32(a.pad), 131, rp.baseAddress, 4)
         } }
         #expect(rows.allSatisfy { $0 == 0xEE })
+        x.withUnsafeBufferPointer { xp in rows.withUnsafeMutableBufferPointer { rp in
+            edge_im2row_nhwc_u8_batch(xp.baseAddress, 2, 0, Int32(a.channels), Int32(a.height), Int32(a.width), Int32(a.kh), Int32(a.kw),
+                                      Int32(a.stride), Int32(a.stride), Int32(a.pad), Int32(a.pad), 131, rp.baseAddress, 4)
+        } }
+        #expect(rows.allSatisfy { $0 == 0xEE }, "batched")
         var f = [Float](repeating: -7, count: 256)
         let xf = [Float](repeating: 1, count: 64)
         xf.withUnsafeBufferPointer { xp in f.withUnsafeMutableBufferPointer { fp in
@@ -125,5 +142,26 @@ import Testing
         } }
         #expect(Array(rows[..<count]) == s.reference(x, pad: 131, ldrow: ldrow))
         #expect(rows[count...].allSatisfy { $0 == 0xEE }, "wrote past the rows")
+    }
+
+    /// The batched UINT8 im2row: three samples 5 bytes more than an image apart, each sample's rows
+    /// the definition, nothing written past the last; pad bytes past the taps of 0, 3 and 7 (a
+    /// small image's output row of 8 windows of 16 bytes is exactly 128).
+    @Test(arguments: shapes, [0, 3, 7])
+    func uint8BatchedRowsAreTheDefinition(shape s: Shape, extra: Int) {
+        let image = s.height * s.width * s.channels, stride = image + 5, samples = 3
+        let x = (0..<(samples * stride)).map { UInt8(truncatingIfNeeded: $0 * 13 + 5) }
+        let ldrow = s.taps + extra, count = s.outH * s.outW * ldrow
+        var rows = [UInt8](repeating: 0xEE, count: samples * count + 40)
+        x.withUnsafeBufferPointer { xp in rows.withUnsafeMutableBufferPointer { rp in
+            edge_im2row_nhwc_u8_batch(xp.baseAddress, Int32(samples), stride, Int32(s.channels), Int32(s.height), Int32(s.width),
+                                      Int32(s.kernelH), Int32(s.kernelW), Int32(s.strideH), Int32(s.strideW), Int32(s.padH), Int32(s.padW),
+                                      77, rp.baseAddress, Int32(ldrow))
+        } }
+        for i in 0..<samples {
+            let sample = Array(x[(i * stride)..<(i * stride + image)])
+            #expect(Array(rows[(i * count)..<((i + 1) * count)]) == s.reference(sample, pad: 77, ldrow: ldrow), "sample \(i)")
+        }
+        #expect(rows[(samples * count)...].allSatisfy { $0 == 0xEE }, "wrote past the rows")
     }
 }

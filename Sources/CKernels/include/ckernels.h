@@ -201,6 +201,11 @@ void edge_im2row_nhwc(const float *x, int channels, int height, int width, int k
                       float *rows);
 void edge_im2row_nhwc_u8(const uint8_t *x, int channels, int height, int width, int kh, int kw, int sh, int sw, int ph, int pw,
                          uint8_t pad, uint8_t *rows, int ldrow);
+/// edge_im2row_nhwc_u8 over `samples` samples `sample_stride` bytes apart, sample s's rows from
+/// rows + s·oh·ow·ldrow: the same bytes. Small single-channel images (kh padded input rows within
+/// 64 bytes, an output row's windows within 128) take byte permutes on AVX-512 with VBMI.
+void edge_im2row_nhwc_u8_batch(const uint8_t *x, int samples, size_t sample_stride, int channels, int height, int width, int kh, int kw,
+                               int sh, int sw, int ph, int pw, uint8_t pad, uint8_t *rows, int ldrow);
 
 /// ---- Convolution without im2row rows (an indirection table, as XNNPACK's indirect GEMM) -------
 ///
