@@ -66,6 +66,8 @@ dist: deps
 	$(SWIFT) build -c $(CONFIG) --static-swift-stdlib --scratch-path .build-static --product agentd
 	$(SWIFT) build -c $(CONFIG) --static-swift-stdlib --scratch-path .build-static --product agentctl
 
+KERNEL_SUITES = PoolNHWCTests|Im2RowTests|Int8GEMMTests|PackedGEMMTests|QuantizedPlanTests|SoftmaxTests|QuantizeKernelTests
+
 # One build: `swift test` builds every target, agentd and agentctl included, with testing enabled
 # (a separate `swift build` first would build everything twice, the flags differing).
 test: deps
@@ -74,6 +76,10 @@ test: deps
 	@$(MAKE) --no-print-directory check-unit
 	@$(MAKE) --no-print-directory promtool
 	PROMTOOL=$$(command -v promtool || echo $(CURDIR)/$(PROMTOOL_DIR)/usr/bin/promtool) tools/dev/watchdog.sh $(TEST_TIME_LIMIT) $(SWIFT) test -c $(CONFIG)
+	@# The kernels' other paths, which this CPU would not choose (the portable one is aarch64's
+	@# pooling and im2row): EDGE_ISA forces a path the CPU supports and is ignored otherwise.
+	EDGE_ISA=portable $(SWIFT) test -c $(CONFIG) --skip-build --filter '$(KERNEL_SUITES)'
+	EDGE_ISA=avx2 $(SWIFT) test -c $(CONFIG) --skip-build --filter '$(KERNEL_SUITES)'
 	@$(MAKE) --no-print-directory interop-test-run
 
 # promtool on PATH, else usr/bin/promtool unpacked from the prometheus .deb into $(PROMTOOL_DIR).

@@ -358,7 +358,7 @@ void edge_pool_u8(const uint8_t *x, int planes, int height, int width, int kh, i
 /// The largest of four runs of n values, channel by channel, as `p > q ? p : q` (a NaN meets the
 /// second operand, as maxps does): the 2×2 stride-2 max pooling's work per output pixel.
 #define MAX4_SCALAR(NAME, T)                                                                        \
-    static inline void NAME(const T *a, const T *a1, const T *r, const T *r1, T *d, int n) {       \
+    static __attribute__((noinline)) void NAME(const T *a, const T *a1, const T *r, const T *r1, T *d, int n) { \
         for (int c = 0; c < n; c++) {                                                               \
             T m0 = a[c] > a1[c] ? a[c] : a1[c], m1 = r[c] > r1[c] ? r[c] : r1[c];                    \
             d[c] = m0 > m1 ? m0 : m1;                                                               \
@@ -367,47 +367,45 @@ void edge_pool_u8(const uint8_t *x, int planes, int height, int width, int kh, i
 MAX4_SCALAR(max4_u8, uint8_t)
 MAX4_SCALAR(max4_f32, float)
 
-/// 2×2 max pooling with stride 2, the common case: four runs of C values per output pixel, each
-/// reduced by MAX4 (inlined into the loop).
-#define MAXPOOL2X2_NHWC(NAME, TARGET, T, MAX4)                                                            \
+/// 2×2 max pooling with stride 2, the common case: four runs of C values per output pixel. BODY
+/// reduces the `vec` first channels of the pixel at `a` into `d` (nothing on the portable path),
+/// the scalar function the rest.
+#define MAXPOOL2X2_NHWC(NAME, TARGET, T, STEP, BODY, TAIL)                                                \
     static TARGET void NAME(const T *x, int batch, int height, int width, int channels, T *y) {           \
-        int oh = height / 2, ow = width / 2;                                                              \
-        size_t rowStride = (size_t)width * channels;                                                      \
+        int oh = height / 2, ow = width / 2, vec = channels - channels % (STEP);                          \
+        size_t rs = (size_t)width * channels;                                                             \
         for (int b = 0; b < batch; b++)                                                                   \
             for (int oy = 0; oy < oh; oy++)                                                               \
                 for (int ox = 0; ox < ow; ox++) {                                                         \
-                    const T *a = x + ((size_t)b * height + (size_t)(2 * oy)) * rowStride + (size_t)(2 * ox) * channels; \
-                    MAX4(a, a + channels, a + rowStride, a + rowStride + channels,                       \
-                         y + (((size_t)b * oh + oy) * ow + ox) * channels, channels);                     \
+                    const T *a = x + ((size_t)b * height + (size_t)(2 * oy)) * rs + (size_t)(2 * ox) * channels; \
+                    T *d = y + (((size_t)b * oh + oy) * ow + ox) * channels;                              \
+                    BODY                                                                                  \
+                    if (vec < channels)                                                                   \
+                        TAIL(a + vec, a + channels + vec, a + rs + vec, a + rs + channels + vec, d + vec, channels - vec); \
                 }                                                                                         \
     }
-MAXPOOL2X2_NHWC(maxpool2x2_u8, , uint8_t, max4_u8)
-MAXPOOL2X2_NHWC(maxpool2x2_f32, , float, max4_f32)
+MAXPOOL2X2_NHWC(maxpool2x2_u8, , uint8_t, 1 + channels, , max4_u8)
+MAXPOOL2X2_NHWC(maxpool2x2_f32, , float, 1 + channels, , max4_f32)
 
 #if defined(__x86_64__)
-// Compiled for the baseline, the scalar loops above vectorise 16 bytes a step behind alias checks;
-// these take 32 bytes (8 floats) a step, the scalar loop the tail.
-static inline EDGE_T256 void max4_u8_avx2(const uint8_t *a, const uint8_t *a1, const uint8_t *r, const uint8_t *r1, uint8_t *d, int n) {
-    int c = 0;
-    for (; c + 32 <= n; c += 32) {
-        __m256i m0 = _mm256_max_epu8(_mm256_loadu_si256((const __m256i *)(a + c)), _mm256_loadu_si256((const __m256i *)(a1 + c)));
-        __m256i m1 = _mm256_max_epu8(_mm256_loadu_si256((const __m256i *)(r + c)), _mm256_loadu_si256((const __m256i *)(r1 + c)));
-        _mm256_storeu_si256((__m256i *)(d + c), _mm256_max_epu8(m0, m1));
+// Compiled for the baseline, the scalar loops vectorise 16 bytes a step behind alias checks;
+// these take 32 bytes (8 floats) a step, the scalar loop the channels past the last whole step.
+#define MAX4_U8_AVX2                                                                                     \
+    for (int c = 0; c < vec; c += 32) {                                                                  \
+        __m256i m0 = _mm256_max_epu8(_mm256_loadu_si256((const __m256i *)(a + c)),                       \
+                                     _mm256_loadu_si256((const __m256i *)(a + channels + c)));           \
+        __m256i m1 = _mm256_max_epu8(_mm256_loadu_si256((const __m256i *)(a + rs + c)),                  \
+                                     _mm256_loadu_si256((const __m256i *)(a + rs + channels + c)));      \
+        _mm256_storeu_si256((__m256i *)(d + c), _mm256_max_epu8(m0, m1));                                \
     }
-    max4_u8(a + c, a1 + c, r + c, r1 + c, d + c, n - c);
-}
-
-static inline EDGE_T256 void max4_f32_avx2(const float *a, const float *a1, const float *r, const float *r1, float *d, int n) {
-    int c = 0;
-    for (; c + 8 <= n; c += 8) {
-        __m256 m0 = _mm256_max_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(a1 + c));
-        __m256 m1 = _mm256_max_ps(_mm256_loadu_ps(r + c), _mm256_loadu_ps(r1 + c));
-        _mm256_storeu_ps(d + c, _mm256_max_ps(m0, m1));
+#define MAX4_F32_AVX2                                                                                    \
+    for (int c = 0; c < vec; c += 8) {                                                                   \
+        __m256 m0 = _mm256_max_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(a + channels + c));            \
+        __m256 m1 = _mm256_max_ps(_mm256_loadu_ps(a + rs + c), _mm256_loadu_ps(a + rs + channels + c));  \
+        _mm256_storeu_ps(d + c, _mm256_max_ps(m0, m1));                                                  \
     }
-    max4_f32(a + c, a1 + c, r + c, r1 + c, d + c, n - c);
-}
-MAXPOOL2X2_NHWC(maxpool2x2_u8_avx2, EDGE_T256, uint8_t, max4_u8_avx2)
-MAXPOOL2X2_NHWC(maxpool2x2_f32_avx2, EDGE_T256, float, max4_f32_avx2)
+MAXPOOL2X2_NHWC(maxpool2x2_u8_avx2, EDGE_T256, uint8_t, 32, MAX4_U8_AVX2, max4_u8)
+MAXPOOL2X2_NHWC(maxpool2x2_f32_avx2, EDGE_T256, float, 8, MAX4_F32_AVX2, max4_f32)
 
 /// Whether the 2×2 pooling takes its AVX2 loops: on the ISA the kernels run (EDGE_ISA included).
 static int pool_avx2(void) {
