@@ -236,11 +236,14 @@ static EDGE_TVBMI int im2row_small_u8(const uint8_t *x, int samples, size_t samp
     // Bytes laid out: the padded image, and past it the rest of the last output row's 64-byte load.
     int used = ((oh - 1) * sh * pline + 64 > hp * pline) ? (oh - 1) * sh * pline + 64 : hp * pline;
     if (used > SMALL_IMAGE_BYTES) return 0;
-    uint8_t idx[128], keep[128];
-    for (int j = 0; j < 128; j++) {
-        int ox = j / ldrow, k = j % ldrow;
-        keep[j] = j < n && k < kh * kw;
-        idx[j] = keep[j] ? (uint8_t)((k / kw) * pline + ox * sw + k % kw) : 0;
+    uint8_t idx[128] = {0}, keep[128] = {0};
+    for (int j = 0, ox = 0, k = 0, ky = 0, kx = 0; j < n; j++) {  // byte j: window ox, its byte k, tap (ky, kx)
+        if (ky < kh) {
+            keep[j] = 1;
+            idx[j] = (uint8_t)(ky * pline + ox * sw + kx);
+            if (++kx == kw) kx = 0, ky++;
+        }
+        if (++k == ldrow) k = 0, ox++, ky = 0, kx = 0;
     }
     __m512i idx0 = _mm512_loadu_si512(idx), idx1 = _mm512_loadu_si512(idx + 64);
     __mmask64 keep0 = _mm512_test_epi8_mask(_mm512_loadu_si512(keep), _mm512_loadu_si512(keep)),
