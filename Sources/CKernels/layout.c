@@ -228,7 +228,8 @@ enum { SMALL_IMAGE_BYTES = 2048 };
 static EDGE_TVBMI int im2row_small_u8(const uint8_t *x, int samples, size_t sample_stride, int height, int width, int kh, int kw, int sh,
                                       int sw, int ph, int pw, uint8_t pad, uint8_t *rows, int ldrow) {
     if (height <= 0 || width <= 0 || kh <= 0 || kw <= 0 || sh <= 0 || sw <= 0) return 0;
-    if (ph < 0 || pw < 0 || ph > 64 || pw > 32 || height > 64 || width > 64 || kh > 64 || kw > 64 || ldrow < kh * kw) return 0;
+    if (ph < 0 || pw < 0 || ph > 64 || pw > 32 || height > 64 || width > 64 || kh > 64 || kw > 64 || ldrow < kh * kw || ldrow > 128)
+        return 0;
     int hp = height + 2 * ph, pline = width + 2 * pw;
     if (kh > hp || kw > pline || kh * pline > 64 || width > 64) return 0;
     int oh = (hp - kh) / sh + 1, ow = (pline - kw) / sw + 1, n = ow * ldrow;
@@ -358,6 +359,13 @@ void edge_pool_u8(const uint8_t *x, int planes, int height, int width, int kh, i
 // Each output pixel reduces its window channel by channel over contiguous runs of C values.
 // Average rounds as the CHW versions do (FP32: sum · 1/n; UINT8: half up).
 
+/// Pooling writes nothing for sizes a model's checked shapes never have: a size, kernel or stride
+/// that is not positive (a zero stride divided by 0), or a window larger than the image (whose
+/// output size, rounded toward zero, would be 1 and read past the input).
+static int pool_sizes_valid(int batch, int height, int width, int channels, int kh, int kw, int sh, int sw) {
+    return batch > 0 && height > 0 && width > 0 && channels > 0 && kh > 0 && kw > 0 && sh > 0 && sw > 0 && kh <= height && kw <= width;
+}
+
 /// The largest of four runs of n values, channel by channel, as `p > q ? p : q` (a NaN meets the
 /// second operand, as maxps does): the 2×2 stride-2 max pooling's work per output pixel.
 #define MAX4_SCALAR(NAME, T)                                                                        \
@@ -371,11 +379,11 @@ MAX4_SCALAR(max4_u8, uint8_t)
 MAX4_SCALAR(max4_f32, float)
 
 /// 2×2 max pooling with stride 2, the common case: four runs of C values per output pixel. BODY
-/// reduces the `vec` first channels of the pixel at `a` into `d` (nothing on the portable path),
-/// the scalar function the rest.
+/// reduces the first `vec` channels (whole vector steps of STEP; none on the portable path, STEP 0)
+/// of the pixel at `a` into `d`, the scalar function the rest. Sizes are positive here.
 #define MAXPOOL2X2_NHWC(NAME, TARGET, T, STEP, BODY, TAIL)                                                \
     static TARGET void NAME(const T *x, int batch, int height, int width, int channels, T *y) {           \
-        int oh = height / 2, ow = width / 2, vec = channels - channels % (STEP);                          \
+        int oh = height / 2, ow = width / 2, vec = (STEP) > 0 ? channels - channels % ((STEP) > 0 ? (STEP) : 1) : 0; \
         size_t rs = (size_t)width * channels;                                                             \
         for (int b = 0; b < batch; b++)                                                                   \
             for (int oy = 0; oy < oh; oy++)                                                               \
@@ -387,8 +395,8 @@ MAX4_SCALAR(max4_f32, float)
                         TAIL(a + vec, a + channels + vec, a + rs + vec, a + rs + channels + vec, d + vec, channels - vec); \
                 }                                                                                         \
     }
-MAXPOOL2X2_NHWC(maxpool2x2_u8, , uint8_t, 1 + channels, , max4_u8)
-MAXPOOL2X2_NHWC(maxpool2x2_f32, , float, 1 + channels, , max4_f32)
+MAXPOOL2X2_NHWC(maxpool2x2_u8, , uint8_t, 0, , max4_u8)
+MAXPOOL2X2_NHWC(maxpool2x2_f32, , float, 0, , max4_f32)
 
 #if defined(__x86_64__)
 // Compiled for the baseline, the scalar loops vectorise 16 bytes a step behind alias checks;
@@ -419,6 +427,7 @@ static int pool_avx2(void) {
 
 void edge_pool_nhwc_f32(const float *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
                         int average, float *y) {
+    if (!pool_sizes_valid(batch, height, width, channels, kh, kw, sh, sw)) return;
     int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1;
     if (!average && kh == 2 && kw == 2 && sh == 2 && sw == 2) {
 #if defined(__x86_64__)
@@ -451,6 +460,7 @@ void edge_pool_nhwc_f32(const float *x, int batch, int height, int width, int ch
 
 void edge_pool_nhwc_u8(const uint8_t *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
                        int average, uint8_t *y) {
+    if (!pool_sizes_valid(batch, height, width, channels, kh, kw, sh, sw)) return;
     int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1, n = kh * kw;
     if (!average && kh == 2 && kw == 2 && sh == 2 && sw == 2) {
 #if defined(__x86_64__)

@@ -25,6 +25,24 @@ import Testing
         return y
     }
 
+    /// Sizes no checked model has write nothing and do not crash, on every path (`make test` runs
+    /// this suite with EDGE_ISA=portable too): −1 channels once divided by zero on the portable
+    /// path, a zero stride in the general one; a window larger than the image read past it.
+    @Test(arguments: [(1, 4, 4, -1, 2, 2), (0, 4, 4, 8, 2, 2), (0, 4, 4, Int(Int32.max), 2, 2), (1, 4, 4, 8, 2, 0), (1, 1, 4, 8, 2, 3),
+                      (1, 4, 1, 8, 2, 2), (1, -4, 4, 8, 2, 2), (1, 4, 4, 8, 0, 1)])
+    func invalidSizesWriteNothing(_ a: (batch: Int, height: Int, width: Int, channels: Int, kernel: Int, stride: Int)) {
+        let x = [UInt8](repeating: 9, count: 256), xf = [Float](repeating: 1, count: 256)
+        var y = [UInt8](repeating: 0xEE, count: 256), yf = [Float](repeating: -7, count: 256)
+        for average: Int32 in [0, 1] {
+            edge_pool_nhwc_u8(x, Int32(a.batch), Int32(a.height), Int32(a.width), Int32(a.channels), Int32(a.kernel), Int32(a.kernel),
+                              Int32(a.stride), Int32(a.stride), average, &y)
+            edge_pool_nhwc_f32(xf, Int32(a.batch), Int32(a.height), Int32(a.width), Int32(a.channels), Int32(a.kernel), Int32(a.kernel),
+                               Int32(a.stride), Int32(a.stride), average, &yf)
+        }
+        #expect(y.allSatisfy { $0 == 0xEE })
+        #expect(yf.allSatisfy { $0 == -7 })
+    }
+
     @Test(arguments: [1, 7, 31, 32, 33, 40, 64, 71, 96])
     func uint8MaxPoolIsItsDefinition(channels: Int) {
         var rng = SeededGenerator(seed: UInt64(channels))

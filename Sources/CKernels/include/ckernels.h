@@ -261,7 +261,9 @@ void edge_winograd_conv(edge_isa isa, int samples, int height, int width, int ch
                         const float *x, const float *packed, float *y, edge_activation act, float alpha, float *workspace);
 
 /// Channels-last pooling of `batch` HWC samples (no padding, floor output size), and global
-/// average pooling of `batch` samples of `pixels` × `channels` into [batch][channels].
+/// average pooling of `batch` samples of `pixels` × `channels` into [batch][channels]. Pooling
+/// writes nothing for a size, kernel or stride that is not positive, or a window larger than the
+/// image.
 void edge_pool_nhwc_f32(const float *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
                         int average, float *y);
 void edge_pool_nhwc_u8(const uint8_t *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
