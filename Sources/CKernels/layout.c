@@ -379,11 +379,11 @@ MAX4_SCALAR(max4_u8, uint8_t)
 MAX4_SCALAR(max4_f32, float)
 
 /// 2×2 max pooling with stride 2, the common case: four runs of C values per output pixel. BODY
-/// reduces the first `vec` channels (whole vector steps of STEP; none on the portable path, STEP 0)
-/// of the pixel at `a` into `d`, the scalar function the rest. Sizes are positive here.
-#define MAXPOOL2X2_NHWC(NAME, TARGET, T, STEP, BODY, TAIL)                                                \
+/// reduces the first VEC channels of the pixel at `a` into `d` (whole vector steps; none on the
+/// portable path), the scalar function the rest. Sizes are positive here.
+#define MAXPOOL2X2_NHWC(NAME, TARGET, T, VEC, BODY, TAIL)                                                 \
     static TARGET void NAME(const T *x, int batch, int height, int width, int channels, T *y) {           \
-        int oh = height / 2, ow = width / 2, vec = (STEP) > 0 ? channels - channels % ((STEP) > 0 ? (STEP) : 1) : 0; \
+        int oh = height / 2, ow = width / 2, vec = VEC;                                                   \
         size_t rs = (size_t)width * channels;                                                             \
         for (int b = 0; b < batch; b++)                                                                   \
             for (int oy = 0; oy < oh; oy++)                                                               \
@@ -395,8 +395,8 @@ MAX4_SCALAR(max4_f32, float)
                         TAIL(a + vec, a + channels + vec, a + rs + vec, a + rs + channels + vec, d + vec, channels - vec); \
                 }                                                                                         \
     }
-MAXPOOL2X2_NHWC(maxpool2x2_u8, , uint8_t, 0, , max4_u8)
-MAXPOOL2X2_NHWC(maxpool2x2_f32, , float, 0, , max4_f32)
+MAXPOOL2X2_NHWC(maxpool2x2_u8_scalar, , uint8_t, 0, , max4_u8)
+MAXPOOL2X2_NHWC(maxpool2x2_f32_scalar, , float, 0, , max4_f32)
 
 #if defined(__x86_64__)
 // Compiled for the baseline, the scalar loops vectorise 16 bytes a step behind alias checks;
@@ -415,27 +415,34 @@ MAXPOOL2X2_NHWC(maxpool2x2_f32, , float, 0, , max4_f32)
         __m256 m1 = _mm256_max_ps(_mm256_loadu_ps(a + rs + c), _mm256_loadu_ps(a + rs + channels + c));  \
         _mm256_storeu_ps(d + c, _mm256_max_ps(m0, m1));                                                  \
     }
-MAXPOOL2X2_NHWC(maxpool2x2_u8_avx2, EDGE_T256, uint8_t, 32, MAX4_U8_AVX2, max4_u8)
-MAXPOOL2X2_NHWC(maxpool2x2_f32_avx2, EDGE_T256, float, 8, MAX4_F32_AVX2, max4_f32)
+MAXPOOL2X2_NHWC(maxpool2x2_u8_avx2, EDGE_T256, uint8_t, channels / 32 * 32, MAX4_U8_AVX2, max4_u8)
+MAXPOOL2X2_NHWC(maxpool2x2_f32_avx2, EDGE_T256, float, channels / 8 * 8, MAX4_F32_AVX2, max4_f32)
 
 /// Whether the 2×2 pooling takes its AVX2 loops: on the ISA the kernels run (EDGE_ISA included).
 static int pool_avx2(void) {
     edge_isa isa = edge_isa_best();
     return isa == EDGE_ISA_AVX2 || isa == EDGE_ISA_AVX512 || isa == EDGE_ISA_AVX512VNNI;
 }
+#define POOL_AVX2 pool_avx2()
+#else
+#define POOL_AVX2 0  // elsewhere the "AVX2" loops are the scalar ones, never chosen
+#define maxpool2x2_u8_avx2 maxpool2x2_u8_scalar
+#define maxpool2x2_f32_avx2 maxpool2x2_f32_scalar
 #endif
+
+/// The 2×2 stride-2 max pooling on the path the kernels run.
+#define MAXPOOL2X2_BEST(SUFFIX, T)                                                                       \
+    static void maxpool2x2_##SUFFIX(const T *x, int batch, int height, int width, int channels, T *y) { \
+        (POOL_AVX2 ? maxpool2x2_##SUFFIX##_avx2 : maxpool2x2_##SUFFIX##_scalar)(x, batch, height, width, channels, y); \
+    }
+MAXPOOL2X2_BEST(u8, uint8_t)
+MAXPOOL2X2_BEST(f32, float)
 
 void edge_pool_nhwc_f32(const float *x, int batch, int height, int width, int channels, int kh, int kw, int sh, int sw,
                         int average, float *y) {
     if (!pool_sizes_valid(batch, height, width, channels, kh, kw, sh, sw)) return;
     int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1;
     if (!average && kh == 2 && kw == 2 && sh == 2 && sw == 2) {
-#if defined(__x86_64__)
-        if (pool_avx2()) {
-            maxpool2x2_f32_avx2(x, batch, height, width, channels, y);
-            return;
-        }
-#endif
         maxpool2x2_f32(x, batch, height, width, channels, y);
         return;
     }
@@ -463,12 +470,6 @@ void edge_pool_nhwc_u8(const uint8_t *x, int batch, int height, int width, int c
     if (!pool_sizes_valid(batch, height, width, channels, kh, kw, sh, sw)) return;
     int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1, n = kh * kw;
     if (!average && kh == 2 && kw == 2 && sh == 2 && sw == 2) {
-#if defined(__x86_64__)
-        if (pool_avx2()) {
-            maxpool2x2_u8_avx2(x, batch, height, width, channels, y);
-            return;
-        }
-#endif
         maxpool2x2_u8(x, batch, height, width, channels, y);
         return;
     }
