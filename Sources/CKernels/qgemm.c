@@ -169,12 +169,16 @@ static inline void gemv_quads(const q8_gemv_fn gemv[4], int outputs, int kq, con
 /// The epilogue of 16 INT32 sums (outputs o0 … o0+15, `n` of them real) on AVX-512, shared by the
 /// VNNI kernel and the 512-bit vpmaddwd one (bit-identical to finish_row): FP32 outputs, batch 1,
 /// and UINT8 tiles whose zero point is outside 0…255 (finish512_tile).
+/// The epilogue's real values of 16 sums: (float)(acc + bias) · scale, then the leaky slope.
+static inline T512 __attribute__((always_inline)) __m512 real512(__m512i acc, __m512i bias, __m512 scale, int leaky, __m512 alpha) {
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, bias)), scale);
+    return leaky ? _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), v, alpha) : v;
+}
+
 static inline T512 __attribute__((always_inline)) void finish512(__m512i acc, int o0, int n, const edge_q8_epilogue *ep,
                                                                   uint8_t *yu, float *yf) {
     __mmask16 mask = n >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
-    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, _mm512_loadu_si512(ep->bias + o0))),
-                             _mm512_loadu_ps(ep->scale + o0));
-    if (ep->leaky) v = _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), v, _mm512_set1_ps(ep->alpha));
+    __m512 v = real512(acc, _mm512_loadu_si512(ep->bias + o0), _mm512_loadu_ps(ep->scale + o0), ep->leaky, _mm512_set1_ps(ep->alpha));
     if (yf) { _mm512_mask_storeu_ps(yf + o0, mask, v); return; }
     __m512i q = edge_quantize512(v, _mm512_set1_epi32(ep->zero_point), _mm512_set1_epi32(ep->qmin), _mm512_set1_epi32(ep->qmax));
     _mm_mask_storeu_epi8(yu + o0, mask, _mm512_cvtepi32_epi8(q));
@@ -185,23 +189,20 @@ static inline T512 __attribute__((always_inline)) void finish512(__m512i acc, in
 /// finish512's; its vpmovdb per panel made the epilogue a fifth of a 288-k convolution's time).
 static inline T512 __attribute__((always_inline)) void finish512_tile(const int MR, const int NP, __m512i acc[][2], int o0, int cols,
                                                                       const edge_q8_epilogue *ep, uint8_t *yu, float *yf, int ldy) {
-    if (yu && (uint32_t)ep->zero_point <= 255) {
+    // (Bounds and zero point outside 0…255, which no plan makes, take finish512: the byte clamps
+    // and int16 zero point below hold only inside.)
+    if (yu && (uint32_t)ep->zero_point <= 255 && 0 <= ep->qmin && ep->qmin <= ep->qmax && ep->qmax <= 255) {
         int n = NP * PANEL < cols ? NP * PANEL : cols;
         __mmask32 mask = n >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << n) - 1);
         __m512i bias0 = _mm512_loadu_si512(ep->bias + o0), bias1 = _mm512_loadu_si512(ep->bias + o0 + (NP - 1) * PANEL);
         __m512 scale0 = _mm512_loadu_ps(ep->scale + o0), scale1 = _mm512_loadu_ps(ep->scale + o0 + (NP - 1) * PANEL);
         __m512i zp = _mm512_set1_epi16((short)ep->zero_point), lo = _mm512_set1_epi8((char)ep->qmin), hi = _mm512_set1_epi8((char)ep->qmax);
         int leaky = ep->leaky;
-        __m512 alpha = _mm512_set1_ps(ep->alpha), zero = _mm512_setzero_ps();
+        __m512 alpha = _mm512_set1_ps(ep->alpha);
         for (int r = 0; r < MR; r++) {
-            __m512 a = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[r][0], bias0)), scale0), b;
-            if (leaky) a = _mm512_mask_mul_ps(a, _mm512_cmp_ps_mask(a, zero, _CMP_LT_OQ), a, alpha);
-            if (NP > 1) {
-                b = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[r][NP - 1], bias1)), scale1);
-                if (leaky) b = _mm512_mask_mul_ps(b, _mm512_cmp_ps_mask(b, zero, _CMP_LT_OQ), b, alpha);
-            } else {
-                b = a;  // one panel: the second half of the 32 codes is not stored
-            }
+            __m512 a = real512(acc[r][0], bias0, scale0, leaky, alpha);
+            // One panel: the second half of the 32 codes is not stored.
+            __m512 b = NP > 1 ? real512(acc[r][NP - 1], bias1, scale1, leaky, alpha) : a;
             _mm256_mask_storeu_epi8(yu + (size_t)r * ldy + o0, mask, edge_quantize512x2(a, b, zp, lo, hi));
         }
         return;
