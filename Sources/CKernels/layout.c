@@ -290,7 +290,15 @@ void edge_im2row_nhwc_u8_batch(const uint8_t *x, int samples, size_t sample_stri
 // Max pooling is exact on UINT8 (monotonic); average pooling rounds half up. Each plane is
 // independent, so `planes` = batch · channels.
 
+/// Pooling writes nothing for sizes a model's checked shapes never have: a size, kernel or stride
+/// that is not positive (a zero stride divided by 0), or a window larger than the image (whose
+/// output size, rounded toward zero, would be 1 and read past the input).
+static int pool_sizes_valid(int batch, int height, int width, int channels, int kh, int kw, int sh, int sw) {
+    return batch > 0 && height > 0 && width > 0 && channels > 0 && kh > 0 && kw > 0 && sh > 0 && sw > 0 && kh <= height && kw <= width;
+}
+
 void edge_pool_f32(const float *x, int planes, int height, int width, int kh, int kw, int sh, int sw, int average, float *y) {
+    if (!pool_sizes_valid(planes, height, width, 1, kh, kw, sh, sw)) return;
     int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1;
     if (kh == 2 && kw == 2 && sh == 2 && sw == 2 && !average) {  // the common case, unrolled
         for (int p = 0; p < planes; p++) {
@@ -324,6 +332,7 @@ void edge_pool_f32(const float *x, int planes, int height, int width, int kh, in
 }
 
 void edge_pool_u8(const uint8_t *x, int planes, int height, int width, int kh, int kw, int sh, int sw, int average, uint8_t *y) {
+    if (!pool_sizes_valid(planes, height, width, 1, kh, kw, sh, sw)) return;
     int oh = (height - kh) / sh + 1, ow = (width - kw) / sw + 1, n = kh * kw;
     if (kh == 2 && kw == 2 && sh == 2 && sw == 2 && !average) {
         for (int p = 0; p < planes; p++) {
@@ -358,13 +367,6 @@ void edge_pool_u8(const uint8_t *x, int planes, int height, int width, int kh, i
 // ---- channels last (NHWC) pooling -------------------------------------------------------------
 // Each output pixel reduces its window channel by channel over contiguous runs of C values.
 // Average rounds as the CHW versions do (FP32: sum · 1/n; UINT8: half up).
-
-/// Pooling writes nothing for sizes a model's checked shapes never have: a size, kernel or stride
-/// that is not positive (a zero stride divided by 0), or a window larger than the image (whose
-/// output size, rounded toward zero, would be 1 and read past the input).
-static int pool_sizes_valid(int batch, int height, int width, int channels, int kh, int kw, int sh, int sw) {
-    return batch > 0 && height > 0 && width > 0 && channels > 0 && kh > 0 && kw > 0 && sh > 0 && sw > 0 && kh <= height && kw <= width;
-}
 
 /// The largest of four runs of n values, channel by channel, as `p > q ? p : q` (a NaN meets the
 /// second operand, as maxps does): the 2×2 stride-2 max pooling's work per output pixel.

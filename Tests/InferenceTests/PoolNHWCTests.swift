@@ -26,8 +26,9 @@ import Testing
     }
 
     /// Sizes no checked model has write nothing and do not crash, on every path (`make test` runs
-    /// this suite with EDGE_ISA=portable too): −1 channels once divided by zero on the portable
-    /// path, a zero stride in the general one; a window larger than the image read past it.
+    /// this suite with EDGE_ISA=portable too), channels last and first: −1 channels once divided by
+    /// zero on the portable path, a zero stride in the general one; a window larger than the image
+    /// read past it.
     @Test(arguments: [(1, 4, 4, -1, 2, 2), (0, 4, 4, 8, 2, 2), (0, 4, 4, Int(Int32.max), 2, 2), (1, 4, 4, 8, 2, 0), (1, 1, 4, 8, 2, 3),
                       (1, 4, 1, 8, 2, 2), (1, -4, 4, 8, 2, 2), (1, 4, 4, 8, 0, 1)])
     func invalidSizesWriteNothing(_ a: (batch: Int, height: Int, width: Int, channels: Int, kernel: Int, stride: Int)) {
@@ -38,6 +39,12 @@ import Testing
                               Int32(a.stride), Int32(a.stride), average, &y)
             edge_pool_nhwc_f32(xf, Int32(a.batch), Int32(a.height), Int32(a.width), Int32(a.channels), Int32(a.kernel), Int32(a.kernel),
                                Int32(a.stride), Int32(a.stride), average, &yf)
+            // The channels-first kernels (planes = batch · channels, when that is small) take the same sizes.
+            let planes = Int32(clamping: a.channels > 64 ? 0 : a.batch * a.channels)
+            edge_pool_u8(x, planes, Int32(a.height), Int32(a.width), Int32(a.kernel), Int32(a.kernel), Int32(a.stride), Int32(a.stride),
+                         average, &y)
+            edge_pool_f32(xf, planes, Int32(a.height), Int32(a.width), Int32(a.kernel), Int32(a.kernel), Int32(a.stride), Int32(a.stride),
+                          average, &yf)
         }
         #expect(y.allSatisfy { $0 == 0xEE })
         #expect(yf.allSatisfy { $0 == -7 })
